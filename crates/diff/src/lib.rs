@@ -1,0 +1,1 @@
+//! Output-tree diff (filled in by its issue).

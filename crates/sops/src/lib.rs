@@ -1,0 +1,1 @@
+//! SOPS format (filled in by its issue).
