@@ -35,7 +35,10 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub const ANY: PortRange = PortRange { first: 0, last: 65535 };
+    pub const ANY: PortRange = PortRange {
+        first: 0,
+        last: 65535,
+    };
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,4 +5,5 @@
 //! No I/O, no global state, no panics on any input.
 
 pub mod filter;
+pub mod matcher;
 pub mod runtime_config;

@@ -50,13 +50,19 @@ fn default_mtu() -> u16 {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Mode {
     /// Tailnet `node:listen` → `target_host:target` (a Service DNS name or ClusterIP).
-    Proxy { target_host: String, ports: Vec<PortMap> },
+    Proxy {
+        target_host: String,
+        ports: Vec<PortMap>,
+    },
     /// Tailnet `node:listen` → `127.0.0.1:target` inside the pod.
     Sidecar { ports: Vec<PortMap> },
     /// Any destination inside `routes` → a kernel socket to that destination.
     SubnetRouter { routes: Vec<IpNet> },
     /// Kernel listener on `0.0.0.0:listen` → tailnet `target_ip:target` through the tunnel.
-    Egress { target_ip: IpAddr, ports: Vec<PortMap> },
+    Egress {
+        target_ip: IpAddr,
+        ports: Vec<PortMap>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
