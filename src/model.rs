@@ -1,0 +1,259 @@
+//! The tailnet model: what `resolve` produces and every later stage reads. All references are
+//! checked, names are normalised (`tag:`/`group:` prefixes), CIDRs are parsed. Order is the
+//! spec's declaration order unless a field says otherwise.
+
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+
+/// The Tailscale IPv6 ULA range.
+pub const TAILNET_V6: &str = "fd7a:115c:a1e0::/48";
+
+#[derive(Clone, Debug)]
+pub struct Tailnet {
+    pub name: String,
+    /// DNS suffix: `<node>.<domain>`.
+    pub domain: String,
+    pub ipv4_pool: Ipv4Net,
+    /// Known users (emails): declared, group members, device owners; sorted, unique.
+    pub users: Vec<String>,
+    /// `group:name` → member emails.
+    pub groups: Vec<(String, Vec<String>)>,
+    /// `tag:name` → owners (`group:…`, `tag:…`, user emails, autogroups).
+    pub tags: Vec<(String, Vec<String>)>,
+    pub hosts: Vec<(String, IpNet)>,
+    pub devices: Vec<Device>,
+    pub clusters: Vec<Cluster>,
+    pub acls: Vec<Acl>,
+    pub grants: Vec<Grant>,
+    pub tests: Vec<AclTest>,
+    pub ssh: Vec<SshRule>,
+    pub gitops: Option<Gitops>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub name: String,
+    pub user: Option<String>,
+    pub public_key: String,
+    /// Where the private key lives on the device (used in `PostUp`).
+    pub key_path: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Publish {
+    LoadBalancer,
+    NodePort,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Our own data plane; nodes take lock entries.
+    Tsk8s,
+    /// The official `tailscale/tailscale` image; Tailscale assigns addresses and keys.
+    Tailscale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretBackend {
+    /// A Secret created by hand (`kubectl create secret`); build emits only the reference.
+    Existing,
+    /// External Secrets Operator.
+    ExternalSecrets {
+        store: String,
+        store_kind: String,
+        /// Remote key prefix; a node's key is at `<prefix><cluster>/<node>`, property `private-key`.
+        key_prefix: String,
+        refresh_interval: String,
+    },
+    /// SOPS-encrypted Secrets committed under `source_dir` beside the spec.
+    Sops {
+        recipients: Vec<String>,
+        source_dir: String,
+    },
+    /// SealedSecrets provided by the user under `source_dir` beside the spec.
+    SealedSecrets { source_dir: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub namespace: String,
+    pub pod_cidr: Option<IpNet>,
+    pub service_cidr: Option<IpNet>,
+    pub endpoint: String,
+    pub publish: Publish,
+    pub image: String,
+    pub runtime: RuntimeKind,
+    pub secrets: SecretBackend,
+    pub auth: TailscaleAuth,
+    pub gitops: ClusterGitops,
+    pub exposures: Vec<Exposure>,
+}
+
+/// How Tailscale-image nodes authenticate (ignored for the tsk8s runtime).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailscaleAuth {
+    pub ephemeral: bool,
+    pub reusable: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterGitops {
+    /// Argo CD destination (`server` URL or cluster `name`).
+    pub argocd_server: Option<String>,
+    pub argocd_name: Option<String>,
+    /// Flux source (GitRepository) name and namespace.
+    pub flux_source: Option<String>,
+    pub flux_namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GitopsFlavour {
+    ArgoCd {
+        application_set: bool,
+        project: String,
+        namespace: String,
+    },
+    Flux {
+        namespace: String,
+        interval: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Gitops {
+    pub flavour: GitopsFlavour,
+    pub repo_url: String,
+    pub revision: String,
+    /// Path of the output dir inside the GitOps repo (e.g. `deploy/tailnet`).
+    pub path: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Exposure {
+    /// The exposure's name in the spec: unique across the tailnet; names the k8s objects.
+    pub id: String,
+    /// The node's tailnet name (DNS label); defaults to `id`.
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub kind: ExposureKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub protocol: Proto,
+    /// Port on the node's tailnet address (proxy, sidecar) or the cluster listener (egress).
+    pub port: u16,
+    /// Port on the target.
+    pub target: u16,
+}
+
+#[derive(Clone, Debug)]
+pub enum EgressTarget {
+    Device(String),
+    Host(String, IpAddr),
+    Node(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum ExposureKind {
+    Proxy {
+        namespace: String,
+        service: String,
+        ports: Vec<Port>,
+    },
+    Sidecar {
+        namespace: String,
+        workload: String,
+        workload_kind: String,
+        ports: Vec<Port>,
+    },
+    SubnetRouter {
+        routes: Vec<IpNet>,
+    },
+    Egress {
+        target: EgressTarget,
+        ports: Vec<Port>,
+    },
+}
+
+impl ExposureKind {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            ExposureKind::Proxy { .. } => "proxy",
+            ExposureKind::Sidecar { .. } => "sidecar",
+            ExposureKind::SubnetRouter { .. } => "subnet-router",
+            ExposureKind::Egress { .. } => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Acl {
+    pub src: Vec<String>,
+    pub dst: Vec<String>,
+    pub proto: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub src: Vec<String>,
+    pub dst: Vec<String>,
+    pub ip: Vec<String>,
+    pub via: Vec<String>,
+    /// capability → values (JSON objects).
+    pub app: Vec<(String, Vec<serde_json::Value>)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AclTest {
+    pub src: String,
+    pub proto: Option<String>,
+    pub accept: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SshRule {
+    pub action: String,
+    pub src: Vec<String>,
+    pub dst: Vec<String>,
+    pub users: Vec<String>,
+    pub check_period: Option<String>,
+}
+
+impl Tailnet {
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Every exposure with its cluster, in declaration order.
+    pub fn exposures(&self) -> impl Iterator<Item = (&Cluster, &Exposure)> {
+        self.clusters
+            .iter()
+            .flat_map(|c| c.exposures.iter().map(move |e| (c, e)))
+    }
+
+    /// Exposures that run tsk8s-runtime (and so take lock entries and keys).
+    pub fn runtime_nodes(&self) -> impl Iterator<Item = (&Cluster, &Exposure)> {
+        self.exposures()
+            .filter(|(c, _)| c.runtime == RuntimeKind::Tsk8s)
+    }
+}

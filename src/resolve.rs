@@ -1,0 +1,1850 @@
+//! Stage 2 — resolve and validate: syntax tree → [`Tailnet`] model.
+//!
+//! Checks names (Kubernetes and DNS rules, lengths including generated prefixes and suffixes),
+//! references (tags, groups, users, hosts, devices, clusters), CIDRs and ports, duplicates.
+//! Every problem is reported with its span; all of them come out in one run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+use miette::SourceSpan;
+
+use crate::diag::{Diagnostic, Diagnostics, suggest};
+use crate::model::*;
+use crate::syntax::{self, PropValue, Sp, SpStr, Spec};
+
+/// Prefix of every object tsk8s names after an exposure.
+pub const OBJECT_PREFIX: &str = "tsk8s-";
+/// Longest exposure name: `tsk8s-<name>` must stay a 63-character RFC 1035 label (Services).
+pub const MAX_EXPOSURE_NAME: usize = 63 - OBJECT_PREFIX.len();
+
+/// Spans of things later stages may need to point at.
+#[derive(Clone, Debug, Default)]
+pub struct Spans {
+    pub tailnet: Option<SourceSpan>,
+    pub exposures: BTreeMap<String, SourceSpan>,
+    pub routes: BTreeMap<(String, IpNet), SourceSpan>,
+    pub devices: BTreeMap<String, SourceSpan>,
+    pub clusters: BTreeMap<String, SourceSpan>,
+    pub tests: Vec<SourceSpan>,
+}
+
+pub const SRC_AUTOGROUPS: &[&str] = &[
+    "autogroup:member",
+    "autogroup:tagged",
+    "autogroup:admin",
+    "autogroup:owner",
+    "autogroup:auditor",
+    "autogroup:billing-admin",
+    "autogroup:it-admin",
+    "autogroup:network-admin",
+    "autogroup:shared",
+    "autogroup:danger-all",
+];
+pub const DST_AUTOGROUPS: &[&str] = &[
+    "autogroup:member",
+    "autogroup:tagged",
+    "autogroup:self",
+    "autogroup:internet",
+    "autogroup:admin",
+    "autogroup:owner",
+    "autogroup:auditor",
+    "autogroup:billing-admin",
+    "autogroup:it-admin",
+    "autogroup:network-admin",
+];
+pub const OWNER_AUTOGROUPS: &[&str] = &[
+    "autogroup:member",
+    "autogroup:tagged",
+    "autogroup:admin",
+    "autogroup:owner",
+    "autogroup:auditor",
+    "autogroup:billing-admin",
+    "autogroup:it-admin",
+    "autogroup:network-admin",
+];
+
+pub fn resolve(spec: &Spec, d: &mut Diagnostics) -> (Option<Tailnet>, Spans) {
+    let mut r = Resolver {
+        d,
+        spans: Spans::default(),
+    };
+    let t = r.tailnet(spec);
+    (t, r.spans)
+}
+
+struct Resolver<'d> {
+    d: &'d mut Diagnostics,
+    spans: Spans,
+}
+
+/// The names a rule may refer to.
+struct Names {
+    users: BTreeSet<String>,
+    groups: BTreeSet<String>,
+    tags: BTreeSet<String>,
+    hosts: BTreeSet<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Src,
+    Dst,
+    Owner,
+}
+
+fn err(span: SourceSpan, msg: impl Into<String>) -> Diagnostic {
+    Diagnostic::new(span, msg)
+}
+
+/// RFC 1035 label: lowercase letter first, then `[a-z0-9-]`, alphanumeric last, ≤ 63.
+pub fn check_rfc1035_label(s: &str, max: usize) -> Result<(), String> {
+    check_label(s, max)?;
+    if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err("must start with a lowercase letter (RFC 1035 label)".into());
+    }
+    Ok(())
+}
+
+/// DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, ≤ 63.
+pub fn check_label(s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > max {
+        return Err(format!(
+            "is {} characters long; the limit here is {max}",
+            s.len()
+        ));
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err("may contain only lowercase letters, digits and '-'".into());
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// DNS-1123 subdomain: dot-separated labels, ≤ 253.
+pub fn check_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err(format!("is {} characters long; the limit is 253", s.len()));
+    }
+    for label in s.split('.') {
+        check_label(label, 63).map_err(|e| format!("label `{label}` {e}"))?;
+    }
+    Ok(())
+}
+
+/// Tailscale's tag syntax (tailcfg.CheckTag wording).
+pub fn check_tag_syntax(tag: &str) -> Result<(), String> {
+    let Some(name) = tag.strip_prefix("tag:") else {
+        return Err("tags must start with 'tag:'".into());
+    };
+    if name.is_empty() {
+        return Err("tag names must not be empty".into());
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err("tag names must start with a letter, after 'tag:'".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("tag names can only contain numbers, letters, or dashes".into());
+    }
+    Ok(())
+}
+
+/// `tag:x` from `x` or `tag:x`.
+fn norm(prefix: &str, s: &str) -> String {
+    if s.starts_with(prefix) {
+        s.to_string()
+    } else {
+        format!("{prefix}{s}")
+    }
+}
+
+/// Parse Tailscale port syntax: `*`, `22`, `80,443`, `1000-2000`.
+pub fn check_ports(ports: &str) -> Result<(), String> {
+    if ports == "*" {
+        return Ok(());
+    }
+    for part in ports.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let first: u32 = a
+            .parse()
+            .map_err(|_| format!("port range {part:?}: invalid port"))?;
+        let last: u32 = b
+            .parse()
+            .map_err(|_| format!("port range {part:?}: invalid port"))?;
+        if first == 0 {
+            return Err(format!(
+                "port range {part:?}: first port must be >0, or use '*' for wildcard"
+            ));
+        }
+        if first > 65535 || last > 65535 {
+            return Err(format!("port range {part:?}: port out of range (1-65535)"));
+        }
+        if last < first {
+            return Err(format!(
+                "port range {part:?}: last port must be >= first port"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Split `alias:ports` (IPv6 written `[addr]:ports`).
+pub fn split_dst(s: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, ports) = rest.split_once("]:")?;
+        return Some((addr, ports));
+    }
+    s.rsplit_once(':')
+}
+
+fn parse_wg_key(s: &str) -> bool {
+    use base64::Engine;
+    matches!(base64::engine::general_purpose::STANDARD.decode(s.trim()), Ok(k) if k.len() == 32)
+}
+
+impl Resolver<'_> {
+    fn push(&mut self, d: Diagnostic) {
+        self.d.push(d);
+    }
+
+    fn tailnet(&mut self, spec: &Spec) -> Option<Tailnet> {
+        let mut ok = true;
+        let (name, domain, ipv4_pool) = match &spec.tailnet {
+            Some(t) => {
+                self.spans.tailnet = Some(t.span);
+                let domain =
+                    match &t.domain {
+                        Some(dm) => {
+                            if let Err(e) = check_subdomain(&dm.v) {
+                                self.push(
+                                    err(dm.span, format!("domain {:?} {e}", dm.v))
+                                        .label("not a DNS name"),
+                                );
+                            }
+                            dm.v.clone()
+                        }
+                        None => {
+                            self.push(err(t.name.span, "the tailnet needs a DNS suffix").help(
+                                "add domain=\"example.com\": nodes are named <name>.<domain>",
+                            ));
+                            String::new()
+                        }
+                    };
+                let cgnat: Ipv4Net = "100.64.0.0/10".parse().unwrap_or_default();
+                let pool = match &t.ipv4_pool {
+                    Some(p) => match p.v.parse::<Ipv4Net>() {
+                        Ok(net) if cgnat.contains(&net) && net.trunc() == net => net,
+                        Ok(_) => {
+                            self.push(
+                                err(
+                                    p.span,
+                                    format!(
+                                        "ipv4-pool {:?} must be a network inside 100.64.0.0/10",
+                                        p.v
+                                    ),
+                                )
+                                .label("outside the tailnet range"),
+                            );
+                            cgnat
+                        }
+                        Err(_) => {
+                            self.push(
+                                err(p.span, format!("invalid CIDR {:?}", p.v)).label("not a CIDR"),
+                            );
+                            cgnat
+                        }
+                    },
+                    None => cgnat,
+                };
+                (t.name.v.clone(), domain, pool)
+            }
+            None => {
+                self.push(
+                    err(SourceSpan::from(0..0), "the spec has no `tailnet` node")
+                        .help("start with: tailnet \"acme\" domain=\"acme.example\""),
+                );
+                ok = false;
+                (
+                    String::new(),
+                    String::new(),
+                    "100.64.0.0/10".parse().unwrap_or_default(),
+                )
+            }
+        };
+
+        // Users: declared, group members, device owners.
+        let mut users: BTreeSet<String> = BTreeSet::new();
+        let mut seen_users: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        for u in &spec.users {
+            self.check_email(u);
+            if seen_users.insert(u.v.clone(), u.span).is_some() {
+                self.push(err(u.span, format!("user {:?} declared twice", u.v)).label("duplicate"));
+            }
+            users.insert(u.v.clone());
+        }
+        for g in &spec.groups {
+            for m in &g.members {
+                if m.v.contains('@') {
+                    users.insert(m.v.clone());
+                }
+            }
+        }
+        for dv in &spec.devices {
+            if let Some(u) = &dv.user {
+                if u.v.contains('@') {
+                    users.insert(u.v.clone());
+                }
+            }
+        }
+
+        // Groups.
+        let mut groups = Vec::new();
+        let mut group_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        for g in &spec.groups {
+            let name = norm("group:", &g.name.v);
+            let bare = &name["group:".len()..];
+            if bare.is_empty()
+                || !bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                self.push(
+                    err(g.name.span, format!("invalid group name {:?}", g.name.v))
+                        .label("letters, digits, '-', '_' and '.' only"),
+                );
+            }
+            if group_names.insert(name.clone(), g.name.span).is_some() {
+                self.push(
+                    err(g.name.span, format!("group {name:?} declared twice")).label("duplicate"),
+                );
+            }
+            let mut members = Vec::new();
+            for m in &g.members {
+                if m.v.starts_with("group:") {
+                    self.push(
+                        err(m.span, format!("{:?}: groups cannot contain groups", m.v))
+                            .label("nested group")
+                            .help(
+                                "list the users themselves; Tailscale does not allow nested groups",
+                            ),
+                    );
+                } else if m.v.starts_with("tag:") || m.v.starts_with("autogroup:") {
+                    self.push(
+                        err(m.span, format!("{:?}: a group member must be a user", m.v))
+                            .label("not a user"),
+                    );
+                } else {
+                    self.check_email(m);
+                    members.push(m.v.clone());
+                }
+            }
+            groups.push((name, members));
+        }
+
+        // Tags (names first, owners after all are known).
+        let mut tag_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        for t in &spec.tags {
+            let name = norm("tag:", &t.name.v);
+            if let Err(e) = check_tag_syntax(&name) {
+                self.push(
+                    err(t.name.span, format!("invalid tag {:?}: {e}", t.name.v)).label("bad tag"),
+                );
+            }
+            if tag_names.insert(name.clone(), t.name.span).is_some() {
+                self.push(
+                    err(t.name.span, format!("tag {name:?} declared twice")).label("duplicate"),
+                );
+            }
+        }
+
+        // Hosts.
+        let mut hosts = Vec::new();
+        let mut host_names: BTreeSet<String> = BTreeSet::new();
+        for h in &spec.hosts {
+            if h.name.v.contains('@') || h.name.v.contains(':') || h.name.v.is_empty() {
+                self.push(
+                    err(h.name.span, format!("invalid host name {:?}", h.name.v))
+                        .label("host names contain no '@' or ':'"),
+                );
+            }
+            if !host_names.insert(h.name.v.clone()) {
+                self.push(
+                    err(h.name.span, format!("host {:?} declared twice", h.name.v))
+                        .label("duplicate"),
+                );
+            }
+            match parse_ip_or_cidr(&h.addr.v) {
+                Some(net) => hosts.push((h.name.v.clone(), net)),
+                None => self.push(
+                    err(
+                        h.addr.span,
+                        format!("invalid IP address or CIDR {:?}", h.addr.v),
+                    )
+                    .label("not an IP or CIDR"),
+                ),
+            }
+        }
+
+        let names = Names {
+            users: users.clone(),
+            groups: group_names.keys().cloned().collect(),
+            tags: tag_names.keys().cloned().collect(),
+            hosts: host_names.clone(),
+        };
+
+        let mut tags = Vec::new();
+        for t in &spec.tags {
+            let name = norm("tag:", &t.name.v);
+            let mut owners = Vec::new();
+            for o in &t.owners {
+                if self.check_alias(&names, o, &o.v, Side::Owner) {
+                    owners.push(o.v.clone());
+                }
+            }
+            tags.push((name, owners));
+        }
+
+        // Tailnet names (devices and exposures) share one namespace.
+        let mut tailnet_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
+
+        // Devices.
+        let mut devices = Vec::new();
+        for dv in &spec.devices {
+            self.spans.devices.insert(dv.name.v.clone(), dv.name.span);
+            if let Err(e) = check_label(&dv.name.v, 63) {
+                self.push(
+                    err(dv.name.span, format!("device name {:?} {e}", dv.name.v))
+                        .label("not a DNS label"),
+                );
+            }
+            if let Some(prev) = tailnet_names.insert(dv.name.v.clone(), dv.name.span) {
+                let line = self.d.line_col(prev.offset()).0;
+                self.push(
+                    err(
+                        dv.name.span,
+                        format!("tailnet name {:?} is already taken", dv.name.v),
+                    )
+                    .label("duplicate name")
+                    .help(format!("first used on line {line}")),
+                );
+            }
+            let user = dv.user.as_ref().map(|u| {
+                self.check_email(u);
+                u.v.clone()
+            });
+            let mut dtags = Vec::new();
+            for t in &dv.tags {
+                let tag = norm("tag:", &t.v);
+                if self.check_tag_ref(&names, t, &tag) {
+                    dtags.push(tag);
+                }
+            }
+            if user.is_none() && dtags.is_empty() {
+                self.push(
+                    err(
+                        dv.name.span,
+                        format!("device {:?} needs an owner", dv.name.v),
+                    )
+                    .help("give user=\"…\" or a tag"),
+                );
+            }
+            let public_key = match &dv.public_key {
+                Some(k) if parse_wg_key(&k.v) => k.v.trim().to_string(),
+                Some(k) => {
+                    self.push(
+                        err(k.span, "public-key is not a WireGuard key")
+                            .label("expected 44 characters of base64 (32 bytes)")
+                            .help("print it on the device with: wg pubkey < private.key"),
+                    );
+                    String::new()
+                }
+                None => {
+                    self.push(
+                        err(
+                            dv.name.span,
+                            format!("device {:?} needs public-key", dv.name.v),
+                        )
+                        .help("the device keeps its private key; put its public key here"),
+                    );
+                    String::new()
+                }
+            };
+            let key_path = match &dv.key_path {
+                Some(p) if !p.v.is_empty() && !p.v.contains(char::is_whitespace) => p.v.clone(),
+                Some(p) => {
+                    self.push(
+                        err(p.span, "key-path must be a path without spaces").label("bad path"),
+                    );
+                    String::new()
+                }
+                None => format!("/etc/wireguard/{}.key", dv.name.v),
+            };
+            devices.push(Device {
+                name: dv.name.v.clone(),
+                user,
+                public_key,
+                key_path,
+                tags: dtags,
+            });
+        }
+
+        // Clusters and exposures.
+        let mut clusters = Vec::new();
+        let mut cluster_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        let mut exposure_ids: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        for c in &spec.clusters {
+            if let Some(cl) = self.cluster(
+                c,
+                &names,
+                &mut cluster_names,
+                &mut exposure_ids,
+                &mut tailnet_names,
+                &hosts,
+                &devices,
+            ) {
+                clusters.push(cl);
+            } else {
+                ok = false;
+            }
+        }
+        // Egress targets that name an exposure.
+        let exposure_set: BTreeSet<String> = clusters
+            .iter()
+            .flat_map(|c| c.exposures.iter().map(|e| e.id.clone()))
+            .collect();
+        for c in &spec.clusters {
+            for e in &c.exposures {
+                if let Some(t) = &e.target {
+                    let is_device = devices.iter().any(|d| d.name == t.v);
+                    let is_host = hosts.iter().any(|(h, _)| *h == t.v);
+                    if !is_device && !is_host && !exposure_set.contains(&t.v) {
+                        let cands: Vec<&str> = devices
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .chain(hosts.iter().map(|(h, _)| h.as_str()))
+                            .chain(exposure_set.iter().map(String::as_str))
+                            .collect();
+                        let mut diag = err(t.span, format!("unknown egress target {:?}", t.v))
+                            .label("not a device, host or exposure");
+                        if let Some(h) = suggest(&t.v, cands) {
+                            diag = diag.help(h);
+                        }
+                        self.push(diag);
+                    }
+                }
+            }
+        }
+
+        let acls = spec
+            .acls
+            .iter()
+            .filter_map(|a| self.acl(&names, a))
+            .collect();
+        let grants = spec
+            .grants
+            .iter()
+            .filter_map(|g| self.grant(&names, g))
+            .collect();
+        let tests = spec
+            .tests
+            .iter()
+            .filter_map(|t| self.test(&names, t))
+            .collect();
+        let ssh = spec
+            .ssh
+            .iter()
+            .filter_map(|s| self.ssh(&names, s))
+            .collect();
+        let gitops = spec.gitops.as_ref().and_then(|g| self.gitops(g));
+        if gitops.is_none() {
+            for c in &spec.clusters {
+                if let Some(g) = &c.gitops {
+                    self.push(
+                        err(
+                            g.span,
+                            "cluster gitops settings need a top-level `gitops` node",
+                        )
+                        .help("add: gitops \"argocd\" repo=\"…\" path=\"…\""),
+                    );
+                }
+            }
+        }
+
+        if !ok {
+            return None;
+        }
+        Some(Tailnet {
+            name,
+            domain,
+            ipv4_pool,
+            users: users.into_iter().collect(),
+            groups,
+            tags,
+            hosts,
+            devices,
+            clusters,
+            acls,
+            grants,
+            tests,
+            ssh,
+            gitops,
+        })
+    }
+
+    fn check_email(&mut self, u: &SpStr) {
+        let ok = match u.v.split_once('@') {
+            Some((local, domain)) => {
+                !local.is_empty() && !domain.is_empty() && !u.v.contains(char::is_whitespace)
+            }
+            None => false,
+        };
+        if !ok {
+            self.push(
+                err(
+                    u.span,
+                    format!("{:?} is not a user (an email like alice@example.com)", u.v),
+                )
+                .label("not an email"),
+            );
+        }
+    }
+
+    fn check_tag_ref(&mut self, names: &Names, at: &SpStr, tag: &str) -> bool {
+        if let Err(e) = check_tag_syntax(tag) {
+            self.push(err(at.span, format!("invalid tag {:?}: {e}", at.v)).label("bad tag"));
+            return false;
+        }
+        if !names.tags.contains(tag) {
+            let mut diag = err(at.span, format!("unknown tag {tag:?}")).label("not declared");
+            if let Some(h) = suggest(tag, names.tags.iter().map(String::as_str)) {
+                diag = diag.help(h);
+            } else {
+                diag = diag.help(format!(
+                    "declare it: tag {:?} owner=\"…\"",
+                    &tag["tag:".len()..]
+                ));
+            }
+            self.push(diag);
+            return false;
+        }
+        true
+    }
+
+    /// Check one alias (no port part). Reports and returns false when it is not valid.
+    fn check_alias(&mut self, names: &Names, at: &SpStr, alias: &str, side: Side) -> bool {
+        if alias == "*" {
+            if side == Side::Owner {
+                self.push(err(at.span, "\"*\" cannot own a tag").label("not an owner"));
+                return false;
+            }
+            return true;
+        }
+        if alias.starts_with("autogroup:") {
+            let allowed = match side {
+                Side::Src => SRC_AUTOGROUPS,
+                Side::Dst => DST_AUTOGROUPS,
+                Side::Owner => OWNER_AUTOGROUPS,
+            };
+            if allowed.contains(&alias) {
+                return true;
+            }
+            let msg = if alias == "autogroup:self" && side == Side::Src {
+                "\"autogroup:self\" not valid on the src side of a rule".to_string()
+            } else if [SRC_AUTOGROUPS, DST_AUTOGROUPS]
+                .iter()
+                .any(|l| l.contains(&alias))
+            {
+                let where_ = match side {
+                    Side::Src => "the src side of a rule",
+                    Side::Dst => "the dst side of a rule",
+                    Side::Owner => "tagOwners",
+                };
+                format!("{alias:?} not valid on {where_}")
+            } else {
+                format!("unknown autogroup {alias:?}")
+            };
+            let mut diag = err(at.span, msg).label("autogroup not allowed here");
+            if let Some(h) = suggest(alias, allowed.iter().copied()) {
+                diag = diag.help(h);
+            }
+            self.push(diag);
+            return false;
+        }
+        if alias.starts_with("group:") {
+            if names.groups.contains(alias) {
+                return true;
+            }
+            let mut diag = err(at.span, format!("unknown group {alias:?}")).label("not declared");
+            if let Some(h) = suggest(alias, names.groups.iter().map(String::as_str)) {
+                diag = diag.help(h);
+            }
+            self.push(diag);
+            return false;
+        }
+        if alias.starts_with("tag:") {
+            return self.check_tag_ref(names, at, alias);
+        }
+        if alias.contains('@') {
+            if names.users.contains(alias) {
+                return true;
+            }
+            let mut diag = err(at.span, format!("unknown user {alias:?}")).label("not declared");
+            if let Some(h) = suggest(alias, names.users.iter().map(String::as_str)) {
+                diag = diag.help(h);
+            } else {
+                diag = diag.help(format!("declare it: user {alias:?}"));
+            }
+            self.push(diag);
+            return false;
+        }
+        if names.hosts.contains(alias) {
+            return true;
+        }
+        if side != Side::Owner {
+            if let Some(net) = parse_ip_or_cidr(alias) {
+                if side == Side::Dst && net.prefix_len() == 0 {
+                    self.push(
+                        err(at.span, format!("dst {alias:?}: to allow all IP addresses, use \"*\" or \"autogroup:internet\""))
+                            .label("catch-all CIDR"),
+                    );
+                    return false;
+                }
+                return true;
+            }
+        }
+        let cands = names
+            .hosts
+            .iter()
+            .chain(names.groups.iter())
+            .chain(names.tags.iter())
+            .map(String::as_str);
+        let mut diag = err(at.span, format!("unknown name {alias:?}"))
+            .label("not a user, group, tag, host, autogroup, IP or CIDR");
+        if let Some(h) = suggest(alias, cands) {
+            diag = diag.help(h);
+        }
+        self.push(diag);
+        false
+    }
+
+    /// A destination `alias:ports`.
+    fn check_dst(&mut self, names: &Names, at: &SpStr) -> bool {
+        let Some((alias, ports)) = split_dst(&at.v) else {
+            self.push(
+                err(at.span, format!("dst {:?} needs ports", at.v))
+                    .label("missing :ports")
+                    .help("write alias:port, alias:80,443, alias:1000-2000 or alias:*"),
+            );
+            return false;
+        };
+        let ok = self.check_alias(names, at, alias, Side::Dst);
+        if let Err(e) = check_ports(ports) {
+            self.push(err(at.span, e).label("bad ports"));
+            return false;
+        }
+        ok
+    }
+
+    fn check_proto(&mut self, p: &SpStr) -> bool {
+        const NAMES: &[&str] = &[
+            "tcp",
+            "udp",
+            "icmp",
+            "ipv6-icmp",
+            "sctp",
+            "igmp",
+            "ipv4",
+            "ip-in-ip",
+            "egp",
+            "igp",
+            "gre",
+            "esp",
+            "ah",
+        ];
+        let ok = NAMES.contains(&p.v.as_str()) || p.v.parse::<u8>().is_ok();
+        if !ok {
+            let mut diag =
+                err(p.span, format!("unknown protocol {:?}", p.v)).label("not a protocol");
+            if let Some(h) = suggest(&p.v, NAMES.iter().copied()) {
+                diag = diag.help(h);
+            }
+            self.push(diag);
+        }
+        ok
+    }
+
+    fn acl(&mut self, names: &Names, a: &syntax::AclDecl) -> Option<Acl> {
+        let mut ok = true;
+        if a.action.v != "accept" {
+            let msg = if a.action.v.eq_ignore_ascii_case("accept") {
+                format!("{:?} is not a valid action", a.action.v)
+            } else {
+                format!("action={:?} is not supported", a.action.v)
+            };
+            self.push(
+                err(a.action.span, msg)
+                    .label("only `accept` rules exist")
+                    .help("Tailscale policies are default-deny: list what is allowed"),
+            );
+            ok = false;
+        }
+        if a.src.is_empty() || a.dst.is_empty() {
+            self.push(
+                err(a.span, "a rule needs at least one src and one dst").label("incomplete rule"),
+            );
+            ok = false;
+        }
+        for s in &a.src {
+            ok &= self.check_alias(names, s, &s.v, Side::Src);
+        }
+        for s in &a.dst {
+            ok &= self.check_dst(names, s);
+        }
+        if let Some(p) = &a.proto {
+            ok &= self.check_proto(p);
+        }
+        ok.then(|| Acl {
+            src: a.src.iter().map(|s| s.v.clone()).collect(),
+            dst: a.dst.iter().map(|s| s.v.clone()).collect(),
+            proto: a.proto.as_ref().map(|p| p.v.clone()),
+        })
+    }
+
+    fn grant(&mut self, names: &Names, g: &syntax::GrantDecl) -> Option<Grant> {
+        let mut ok = true;
+        if g.src.is_empty() || g.dst.is_empty() {
+            self.push(
+                err(g.span, "a grant needs at least one src and one dst").label("incomplete grant"),
+            );
+            ok = false;
+        }
+        if g.ip.is_empty() && g.app.is_empty() {
+            self.push(err(g.span, "ip and app can not both be empty").label("grant gives nothing"));
+            ok = false;
+        }
+        for s in &g.src {
+            ok &= self.check_alias(names, s, &s.v, Side::Src);
+        }
+        for s in &g.dst {
+            ok &= self.check_alias(names, s, &s.v, Side::Dst);
+        }
+        for v in &g.via {
+            if !v.v.starts_with("tag:") {
+                self.push(err(v.span, "via can only be a tag").label("not a tag"));
+                ok = false;
+            } else {
+                ok &= self.check_tag_ref(names, v, &v.v);
+            }
+        }
+        for ip in &g.ip {
+            let ports = match ip.v.split_once(':') {
+                Some((proto, ports)) => {
+                    ok &= self.check_proto(&Sp::new(proto.to_string(), ip.span));
+                    ports
+                }
+                None => ip.v.as_str(),
+            };
+            if let Err(e) = check_ports(ports) {
+                self.push(err(ip.span, e).label("bad ports"));
+                ok = false;
+            }
+        }
+        let mut app: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
+        for (name, json) in &g.app {
+            let Some((domain, path)) = name.v.split_once('/') else {
+                self.push(
+                    err(
+                        name.span,
+                        "capability name must have the form {domain}/{path}",
+                    )
+                    .label("bad capability"),
+                );
+                ok = false;
+                continue;
+            };
+            if domain.is_empty() || path.is_empty() {
+                self.push(
+                    err(
+                        name.span,
+                        "capability name must have the form {domain}/{path}",
+                    )
+                    .label("bad capability"),
+                );
+                ok = false;
+                continue;
+            }
+            if domain == "tailscale.com" || domain.ends_with(".tailscale.com") {
+                self.push(
+                    err(
+                        name.span,
+                        "capability name must not be in the tailscale.com domain",
+                    )
+                    .label("reserved domain"),
+                );
+                ok = false;
+                continue;
+            }
+            match serde_json::from_str::<serde_json::Value>(&json.v) {
+                Ok(v @ serde_json::Value::Object(_)) => {
+                    match app.iter_mut().find(|(n, _)| *n == name.v) {
+                        Some((_, vals)) => vals.push(v),
+                        None => app.push((name.v.clone(), vec![v])),
+                    }
+                }
+                Ok(_) => {
+                    self.push(
+                        err(json.span, "a capability value must be a JSON object")
+                            .label("not an object"),
+                    );
+                    ok = false;
+                }
+                Err(e) => {
+                    self.push(err(json.span, format!("invalid JSON: {e}")).label("not JSON"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| Grant {
+            src: g.src.iter().map(|s| s.v.clone()).collect(),
+            dst: g.dst.iter().map(|s| s.v.clone()).collect(),
+            ip: g.ip.iter().map(|s| s.v.clone()).collect(),
+            via: g.via.iter().map(|s| s.v.clone()).collect(),
+            app,
+        })
+    }
+
+    fn test(&mut self, names: &Names, t: &syntax::TestDecl) -> Option<AclTest> {
+        self.spans.tests.push(t.span);
+        let mut ok = self.check_alias(names, &t.src, &t.src.v, Side::Src);
+        if t.accept.is_empty() && t.deny.is_empty() {
+            self.push(err(t.span, "a test needs `accept` or `deny`").label("tests nothing"));
+            ok = false;
+        }
+        for d in t.accept.iter().chain(&t.deny) {
+            match split_dst(&d.v) {
+                Some((alias, port)) => {
+                    ok &= self.check_alias(names, d, alias, Side::Dst);
+                    if port.parse::<u16>().map_or(true, |p| p == 0) {
+                        self.push(
+                            err(
+                                d.span,
+                                format!("test destination {:?} needs one port (1-65535)", d.v),
+                            )
+                            .label("one port per destination"),
+                        );
+                        ok = false;
+                    }
+                }
+                None => {
+                    self.push(
+                        err(d.span, format!("test destination {:?} needs a port", d.v))
+                            .label("missing :port"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let Some(p) = &t.proto {
+            ok &= self.check_proto(p);
+        }
+        ok.then(|| AclTest {
+            src: t.src.v.clone(),
+            proto: t.proto.as_ref().map(|p| p.v.clone()),
+            accept: t.accept.iter().map(|s| s.v.clone()).collect(),
+            deny: t.deny.iter().map(|s| s.v.clone()).collect(),
+        })
+    }
+
+    fn ssh(&mut self, names: &Names, s: &syntax::SshDecl) -> Option<SshRule> {
+        let mut ok = true;
+        if s.action.v != "accept" && s.action.v != "check" {
+            self.push(
+                err(
+                    s.action.span,
+                    format!(
+                        "ssh action {:?} must be \"accept\" or \"check\"",
+                        s.action.v
+                    ),
+                )
+                .label("bad action"),
+            );
+            ok = false;
+        }
+        if s.src.is_empty() || s.dst.is_empty() || s.users.is_empty() {
+            self.push(err(s.span, "an ssh rule needs src, dst and users").label("incomplete rule"));
+            ok = false;
+        }
+        for a in &s.src {
+            ok &= self.check_alias(names, a, &a.v, Side::Src);
+        }
+        for a in &s.dst {
+            ok &= self.check_alias(names, a, &a.v, Side::Dst);
+        }
+        ok.then(|| SshRule {
+            action: s.action.v.clone(),
+            src: s.src.iter().map(|x| x.v.clone()).collect(),
+            dst: s.dst.iter().map(|x| x.v.clone()).collect(),
+            users: s.users.iter().map(|x| x.v.clone()).collect(),
+            check_period: s.check_period.as_ref().map(|x| x.v.clone()),
+        })
+    }
+
+    fn gitops(&mut self, g: &syntax::GitopsDecl) -> Option<Gitops> {
+        let mut props = Props::new(&g.props);
+        let repo_url = props.str(self, "repo");
+        let revision = props.str(self, "revision").unwrap_or_else(|| "main".into());
+        let path = props.str(self, "path").unwrap_or_default();
+        let namespace = props.str(self, "namespace");
+        let flavour = match g.flavour.v.as_str() {
+            "argocd" => {
+                let application_set = props.bool(self, "application-set").unwrap_or(false);
+                let project = props
+                    .str(self, "project")
+                    .unwrap_or_else(|| "default".into());
+                GitopsFlavour::ArgoCd {
+                    application_set,
+                    project,
+                    namespace: namespace.unwrap_or_else(|| "argocd".into()),
+                }
+            }
+            "flux" => {
+                let interval = props.str(self, "interval").unwrap_or_else(|| "10m".into());
+                GitopsFlavour::Flux {
+                    namespace: namespace.unwrap_or_else(|| "flux-system".into()),
+                    interval,
+                }
+            }
+            other => {
+                self.push(
+                    err(g.flavour.span, format!("unknown gitops flavour {other:?}"))
+                        .help("use \"argocd\" or \"flux\""),
+                );
+                props.finish(self);
+                return None;
+            }
+        };
+        props.finish(self);
+        if path.starts_with('/') || path.split('/').any(|s| s == "..") {
+            self.push(err(
+                g.span,
+                format!(
+                    "gitops path {path:?} must be relative to the repository root, without '..'"
+                ),
+            ));
+        }
+        let Some(repo_url) = repo_url else {
+            self.push(err(g.flavour.span, "gitops needs repo=\"<git URL>\"").label("repo missing"));
+            return None;
+        };
+        Some(Gitops {
+            flavour,
+            repo_url,
+            revision,
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cluster(
+        &mut self,
+        c: &syntax::ClusterDecl,
+        names: &Names,
+        cluster_names: &mut BTreeMap<String, SourceSpan>,
+        exposure_ids: &mut BTreeMap<String, SourceSpan>,
+        tailnet_names: &mut BTreeMap<String, SourceSpan>,
+        hosts: &[(String, IpNet)],
+        devices: &[Device],
+    ) -> Option<Cluster> {
+        self.spans.clusters.insert(c.name.v.clone(), c.name.span);
+        if let Err(e) = check_label(&c.name.v, 63) {
+            self.push(
+                err(c.name.span, format!("cluster name {:?} {e}", c.name.v))
+                    .label("not a DNS-1123 label"),
+            );
+        }
+        if cluster_names
+            .insert(c.name.v.clone(), c.name.span)
+            .is_some()
+        {
+            self.push(
+                err(
+                    c.name.span,
+                    format!("cluster {:?} declared twice", c.name.v),
+                )
+                .label("duplicate"),
+            );
+        }
+        let namespace = match &c.namespace {
+            Some(ns) => {
+                if let Err(e) = check_label(&ns.v, 63) {
+                    self.push(
+                        err(ns.span, format!("namespace {:?} {e}", ns.v))
+                            .label("not a DNS-1123 label"),
+                    );
+                }
+                ns.v.clone()
+            }
+            None => "tailscale".to_string(),
+        };
+        let cidr = |r: &mut Self, v: &Option<SpStr>, what: &str| -> Option<IpNet> {
+            let v = v.as_ref()?;
+            match v.v.parse::<IpNet>() {
+                Ok(n) if n.trunc() == n => Some(n),
+                Ok(n) => {
+                    r.push(
+                        err(v.span, format!("{what} {:?} has host bits set", v.v))
+                            .label("not a network address")
+                            .help(format!("did you mean `{}`?", n.trunc())),
+                    );
+                    None
+                }
+                Err(_) => {
+                    r.push(
+                        err(v.span, format!("invalid CIDR {:?} for {what}", v.v))
+                            .label("not a CIDR"),
+                    );
+                    None
+                }
+            }
+        };
+        let pod_cidr = cidr(self, &c.pod_cidr, "pod-cidr");
+        let service_cidr = cidr(self, &c.service_cidr, "service-cidr");
+        let runtime = match c.runtime.as_ref().map(|r| r.v.as_str()) {
+            None | Some("tsk8s") => RuntimeKind::Tsk8s,
+            Some("tailscale") => RuntimeKind::Tailscale,
+            Some(other) => {
+                let at = c.runtime.as_ref().map(|r| r.span).unwrap_or(c.span);
+                self.push(
+                    err(at, format!("unknown runtime {other:?}"))
+                        .help("use \"tsk8s\" (default) or \"tailscale\""),
+                );
+                RuntimeKind::Tsk8s
+            }
+        };
+        let endpoint = match &c.endpoint {
+            Some(e) => {
+                let host_ok = e.v.parse::<IpAddr>().is_ok()
+                    || check_subdomain(&e.v.to_ascii_lowercase()).is_ok();
+                if !host_ok {
+                    self.push(
+                        err(
+                            e.span,
+                            format!("endpoint {:?} is not a host name or IP address", e.v),
+                        )
+                        .label("bad endpoint")
+                        .help("give the host only; tsk8s lock assigns each node its UDP port"),
+                    );
+                }
+                e.v.clone()
+            }
+            None if runtime == RuntimeKind::Tsk8s => {
+                self.push(
+                    err(c.name.span, format!("cluster {:?} needs an endpoint", c.name.v))
+                        .help("endpoint=\"wg.example.com\": the host devices reach this cluster's nodes on"),
+                );
+                String::new()
+            }
+            None => String::new(),
+        };
+        let publish = match c.publish.as_ref().map(|p| p.v.as_str()) {
+            None | Some("load-balancer") => Publish::LoadBalancer,
+            Some("node-port") => Publish::NodePort,
+            Some(other) => {
+                let at = c.publish.as_ref().map(|p| p.span).unwrap_or(c.span);
+                self.push(
+                    err(at, format!("unknown publish mode {other:?}"))
+                        .help("use \"load-balancer\" or \"node-port\""),
+                );
+                Publish::LoadBalancer
+            }
+        };
+        let image = match &c.image {
+            Some(i) => {
+                if let Err(e) = check_image(&i.v) {
+                    self.push(
+                        err(i.span, format!("image {:?} {e}", i.v))
+                            .label("unpinned image")
+                            .help("pin a tag (repo:1.2.3) or a digest (repo@sha256:…)"),
+                    );
+                }
+                i.v.clone()
+            }
+            None => {
+                self.push(
+                    err(
+                        c.name.span,
+                        format!("cluster {:?} needs image=\"…\"", c.name.v),
+                    )
+                    .help("the runtime image is never defaulted: pin it with a tag or digest"),
+                );
+                String::new()
+            }
+        };
+        let (secrets, auth) = self.secrets(c, runtime);
+        let gitops = c
+            .gitops
+            .as_ref()
+            .map(|g| self.cluster_gitops(g))
+            .unwrap_or_default();
+
+        let mut exposures = Vec::new();
+        for e in &c.exposures {
+            if let Some(x) = self.exposure(
+                &c.name.v,
+                e,
+                names,
+                exposure_ids,
+                tailnet_names,
+                hosts,
+                devices,
+            ) {
+                exposures.push(x);
+            }
+        }
+        Some(Cluster {
+            name: c.name.v.clone(),
+            namespace,
+            pod_cidr,
+            service_cidr,
+            endpoint,
+            publish,
+            image,
+            runtime,
+            secrets,
+            auth,
+            gitops,
+            exposures,
+        })
+    }
+
+    fn secrets(
+        &mut self,
+        c: &syntax::ClusterDecl,
+        runtime: RuntimeKind,
+    ) -> (SecretBackend, TailscaleAuth) {
+        let Some(s) = &c.secrets else {
+            return (
+                SecretBackend::Existing,
+                TailscaleAuth {
+                    ephemeral: true,
+                    reusable: true,
+                },
+            );
+        };
+        let mut props = Props::new(&s.props);
+        let mut auth = TailscaleAuth {
+            ephemeral: true,
+            reusable: true,
+        };
+        if runtime == RuntimeKind::Tailscale {
+            auth.ephemeral = props.bool(self, "ephemeral").unwrap_or(true);
+            auth.reusable = props.bool(self, "reusable").unwrap_or(true);
+        }
+        let backend = match s.backend.v.as_str() {
+            "existing" => SecretBackend::Existing,
+            "external-secrets" => {
+                let store = props.str(self, "store");
+                let store_kind = props
+                    .str(self, "store-kind")
+                    .unwrap_or_else(|| "ClusterSecretStore".into());
+                if store_kind != "SecretStore" && store_kind != "ClusterSecretStore" {
+                    self.push(err(
+                        s.span,
+                        format!(
+                            "store-kind {store_kind:?} must be SecretStore or ClusterSecretStore"
+                        ),
+                    ));
+                }
+                let key_prefix = props
+                    .str(self, "key-prefix")
+                    .unwrap_or_else(|| "tsk8s/".into());
+                let refresh_interval = props
+                    .str(self, "refresh-interval")
+                    .unwrap_or_else(|| "1h".into());
+                match store {
+                    Some(store) => SecretBackend::ExternalSecrets {
+                        store,
+                        store_kind,
+                        key_prefix,
+                        refresh_interval,
+                    },
+                    None => {
+                        self.push(
+                            err(
+                                s.backend.span,
+                                "external-secrets needs store=\"<SecretStore name>\"",
+                            )
+                            .label("store missing"),
+                        );
+                        SecretBackend::Existing
+                    }
+                }
+            }
+            "sops" => {
+                let source_dir = props
+                    .str(self, "dir")
+                    .unwrap_or_else(|| format!("secrets/{}", c.name.v));
+                if s.recipients.is_empty() {
+                    self.push(
+                        err(s.backend.span, "sops needs at least one age recipient")
+                            .help("add a child: age-recipient \"age1…\""),
+                    );
+                }
+                for r in &s.recipients {
+                    if !r.v.starts_with("age1") || r.v.len() < 20 {
+                        self.push(
+                            err(r.span, format!("{:?} is not an age recipient (age1…)", r.v))
+                                .label("bad recipient"),
+                        );
+                    }
+                }
+                check_rel_dir(self, &source_dir, s.span);
+                SecretBackend::Sops {
+                    recipients: s.recipients.iter().map(|r| r.v.clone()).collect(),
+                    source_dir,
+                }
+            }
+            "sealed-secrets" => {
+                let source_dir = props
+                    .str(self, "dir")
+                    .unwrap_or_else(|| format!("sealed/{}", c.name.v));
+                check_rel_dir(self, &source_dir, s.span);
+                SecretBackend::SealedSecrets { source_dir }
+            }
+            other => {
+                self.push(
+                    err(s.backend.span, format!("unknown secret backend {other:?}"))
+                        .help("use existing, external-secrets, sops or sealed-secrets"),
+                );
+                SecretBackend::Existing
+            }
+        };
+        if !matches!(backend, SecretBackend::Sops { .. }) && !s.recipients.is_empty() {
+            self.push(err(s.span, "age-recipient is only for the sops backend"));
+        }
+        props.finish(self);
+        (backend, auth)
+    }
+
+    fn cluster_gitops(&mut self, g: &syntax::ClusterGitopsDecl) -> ClusterGitops {
+        let mut props = Props::new(&g.props);
+        let out = ClusterGitops {
+            argocd_server: props.str(self, "server"),
+            argocd_name: props.str(self, "name"),
+            flux_source: props.str(self, "source"),
+            flux_namespace: props.str(self, "source-namespace"),
+        };
+        props.finish(self);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exposure(
+        &mut self,
+        cluster: &str,
+        e: &syntax::ExposureDecl,
+        names: &Names,
+        exposure_ids: &mut BTreeMap<String, SourceSpan>,
+        tailnet_names: &mut BTreeMap<String, SourceSpan>,
+        hosts: &[(String, IpNet)],
+        devices: &[Device],
+    ) -> Option<Exposure> {
+        let mut ok = true;
+        self.spans.exposures.insert(e.name.v.clone(), e.name.span);
+        if let Err(msg) = check_rfc1035_label(&e.name.v, MAX_EXPOSURE_NAME) {
+            self.push(
+                err(e.name.span, format!("exposure name {:?} {msg}", e.name.v))
+                    .label("bad name")
+                    .help(format!("it names Services `{OBJECT_PREFIX}<name>` (RFC 1035, at most 63 characters), so at most {MAX_EXPOSURE_NAME} characters")),
+            );
+            ok = false;
+        }
+        if let Some(prev) = exposure_ids.insert(e.name.v.clone(), e.name.span) {
+            let line = self.d.line_col(prev.offset()).0;
+            self.push(
+                err(
+                    e.name.span,
+                    format!("exposure {:?} declared twice", e.name.v),
+                )
+                .label("duplicate exposure")
+                .help(format!(
+                    "first declared on line {line}; exposure names are unique across all clusters"
+                )),
+            );
+            ok = false;
+        }
+        let hostname = match &e.hostname {
+            Some(h) => {
+                if let Err(msg) = check_label(&h.v, 63) {
+                    self.push(
+                        err(h.span, format!("hostname {:?} {msg}", h.v)).label("not a DNS label"),
+                    );
+                    ok = false;
+                }
+                h.clone()
+            }
+            None => e.name.clone(),
+        };
+        if let Some(prev) = tailnet_names.insert(hostname.v.clone(), hostname.span) {
+            if prev != hostname.span && exposure_ids.get(&e.name.v) == Some(&e.name.span) {
+                let line = self.d.line_col(prev.offset()).0;
+                self.push(
+                    err(
+                        hostname.span,
+                        format!("tailnet name {:?} is already taken", hostname.v),
+                    )
+                    .label("two nodes with one name")
+                    .help(format!(
+                        "first used on line {line}; set hostname=\"…\" to rename this node"
+                    )),
+                );
+                ok = false;
+            }
+        }
+        let mut tags = Vec::new();
+        for t in &e.tags {
+            let tag = norm("tag:", &t.v);
+            if self.check_tag_ref(names, t, &tag) {
+                if !tags.contains(&tag) {
+                    tags.push(tag);
+                }
+            } else {
+                ok = false;
+            }
+        }
+        if e.tags.is_empty() {
+            self.push(
+                err(
+                    e.name.span,
+                    format!("{} {:?} needs a tag", e.kind.keyword(), e.name.v),
+                )
+                .help("nodes in clusters are tagged devices: add tag=\"…\""),
+            );
+            ok = false;
+        }
+        let ports = self.ports(e, &mut ok);
+        let kind = match e.kind {
+            syntax::ExposureKind::Proxy => {
+                let (namespace, service) = self.ns_name(
+                    e.service.as_ref(),
+                    e,
+                    "service",
+                    "\"monitoring/grafana\"",
+                    true,
+                    &mut ok,
+                );
+                ExposureKind::Proxy {
+                    namespace,
+                    service,
+                    ports,
+                }
+            }
+            syntax::ExposureKind::Sidecar => {
+                let (namespace, workload) = self.ns_name(
+                    e.workload.as_ref(),
+                    e,
+                    "workload",
+                    "\"shop/web\"",
+                    false,
+                    &mut ok,
+                );
+                let workload_kind = match e.workload_kind.as_ref().map(|k| k.v.as_str()) {
+                    None | Some("Deployment") => "Deployment".to_string(),
+                    Some("StatefulSet") => "StatefulSet".to_string(),
+                    Some(other) => {
+                        let at = e.workload_kind.as_ref().map(|k| k.span).unwrap_or(e.span);
+                        self.push(
+                            err(
+                                at,
+                                format!("sidecar kind {other:?} must be Deployment or StatefulSet"),
+                            )
+                            .label("unsupported kind"),
+                        );
+                        ok = false;
+                        String::new()
+                    }
+                };
+                if let Some(r) = &e.replicas {
+                    if r.v != 1 {
+                        self.push(
+                            err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
+                                .label("one key, one pod")
+                                .help("a sidecar node has one WireGuard key and one address, so its workload must run exactly one replica; use a proxy for replicated workloads"),
+                        );
+                        ok = false;
+                    }
+                }
+                ExposureKind::Sidecar {
+                    namespace,
+                    workload,
+                    workload_kind,
+                    ports,
+                }
+            }
+            syntax::ExposureKind::SubnetRouter => {
+                let mut routes = Vec::new();
+                if e.routes.is_empty() {
+                    self.push(
+                        err(e.name.span, "a subnet router needs at least one route")
+                            .help("route=\"10.96.0.0/12\""),
+                    );
+                    ok = false;
+                }
+                for r in &e.routes {
+                    match r.v.parse::<IpNet>() {
+                        Ok(n) if n.trunc() == n => {
+                            if n.prefix_len() == 0 {
+                                self.push(
+                                    err(r.span, "a subnet router cannot advertise a default route")
+                                        .label("use an exit node instead"),
+                                );
+                                ok = false;
+                            } else if overlaps_tailnet(&n) {
+                                self.push(
+                                    err(
+                                        r.span,
+                                        format!(
+                                            "route {n} overlaps the tailnet's own address range"
+                                        ),
+                                    )
+                                    .label("overlaps 100.64.0.0/10 or fd7a:115c:a1e0::/48"),
+                                );
+                                ok = false;
+                            } else {
+                                self.spans.routes.insert((e.name.v.clone(), n), r.span);
+                                routes.push(n);
+                            }
+                        }
+                        Ok(n) => {
+                            self.push(
+                                err(r.span, format!("route {:?} has host bits set", r.v))
+                                    .label("not a network address")
+                                    .help(format!("did you mean `{}`?", n.trunc())),
+                            );
+                            ok = false;
+                        }
+                        Err(_) => {
+                            self.push(
+                                err(r.span, format!("invalid CIDR {:?}", r.v)).label("not a CIDR"),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                ExposureKind::SubnetRouter { routes }
+            }
+            syntax::ExposureKind::Egress => {
+                let target = match &e.target {
+                    Some(t) => {
+                        if devices.iter().any(|d| d.name == t.v) {
+                            EgressTarget::Device(t.v.clone())
+                        } else if let Some((h, net)) = hosts.iter().find(|(h, _)| *h == t.v) {
+                            let single =
+                                (net.prefix_len() == net.max_prefix_len()).then(|| net.addr());
+                            match single {
+                                Some(ip) => EgressTarget::Host(h.clone(), ip),
+                                None => {
+                                    self.push(
+                                        err(
+                                            t.span,
+                                            format!("host {:?} is a network, not one address", t.v),
+                                        )
+                                        .label("egress needs one address"),
+                                    );
+                                    ok = false;
+                                    EgressTarget::Node(String::new())
+                                }
+                            }
+                        } else {
+                            // An exposure (checked once all clusters are known).
+                            EgressTarget::Node(t.v.clone())
+                        }
+                    }
+                    None => {
+                        self.push(
+                            err(
+                                e.name.span,
+                                "egress needs target=\"<device, host or exposure>\"",
+                            )
+                            .label("target missing"),
+                        );
+                        ok = false;
+                        EgressTarget::Node(String::new())
+                    }
+                };
+                ExposureKind::Egress { target, ports }
+            }
+        };
+        let _ = cluster;
+        ok.then(|| Exposure {
+            id: e.name.v.clone(),
+            hostname: hostname.v,
+            tags,
+            kind,
+        })
+    }
+
+    fn ports(&mut self, e: &syntax::ExposureDecl, ok: &mut bool) -> Vec<Port> {
+        let mut out: Vec<Port> = Vec::new();
+        if e.kind != syntax::ExposureKind::SubnetRouter && e.ports.is_empty() {
+            self.push(
+                err(
+                    e.name.span,
+                    format!("{} {:?} needs a port", e.kind.keyword(), e.name.v),
+                )
+                .help("port=80, or children: port 53 protocol=\"udp\""),
+            );
+            *ok = false;
+        }
+        for p in &e.ports {
+            let port = match u16::try_from(p.port.v) {
+                Ok(v) if v > 0 => v,
+                _ => {
+                    self.push(
+                        err(
+                            p.port.span,
+                            format!("port {} is out of range (1-65535)", p.port.v),
+                        )
+                        .label("bad port"),
+                    );
+                    *ok = false;
+                    continue;
+                }
+            };
+            let target = match &p.target {
+                Some(t) => match u16::try_from(t.v) {
+                    Ok(v) if v > 0 => v,
+                    _ => {
+                        self.push(
+                            err(
+                                t.span,
+                                format!("target port {} is out of range (1-65535)", t.v),
+                            )
+                            .label("bad port"),
+                        );
+                        *ok = false;
+                        continue;
+                    }
+                },
+                None => port,
+            };
+            let protocol = match p.protocol.as_ref().map(|s| s.v.as_str()) {
+                None | Some("tcp") => Proto::Tcp,
+                Some("udp") => Proto::Udp,
+                Some(other) => {
+                    let at = p.protocol.as_ref().map(|s| s.span).unwrap_or(p.span);
+                    self.push(
+                        err(at, format!("protocol {other:?} must be \"tcp\" or \"udp\""))
+                            .label("bad protocol"),
+                    );
+                    *ok = false;
+                    continue;
+                }
+            };
+            if out.iter().any(|o| o.port == port && o.protocol == protocol) {
+                self.push(
+                    err(
+                        p.span,
+                        format!("port {port}/{} given twice", protocol.as_str()),
+                    )
+                    .label("duplicate port"),
+                );
+                *ok = false;
+                continue;
+            }
+            if e.kind == syntax::ExposureKind::Egress && port < 1024 {
+                self.push(
+                    err(
+                        p.port.span,
+                        format!("egress listens on port {port} in the cluster, which needs root"),
+                    )
+                    .label("privileged port")
+                    .help("listen on 1024 or above; use `port 5432 target=…` style to map"),
+                );
+                *ok = false;
+                continue;
+            }
+            out.push(Port {
+                protocol,
+                port,
+                target,
+            });
+        }
+        out
+    }
+
+    fn ns_name(
+        &mut self,
+        v: Option<&SpStr>,
+        e: &syntax::ExposureDecl,
+        what: &str,
+        example: &str,
+        service: bool,
+        ok: &mut bool,
+    ) -> (String, String) {
+        let Some(v) = v else {
+            self.push(
+                err(
+                    e.name.span,
+                    format!("{} {:?} needs {what}={example}", e.kind.keyword(), e.name.v),
+                )
+                .label(format!("{what} missing")),
+            );
+            *ok = false;
+            return Default::default();
+        };
+        let Some((ns, name)) = v.v.split_once('/') else {
+            self.push(
+                err(v.span, format!("{what} {:?} must be namespace/name", v.v))
+                    .label("missing namespace")
+                    .help(format!("e.g. {what}={example}")),
+            );
+            *ok = false;
+            return Default::default();
+        };
+        if let Err(msg) = check_label(ns, 63) {
+            self.push(err(v.span, format!("namespace {ns:?} {msg}")).label("not a DNS-1123 label"));
+            *ok = false;
+        }
+        let name_check = if service {
+            check_rfc1035_label(name, 63)
+        } else {
+            check_subdomain(name)
+        };
+        if let Err(msg) = name_check {
+            let rule = if service {
+                "Service names are RFC 1035 labels"
+            } else {
+                "workload names are DNS-1123 subdomains"
+            };
+            self.push(err(v.span, format!("{what} name {name:?} {msg}")).label(rule));
+            *ok = false;
+        }
+        (ns.to_string(), name.to_string())
+    }
+}
+
+fn check_rel_dir(r: &mut Resolver<'_>, dir: &str, span: SourceSpan) {
+    if dir.is_empty() || dir.starts_with('/') || dir.split('/').any(|s| s == ".." || s.is_empty()) {
+        r.push(err(
+            span,
+            format!("dir {dir:?} must be a relative path beside the spec, without '..'"),
+        ));
+    }
+}
+
+fn overlaps_tailnet(n: &IpNet) -> bool {
+    let v4: IpNet = "100.64.0.0/10"
+        .parse()
+        .unwrap_or(IpNet::V4(Ipv4Net::default()));
+    let v6: IpNet = TAILNET_V6.parse().unwrap_or(IpNet::V4(Ipv4Net::default()));
+    [v4, v6].iter().any(|t| t.contains(n) || n.contains(t))
+}
+
+/// An image reference pinned by tag or digest.
+pub fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() || image.contains(char::is_whitespace) {
+        return Err("is not an image reference".into());
+    }
+    if let Some((_, digest)) = image.split_once('@') {
+        return if digest.starts_with("sha256:") && digest.len() == 7 + 64 {
+            Ok(())
+        } else {
+            Err("has a malformed digest".into())
+        };
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) => Err("uses the moving tag `latest`".into()),
+        Some((_, tag)) if !tag.is_empty() => Ok(()),
+        _ => Err("has no tag or digest".into()),
+    }
+}
+
+pub fn parse_ip_or_cidr(s: &str) -> Option<IpNet> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return (n.trunc() == n).then_some(n);
+    }
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// Free-form `key=value` properties of a node whose keys depend on an argument.
+struct Props<'a> {
+    props: &'a [(SpStr, Sp<PropValue>)],
+    used: Vec<&'static str>,
+}
+
+impl<'a> Props<'a> {
+    fn new(props: &'a [(SpStr, Sp<PropValue>)]) -> Props<'a> {
+        Props {
+            props,
+            used: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Sp<PropValue>> {
+        self.used.push(key);
+        self.props
+            .iter()
+            .rev()
+            .find(|(k, _)| k.v == key)
+            .map(|(_, v)| v)
+    }
+
+    fn str(&mut self, r: &mut Resolver<'_>, key: &'static str) -> Option<String> {
+        match self.get(key) {
+            Some(Sp {
+                v: PropValue::Str(s),
+                ..
+            }) => Some(s.clone()),
+            Some(v) => {
+                r.push(err(v.span, format!("`{key}` must be a string")).label("wrong type"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn bool(&mut self, r: &mut Resolver<'_>, key: &'static str) -> Option<bool> {
+        match self.get(key) {
+            Some(Sp {
+                v: PropValue::Bool(b),
+                ..
+            }) => Some(*b),
+            Some(v) => {
+                r.push(err(v.span, format!("`{key}` must be #true or #false")).label("wrong type"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn finish(self, r: &mut Resolver<'_>) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, _) in self.props {
+            if !self.used.contains(&k.v.as_str()) {
+                let mut diag =
+                    err(k.span, format!("unknown property `{}`", k.v)).label("not understood here");
+                if let Some(h) = suggest(&k.v, self.used.iter().copied()) {
+                    diag = diag.help(h);
+                }
+                r.push(diag);
+            } else if seen.contains(&k.v.as_str()) {
+                r.push(
+                    err(k.span, format!("property `{}` given twice", k.v))
+                        .label("duplicate property"),
+                );
+            }
+            seen.push(&k.v);
+        }
+    }
+}

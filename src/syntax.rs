@@ -1,0 +1,1058 @@
+//! Stage 1 — parse: KDL v2 text → a typed syntax tree with spans.
+//!
+//! This stage knows the shape of the language (which nodes, arguments and properties exist and
+//! their value types) and nothing about meaning: references, CIDRs, names and duplicates are
+//! checked by `resolve`. Every problem becomes a [`Diagnostic`]; parsing goes on after an error
+//! so one run reports everything.
+
+use kdl::{KdlDocument, KdlNode, KdlValue};
+use miette::SourceSpan;
+
+use crate::diag::{Diagnostic, Diagnostics, suggest};
+
+/// A value with the span it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sp<T> {
+    pub v: T,
+    pub span: SourceSpan,
+}
+
+impl<T> Sp<T> {
+    pub fn new(v: T, span: SourceSpan) -> Sp<T> {
+        Sp { v, span }
+    }
+}
+
+pub type SpStr = Sp<String>;
+
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    pub tailnet: Option<TailnetDecl>,
+    pub users: Vec<SpStr>,
+    pub groups: Vec<GroupDecl>,
+    pub tags: Vec<TagDecl>,
+    pub hosts: Vec<HostDecl>,
+    pub devices: Vec<DeviceDecl>,
+    pub clusters: Vec<ClusterDecl>,
+    pub acls: Vec<AclDecl>,
+    pub grants: Vec<GrantDecl>,
+    pub tests: Vec<TestDecl>,
+    pub ssh: Vec<SshDecl>,
+    pub gitops: Option<GitopsDecl>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TailnetDecl {
+    pub name: SpStr,
+    pub domain: Option<SpStr>,
+    pub ipv4_pool: Option<SpStr>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupDecl {
+    pub name: SpStr,
+    pub members: Vec<SpStr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TagDecl {
+    pub name: SpStr,
+    pub owners: Vec<SpStr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HostDecl {
+    pub name: SpStr,
+    pub addr: SpStr,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeviceDecl {
+    pub name: SpStr,
+    pub user: Option<SpStr>,
+    pub public_key: Option<SpStr>,
+    pub key_path: Option<SpStr>,
+    pub tags: Vec<SpStr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterDecl {
+    pub name: SpStr,
+    pub namespace: Option<SpStr>,
+    pub pod_cidr: Option<SpStr>,
+    pub service_cidr: Option<SpStr>,
+    pub endpoint: Option<SpStr>,
+    pub publish: Option<SpStr>,
+    pub image: Option<SpStr>,
+    pub runtime: Option<SpStr>,
+    pub secrets: Option<SecretsDecl>,
+    pub gitops: Option<ClusterGitopsDecl>,
+    pub exposures: Vec<ExposureDecl>,
+    pub span: SourceSpan,
+}
+
+/// `secrets "<backend>" key=value…` — the properties are backend-specific and checked by resolve.
+#[derive(Clone, Debug)]
+pub struct SecretsDecl {
+    pub backend: SpStr,
+    pub props: Vec<(SpStr, Sp<PropValue>)>,
+    pub recipients: Vec<SpStr>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterGitopsDecl {
+    pub props: Vec<(SpStr, Sp<PropValue>)>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct GitopsDecl {
+    pub flavour: SpStr,
+    pub props: Vec<(SpStr, Sp<PropValue>)>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PropValue {
+    Str(String),
+    Int(i128),
+    Bool(bool),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExposureKind {
+    Proxy,
+    Sidecar,
+    SubnetRouter,
+    Egress,
+}
+
+impl ExposureKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            ExposureKind::Proxy => "proxy",
+            ExposureKind::Sidecar => "sidecar",
+            ExposureKind::SubnetRouter => "subnet-router",
+            ExposureKind::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExposureDecl {
+    pub kind: ExposureKind,
+    pub name: SpStr,
+    pub hostname: Option<SpStr>,
+    pub tags: Vec<SpStr>,
+    /// proxy: `ns/name` of a Service.
+    pub service: Option<SpStr>,
+    /// sidecar: `ns/name` of a workload.
+    pub workload: Option<SpStr>,
+    /// sidecar: Deployment (default) or StatefulSet.
+    pub workload_kind: Option<SpStr>,
+    pub replicas: Option<Sp<i128>>,
+    /// egress: device, host alias or exposure name.
+    pub target: Option<SpStr>,
+    pub routes: Vec<SpStr>,
+    pub ports: Vec<PortDecl>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct PortDecl {
+    pub port: Sp<i128>,
+    pub target: Option<Sp<i128>>,
+    pub protocol: Option<SpStr>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct AclDecl {
+    pub action: SpStr,
+    pub src: Vec<SpStr>,
+    pub dst: Vec<SpStr>,
+    pub proto: Option<SpStr>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct GrantDecl {
+    pub src: Vec<SpStr>,
+    pub dst: Vec<SpStr>,
+    pub ip: Vec<SpStr>,
+    pub via: Vec<SpStr>,
+    /// capability name → JSON text of one value (an object).
+    pub app: Vec<(SpStr, SpStr)>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct TestDecl {
+    pub src: SpStr,
+    pub proto: Option<SpStr>,
+    pub accept: Vec<SpStr>,
+    pub deny: Vec<SpStr>,
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub struct SshDecl {
+    pub action: SpStr,
+    pub src: Vec<SpStr>,
+    pub dst: Vec<SpStr>,
+    pub users: Vec<SpStr>,
+    pub check_period: Option<SpStr>,
+    pub span: SourceSpan,
+}
+
+/// Parse spec text. Returns the tree (possibly partial) and the diagnostics found.
+pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
+    let mut diags = Diagnostics::new(file, text);
+    let doc = match KdlDocument::parse_v2(text) {
+        Ok(doc) => doc,
+        Err(err) => {
+            for d in err.diagnostics {
+                let msg = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+                let mut diag = Diagnostic::new(d.span, format!("syntax error: {msg}"));
+                if let Some(label) = d.label {
+                    diag = diag.label(label);
+                }
+                if let Some(help) = d.help {
+                    diag = diag.help(help);
+                }
+                diags.push(diag);
+            }
+            if diags.is_empty() {
+                diags.push(Diagnostic::new(
+                    SourceSpan::from(0..0),
+                    "syntax error: invalid KDL",
+                ));
+            }
+            return (Spec::default(), diags);
+        }
+    };
+    let mut p = Parser { d: &mut diags };
+    let spec = p.document(&doc);
+    (spec, diags)
+}
+
+const TOP: &[&str] = &[
+    "tailnet", "user", "group", "tag", "host", "device", "cluster", "acl", "grant", "test", "ssh",
+    "gitops",
+];
+const CLUSTER_CHILDREN: &[&str] = &[
+    "secrets",
+    "gitops",
+    "proxy",
+    "sidecar",
+    "subnet-router",
+    "egress",
+];
+
+struct Parser<'d> {
+    d: &'d mut Diagnostics,
+}
+
+/// Reads one node: hands out its arguments and properties and, at `finish`, reports whatever
+/// was not asked for.
+struct Node<'a> {
+    node: &'a KdlNode,
+    used_props: Vec<String>,
+    args_used: usize,
+}
+
+impl<'a> Node<'a> {
+    fn new(node: &'a KdlNode) -> Node<'a> {
+        Node {
+            node,
+            used_props: Vec::new(),
+            args_used: 0,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.node.name().value()
+    }
+
+    fn span(&self) -> SourceSpan {
+        self.node.span()
+    }
+
+    fn name_span(&self) -> SourceSpan {
+        self.node.name().span()
+    }
+
+    fn args(&self) -> impl Iterator<Item = &'a kdl::KdlEntry> + use<'a> {
+        let node: &'a KdlNode = self.node;
+        node.entries().iter().filter(|e| e.name().is_none())
+    }
+
+    /// The next positional argument as a string.
+    fn arg_str(&mut self, d: &mut Diagnostics, what: &str) -> Option<SpStr> {
+        let idx = self.args_used;
+        self.args_used += 1;
+        match self.args().nth(idx) {
+            Some(e) => as_str(d, e.value(), e.span(), what),
+            None => {
+                d.push(
+                    Diagnostic::new(self.name_span(), format!("`{}` needs {what}", self.name()))
+                        .label("argument missing"),
+                );
+                None
+            }
+        }
+    }
+
+    /// All remaining positional arguments as strings (at least one).
+    fn rest_str(&mut self, d: &mut Diagnostics, what: &str) -> Vec<SpStr> {
+        let out: Vec<SpStr> = self
+            .args()
+            .skip(self.args_used)
+            .filter_map(|e| as_str(d, e.value(), e.span(), what))
+            .collect();
+        let n = self.args().count();
+        if n <= self.args_used {
+            d.push(
+                Diagnostic::new(self.name_span(), format!("`{}` needs {what}", self.name()))
+                    .label("argument missing"),
+            );
+        }
+        self.args_used = n.max(self.args_used);
+        out
+    }
+
+    fn prop(&mut self, key: &str) -> Option<&'a kdl::KdlEntry> {
+        self.used_props.push(key.to_string());
+        self.node
+            .entries()
+            .iter()
+            .rev()
+            .find(|e| e.name().is_some_and(|n| n.value() == key))
+    }
+
+    fn prop_str(&mut self, d: &mut Diagnostics, key: &str) -> Option<SpStr> {
+        let e = self.prop(key)?;
+        as_str(d, e.value(), e.span(), &format!("`{key}`"))
+    }
+
+    fn prop_int(&mut self, d: &mut Diagnostics, key: &str) -> Option<Sp<i128>> {
+        let e = self.prop(key)?;
+        as_int(d, e.value(), e.span(), &format!("`{key}`"))
+    }
+
+    /// Every property not read, and every argument beyond those read, is an error.
+    fn finish(self, d: &mut Diagnostics) {
+        let known: Vec<&str> = self.used_props.iter().map(String::as_str).collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for e in self.node.entries() {
+            match e.name() {
+                Some(n) => {
+                    let key = n.value();
+                    if !known.contains(&key) {
+                        let mut diag = Diagnostic::new(
+                            e.span(),
+                            format!("unknown property `{key}` on `{}`", self.name()),
+                        )
+                        .label("not a property of this node");
+                        if let Some(h) = suggest(key, known.iter().copied()) {
+                            diag = diag.help(h);
+                        } else if !known.is_empty() {
+                            diag = diag.help(format!("known properties: {}", known.join(", ")));
+                        }
+                        d.push(diag);
+                    } else if seen.contains(&key) {
+                        d.push(
+                            Diagnostic::new(e.span(), format!("property `{key}` given twice"))
+                                .label("duplicate property"),
+                        );
+                    }
+                    seen.push(key);
+                }
+                None => {}
+            }
+        }
+        for e in self.args().skip(self.args_used) {
+            d.push(
+                Diagnostic::new(
+                    e.span(),
+                    format!("unexpected argument to `{}`", self.name()),
+                )
+                .label("extra argument"),
+            );
+        }
+    }
+
+    fn children(&self) -> &'a [KdlNode] {
+        self.node.children().map(|c| c.nodes()).unwrap_or(&[])
+    }
+
+    fn no_children(&self, d: &mut Diagnostics) {
+        if let Some(c) = self.node.children() {
+            if !c.nodes().is_empty() {
+                d.push(
+                    Diagnostic::new(c.span(), format!("`{}` takes no children", self.name()))
+                        .label("unexpected block"),
+                );
+            }
+        }
+    }
+}
+
+fn type_name(v: &KdlValue) -> &'static str {
+    match v {
+        KdlValue::String(_) => "a string",
+        KdlValue::Integer(_) => "an integer",
+        KdlValue::Float(_) => "a number",
+        KdlValue::Bool(_) => "a boolean",
+        KdlValue::Null => "#null",
+    }
+}
+
+fn as_str(d: &mut Diagnostics, v: &KdlValue, span: SourceSpan, what: &str) -> Option<SpStr> {
+    match v {
+        KdlValue::String(s) => Some(Sp::new(s.clone(), span)),
+        other => {
+            d.push(
+                Diagnostic::new(
+                    span,
+                    format!("{what} must be a string, found {}", type_name(other)),
+                )
+                .label("wrong type"),
+            );
+            None
+        }
+    }
+}
+
+fn as_int(d: &mut Diagnostics, v: &KdlValue, span: SourceSpan, what: &str) -> Option<Sp<i128>> {
+    match v {
+        KdlValue::Integer(i) => Some(Sp::new(*i, span)),
+        other => {
+            d.push(
+                Diagnostic::new(
+                    span,
+                    format!("{what} must be an integer, found {}", type_name(other)),
+                )
+                .label("wrong type"),
+            );
+            None
+        }
+    }
+}
+
+fn prop_value(d: &mut Diagnostics, e: &kdl::KdlEntry) -> Option<Sp<PropValue>> {
+    let v = match e.value() {
+        KdlValue::String(s) => PropValue::Str(s.clone()),
+        KdlValue::Integer(i) => PropValue::Int(*i),
+        KdlValue::Bool(b) => PropValue::Bool(*b),
+        other => {
+            d.push(
+                Diagnostic::new(
+                    e.span(),
+                    format!(
+                        "value must be a string, integer or boolean, found {}",
+                        type_name(other)
+                    ),
+                )
+                .label("wrong type"),
+            );
+            return None;
+        }
+    };
+    Some(Sp::new(v, e.span()))
+}
+
+fn unknown_child(d: &mut Diagnostics, node: &KdlNode, parent: &str, known: &[&str]) {
+    let name = node.name().value();
+    let mut diag = Diagnostic::new(
+        node.name().span(),
+        format!("unknown node `{name}` in {parent}"),
+    )
+    .label("not understood here");
+    if let Some(h) = suggest(name, known.iter().copied()) {
+        diag = diag.help(h);
+    } else {
+        diag = diag.help(format!("expected one of: {}", known.join(", ")));
+    }
+    d.push(diag);
+}
+
+impl Parser<'_> {
+    fn document(&mut self, doc: &KdlDocument) -> Spec {
+        let mut spec = Spec::default();
+        for node in doc.nodes() {
+            match node.name().value() {
+                "tailnet" => {
+                    let t = self.tailnet(node);
+                    if let (Some(prev), Some(t)) = (&spec.tailnet, &t) {
+                        self.d.push(
+                            Diagnostic::new(t.span, "`tailnet` declared twice")
+                                .label("second declaration")
+                                .help(format!(
+                                    "the first is at line {}",
+                                    self.d.line_col(prev.span.offset()).0
+                                )),
+                        );
+                    } else if t.is_some() {
+                        spec.tailnet = t;
+                    }
+                }
+                "user" => {
+                    let mut n = Node::new(node);
+                    if let Some(u) = n.arg_str(self.d, "a user's email") {
+                        spec.users.push(u);
+                    }
+                    n.no_children(self.d);
+                    n.finish(self.d);
+                }
+                "group" => spec.groups.extend(self.group(node)),
+                "tag" => spec.tags.extend(self.tag(node)),
+                "host" => {
+                    let mut n = Node::new(node);
+                    let name = n.arg_str(self.d, "a host alias name");
+                    let addr = n.arg_str(self.d, "an IP address or CIDR");
+                    n.no_children(self.d);
+                    n.finish(self.d);
+                    if let (Some(name), Some(addr)) = (name, addr) {
+                        spec.hosts.push(HostDecl { name, addr });
+                    }
+                }
+                "device" => spec.devices.extend(self.device(node)),
+                "cluster" => spec.clusters.extend(self.cluster(node)),
+                "acl" => self.acl_block(node, &mut spec.acls),
+                "grant" => spec.grants.extend(self.grant(node)),
+                "test" => spec.tests.extend(self.test(node)),
+                "ssh" => spec.ssh.extend(self.ssh(node)),
+                "gitops" => {
+                    let g = self.gitops(node);
+                    if spec.gitops.is_some() {
+                        self.d.push(
+                            Diagnostic::new(node.name().span(), "`gitops` declared twice")
+                                .label("second declaration"),
+                        );
+                    } else {
+                        spec.gitops = g;
+                    }
+                }
+                _ => unknown_child(self.d, node, "the spec", TOP),
+            }
+        }
+        spec
+    }
+
+    fn tailnet(&mut self, node: &KdlNode) -> Option<TailnetDecl> {
+        let mut n = Node::new(node);
+        let name = n.arg_str(self.d, "the tailnet's name");
+        let domain = n.prop_str(self.d, "domain");
+        let ipv4_pool = n.prop_str(self.d, "ipv4-pool");
+        n.no_children(self.d);
+        let span = n.span();
+        n.finish(self.d);
+        Some(TailnetDecl {
+            name: name?,
+            domain,
+            ipv4_pool,
+            span,
+        })
+    }
+
+    /// The property form of a list field (`key="one"`); the child form (`key "a" "b"`) is
+    /// read where the children are walked.
+    fn list_prop(&mut self, n: &mut Node, key: &str, out: &mut Vec<SpStr>) {
+        if let Some(v) = n.prop_str(self.d, key) {
+            out.push(v);
+        }
+    }
+
+    fn group(&mut self, node: &KdlNode) -> Option<GroupDecl> {
+        let mut n = Node::new(node);
+        let name = n.arg_str(self.d, "the group's name");
+        let mut members = Vec::new();
+        for c in n.children() {
+            match c.name().value() {
+                "member" => {
+                    let mut cn = Node::new(c);
+                    members.extend(cn.rest_str(self.d, "one or more user emails"));
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                }
+                _ => unknown_child(self.d, c, "a group", &["member"]),
+            }
+        }
+        n.finish(self.d);
+        Some(GroupDecl {
+            name: name?,
+            members,
+        })
+    }
+
+    fn tag(&mut self, node: &KdlNode) -> Option<TagDecl> {
+        let mut n = Node::new(node);
+        let name = n.arg_str(self.d, "the tag's name");
+        let mut owners = Vec::new();
+        self.list_prop(&mut n, "owner", &mut owners);
+        for c in n.children() {
+            match c.name().value() {
+                "owner" => {
+                    let mut cn = Node::new(c);
+                    owners.extend(cn.rest_str(self.d, "one or more owners"));
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                }
+                _ => unknown_child(self.d, c, "a tag", &["owner"]),
+            }
+        }
+        n.finish(self.d);
+        Some(TagDecl {
+            name: name?,
+            owners,
+        })
+    }
+
+    fn device(&mut self, node: &KdlNode) -> Option<DeviceDecl> {
+        let mut n = Node::new(node);
+        let name = n.arg_str(self.d, "the device's name");
+        let user = n.prop_str(self.d, "user");
+        let public_key = n.prop_str(self.d, "public-key");
+        let key_path = n.prop_str(self.d, "key-path");
+        let mut tags = Vec::new();
+        self.list_prop(&mut n, "tag", &mut tags);
+        for c in n.children() {
+            match c.name().value() {
+                "tag" => {
+                    let mut cn = Node::new(c);
+                    tags.extend(cn.rest_str(self.d, "one or more tags"));
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                }
+                _ => unknown_child(self.d, c, "a device", &["tag"]),
+            }
+        }
+        n.finish(self.d);
+        Some(DeviceDecl {
+            name: name?,
+            user,
+            public_key,
+            key_path,
+            tags,
+        })
+    }
+
+    fn kv_props(&mut self, node: &KdlNode) -> Vec<(SpStr, Sp<PropValue>)> {
+        node.entries()
+            .iter()
+            .filter_map(|e| {
+                let key = e.name()?;
+                let v = prop_value(self.d, e)?;
+                Some((Sp::new(key.value().to_string(), key.span()), v))
+            })
+            .collect()
+    }
+
+    fn cluster(&mut self, node: &KdlNode) -> Option<ClusterDecl> {
+        let mut n = Node::new(node);
+        let name = n.arg_str(self.d, "the cluster's name");
+        let namespace = n.prop_str(self.d, "namespace");
+        let pod_cidr = n.prop_str(self.d, "pod-cidr");
+        let service_cidr = n.prop_str(self.d, "service-cidr");
+        let endpoint = n.prop_str(self.d, "endpoint");
+        let publish = n.prop_str(self.d, "publish");
+        let image = n.prop_str(self.d, "image");
+        let runtime = n.prop_str(self.d, "runtime");
+        let span = n.span();
+        let mut secrets: Option<SecretsDecl> = None;
+        let mut gitops: Option<ClusterGitopsDecl> = None;
+        let mut exposures = Vec::new();
+        for c in n.children() {
+            let kind = match c.name().value() {
+                "secrets" => {
+                    let s = self.secrets(c);
+                    if secrets.is_some() {
+                        self.d.push(
+                            Diagnostic::new(c.name().span(), "`secrets` given twice in a cluster")
+                                .label("second declaration"),
+                        );
+                    } else {
+                        secrets = s;
+                    }
+                    continue;
+                }
+                "gitops" => {
+                    let props = self.kv_props(c);
+                    let cn = Node::new(c);
+                    cn.no_children(self.d);
+                    if Node::new(c).args().next().is_some() {
+                        self.d.push(
+                            Diagnostic::new(
+                                c.name().span(),
+                                "`gitops` in a cluster takes only properties",
+                            )
+                            .label("unexpected argument"),
+                        );
+                    }
+                    if gitops.is_some() {
+                        self.d.push(
+                            Diagnostic::new(c.name().span(), "`gitops` given twice in a cluster")
+                                .label("second declaration"),
+                        );
+                    } else {
+                        gitops = Some(ClusterGitopsDecl {
+                            props,
+                            span: c.span(),
+                        });
+                    }
+                    continue;
+                }
+                "proxy" => ExposureKind::Proxy,
+                "sidecar" => ExposureKind::Sidecar,
+                "subnet-router" => ExposureKind::SubnetRouter,
+                "egress" => ExposureKind::Egress,
+                _ => {
+                    unknown_child(self.d, c, "a cluster", CLUSTER_CHILDREN);
+                    continue;
+                }
+            };
+            exposures.extend(self.exposure(c, kind));
+        }
+        n.finish(self.d);
+        Some(ClusterDecl {
+            name: name?,
+            namespace,
+            pod_cidr,
+            service_cidr,
+            endpoint,
+            publish,
+            image,
+            runtime,
+            secrets,
+            gitops,
+            exposures,
+            span,
+        })
+    }
+
+    fn secrets(&mut self, node: &KdlNode) -> Option<SecretsDecl> {
+        let mut n = Node::new(node);
+        let backend = n.arg_str(
+            self.d,
+            "a backend: existing, external-secrets, sops or sealed-secrets",
+        );
+        n.finish_args_only(self.d);
+        let props = self.kv_props(node);
+        let mut recipients = Vec::new();
+        for c in n.children() {
+            match c.name().value() {
+                "age-recipient" => {
+                    let mut cn = Node::new(c);
+                    recipients.extend(cn.rest_str(self.d, "one or more age recipients"));
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                }
+                _ => unknown_child(self.d, c, "secrets", &["age-recipient"]),
+            }
+        }
+        Some(SecretsDecl {
+            backend: backend?,
+            props,
+            recipients,
+            span: node.span(),
+        })
+    }
+
+    fn gitops(&mut self, node: &KdlNode) -> Option<GitopsDecl> {
+        let mut n = Node::new(node);
+        let flavour = n.arg_str(self.d, "a flavour: argocd or flux");
+        n.finish_args_only(self.d);
+        n.no_children(self.d);
+        let props = self.kv_props(node);
+        Some(GitopsDecl {
+            flavour: flavour?,
+            props,
+            span: node.span(),
+        })
+    }
+
+    fn exposure(&mut self, node: &KdlNode, kind: ExposureKind) -> Option<ExposureDecl> {
+        let mut n = Node::new(node);
+        let name = n.arg_str(self.d, "the exposure's name");
+        let hostname = n.prop_str(self.d, "hostname");
+        let mut tags = Vec::new();
+        self.list_prop(&mut n, "tag", &mut tags);
+        let (mut service, mut workload, mut workload_kind, mut replicas, mut target) =
+            (None, None, None, None, None);
+        let mut routes = Vec::new();
+        let mut ports = Vec::new();
+        match kind {
+            ExposureKind::Proxy => service = n.prop_str(self.d, "service"),
+            ExposureKind::Sidecar => {
+                workload = n.prop_str(self.d, "workload");
+                workload_kind = n.prop_str(self.d, "kind");
+                replicas = n.prop_int(self.d, "replicas");
+            }
+            ExposureKind::SubnetRouter => self.list_prop(&mut n, "route", &mut routes),
+            ExposureKind::Egress => target = n.prop_str(self.d, "target"),
+        }
+        if kind != ExposureKind::SubnetRouter {
+            if let Some(p) = n.prop_int(self.d, "port") {
+                let span = p.span;
+                ports.push(PortDecl {
+                    port: p,
+                    target: None,
+                    protocol: None,
+                    span,
+                });
+            }
+        }
+        let mut known = vec!["tag"];
+        match kind {
+            ExposureKind::SubnetRouter => known.push("route"),
+            _ => known.push("port"),
+        }
+        for c in n.children() {
+            match (c.name().value(), kind) {
+                ("tag", _) => {
+                    let mut cn = Node::new(c);
+                    tags.extend(cn.rest_str(self.d, "one or more tags"));
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                }
+                ("route", ExposureKind::SubnetRouter) => {
+                    let mut cn = Node::new(c);
+                    routes.extend(cn.rest_str(self.d, "one or more CIDRs"));
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                }
+                ("port", k) if k != ExposureKind::SubnetRouter => {
+                    let mut cn = Node::new(c);
+                    let port = match cn.args().next() {
+                        Some(e) => {
+                            cn.args_used = 1;
+                            as_int(self.d, e.value(), e.span(), "a port")
+                        }
+                        None => {
+                            self.d.push(
+                                Diagnostic::new(c.name().span(), "`port` needs a port number")
+                                    .label("argument missing"),
+                            );
+                            None
+                        }
+                    };
+                    let target = cn.prop_int(self.d, "target");
+                    let protocol = cn.prop_str(self.d, "protocol");
+                    cn.no_children(self.d);
+                    cn.finish(self.d);
+                    if let Some(port) = port {
+                        ports.push(PortDecl {
+                            port,
+                            target,
+                            protocol,
+                            span: c.span(),
+                        });
+                    }
+                }
+                _ => unknown_child(self.d, c, &format!("a {}", kind.keyword()), &known),
+            }
+        }
+        let span = n.span();
+        n.finish(self.d);
+        Some(ExposureDecl {
+            kind,
+            name: name?,
+            hostname,
+            tags,
+            service,
+            workload,
+            workload_kind,
+            replicas,
+            target,
+            routes,
+            ports,
+            span,
+        })
+    }
+
+    fn acl_block(&mut self, node: &KdlNode, out: &mut Vec<AclDecl>) {
+        let n = Node::new(node);
+        if n.args().next().is_some() || node.entries().iter().any(|e| e.name().is_some()) {
+            self.d.push(
+                Diagnostic::new(node.name().span(), "`acl` takes a block of rules")
+                    .label("unexpected arguments")
+                    .help("write `acl { accept src=\"…\" dst=\"…\" }`"),
+            );
+        }
+        for c in n.children() {
+            let action = Sp::new(c.name().value().to_string(), c.name().span());
+            let (lists, scalars, rest) = read_fields(c, &["src", "dst"], &["proto"], self);
+            rest.finish(self.d);
+            let mut it = lists.into_iter();
+            let src = it.next().unwrap_or_default();
+            let dst = it.next().unwrap_or_default();
+            let proto = scalars.into_iter().next().flatten();
+            out.push(AclDecl {
+                action,
+                src,
+                dst,
+                proto,
+                span: c.span(),
+            });
+        }
+    }
+
+    fn grant(&mut self, node: &KdlNode) -> Option<GrantDecl> {
+        let (lists, _, rest) = read_fields(node, &["src", "dst", "ip", "via"], &[], self);
+        let mut app = Vec::new();
+        for c in rest.children() {
+            if c.name().value() == "app" {
+                let mut cn = Node::new(c);
+                let name = cn.arg_str(self.d, "a capability name");
+                let json = cn.arg_str(self.d, "the capability's JSON value");
+                cn.no_children(self.d);
+                cn.finish(self.d);
+                if let (Some(name), Some(json)) = (name, json) {
+                    app.push((name, json));
+                }
+            }
+        }
+        rest.finish(self.d);
+        let mut it = lists.into_iter();
+        Some(GrantDecl {
+            src: it.next().unwrap_or_default(),
+            dst: it.next().unwrap_or_default(),
+            ip: it.next().unwrap_or_default(),
+            via: it.next().unwrap_or_default(),
+            app,
+            span: node.span(),
+        })
+    }
+
+    fn test(&mut self, node: &KdlNode) -> Option<TestDecl> {
+        let (lists, scalars, rest) =
+            read_fields(node, &["src", "accept", "deny"], &["proto"], self);
+        let span = rest.span();
+        let name_span = rest.name_span();
+        rest.finish(self.d);
+        let mut it = lists.into_iter();
+        let mut srcs = it.next().unwrap_or_default();
+        if srcs.len() != 1 {
+            self.d.push(
+                Diagnostic::new(name_span, "a test needs exactly one `src`").label(
+                    if srcs.is_empty() {
+                        "no src"
+                    } else {
+                        "several src"
+                    },
+                ),
+            );
+            return None;
+        }
+        let src = srcs.remove(0);
+        Some(TestDecl {
+            src,
+            accept: it.next().unwrap_or_default(),
+            deny: it.next().unwrap_or_default(),
+            proto: scalars.into_iter().next().flatten(),
+            span,
+        })
+    }
+
+    fn ssh(&mut self, node: &KdlNode) -> Option<SshDecl> {
+        let (lists, scalars, rest) = read_fields(
+            node,
+            &["src", "dst", "users"],
+            &["action", "check-period"],
+            self,
+        );
+        let name_span = rest.name_span();
+        rest.finish(self.d);
+        let mut it = lists.into_iter();
+        let mut sc = scalars.into_iter();
+        let action = sc.next().flatten();
+        let check_period = sc.next().flatten();
+        let Some(action) = action else {
+            self.d.push(
+                Diagnostic::new(name_span, "an ssh rule needs `action` (accept or check)")
+                    .label("no action"),
+            );
+            return None;
+        };
+        Some(SshDecl {
+            action,
+            src: it.next().unwrap_or_default(),
+            dst: it.next().unwrap_or_default(),
+            users: it.next().unwrap_or_default(),
+            check_period,
+            span: node.span(),
+        })
+    }
+}
+
+/// Shared by acl/grant/test/ssh: fields that are lists, given as a property (one value) or as
+/// child nodes with one or more arguments, and scalars, given as a property or one child.
+fn read_fields<'a>(
+    node: &'a KdlNode,
+    lists: &[&str],
+    scalars: &[&str],
+    p: &mut Parser<'_>,
+) -> (Vec<Vec<SpStr>>, Vec<Option<SpStr>>, Node<'a>) {
+    let mut n = Node::new(node);
+    let mut out_lists: Vec<Vec<SpStr>> = vec![Vec::new(); lists.len()];
+    for (i, key) in lists.iter().enumerate() {
+        if let Some(v) = n.prop_str(p.d, key) {
+            out_lists[i].push(v);
+        }
+    }
+    let mut out_scalars: Vec<Option<SpStr>> = vec![None; scalars.len()];
+    for (i, key) in scalars.iter().enumerate() {
+        out_scalars[i] = n.prop_str(p.d, key);
+    }
+    let mut known: Vec<&str> = lists.iter().chain(scalars.iter()).copied().collect();
+    let allow_app = lists.contains(&"ip");
+    if allow_app {
+        known.push("app");
+    }
+    for c in n.children() {
+        let cname = c.name().value();
+        if let Some(i) = lists.iter().position(|k| *k == cname) {
+            let mut cn = Node::new(c);
+            out_lists[i].extend(cn.rest_str(p.d, "one or more values"));
+            cn.no_children(p.d);
+            cn.finish(p.d);
+        } else if let Some(i) = scalars.iter().position(|k| *k == cname) {
+            let mut cn = Node::new(c);
+            let v = cn.arg_str(p.d, "a value");
+            cn.no_children(p.d);
+            cn.finish(p.d);
+            if out_scalars[i].is_some() {
+                p.d.push(
+                    Diagnostic::new(c.name().span(), format!("`{cname}` given twice"))
+                        .label("second value"),
+                );
+            } else {
+                out_scalars[i] = v;
+            }
+        } else if allow_app && cname == "app" {
+            // handled by the caller
+        } else {
+            unknown_child(p.d, c, &format!("`{}`", node.name().value()), &known);
+        }
+    }
+    (out_lists, out_scalars, n)
+}
+
+impl Node<'_> {
+    /// Like `finish`, but properties are read by the caller as free-form key/values.
+    fn finish_args_only(&mut self, d: &mut Diagnostics) {
+        for e in self.args().skip(self.args_used) {
+            d.push(
+                Diagnostic::new(
+                    e.span(),
+                    format!("unexpected argument to `{}`", self.name()),
+                )
+                .label("extra argument"),
+            );
+        }
+        self.args_used = usize::MAX / 2;
+    }
+}
