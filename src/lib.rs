@@ -8,6 +8,7 @@
 //! the filesystem.
 
 pub mod diag;
+pub mod lockfile;
 pub mod model;
 pub mod resolve;
 pub mod syntax;
