@@ -2,8 +2,25 @@
 //! compile per-node packet filters, evaluate `tests` offline — plus the compiler↔runtime config
 //! contract. Shared by `tsk8s` (validate, test, build) and `tsk8s-runtime` (enforce).
 //!
+//! - [`hujson`]: JWCC parser (comments, trailing commas, duplicate keys rejected).
+//! - [`policy`]: typed model and validation ([`policy::Policy::parse`]).
+//! - [`topology`]: `TOPOLOGY.json` (users and nodes).
+//! - [`compile`]: per-node / per-cluster filters ([`compile::compile_filter`],
+//!   [`compile::compile_all`], [`compile::compile_for_nodes`]).
+//! - [`matcher`]: indexed packet decisions for the runtime.
+//! - [`acltest`]: offline `tests` evaluation ([`acltest::run_tests`]).
+//! - [`cli`]: `policy check` / `policy filter` as functions.
+//! - [`filter`], [`runtime_config`]: wire shapes.
+//!
 //! No I/O, no global state, no panics on any input.
 
+pub mod acltest;
+pub mod cli;
+pub mod compile;
 pub mod filter;
+pub mod hujson;
+pub mod ipset;
 pub mod matcher;
+pub mod policy;
 pub mod runtime_config;
+pub mod topology;

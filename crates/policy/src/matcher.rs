@@ -1,13 +1,17 @@
 //! Packet-time decisions over compiled [`FilterRule`]s: "is (src, dst, proto, dst port) allowed?".
 //!
-//! This first version is a straightforward scan; the policy-engine issue replaces the internals
-//! with an index (the API stays).
+//! The rules are indexed once: per IP protocol, per address family, the destination space is cut
+//! into disjoint segments; each segment holds, per distinct port range, the union of the source
+//! addresses admitted there (sorted ranges). A lookup is two binary searches plus a short scan,
+//! independent of the number of rules.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::filter::FilterRule;
+use crate::filter::{FilterRule, PortRange};
+use crate::ipset::{IpSet, net_bounds};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -32,9 +36,9 @@ impl AddrSet {
             return Some(AddrSet::Any);
         }
         if let Some((a, b)) = s.split_once('-') {
-            let a: IpAddr = a.parse().ok()?;
-            let b: IpAddr = b.parse().ok()?;
-            return (a.is_ipv4() == b.is_ipv4()).then_some(AddrSet::Range(a, b));
+            let a: IpAddr = a.trim().parse().ok()?;
+            let b: IpAddr = b.trim().parse().ok()?;
+            return (a.is_ipv4() == b.is_ipv4() && a <= b).then_some(AddrSet::Range(a, b));
         }
         if let Ok(net) = s.parse::<IpNet>() {
             return Some(AddrSet::Net(net.trunc()));
@@ -44,84 +48,280 @@ impl AddrSet {
             .map(|ip| AddrSet::Net(IpNet::from(ip)))
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    fn to_set(&self) -> IpSet {
+        match self {
+            AddrSet::Any => IpSet::all(),
+            AddrSet::Net(n) => IpSet::from_nets([n]),
+            AddrSet::Range(a, b) => {
+                let mut s = IpSet::new();
+                s.add_range(*a, *b);
+                s
+            }
+        }
+    }
+
+    fn overlaps(&self, own: &[IpNet]) -> bool {
         match self {
             AddrSet::Any => true,
-            AddrSet::Net(n) => n.contains(&ip),
-            AddrSet::Range(a, b) => ip.is_ipv4() == a.is_ipv4() && *a <= ip && ip <= *b,
+            AddrSet::Net(n) => own.iter().any(|o| n.contains(o) || o.contains(n)),
+            AddrSet::Range(lo, hi) => own.iter().any(|o| {
+                let (olo, ohi) = net_bounds(o);
+                olo.is_ipv4() == lo.is_ipv4() && olo <= *hi && *lo <= ohi
+            }),
         }
     }
 }
 
-#[derive(Clone, Debug)]
-struct Rule {
-    srcs: Vec<AddrSet>,
-    dsts: Vec<(AddrSet, u16, u16)>,
-    protos: Vec<u8>,
+fn key(ip: IpAddr) -> (bool, u128) {
+    match ip {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+/// Entries of one destination segment: distinct port ranges with the sources they admit.
+type Entries = Vec<(PortRange, IpSet)>;
+
+fn add_entry(entries: &mut Entries, ports: PortRange, src: &IpSet) {
+    if let Some((_, s)) = entries.iter_mut().find(|(p, _)| *p == ports) {
+        s.add_set(src);
+    } else {
+        entries.push((ports, src.clone()));
+    }
+}
+
+/// Disjoint destination segments of one address family.
+#[derive(Clone, Debug, Default)]
+struct Segments {
+    starts: Vec<u128>,
+    ends: Vec<u128>,
+    entries: Vec<Entries>,
+}
+
+impl Segments {
+    fn build(ranges: &[(u128, u128, PortRange, usize)], srcs: &[IpSet]) -> Segments {
+        if ranges.is_empty() {
+            return Segments::default();
+        }
+        let mut bounds: Vec<u128> = Vec::with_capacity(ranges.len() * 2);
+        for &(lo, hi, _, _) in ranges {
+            bounds.push(lo);
+            if let Some(n) = hi.checked_add(1) {
+                bounds.push(n);
+            }
+        }
+        bounds.sort_unstable();
+        bounds.dedup();
+        // segment i = [bounds[i], bounds[i+1]-1] (last one to u128::MAX)
+        let nseg = bounds.len();
+        let mut entries: Vec<Entries> = vec![Vec::new(); nseg];
+        for &(lo, hi, ports, si) in ranges {
+            let Some(src) = srcs.get(si) else { continue };
+            let first = bounds.partition_point(|&b| b < lo);
+            let last_excl = match hi.checked_add(1) {
+                Some(n) => bounds.partition_point(|&b| b < n),
+                None => nseg,
+            };
+            for e in entries.iter_mut().take(last_excl).skip(first) {
+                add_entry(e, ports, src);
+            }
+        }
+        let mut seg = Segments::default();
+        for (i, e) in entries.into_iter().enumerate() {
+            if e.is_empty() {
+                continue;
+            }
+            let start = bounds.get(i).copied().unwrap_or(0);
+            let end = match bounds.get(i + 1) {
+                Some(n) => n.saturating_sub(1),
+                None => u128::MAX,
+            };
+            seg.starts.push(start);
+            seg.ends.push(end);
+            seg.entries.push(e);
+        }
+        seg
+    }
+
+    fn lookup(&self, x: u128) -> Option<&Entries> {
+        let i = self.starts.partition_point(|&s| s <= x);
+        if i == 0 {
+            return None;
+        }
+        let i = i - 1;
+        if self.ends.get(i).is_some_and(|&e| x <= e) {
+            self.entries.get(i)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct ProtoIndex {
+    v4: Segments,
+    v6: Segments,
 }
 
 /// A compiled filter. Entries that fail to parse are dropped (deny), never a panic.
 #[derive(Clone, Debug, Default)]
 pub struct Matcher {
-    rules: Vec<Rule>,
+    protos: BTreeMap<u8, ProtoIndex>,
+    /// Union of all sources.
+    all_sources: IpSet,
 }
 
-impl Matcher {
-    pub fn new(rules: &[FilterRule]) -> Matcher {
-        let rules = rules
-            .iter()
-            .map(|r| Rule {
-                srcs: r.src_ips.iter().filter_map(|s| AddrSet::parse(s)).collect(),
+#[derive(Clone, Debug)]
+struct Rule {
+    src: IpSet,
+    dsts: Vec<(AddrSet, PortRange)>,
+    protos: Vec<u8>,
+}
+
+fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
+    rules
+        .iter()
+        .filter(|r| r.cap_grant.is_empty() || !r.dst_ports.is_empty())
+        .map(|r| {
+            let mut src = IpSet::new();
+            for s in &r.src_ips {
+                if let Some(a) = AddrSet::parse(s) {
+                    src.add_set(&a.to_set());
+                }
+            }
+            Rule {
+                src,
                 dsts: r
                     .dst_ports
                     .iter()
-                    .filter_map(|d| AddrSet::parse(&d.ip).map(|a| (a, d.ports.first, d.ports.last)))
+                    .filter_map(|d| AddrSet::parse(&d.ip).map(|a| (a, d.ports)))
+                    .filter(|(_, p)| p.first <= p.last)
                     .collect(),
                 protos: if r.ip_proto.is_empty() {
                     DEFAULT_PROTOS.to_vec()
                 } else {
                     r.ip_proto.clone()
                 },
+            }
+        })
+        .collect()
+}
+
+impl Matcher {
+    pub fn new(rules: &[FilterRule]) -> Matcher {
+        Matcher::build(parse_rules(rules))
+    }
+
+    fn build(rules: Vec<Rule>) -> Matcher {
+        let rules: Vec<Rule> = rules
+            .into_iter()
+            .filter(|r| !r.dsts.is_empty() && !r.src.is_empty())
+            .collect();
+        let srcs: Vec<IpSet> = rules.iter().map(|r| r.src.clone()).collect();
+        let mut all_sources = IpSet::new();
+        for s in &srcs {
+            all_sources.add_set(s);
+        }
+        // per proto, per family: (lo, hi, ports, src index)
+        type Ranges = Vec<(u128, u128, PortRange, usize)>;
+        let mut per: BTreeMap<u8, (Ranges, Ranges)> = BTreeMap::new();
+        for (si, r) in rules.iter().enumerate() {
+            for &proto in &r.protos {
+                let portless = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+                let slot = per.entry(proto).or_default();
+                for (a, ports) in &r.dsts {
+                    let ports = if portless { PortRange::ANY } else { *ports };
+                    match a {
+                        AddrSet::Any => {
+                            slot.0.push((0, u128::from(u32::MAX), ports, si));
+                            slot.1.push((0, u128::MAX, ports, si));
+                        }
+                        AddrSet::Net(n) => {
+                            let (lo, hi) = net_bounds(n);
+                            let ((v6, lo), (_, hi)) = (key(lo), key(hi));
+                            if v6 {
+                                slot.1.push((lo, hi, ports, si));
+                            } else {
+                                slot.0.push((lo, hi, ports, si));
+                            }
+                        }
+                        AddrSet::Range(lo, hi) => {
+                            let ((v6, lo), (_, hi)) = (key(*lo), key(*hi));
+                            if v6 {
+                                slot.1.push((lo, hi, ports, si));
+                            } else {
+                                slot.0.push((lo, hi, ports, si));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let protos = per
+            .into_iter()
+            .map(|(p, (v4, v6))| {
+                (
+                    p,
+                    ProtoIndex {
+                        v4: Segments::build(&v4, &srcs),
+                        v6: Segments::build(&v6, &srcs),
+                    },
+                )
             })
             .collect();
-        Matcher { rules }
+        Matcher {
+            protos,
+            all_sources,
+        }
     }
 
     /// Keep only the destinations that cover one of `own` (a node's own addresses and routes);
     /// used by a runtime that loaded a whole cluster's filter.
     pub fn for_destinations(rules: &[FilterRule], own: &[IpNet]) -> Matcher {
-        let mut m = Matcher::new(rules);
-        for r in &mut m.rules {
-            r.dsts.retain(|(a, _, _)| match a {
-                AddrSet::Any => true,
-                AddrSet::Net(n) => own.iter().any(|o| n.contains(o) || o.contains(n)),
-                AddrSet::Range(lo, hi) => own.iter().any(|o| {
-                    o.contains(lo) || o.contains(hi) || (*lo <= o.addr() && o.addr() <= *hi)
-                }),
-            });
+        let mut parsed = parse_rules(rules);
+        for r in &mut parsed {
+            r.dsts.retain(|(a, _)| a.overlaps(own));
         }
-        m.rules.retain(|r| !r.dsts.is_empty());
-        m
+        Matcher::build(parsed)
+    }
+
+    fn entries(&self, dst: IpAddr, proto: u8) -> Option<&Entries> {
+        let idx = self.protos.get(&proto)?;
+        let (v6, k) = key(dst);
+        if v6 {
+            idx.v6.lookup(k)
+        } else {
+            idx.v4.lookup(k)
+        }
     }
 
     /// Is a packet from `src` to `dst:dst_port` with IP protocol `proto` allowed?
     /// For ICMP (1, 58) ports are not considered.
     pub fn allows(&self, src: IpAddr, dst: IpAddr, proto: u8, dst_port: u16) -> bool {
-        let portless = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
-        self.rules.iter().any(|r| {
-            r.protos.contains(&proto)
-                && r.srcs.iter().any(|s| s.contains(src))
-                && r.dsts.iter().any(|(a, first, last)| {
-                    a.contains(dst) && (portless || (*first <= dst_port && dst_port <= *last))
-                })
-        })
+        let Some(entries) = self.entries(dst, proto) else {
+            return false;
+        };
+        entries
+            .iter()
+            .any(|(p, s)| p.first <= dst_port && dst_port <= p.last && s.contains(src))
+    }
+
+    /// Every source admitted to `dst:dst_port` over `proto`.
+    pub fn sources_for(&self, dst: IpAddr, proto: u8, dst_port: u16) -> IpSet {
+        let mut out = IpSet::new();
+        if let Some(entries) = self.entries(dst, proto) {
+            for (p, s) in entries {
+                if p.first <= dst_port && dst_port <= p.last {
+                    out.add_set(s);
+                }
+            }
+        }
+        out
     }
 
     /// Does any rule admit traffic from `src` (to any destination, port or protocol)?
     pub fn admits_source(&self, src: IpAddr) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.srcs.iter().any(|s| s.contains(src)))
+        self.all_sources.contains(src)
     }
 }
 
@@ -129,6 +329,10 @@ impl Matcher {
 mod tests {
     use super::*;
     use crate::filter::{NetPortRange, PortRange};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn basic_match() {
@@ -145,12 +349,51 @@ mod tests {
             cap_grant: vec![],
         }];
         let m = Matcher::new(&rules);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(m.allows(ip("100.64.0.1"), ip("100.64.0.2"), PROTO_TCP, 80));
         assert!(m.allows(ip("100.64.1.5"), ip("100.64.0.2"), PROTO_UDP, 80));
         assert!(!m.allows(ip("100.64.1.10"), ip("100.64.0.2"), PROTO_TCP, 80));
         assert!(!m.allows(ip("100.64.0.1"), ip("100.64.0.2"), PROTO_TCP, 81));
         assert!(m.allows(ip("100.64.0.1"), ip("100.64.0.2"), PROTO_ICMP, 0));
         assert!(!m.allows(ip("100.64.0.1"), ip("100.64.0.2"), PROTO_SCTP, 80));
+        assert!(m.admits_source(ip("100.64.1.9")));
+        assert!(!m.admits_source(ip("100.64.1.10")));
+    }
+
+    #[test]
+    fn overlapping_destinations_and_wildcards() {
+        let r = |src: &str, dst: &str, first: u16, last: u16, protos: Vec<u8>| FilterRule {
+            src_ips: vec![src.into()],
+            dst_ports: vec![NetPortRange {
+                ip: dst.into(),
+                ports: PortRange { first, last },
+            }],
+            ip_proto: protos,
+            cap_grant: vec![],
+        };
+        let rules = vec![
+            r("10.0.0.0/8", "10.33.0.0/16", 22, 22, vec![6]),
+            r("100.64.0.5", "10.33.1.0/24", 0, 65535, vec![]),
+            r("*", "*", 443, 443, vec![6]),
+            r("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::/48", 53, 53, vec![17]),
+            r("garbage", "10.0.0.1", 1, 1, vec![]),
+        ];
+        let m = Matcher::new(&rules);
+        assert!(m.allows(ip("10.1.2.3"), ip("10.33.5.5"), 6, 22));
+        assert!(!m.allows(ip("10.1.2.3"), ip("10.33.5.5"), 17, 22));
+        assert!(m.allows(ip("100.64.0.5"), ip("10.33.1.200"), 17, 9999));
+        assert!(!m.allows(ip("100.64.0.5"), ip("10.33.2.1"), 17, 9999));
+        assert!(m.allows(ip("1.2.3.4"), ip("::1"), 6, 443));
+        assert!(m.allows(ip("fd7a:115c:a1e0::1"), ip("fd7a:115c:a1e0::99"), 17, 53));
+        assert!(!m.allows(ip("fd7a:115c:a1e0::2"), ip("fd7a:115c:a1e0::99"), 17, 53));
+        assert!(!m.allows(ip("10.0.0.9"), ip("10.0.0.1"), 6, 1));
+
+        let own = vec!["10.33.1.0/24".parse::<IpNet>().unwrap()];
+        let m2 = Matcher::for_destinations(&rules, &own);
+        assert!(m2.allows(ip("100.64.0.5"), ip("10.33.1.1"), 6, 1));
+        assert!(m2.allows(ip("10.1.1.1"), ip("10.33.1.1"), 6, 22));
+        assert!(!m2.allows(ip("fd7a:115c:a1e0::1"), ip("fd7a:115c:a1e0::99"), 17, 53));
+        let srcs = m.sources_for(ip("10.33.1.1"), 6, 22);
+        assert!(srcs.contains(ip("10.9.9.9")) && srcs.contains(ip("100.64.0.5")));
+        assert!(srcs.contains(ip("8.8.8.8")) == false);
     }
 }

@@ -1,0 +1,769 @@
+//! Per-node packet filters (Tailscale `FilterRule`s) from a policy and a topology.
+//!
+//! Semantics follow Tailscale as recorded in headscale's captures:
+//! - ACLs become one grant per destination; grants compile to rules `{SrcIPs, DstPorts, IPProto}`
+//!   and, for `app`, `{SrcIPs, CapGrant}`.
+//! - `*` as a source is 100.64.0.0/10 less 100.115.92.0/23, plus fd7a:115c:a1e0::/48, plus every
+//!   approved subnet route; `autogroup:danger-all` is `*` literally. `*` as a destination is `*`.
+//! - A node's filter keeps the destinations that contain one of its addresses, overlap one of
+//!   its approved subnet routes, or (exit nodes) lie within `autogroup:internet`.
+//! - `autogroup:self` is resolved per node (same-user, untagged devices); `via` grants reach only
+//!   routers carrying one of the `via` tags, for their routes.
+//! - No `acls` and no `grants`: allow-all. Empty lists: deny-all.
+//!
+//! Work is linear in rules + nodes: the policy is compiled once ([`Compiled`]) and each node
+//! picks its rules through an index of destination addresses.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::filter::{CapGrant, FilterRule, NetPortRange, PortRange};
+use crate::ipset::{IpSet, net_string, tailnet_space, the_internet};
+use crate::policy::{
+    AUTOGROUP_DANGER_ALL, AUTOGROUP_INTERNET, AUTOGROUP_MEMBER, AUTOGROUP_SELF, AUTOGROUP_TAGGED,
+    Alias, Grant, Policy, ProtoPorts,
+};
+use crate::topology::{Node, Topology};
+
+/// Tailscale's allow-all filter.
+pub fn allow_all() -> Vec<FilterRule> {
+    vec![FilterRule {
+        src_ips: vec!["*".into()],
+        dst_ports: vec![NetPortRange {
+            ip: "*".into(),
+            ports: PortRange::ANY,
+        }],
+        ip_proto: Vec::new(),
+        cap_grant: Vec::new(),
+    }]
+}
+
+/// Resolves aliases to address sets against a topology, with caches.
+pub struct Resolver<'a> {
+    pub policy: &'a Policy,
+    pub topo: &'a Topology,
+    by_user: HashMap<String, IpSet>,
+    by_tag: HashMap<String, IpSet>,
+    member: IpSet,
+    tagged: IpSet,
+    routes: IpSet,
+    cache: HashMap<Alias, IpSet>,
+}
+
+/// The key a node's owner is filed under: the canonical email if the user is known.
+fn user_key(topo: &Topology, raw: &str) -> String {
+    topo.resolve_user(raw)
+        .map(|u| {
+            if u.email.is_empty() {
+                u.name.clone()
+            } else {
+                u.email.clone()
+            }
+        })
+        .unwrap_or_else(|| raw.to_string())
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(policy: &'a Policy, topo: &'a Topology) -> Resolver<'a> {
+        let mut by_user: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        let mut by_tag: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        let mut member = Vec::new();
+        let mut tagged = Vec::new();
+        let mut routes = Vec::new();
+        for node in topo.nodes.values() {
+            let ips = node.ips();
+            if node.is_tagged() {
+                for t in &node.tags {
+                    by_tag.entry(t.clone()).or_default().extend(&ips);
+                }
+                tagged.extend(&ips);
+            } else {
+                if let Some(u) = &node.user {
+                    by_user.entry(user_key(topo, u)).or_default().extend(&ips);
+                }
+                member.extend(&ips);
+            }
+            routes.extend(node.subnet_routes());
+        }
+        Resolver {
+            policy,
+            topo,
+            by_user: by_user
+                .into_iter()
+                .map(|(k, v)| (k, IpSet::from_ips(v)))
+                .collect(),
+            by_tag: by_tag
+                .into_iter()
+                .map(|(k, v)| (k, IpSet::from_ips(v)))
+                .collect(),
+            member: IpSet::from_ips(member),
+            tagged: IpSet::from_ips(tagged),
+            routes: IpSet::from_net_iter(routes),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Every approved subnet route in the tailnet.
+    pub fn approved_routes(&self) -> &IpSet {
+        &self.routes
+    }
+
+    fn user_set(&self, token: &str) -> IpSet {
+        let key = user_key(self.topo, token);
+        self.by_user.get(&key).cloned().unwrap_or_default()
+    }
+
+    /// Addresses of an alias. `*` is the tailnet's address space (without routes);
+    /// `autogroup:self` resolves to nothing here (it is per node).
+    pub fn resolve(&mut self, alias: &Alias) -> IpSet {
+        if let Some(s) = self.cache.get(alias) {
+            return s.clone();
+        }
+        let set = self.resolve_uncached(alias, 0);
+        self.cache.insert(alias.clone(), set.clone());
+        set
+    }
+
+    fn resolve_uncached(&self, alias: &Alias, depth: usize) -> IpSet {
+        match alias {
+            Alias::Wildcard => tailnet_space(),
+            Alias::User(u) => self.user_set(u),
+            Alias::Group(g) => {
+                let mut s = IpSet::new();
+                for m in self.policy.groups.get(g).into_iter().flatten() {
+                    s.add_set(&self.user_set(m));
+                }
+                s
+            }
+            Alias::Tag(t) => self.by_tag.get(t).cloned().unwrap_or_default(),
+            Alias::Host(h) => self
+                .policy
+                .hosts
+                .get(h)
+                .map(|n| IpSet::from_nets([n]))
+                .unwrap_or_default(),
+            Alias::Prefix(p) => IpSet::from_nets([p]),
+            Alias::AutoGroup(ag) => match ag.as_str() {
+                AUTOGROUP_MEMBER => self.member.clone(),
+                AUTOGROUP_TAGGED => self.tagged.clone(),
+                AUTOGROUP_INTERNET => the_internet(),
+                AUTOGROUP_DANGER_ALL => IpSet::all(),
+                _ => IpSet::new(),
+            },
+            Alias::IpSet(name) => {
+                let mut add = IpSet::new();
+                let mut remove = IpSet::new();
+                if depth > 64 {
+                    return add;
+                }
+                for (rm, a) in self.policy.ipsets.get(name).into_iter().flatten() {
+                    let s = self.resolve_uncached(a, depth + 1);
+                    if *rm {
+                        remove.add_set(&s);
+                    } else {
+                        add.add_set(&s);
+                    }
+                }
+                add.remove_set(&remove);
+                add
+            }
+        }
+    }
+
+    /// Source set of a grant: the union of its aliases, plus approved routes when it has `*`.
+    /// `None` for `autogroup:danger-all` (written `*`).
+    fn sources(&mut self, src: &[Alias]) -> (IpSet, bool) {
+        let mut s = IpSet::new();
+        let mut danger = false;
+        for a in src {
+            if *a == Alias::AutoGroup(AUTOGROUP_DANGER_ALL.into()) {
+                danger = true;
+            }
+            if *a == Alias::AutoGroup(AUTOGROUP_SELF.into()) {
+                continue;
+            }
+            let r = self.resolve(a);
+            s.add_set(&r);
+            if *a == Alias::Wildcard {
+                s.add_set(&self.routes.clone());
+            }
+        }
+        (s, danger)
+    }
+}
+
+fn src_strings(set: &IpSet, danger_all: bool) -> Vec<String> {
+    if danger_all {
+        vec!["*".into()]
+    } else {
+        set.to_strings()
+    }
+}
+
+/// Capabilities whose grant also gives the destination a capability back to the source.
+const COMPANION_CAPS: [(&str, &str); 2] = [
+    ("tailscale.com/cap/drive", "tailscale.com/cap/drive-sharer"),
+    ("tailscale.com/cap/relay", "tailscale.com/cap/relay-target"),
+];
+
+/// A destination entry of a compiled rule.
+#[derive(Clone, Debug)]
+struct Dst {
+    /// `None` for `*`.
+    set: Option<IpSet>,
+    npr: NetPortRange,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    src: Vec<String>,
+    protos: Vec<u8>,
+    dsts: Vec<Dst>,
+}
+
+#[derive(Clone, Debug)]
+struct CapRule {
+    src: Vec<String>,
+    /// Per cap grant: destination set and cap map.
+    grants: Vec<(IpSet, BTreeMap<String, Vec<Value>>)>,
+}
+
+#[derive(Clone, Debug)]
+struct SelfGrant {
+    src: IpSet,
+    ip: Vec<ProtoPorts>,
+    app: Option<BTreeMap<String, Vec<Value>>>,
+}
+
+#[derive(Clone, Debug)]
+struct ViaGrant {
+    tags: Vec<String>,
+    dsts: Vec<IpNet>,
+    internet: bool,
+    ip: Vec<ProtoPorts>,
+    src: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Item {
+    Rule(Rule),
+    Cap(CapRule),
+    SelfGrant(SelfGrant),
+    Via(ViaGrant),
+}
+
+/// A policy compiled against a topology, ready to emit per-node filters.
+pub struct Compiled<'a> {
+    policy: &'a Policy,
+    topo: &'a Topology,
+    items: Vec<Item>,
+    /// Single-address destination → (item, dst index).
+    exact: HashMap<IpAddr, Vec<(usize, usize)>>,
+    /// Destinations that are `*` or wider than one address.
+    wide: Vec<(usize, usize)>,
+    internet: IpSet,
+    /// Owner key → untagged nodes of that user.
+    same_user: HashMap<String, Vec<String>>,
+}
+
+impl<'a> Compiled<'a> {
+    pub fn new(policy: &'a Policy, topo: &'a Topology) -> Compiled<'a> {
+        let mut r = Resolver::new(policy, topo);
+        let mut items = Vec::new();
+        if !policy.allows_all() {
+            for g in policy.effective_grants() {
+                compile_grant(&mut r, &g, &mut items);
+            }
+        }
+        let mut exact: HashMap<IpAddr, Vec<(usize, usize)>> = HashMap::new();
+        let mut wide = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            if let Item::Rule(rule) = it {
+                for (j, d) in rule.dsts.iter().enumerate() {
+                    match d.set.as_ref().and_then(|s| s.single_address()) {
+                        Some(ip) => exact.entry(ip).or_default().push((i, j)),
+                        None => wide.push((i, j)),
+                    }
+                }
+            }
+        }
+        let mut same_user: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, node) in &topo.nodes {
+            if let (false, Some(u)) = (node.is_tagged(), &node.user) {
+                same_user
+                    .entry(user_key(topo, u))
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        Compiled {
+            policy,
+            topo,
+            items,
+            exact,
+            wide,
+            internet: the_internet(),
+            same_user,
+        }
+    }
+
+    /// The filter of one node (empty if the node is unknown).
+    pub fn node_filter(&self, name: &str) -> Vec<FilterRule> {
+        if self.policy.allows_all() {
+            return allow_all();
+        }
+        let Some(node) = self.topo.nodes.get(name) else {
+            return Vec::new();
+        };
+        let own = node.ips();
+        let own_set = node.ip_set();
+        let routes = node.subnet_routes();
+        let exit = node.is_exit_node();
+
+        // Regular rules: which destination entries does this node keep?
+        let mut kept: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for ip in &own {
+            if let Some(v) = self.exact.get(ip) {
+                kept.extend(v.iter().copied());
+            }
+        }
+        for &(i, j) in &self.wide {
+            let Some(Item::Rule(rule)) = self.items.get(i) else {
+                continue;
+            };
+            let Some(d) = rule.dsts.get(j) else { continue };
+            let keep = match &d.set {
+                None => true,
+                Some(s) => {
+                    s.overlaps(&own_set)
+                        || routes.iter().any(|r| s.overlaps_net(r))
+                        || (exit && self.internet.is_superset_of(s))
+                }
+            };
+            if keep {
+                kept.insert((i, j));
+            }
+        }
+        // Exact entries can also match a route (a host inside a subnet this node routes).
+        if !routes.is_empty() {
+            for (ip, v) in &self.exact {
+                if routes.iter().any(|r| r.contains(ip)) {
+                    kept.extend(v.iter().copied());
+                }
+            }
+        }
+
+        let mut by_item: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, j) in kept {
+            by_item.entry(i).or_default().push(j);
+        }
+
+        let mut out = Vec::new();
+        for (i, item) in self.items.iter().enumerate() {
+            match item {
+                Item::Rule(rule) => {
+                    if let Some(js) = by_item.get(&i) {
+                        out.push(FilterRule {
+                            src_ips: rule.src.clone(),
+                            dst_ports: js
+                                .iter()
+                                .filter_map(|&j| rule.dsts.get(j).map(|d| d.npr.clone()))
+                                .collect(),
+                            ip_proto: rule.protos.clone(),
+                            cap_grant: Vec::new(),
+                        });
+                    }
+                }
+                Item::Cap(c) => {
+                    if let Some(r) = reduce_cap(c, &own, &routes) {
+                        out.push(r);
+                    }
+                }
+                Item::SelfGrant(sg) => out.extend(self.self_rules(sg, node)),
+                Item::Via(v) => out.extend(via_rules(v, node, &self.internet)),
+            }
+        }
+        merge_rules(out)
+    }
+
+    fn self_rules(&self, sg: &SelfGrant, node: &Node) -> Vec<FilterRule> {
+        let (false, Some(u)) = (node.is_tagged(), &node.user) else {
+            return Vec::new();
+        };
+        let key = user_key(self.topo, u);
+        let mut src = Vec::new();
+        for name in self.same_user.get(&key).into_iter().flatten() {
+            if let Some(n) = self.topo.nodes.get(name) {
+                let ips = n.ips();
+                if ips.iter().any(|ip| sg.src.contains(*ip)) {
+                    src.extend(ips);
+                }
+            }
+        }
+        let src = IpSet::from_ips(src);
+        if src.is_empty() {
+            return Vec::new();
+        }
+        let src_s = src.to_strings();
+        let own = node.ips();
+        let mut out = Vec::new();
+        for ipp in &sg.ip {
+            let mut dst_ports = Vec::new();
+            for p in &ipp.ports {
+                for ip in &own {
+                    dst_ports.push(NetPortRange {
+                        ip: ip.to_string(),
+                        ports: *p,
+                    });
+                }
+            }
+            if !dst_ports.is_empty() {
+                out.push(FilterRule {
+                    src_ips: src_s.clone(),
+                    dst_ports,
+                    ip_proto: ipp.protos.clone(),
+                    cap_grant: Vec::new(),
+                });
+            }
+        }
+        if let Some(app) = &sg.app
+            && !app.is_empty()
+            && !own.is_empty()
+        {
+            out.push(FilterRule {
+                src_ips: src_s.clone(),
+                dst_ports: Vec::new(),
+                ip_proto: Vec::new(),
+                cap_grant: vec![CapGrant {
+                    dsts: own.iter().map(|ip| IpNet::from(*ip).to_string()).collect(),
+                    cap_map: app.clone(),
+                }],
+            });
+        }
+        out
+    }
+
+    /// Every rule of the policy, not reduced to any node (self and via rules expanded for every
+    /// node): what the tailnet as a whole allows. Used to evaluate `tests`.
+    pub fn global_rules(&self) -> Vec<FilterRule> {
+        if self.policy.allows_all() {
+            return allow_all();
+        }
+        let mut out = Vec::new();
+        for item in &self.items {
+            match item {
+                Item::Rule(rule) => out.push(FilterRule {
+                    src_ips: rule.src.clone(),
+                    dst_ports: rule.dsts.iter().map(|d| d.npr.clone()).collect(),
+                    ip_proto: rule.protos.clone(),
+                    cap_grant: Vec::new(),
+                }),
+                Item::Cap(_) => {}
+                Item::SelfGrant(sg) => {
+                    for node in self.topo.nodes.values() {
+                        out.extend(
+                            self.self_rules(sg, node)
+                                .into_iter()
+                                .filter(|r| r.cap_grant.is_empty()),
+                        );
+                    }
+                }
+                Item::Via(v) => {
+                    for node in self.topo.nodes.values() {
+                        out.extend(via_rules(v, node, &self.internet));
+                    }
+                }
+            }
+        }
+        merge_rules(out)
+    }
+}
+
+fn reduce_cap(c: &CapRule, own: &[IpAddr], routes: &[IpNet]) -> Option<FilterRule> {
+    let mut grants = Vec::new();
+    for (set, map) in &c.grants {
+        let mut dsts: BTreeSet<IpNet> = BTreeSet::new();
+        for ip in own {
+            if set.contains(*ip) {
+                dsts.insert(IpNet::from(*ip));
+            }
+        }
+        for p in set.prefixes() {
+            if routes
+                .iter()
+                .any(|r| r.contains(&p.network()) || p.contains(&r.network()))
+            {
+                dsts.insert(p);
+            }
+        }
+        if !dsts.is_empty() {
+            grants.push(CapGrant {
+                dsts: dsts.iter().map(|d| d.to_string()).collect(),
+                cap_map: map.clone(),
+            });
+        }
+    }
+    (!grants.is_empty()).then(|| FilterRule {
+        src_ips: c.src.clone(),
+        dst_ports: Vec::new(),
+        ip_proto: Vec::new(),
+        cap_grant: grants,
+    })
+}
+
+fn via_rules(v: &ViaGrant, node: &Node, internet: &IpSet) -> Vec<FilterRule> {
+    if !node.tags.iter().any(|t| v.tags.contains(t)) {
+        return Vec::new();
+    }
+    let routes = node.subnet_routes();
+    let mut prefixes: Vec<IpNet> = v
+        .dsts
+        .iter()
+        .filter(|d| {
+            routes
+                .iter()
+                .any(|r| r.contains(&d.network()) || d.contains(&r.network()))
+        })
+        .copied()
+        .collect();
+    if v.internet && node.is_exit_node() {
+        prefixes.extend(internet.prefixes());
+    }
+    if prefixes.is_empty() || v.src.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for ipp in &v.ip {
+        let mut dst_ports = Vec::new();
+        for p in &prefixes {
+            for ports in &ipp.ports {
+                dst_ports.push(NetPortRange {
+                    ip: net_string(p),
+                    ports: *ports,
+                });
+            }
+        }
+        out.push(FilterRule {
+            src_ips: v.src.clone(),
+            dst_ports,
+            ip_proto: ipp.protos.clone(),
+            cap_grant: Vec::new(),
+        });
+    }
+    out
+}
+
+fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
+    if g.src.is_empty() || g.dst.is_empty() {
+        return;
+    }
+    let (src_set, danger) = r.sources(&g.src);
+    if !g.via.is_empty() {
+        if g.ip.is_empty() || (src_set.is_empty() && !danger) {
+            return;
+        }
+        let mut dsts = Vec::new();
+        let mut internet = false;
+        for d in &g.dst {
+            if *d == Alias::AutoGroup(AUTOGROUP_INTERNET.into()) {
+                internet = true;
+                continue;
+            }
+            dsts.extend(r.resolve(d).prefixes());
+        }
+        items.push(Item::Via(ViaGrant {
+            tags: g.via.clone(),
+            dsts,
+            internet,
+            ip: g.ip.clone(),
+            src: src_strings(&src_set, danger),
+        }));
+        return;
+    }
+    let is_self = |a: &Alias| *a == Alias::AutoGroup(AUTOGROUP_SELF.into());
+    let others: Vec<&Alias> = g.dst.iter().filter(|a| !is_self(a)).collect();
+    let has_self = g.dst.iter().any(is_self);
+    if src_set.is_empty() && !danger {
+        return;
+    }
+    let src = src_strings(&src_set, danger);
+    if !others.is_empty() {
+        // network rules
+        let resolved: Vec<(Option<IpSet>, &Alias)> = others
+            .iter()
+            .map(|a| {
+                if **a == Alias::Wildcard {
+                    (None, *a)
+                } else {
+                    (Some(r.resolve(a)), *a)
+                }
+            })
+            .collect();
+        for ipp in &g.ip {
+            let mut dsts = Vec::new();
+            for (set, _) in &resolved {
+                match set {
+                    None => {
+                        for p in &ipp.ports {
+                            dsts.push(Dst {
+                                set: None,
+                                npr: NetPortRange {
+                                    ip: "*".into(),
+                                    ports: *p,
+                                },
+                            });
+                        }
+                    }
+                    Some(s) => {
+                        for pref in s.prefixes() {
+                            let pset = IpSet::from_nets([&pref]);
+                            for p in &ipp.ports {
+                                dsts.push(Dst {
+                                    set: Some(pset.clone()),
+                                    npr: NetPortRange {
+                                        ip: net_string(&pref),
+                                        ports: *p,
+                                    },
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            if !dsts.is_empty() {
+                items.push(Item::Rule(Rule {
+                    src: src.clone(),
+                    protos: ipp.protos.clone(),
+                    dsts,
+                }));
+            }
+        }
+        if let Some(app) = &g.app
+            && !app.is_empty()
+        {
+            let mut grants = Vec::new();
+            let mut dst_union = IpSet::new();
+            let mut dst_wild = false;
+            for (set, a) in &resolved {
+                let s = match set {
+                    Some(s) => s.clone(),
+                    None => {
+                        dst_wild = true;
+                        r.resolve(a)
+                    }
+                };
+                dst_union.add_set(&s);
+                if !s.is_empty() {
+                    grants.push((s, app.clone()));
+                }
+            }
+            if !grants.is_empty() {
+                items.push(Item::Cap(CapRule {
+                    src: src.clone(),
+                    grants,
+                }));
+                if dst_wild {
+                    dst_union.add_set(&r.approved_routes().clone());
+                }
+                for (cap, companion) in COMPANION_CAPS {
+                    if app.contains_key(cap) {
+                        let mut m = BTreeMap::new();
+                        m.insert(companion.to_string(), Vec::new());
+                        items.push(Item::Cap(CapRule {
+                            src: dst_union.to_strings(),
+                            grants: vec![(src_set.clone(), m)],
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    if has_self {
+        items.push(Item::SelfGrant(SelfGrant {
+            src: src_set,
+            ip: g.ip.clone(),
+            app: g.app.clone(),
+        }));
+    }
+}
+
+/// Merge rules with the same sources and protocols (first occurrence keeps its place) and drop
+/// duplicate destinations. Cap rules are kept as they are.
+pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
+    let mut out: Vec<FilterRule> = Vec::with_capacity(rules.len());
+    let mut index: HashMap<(Vec<String>, Vec<u8>), usize> = HashMap::new();
+    let mut seen: Vec<BTreeSet<(String, PortRange)>> = Vec::new();
+    for r in rules {
+        if !r.cap_grant.is_empty() {
+            if !out.contains(&r) {
+                out.push(r);
+                seen.push(BTreeSet::new());
+            }
+            continue;
+        }
+        let key = (r.src_ips.clone(), r.ip_proto.clone());
+        match index.get(&key) {
+            Some(&i) => {
+                if let (Some(target), Some(s)) = (out.get_mut(i), seen.get_mut(i)) {
+                    for d in r.dst_ports {
+                        if s.insert((d.ip.clone(), d.ports)) {
+                            target.dst_ports.push(d);
+                        }
+                    }
+                }
+            }
+            None => {
+                let mut s = BTreeSet::new();
+                let mut dst_ports = Vec::new();
+                for d in r.dst_ports {
+                    if s.insert((d.ip.clone(), d.ports)) {
+                        dst_ports.push(d);
+                    }
+                }
+                index.insert(key, out.len());
+                out.push(FilterRule {
+                    src_ips: r.src_ips,
+                    dst_ports,
+                    ip_proto: r.ip_proto,
+                    cap_grant: Vec::new(),
+                });
+                seen.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// Tailscale's filter for `node` (empty when the node is not in the topology).
+pub fn compile_filter(policy: &Policy, topo: &Topology, node: &str) -> Vec<FilterRule> {
+    Compiled::new(policy, topo).node_filter(node)
+}
+
+/// Every node's filter, by node name.
+pub fn compile_all(policy: &Policy, topo: &Topology) -> BTreeMap<String, Vec<FilterRule>> {
+    let c = Compiled::new(policy, topo);
+    topo.nodes
+        .keys()
+        .map(|n| (n.clone(), c.node_filter(n)))
+        .collect()
+}
+
+/// One filter covering the destinations of all `nodes` (a cluster): the union of their
+/// filters, merged. A runtime keeps its own part with `Matcher::for_destinations`.
+pub fn compile_for_nodes(policy: &Policy, topo: &Topology, nodes: &[&str]) -> Vec<FilterRule> {
+    if policy.allows_all() {
+        return allow_all();
+    }
+    let c = Compiled::new(policy, topo);
+    let mut names: Vec<&str> = nodes.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let mut all = Vec::new();
+    for n in names {
+        all.extend(c.node_filter(n));
+    }
+    merge_rules(all)
+}
