@@ -1,1 +1,419 @@
-//! Output-tree diff (filled in by its issue).
+//! Object-level diff of two `tsk8s build` output trees, for `tsk8s diff` and `tsk8s build --check`.
+//!
+//! Both trees are maps from a relative path to file bytes. [`diff_trees`] parses them into
+//! entries and matches entries by identity, never by file or line:
+//!
+//! - **Kubernetes objects** (`clusters/<cluster>/**.yaml`, `gitops/**.yaml`, multi-document files
+//!   allowed) by `(apiVersion, kind, namespace, name)`, grouped per cluster and in a `gitops`
+//!   group. Documents without `kind` + `metadata.name` (e.g. `kustomization.yaml`) are matched by
+//!   file path and document index. Moving an object between files is not a change.
+//! - **The policy** (`policy.hujson`) by section and entry: map sections (`groups`, `tagOwners`,
+//!   `hosts`, `autoApprovers`, …) by key, scalar sections as one entry, and list sections (`acls`,
+//!   `grants`, `tests`, `ssh`, `nodeAttrs`, …) by *position + similarity*: an LCS over the entries'
+//!   canonical JSON anchors the unchanged entries; between two anchors, removed and added entries
+//!   are paired in order (each removed entry with the most similar added entry among the next
+//!   few) when their similarity is at least [`LIST_SIMILARITY`], giving a
+//!   "changed" entry with a small diff; the rest are plain removes/adds. A reordered entry shows as
+//!   remove + add (order matters for ACLs in Tailscale's first-match `ssh` rules).
+//! - **Devices** (`devices/<device>.conf` + `devices/<device>.hosts`) as one entry per device.
+//! - **Any other file** as a whole-file text entry (group `files`, or its cluster/devices/gitops
+//!   group when it lives there).
+//!
+//! Secrets are masked before anything is rendered (see `mask.rs` for what counts as secret);
+//! `Report` never holds a raw secret value.
+//!
+//! Besides the object changes, [`Report::files`] lists every path whose bytes differ, which is
+//! what `build --check` needs (a reformatted file is stale even when no object changed).
+
+mod hujson;
+mod mask;
+mod render;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+pub use hujson::{HujsonError, strip_hujson};
+pub use render::{
+    MARKER, MAX_COMMENT_BYTES, check_summary, render, render_json, render_markdown,
+    render_markdown_with_limit, render_text,
+};
+
+/// Minimum similarity (0..=1: the Dice coefficient of the two entries' JSON leaves, e.g.
+/// `src[]="group:sre"`) for a removed and an added list entry of the policy to be shown as one
+/// changed entry.
+pub const LIST_SIMILARITY: f32 = 0.5;
+
+/// Exit code for "no differences".
+pub const EXIT_SAME: u8 = 0;
+/// Exit code for "differences found".
+pub const EXIT_DIFFERENT: u8 = 1;
+/// Exit code for bad input (any [`DiffError`]).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Which of the two trees an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeSide {
+    /// The base tree (committed output, `--base`).
+    Old,
+    /// The freshly built tree.
+    New,
+}
+
+impl fmt::Display for TreeSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TreeSide::Old => "old (base)",
+            TreeSide::New => "new",
+        })
+    }
+}
+
+/// Bad input. Always names the tree and the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiffError {
+    #[error("{side} tree: {path}: not valid UTF-8 (first bad byte at offset {offset})")]
+    Utf8 {
+        side: TreeSide,
+        path: String,
+        offset: usize,
+    },
+    #[error("{side} tree: {path}: invalid YAML in document {document}: {message}")]
+    Yaml {
+        side: TreeSide,
+        path: String,
+        document: usize,
+        message: String,
+    },
+    #[error("{side} tree: {path}:{line}:{column}: invalid HuJSON: {message}")]
+    Policy {
+        side: TreeSide,
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl DiffError {
+    /// The path of the offending file, relative to the tree root.
+    pub fn path(&self) -> &str {
+        match self {
+            DiffError::Utf8 { path, .. }
+            | DiffError::Yaml { path, .. }
+            | DiffError::Policy { path, .. } => path,
+        }
+    }
+
+    /// Always [`EXIT_BAD_INPUT`].
+    pub fn exit_code(&self) -> u8 {
+        EXIT_BAD_INPUT
+    }
+}
+
+/// What happened to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Added,
+    Changed,
+    Removed,
+}
+
+impl Action {
+    /// `+`, `~` or `-`.
+    pub fn sign(self) -> char {
+        match self {
+            Action::Added => '+',
+            Action::Changed => '~',
+            Action::Removed => '-',
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Added => "added",
+            Action::Changed => "changed",
+            Action::Removed => "removed",
+        }
+    }
+}
+
+/// A group of entries in the report. Ordered: policy, clusters by name, devices, gitops, files.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "type", content = "name", rename_all = "lowercase")]
+pub enum GroupKind {
+    Policy,
+    Cluster(String),
+    Devices,
+    Gitops,
+    Files,
+}
+
+impl fmt::Display for GroupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupKind::Policy => f.write_str("policy"),
+            GroupKind::Cluster(c) => write!(f, "cluster {c}"),
+            GroupKind::Devices => f.write_str("devices"),
+            GroupKind::Gitops => f.write_str("gitops"),
+            GroupKind::Files => f.write_str("files"),
+        }
+    }
+}
+
+/// Whether the group as a whole exists on one side only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupStatus {
+    /// In both trees.
+    Present,
+    /// Only in the new tree (e.g. a new cluster).
+    Added,
+    /// Only in the old tree (e.g. a removed cluster).
+    Removed,
+}
+
+/// Added / changed / removed counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+impl Counts {
+    pub fn total(&self) -> usize {
+        self.add + self.change + self.remove
+    }
+
+    fn count(&mut self, a: Action) {
+        match a {
+            Action::Added => self.add += 1,
+            Action::Changed => self.change += 1,
+            Action::Removed => self.remove += 1,
+        }
+    }
+
+    fn plus(self, o: Counts) -> Counts {
+        Counts {
+            add: self.add + o.add,
+            change: self.change + o.change,
+            remove: self.remove + o.remove,
+        }
+    }
+}
+
+/// `2 to add, 1 to change, 0 to remove`.
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} to add, {} to change, {} to remove",
+            self.add, self.change, self.remove
+        )
+    }
+}
+
+/// The identity an entry was matched by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ObjectId {
+    /// A Kubernetes object. `namespace` is empty for cluster-scoped (or unset) namespaces.
+    /// `occurrence` > 0 only when the same identity appears more than once in one tree.
+    Kubernetes {
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+        occurrence: usize,
+    },
+    /// A YAML document without `kind` + `metadata.name` (e.g. `kustomization.yaml`).
+    Document {
+        path: String,
+        index: usize,
+        kind: String,
+    },
+    /// One policy entry: `key` for map sections, `index` (in its own tree) for list sections,
+    /// neither for scalar sections.
+    PolicyEntry {
+        section: String,
+        key: Option<String>,
+        index: Option<usize>,
+    },
+    /// A device's `.conf` + `.hosts`.
+    Device { name: String },
+    /// A whole file.
+    File { path: String },
+}
+
+/// One added, changed or removed entry. Texts are masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub action: Action,
+    pub id: ObjectId,
+    /// Human-readable identity, e.g. `apps/v1 Deployment web/api` or `groups["group:sre"]`.
+    pub label: String,
+    /// Short description where one helps (e.g. an ACL's `accept src -> dst`), else empty.
+    pub description: String,
+    pub old_path: Option<String>,
+    pub new_path: Option<String>,
+    /// Masked canonical text in the old tree (YAML for Kubernetes objects, JSON for policy).
+    pub before: Option<String>,
+    /// Masked canonical text in the new tree.
+    pub after: Option<String>,
+    /// Unified diff (`similar`) of `before` → `after`, 3 lines of context, with
+    /// `--- a/<old path>` / `+++ b/<new path>` headers (`/dev/null` for a missing side).
+    pub diff: String,
+}
+
+/// All changes of one group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub kind: GroupKind,
+    pub status: GroupStatus,
+    pub counts: Counts,
+    pub changes: Vec<Change>,
+}
+
+/// How a file's bytes differ (for `build --check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStatus {
+    /// Only in the new tree (missing from the committed output).
+    Added,
+    /// Bytes differ.
+    Modified,
+    /// Only in the old tree (the build no longer produces it).
+    Removed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileDiff {
+    pub path: String,
+    pub status: FileStatus,
+}
+
+/// The result of [`diff_trees`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Totals over all groups.
+    pub summary: Counts,
+    /// Every group present in either tree (also unchanged ones, with zero counts), in
+    /// [`GroupKind`] order.
+    pub groups: Vec<Group>,
+    /// Paths whose bytes differ, sorted by path.
+    pub files: Vec<FileDiff>,
+}
+
+impl Report {
+    /// No added, changed or removed entry (what `tsk8s diff` exits 0 on). Formatting-only file
+    /// differences (comments, key order, moved objects) do not count; see [`Report::is_up_to_date`].
+    pub fn is_empty(&self) -> bool {
+        self.summary.total() == 0
+    }
+
+    /// Every file byte-identical (what `tsk8s build --check` exits 0 on).
+    pub fn is_up_to_date(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Exit code for `tsk8s diff`: [`EXIT_SAME`] or [`EXIT_DIFFERENT`].
+    pub fn exit_code(&self) -> u8 {
+        if self.is_empty() {
+            EXIT_SAME
+        } else {
+            EXIT_DIFFERENT
+        }
+    }
+
+    /// Exit code for `tsk8s build --check`: [`EXIT_SAME`] or [`EXIT_DIFFERENT`].
+    pub fn check_exit_code(&self) -> u8 {
+        if self.is_up_to_date() {
+            EXIT_SAME
+        } else {
+            EXIT_DIFFERENT
+        }
+    }
+
+    /// All changes in report order, with their group.
+    pub fn changes(&self) -> impl Iterator<Item = (&Group, &Change)> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.changes.iter().map(move |c| (g, c)))
+    }
+}
+
+/// Output formats of `tsk8s diff --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Format::Text),
+            "markdown" | "md" => Ok(Format::Markdown),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown format {other:?} (expected text, markdown or json)"
+            )),
+        }
+    }
+}
+
+/// Compares two output trees (`old` = base / committed, `new` = fresh build).
+pub fn diff_trees(
+    old: &BTreeMap<String, Vec<u8>>,
+    new: &BTreeMap<String, Vec<u8>>,
+) -> Result<Report, DiffError> {
+    let old_parsed = tree::parse_tree(old, TreeSide::Old)?;
+    let new_parsed = tree::parse_tree(new, TreeSide::New)?;
+    let mut groups = tree::match_trees(&old_parsed, &new_parsed);
+    let mut summary = Counts::default();
+    for g in &mut groups {
+        let mut c = Counts::default();
+        for ch in &g.changes {
+            c.count(ch.action);
+        }
+        g.counts = c;
+        summary = summary.plus(c);
+    }
+
+    let mut files = Vec::new();
+    for (path, bytes) in old {
+        match new.get(path) {
+            None => files.push(FileDiff {
+                path: path.clone(),
+                status: FileStatus::Removed,
+            }),
+            Some(b) if b != bytes => files.push(FileDiff {
+                path: path.clone(),
+                status: FileStatus::Modified,
+            }),
+            Some(_) => {}
+        }
+    }
+    for path in new.keys() {
+        if !old.contains_key(path) {
+            files.push(FileDiff {
+                path: path.clone(),
+                status: FileStatus::Added,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    Ok(Report {
+        summary,
+        groups,
+        files,
+    })
+}
