@@ -1,1 +1,76 @@
-fn main() {}
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Rootless userspace WireGuard data plane for tsk8s.
+#[derive(Parser)]
+#[command(name = "tsk8s-runtime", version, about)]
+struct Cli {
+    /// Node config (node.json from the node's ConfigMap).
+    #[arg(long, default_value = "/etc/tsk8s/node/node.json")]
+    node: PathBuf,
+    /// Mesh config (mesh.json from the cluster's ConfigMap).
+    #[arg(long, default_value = "/etc/tsk8s/mesh/mesh.json")]
+    mesh: PathBuf,
+    /// File holding the base64 WireGuard private key (from the node's Secret).
+    #[arg(long, default_value = "/var/run/secrets/tsk8s/private-key")]
+    private_key_file: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Read a base64 private key on stdin, print its public key.
+    Pubkey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Pubkey) = cli.cmd {
+        let mut s = String::new();
+        if std::io::stdin().read_to_string(&mut s).is_err() {
+            eprintln!("error: reading stdin");
+            return ExitCode::from(2);
+        }
+        return match tsk8s_runtime::config::public_from_private(&s) {
+            Some(p) => {
+                println!("{p}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("error: stdin is not a base64 WireGuard private key");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TSK8S_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if std::io::stderr().is_terminal() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let paths = tsk8s_runtime::Paths {
+        node: cli.node,
+        mesh: cli.mesh,
+        private_key: cli.private_key_file,
+    };
+    match tsk8s_runtime::run(paths) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

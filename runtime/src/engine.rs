@@ -1,0 +1,1218 @@
+//! The packet loop: one thread, `mio` readiness, no locks on the data path.
+//!
+//! Per iteration: read a batch of UDP datagrams → decrypt (wire) → filter → TCP into smoltcp,
+//! UDP/ICMP handled directly → `iface.poll` → pump data between smoltcp sockets and kernel
+//! sockets → `iface.poll` again so new data leaves at once. Timers run every 100 ms.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
+use tsk8s_policy::matcher::Matcher;
+use tsk8s_policy::runtime_config::{Mode, Protocol};
+
+use crate::admin::Shared;
+use crate::config::{self, Loaded, Paths};
+use crate::dns::Zone;
+use crate::metrics::{self, Drop};
+use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use crate::wire::{self, BUF, Net};
+
+const TOKEN_WIRE: Token = Token(0);
+const LISTENER_BASE: usize = 16;
+const CONN_BASE: usize = 1 << 24;
+const UDP_BASE: usize = 2 << 24;
+const MAX_CONNS: usize = 65_536;
+const MAX_UDP_SESSIONS: usize = 16_384;
+const UDP_IDLE: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(100);
+const RX_BATCH: usize = 128;
+
+/// Tunables (environment, for benchmarks; defaults are what production uses).
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub tcp_rx_buf: usize,
+    pub tcp_tx_buf: usize,
+    pub udp_sock_buf: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let env = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Tuning {
+            tcp_rx_buf: env("TSK8S_TCP_RX_BUF", 512 * 1024),
+            tcp_tx_buf: env("TSK8S_TCP_TX_BUF", 512 * 1024),
+            udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the tunnel-side TCP handshake.
+    Tunnel,
+    /// Kernel connect in progress.
+    Connecting,
+    Open,
+}
+
+enum Kind {
+    /// Tunnel connection forwarded to `target` (proxy, sidecar, subnet router).
+    Forward(SocketAddr),
+    /// Kernel connection accepted by an egress listener, forwarded into the tunnel.
+    Egress,
+    /// DNS over TCP answered locally.
+    Dns,
+}
+
+struct Conn {
+    handle: SocketHandle,
+    kind: Kind,
+    stream: Option<TcpStream>,
+    phase: Phase,
+    k_readable: bool,
+    k_write_blocked: bool,
+    k_eof: bool,
+    shut_wr: bool,
+    key: (SocketAddr, SocketAddr),
+    local_port: Option<u16>,
+    born: Instant,
+    dirty: bool,
+    dns_buf: Vec<u8>,
+}
+
+enum UdpKind {
+    /// Kernel socket connected to the forward target.
+    Forward(UdpSocket),
+    /// Reply path of an egress listener: (listener index, client address).
+    Egress(usize, SocketAddr),
+}
+
+struct UdpSession {
+    kind: UdpKind,
+    /// (tunnel remote, tunnel local)
+    key: (SocketAddr, SocketAddr),
+    last: Instant,
+}
+
+enum Listener {
+    Tcp(TcpListener, SocketAddr),
+    Udp(UdpSocket, SocketAddr),
+}
+
+pub struct Engine {
+    poll: Poll,
+    pub net: Net,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    loaded: Loaded,
+    matcher: Matcher,
+    zone: Zone,
+    own4: Ipv4Addr,
+    own6: Ipv6Addr,
+    routes: Vec<ipnet::IpNet>,
+    conns: Vec<Option<Conn>>,
+    free_conns: Vec<usize>,
+    conn_by_key: HashMap<(SocketAddr, SocketAddr), usize>,
+    dirty: Vec<usize>,
+    udp: Vec<Option<UdpSession>>,
+    free_udp: Vec<usize>,
+    udp_by_key: HashMap<(SocketAddr, SocketAddr), usize>,
+    egress_udp_by_client: HashMap<(usize, SocketAddr), usize>,
+    listeners: Vec<Listener>,
+    used_ports: HashSet<u16>,
+    next_port: u16,
+    start: Instant,
+    last_tick: Instant,
+    last_second: Instant,
+    tuning: Tuning,
+    rx_buf: Vec<u8>,
+    dec_buf: Vec<u8>,
+    inbox: Vec<(usize, Vec<u8>)>,
+    out_scratch: Vec<u8>,
+    proxy_target: Option<IpAddr>,
+    pub local_udp: SocketAddr,
+}
+
+fn smol_now(start: Instant, now: Instant) -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(now.duration_since(start).as_micros() as i64)
+}
+
+impl Engine {
+    pub fn new(loaded: Loaded, tuning: Tuning) -> io::Result<Engine> {
+        let node = &loaded.node;
+        let bind: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), node.listen_port);
+        let std_sock = match std::net::UdpSocket::bind(bind) {
+            Ok(s) => s,
+            Err(_) => std::net::UdpSocket::bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                node.listen_port,
+            ))?,
+        };
+        std_sock.set_nonblocking(true)?;
+        wire::set_buffer(std_sock.as_raw_fd(), libc::SO_RCVBUF, tuning.udp_sock_buf);
+        wire::set_buffer(std_sock.as_raw_fd(), libc::SO_SNDBUF, tuning.udp_sock_buf);
+        let mut socket = UdpSocket::from_std(std_sock);
+        let local_udp = socket.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut socket, TOKEN_WIRE, Interest::READABLE)?;
+        let mut net = Net::new(socket, loaded.secret.clone(), usize::from(node.mtu));
+        net.set_peers(&loaded.peers);
+        let start = Instant::now();
+        let mut iface = Interface::new(
+            IfaceConfig::new(HardwareAddress::Ip),
+            &mut net,
+            smol_now(start, start),
+        );
+        let own4 = node.ipv4;
+        let own6 = node.ipv6;
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(own4), 32));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(own6), 128));
+        });
+        let _ = iface.routes_mut().add_default_ipv4_route(own4);
+        let _ = iface.routes_mut().add_default_ipv6_route(own6);
+        iface.set_any_ip(true);
+        let mut e = Engine {
+            poll,
+            net,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            matcher: Matcher::default(),
+            zone: Zone::default(),
+            own4,
+            own6,
+            routes: Vec::new(),
+            loaded: loaded.clone(),
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            conn_by_key: HashMap::new(),
+            dirty: Vec::new(),
+            udp: Vec::new(),
+            free_udp: Vec::new(),
+            udp_by_key: HashMap::new(),
+            egress_udp_by_client: HashMap::new(),
+            listeners: Vec::new(),
+            used_ports: HashSet::new(),
+            next_port: 49_152,
+            start,
+            last_tick: start,
+            last_second: start,
+            tuning,
+            rx_buf: vec![0; BUF],
+            dec_buf: vec![0; BUF + 64],
+            inbox: Vec::new(),
+            out_scratch: Vec::with_capacity(2048),
+            proxy_target: None,
+            local_udp,
+        };
+        e.apply(loaded)?;
+        Ok(e)
+    }
+
+    /// Does a new config need a fresh engine (identity or socket changed)?
+    pub fn needs_restart(&self, new: &Loaded) -> bool {
+        let a = &self.loaded.node;
+        let b = &new.node;
+        a.ipv4 != b.ipv4
+            || a.ipv6 != b.ipv6
+            || a.listen_port != b.listen_port
+            || a.mtu != b.mtu
+            || self.loaded.public != new.public
+    }
+
+    /// Apply a config with the same identity: peers (sessions of unchanged peers survive),
+    /// filter, names, forwarding mode.
+    pub fn apply(&mut self, loaded: Loaded) -> io::Result<()> {
+        self.net.set_peers(&loaded.peers);
+        let own = config::own_nets(&loaded.node);
+        self.matcher = Matcher::for_destinations(&loaded.mesh.filter, &own);
+        self.zone = Zone::new(&loaded.mesh.domain, &loaded.mesh.dns);
+        self.routes = match &loaded.node.mode {
+            Mode::SubnetRouter { routes } => routes.iter().map(|r| r.trunc()).collect(),
+            _ => Vec::new(),
+        };
+        self.proxy_target = match &loaded.node.mode {
+            Mode::Proxy { target_host, .. } => resolve_host(target_host),
+            _ => None,
+        };
+        let mode_changed = self.loaded.node.mode != loaded.node.mode || self.listeners.is_empty();
+        self.loaded = loaded;
+        if mode_changed {
+            self.rebuild_listeners()?;
+        }
+        Ok(())
+    }
+
+    fn rebuild_listeners(&mut self) -> io::Result<()> {
+        for l in self.listeners.drain(..) {
+            match l {
+                Listener::Tcp(mut s, _) => {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+                Listener::Udp(mut s, _) => {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+            }
+        }
+        if let Mode::Egress { target_ip, ports } = &self.loaded.node.mode {
+            for pm in ports {
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), pm.listen);
+                let target = SocketAddr::new(*target_ip, pm.target);
+                let tok = Token(LISTENER_BASE + self.listeners.len());
+                match pm.protocol {
+                    Protocol::Tcp => {
+                        let mut l = TcpListener::bind(addr)?;
+                        self.poll
+                            .registry()
+                            .register(&mut l, tok, Interest::READABLE)?;
+                        self.listeners.push(Listener::Tcp(l, target));
+                    }
+                    Protocol::Udp => {
+                        let mut l = UdpSocket::bind(addr)?;
+                        self.poll
+                            .registry()
+                            .register(&mut l, tok, Interest::READABLE)?;
+                        self.listeners.push(Listener::Udp(l, target));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_own(&self, ip: IpAddr) -> bool {
+        ip == IpAddr::V4(self.own4) || ip == IpAddr::V6(self.own6)
+    }
+
+    fn in_routes(&self, ip: IpAddr) -> bool {
+        self.routes.iter().any(|r| r.contains(&ip))
+    }
+
+    /// Run until `stop` is set or `reload` is requested; returns true for reload.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        reload: &AtomicBool,
+        shared: &Arc<Shared>,
+        paths: &Paths,
+        fp: &mut Vec<String>,
+    ) -> io::Result<bool> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_fp = Instant::now();
+        self.publish_metrics(shared);
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            if reload.swap(false, Ordering::Relaxed) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now.duration_since(last_fp) >= Duration::from_secs(1) {
+                last_fp = now;
+                let f = config::fingerprint(paths);
+                if f != *fp {
+                    *fp = f;
+                    return Ok(true);
+                }
+            }
+            let smol = smol_now(self.start, now);
+            let mut timeout = TICK.saturating_sub(now.duration_since(self.last_tick));
+            if let Some(d) = self.iface.poll_delay(smol, &self.sockets) {
+                timeout = timeout.min(Duration::from_micros(d.total_micros()));
+            }
+            if !self.dirty.is_empty() || !self.net.rx.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.net.now = Instant::now();
+            let mut wire_ready = false;
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if ev.token() == TOKEN_WIRE {
+                    wire_ready = true;
+                } else if (LISTENER_BASE..CONN_BASE).contains(&t) {
+                    self.on_listener(t - LISTENER_BASE);
+                } else if (CONN_BASE..UDP_BASE).contains(&t) {
+                    let slot = t - CONN_BASE;
+                    if let Some(Some(c)) = self.conns.get_mut(slot) {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            c.k_readable = true;
+                        }
+                        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                            c.k_write_blocked = false;
+                        }
+                        if !c.dirty {
+                            c.dirty = true;
+                            self.dirty.push(slot);
+                        }
+                    }
+                } else if t >= UDP_BASE {
+                    self.on_udp_session(t - UDP_BASE);
+                }
+            }
+            if wire_ready {
+                self.read_wire();
+            }
+            self.poll_stack();
+            self.service_dirty();
+            self.poll_stack();
+            let now = Instant::now();
+            if now.duration_since(self.last_tick) >= TICK {
+                self.last_tick = now;
+                self.net.update_timers();
+                if now.duration_since(self.last_second) >= Duration::from_secs(1) {
+                    self.last_second = now;
+                    self.every_second();
+                    self.publish_metrics(shared);
+                }
+            }
+        }
+    }
+
+    fn poll_stack(&mut self) {
+        let smol = smol_now(self.start, Instant::now());
+        self.iface.poll(smol, &mut self.net, &mut self.sockets);
+    }
+
+    fn read_wire(&mut self) {
+        let mut rx = std::mem::take(&mut self.rx_buf);
+        let mut dec = std::mem::take(&mut self.dec_buf);
+        let mut inbox = std::mem::take(&mut self.inbox);
+        // Read until the socket is empty, in batches, so smoltcp sees many segments per poll.
+        loop {
+            let mut n_read = 0;
+            while n_read < RX_BATCH {
+                match self.net.socket.recv_from(&mut rx) {
+                    Ok((n, from)) => {
+                        n_read += 1;
+                        let from = canonical(from);
+                        if let Some(d) = rx.get(..n) {
+                            self.net.handle_datagram(from, d, &mut dec, &mut inbox);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            for (slot, pkt) in inbox.drain(..) {
+                self.inbound(slot, pkt);
+            }
+            if n_read < RX_BATCH {
+                break;
+            }
+            self.poll_stack();
+            self.service_dirty();
+        }
+        self.rx_buf = rx;
+        self.dec_buf = dec;
+        self.inbox = inbox;
+    }
+
+    /// Filter and dispatch one decrypted inner packet from peer `slot`.
+    fn inbound(&mut self, slot: usize, pkt: Vec<u8>) {
+        let Ok(info) = packet::parse(&pkt) else {
+            self.net.counters.drop(Drop::Malformed);
+            return;
+        };
+        if !self.net.peer_allows_source(slot, info.src) {
+            self.net.counters.drop(Drop::AllowedIps);
+            return;
+        }
+        let to_own = self.is_own(info.dst);
+        if !to_own && !self.in_routes(info.dst) {
+            self.net.counters.drop(Drop::NoRoute);
+            return;
+        }
+        if info.fragment {
+            self.net.counters.drop(Drop::Malformed);
+            return;
+        }
+        let dns =
+            to_own && info.dport == 53 && (info.proto == PROTO_UDP || info.proto == PROTO_TCP);
+        let allowed = dns
+            || self.net.is_reply(&info)
+            || self
+                .matcher
+                .allows(info.src, info.dst, info.proto, info.dport);
+        if !allowed {
+            self.net.counters.drop(Drop::Policy);
+            return;
+        }
+        match info.proto {
+            PROTO_TCP => self.inbound_tcp(&info, pkt),
+            PROTO_UDP => self.inbound_udp(&info, &pkt),
+            PROTO_ICMP | PROTO_ICMPV6 => {
+                if to_own && packet::is_echo_request(&info) {
+                    let mut out = std::mem::take(&mut self.out_scratch);
+                    if packet::build_echo_reply(&mut out, &pkt, &info) {
+                        self.net.send_inner(&out);
+                    }
+                    self.out_scratch = out;
+                } else if !packet::is_echo_request(&info) {
+                    // ICMP errors / echo replies: let smoltcp see them (e.g. for TCP).
+                    self.net.rx.push_back(pkt);
+                } else {
+                    self.net.counters.drop(Drop::NoListener);
+                }
+            }
+            _ => self.net.counters.drop(Drop::NoListener),
+        }
+    }
+
+    fn tcp_target(&self, info: &Info) -> Option<Kind> {
+        let to_own = self.is_own(info.dst);
+        if to_own && info.dport == 53 {
+            return Some(Kind::Dns);
+        }
+        match &self.loaded.node.mode {
+            Mode::Proxy { ports, .. } if to_own => {
+                let pm = ports
+                    .iter()
+                    .find(|p| p.protocol == Protocol::Tcp && p.listen == info.dport)?;
+                Some(Kind::Forward(SocketAddr::new(
+                    self.proxy_target?,
+                    pm.target,
+                )))
+            }
+            Mode::Sidecar { ports } if to_own => {
+                let pm = ports
+                    .iter()
+                    .find(|p| p.protocol == Protocol::Tcp && p.listen == info.dport)?;
+                Some(Kind::Forward(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    pm.target,
+                )))
+            }
+            Mode::SubnetRouter { .. } if !to_own && self.in_routes(info.dst) => {
+                Some(Kind::Forward(SocketAddr::new(info.dst, info.dport)))
+            }
+            _ => None,
+        }
+    }
+
+    fn inbound_tcp(&mut self, info: &Info, pkt: Vec<u8>) {
+        let key = (
+            SocketAddr::new(info.src, info.sport),
+            SocketAddr::new(info.dst, info.dport),
+        );
+        if let Some(&slot) = self.conn_by_key.get(&key) {
+            self.mark_dirty(slot);
+        } else if info.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            match self.tcp_target(info) {
+                Some(kind) => {
+                    if let Some(slot) = self.new_tunnel_listener(key, kind) {
+                        self.mark_dirty(slot);
+                    }
+                }
+                None => self.net.counters.drop(Drop::NoListener),
+            }
+        }
+        self.net.rx.push_back(pkt);
+    }
+
+    fn tcp_socket(&self) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; self.tuning.tcp_rx_buf]),
+            tcp::SocketBuffer::new(vec![0u8; self.tuning.tcp_tx_buf]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
+        s
+    }
+
+    fn alloc_conn(&mut self, c: Conn) -> Option<usize> {
+        if self.conn_by_key.len() >= MAX_CONNS {
+            self.net.counters.drop(Drop::TableFull);
+            return None;
+        }
+        let key = c.key;
+        let slot = match self.free_conns.pop() {
+            Some(s) => {
+                if let Some(e) = self.conns.get_mut(s) {
+                    *e = Some(c);
+                }
+                s
+            }
+            None => {
+                self.conns.push(Some(c));
+                self.conns.len() - 1
+            }
+        };
+        self.conn_by_key.insert(key, slot);
+        self.net.counters.tcp_active = self.conn_by_key.len() as u64;
+        Some(slot)
+    }
+
+    fn new_tunnel_listener(&mut self, key: (SocketAddr, SocketAddr), kind: Kind) -> Option<usize> {
+        let mut s = self.tcp_socket();
+        if s.listen(IpListenEndpoint::from(key.1)).is_err() {
+            return None;
+        }
+        let handle = self.sockets.add(s);
+        let c = Conn {
+            handle,
+            kind,
+            stream: None,
+            phase: Phase::Tunnel,
+            k_readable: false,
+            k_write_blocked: false,
+            k_eof: false,
+            shut_wr: false,
+            key,
+            local_port: None,
+            born: Instant::now(),
+            dirty: false,
+            dns_buf: Vec::new(),
+        };
+        let slot = self.alloc_conn(c);
+        if slot.is_none() {
+            self.sockets.remove(handle);
+        }
+        slot
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(slot) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    fn service_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for slot in dirty.drain(..) {
+            if let Some(Some(c)) = self.conns.get_mut(slot) {
+                c.dirty = false;
+            }
+            self.service(slot);
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn alloc_port(&mut self) -> Option<u16> {
+        for _ in 0..16_384 {
+            let p = self.next_port;
+            self.next_port = if self.next_port >= 65_000 {
+                49_152
+            } else {
+                self.next_port + 1
+            };
+            if !self.used_ports.contains(&p) {
+                self.used_ports.insert(p);
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn on_listener(&mut self, idx: usize) {
+        let mut accepted = Vec::new();
+        let mut datagrams = Vec::new();
+        match self.listeners.get_mut(idx) {
+            Some(Listener::Tcp(l, target)) => {
+                while let Ok((s, _)) = l.accept() {
+                    accepted.push((s, *target));
+                }
+            }
+            Some(Listener::Udp(l, target)) => {
+                let mut buf = std::mem::take(&mut self.rx_buf);
+                for _ in 0..RX_BATCH {
+                    match l.recv_from(&mut buf) {
+                        Ok((n, from)) => datagrams.push((
+                            canonical(from),
+                            *target,
+                            buf.get(..n).map(|b| b.to_vec()).unwrap_or_default(),
+                        )),
+                        Err(_) => break,
+                    }
+                }
+                self.rx_buf = buf;
+            }
+            None => {}
+        }
+        for (stream, target) in accepted {
+            self.egress_tcp(stream, target);
+        }
+        for (from, target, data) in datagrams {
+            self.egress_udp(idx, from, target, &data);
+        }
+    }
+
+    fn own_for(&self, target: IpAddr) -> IpAddr {
+        match target {
+            IpAddr::V4(_) => IpAddr::V4(self.own4),
+            IpAddr::V6(_) => IpAddr::V6(self.own6),
+        }
+    }
+
+    fn egress_tcp(&mut self, mut stream: TcpStream, target: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Some(port) = self.alloc_port() else {
+            self.net.counters.drop(Drop::TableFull);
+            return;
+        };
+        let local = SocketAddr::new(self.own_for(target.ip()), port);
+        let mut s = self.tcp_socket();
+        if s.connect(
+            self.iface.context(),
+            IpEndpoint::from(target),
+            IpListenEndpoint::from(local),
+        )
+        .is_err()
+        {
+            self.used_ports.remove(&port);
+            return;
+        }
+        let handle = self.sockets.add(s);
+        let slot_guess = self.free_conns.last().copied().unwrap_or(self.conns.len());
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(CONN_BASE + slot_guess),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.sockets.remove(handle);
+            self.used_ports.remove(&port);
+            return;
+        }
+        let c = Conn {
+            handle,
+            kind: Kind::Egress,
+            stream: Some(stream),
+            phase: Phase::Tunnel,
+            k_readable: true,
+            k_write_blocked: false,
+            k_eof: false,
+            shut_wr: false,
+            key: (target, local),
+            local_port: Some(port),
+            born: Instant::now(),
+            dirty: false,
+            dns_buf: Vec::new(),
+        };
+        match self.alloc_conn(c) {
+            Some(slot) => {
+                self.net.counters.tcp_accepted += 1;
+                self.mark_dirty(slot);
+            }
+            None => {
+                self.sockets.remove(handle);
+                self.used_ports.remove(&port);
+            }
+        }
+    }
+
+    /// Move data and state for one connection.
+    fn service(&mut self, slot: usize) {
+        let Some(Some(c)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let sock = self.sockets.get_mut::<tcp::Socket>(c.handle);
+        let state = sock.state();
+        let mut remove = false;
+        match c.phase {
+            Phase::Tunnel => {
+                if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+                    remove = true;
+                } else if sock.may_send() || sock.may_recv() {
+                    match &c.kind {
+                        Kind::Forward(target) => match TcpStream::connect(*target) {
+                            Ok(mut s) => {
+                                let _ = s.set_nodelay(true);
+                                if self
+                                    .poll
+                                    .registry()
+                                    .register(
+                                        &mut s,
+                                        Token(CONN_BASE + slot),
+                                        Interest::READABLE | Interest::WRITABLE,
+                                    )
+                                    .is_ok()
+                                {
+                                    c.stream = Some(s);
+                                    c.phase = Phase::Connecting;
+                                    self.net.counters.tcp_accepted += 1;
+                                } else {
+                                    sock.abort();
+                                }
+                            }
+                            Err(_) => sock.abort(),
+                        },
+                        Kind::Egress | Kind::Dns => c.phase = Phase::Open,
+                    }
+                } else if c.born.elapsed() > Duration::from_secs(30) && state == tcp::State::Listen
+                {
+                    remove = true;
+                }
+            }
+            Phase::Connecting => {
+                if let Some(s) = &c.stream {
+                    match s.take_error() {
+                        Ok(Some(_)) | Err(_) => {
+                            sock.abort();
+                            remove = true;
+                        }
+                        Ok(None) => {
+                            if s.peer_addr().is_ok() {
+                                c.phase = Phase::Open;
+                                c.k_readable = true;
+                            } else if c.born.elapsed() > Duration::from_secs(30) {
+                                sock.abort();
+                                remove = true;
+                            }
+                        }
+                    }
+                }
+                if matches!(state, tcp::State::Closed) {
+                    remove = true;
+                }
+            }
+            Phase::Open => {}
+        }
+        if c.phase == Phase::Open && !remove {
+            if matches!(c.kind, Kind::Dns) {
+                remove = dns_tcp(c, sock, &self.zone, &mut self.net.counters);
+            } else {
+                remove = pump(c, sock);
+            }
+        }
+        if remove {
+            self.remove_conn(slot);
+        }
+    }
+
+    fn remove_conn(&mut self, slot: usize) {
+        let Some(entry) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Some(mut c) = entry.take() else {
+            return;
+        };
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        let sock = self.sockets.get_mut::<tcp::Socket>(c.handle);
+        if !matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
+            sock.abort();
+            // Let the RST go out before the socket disappears.
+            let smol = smol_now(self.start, Instant::now());
+            self.iface.poll(smol, &mut self.net, &mut self.sockets);
+        }
+        self.sockets.remove(c.handle);
+        if let Some(p) = c.local_port {
+            self.used_ports.remove(&p);
+        }
+        self.conn_by_key.remove(&c.key);
+        self.free_conns.push(slot);
+        self.net.counters.tcp_active = self.conn_by_key.len() as u64;
+    }
+
+    fn every_second(&mut self) {
+        self.net.rate_limiter.reset_count();
+        self.net.expire_flows();
+        // Sweep connections for state changes driven by smoltcp timers.
+        for slot in 0..self.conns.len() {
+            self.service(slot);
+        }
+        let now = Instant::now();
+        let stale: Vec<usize> = self
+            .udp
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| now.duration_since(s.last) > UDP_IDLE)
+                    .map(|_| i)
+            })
+            .collect();
+        for i in stale {
+            self.remove_udp(i);
+        }
+    }
+
+    fn publish_metrics(&self, shared: &Shared) {
+        let text = metrics::render(&self.net.counters, &self.net.peer_stats());
+        if let Ok(mut m) = shared.metrics.lock() {
+            *m = text;
+        }
+    }
+
+    // ---- UDP ----
+
+    fn inbound_udp(&mut self, info: &Info, pkt: &[u8]) {
+        let remote = SocketAddr::new(info.src, info.sport);
+        let local = SocketAddr::new(info.dst, info.dport);
+        let Some(payload) = pkt.get(info.payload_off..info.total_len) else {
+            self.net.counters.drop(Drop::Malformed);
+            return;
+        };
+        let to_own = self.is_own(info.dst);
+        if to_own && info.dport == 53 {
+            self.net.counters.dns_queries += 1;
+            if let Some(resp) = self.zone.answer(payload) {
+                let mut out = std::mem::take(&mut self.out_scratch);
+                if packet::build_udp(&mut out, local, remote, &resp) {
+                    self.net.send_inner(&out);
+                }
+                self.out_scratch = out;
+            }
+            return;
+        }
+        if let Some(&i) = self.udp_by_key.get(&(remote, local)) {
+            if let Some(Some(s)) = self.udp.get_mut(i) {
+                s.last = Instant::now();
+                match &s.kind {
+                    UdpKind::Forward(sock) => {
+                        let _ = sock.send(payload);
+                    }
+                    UdpKind::Egress(li, client) => {
+                        if let Some(Listener::Udp(l, _)) = self.listeners.get(*li) {
+                            let _ = l.send_to(payload, *client);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        let target = match &self.loaded.node.mode {
+            Mode::Proxy { ports, .. } if to_own => ports
+                .iter()
+                .find(|p| p.protocol == Protocol::Udp && p.listen == info.dport)
+                .and_then(|pm| Some(SocketAddr::new(self.proxy_target?, pm.target))),
+            Mode::Sidecar { ports } if to_own => ports
+                .iter()
+                .find(|p| p.protocol == Protocol::Udp && p.listen == info.dport)
+                .map(|pm| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), pm.target)),
+            Mode::SubnetRouter { .. } if !to_own => Some(local),
+            _ => None,
+        };
+        let Some(target) = target else {
+            self.net.counters.drop(Drop::NoListener);
+            return;
+        };
+        if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
+            self.net.counters.drop(Drop::TableFull);
+            return;
+        }
+        let bind = match target {
+            SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        };
+        let Ok(sock) = UdpSocket::bind(bind) else {
+            return;
+        };
+        if sock.connect(target).is_err() {
+            return;
+        }
+        let _ = sock.send(payload);
+        let slot = self.free_udp.pop().unwrap_or(self.udp.len());
+        let mut sock = sock;
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, Token(UDP_BASE + slot), Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        let s = UdpSession {
+            kind: UdpKind::Forward(sock),
+            key: (remote, local),
+            last: Instant::now(),
+        };
+        self.put_udp(slot, s);
+    }
+
+    fn put_udp(&mut self, slot: usize, s: UdpSession) {
+        let key = s.key;
+        if slot == self.udp.len() {
+            self.udp.push(Some(s));
+        } else if let Some(e) = self.udp.get_mut(slot) {
+            *e = Some(s);
+        }
+        self.udp_by_key.insert(key, slot);
+        self.net.counters.udp_sessions = self.udp_by_key.len() as u64;
+    }
+
+    fn remove_udp(&mut self, slot: usize) {
+        let Some(e) = self.udp.get_mut(slot) else {
+            return;
+        };
+        let Some(s) = e.take() else {
+            return;
+        };
+        self.udp_by_key.remove(&s.key);
+        match s.kind {
+            UdpKind::Forward(mut sock) => {
+                let _ = self.poll.registry().deregister(&mut sock);
+            }
+            UdpKind::Egress(li, client) => {
+                self.egress_udp_by_client.remove(&(li, client));
+                self.used_ports.remove(&s.key.1.port());
+            }
+        }
+        self.free_udp.push(slot);
+        self.net.counters.udp_sessions = self.udp_by_key.len() as u64;
+    }
+
+    /// Replies from a forward target: back into the tunnel.
+    fn on_udp_session(&mut self, slot: usize) {
+        let mut buf = std::mem::take(&mut self.rx_buf);
+        let mut out = std::mem::take(&mut self.out_scratch);
+        if let Some(Some(s)) = self.udp.get_mut(slot) {
+            if let UdpKind::Forward(sock) = &s.kind {
+                let (remote, local) = s.key;
+                for _ in 0..RX_BATCH {
+                    match sock.recv(&mut buf) {
+                        Ok(n) => {
+                            s.last = Instant::now();
+                            let Some(payload) = buf.get(..n) else { break };
+                            if n + 48 > self.net.mtu {
+                                self.net.counters.drop(Drop::TooBig);
+                                continue;
+                            }
+                            if packet::build_udp(&mut out, local, remote, payload) {
+                                self.net.send_inner(&out);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        self.rx_buf = buf;
+        self.out_scratch = out;
+    }
+
+    fn egress_udp(&mut self, li: usize, client: SocketAddr, target: SocketAddr, data: &[u8]) {
+        let slot = match self.egress_udp_by_client.get(&(li, client)) {
+            Some(&s) => s,
+            None => {
+                if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
+                    self.net.counters.drop(Drop::TableFull);
+                    return;
+                }
+                let Some(port) = self.alloc_port() else {
+                    self.net.counters.drop(Drop::TableFull);
+                    return;
+                };
+                let local = SocketAddr::new(self.own_for(target.ip()), port);
+                let slot = self.free_udp.pop().unwrap_or(self.udp.len());
+                self.put_udp(
+                    slot,
+                    UdpSession {
+                        kind: UdpKind::Egress(li, client),
+                        key: (target, local),
+                        last: Instant::now(),
+                    },
+                );
+                self.egress_udp_by_client.insert((li, client), slot);
+                self.net.open_flow((PROTO_UDP, local, target));
+                slot
+            }
+        };
+        let Some(Some(s)) = self.udp.get_mut(slot) else {
+            return;
+        };
+        s.last = Instant::now();
+        let (target, local) = s.key;
+        if data.len() + 48 > self.net.mtu {
+            self.net.counters.drop(Drop::TooBig);
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out_scratch);
+        if packet::build_udp(&mut out, local, target, data) {
+            self.net.send_inner(&out);
+        }
+        self.out_scratch = out;
+    }
+}
+
+/// Map IPv4-mapped IPv6 source addresses (dual-stack socket) back to IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+fn resolve_host(host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    config::resolve_endpoint(&format!("{host}:0")).map(|s| s.ip())
+}
+
+enum Step<T> {
+    Data(T),
+    Block,
+    Eof,
+    Fail,
+}
+
+/// Copy data both ways between a smoltcp socket and a kernel stream. Returns true when the
+/// connection is finished.
+fn pump(c: &mut Conn, sock: &mut tcp::Socket<'static>) -> bool {
+    let Some(stream) = c.stream.as_mut() else {
+        return true;
+    };
+    // Tunnel → kernel.
+    while !c.k_write_blocked && sock.can_recv() {
+        let r = sock.recv(|buf| match stream.write(buf) {
+            Ok(n) => (n, if n == 0 { Step::Block } else { Step::Data(n) }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Step::Block),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Step::Data(0)),
+            Err(_) => (0, Step::Fail),
+        });
+        match r {
+            Ok(Step::Data(_)) => {}
+            Ok(Step::Block) => c.k_write_blocked = true,
+            Ok(Step::Fail) => {
+                sock.abort();
+                return true;
+            }
+            _ => break,
+        }
+    }
+    if !c.shut_wr && !sock.may_recv() && !sock.can_recv() {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        c.shut_wr = true;
+    }
+    // Kernel → tunnel.
+    while c.k_readable && !c.k_eof && sock.can_send() {
+        let r = sock.send(|buf| match stream.read(buf) {
+            Ok(0) => (0, Step::Eof),
+            Ok(n) => (n, Step::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Step::Block),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Step::Data(0)),
+            Err(_) => (0, Step::Fail),
+        });
+        match r {
+            Ok(Step::Data(_)) => {}
+            Ok(Step::Block) => c.k_readable = false,
+            Ok(Step::Eof) => {
+                c.k_eof = true;
+                sock.close();
+            }
+            Ok(Step::Fail) => {
+                sock.abort();
+                return true;
+            }
+            Err(_) => break,
+        }
+    }
+    if c.k_eof
+        && !matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait)
+        && sock.may_send()
+    {
+        sock.close();
+    }
+    matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait)
+        || (c.k_eof && c.shut_wr && !sock.is_open())
+}
+
+/// DNS over TCP: 2-byte length-prefixed messages, answered locally.
+fn dns_tcp(
+    c: &mut Conn,
+    sock: &mut tcp::Socket<'static>,
+    zone: &Zone,
+    counters: &mut metrics::Counters,
+) -> bool {
+    while sock.can_recv() {
+        let r = sock.recv(|buf| {
+            let n = buf.len().min(4096);
+            (n, buf.get(..n).map(|b| b.to_vec()).unwrap_or_default())
+        });
+        match r {
+            Ok(v) if !v.is_empty() => c.dns_buf.extend_from_slice(&v),
+            _ => break,
+        }
+        if c.dns_buf.len() > 65_537 {
+            sock.abort();
+            return true;
+        }
+    }
+    loop {
+        let Some(len) = c
+            .dns_buf
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            break;
+        };
+        if c.dns_buf.len() < 2 + len {
+            break;
+        }
+        let msg: Vec<u8> = c.dns_buf.drain(..2 + len).skip(2).collect();
+        counters.dns_queries += 1;
+        if let Some(resp) = zone.answer(&msg) {
+            let mut framed = (resp.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&resp);
+            if sock.send_slice(&framed).is_err() {
+                sock.abort();
+                return true;
+            }
+        }
+    }
+    if !sock.may_recv() && sock.is_open() && sock.may_send() {
+        sock.close();
+    }
+    matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait)
+}
+
+impl Engine {
+    #[doc(hidden)]
+    pub fn fuzz_datagram(&mut self, bytes: &[u8]) {
+        let mut dec = std::mem::take(&mut self.dec_buf);
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+        self.net.handle_datagram(from, bytes, &mut dec, &mut inbox);
+        for (slot, pkt) in inbox.drain(..) {
+            self.inbound(slot, pkt);
+        }
+        self.dec_buf = dec;
+        self.inbox = inbox;
+        self.poll_stack();
+        self.service_dirty();
+    }
+
+    #[doc(hidden)]
+    pub fn fuzz_inner(&mut self, bytes: &[u8]) {
+        self.inbound(0, bytes.to_vec());
+        self.poll_stack();
+        self.service_dirty();
+        self.poll_stack();
+    }
+}

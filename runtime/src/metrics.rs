@@ -1,0 +1,233 @@
+//! Counters kept by the packet loop and rendered as Prometheus text for `/metrics`.
+
+use std::fmt::Write as _;
+
+/// Why a packet was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Drop {
+    /// UDP datagram that is not a WireGuard message.
+    Garbage,
+    /// Handshake with a bad MAC, unknown key or failed decryption.
+    HandshakeInvalid,
+    /// Handshake from a key that is not in the mesh.
+    UnknownPeer,
+    /// Data packet for an unknown receiver index.
+    UnknownIndex,
+    /// Decryption failed, replayed or out-of-window counter, expired session.
+    Decrypt,
+    /// Handshake refused under load (cookie reply sent instead).
+    UnderLoad,
+    /// Inner source address outside the peer's allowed_ips.
+    AllowedIps,
+    /// Denied by the packet filter.
+    Policy,
+    /// Inner packet is not valid IP/TCP/UDP/ICMP.
+    Malformed,
+    /// Destination is neither this node nor one of its routes / no peer for the destination.
+    NoRoute,
+    /// The peer has no known endpoint yet.
+    NoEndpoint,
+    /// Nothing listens on that port.
+    NoListener,
+    /// Too many tracked flows or sessions.
+    TableFull,
+    /// Packet too large to build or send.
+    TooBig,
+    /// Sending on the UDP socket failed.
+    SendError,
+}
+
+pub const ALL_DROPS: [Drop; 15] = [
+    Drop::Garbage,
+    Drop::HandshakeInvalid,
+    Drop::UnknownPeer,
+    Drop::UnknownIndex,
+    Drop::Decrypt,
+    Drop::UnderLoad,
+    Drop::AllowedIps,
+    Drop::Policy,
+    Drop::Malformed,
+    Drop::NoRoute,
+    Drop::NoEndpoint,
+    Drop::NoListener,
+    Drop::TableFull,
+    Drop::TooBig,
+    Drop::SendError,
+];
+
+impl Drop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Garbage => "garbage",
+            Drop::HandshakeInvalid => "handshake_invalid",
+            Drop::UnknownPeer => "unknown_peer",
+            Drop::UnknownIndex => "unknown_index",
+            Drop::Decrypt => "decrypt",
+            Drop::UnderLoad => "under_load",
+            Drop::AllowedIps => "allowed_ips",
+            Drop::Policy => "policy",
+            Drop::Malformed => "malformed",
+            Drop::NoRoute => "no_route",
+            Drop::NoEndpoint => "no_endpoint",
+            Drop::NoListener => "no_listener",
+            Drop::TableFull => "table_full",
+            Drop::TooBig => "too_big",
+            Drop::SendError => "send_error",
+        }
+    }
+
+    fn idx(self) -> usize {
+        ALL_DROPS.iter().position(|d| *d == self).unwrap_or(0)
+    }
+}
+
+/// Per-peer counters.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStats {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub handshakes: u64,
+}
+
+/// Node-wide counters.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub drops: [u64; ALL_DROPS.len()],
+    pub udp_rx_datagrams: u64,
+    pub udp_tx_datagrams: u64,
+    pub cookie_replies: u64,
+    pub tcp_accepted: u64,
+    pub tcp_active: u64,
+    pub udp_sessions: u64,
+    pub dns_queries: u64,
+    pub reloads: u64,
+    pub reload_errors: u64,
+}
+
+impl Counters {
+    pub fn drop(&mut self, d: Drop) {
+        if let Some(c) = self.drops.get_mut(d.idx()) {
+            *c += 1;
+        }
+    }
+
+    pub fn dropped(&self, d: Drop) -> u64 {
+        self.drops.get(d.idx()).copied().unwrap_or(0)
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render Prometheus text exposition.
+pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
+    let mut o = String::with_capacity(2048 + peers.len() * 600);
+    let _ = writeln!(o, "# HELP tsk8s_drops_total Packets dropped, by reason.");
+    let _ = writeln!(o, "# TYPE tsk8s_drops_total counter");
+    for d in ALL_DROPS {
+        let _ = writeln!(
+            o,
+            "tsk8s_drops_total{{reason=\"{}\"}} {}",
+            d.name(),
+            c.dropped(d)
+        );
+    }
+    let scalars: [(&str, &str, &str, u64); 9] = [
+        (
+            "tsk8s_udp_rx_datagrams_total",
+            "counter",
+            "UDP datagrams received.",
+            c.udp_rx_datagrams,
+        ),
+        (
+            "tsk8s_udp_tx_datagrams_total",
+            "counter",
+            "UDP datagrams sent.",
+            c.udp_tx_datagrams,
+        ),
+        (
+            "tsk8s_cookie_replies_total",
+            "counter",
+            "Cookie replies sent under load.",
+            c.cookie_replies,
+        ),
+        (
+            "tsk8s_tcp_accepted_total",
+            "counter",
+            "TCP connections forwarded.",
+            c.tcp_accepted,
+        ),
+        (
+            "tsk8s_tcp_connections",
+            "gauge",
+            "Open forwarded TCP connections.",
+            c.tcp_active,
+        ),
+        (
+            "tsk8s_udp_sessions",
+            "gauge",
+            "Open forwarded UDP sessions.",
+            c.udp_sessions,
+        ),
+        (
+            "tsk8s_dns_queries_total",
+            "counter",
+            "DNS queries answered.",
+            c.dns_queries,
+        ),
+        (
+            "tsk8s_config_reloads_total",
+            "counter",
+            "Successful config reloads.",
+            c.reloads,
+        ),
+        (
+            "tsk8s_config_reload_errors_total",
+            "counter",
+            "Failed config reloads.",
+            c.reload_errors,
+        ),
+    ];
+    for (name, kind, help, v) in scalars {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    let per: [(&str, &str, fn(&PeerStats) -> u64); 5] = [
+        (
+            "tsk8s_peer_rx_bytes_total",
+            "Inner bytes received from the peer.",
+            |p| p.rx_bytes,
+        ),
+        (
+            "tsk8s_peer_tx_bytes_total",
+            "Inner bytes sent to the peer.",
+            |p| p.tx_bytes,
+        ),
+        (
+            "tsk8s_peer_rx_packets_total",
+            "Inner packets received from the peer.",
+            |p| p.rx_packets,
+        ),
+        (
+            "tsk8s_peer_tx_packets_total",
+            "Inner packets sent to the peer.",
+            |p| p.tx_packets,
+        ),
+        (
+            "tsk8s_peer_handshakes_total",
+            "Completed handshakes with the peer.",
+            |p| p.handshakes,
+        ),
+    ];
+    for (name, help, f) in per {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (peer, s) in peers {
+            let _ = writeln!(o, "{name}{{peer=\"{}\"}} {}", esc(peer), f(s));
+        }
+    }
+    o
+}

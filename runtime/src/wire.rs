@@ -1,0 +1,514 @@
+//! The WireGuard side: the UDP socket, one `boringtun::noise::Tunn` per peer, routing of inner
+//! packets to peers, connection tracking of flows this node opened, and the smoltcp `Device`.
+//!
+//! `Net` is the smoltcp device: packets smoltcp transmits are encrypted and sent right away
+//! from the `TxToken` (no intermediate queue); received packets are queued by the engine after
+//! decryption and filtering.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+
+use crate::config::PeerSpec;
+use crate::metrics::{Counters, Drop, PeerStats};
+use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+
+/// Handshakes per second before cookie replies are demanded.
+pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Largest datagram / packet we handle.
+pub const BUF: usize = 65_536;
+/// Flow-table bound.
+pub const MAX_FLOWS: usize = 65_536;
+
+pub struct Peer {
+    pub spec: PeerSpec,
+    pub tunn: Tunn,
+    pub index: u32,
+    pub endpoint: Option<SocketAddr>,
+    pub stats: PeerStats,
+}
+
+/// Key of a tracked flow as seen leaving this node: (proto, local, remote).
+pub type FlowKey = (u8, SocketAddr, SocketAddr);
+
+pub struct Net {
+    pub socket: mio::net::UdpSocket,
+    pub peers: Vec<Option<Peer>>,
+    pub by_key: HashMap<[u8; 32], usize>,
+    pub by_index: HashMap<u32, usize>,
+    /// (net, peer slot), longest prefix first.
+    routes: Vec<(IpNet, usize)>,
+    route_cache: Option<(IpAddr, usize)>,
+    pub secret: StaticSecret,
+    pub public: PublicKey,
+    pub rate_limiter: Arc<RateLimiter>,
+    next_index: u32,
+    /// Flows opened by this node (egress): replies to them pass the filter.
+    pub flows: HashMap<FlowKey, Instant>,
+    pub counters: Counters,
+    /// Packets for smoltcp, already decrypted and filtered.
+    pub rx: VecDeque<Vec<u8>>,
+    pub mtu: usize,
+    pub now: Instant,
+    enc_buf: Vec<u8>,
+    tx_scratch: Vec<u8>,
+}
+
+impl Net {
+    pub fn new(socket: mio::net::UdpSocket, secret: StaticSecret, mtu: usize) -> Net {
+        let public = PublicKey::from(&secret);
+        let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        Net {
+            socket,
+            peers: Vec::new(),
+            by_key: HashMap::new(),
+            by_index: HashMap::new(),
+            routes: Vec::new(),
+            route_cache: None,
+            secret,
+            public,
+            rate_limiter,
+            next_index: 1,
+            flows: HashMap::new(),
+            counters: Counters::default(),
+            rx: VecDeque::new(),
+            mtu,
+            now: Instant::now(),
+            enc_buf: vec![0; BUF + 64],
+            tx_scratch: Vec::with_capacity(BUF),
+        }
+    }
+
+    /// Install the peer set. Peers whose key and keepalive are unchanged keep their `Tunn`
+    /// (and so their sessions); others are created or removed.
+    pub fn set_peers(&mut self, specs: &[PeerSpec]) {
+        let mut old: HashMap<[u8; 32], Peer> = HashMap::new();
+        for p in self.peers.drain(..).flatten() {
+            old.insert(p.spec.public_key, p);
+        }
+        self.by_key.clear();
+        self.by_index.clear();
+        for spec in specs {
+            let peer = match old.remove(&spec.public_key) {
+                Some(mut p) if p.spec.keepalive == spec.keepalive => {
+                    if p.spec.endpoint != spec.endpoint {
+                        if let Some(e) = spec
+                            .endpoint
+                            .as_deref()
+                            .and_then(crate::config::resolve_endpoint)
+                        {
+                            p.endpoint = Some(e);
+                        }
+                    }
+                    p.spec = spec.clone();
+                    p
+                }
+                prev => {
+                    let index = self.next_index;
+                    self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+                    if self.next_index == 0 {
+                        self.next_index = 1;
+                    }
+                    let tunn = Tunn::new(
+                        self.secret.clone(),
+                        PublicKey::from(spec.public_key),
+                        None,
+                        spec.keepalive,
+                        index,
+                        Some(self.rate_limiter.clone()),
+                    );
+                    let endpoint = spec
+                        .endpoint
+                        .as_deref()
+                        .and_then(crate::config::resolve_endpoint)
+                        .or(prev.and_then(|p| p.endpoint));
+                    Peer {
+                        spec: spec.clone(),
+                        tunn,
+                        index,
+                        endpoint,
+                        stats: PeerStats::default(),
+                    }
+                }
+            };
+            let slot = self.peers.len();
+            self.by_key.insert(peer.spec.public_key, slot);
+            self.by_index.insert(peer.index, slot);
+            self.peers.push(Some(peer));
+        }
+        let mut routes: Vec<(IpNet, usize)> = Vec::new();
+        for (slot, p) in self.peers.iter().enumerate() {
+            if let Some(p) = p {
+                for n in &p.spec.allowed_ips {
+                    routes.push((*n, slot));
+                }
+            }
+        }
+        routes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.0.cmp(&b.0)));
+        self.routes = routes;
+        self.route_cache = None;
+    }
+
+    /// Peer that owns destination `dst` (longest prefix among allowed_ips).
+    pub fn route(&mut self, dst: IpAddr) -> Option<usize> {
+        if let Some((a, s)) = self.route_cache {
+            if a == dst {
+                return Some(s);
+            }
+        }
+        let s = self
+            .routes
+            .iter()
+            .find(|(n, _)| n.contains(&dst))
+            .map(|(_, s)| *s)?;
+        self.route_cache = Some((dst, s));
+        Some(s)
+    }
+
+    pub fn peer_allows_source(&self, slot: usize, src: IpAddr) -> bool {
+        self.peers
+            .get(slot)
+            .and_then(|p| p.as_ref())
+            .is_some_and(|p| p.spec.allowed_ips.iter().any(|n| n.contains(&src)))
+    }
+
+    fn send_udp(&mut self, data_in_enc: usize, to: SocketAddr) {
+        let Some(data) = self.enc_buf.get(..data_in_enc) else {
+            return;
+        };
+        send_to(&self.socket, data, to, &mut self.counters);
+    }
+
+    /// Encrypt and send one inner packet produced by this node.
+    pub fn send_inner(&mut self, pkt: &[u8]) {
+        let Ok(info) = packet::parse(pkt) else {
+            self.counters.drop(Drop::Malformed);
+            return;
+        };
+        self.track_outbound(&info);
+        let Some(slot) = self.route(info.dst) else {
+            self.counters.drop(Drop::NoRoute);
+            return;
+        };
+        let Some(Some(peer)) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if pkt.len() > BUF {
+            self.counters.drop(Drop::TooBig);
+            return;
+        }
+        peer.stats.tx_bytes += pkt.len() as u64;
+        peer.stats.tx_packets += 1;
+        let endpoint = peer.endpoint;
+        let n = match peer.tunn.encapsulate(pkt, &mut self.enc_buf) {
+            TunnResult::WriteToNetwork(out) => out.len(),
+            _ => return, // queued while a handshake runs
+        };
+        match endpoint {
+            Some(ep) => self.send_udp(n, ep),
+            None => self.counters.drop(Drop::NoEndpoint),
+        }
+    }
+
+    /// Record flows this node opens so that replies pass the filter.
+    fn track_outbound(&mut self, info: &Info) {
+        let (proto, initiating) = match info.proto {
+            PROTO_TCP => (PROTO_TCP, info.flags & (TCP_SYN | TCP_ACK) == TCP_SYN),
+            PROTO_UDP => (PROTO_UDP, false),
+            PROTO_ICMP | PROTO_ICMPV6 => (info.proto, packet::is_echo_request(info)),
+            _ => return,
+        };
+        let key = (
+            proto,
+            SocketAddr::new(info.src, info.sport),
+            SocketAddr::new(info.dst, info.dport),
+        );
+        if let Some(t) = self.flows.get_mut(&key) {
+            *t = self.now;
+        } else if initiating {
+            self.open_flow(key);
+        }
+    }
+
+    /// Track a flow explicitly (UDP egress sessions).
+    pub fn open_flow(&mut self, key: FlowKey) {
+        if self.flows.len() >= MAX_FLOWS {
+            self.counters.drop(Drop::TableFull);
+            return;
+        }
+        self.flows.insert(key, self.now);
+    }
+
+    /// Is `info` (inbound) a reply to a flow this node opened?
+    pub fn is_reply(&self, info: &Info) -> bool {
+        let key = (
+            info.proto,
+            SocketAddr::new(info.dst, info.dport),
+            SocketAddr::new(info.src, info.sport),
+        );
+        self.flows.contains_key(&key)
+    }
+
+    pub fn expire_flows(&mut self) {
+        let now = self.now;
+        self.flows.retain(|k, t| {
+            let ttl = if k.0 == PROTO_TCP {
+                Duration::from_secs(600)
+            } else {
+                Duration::from_secs(60)
+            };
+            now.duration_since(*t) < ttl
+        });
+    }
+
+    /// Handle one UDP datagram from the network. Decrypted inner packets are appended to
+    /// `inbox` with the slot of the peer that sent them.
+    pub fn handle_datagram(
+        &mut self,
+        src: SocketAddr,
+        data: &[u8],
+        dec: &mut [u8],
+        inbox: &mut Vec<(usize, Vec<u8>)>,
+    ) {
+        self.counters.udp_rx_datagrams += 1;
+        let Ok(parsed) = Tunn::parse_incoming_packet(data) else {
+            self.counters.drop(Drop::Garbage);
+            return;
+        };
+        let (slot, kind) = match parsed {
+            Packet::HandshakeInit(ref p) => {
+                match self.rate_limiter.verify_packet(Some(src.ip()), data, dec) {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        self.counters.cookie_replies += 1;
+                        self.counters.drop(Drop::UnderLoad);
+                        send_to(&self.socket, cookie, src, &mut self.counters);
+                        return;
+                    }
+                    Err(_) => {
+                        self.counters.drop(Drop::HandshakeInvalid);
+                        return;
+                    }
+                }
+                match parse_handshake_anon(&self.secret, &self.public, p) {
+                    Ok(hh) => match self.by_key.get(&hh.peer_static_public) {
+                        Some(s) => (*s, 1u8),
+                        None => {
+                            self.counters.drop(Drop::UnknownPeer);
+                            return;
+                        }
+                    },
+                    Err(_) => {
+                        self.counters.drop(Drop::HandshakeInvalid);
+                        return;
+                    }
+                }
+            }
+            Packet::HandshakeResponse(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(s) => (*s, 2),
+                None => {
+                    self.counters.drop(Drop::UnknownIndex);
+                    return;
+                }
+            },
+            Packet::PacketCookieReply(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(s) => (*s, 3),
+                None => {
+                    self.counters.drop(Drop::UnknownIndex);
+                    return;
+                }
+            },
+            Packet::PacketData(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(s) => (*s, 4),
+                None => {
+                    self.counters.drop(Drop::UnknownIndex);
+                    return;
+                }
+            },
+        };
+        let Some(Some(peer)) = self.peers.get_mut(slot) else {
+            return;
+        };
+        let mut first = true;
+        loop {
+            let res = if first {
+                peer.tunn.decapsulate(Some(src.ip()), data, dec)
+            } else {
+                peer.tunn.decapsulate(None, &[], dec)
+            };
+            let was_first = first;
+            first = false;
+            match res {
+                TunnResult::Done => break,
+                TunnResult::Err(e) => {
+                    if was_first {
+                        let reason = match e {
+                            WireGuardError::UnderLoad => Drop::UnderLoad,
+                            _ if kind == 4 => Drop::Decrypt,
+                            _ => Drop::HandshakeInvalid,
+                        };
+                        self.counters.drop(reason);
+                    }
+                    break;
+                }
+                TunnResult::WriteToNetwork(out) => {
+                    if was_first {
+                        peer.endpoint = Some(src);
+                        if kind == 1 || kind == 2 {
+                            peer.stats.handshakes += 1;
+                        }
+                    }
+                    let to = peer.endpoint.unwrap_or(src);
+                    send_to(&self.socket, out, to, &mut self.counters);
+                }
+                TunnResult::WriteToTunnelV4(pkt, _) | TunnResult::WriteToTunnelV6(pkt, _) => {
+                    peer.endpoint = Some(src);
+                    if kind == 2 {
+                        peer.stats.handshakes += 1;
+                    }
+                    peer.stats.rx_bytes += pkt.len() as u64;
+                    peer.stats.rx_packets += 1;
+                    if !pkt.is_empty() {
+                        inbox.push((slot, pkt.to_vec()));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Drive WireGuard timers (handshake retries, keepalives, rekeying).
+    pub fn update_timers(&mut self) {
+        for p in self.peers.iter_mut().flatten() {
+            if let TunnResult::WriteToNetwork(out) = p.tunn.update_timers(&mut self.enc_buf) {
+                match p.endpoint {
+                    Some(ep) => send_to(&self.socket, out, ep, &mut self.counters),
+                    None => self.counters.drop(Drop::NoEndpoint),
+                }
+            }
+        }
+    }
+
+    pub fn peer_stats(&self) -> Vec<(String, PeerStats)> {
+        let mut v: Vec<(String, PeerStats)> = self
+            .peers
+            .iter()
+            .flatten()
+            .map(|p| (p.spec.name.clone(), p.stats.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// Send a datagram; on a full socket buffer wait briefly (back-pressure) instead of dropping.
+fn send_to(sock: &mio::net::UdpSocket, data: &[u8], to: SocketAddr, c: &mut Counters) {
+    for attempt in 0..3 {
+        match sock.send_to(data, to) {
+            Ok(_) => {
+                c.udp_tx_datagrams += 1;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && attempt < 2 => {
+                let mut pfd = libc::pollfd {
+                    fd: sock.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, bounded timeout.
+                unsafe {
+                    libc::poll(&mut pfd, 1, 5);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    c.drop(Drop::SendError);
+}
+
+/// Set a socket option to `size`, ignoring failure (unprivileged limits apply).
+pub fn set_buffer(fd: i32, opt: libc::c_int, size: usize) {
+    let v = size as libc::c_int;
+    // SAFETY: valid fd, option pointer and length.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+pub struct RxTok(Vec<u8>);
+pub struct TxTok<'a>(&'a mut Net);
+
+impl phy::RxToken for RxTok {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let net = self.0;
+        let mut buf = std::mem::take(&mut net.tx_scratch);
+        buf.clear();
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        net.send_inner(&buf);
+        net.tx_scratch = buf;
+        r
+    }
+}
+
+impl phy::Device for Net {
+    type RxToken<'a> = RxTok;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(
+        &mut self,
+        _timestamp: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((RxTok(p), TxTok(self)))
+    }
+
+    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxTok(self))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps.max_burst_size = None;
+        // Inner packets are authenticated by WireGuard; compute checksums, don't verify them.
+        let mut ck = ChecksumCapabilities::default();
+        ck.ipv4 = Checksum::Tx;
+        ck.tcp = Checksum::Tx;
+        ck.udp = Checksum::Tx;
+        ck.icmpv4 = Checksum::Tx;
+        ck.icmpv6 = Checksum::Tx;
+        caps.checksum = ck;
+        caps
+    }
+}
