@@ -22,6 +22,14 @@
 //! Secrets are masked before anything is rendered (see `mask.rs` for what counts as secret);
 //! `Report` never holds a raw secret value.
 //!
+//! Rendering ([`render_text`], [`render_markdown`], [`render_json`], [`check_summary`]) uses the
+//! minijinja templates in the workspace `templates/` directory (`diff.txt.j2`, `diff.md.j2`,
+//! `diff_object.md.j2`, `check.txt.j2`), compiled in. Markdown comes as one or more comment
+//! bodies, each below [`MAX_COMMENT_BYTES`]; every body starts with the line [`MARKER`], and split
+//! bodies carry `<!-- tsk8s-diff-part N/M -->` on their second line. A CI job updates the
+//! existing marked comments in place, creates missing ones and deletes surplus ones (a diff that
+//! needed three parts yesterday may need one today).
+//!
 //! Besides the object changes, [`Report::files`] lists every path whose bytes differ, which is
 //! what `build --check` needs (a reformatted file is stale even when no object changed).
 

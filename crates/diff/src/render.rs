@@ -70,6 +70,20 @@ const GREEN: &str = "\x1b[32m";
 const YELLOW: &str = "\x1b[33m";
 const CYAN: &str = "\x1b[36m";
 
+/// Replaces control characters (other than tab and newline) so that file content cannot drive
+/// the terminal (e.g. an ESC sequence inside an unknown text file).
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 fn colorize_diff(diff: &str) -> String {
     let mut out = String::with_capacity(diff.len() + diff.len() / 4);
     for line in diff.split_inclusive('\n') {
@@ -100,9 +114,14 @@ fn colorize_diff(diff: &str) -> String {
 }
 
 fn heading(c: &Change, color: bool) -> String {
-    let mut h = format!("{} {} {}", c.action.sign(), c.action.as_str(), c.label);
+    let mut h = format!(
+        "{} {} {}",
+        c.action.sign(),
+        c.action.as_str(),
+        sanitize(&c.label)
+    );
     if !c.description.is_empty() {
-        h.push_str(&format!(" ({})", c.description));
+        h.push_str(&format!(" ({})", sanitize(&c.description)));
     }
     if color {
         let col = match c.action {
@@ -166,9 +185,9 @@ pub fn render_text(report: &Report, color: bool) -> String {
                 .map(|c| C {
                     heading: heading(c, color),
                     diff: if color {
-                        colorize_diff(&c.diff)
+                        colorize_diff(&sanitize(&c.diff))
                     } else {
-                        c.diff.clone()
+                        sanitize(&c.diff)
                     },
                 })
                 .collect(),
@@ -503,6 +522,11 @@ mod tests {
         assert_eq!((k.as_str(), o), ("aaa\nbbb\n", 1));
         let (k, o) = truncate_lines("aaaaaaaaaa\n", 3);
         assert_eq!((k.as_str(), o), ("", 1));
+    }
+
+    #[test]
+    fn control_characters_are_neutralised() {
+        assert_eq!(sanitize("a\x1b[31mb\tc\r\n"), "a\u{fffd}[31mb\tc\u{fffd}\n");
     }
 
     #[test]
