@@ -209,3 +209,184 @@ fn proxy_acl_dns_restart() {
         .expect("runtime exits on SIGTERM");
     assert!(st.success(), "exit status {st:?}");
 }
+
+/// Sidecar mode: tailnet port 80 → 127.0.0.1:8081 in the node's namespace. Then a config
+/// reload (the mounted file changes) that removes the ACL rule: the session survives (no new
+/// handshake) but new connections are denied.
+#[test]
+fn sidecar_and_reload() {
+    if !should_run("sidecar_and_reload") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let c = lab.ns("c");
+    let n = lab.ns("n");
+    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
+    http_server(&n, "127.0.0.1:8081", "hello from the sidecar");
+    let node = genkey();
+    let dev = genkey();
+    let node_cfg = node_json(
+        &node,
+        json!({"kind": "sidecar", "ports": [{"protocol": "tcp", "listen": 80, "target": 8081}]}),
+    );
+    let peers = json!([
+        {"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")]},
+    ]);
+    let mesh = mesh_json(peers.clone(), json!([rule(&[DEV4], NODE4, 80, 80)]));
+    let files = lab.runtime(&n, &node_cfg, &mesh, &node.private);
+    wait_healthy(&lab, &n);
+    let wgc = client(
+        &dev,
+        &node,
+        DEV4,
+        &[&format!("{NODE4}/32")],
+        Some("10.99.1.1:51820"),
+        None,
+    );
+    lab.wg_client(&c, "c", &wgc);
+    let body =
+        http_get_retry(&c, "100.64.0.1:80", Duration::from_secs(15)).expect("sidecar reachable");
+    assert_eq!(body, "hello from the sidecar");
+
+    // Reload: same peers, rule removed.
+    std::fs::write(&files.mesh, mesh_json(peers, json!([]))).expect("rewrite mesh");
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        metric(&metrics(&n, ADMIN), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
+    });
+    assert!(reloaded.is_some(), "reload noticed:\n{}", lab.runtime_log());
+    assert!(
+        http_get(&c, "100.64.0.1:80", Duration::from_secs(2)).is_err(),
+        "rule removed → denied"
+    );
+    let m = metrics(&n, ADMIN);
+    assert_eq!(
+        metric(&m, "tsk8s_peer_handshakes_total{peer=\"dev\"}"),
+        Some(1),
+        "session of the unchanged peer kept:\n{m}"
+    );
+}
+
+/// Subnet router: TCP and UDP to a server inside the advertised CIDR work; the same server's
+/// address outside the CIDR is not reachable.
+#[test]
+fn subnet_router() {
+    if !should_run("subnet_router") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let c = lab.ns("c");
+    let n = lab.ns("n");
+    let s = lab.ns("s");
+    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
+    lab.link(&n, "10.77.1.1/24", &s, "10.77.1.2/24", "ns");
+    lab.add_addr(&n, "10.77.2.1/24", "ns", "va");
+    lab.add_addr(&s, "10.77.2.2/24", "ns", "vb");
+    http_server(&s, "0.0.0.0:8080", "hello from the subnet");
+    udp_echo(&s, "0.0.0.0:7007");
+    let node = genkey();
+    let dev = genkey();
+    let node_cfg = node_json(
+        &node,
+        json!({"kind": "subnet-router", "routes": ["10.77.1.0/24"]}),
+    );
+    let mesh = mesh_json(
+        json!([{"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")]}]),
+        json!([rule(&[DEV4], "10.77.0.0/16", 0, 65535)]),
+    );
+    lab.runtime(&n, &node_cfg, &mesh, &node.private);
+    wait_healthy(&lab, &n);
+    let wgc = client(
+        &dev,
+        &node,
+        DEV4,
+        &[&format!("{NODE4}/32"), "10.77.0.0/16"],
+        Some("10.99.1.1:51820"),
+        None,
+    );
+    lab.wg_client(&c, "c", &wgc);
+    let body =
+        http_get_retry(&c, "10.77.1.2:8080", Duration::from_secs(15)).expect("inside the route");
+    assert_eq!(body, "hello from the subnet");
+    let echo = udp_roundtrip(
+        &c,
+        "10.77.1.2:7007",
+        b"ping-udp".to_vec(),
+        Duration::from_secs(2),
+    )
+    .expect("udp inside");
+    assert_eq!(echo, b"ping-udp");
+    assert!(
+        http_get(&c, "10.77.2.2:8080", Duration::from_secs(2)).is_err(),
+        "outside the route"
+    );
+    assert!(
+        udp_roundtrip(
+            &c,
+            "10.77.2.2:7007",
+            b"x".to_vec(),
+            Duration::from_millis(500)
+        )
+        .is_err()
+    );
+    let ok = wait_for(Duration::from_secs(3), || {
+        metric(
+            &metrics(&n, ADMIN),
+            "tsk8s_drops_total{reason=\"no_route\"}",
+        )
+        .unwrap_or(0)
+            > 0
+    });
+    assert!(ok.is_some(), "{}", metrics(&n, ADMIN));
+}
+
+/// Egress: a kernel listener on the node forwards into the tunnel to a device's address; the
+/// replies pass the default-deny filter because the node opened the flow.
+#[test]
+fn egress_tcp_udp() {
+    if !should_run("egress_tcp_udp") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let c = lab.ns("c");
+    let n = lab.ns("n");
+    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
+    http_server(&c, "0.0.0.0:8080", "hello from the device");
+    udp_echo(&c, "0.0.0.0:7007");
+    let node = genkey();
+    let dev = genkey();
+    let node_cfg = node_json(
+        &node,
+        json!({"kind": "egress", "target_ip": DEV4, "ports": [
+            {"protocol": "tcp", "listen": 9000, "target": 8080},
+            {"protocol": "udp", "listen": 9001, "target": 7007}]}),
+    );
+    let mesh = mesh_json(
+        json!([{"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")],
+                "endpoint": "10.99.1.2:51821"}]),
+        json!([]),
+    );
+    lab.runtime(&n, &node_cfg, &mesh, &node.private);
+    wait_healthy(&lab, &n);
+    let wgc = client(
+        &dev,
+        &node,
+        DEV4,
+        &[&format!("{NODE4}/32")],
+        None,
+        Some(51821),
+    );
+    lab.wg_client(&c, "c", &wgc);
+    let body = http_get_retry(&n, "127.0.0.1:9000", Duration::from_secs(15)).expect("egress tcp");
+    assert_eq!(body, "hello from the device");
+    let echo = udp_roundtrip(
+        &n,
+        "127.0.0.1:9001",
+        b"ping-egress".to_vec(),
+        Duration::from_secs(2),
+    )
+    .expect("egress udp");
+    assert_eq!(echo, b"ping-egress");
+    // The device cannot open connections to the node on its own (default deny).
+    http_server(&n, "0.0.0.0:8082", "should not be reachable");
+    assert!(http_get(&c, "100.64.0.1:8082", Duration::from_secs(2)).is_err());
+}
