@@ -1195,22 +1195,32 @@ fn dns_tcp(
 impl Engine {
     #[doc(hidden)]
     pub fn fuzz_datagram(&mut self, bytes: &[u8]) {
+        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+        self.inject_datagram(from, bytes);
+    }
+
+    #[doc(hidden)]
+    pub fn fuzz_inner(&mut self, bytes: &[u8]) {
+        self.inbound(0, bytes.to_vec());
+        self.poll_stack();
+        self.service_dirty();
+        self.poll_stack();
+    }
+}
+
+impl Engine {
+    /// Feed one datagram as if received from `from` (tests and fuzzing).
+    #[doc(hidden)]
+    pub fn inject_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         let mut dec = std::mem::take(&mut self.dec_buf);
         let mut inbox = std::mem::take(&mut self.inbox);
-        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+        self.net.now = Instant::now();
         self.net.handle_datagram(from, bytes, &mut dec, &mut inbox);
         for (slot, pkt) in inbox.drain(..) {
             self.inbound(slot, pkt);
         }
         self.dec_buf = dec;
         self.inbox = inbox;
-        self.poll_stack();
-        self.service_dirty();
-    }
-
-    #[doc(hidden)]
-    pub fn fuzz_inner(&mut self, bytes: &[u8]) {
-        self.inbound(0, bytes.to_vec());
         self.poll_stack();
         self.service_dirty();
         self.poll_stack();
