@@ -7,8 +7,13 @@
 //! [`emit`] (path → bytes). [`lockfile`] reads and writes `tailnet.lock`. Only [`cli`] touches
 //! the filesystem.
 
+pub mod build;
+pub mod cli;
+mod cli_secrets;
 pub mod diag;
+pub mod emit;
 pub mod lockfile;
+pub mod lower;
 pub mod model;
 pub mod resolve;
 pub mod syntax;

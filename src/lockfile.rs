@@ -56,7 +56,16 @@ pub struct Tombstone {
 /// The IPv6 address paired with an IPv4 one: `fd7a:115c:a1e0::` + the 32 IPv4 bits.
 pub fn ipv6_for(v4: Ipv4Addr) -> Ipv6Addr {
     let b = u32::from(v4);
-    Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, (b >> 16) as u16, (b & 0xffff) as u16)
+    Ipv6Addr::new(
+        0xfd7a,
+        0x115c,
+        0xa1e0,
+        0,
+        0,
+        0,
+        (b >> 16) as u16,
+        (b & 0xffff) as u16,
+    )
 }
 
 fn reserved_v4(ip: Ipv4Addr) -> bool {
@@ -71,10 +80,19 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         Ok(doc) => doc,
         Err(e) => {
             for k in e.diagnostics {
-                d.push(Diagnostic::new(k.span, format!("syntax error: {}", k.message.unwrap_or_else(|| "invalid KDL".into()))));
+                d.push(Diagnostic::new(
+                    k.span,
+                    format!(
+                        "syntax error: {}",
+                        k.message.unwrap_or_else(|| "invalid KDL".into())
+                    ),
+                ));
             }
             if d.is_empty() {
-                d.push(Diagnostic::new(SourceSpan::from(0..0), "syntax error: invalid KDL"));
+                d.push(Diagnostic::new(
+                    SourceSpan::from(0..0),
+                    "syntax error: invalid KDL",
+                ));
             }
             return Err(d);
         }
@@ -84,7 +102,11 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
     for node in doc.nodes() {
         let kind = node.name().value();
         let arg = node.entries().iter().find(|e| e.name().is_none());
-        let prop = |key: &str| node.entries().iter().find(|e| e.name().is_some_and(|n| n.value() == key));
+        let prop = |key: &str| {
+            node.entries()
+                .iter()
+                .find(|e| e.name().is_some_and(|n| n.value() == key))
+        };
         let mut bad = |span: SourceSpan, msg: String| d.push(Diagnostic::new(span, msg));
         for e in node.entries() {
             if let Some(n) = e.name() {
@@ -95,9 +117,18 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                     _ => &[],
                 };
                 if !allowed.contains(&n.value()) {
-                    bad(e.span(), format!("unknown property `{}` on `{kind}`", n.value()));
+                    bad(
+                        e.span(),
+                        format!("unknown property `{}` on `{kind}`", n.value()),
+                    );
                 }
-                if node.entries().iter().filter(|x| x.name().is_some_and(|m| m.value() == n.value())).count() > 1 {
+                if node
+                    .entries()
+                    .iter()
+                    .filter(|x| x.name().is_some_and(|m| m.value() == n.value()))
+                    .count()
+                    > 1
+                {
                     bad(e.span(), format!("property `{}` given twice", n.value()));
                 }
             }
@@ -141,13 +172,21 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 version_seen = true;
                 match arg.map(|a| a.value()) {
                     Some(KdlValue::Integer(v)) if *v == LOCK_VERSION => {}
-                    _ => bad(node.span(), format!("unsupported lock version (this tsk8s reads version {LOCK_VERSION})")),
+                    _ => bad(
+                        node.span(),
+                        format!(
+                            "unsupported lock version (this tsk8s reads version {LOCK_VERSION})"
+                        ),
+                    ),
                 }
                 continue;
             }
             "node" | "device" | "tombstone" => {}
             other => {
-                bad(node.name().span(), format!("unknown entry `{other}` in the lock"));
+                bad(
+                    node.name().span(),
+                    format!("unknown entry `{other}` in the lock"),
+                );
                 continue;
             }
         }
@@ -161,14 +200,20 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         let ipv4 = str_prop("ipv4", &mut bad).and_then(|s| match s.parse::<Ipv4Addr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                bad(prop("ipv4").map(|e| e.span()).unwrap_or(node.span()), format!("invalid IPv4 address {s:?}"));
+                bad(
+                    prop("ipv4").map(|e| e.span()).unwrap_or(node.span()),
+                    format!("invalid IPv4 address {s:?}"),
+                );
                 None
             }
         });
         let ipv6 = str_prop("ipv6", &mut bad).and_then(|s| match s.parse::<Ipv6Addr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                bad(prop("ipv6").map(|e| e.span()).unwrap_or(node.span()), format!("invalid IPv6 address {s:?}"));
+                bad(
+                    prop("ipv6").map(|e| e.span()).unwrap_or(node.span()),
+                    format!("invalid IPv6 address {s:?}"),
+                );
                 None
             }
         });
@@ -180,30 +225,69 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 if port.is_none() && prop("port").is_none() {
                     bad(node.name().span(), "`node` needs `port`".into());
                 }
-                if let (Some(cluster), Some(ipv4), Some(ipv6), Some(port), Some(public_key)) = (cluster, ipv4, ipv6, port, key) {
-                    if lock.nodes.insert(name.clone(), NodeEntry { cluster, ipv4, ipv6, port, public_key }).is_some() {
-                        bad(node.span(), format!("node {name:?} appears twice; run `tsk8s lock` to repair the lock"));
+                if let (Some(cluster), Some(ipv4), Some(ipv6), Some(port), Some(public_key)) =
+                    (cluster, ipv4, ipv6, port, key)
+                {
+                    if lock
+                        .nodes
+                        .insert(
+                            name.clone(),
+                            NodeEntry {
+                                cluster,
+                                ipv4,
+                                ipv6,
+                                port,
+                                public_key,
+                            },
+                        )
+                        .is_some()
+                    {
+                        bad(
+                            node.span(),
+                            format!(
+                                "node {name:?} appears twice; run `tsk8s lock` to repair the lock"
+                            ),
+                        );
                     }
                 }
             }
             "device" => {
                 if let (Some(ipv4), Some(ipv6)) = (ipv4, ipv6) {
-                    if lock.devices.insert(name.clone(), DeviceEntry { ipv4, ipv6 }).is_some() {
-                        bad(node.span(), format!("device {name:?} appears twice; run `tsk8s lock` to repair the lock"));
+                    if lock
+                        .devices
+                        .insert(name.clone(), DeviceEntry { ipv4, ipv6 })
+                        .is_some()
+                    {
+                        bad(
+                            node.span(),
+                            format!(
+                                "device {name:?} appears twice; run `tsk8s lock` to repair the lock"
+                            ),
+                        );
                     }
                 }
             }
             _ => {
-                let cluster = prop("cluster").and_then(|e| e.value().as_string().map(str::to_string));
+                let cluster =
+                    prop("cluster").and_then(|e| e.value().as_string().map(str::to_string));
                 let port = port_prop(&mut bad);
                 if let (Some(ipv4), Some(ipv6)) = (ipv4, ipv6) {
-                    lock.tombstones.push(Tombstone { ipv4, ipv6, name, cluster, port });
+                    lock.tombstones.push(Tombstone {
+                        ipv4,
+                        ipv6,
+                        name,
+                        cluster,
+                        port,
+                    });
                 }
             }
         }
     }
     if !version_seen && !doc.nodes().is_empty() {
-        d.push(Diagnostic::new(SourceSpan::from(0..0), "the lock has no `version` line; run `tsk8s lock`"));
+        d.push(Diagnostic::new(
+            SourceSpan::from(0..0),
+            "the lock has no `version` line; run `tsk8s lock`",
+        ));
     }
     if d.is_empty() {
         lock.tombstones.sort();
@@ -217,11 +301,19 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
 pub fn render(lock: &Lock) -> String {
     let mut s = String::new();
     s.push_str("// tailnet.lock: written by `tsk8s lock`. Commit it with tailnet.kdl; do not edit by hand.\n");
-    s.push_str("// Entries never change once assigned; removed nodes stay as tombstones so their\n");
+    s.push_str(
+        "// Entries never change once assigned; removed nodes stay as tombstones so their\n",
+    );
     s.push_str("// addresses are never reused.\n");
     let _ = writeln!(s, "version {LOCK_VERSION}");
     for (name, d) in &lock.devices {
-        let _ = writeln!(s, "device {} ipv4=\"{}\" ipv6=\"{}\"", quote(name), d.ipv4, d.ipv6);
+        let _ = writeln!(
+            s,
+            "device {} ipv4=\"{}\" ipv6=\"{}\"",
+            quote(name),
+            d.ipv4,
+            d.ipv6
+        );
     }
     for (name, n) in &lock.nodes {
         let _ = writeln!(
@@ -305,7 +397,10 @@ pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
     for dv in &t.devices {
         if !lock.devices.contains_key(&dv.name) {
             out.push(LockProblem {
-                message: format!("device {:?} has no entry in tailnet.lock; run `tsk8s lock`", dv.name),
+                message: format!(
+                    "device {:?} has no entry in tailnet.lock; run `tsk8s lock`",
+                    dv.name
+                ),
                 subject: Some(dv.name.clone()),
             });
         }
@@ -319,11 +414,22 @@ pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
         }
     }
     for c in &conflicts(lock) {
-        out.push(LockProblem { message: format!("{c}; run `tsk8s lock` to reassign it (two merged changes took the same value)"), subject: None });
+        out.push(LockProblem {
+            message: format!(
+                "{c}; run `tsk8s lock` to reassign it (two merged changes took the same value)"
+            ),
+            subject: None,
+        });
     }
     for (name, n) in &lock.nodes {
         if !t.ipv4_pool.contains(&n.ipv4) {
-            out.push(LockProblem { message: format!("node {name:?} has {} outside the ipv4-pool {}; run `tsk8s lock`", n.ipv4, t.ipv4_pool), subject: None });
+            out.push(LockProblem {
+                message: format!(
+                    "node {name:?} has {} outside the ipv4-pool {}; run `tsk8s lock`",
+                    n.ipv4, t.ipv4_pool
+                ),
+                subject: None,
+            });
         }
     }
     out
@@ -338,21 +444,36 @@ fn conflicts(lock: &Lock) -> Vec<String> {
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     for (name, d) in &lock.devices {
         if let Some(prev) = v4.insert(d.ipv4, name.clone()) {
-            out.push(format!("{} is assigned to both {prev:?} and {name:?}", d.ipv4));
+            out.push(format!(
+                "{} is assigned to both {prev:?} and {name:?}",
+                d.ipv4
+            ));
         }
         if let Some(prev) = v6.insert(d.ipv6, name.clone()) {
-            out.push(format!("{} is assigned to both {prev:?} and {name:?}", d.ipv6));
+            out.push(format!(
+                "{} is assigned to both {prev:?} and {name:?}",
+                d.ipv6
+            ));
         }
     }
     for (name, n) in &lock.nodes {
         if let Some(prev) = v4.insert(n.ipv4, name.clone()) {
-            out.push(format!("{} is assigned to both {prev:?} and {name:?}", n.ipv4));
+            out.push(format!(
+                "{} is assigned to both {prev:?} and {name:?}",
+                n.ipv4
+            ));
         }
         if let Some(prev) = v6.insert(n.ipv6, name.clone()) {
-            out.push(format!("{} is assigned to both {prev:?} and {name:?}", n.ipv6));
+            out.push(format!(
+                "{} is assigned to both {prev:?} and {name:?}",
+                n.ipv6
+            ));
         }
         if let Some(prev) = ports.insert((n.cluster.clone(), n.port), name.clone()) {
-            out.push(format!("UDP port {} of cluster {:?} is assigned to both {prev:?} and {name:?}", n.port, n.cluster));
+            out.push(format!(
+                "UDP port {} of cluster {:?} is assigned to both {prev:?} and {name:?}",
+                n.port, n.cluster
+            ));
         }
         if let Some(prev) = keys.insert(n.public_key.clone(), name.clone()) {
             out.push(format!("nodes {prev:?} and {name:?} share one public key"));
@@ -360,7 +481,10 @@ fn conflicts(lock: &Lock) -> Vec<String> {
     }
     for t in &lock.tombstones {
         if let Some(user) = v4.get(&t.ipv4) {
-            out.push(format!("{} is assigned to {user:?} but was freed by {:?} (tombstone)", t.ipv4, t.name));
+            out.push(format!(
+                "{} is assigned to {user:?} but was freed by {:?} (tombstone)",
+                t.ipv4, t.name
+            ));
         }
     }
     out
@@ -420,12 +544,16 @@ pub fn update(
         .collect();
     for r in &opts.rotate {
         if !wanted.contains_key(r) {
-            return Err(format!("--rotate {r:?}: no runtime node of that name in the spec"));
+            return Err(format!(
+                "--rotate {r:?}: no runtime node of that name in the spec"
+            ));
         }
     }
     for r in &opts.remove {
         if wanted.contains_key(r) || t.devices.iter().any(|d| &d.name == r) {
-            return Err(format!("--remove {r:?}: it is still declared in the spec; delete it there first"));
+            return Err(format!(
+                "--remove {r:?}: it is still declared in the spec; delete it there first"
+            ));
         }
         if !lock.nodes.contains_key(r) && !lock.devices.contains_key(r) {
             return Err(format!("--remove {r:?}: not in tailnet.lock"));
@@ -442,8 +570,17 @@ pub fn update(
         };
         if moved {
             if let Some(n) = lock.nodes.remove(&name) {
-                changes.push(format!("tombstoned node {name:?} ({}, {}, cluster {:?} port {})", n.ipv4, n.ipv6, n.cluster, n.port));
-                lock.tombstones.push(Tombstone { ipv4: n.ipv4, ipv6: n.ipv6, name, cluster: Some(n.cluster), port: Some(n.port) });
+                changes.push(format!(
+                    "tombstoned node {name:?} ({}, {}, cluster {:?} port {})",
+                    n.ipv4, n.ipv6, n.cluster, n.port
+                ));
+                lock.tombstones.push(Tombstone {
+                    ipv4: n.ipv4,
+                    ipv6: n.ipv6,
+                    name,
+                    cluster: Some(n.cluster),
+                    port: Some(n.port),
+                });
             }
         }
     }
@@ -451,8 +588,17 @@ pub fn update(
     for name in dnames {
         if !t.devices.iter().any(|d| d.name == name) {
             if let Some(dv) = lock.devices.remove(&name) {
-                changes.push(format!("tombstoned device {name:?} ({}, {})", dv.ipv4, dv.ipv6));
-                lock.tombstones.push(Tombstone { ipv4: dv.ipv4, ipv6: dv.ipv6, name, cluster: None, port: None });
+                changes.push(format!(
+                    "tombstoned device {name:?} ({}, {})",
+                    dv.ipv4, dv.ipv6
+                ));
+                lock.tombstones.push(Tombstone {
+                    ipv4: dv.ipv4,
+                    ipv6: dv.ipv6,
+                    name,
+                    cluster: None,
+                    port: None,
+                });
             }
         }
     }
@@ -486,11 +632,18 @@ pub fn update(
         }
     }
 
-    let mut alloc = Allocator { pool: t.ipv4_pool, next: 1, used: used_v4 };
+    let mut alloc = Allocator {
+        pool: t.ipv4_pool,
+        next: 1,
+        used: used_v4,
+    };
     for name in reassign_dev {
         let ip = alloc.next_v4()?;
         if let Some(d) = lock.devices.get_mut(&name) {
-            changes.push(format!("reassigned device {name:?}: {} → {ip} (conflict)", d.ipv4));
+            changes.push(format!(
+                "reassigned device {name:?}: {} → {ip} (conflict)",
+                d.ipv4
+            ));
             d.ipv4 = ip;
             d.ipv6 = ipv6_for(ip);
         }
@@ -498,20 +651,28 @@ pub fn update(
     for name in reassign_addr {
         let ip = alloc.next_v4()?;
         if let Some(n) = lock.nodes.get_mut(&name) {
-            changes.push(format!("reassigned node {name:?}: {} → {ip} (conflict)", n.ipv4));
+            changes.push(format!(
+                "reassigned node {name:?}: {} → {ip} (conflict)",
+                n.ipv4
+            ));
             n.ipv4 = ip;
             n.ipv6 = ipv6_for(ip);
         }
     }
     for name in reassign_port {
         if let Some(n) = lock.nodes.get(&name) {
-            let publish = wanted.get(&name).map(|(_, p)| *p).unwrap_or(Publish::LoadBalancer);
+            let publish = wanted
+                .get(&name)
+                .map(|(_, p)| *p)
+                .unwrap_or(Publish::LoadBalancer);
             let port = next_port(&n.cluster, publish, &mut used_ports)?;
             let old = n.port;
             if let Some(n) = lock.nodes.get_mut(&name) {
                 n.port = port;
             }
-            changes.push(format!("reassigned node {name:?}: port {old} → {port} (conflict)"));
+            changes.push(format!(
+                "reassigned node {name:?}: port {old} → {port} (conflict)"
+            ));
         }
     }
 
@@ -519,8 +680,18 @@ pub fn update(
     for dv in &t.devices {
         if !lock.devices.contains_key(&dv.name) {
             let ip = alloc.next_v4()?;
-            changes.push(format!("added device {:?}: {ip}, {}", dv.name, ipv6_for(ip)));
-            lock.devices.insert(dv.name.clone(), DeviceEntry { ipv4: ip, ipv6: ipv6_for(ip) });
+            changes.push(format!(
+                "added device {:?}: {ip}, {}",
+                dv.name,
+                ipv6_for(ip)
+            ));
+            lock.devices.insert(
+                dv.name.clone(),
+                DeviceEntry {
+                    ipv4: ip,
+                    ipv6: ipv6_for(ip),
+                },
+            );
         }
     }
     for (c, e) in t.runtime_nodes() {
@@ -530,9 +701,30 @@ pub fn update(
         let ip = alloc.next_v4()?;
         let port = next_port(&c.name, c.publish, &mut used_ports)?;
         let (private_key, public_key) = keygen();
-        changes.push(format!("added {} {:?} in cluster {:?}: {ip}, {}, port {port}", e.kind.keyword(), e.id, c.name, ipv6_for(ip)));
-        new_keys.push(NewKey { cluster: c.name.clone(), node: e.id.clone(), private_key, public_key: public_key.clone(), rotated: false });
-        lock.nodes.insert(e.id.clone(), NodeEntry { cluster: c.name.clone(), ipv4: ip, ipv6: ipv6_for(ip), port, public_key });
+        changes.push(format!(
+            "added {} {:?} in cluster {:?}: {ip}, {}, port {port}",
+            e.kind.keyword(),
+            e.id,
+            c.name,
+            ipv6_for(ip)
+        ));
+        new_keys.push(NewKey {
+            cluster: c.name.clone(),
+            node: e.id.clone(),
+            private_key,
+            public_key: public_key.clone(),
+            rotated: false,
+        });
+        lock.nodes.insert(
+            e.id.clone(),
+            NodeEntry {
+                cluster: c.name.clone(),
+                ipv4: ip,
+                ipv6: ipv6_for(ip),
+                port,
+                public_key,
+            },
+        );
     }
 
     // 4. Rotations (explicit, and keys shared by two nodes).
@@ -543,19 +735,34 @@ pub fn update(
     for name in to_rotate {
         if let Some(n) = lock.nodes.get_mut(&name) {
             let (private_key, public_key) = keygen();
-            changes.push(format!("rotated the key of {name:?} (cluster {:?})", n.cluster));
+            changes.push(format!(
+                "rotated the key of {name:?} (cluster {:?})",
+                n.cluster
+            ));
             n.public_key = public_key.clone();
-            new_keys.push(NewKey { cluster: n.cluster.clone(), node: name.clone(), private_key, public_key, rotated: true });
+            new_keys.push(NewKey {
+                cluster: n.cluster.clone(),
+                node: name.clone(),
+                private_key,
+                public_key,
+                rotated: true,
+            });
         }
     }
     for r in &opts.remove {
         // Already tombstoned in step 1 (it is not in the spec).
-        changes.push(format!("removed {r:?}: its peers lose it on the next build"));
+        changes.push(format!(
+            "removed {r:?}: its peers lose it on the next build"
+        ));
     }
     lock.tombstones.sort();
     lock.tombstones.dedup();
     let _ = RuntimeKind::Tsk8s;
-    Ok(LockUpdate { lock, new_keys, changes })
+    Ok(LockUpdate {
+        lock,
+        new_keys,
+        changes,
+    })
 }
 
 struct Allocator {
@@ -580,7 +787,11 @@ impl Allocator {
     }
 }
 
-fn next_port(cluster: &str, publish: Publish, used: &mut BTreeSet<(String, u16)>) -> Result<u16, String> {
+fn next_port(
+    cluster: &str,
+    publish: Publish,
+    used: &mut BTreeSet<(String, u16)>,
+) -> Result<u16, String> {
     let (first, last) = match publish {
         Publish::LoadBalancer => (FIRST_LB_PORT, u16::MAX),
         Publish::NodePort => NODE_PORT_RANGE,
@@ -599,7 +810,10 @@ mod tests {
 
     #[test]
     fn v6_pairs_v4() {
-        assert_eq!(ipv6_for(Ipv4Addr::new(100, 64, 0, 1)).to_string(), "fd7a:115c:a1e0::6440:1");
+        assert_eq!(
+            ipv6_for(Ipv4Addr::new(100, 64, 0, 1)).to_string(),
+            "fd7a:115c:a1e0::6440:1"
+        );
     }
 
     #[test]
@@ -612,12 +826,30 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut l = Lock::default();
-        l.devices.insert("a".into(), DeviceEntry { ipv4: Ipv4Addr::new(100, 64, 0, 1), ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 1)) });
+        l.devices.insert(
+            "a".into(),
+            DeviceEntry {
+                ipv4: Ipv4Addr::new(100, 64, 0, 1),
+                ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 1)),
+            },
+        );
         l.nodes.insert(
             "n".into(),
-            NodeEntry { cluster: "c".into(), ipv4: Ipv4Addr::new(100, 64, 0, 2), ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 2)), port: 41641, public_key: "k".into() },
+            NodeEntry {
+                cluster: "c".into(),
+                ipv4: Ipv4Addr::new(100, 64, 0, 2),
+                ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 2)),
+                port: 41641,
+                public_key: "k".into(),
+            },
         );
-        l.tombstones.push(Tombstone { ipv4: Ipv4Addr::new(100, 64, 0, 3), ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 3)), name: "old".into(), cluster: Some("c".into()), port: Some(41642) });
+        l.tombstones.push(Tombstone {
+            ipv4: Ipv4Addr::new(100, 64, 0, 3),
+            ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 3)),
+            name: "old".into(),
+            cluster: Some("c".into()),
+            port: Some(41642),
+        });
         let text = render(&l);
         assert_eq!(parse("tailnet.lock", &text), Ok(l));
     }

@@ -1,0 +1,291 @@
+//! The one entry point of the compiler core (in the spirit of kustomize's `krusty`): spec text
+//! and lock text in, an output tree out. One data structure, [`Loaded`], is carried through
+//! the stages. No I/O: the CLI reads the inputs and writes the tree.
+
+use std::collections::BTreeMap;
+
+use tsk8s_policy::policy::Policy;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::emit::{self, Tree};
+use crate::lockfile::{self, Lock};
+use crate::lower::{self, net};
+use crate::model::{ExposureKind, RuntimeKind, Tailnet};
+use crate::resolve::{self, Spans};
+use crate::syntax;
+
+/// Inputs of one compiler run.
+#[derive(Clone, Debug, Default)]
+pub struct Input<'a> {
+    /// Name shown in diagnostics, e.g. `tailnet.kdl`.
+    pub spec_file: &'a str,
+    pub spec: &'a str,
+    pub lock_file: &'a str,
+    /// `None` when there is no lock yet.
+    pub lock: Option<&'a str>,
+    /// Files beside the spec that the build reads (committed SOPS / SealedSecret sources),
+    /// by path relative to the spec's directory.
+    pub sources: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why a run failed: rendered diagnostics, ready for stderr. Exit code 2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub text: String,
+}
+
+impl Failure {
+    fn from_diags(d: &Diagnostics) -> Failure {
+        Failure { text: d.render() }
+    }
+}
+
+/// The spec, resolved and validated.
+pub struct Front {
+    pub tailnet: Tailnet,
+    pub spans: Spans,
+    pub diags: Diagnostics,
+}
+
+/// Parse and resolve the spec. All problems come out together.
+pub fn front(spec_file: &str, spec: &str) -> Result<Front, Failure> {
+    let (tree, mut diags) = syntax::parse(spec_file, spec);
+    if !diags.is_empty() && tree.tailnet.is_none() && tree.clusters.is_empty() {
+        diags.sort();
+        return Err(Failure::from_diags(&diags));
+    }
+    let (tailnet, spans) = resolve::resolve(&tree, &mut diags);
+    diags.sort();
+    match tailnet {
+        Some(t) if diags.is_empty() => Ok(Front {
+            tailnet: t,
+            spans,
+            diags,
+        }),
+        _ => Err(Failure::from_diags(&diags)),
+    }
+}
+
+pub fn parse_lock(input: &Input) -> Result<Lock, Failure> {
+    match input.lock {
+        None => Ok(Lock::default()),
+        Some(text) => lockfile::parse(input.lock_file, text).map_err(|mut d| {
+            d.sort();
+            Failure::from_diags(&d)
+        }),
+    }
+}
+
+/// Everything later stages need, checked.
+pub struct Loaded {
+    pub tailnet: Tailnet,
+    pub spans: Spans,
+    pub lock: Lock,
+    pub policy_value: serde_json::Value,
+    pub policy_text: String,
+    pub policy: Policy,
+}
+
+/// Front end + lock check + policy validation by the engine.
+pub fn load(input: &Input) -> Result<Loaded, Failure> {
+    let front = front(input.spec_file, input.spec)?;
+    let lock = parse_lock(input)?;
+    let problems = lockfile::check(&front.tailnet, &lock);
+    if !problems.is_empty() {
+        let mut d = Diagnostics::new(input.spec_file, input.spec);
+        let mut plain = String::new();
+        for p in &problems {
+            let span = p.subject.as_ref().and_then(|s| {
+                front
+                    .spans
+                    .exposures
+                    .get(s)
+                    .or_else(|| front.spans.devices.get(s))
+            });
+            match span {
+                Some(span) => {
+                    d.push(Diagnostic::new(*span, p.message.clone()).label("not in the lock"))
+                }
+                None => plain.push_str(&format!("{}: error: {}\n", input.lock_file, p.message)),
+            }
+        }
+        d.sort();
+        let mut text = if d.is_empty() {
+            String::new()
+        } else {
+            d.render()
+        };
+        text.push_str(&plain);
+        return Err(Failure { text });
+    }
+    let policy_value = lower::policy::policy_value(&front.tailnet);
+    let policy_text = lower::policy::render(&policy_value);
+    let policy = Policy::parse(&policy_text).map_err(|e| {
+        let mut d = Diagnostics::new(input.spec_file, input.spec);
+        let span = front.spans.tailnet.unwrap_or_else(|| (0..0).into());
+        d.push(
+            Diagnostic::new(span, format!("the generated policy is invalid: {e}"))
+                .label("in this tailnet"),
+        );
+        Failure::from_diags(&d)
+    })?;
+    Ok(Loaded {
+        tailnet: front.tailnet,
+        spans: front.spans,
+        lock,
+        policy_value,
+        policy_text,
+        policy,
+    })
+}
+
+/// `tsk8s build`: the whole output tree.
+pub fn build(input: &Input) -> Result<Tree, Failure> {
+    let l = load(input)?;
+    let t = &l.tailnet;
+    let mut tree = Tree::new();
+    emit::put(&mut tree, "policy.hujson".into(), l.policy_text.clone());
+
+    let netw = net::build_net(t, &l.lock);
+    let reach = net::reach(&l.policy, &netw);
+
+    let mut diags = Diagnostics::new(input.spec_file, input.spec);
+    for d in &t.devices {
+        match lower::devices::device_files(t, d, &l.lock, &netw, &reach) {
+            Ok(files) => {
+                emit::put(&mut tree, format!("devices/{}.conf", d.name), files.conf);
+                emit::put(&mut tree, format!("devices/{}.hosts", d.name), files.hosts);
+            }
+            Err(o) => {
+                let span = l
+                    .spans
+                    .routes
+                    .iter()
+                    .find(|((id, net), _)| {
+                        *id == o.second.0 && (net.contains(&o.second.1) || o.second.1.contains(net))
+                    })
+                    .map(|(_, s)| *s)
+                    .or_else(|| l.spans.exposures.get(&o.second.0).copied())
+                    .unwrap_or_else(|| (0..0).into());
+                diags.push(
+                    Diagnostic::new(span, format!(
+                        "{} of {:?} overlaps {} of {:?}, and device {:?} may reach both",
+                        o.second.1, o.second.0, o.first.1, o.first.0, o.device
+                    ))
+                    .label("overlapping route")
+                    .help("WireGuard AllowedIPs cannot overlap on one device: advertise disjoint routes, or let no device reach both"),
+                );
+            }
+        }
+    }
+    if !diags.is_empty() {
+        diags.sort();
+        return Err(Failure::from_diags(&diags));
+    }
+
+    for c in &t.clusters {
+        if c.runtime != RuntimeKind::Tsk8s {
+            continue;
+        }
+        let dir = format!("clusters/{}", c.name);
+        let rt = lower::mesh::cluster_runtime(t, c, &l.lock, &netw, &reach);
+        let mut resources: Vec<String> = Vec::new();
+        let mut add = |tree: &mut Tree, name: String, text: String| {
+            resources.push(name.clone());
+            emit::put(tree, format!("{dir}/{name}"), text);
+        };
+        add(
+            &mut tree,
+            "namespace.yaml".into(),
+            emit::yaml(&lower::k8s::namespace(c)),
+        );
+        add(
+            &mut tree,
+            "serviceaccount.yaml".into(),
+            emit::yaml(&lower::k8s::service_account(&c.namespace)),
+        );
+        add(
+            &mut tree,
+            "mesh.yaml".into(),
+            emit::yaml(&lower::k8s::mesh_configmap(
+                lower::k8s::MESH_CONFIGMAP,
+                &c.namespace,
+                &rt.mesh,
+                None,
+            )),
+        );
+        let peer_ports: Vec<u16> = {
+            let mut p: Vec<u16> = rt
+                .mesh
+                .peers
+                .iter()
+                .filter_map(|p| p.endpoint.as_ref()?.rsplit(':').next()?.parse().ok())
+                .collect();
+            p.sort();
+            p.dedup();
+            p
+        };
+        for (id, node) in &rt.nodes {
+            let Some(e) = c.exposures.iter().find(|e| &e.id == id) else {
+                continue;
+            };
+            if let ExposureKind::Sidecar { .. } = e.kind {
+                if let Some(comp) = lower::sidecar::component(c, e, node, &rt.mesh) {
+                    let cdir = format!("{dir}/components/{id}");
+                    emit::put(
+                        &mut tree,
+                        format!("{cdir}/kustomization.yaml"),
+                        emit::yaml(&comp.kustomization),
+                    );
+                    let docs: Vec<String> = comp.resources.iter().map(emit::yaml).collect();
+                    emit::put(
+                        &mut tree,
+                        format!("{cdir}/resources.yaml"),
+                        emit::yaml_docs(&docs),
+                    );
+                    emit::put(
+                        &mut tree,
+                        format!("{cdir}/patch.yaml"),
+                        emit::yaml(&comp.patch),
+                    );
+                }
+                continue;
+            }
+            let mut docs = vec![
+                emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node, None)),
+                emit::yaml(&lower::k8s::deployment(c, e, node)),
+                emit::yaml(&lower::k8s::wireguard_service(
+                    c,
+                    &c.namespace,
+                    id,
+                    node.listen_port,
+                )),
+            ];
+            if let Some(s) = lower::k8s::egress_service(c, e) {
+                docs.push(emit::yaml(&s));
+            }
+            docs.push(emit::yaml(&lower::k8s::network_policy(
+                c,
+                e,
+                node,
+                &peer_ports,
+            )));
+            add(&mut tree, format!("{id}.yaml"), emit::yaml_docs(&docs));
+        }
+        emit::put(
+            &mut tree,
+            format!("{dir}/kustomization.yaml"),
+            emit::yaml(&emit::kustomization(&resources)),
+        );
+    }
+    emit::finish(&mut tree);
+    Ok(tree)
+}
+
+/// `tsk8s test`: the spec's tests against the topology it defines (lock addresses; stand-in
+/// addresses for Tailscale-image nodes).
+pub fn test(input: &Input) -> Result<tsk8s_policy::acltest::TestReport, Failure> {
+    let l = load(input)?;
+    let netw = net::build_net(&l.tailnet, &l.lock);
+    Ok(tsk8s_policy::acltest::run_tests(&l.policy, &netw.topology))
+}

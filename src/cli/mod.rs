@@ -1,0 +1,511 @@
+//! The command line: the only module that touches the filesystem, the environment, the
+//! clock or randomness. Exit codes: 0 ok, 1 differences or failed tests, 2 bad input or error.
+
+pub mod output;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::build::{self, Failure, Input};
+use crate::lockfile::{self, LockOptions, NewKey};
+use crate::model::{ExposureKind, SecretBackend, Tailnet};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tsk8s",
+    version,
+    about = "Compile one tailnet.kdl into a Tailscale policy file and GitOps-ready Kubernetes manifests"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the spec (and its lock); write nothing. Exit 0 valid, 2 invalid.
+    Check {
+        #[arg(default_value = "tailnet.kdl")]
+        spec: PathBuf,
+    },
+    /// Compile the spec into the output dir (policy.hujson, clusters/, devices/, gitops/).
+    Build {
+        #[arg(default_value = "tailnet.kdl")]
+        spec: PathBuf,
+        /// Output dir, owned wholly by tsk8s.
+        #[arg(short = 'o', long = "out", default_value = "out")]
+        out: PathBuf,
+        /// Write nothing; exit 1 if the output dir differs from a fresh build.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Assign addresses, ports and keys to new nodes in tailnet.lock (the only writer of it).
+    Lock {
+        #[arg(default_value = "tailnet.kdl")]
+        spec: PathBuf,
+        /// Where new private keys go (mode 0600), for backends that load them by hand
+        /// (existing, external-secrets, sealed-secrets). Must be outside the output dir.
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// Replace this node's key (repeatable).
+        #[arg(long, value_name = "NODE")]
+        rotate: Vec<String>,
+        /// Tombstone this node (already deleted from the spec) (repeatable).
+        #[arg(long, value_name = "NODE")]
+        remove: Vec<String>,
+    },
+    /// Run the spec's ACL tests against the topology it defines. Exit 1 on failures.
+    Test {
+        #[arg(default_value = "tailnet.kdl")]
+        spec: PathBuf,
+    },
+    /// Work with a Tailscale policy file directly.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate a policy file; with --nodes, also run its tests.
+    Check {
+        policy: PathBuf,
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+    },
+    /// Print each node's packet filter as JSON.
+    Filter {
+        policy: PathBuf,
+        #[arg(long)]
+        nodes: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    ExitCode::from(run(cli))
+}
+
+fn fail(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {msg}");
+    2
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{}: not valid UTF-8 (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Paths and texts for one spec.
+struct Loaded {
+    spec_path: PathBuf,
+    spec_dir: PathBuf,
+    spec_name: String,
+    spec: String,
+    lock_path: PathBuf,
+    lock_name: String,
+    lock: Option<String>,
+}
+
+fn load(spec: &Path) -> Result<Loaded, String> {
+    let text = read_text(spec)?;
+    let spec_dir = spec
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let lock_path = spec_dir.join("tailnet.lock");
+    let lock = if lock_path.exists() {
+        Some(read_text(&lock_path)?)
+    } else {
+        None
+    };
+    Ok(Loaded {
+        spec_name: spec.display().to_string(),
+        spec_path: spec.to_path_buf(),
+        spec_dir,
+        spec: text,
+        lock_name: lock_path.display().to_string(),
+        lock_path,
+        lock,
+    })
+}
+
+impl Loaded {
+    fn input(&self) -> Input<'_> {
+        Input {
+            spec_file: &self.spec_name,
+            spec: &self.spec,
+            lock_file: &self.lock_name,
+            lock: self.lock.as_deref(),
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+fn report(f: &Failure) -> u8 {
+    let _ = std::io::stderr().write_all(f.text.as_bytes());
+    2
+}
+
+pub fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Check { spec } => {
+            let l = match load(&spec) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            match build::load(&l.input()) {
+                Ok(loaded) => {
+                    let nodes = loaded.tailnet.exposures().count();
+                    eprintln!(
+                        "{}: ok ({} cluster(s), {} exposure(s), {} device(s))",
+                        l.spec_name,
+                        loaded.tailnet.clusters.len(),
+                        nodes,
+                        loaded.tailnet.devices.len()
+                    );
+                    0
+                }
+                Err(f) => report(&f),
+            }
+        }
+        Command::Build { spec, out, check } => {
+            let l = match load(&spec) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            let tree = match build::build(&l.input()) {
+                Ok(t) => t,
+                Err(f) => return report(&f),
+            };
+            if check {
+                let current = match output::read_tree(&out) {
+                    Ok(t) => t,
+                    Err(e) => return fail(e),
+                };
+                return check_tree(&out, &current, &tree);
+            }
+            match output::write_tree(&out, &tree) {
+                Ok(true) => {
+                    eprintln!("wrote {} file(s) to {}", tree.len(), out.display());
+                    0
+                }
+                Ok(false) => {
+                    eprintln!("{} is up to date ({} file(s))", out.display(), tree.len());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Lock {
+            spec,
+            keys_dir,
+            rotate,
+            remove,
+        } => lock(&spec, keys_dir.as_deref(), rotate, remove),
+        Command::Test { spec } => {
+            let l = match load(&spec) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            match build::test(&l.input()) {
+                Ok(r) => {
+                    if r.passed() {
+                        eprintln!("{}: {} test(s) passed", l.spec_name, r.total);
+                        0
+                    } else {
+                        for f in &r.failures {
+                            println!("{f}");
+                        }
+                        eprintln!("{}: {}", l.spec_name, tsk8s_policy::acltest::TESTS_FAILED);
+                        1
+                    }
+                }
+                Err(f) => report(&f),
+            }
+        }
+        Command::Policy { command } => {
+            let (outcome, _) = match command {
+                PolicyCommand::Check { policy, nodes } => {
+                    let p = match read_text(&policy) {
+                        Ok(p) => p,
+                        Err(e) => return fail(e),
+                    };
+                    let n = match nodes.as_deref().map(read_text).transpose() {
+                        Ok(n) => n,
+                        Err(e) => return fail(e),
+                    };
+                    (tsk8s_policy::cli::policy_check(&p, n.as_deref()), ())
+                }
+                PolicyCommand::Filter { policy, nodes } => {
+                    let (p, n) = match (read_text(&policy), read_text(&nodes)) {
+                        (Ok(p), Ok(n)) => (p, n),
+                        (Err(e), _) | (_, Err(e)) => return fail(e),
+                    };
+                    (tsk8s_policy::cli::policy_filter(&p, &n), ())
+                }
+            };
+            let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
+            u8::try_from(outcome.code).unwrap_or(2)
+        }
+    }
+}
+
+fn check_tree(out: &Path, current: &crate::emit::Tree, fresh: &crate::emit::Tree) -> u8 {
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    for (p, b) in fresh {
+        match current.get(p) {
+            None => added.push(p),
+            Some(old) if old != b => changed.push(p),
+            _ => {}
+        }
+    }
+    for p in current.keys() {
+        if !fresh.contains_key(p) {
+            removed.push(p);
+        }
+    }
+    if added.is_empty() && changed.is_empty() && removed.is_empty() {
+        eprintln!("{} is up to date", out.display());
+        return 0;
+    }
+    eprintln!(
+        "{} is stale: {} file(s) to add, {} to change, {} to remove; run `tsk8s build` and commit the result",
+        out.display(),
+        added.len(),
+        changed.len(),
+        removed.len()
+    );
+    for (mark, list) in [("+", &added), ("~", &changed), ("-", &removed)] {
+        for p in list.iter().take(50) {
+            eprintln!("  {mark} {p}");
+        }
+    }
+    1
+}
+
+fn keygen() -> (String, String) {
+    use base64::Engine;
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+    let public = x25519_dalek::PublicKey::from(&secret);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
+}
+
+/// Namespace the node's key Secret lives in (the workload's, for sidecars).
+fn key_namespace(t: &Tailnet, cluster: &str, node: &str) -> String {
+    let Some(c) = t.cluster(cluster) else {
+        return String::new();
+    };
+    match c.exposures.iter().find(|e| e.id == node).map(|e| &e.kind) {
+        Some(ExposureKind::Sidecar { namespace, .. }) => namespace.clone(),
+        _ => c.namespace.clone(),
+    }
+}
+
+fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<String>) -> u8 {
+    let l = match load(spec) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let front = match build::front(&l.spec_name, &l.spec) {
+        Ok(f) => f,
+        Err(f) => return report(&f),
+    };
+    let old = match build::parse_lock(&l.input()) {
+        Ok(o) => o,
+        Err(f) => return report(&f),
+    };
+    let upd = match lockfile::update(
+        &front.tailnet,
+        &old,
+        &LockOptions { rotate, remove },
+        &mut keygen,
+    ) {
+        Ok(u) => u,
+        Err(e) => return fail(e),
+    };
+    let t = &front.tailnet;
+    // Keys first: if delivering them fails, the lock is left as it was.
+    let needs_dir: Vec<&NewKey> = upd
+        .new_keys
+        .iter()
+        .filter(|k| {
+            !matches!(
+                t.cluster(&k.cluster).map(|c| &c.secrets),
+                Some(SecretBackend::Sops { .. })
+            )
+        })
+        .collect();
+    if !needs_dir.is_empty() {
+        let Some(dir) = keys_dir else {
+            return fail(format!(
+                "{} new private key(s) to deliver; pass --keys-dir DIR (outside the output dir, never committed) to receive them",
+                needs_dir.len()
+            ));
+        };
+        for k in &needs_dir {
+            match write_key(dir, k) {
+                Ok(path) => print_key_instructions(t, k, &path),
+                Err(e) => return fail(e),
+            }
+        }
+    }
+    for k in upd.new_keys.iter().filter(|k| {
+        matches!(
+            t.cluster(&k.cluster).map(|c| &c.secrets),
+            Some(SecretBackend::Sops { .. })
+        )
+    }) {
+        if let Err(e) = crate::cli_secrets::deliver_sops(&l.spec_dir, t, k) {
+            return fail(e);
+        }
+    }
+    let text = lockfile::render(&upd.lock);
+    if l.lock.as_deref() == Some(text.as_str()) {
+        eprintln!("{} is up to date", l.lock_name);
+        return 0;
+    }
+    if let Err(e) = write_atomic(&l.lock_path, text.as_bytes(), None) {
+        return fail(e);
+    }
+    for c in &upd.changes {
+        eprintln!("  {c}");
+    }
+    eprintln!("wrote {}; run `tsk8s build` and commit both", l.lock_name);
+    let _ = &l.spec_path;
+    0
+}
+
+fn write_key(dir: &Path, k: &NewKey) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let cdir = dir.join(&k.cluster);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cdir)
+        .map_err(|e| format!("{}: cannot create: {e}", cdir.display()))?;
+    let path = cdir.join(format!("{}.key", k.node));
+    let tmp = cdir.join(format!(".{}.key.tmp", k.node));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
+    f.write_all(format!("{}\n", k.private_key).as_bytes())
+        .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("{}: cannot sync: {e}", tmp.display()))?;
+    fs::rename(&tmp, &path).map_err(|e| format!("{}: cannot rename: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path) {
+    let ns = key_namespace(t, &k.cluster, &k.node);
+    let secret = crate::lower::k8s::key_secret_name(&k.node);
+    let what = if k.rotated { "rotated key" } else { "new key" };
+    let backend = t.cluster(&k.cluster).map(|c| c.secrets.clone());
+    eprintln!(
+        "{what} for {:?} (cluster {:?}) written to {}",
+        k.node,
+        k.cluster,
+        path.display()
+    );
+    match backend {
+        Some(SecretBackend::ExternalSecrets { key_prefix, .. }) => {
+            let remote = format!("{key_prefix}{}/{}", k.cluster, k.node);
+            eprintln!(
+                "  load it into your secret store under key {remote:?}, property \"private-key\", e.g.:"
+            );
+            eprintln!("    vault kv put {remote} private-key=@{}", path.display());
+            eprintln!(
+                "    aws secretsmanager put-secret-value --secret-id {remote} --secret-string \"{{\\\"private-key\\\":\\\"$(cat {})\\\"}}\"",
+                path.display()
+            );
+        }
+        Some(SecretBackend::SealedSecrets { source_dir }) => {
+            eprintln!(
+                "  seal it (strict scope) into {source_dir}/{}.yaml:",
+                k.node
+            );
+            eprintln!(
+                "    kubectl -n {ns} create secret generic {secret} --from-file=private-key={} --dry-run=client -o yaml | kubeseal --scope strict -o yaml > {source_dir}/{}.yaml",
+                path.display(),
+                k.node
+            );
+        }
+        _ => {
+            eprintln!("  load it into the cluster (then delete the file):");
+            eprintln!(
+                "    kubectl -n {ns} create secret generic {secret} --from-file=private-key={}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Write a file atomically (temp + rename), optionally with a mode.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    if let Some(m) = mode {
+        opts.mode(m);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("{}: cannot sync: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: cannot rename: {e}", path.display()))?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn stdout_is_tty() -> bool {
+    std::io::stdout().is_terminal()
+}

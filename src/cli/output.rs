@@ -1,0 +1,232 @@
+//! Writing the output dir: owned wholly by tsk8s, swapped in atomically.
+//!
+//! The new tree is written to a sibling temp dir (same filesystem), each file fsynced, then
+//! exchanged with the old dir in one `renameat2(RENAME_EXCHANGE)` on Linux, so a reader or a
+//! crash sees either the complete old tree or the complete new one. The old tree (now at the
+//! temp path) is removed afterwards; leftovers of an interrupted run are removed on the next.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::emit::{MANIFEST, Tree};
+
+#[derive(Debug)]
+pub struct OutputError(pub String);
+
+impl std::fmt::Display for OutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn io(path: &Path, what: &str, e: std::io::Error) -> OutputError {
+    OutputError(format!("{}: {what}: {e}", path.display()))
+}
+
+/// Every regular file under `dir`, as `/`-separated relative paths.
+pub fn list_files(dir: &Path) -> Result<BTreeSet<String>, OutputError> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        let rd = fs::read_dir(&d).map_err(|e| io(&d, "cannot read directory", e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| io(&d, "cannot read directory", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let ft = entry
+                .file_type()
+                .map_err(|e| io(&entry.path(), "cannot stat", e))?;
+            if ft.is_dir() {
+                stack.push((entry.path(), rel));
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read the output dir as a tree (for `build --check` and `diff`). A missing dir is empty.
+pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
+    let mut tree = Tree::new();
+    if !dir.exists() {
+        return Ok(tree);
+    }
+    for rel in list_files(dir)? {
+        let p = dir.join(&rel);
+        let bytes = fs::read(&p).map_err(|e| io(&p, "cannot read", e))?;
+        tree.insert(rel, bytes);
+    }
+    Ok(tree)
+}
+
+/// Refuse to replace a dir that holds files tsk8s did not write.
+pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err(OutputError(format!(
+            "{}: exists and is not a directory",
+            dir.display()
+        )));
+    }
+    let files = list_files(dir)?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let manifest_path = dir.join(MANIFEST);
+    let manifest = fs::read_to_string(&manifest_path).map_err(|_| {
+        OutputError(format!(
+            "{}: is not empty and was not written by tsk8s (no {MANIFEST}); tsk8s owns its output dir wholly: choose another -o or empty it",
+            dir.display()
+        ))
+    })?;
+    let owned: BTreeSet<&str> = manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let foreign: Vec<&String> = files
+        .iter()
+        .filter(|f| f.as_str() != MANIFEST && !owned.contains(f.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        let list: Vec<String> = foreign
+            .iter()
+            .take(20)
+            .map(|f| format!("  {}", dir.join(f).display()))
+            .collect();
+        return Err(OutputError(format!(
+            "{}: holds {} file(s) tsk8s did not write; the output dir is owned wholly by tsk8s:\n{}\nmove them elsewhere (or delete them) and build again",
+            dir.display(),
+            foreign.len(),
+            list.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+fn temp_sibling(dir: &Path, tag: &str) -> Result<PathBuf, OutputError> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .ok_or_else(|| OutputError(format!("{}: not a directory name", dir.display())))?;
+    Ok(parent.join(format!(
+        ".{}.tsk8s-{tag}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+/// Remove leftovers of interrupted runs (`.<name>.tsk8s-*` beside the dir).
+fn clean_leftovers(dir: &Path) {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = dir.file_name() else { return };
+    let prefix = format!(".{}.tsk8s-", name.to_string_lossy());
+    if let Ok(rd) = fs::read_dir(parent) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn fsync_dir(p: &Path) {
+    if let Ok(f) = fs::File::open(p) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Write `tree` as the new content of `dir`, atomically. Returns false when nothing changed.
+pub fn write_tree(dir: &Path, tree: &Tree) -> Result<bool, OutputError> {
+    check_owned(dir)?;
+    if dir.exists() && read_tree(dir)? == *tree {
+        return Ok(false);
+    }
+    clean_leftovers(dir);
+    let tmp = temp_sibling(dir, "new")?;
+    fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for (rel, bytes) in tree {
+        let p = tmp.join(rel);
+        if let Some(parent) = p.parent() {
+            if dirs.insert(parent.to_path_buf()) {
+                fs::create_dir_all(parent).map_err(|e| io(parent, "cannot create", e))?;
+            }
+        }
+        let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
+        f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
+        f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
+    }
+    for d in dirs.iter().rev() {
+        fsync_dir(d);
+    }
+    fsync_dir(&tmp);
+    if dir.exists() {
+        exchange(&tmp, dir)?;
+        // `tmp` now holds the old tree.
+        let _ = fs::remove_dir_all(&tmp);
+    } else {
+        fs::rename(&tmp, dir).map_err(|e| io(dir, "cannot rename into place", e))?;
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        });
+    }
+    Ok(true)
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<(), OutputError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())
+        .map_err(|_| OutputError(format!("{}: bad path", a.display())))?;
+    let cb = CString::new(b.as_os_str().as_bytes())
+        .map_err(|_| OutputError(format!("{}: bad path", b.display())))?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io(
+            b,
+            "cannot exchange with the new tree (renameat2)",
+            std::io::Error::last_os_error(),
+        ))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(a: &Path, b: &Path) -> Result<(), OutputError> {
+    // Not atomic: move the old tree aside, then the new one in.
+    let aside = temp_sibling(b, "old")?;
+    fs::rename(b, &aside).map_err(|e| io(b, "cannot move aside", e))?;
+    fs::rename(a, b).map_err(|e| io(b, "cannot rename into place", e))?;
+    fs::rename(&aside, a).map_err(|e| io(a, "cannot rename", e))?;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Stage 4 — emit: objects → bytes. YAML through serde_yaml_ng (YAML 1.1-ambiguous strings
+//! such as `on`, `yes` and `0755` come out quoted), multi-document files joined by `---`,
+//! kustomizations listing their files in sorted order.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The output tree: path relative to the output dir → bytes. Sorted, so writing and diffing
+/// are deterministic.
+pub type Tree = BTreeMap<String, Vec<u8>>;
+
+pub fn yaml<T: Serialize>(v: &T) -> String {
+    serde_yaml_ng::to_string(v).unwrap_or_default()
+}
+
+/// Several objects as one multi-document YAML file.
+pub fn yaml_docs(docs: &[String]) -> String {
+    let mut s = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            s.push_str("---\n");
+        }
+        s.push_str(d);
+    }
+    s
+}
+
+pub fn kustomization(resources: &[String]) -> Value {
+    let mut r: Vec<&String> = resources.iter().collect();
+    r.sort();
+    json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": r,
+    })
+}
+
+pub fn put(tree: &mut Tree, path: String, text: String) {
+    tree.insert(path, text.into_bytes());
+}
+
+/// The file listing every path tsk8s wrote; it marks the dir as owned by tsk8s.
+pub const MANIFEST: &str = ".tsk8s-manifest";
+
+/// Add the manifest to a finished tree.
+pub fn finish(tree: &mut Tree) {
+    let mut s =
+        String::from("# Files written by tsk8s build. The directory is owned wholly by tsk8s.\n");
+    for p in tree.keys() {
+        if p != MANIFEST {
+            s.push_str(p);
+            s.push('\n');
+        }
+    }
+    tree.insert(MANIFEST.to_string(), s.into_bytes());
+}

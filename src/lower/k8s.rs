@@ -1,0 +1,542 @@
+//! Kubernetes objects for a cluster on the tsk8s runtime, as typed `k8s-openapi` values.
+//!
+//! Per cluster: Namespace (Pod Security `restricted`), ServiceAccount (no token), the shared
+//! mesh ConfigMap. Per node: its ConfigMap, a one-replica `Recreate` Deployment running
+//! tsk8s-runtime (non-root, read-only root filesystem, no capabilities, seccomp
+//! RuntimeDefault, probes, requests and limits, config mounted as whole volumes so updates
+//! arrive), its UDP Service and a NetworkPolicy. Per sidecar: a kustomize Component.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tsk8s_policy::runtime_config::{
+    MESH_FILE, MeshConfig, NODE_FILE, NodeConfig, PRIVATE_KEY_FILE,
+};
+
+use super::mesh::ADMIN_PORT;
+use crate::model::{Cluster, Exposure, ExposureKind, Proto, Publish};
+
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tsk8s");
+pub const NODE_LABEL: &str = "tsk8s.dev/node";
+pub const RUNTIME_UID: i64 = 65532;
+pub const SERVICE_ACCOUNT: &str = "tsk8s";
+pub const MESH_CONFIGMAP: &str = "tsk8s-mesh";
+pub const CONTAINER_NAME: &str = "tsk8s-runtime";
+pub const NODE_DIR: &str = "/etc/tsk8s/node";
+pub const MESH_DIR: &str = "/etc/tsk8s/mesh";
+pub const KEY_DIR: &str = "/var/run/secrets/tsk8s";
+
+pub fn object_name(id: &str) -> String {
+    format!("tsk8s-{id}")
+}
+
+pub fn key_secret_name(id: &str) -> String {
+    format!("tsk8s-{id}-key")
+}
+
+fn labels(id: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+    l.insert("app.kubernetes.io/part-of".to_string(), "tsk8s".to_string());
+    if let Some(id) = id {
+        l.insert(
+            "app.kubernetes.io/name".to_string(),
+            "tsk8s-runtime".to_string(),
+        );
+        l.insert("app.kubernetes.io/instance".to_string(), id.to_string());
+        l.insert(NODE_LABEL.to_string(), id.to_string());
+    }
+    l
+}
+
+pub fn meta(name: &str, namespace: Option<&str>, id: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(labels(id)),
+        ..Default::default()
+    }
+}
+
+fn selector(id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NODE_LABEL.to_string(), id.to_string())])
+}
+
+pub fn namespace(c: &Cluster) -> Namespace {
+    let mut m = meta(&c.namespace, None, None);
+    if let Some(l) = m.labels.as_mut() {
+        for mode in ["enforce", "audit", "warn"] {
+            l.insert(
+                format!("pod-security.kubernetes.io/{mode}"),
+                "restricted".to_string(),
+            );
+        }
+    }
+    Namespace {
+        metadata: m,
+        ..Default::default()
+    }
+}
+
+pub fn service_account(namespace: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(SERVICE_ACCOUNT, Some(namespace), None),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+fn json_pretty<T: serde::Serialize>(v: &T) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+pub fn mesh_configmap(
+    name: &str,
+    namespace: &str,
+    mesh: &MeshConfig,
+    id: Option<&str>,
+) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(name, Some(namespace), id),
+        data: Some(BTreeMap::from([(MESH_FILE.to_string(), json_pretty(mesh))])),
+        ..Default::default()
+    }
+}
+
+pub fn node_configmap(
+    namespace: &str,
+    id: &str,
+    node: &NodeConfig,
+    mesh: Option<&MeshConfig>,
+) -> ConfigMap {
+    let mut data = BTreeMap::from([(NODE_FILE.to_string(), json_pretty(node))]);
+    if let Some(m) = mesh {
+        data.insert(MESH_FILE.to_string(), json_pretty(m));
+    }
+    ConfigMap {
+        metadata: meta(&object_name(id), Some(namespace), Some(id)),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUNTIME_UID),
+        run_as_group: Some(RUNTIME_UID),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("admin".to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The runtime container. `mesh_dir` is where mesh.json is mounted (its own ConfigMap for
+/// cluster workloads, the node's ConfigMap for sidecars).
+pub fn runtime_container(
+    image: &str,
+    node: &NodeConfig,
+    mesh_dir: &str,
+    extra_ports: &[ContainerPort],
+) -> Container {
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("wireguard".into()),
+            container_port: i32::from(node.listen_port),
+            protocol: Some("UDP".into()),
+            ..Default::default()
+        },
+        ContainerPort {
+            name: Some("admin".into()),
+            container_port: i32::from(ADMIN_PORT),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        },
+    ];
+    ports.extend(extra_ports.iter().cloned());
+    let mut mounts = vec![
+        VolumeMount {
+            name: "tsk8s-node".into(),
+            mount_path: NODE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tsk8s-key".into(),
+            mount_path: KEY_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    if mesh_dir != NODE_DIR {
+        mounts.insert(
+            1,
+            VolumeMount {
+                name: "tsk8s-mesh".into(),
+                mount_path: mesh_dir.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        );
+    }
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some("Always".into()),
+        args: Some(vec![
+            "--node".into(),
+            format!("{NODE_DIR}/{NODE_FILE}"),
+            "--mesh".into(),
+            format!("{mesh_dir}/{MESH_FILE}"),
+            "--private-key-file".into(),
+            format!("{KEY_DIR}/{PRIVATE_KEY_FILE}"),
+        ]),
+        ports: Some(ports),
+        readiness_probe: Some(probe("/healthz", 5)),
+        liveness_probe: Some(probe("/healthz", 20)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("50m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("1".into())),
+                ("memory".into(), Quantity("128Mi".into())),
+            ])),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+pub fn runtime_volumes(id: &str, separate_mesh: bool) -> Vec<Volume> {
+    let mut v = vec![
+        Volume {
+            name: "tsk8s-node".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: object_name(id),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tsk8s-key".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(key_secret_name(id)),
+                // Readable by the runtime's group only (fsGroup), never world-readable.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if separate_mesh {
+        v.insert(
+            1,
+            Volume {
+                name: "tsk8s-mesh".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: MESH_CONFIGMAP.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    v
+}
+
+fn proto_name(p: Proto) -> String {
+    match p {
+        Proto::Tcp => "TCP".into(),
+        Proto::Udp => "UDP".into(),
+    }
+}
+
+pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
+    let id = e.id.as_str();
+    let extra_ports: Vec<ContainerPort> = match &e.kind {
+        ExposureKind::Egress { ports, .. } => ports
+            .iter()
+            .map(|p| ContainerPort {
+                container_port: i32::from(p.port),
+                protocol: Some(proto_name(p.protocol)),
+                ..Default::default()
+            })
+            .collect(),
+        _ => vec![],
+    };
+    Deployment {
+        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(id)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(Some(id))),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(SERVICE_ACCOUNT.into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUNTIME_UID),
+                        run_as_group: Some(RUNTIME_UID),
+                        fs_group: Some(RUNTIME_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![runtime_container(&c.image, node, MESH_DIR, &extra_ports)],
+                    volumes: Some(runtime_volumes(id, true)),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service that publishes the node's WireGuard UDP port on the cluster endpoint.
+pub fn wireguard_service(c: &Cluster, namespace: &str, id: &str, port: u16) -> Service {
+    let (type_, node_port) = match c.publish {
+        Publish::LoadBalancer => ("LoadBalancer", None),
+        Publish::NodePort => ("NodePort", Some(i32::from(port))),
+    };
+    Service {
+        metadata: meta(&object_name(id), Some(namespace), Some(id)),
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            // Keep peers' real source addresses: WireGuard learns roaming endpoints from them.
+            external_traffic_policy: Some("Local".into()),
+            selector: Some(selector(id)),
+            ports: Some(vec![ServicePort {
+                name: Some("wireguard".into()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::Int(i32::from(port))),
+                node_port,
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// For egress nodes: the in-cluster Service other workloads connect to.
+pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
+    let ExposureKind::Egress { ports, .. } = &e.kind else {
+        return None;
+    };
+    Some(Service {
+        metadata: meta(&e.id, Some(&c.namespace), Some(&e.id)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(&e.id)),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("{}-{}", p.protocol.as_str(), p.port)),
+                        port: i32::from(p.port),
+                        target_port: Some(IntOrString::Int(i32::from(p.port))),
+                        protocol: Some(proto_name(p.protocol)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn np_port(proto: &str, port: Option<u16>) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some(proto.into()),
+        port: port.map(|p| IntOrString::Int(i32::from(p))),
+        ..Default::default()
+    }
+}
+
+fn ns_peer(ns: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".into(),
+                ns.into(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Admit the node's UDP port; let it reach only its targets, its peers' endpoints and DNS.
+pub fn network_policy(
+    c: &Cluster,
+    e: &Exposure,
+    node: &NodeConfig,
+    peer_ports: &[u16],
+) -> NetworkPolicy {
+    let id = e.id.as_str();
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![np_port("UDP", Some(node.listen_port))]),
+        ..Default::default()
+    }];
+    let dns = NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".into(),
+                    "kube-system".into(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![np_port("UDP", Some(53)), np_port("TCP", Some(53))]),
+    };
+    let mut egress = vec![dns];
+    match &e.kind {
+        ExposureKind::Proxy {
+            namespace, ports, ..
+        } => {
+            let mut p: Vec<NetworkPolicyPort> = ports
+                .iter()
+                .map(|p| np_port(&proto_name(p.protocol), Some(p.target)))
+                .collect();
+            p.dedup();
+            egress.push(NetworkPolicyEgressRule {
+                to: Some(vec![ns_peer(namespace)]),
+                ports: Some(p),
+            });
+        }
+        ExposureKind::SubnetRouter { routes } => {
+            egress.push(NetworkPolicyEgressRule {
+                to: Some(
+                    routes
+                        .iter()
+                        .map(|r| NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: r.to_string(),
+                                except: None,
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ports: None,
+            });
+        }
+        ExposureKind::Egress { ports, .. } => {
+            ingress.push(NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector::default()),
+                    ..Default::default()
+                }]),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|p| np_port(&proto_name(p.protocol), Some(p.port)))
+                        .collect(),
+                ),
+            });
+        }
+        ExposureKind::Sidecar { .. } => {}
+    }
+    if !peer_ports.is_empty() {
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![
+                NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: "0.0.0.0/0".into(),
+                        except: None,
+                    }),
+                    ..Default::default()
+                },
+                NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: "::/0".into(),
+                        except: None,
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ports: Some(
+                peer_ports
+                    .iter()
+                    .map(|p| np_port("UDP", Some(*p)))
+                    .collect(),
+            ),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(id)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    }
+}

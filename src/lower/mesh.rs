@@ -1,0 +1,238 @@
+//! Runtime configuration: one `mesh.json` per cluster and one `node.json` per node
+//! (the contract in `tsk8s_policy::runtime_config`).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use tsk8s_policy::compile::merge_rules;
+use tsk8s_policy::runtime_config::{
+    DEFAULT_MTU, DnsRecord, MeshConfig, Mode, NodeConfig, Peer, PortMap, Protocol,
+};
+
+use super::net::{Member, Net, Reach};
+use crate::lockfile::Lock;
+use crate::model::{Cluster, EgressTarget, ExposureKind, Proto, Tailnet};
+
+/// Port of the runtime's `/healthz` and `/metrics` server inside the pod.
+pub const ADMIN_PORT: u16 = 9901;
+
+pub struct ClusterRuntime {
+    pub mesh: MeshConfig,
+    /// (exposure id, node.json)
+    pub nodes: Vec<(String, NodeConfig)>,
+}
+
+fn port_maps(ports: &[crate::model::Port]) -> Vec<PortMap> {
+    ports
+        .iter()
+        .map(|p| PortMap {
+            protocol: match p.protocol {
+                Proto::Tcp => Protocol::Tcp,
+                Proto::Udp => Protocol::Udp,
+            },
+            listen: p.port,
+            target: p.target,
+        })
+        .collect()
+}
+
+fn fqdn(t: &Tailnet, host: &str) -> String {
+    format!("{host}.{}", t.domain)
+}
+
+/// Tailnet name (DNS label) of a topology member.
+pub fn hostname_of(t: &Tailnet, member: &Member) -> String {
+    match member {
+        Member::Device { name } => name.clone(),
+        Member::Node { cluster, id } | Member::StandIn { cluster, id } => t
+            .cluster(cluster)
+            .and_then(|c| c.exposures.iter().find(|e| &e.id == id))
+            .map(|e| e.hostname.clone())
+            .unwrap_or_else(|| id.clone()),
+    }
+}
+
+/// The mesh peer entry for topology node `idx` (None for Tailscale-image stand-ins).
+pub fn peer_entry(t: &Tailnet, lock: &Lock, net: &Net, reach: &Reach, idx: usize) -> Option<Peer> {
+    let name = reach.names.get(idx)?;
+    let member = net.members.get(name)?;
+    let node = net.topology.nodes.get(name)?;
+    let mut allowed: Vec<IpNet> = Vec::new();
+    if let Some(a) = node.ipv4 {
+        allowed.push(IpNet::from(IpAddr::V4(a)));
+    }
+    if let Some(a) = node.ipv6 {
+        allowed.push(IpNet::from(IpAddr::V6(a)));
+    }
+    match member {
+        Member::Device { name } => {
+            let d = t.devices.iter().find(|d| &d.name == name)?;
+            Some(Peer {
+                name: name.clone(),
+                public_key: d.public_key.clone(),
+                allowed_ips: allowed,
+                endpoint: None,
+                persistent_keepalive: None,
+            })
+        }
+        Member::Node { cluster, id } => {
+            let entry = lock.nodes.get(id)?;
+            let c = t.cluster(cluster)?;
+            Some(Peer {
+                name: hostname_of(t, member),
+                public_key: entry.public_key.clone(),
+                allowed_ips: allowed,
+                endpoint: Some(endpoint(&c.endpoint, entry.port)),
+                persistent_keepalive: None,
+            })
+        }
+        Member::StandIn { .. } => None,
+    }
+}
+
+fn endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+pub fn cluster_runtime(
+    t: &Tailnet,
+    c: &Cluster,
+    lock: &Lock,
+    net: &Net,
+    reach: &Reach,
+) -> ClusterRuntime {
+    let own: Vec<usize> = c
+        .exposures
+        .iter()
+        .filter_map(|e| reach.index(&e.id))
+        .collect();
+    let mut peer_idx: BTreeSet<usize> = BTreeSet::new();
+    let mut rules = Vec::new();
+    for &n in &own {
+        peer_idx.extend(reach.peers(n));
+        if let Some(f) = reach.filters.get(n) {
+            rules.extend(f.iter().cloned());
+        }
+    }
+    // A cluster's own nodes are peers of each other only where the policy says so (above).
+    let mut peers: Vec<Peer> = peer_idx
+        .iter()
+        .filter_map(|&i| peer_entry(t, lock, net, reach, i))
+        .collect();
+
+    // Egress to a host behind a subnet router: route that address to the router peer.
+    for e in &c.exposures {
+        if let ExposureKind::Egress {
+            target: EgressTarget::Host(_, ip),
+            ..
+        } = &e.kind
+        {
+            for (rc, re) in t.exposures() {
+                if let ExposureKind::SubnetRouter { routes } = &re.kind {
+                    if routes.iter().any(|r| r.contains(ip)) {
+                        let host = IpNet::from(*ip);
+                        let pname = hostname_of(
+                            t,
+                            &Member::Node {
+                                cluster: rc.name.clone(),
+                                id: re.id.clone(),
+                            },
+                        );
+                        if let Some(p) = peers.iter_mut().find(|p| p.name == pname) {
+                            if !p.allowed_ips.contains(&host) {
+                                p.allowed_ips.push(host);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut dns: Vec<DnsRecord> = Vec::new();
+    let mut names_idx: BTreeSet<usize> = peer_idx.clone();
+    names_idx.extend(own.iter().copied());
+    for i in names_idx {
+        let Some(name) = reach.names.get(i) else {
+            continue;
+        };
+        let (Some(member), Some(node)) = (net.members.get(name), net.topology.nodes.get(name))
+        else {
+            continue;
+        };
+        if matches!(member, Member::StandIn { .. }) {
+            continue;
+        }
+        dns.push(DnsRecord {
+            name: fqdn(t, &hostname_of(t, member)),
+            ipv4: node.ipv4,
+            ipv6: node.ipv6,
+        });
+    }
+    dns.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut nodes = Vec::new();
+    for e in &c.exposures {
+        let Some(entry) = lock.nodes.get(&e.id) else {
+            continue;
+        };
+        let mode = match &e.kind {
+            ExposureKind::Proxy {
+                namespace,
+                service,
+                ports,
+            } => Mode::Proxy {
+                target_host: format!("{service}.{namespace}.svc"),
+                ports: port_maps(ports),
+            },
+            ExposureKind::Sidecar { ports, .. } => Mode::Sidecar {
+                ports: port_maps(ports),
+            },
+            ExposureKind::SubnetRouter { routes } => Mode::SubnetRouter {
+                routes: routes.clone(),
+            },
+            ExposureKind::Egress { target, ports } => {
+                let target_ip = match target {
+                    EgressTarget::Host(_, ip) => Some(*ip),
+                    EgressTarget::Device(name) => {
+                        lock.devices.get(name).map(|d| IpAddr::V4(d.ipv4))
+                    }
+                    EgressTarget::Node(id) => lock.nodes.get(id).map(|n| IpAddr::V4(n.ipv4)),
+                };
+                let Some(target_ip) = target_ip else { continue };
+                Mode::Egress {
+                    target_ip,
+                    ports: port_maps(ports),
+                }
+            }
+        };
+        nodes.push((
+            e.id.clone(),
+            NodeConfig {
+                name: e.hostname.clone(),
+                public_key: entry.public_key.clone(),
+                ipv4: entry.ipv4,
+                ipv6: entry.ipv6,
+                listen_port: entry.port,
+                mtu: DEFAULT_MTU,
+                admin_listen: format!("0.0.0.0:{ADMIN_PORT}"),
+                mode,
+            },
+        ));
+    }
+    ClusterRuntime {
+        mesh: MeshConfig {
+            domain: t.domain.clone(),
+            peers,
+            filter: merge_rules(rules),
+            dns,
+        },
+        nodes,
+    }
+}

@@ -1,0 +1,315 @@
+//! The tailnet as the policy engine sees it (a [`Topology`]) and who may talk to whom.
+//!
+//! Reachability is computed once per build from each node's compiled filter: for every node,
+//! the set of nodes whose addresses its filter admits as sources. Peers of a node are the
+//! nodes it admits plus the nodes that admit it (Tailscale gives a node exactly those peers).
+//! The cost is the size of the answer, not nodes × rules: sources are looked up in a sorted
+//! address index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use tsk8s_policy::compile::Compiled;
+use tsk8s_policy::filter::FilterRule;
+use tsk8s_policy::policy::Policy;
+use tsk8s_policy::topology::{Node as TopoNode, Topology, User};
+
+use crate::lockfile::{Lock, ipv6_for};
+use crate::model::{ExposureKind, RuntimeKind, Tailnet};
+
+/// What a topology node stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Member {
+    Device {
+        name: String,
+    },
+    /// A runtime (tsk8s) node: cluster and exposure id.
+    Node {
+        cluster: String,
+        id: String,
+    },
+    /// A node on the official Tailscale image: a stand-in address, for `tsk8s test` only.
+    StandIn {
+        cluster: String,
+        id: String,
+    },
+}
+
+/// The topology plus, per node, what it is.
+pub struct Net {
+    pub topology: Topology,
+    /// Topology node name → member, in a stable order.
+    pub members: BTreeMap<String, Member>,
+}
+
+/// Topology node name of an exposure / a device. Exposure ids and device names share one
+/// namespace (checked by resolve), so they are used as they are.
+pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
+    let mut topo = Topology {
+        users: t
+            .users
+            .iter()
+            .map(|u| User {
+                name: u.split('@').next().unwrap_or(u).to_string(),
+                email: u.clone(),
+            })
+            .collect(),
+        nodes: BTreeMap::new(),
+    };
+    let mut members = BTreeMap::new();
+    for d in &t.devices {
+        let entry = lock.devices.get(&d.name);
+        topo.nodes.insert(
+            d.name.clone(),
+            TopoNode {
+                ipv4: entry.map(|e| e.ipv4),
+                ipv6: entry.map(|e| e.ipv6),
+                user: if d.tags.is_empty() {
+                    d.user.clone()
+                } else {
+                    None
+                },
+                tags: d.tags.clone(),
+                routable_ips: vec![],
+                approved_routes: vec![],
+            },
+        );
+        members.insert(
+            d.name.clone(),
+            Member::Device {
+                name: d.name.clone(),
+            },
+        );
+    }
+    // Stand-in addresses for Tailscale-assigned nodes: from the top of the CGNAT range
+    // downwards, never handed out by `tsk8s lock` in practice (it allocates upwards).
+    let mut stand_in: u32 = u32::from(Ipv4Addr::new(100, 127, 255, 254));
+    for (c, e) in t.exposures() {
+        let routes: Vec<IpNet> = match &e.kind {
+            ExposureKind::SubnetRouter { routes } => routes.clone(),
+            _ => vec![],
+        };
+        let (ipv4, ipv6, member) = if c.runtime == RuntimeKind::Tsk8s {
+            let entry = lock.nodes.get(&e.id);
+            (
+                entry.map(|n| n.ipv4),
+                entry.map(|n| n.ipv6),
+                Member::Node {
+                    cluster: c.name.clone(),
+                    id: e.id.clone(),
+                },
+            )
+        } else {
+            let ip = Ipv4Addr::from(stand_in);
+            stand_in -= 1;
+            (
+                Some(ip),
+                Some(ipv6_for(ip)),
+                Member::StandIn {
+                    cluster: c.name.clone(),
+                    id: e.id.clone(),
+                },
+            )
+        };
+        topo.nodes.insert(
+            e.id.clone(),
+            TopoNode {
+                ipv4,
+                ipv6,
+                user: None,
+                tags: e.tags.clone(),
+                routable_ips: routes.clone(),
+                approved_routes: routes,
+            },
+        );
+        members.insert(e.id.clone(), member);
+    }
+    Net {
+        topology: topo,
+        members,
+    }
+}
+
+/// Sorted address → node index, for "which nodes does this SrcIPs entry cover".
+struct AddrIndex {
+    v: Vec<(IpAddr, usize)>,
+}
+
+impl AddrIndex {
+    fn new(addrs: impl IntoIterator<Item = (IpAddr, usize)>) -> AddrIndex {
+        let mut v: Vec<(IpAddr, usize)> = addrs.into_iter().collect();
+        v.sort();
+        AddrIndex { v }
+    }
+
+    fn range(&self, lo: IpAddr, hi: IpAddr, out: &mut BTreeSet<usize>) {
+        let start = self.v.partition_point(|(ip, _)| *ip < lo);
+        for (ip, idx) in &self.v[start..] {
+            if *ip > hi {
+                break;
+            }
+            out.insert(*idx);
+        }
+    }
+
+    /// Nodes whose address is covered by a FilterRule address entry.
+    fn covered(&self, entry: &str, out: &mut BTreeSet<usize>) {
+        let entry = entry.trim();
+        if entry == "*" {
+            out.extend(self.v.iter().map(|(_, i)| *i));
+            return;
+        }
+        if let Some((a, b)) = entry.split_once('-') {
+            if let (Ok(a), Ok(b)) = (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+                self.range(a, b, out);
+            }
+            return;
+        }
+        let net = entry
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from));
+        if let Some(n) = net {
+            let (lo, hi) = bounds(&n);
+            self.range(lo, hi, out);
+        }
+    }
+}
+
+fn bounds(n: &IpNet) -> (IpAddr, IpAddr) {
+    match n {
+        IpNet::V4(n) => (IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())),
+        IpNet::V6(n) => (IpAddr::V6(n.network()), IpAddr::V6(n.broadcast())),
+    }
+}
+
+/// Per-node filters and who may reach whom.
+pub struct Reach {
+    pub names: Vec<String>,
+    pub filters: Vec<Vec<FilterRule>>,
+    /// admits[n] = nodes whose addresses n's filter accepts as sources.
+    pub admits: Vec<BTreeSet<usize>>,
+    /// admitted_by[n] = nodes whose filters accept n.
+    pub admitted_by: Vec<BTreeSet<usize>>,
+}
+
+impl Reach {
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
+    }
+
+    /// Peers of node `n`: nodes it admits or that admit it, itself excluded.
+    pub fn peers(&self, n: usize) -> BTreeSet<usize> {
+        let mut p: BTreeSet<usize> = self.admits[n]
+            .union(&self.admitted_by[n])
+            .copied()
+            .collect();
+        p.remove(&n);
+        p
+    }
+}
+
+pub fn reach(policy: &Policy, net: &Net) -> Reach {
+    let names: Vec<String> = net.topology.nodes.keys().cloned().collect();
+    let compiled = Compiled::new(policy, &net.topology);
+    let index = AddrIndex::new(net.topology.nodes.values().enumerate().flat_map(|(i, n)| {
+        let mut v: Vec<(IpAddr, usize)> = Vec::with_capacity(2);
+        if let Some(a) = n.ipv4 {
+            v.push((IpAddr::V4(a), i));
+        }
+        if let Some(a) = n.ipv6 {
+            v.push((IpAddr::V6(a), i));
+        }
+        v
+    }));
+    let mut filters = Vec::with_capacity(names.len());
+    let mut admits = Vec::with_capacity(names.len());
+    for name in &names {
+        let f = compiled.node_filter(name);
+        let mut set = BTreeSet::new();
+        for rule in &f {
+            for s in &rule.src_ips {
+                index.covered(s, &mut set);
+            }
+        }
+        admits.push(set);
+        filters.push(f);
+    }
+    let mut admitted_by = vec![BTreeSet::new(); names.len()];
+    for (n, set) in admits.iter().enumerate() {
+        for &m in set {
+            if let Some(s) = admitted_by.get_mut(m) {
+                s.insert(n);
+            }
+        }
+    }
+    Reach {
+        names,
+        filters,
+        admits,
+        admitted_by,
+    }
+}
+
+/// The prefixes of `within` that `filter` lets `src` reach (for device AllowedIPs).
+pub fn reachable_prefixes(filter: &[FilterRule], src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    let admits = |rule: &FilterRule| {
+        rule.src_ips.iter().any(|s| {
+            let s = s.trim();
+            if s == "*" {
+                return true;
+            }
+            if let Some((a, b)) = s.split_once('-') {
+                return match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+                    (Ok(a), Ok(b)) => src
+                        .iter()
+                        .any(|ip| a <= *ip && *ip <= b && ip.is_ipv4() == a.is_ipv4()),
+                    _ => false,
+                };
+            }
+            let net = s
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
+            net.is_some_and(|n| src.iter().any(|ip| n.contains(ip)))
+        })
+    };
+    for rule in filter.iter().filter(|r| admits(r)) {
+        for dp in &rule.dst_ports {
+            let dst: Option<IpNet> = if dp.ip == "*" {
+                None
+            } else {
+                dp.ip
+                    .parse::<IpNet>()
+                    .ok()
+                    .or_else(|| dp.ip.parse::<IpAddr>().ok().map(IpNet::from))
+            };
+            for w in within {
+                let hit = match dst {
+                    None => Some(*w),
+                    Some(d) if w.contains(&d) => Some(d),
+                    Some(d) if d.contains(w) => Some(*w),
+                    _ => None,
+                };
+                if let Some(h) = hit {
+                    if !out.contains(&h) {
+                        out.push(h);
+                    }
+                }
+            }
+        }
+    }
+    out = IpNet::aggregate(&out);
+    out.sort();
+    out
+}
+
+pub fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+pub fn v4v6(ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> [IpNet; 2] {
+    [IpNet::from(IpAddr::V4(ipv4)), IpNet::from(IpAddr::V6(ipv6))]
+}
