@@ -1,8 +1,8 @@
 //! Offline evaluation of a policy's `tests` against a topology.
 //!
 //! Every `accept` destination must be reachable and every `deny` destination unreachable from
-//! every address of `src` (per address family), on the test's protocol (any of TCP, UDP, ICMP
-//! when `proto` is omitted, as headscale evaluates it). A `src` or destination that resolves to no
+//! every address of `src` (per address family), on the test's protocol (TCP or UDP when `proto`
+//! is omitted). A `src` or destination that resolves to no
 //! address fails: a test never passes vacuously. Malformed entries fail too (Tailscale answers
 //! them with `test(s) failed`).
 //!
@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use crate::compile::{Compiled, Resolver};
 use crate::ipset::IpSet;
-use crate::matcher::{DEFAULT_PROTOS, Matcher};
+use crate::matcher::{Matcher, PROTO_TCP, PROTO_UDP};
 use crate::policy::{
     AUTOGROUP_SELF, AclTest, Alias, Policy, ROLE_AUTOGROUPS, check_test_destination, parse_alias,
 };
@@ -131,8 +131,9 @@ impl<'a> TestRunner<'a> {
         if addrs.is_empty() {
             return Err(format!("destination resolved to no IP addresses: {dst:?}"));
         }
+        // Without `proto`: TCP or UDP (port-bearing protocols).
         let protos: &[u8] = if protos.is_empty() {
-            &DEFAULT_PROTOS
+            &[PROTO_TCP, PROTO_UDP]
         } else {
             protos
         };

@@ -48,7 +48,12 @@ pub fn policy_check(policy_text: &str, nodes_text: Option<&str>) -> CliOutcome {
     };
     let failures = match nodes_text {
         Some(t) => match Topology::parse(t) {
-            Ok(topo) => run_tests(&policy, &topo).failures,
+            Ok(topo) => {
+                if let Err(e) = policy.validate_against(&topo) {
+                    return bad_input(e);
+                }
+                run_tests(&policy, &topo).failures
+            }
             Err(e) => return bad_input(e),
         },
         None => malformed_tests(&policy),
@@ -78,6 +83,9 @@ pub fn policy_filter(policy_text: &str, nodes_text: &str) -> CliOutcome {
         Ok(t) => t,
         Err(e) => return bad_input(e),
     };
+    if let Err(e) = policy.validate_against(&topo) {
+        return bad_input(e);
+    }
     let filters: BTreeMap<_, _> = compile_all(&policy, &topo);
     match serde_json::to_string_pretty(&filters) {
         Ok(s) => CliOutcome {

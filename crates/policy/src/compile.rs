@@ -28,17 +28,19 @@ use crate::policy::{
 };
 use crate::topology::{Node, Topology};
 
-/// Tailscale's allow-all filter.
-pub fn allow_all() -> Vec<FilterRule> {
-    vec![FilterRule {
-        src_ips: vec!["*".into()],
-        dst_ports: vec![NetPortRange {
-            ip: "*".into(),
-            ports: PortRange::ANY,
+/// The grant a policy without `acls` and `grants` stands for: `*` → `*:*`.
+fn default_grant() -> Grant {
+    Grant {
+        src: vec![Alias::Wildcard],
+        dst: vec![Alias::Wildcard],
+        ip: vec![ProtoPorts {
+            protos: Vec::new(),
+            ports: vec![PortRange::ANY],
         }],
-        ip_proto: Vec::new(),
-        cap_grant: Vec::new(),
-    }]
+        app: None,
+        via: Vec::new(),
+        src_posture: Vec::new(),
+    }
 }
 
 /// Resolves aliases to address sets against a topology, with caches.
@@ -112,6 +114,16 @@ impl<'a> Resolver<'a> {
     }
 
     fn user_set(&self, token: &str) -> IpSet {
+        if let Some(domain) = token.strip_prefix("user:*@") {
+            let suffix = format!("@{domain}");
+            let mut s = IpSet::new();
+            for (k, v) in &self.by_user {
+                if k.ends_with(&suffix) {
+                    s.add_set(v);
+                }
+            }
+            return s;
+        }
         let key = user_key(self.topo, token);
         self.by_user.get(&key).cloned().unwrap_or_default()
     }
@@ -257,7 +269,6 @@ enum Item {
 
 /// A policy compiled against a topology, ready to emit per-node filters.
 pub struct Compiled<'a> {
-    policy: &'a Policy,
     topo: &'a Topology,
     items: Vec<Item>,
     /// Single-address destination → (item, dst index).
@@ -273,10 +284,13 @@ impl<'a> Compiled<'a> {
     pub fn new(policy: &'a Policy, topo: &'a Topology) -> Compiled<'a> {
         let mut r = Resolver::new(policy, topo);
         let mut items = Vec::new();
-        if !policy.allows_all() {
-            for g in policy.effective_grants() {
-                compile_grant(&mut r, &g, &mut items);
-            }
+        let grants = if policy.allows_all() {
+            vec![default_grant()]
+        } else {
+            policy.effective_grants()
+        };
+        for g in &grants {
+            compile_grant(&mut r, g, &mut items);
         }
         let mut exact: HashMap<IpAddr, Vec<(usize, usize)>> = HashMap::new();
         let mut wide = Vec::new();
@@ -300,7 +314,6 @@ impl<'a> Compiled<'a> {
             }
         }
         Compiled {
-            policy,
             topo,
             items,
             exact,
@@ -312,9 +325,6 @@ impl<'a> Compiled<'a> {
 
     /// The filter of one node (empty if the node is unknown).
     pub fn node_filter(&self, name: &str) -> Vec<FilterRule> {
-        if self.policy.allows_all() {
-            return allow_all();
-        }
         let Some(node) = self.topo.nodes.get(name) else {
             return Vec::new();
         };
@@ -449,9 +459,6 @@ impl<'a> Compiled<'a> {
     /// Every rule of the policy, not reduced to any node (self and via rules expanded for every
     /// node): what the tailnet as a whole allows. Used to evaluate `tests`.
     pub fn global_rules(&self) -> Vec<FilterRule> {
-        if self.policy.allows_all() {
-            return allow_all();
-        }
         let mut out = Vec::new();
         for item in &self.items {
             match item {
@@ -754,9 +761,6 @@ pub fn compile_all(policy: &Policy, topo: &Topology) -> BTreeMap<String, Vec<Fil
 /// One filter covering the destinations of all `nodes` (a cluster): the union of their
 /// filters, merged. A runtime keeps its own part with `Matcher::for_destinations`.
 pub fn compile_for_nodes(policy: &Policy, topo: &Topology, nodes: &[&str]) -> Vec<FilterRule> {
-    if policy.allows_all() {
-        return allow_all();
-    }
     let c = Compiled::new(policy, topo);
     let mut names: Vec<&str> = nodes.to_vec();
     names.sort_unstable();

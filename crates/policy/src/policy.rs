@@ -133,6 +133,12 @@ pub fn parse_alias(s: &str) -> Result<Alias, PolicyError> {
         return Ok(Alias::IpSet(s.to_string()));
     }
     if !s.is_empty() && !s.contains(':') {
+        if !s
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return err(format!("{s:?}: invalid address"));
+        }
         return Ok(Alias::Host(s.to_string()));
     }
     err(format!("invalid alias format: {s:?}"))
@@ -1343,7 +1349,14 @@ impl Policy {
                 match t {
                     Alias::Host(h) => self.check_host(h)?,
                     Alias::AutoGroup(ag) => {
-                        if ag != AUTOGROUP_MEMBER && ag != AUTOGROUP_TAGGED {
+                        if ag == AUTOGROUP_SELF {
+                            // Tailscale's API answers exactly this.
+                            return err("internal server error");
+                        }
+                        if ag != AUTOGROUP_MEMBER
+                            && ag != AUTOGROUP_TAGGED
+                            && !is_role_autogroup(ag)
+                        {
                             return err(format!(
                                 "nodeAttrs target does not support this autogroup: {ag:?}, can be [autogroup:member autogroup:tagged]"
                             ));
@@ -1354,6 +1367,32 @@ impl Policy {
                         return err(format!("tag not found: {t:?}"));
                     }
                     _ => {}
+                }
+            }
+        }
+
+        for na in &self.node_attrs {
+            for pool in &na.ip_pool {
+                let Some(net) = parse_prefix(pool) else {
+                    return err(format!("IPPool({pool}): invalid prefix"));
+                };
+                let set = crate::ipset::IpSet::from_nets([&net]);
+                let reserved = ["100.100.100.0/24", "100.115.92.0/23"];
+                if reserved
+                    .iter()
+                    .filter_map(|r| parse_prefix(r))
+                    .any(|r| set.overlaps_net(&r))
+                {
+                    return err(format!(
+                        "IPPool({}): network within reserved range",
+                        net.trunc()
+                    ));
+                }
+                if !crate::ipset::cgnat().contains(&net) {
+                    return err(format!(
+                        "IPPool({}): network not within 100.64.0.0/10",
+                        net.trunc()
+                    ));
                 }
             }
         }
@@ -1562,8 +1601,76 @@ impl Policy {
                 "autogroup:self destination requires source to contain only users or groups, not tags or autogroup:tagged",
             );
         }
-        if ssh.check_period.is_some() && ssh.action != "check" {
-            return err("checkPeriod is only valid with action \"check\"");
+        if let Some(cp) = &ssh.check_period {
+            if ssh.action != "check" {
+                return err("checkPeriod is only valid with action \"check\"");
+            }
+            if cp != "always" {
+                let d = go_duration::parse(cp)?;
+                if d < 0 {
+                    return err(format!(
+                        "checkPeriod {} must be a positive duration",
+                        go_duration::format(d)
+                    ));
+                }
+                if d > 168 * 3600 * 1_000_000_000 {
+                    return err(format!(
+                        "checkPeriod {} is above the max (168h)",
+                        go_duration::format(d)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that need the tailnet: `user:*@<domain>` and `localpart:*@<domain>` must name the
+    /// tailnet's domain (the domain of its first user, the owner).
+    pub fn validate_against(&self, topo: &crate::topology::Topology) -> Result<(), PolicyError> {
+        let Some(owner) = topo.users.first() else {
+            return Ok(());
+        };
+        let Some((_, domain)) = owner.email.rsplit_once('@') else {
+            return Ok(());
+        };
+        let check = |d: &str, prefix: &str| -> Result<(), PolicyError> {
+            if d == domain || d.is_empty() {
+                Ok(())
+            } else {
+                err(format!(
+                    "{prefix}{d} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions"
+                ))
+            }
+        };
+        let user_domain = |a: &Alias| match a {
+            Alias::User(u) => u.strip_prefix("user:*@").map(str::to_string),
+            _ => None,
+        };
+        for acl in self.acls.iter().flatten() {
+            for a in acl.src.iter().chain(acl.dst.iter().map(|d| &d.alias)) {
+                if let Some(d) = user_domain(a) {
+                    check(&d, "")?;
+                }
+            }
+        }
+        for g in self.grants.iter().flatten() {
+            for a in g.src.iter().chain(&g.dst) {
+                if let Some(d) = user_domain(a) {
+                    check(&d, "")?;
+                }
+            }
+        }
+        for r in &self.ssh {
+            for a in r.src.iter().chain(&r.dst) {
+                if let Some(d) = user_domain(a) {
+                    check(&d, "[ssh] ")?;
+                }
+            }
+            for u in &r.users {
+                if let Some(d) = u.strip_prefix("localpart:*@") {
+                    check(d, "")?;
+                }
+            }
         }
         Ok(())
     }
@@ -1597,6 +1704,142 @@ impl Policy {
             }
         }
         out
+    }
+}
+
+/// Go's `time.ParseDuration` / `Duration.String`, for `checkPeriod` messages.
+pub mod go_duration {
+    use super::PolicyError;
+
+    /// Nanoseconds.
+    pub fn parse(s: &str) -> Result<i128, PolicyError> {
+        let bad = || PolicyError {
+            message: format!("time: invalid duration {s:?}"),
+            position: None,
+        };
+        let (neg, mut rest) = match s.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        if rest == "0" {
+            return Ok(0);
+        }
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        let mut total: i128 = 0;
+        while !rest.is_empty() {
+            let int_end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let int_part = rest.get(..int_end).unwrap_or("");
+            rest = rest.get(int_end..).unwrap_or("");
+            let mut frac_part = "";
+            if let Some(r) = rest.strip_prefix('.') {
+                let fe = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+                frac_part = r.get(..fe).unwrap_or("");
+                rest = r.get(fe..).unwrap_or("");
+            }
+            if int_part.is_empty() && frac_part.is_empty() {
+                return Err(bad());
+            }
+            let unit_end = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let unit = rest.get(..unit_end).unwrap_or("");
+            rest = rest.get(unit_end..).unwrap_or("");
+            let mult: i128 = match unit {
+                "ns" => 1,
+                "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                _ => return Err(bad()),
+            };
+            let int: i128 = if int_part.is_empty() {
+                0
+            } else {
+                int_part.parse().map_err(|_| bad())?
+            };
+            let mut v = int.checked_mul(mult).ok_or_else(bad)?;
+            let mut scale = mult;
+            for c in frac_part.chars().take(30) {
+                scale /= 10;
+                v += i128::from(c.to_digit(10).unwrap_or(0) as u8) * scale;
+            }
+            total = total.checked_add(v).ok_or_else(bad)?;
+            if total > i128::from(i64::MAX) {
+                return Err(bad());
+            }
+        }
+        Ok(if neg { -total } else { total })
+    }
+
+    fn frac(v: i128, digits: u32) -> String {
+        // v has `digits` fractional digits; print trimmed
+        let p = 10i128.pow(digits);
+        let (i, f) = (v / p, v % p);
+        if f == 0 {
+            return i.to_string();
+        }
+        let fs = format!("{:0width$}", f, width = digits as usize);
+        format!("{i}.{}", fs.trim_end_matches('0'))
+    }
+
+    /// Format like Go's `Duration.String` (`168h0m1s`, `-1m0s`, `1.5s`, `300ms`).
+    pub fn format(d: i128) -> String {
+        if d == 0 {
+            return "0s".into();
+        }
+        let neg = d < 0;
+        let u = d.abs();
+        let body = if u < 1_000 {
+            format!("{u}ns")
+        } else if u < 1_000_000 {
+            format!("{}\u{b5}s", frac(u, 3))
+        } else if u < 1_000_000_000 {
+            format!("{}ms", frac(u, 6))
+        } else {
+            let h = u / 3_600_000_000_000;
+            let rem = u % 3_600_000_000_000;
+            let m = rem / 60_000_000_000;
+            let s = rem % 60_000_000_000;
+            let secs = format!("{}s", frac(s, 9));
+            if h > 0 {
+                format!("{h}h{m}m{secs}")
+            } else if m > 0 {
+                format!("{m}m{secs}")
+            } else {
+                secs
+            }
+        };
+        if neg { format!("-{body}") } else { body }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn roundtrip() {
+            for (s, f) in [
+                ("168h", "168h0m0s"),
+                ("168h0m1s", "168h0m1s"),
+                ("-1m", "-1m0s"),
+                ("200h", "200h0m0s"),
+                ("1.5s", "1.5s"),
+                ("300ms", "300ms"),
+                ("30s", "30s"),
+            ] {
+                assert_eq!(super::format(super::parse(s).unwrap()), f);
+            }
+            assert_eq!(
+                super::parse("abc").unwrap_err().message,
+                "time: invalid duration \"abc\""
+            );
+            assert!(super::parse("").is_err());
+            assert!(super::parse("1").is_err());
+            assert!(super::parse("99999999999999999999h").is_err());
+        }
     }
 }
 
