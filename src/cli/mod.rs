@@ -59,6 +59,21 @@ pub enum Command {
         #[arg(long, value_name = "NODE")]
         remove: Vec<String>,
     },
+    /// Show what the spec changes in the output dir (as committed at --base), by object.
+    /// Exit 0 no differences, 1 differences, 2 bad input.
+    Diff {
+        #[arg(default_value = "tailnet.kdl")]
+        spec: PathBuf,
+        /// The output dir (as in `build -o`).
+        #[arg(short = 'o', long = "out", default_value = "out")]
+        out: PathBuf,
+        /// Compare with the output dir as committed at this git ref, or with this directory.
+        /// Default: the output dir in the working tree.
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Run the spec's ACL tests against the topology it defines. Exit 1 on failures.
     Test {
         #[arg(default_value = "tailnet.kdl")]
@@ -225,6 +240,12 @@ pub fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
+        Command::Diff {
+            spec,
+            out,
+            base,
+            format,
+        } => diff(&spec, &out, base.as_deref(), format),
         Command::Lock {
             spec,
             keys_dir,
@@ -505,7 +526,108 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     Ok(())
 }
 
-#[allow(dead_code)]
-fn stdout_is_tty() -> bool {
-    std::io::stdout().is_terminal()
+fn diff(spec: &Path, out: &Path, base: Option<&str>, format: Format) -> u8 {
+    let l = match load(spec) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let fresh = match build::build(&l.input()) {
+        Ok(t) => t,
+        Err(f) => return report(&f),
+    };
+    let old = match base {
+        None => output::read_tree(out).map_err(|e| e.to_string()),
+        Some(b) if Path::new(b).is_dir() => {
+            output::read_tree(Path::new(b)).map_err(|e| e.to_string())
+        }
+        Some(r) => git_tree(r, out),
+    };
+    let old = match old {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let report = match tsk8s_diff::diff_trees(&old, &fresh) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let fmt = match format {
+        Format::Text => tsk8s_diff::Format::Text,
+        Format::Markdown => tsk8s_diff::Format::Markdown,
+        Format::Json => tsk8s_diff::Format::Json,
+    };
+    let parts = tsk8s_diff::render(&report, fmt, std::io::stdout().is_terminal());
+    let mut stdout = std::io::stdout().lock();
+    for p in &parts {
+        let _ = stdout.write_all(p.as_bytes());
+        if !p.ends_with('\n') {
+            let _ = stdout.write_all(b"\n");
+        }
+    }
+    report.exit_code()
+}
+
+/// The output dir as committed at a git ref, read through `git` (no checkout).
+fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
+    use std::process::Command as Proc;
+    let git = |args: &[&str], cwd: &Path| -> Result<Vec<u8>, String> {
+        let o = Proc::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(o.stdout)
+    };
+    if rev.starts_with('-') {
+        return Err(format!("--base {rev:?}: not a git ref or directory"));
+    }
+    let out_abs = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(out)
+    };
+    // The dir may not exist in the working tree; ask git from its nearest existing ancestor.
+    let mut cwd = out_abs.clone();
+    while !cwd.is_dir() {
+        if !cwd.pop() {
+            return Err(format!("{}: no such directory", out.display()));
+        }
+    }
+    let top = String::from_utf8_lossy(&git(&["rev-parse", "--show-toplevel"], &cwd)?)
+        .trim()
+        .to_string();
+    let top_path = Path::new(&top).canonicalize().map_err(|e| e.to_string())?;
+    let cwd_canon = cwd.canonicalize().map_err(|e| e.to_string())?;
+    let rest = out_abs.strip_prefix(&cwd).map_err(|e| e.to_string())?;
+    let rel_dir = cwd_canon
+        .strip_prefix(&top_path)
+        .map_err(|_| format!("{}: not inside the git repository", out.display()))?
+        .join(rest);
+    let rel = rel_dir.to_string_lossy().trim_end_matches('/').to_string();
+    let spec = format!("{rev}^{{commit}}");
+    git(&["rev-parse", "--verify", "--quiet", &spec], &top_path)
+        .map_err(|_| format!("--base {rev:?}: not a git ref or directory"))?;
+    let listing = git(
+        &["ls-tree", "-r", "-z", "--name-only", rev, "--", &rel],
+        &top_path,
+    )?;
+    let mut tree = crate::emit::Tree::new();
+    for path in listing.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let path = String::from_utf8_lossy(path).into_owned();
+        let bytes = git(&["show", &format!("{rev}:{path}")], &top_path)?;
+        let key = path
+            .strip_prefix(&format!("{rel}/"))
+            .unwrap_or(&path)
+            .to_string();
+        tree.insert(key, bytes);
+    }
+    Ok(tree)
 }
