@@ -193,6 +193,44 @@ pub fn decrypt_json(json: &str, identities: &str) -> Result<serde_json::Value, S
     tree_to_json(&doc)
 }
 
+/// Decrypt a SOPS-encrypted Kubernetes Secret and return its contents as
+/// bytes: `data` values base64-decoded, merged with `stringData` values
+/// (which win, as in the API server). MAC verified as in [`decrypt`].
+pub fn decrypt_secret_data(
+    yaml: &str,
+    identities: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, SopsError> {
+    let v = decrypt(yaml, identities)?;
+    let mut out = BTreeMap::new();
+    for (field, is_b64) in [("data", true), ("stringData", false)] {
+        let Some(entries) = v.get(field).filter(|e| !e.is_null()) else {
+            continue;
+        };
+        let Value::Mapping(m) = entries else {
+            return Err(SopsError::Document(format!("`{field}` is not a mapping")));
+        };
+        for (k, val) in m {
+            let (Value::String(k), Value::String(val)) = (k, val) else {
+                return Err(SopsError::Document(format!(
+                    "`{field}` must map strings to strings"
+                )));
+            };
+            let bytes = if is_b64 {
+                base64::engine::general_purpose::STANDARD
+                    .decode(val)
+                    .map_err(|_| SopsError::Value {
+                        path: format!("{field}:{k}:"),
+                        msg: "not valid base64".into(),
+                    })?
+            } else {
+                val.as_bytes().to_vec()
+            };
+            out.insert(k.clone(), bytes);
+        }
+    }
+    Ok(out)
+}
+
 /// The age recipients named in a SOPS file's metadata, in file order.
 pub fn recipients_of(yaml: &str) -> Result<Vec<String>, SopsError> {
     let mut docs = parse_yaml_docs(yaml)?;
@@ -265,7 +303,7 @@ fn parse_recipients(recipients: &[String]) -> Result<Vec<age::x25519::Recipient>
     for (index, r) in recipients.iter().enumerate() {
         let bad = || SopsError::InvalidRecipient {
             index,
-            recipient: r.chars().take(100).collect(),
+            recipient: shown_recipient(r),
         };
         let t = r.trim();
         let parsed = age::x25519::Recipient::from_str(t).map_err(|_| bad())?;
@@ -277,6 +315,17 @@ fn parse_recipients(recipients: &[String]) -> Result<Vec<age::x25519::Recipient>
         out.push(parsed);
     }
     Ok(out)
+}
+
+/// A recipient string as shown in an error: only if it looks like a public
+/// `age1…` recipient, so an identity pasted by mistake is never echoed.
+fn shown_recipient(r: &str) -> String {
+    let t = r.trim();
+    if t.starts_with("age1") && t.len() <= 100 && t.chars().all(|c| c.is_ascii_alphanumeric()) {
+        t.to_string()
+    } else {
+        "<not shown: not an age1… recipient>".to_string()
+    }
 }
 
 fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, SopsError> {
@@ -345,7 +394,7 @@ fn unwrap_data_key(
         recipients: meta
             .age
             .iter()
-            .map(|k| k.recipient.chars().take(100).collect::<String>())
+            .map(|k| shown_recipient(&k.recipient))
             .collect::<Vec<_>>()
             .join(", "),
         tried: meta.age.len(),

@@ -80,6 +80,10 @@ fn round_trips_for_several_data_maps_and_recipients() {
         assert!(is_sops_encrypted(&out), "case {i}");
         assert_eq!(recipients_of(&out).unwrap(), recipients);
         for k in &keys {
+            assert_eq!(
+                &tsk8s_sops::decrypt_secret_data(&out, &k.identity).unwrap(),
+                d
+            );
             let v = decrypt(&out, &k.identity).unwrap_or_else(|e| panic!("case {i}: {e}"));
             assert_eq!(&decoded(&v), d, "case {i}");
             assert_eq!(v["apiVersion"], Value::from("v1"));
@@ -199,6 +203,10 @@ fn bad_inputs_are_errors() {
         encrypt_secret("s", "ns", &d, &l, r, "yesterday"),
         Err(SopsError::Input(_))
     ));
+    // An identity passed as a recipient by mistake is never echoed.
+    let err = encrypt_secret("s", "ns", &d, &l, std::slice::from_ref(&k.identity), LM).unwrap_err();
+    assert!(matches!(err, SopsError::InvalidRecipient { index: 0, .. }));
+    assert!(!format!("{err} {err:?}").contains("AGE-SECRET-KEY"));
     assert!(matches!(
         decrypt("a: b\n", &k.identity),
         Err(SopsError::MetadataNotFound)
