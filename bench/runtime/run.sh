@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Throughput / latency / memory benchmark for tsk8s-runtime (not a test; needs root, netns,
+# wireguard-go, wg, iperf3, python3). Everything runs in network namespaces this script creates.
+#
+#   (a) wireguard-go client -> wireguard-go server                  (stock reference)
+#   (b) wireguard-go client -> tsk8s-runtime proxy -> server
+#   (c) onetun -> wireguard-go -> server                            (closest Rust peer)
+#   (d) tsk8s-runtime egress -> wireguard-go -> server              (same job as c)
+#   (e) tsk8s-runtime egress -> tsk8s-runtime proxy -> server
+#
+# Env: SECONDS_PER_RUN (default 5), RUNTIME_MTU (default 1280), SKIP_ONETUN=1, ONETUN=/path.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+T=${SECONDS_PER_RUN:-5}
+MTU=${RUNTIME_MTU:-1280}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+id=$$
+work=$(mktemp -d /tmp/tsk8s-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+nss=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { say "needs root (network namespaces)"; exit 2; }
+for t in wireguard-go wg iperf3 ip setpriv python3; do
+  command -v "$t" >/dev/null || { say "missing tool: $t"; exit 2; }
+done
+
+say "building tsk8s-runtime (release)…"
+(cd "$repo" && cargo build --release -q -p tsk8s-runtime)
+BIN=$CARGO_TARGET_DIR/release/tsk8s-runtime
+cp "$BIN" "$work/tsk8s-runtime"; chmod 755 "$work/tsk8s-runtime"; BIN=$work/tsk8s-runtime
+
+ns() { local n="tb${id}$1"; ip netns add "$n"; nss+=("$n"); ip -n "$n" link set lo up; echo "$n"; }
+link() { # ns_a addr_a ns_b addr_b tag
+  local va="ba${id}$5" vb="bb${id}$5"
+  ip link add "${va:0:15}" netns "$1" type veth peer name "${vb:0:15}" netns "$3"
+  ip -n "$1" addr add "$2" dev "${va:0:15}"; ip -n "$3" addr add "$4" dev "${vb:0:15}"
+  ip -n "$1" link set "${va:0:15}" up; ip -n "$3" link set "${vb:0:15}" up
+}
+key() { wg genkey; }
+pub() { echo "$1" | wg pubkey; }
+
+wg_dev() { # ns ifname privkey addr listenport peerpub peerallowed [endpoint]
+  local ns=$1 ifn=$2
+  ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go "$ifn" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do ip -n "$ns" link show "$ifn" >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "$3" > "$work/$ifn.key"
+  local ep=(); [ -n "${8:-}" ] && ep=(endpoint "$8")
+  ip netns exec "$ns" wg set "$ifn" private-key "$work/$ifn.key" listen-port "$5" peer "$6" allowed-ips "$7" "${ep[@]}"
+  ip -n "$ns" addr add "$4/32" dev "$ifn"
+  ip -n "$ns" link set "$ifn" mtu 1420 up
+  for r in ${7//,/ }; do ip -n "$ns" route replace "$r" dev "$ifn"; done
+}
+
+runtime() { # ns name privkey ipv4 listen_port mode_json peers_json filter_json admin_port
+  local d="$work/rt-$2"; mkdir -p "$d"; chmod 755 "$d"
+  local pk; pk=$(pub "$3")
+  cat > "$d/node.json" <<J
+{"name":"$2","public_key":"$pk","ipv4":"$4","ipv6":"fd7a:115c:a1e0::${4##*.}","listen_port":$5,"mtu":$MTU,
+ "admin_listen":"127.0.0.1:$9","mode":$6}
+J
+  cat > "$d/mesh.json" <<J
+{"domain":"bench.example","peers":$7,"filter":$8,"dns":[]}
+J
+  echo "$3" > "$d/private-key"; chown 65532:65532 "$d/private-key"; chmod 400 "$d/private-key"
+  chmod 644 "$d/node.json" "$d/mesh.json"
+  ip netns exec "$1" setpriv --reuid 65532 --regid 65532 --clear-groups -- \
+    "$BIN" --node "$d/node.json" --mesh "$d/mesh.json" --private-key-file "$d/private-key" \
+    2>"$d/log" &
+  pids+=($!)
+  echo $! > "$d/pid"
+  for _ in $(seq 50); do
+    ip netns exec "$1" curl -fs "http://127.0.0.1:$9/healthz" >/dev/null 2>&1 && return 0; sleep 0.1
+  done
+  say "runtime $2 not healthy:"; cat "$d/log" >&2; return 1
+}
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+iperf() { # ns host port -> Gbit/s
+  local out
+  out=$(ip netns exec "$1" iperf3 -c "$2" -p "$3" -t "$T" -J 2>/dev/null) || { echo "0"; return; }
+  python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out"
+}
+iperf_server() { ip netns exec "$1" iperf3 -s -B "$2" -p "$3" -D --logfile "$work/iperf-$1-$3.log"; }
+
+cat > "$work/echo.py" <<'PY'
+import socket, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((host, port)); s.listen(2048)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        b = c.recv(4096)
+        if not b: break
+        c.sendall(b)
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+cat > "$work/rtt.py" <<'PY'
+import socket, sys, time, statistics
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for attempt in range(50):
+    try:
+        c = socket.create_connection((host, port), timeout=5); break
+    except OSError:
+        time.sleep(0.2)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(20): c.sendall(b"x"); c.recv(1)
+ts = []
+for _ in range(n):
+    t = time.perf_counter(); c.sendall(b"x"); c.recv(1); ts.append(time.perf_counter() - t)
+print("%.1f" % (statistics.median(ts) * 1e6))
+PY
+cat > "$work/hold.py" <<'PY'
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cs = []
+for i in range(n):
+    cs.append(socket.create_connection((host, port), timeout=10))
+    cs[-1].sendall(b"x"); cs[-1].recv(1)
+print(len(cs), flush=True)
+time.sleep(float(sys.argv[4]))
+PY
+echo_server() { ip netns exec "$1" python3 "$work/echo.py" "$2" "$3" & pids+=($!); sleep 0.3; }
+rtt() { ip netns exec "$1" python3 "$work/rtt.py" "$2" "$3" 2000; }
+
+KC=$(key); KS=$(key); KN=$(key); KE=$(key)
+PC=$(pub "$KC"); PS=$(pub "$KS"); PN=$(pub "$KN"); PE=$(pub "$KE")
+
+# ---------- (a) wireguard-go <-> wireguard-go ----------
+A1=$(ns a1); A2=$(ns a2)
+link "$A1" 10.98.1.1/24 "$A2" 10.98.1.2/24 a
+wg_dev "$A1" "wa${id}" "$KC" 100.64.0.2 51821 "$PS" 100.64.0.1/32 10.98.1.2:51822
+wg_dev "$A2" "wb${id}" "$KS" 100.64.0.1 51822 "$PC" 100.64.0.2/32
+iperf_server "$A2" 100.64.0.1 5201
+echo_server "$A2" 100.64.0.1 7000
+sleep 0.5
+ip netns exec "$A1" ping -c1 -W2 100.64.0.1 >/dev/null || true
+GA=$(iperf "$A1" 100.64.0.1 5201); LA=$(rtt "$A1" 100.64.0.1 7000)
+say "(a) wireguard-go <-> wireguard-go: $GA Gbit/s, p50 rtt ${LA} us"
+
+# ---------- (b) wireguard-go -> runtime proxy -> server ----------
+B1=$(ns b1); B2=$(ns b2); B3=$(ns b3)
+link "$B1" 10.98.2.2/24 "$B2" 10.98.2.1/24 b
+link "$B2" 10.98.3.1/24 "$B3" 10.98.3.2/24 c
+iperf_server "$B3" 10.98.3.2 5201
+echo_server "$B3" 10.98.3.2 7000
+runtime "$B2" proxy "$KN" 100.64.0.1 51820 \
+  '{"kind":"proxy","target_host":"10.98.3.2","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
+  "[{\"name\":\"dev\",\"public_key\":\"$PC\",\"allowed_ips\":[\"100.64.0.2/32\"]}]" \
+  '[{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}]' 9090
+PIDB=$(cat "$work/rt-proxy/pid")
+sleep 1
+IDLE_RSS=$(rss_kb "$PIDB")
+wg_dev "$B1" "wc${id}" "$KC" 100.64.0.2 51821 "$PN" 100.64.0.1/32 10.98.2.1:51820
+GB=$(iperf "$B1" 100.64.0.1 5201); LB=$(rtt "$B1" 100.64.0.1 7000)
+RSS_AFTER_IPERF=$(rss_kb "$PIDB")
+say "(b) wireguard-go -> runtime proxy: $GB Gbit/s, p50 rtt ${LB} us"
+# 1,000 open connections through the proxy.
+ulimit -n 65536 || true
+ip netns exec "$B1" python3 "$work/hold.py" 100.64.0.1 7000 1000 6 > "$work/hold.out" &
+holdpid=$!; pids+=($holdpid)
+for _ in $(seq 100); do [ -s "$work/hold.out" ] && break; sleep 0.2; done
+RSS_1000=$(rss_kb "$PIDB")
+CONNS=$(cat "$work/hold.out" 2>/dev/null || echo 0)
+wait "$holdpid" 2>/dev/null || true
+
+# ---------- (c) onetun -> wireguard-go -> server ----------
+GC=n/a
+C1=$(ns c1); C2=$(ns c2)
+link "$C1" 10.98.4.1/24 "$C2" 10.98.4.2/24 d
+wg_dev "$C2" "wd${id}" "$KS" 100.64.0.2 51822 "$PN" 100.64.0.1/32
+iperf_server "$C2" 100.64.0.2 5201
+ONETUN=${ONETUN:-$(command -v onetun || true)}
+if [ -z "$ONETUN" ] && [ "${SKIP_ONETUN:-0}" != 1 ]; then
+  say "installing onetun (cargo install, temp root)…"
+  if cargo install -q onetun --root "$work/onetun" >/dev/null 2>&1; then ONETUN=$work/onetun/bin/onetun; fi
+fi
+if [ -n "$ONETUN" ] && [ -x "$ONETUN" ]; then
+  ip netns exec "$C1" "$ONETUN" 127.0.0.1:5301:100.64.0.2:5201 --endpoint-addr 10.98.4.2:51822 \
+    --endpoint-public-key "$PS" --private-key "$KN" --source-peer-ip 100.64.0.1 --keep-alive 10 \
+    --log error >/dev/null 2>&1 &
+  pids+=($!); sleep 1
+  GC=$(iperf "$C1" 127.0.0.1 5301)
+  say "(c) onetun -> wireguard-go: $GC Gbit/s"
+else
+  say "(c) onetun unavailable (cargo install failed or SKIP_ONETUN=1)"
+fi
+
+# ---------- (d) runtime egress -> wireguard-go -> server ----------
+D1=$(ns d1); D2=$(ns d2)
+link "$D1" 10.98.5.1/24 "$D2" 10.98.5.2/24 e
+wg_dev "$D2" "we${id}" "$KS" 100.64.0.2 51822 "$PE" 100.64.0.3/32
+iperf_server "$D2" 100.64.0.2 5201
+echo_server "$D2" 100.64.0.2 7000
+runtime "$D1" egress "$KE" 100.64.0.3 51823 \
+  '{"kind":"egress","target_ip":"100.64.0.2","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
+  "[{\"name\":\"srv\",\"public_key\":\"$PS\",\"allowed_ips\":[\"100.64.0.2/32\"],\"endpoint\":\"10.98.5.2:51822\"}]" \
+  '[]' 9091
+GD=$(iperf "$D1" 127.0.0.1 5201); LD=$(rtt "$D1" 127.0.0.1 7000)
+say "(d) runtime egress -> wireguard-go: $GD Gbit/s, p50 rtt ${LD} us"
+
+# ---------- (e) runtime egress -> runtime proxy -> server ----------
+E1=$(ns e1); E2=$(ns e2); E3=$(ns e3)
+link "$E1" 10.98.6.1/24 "$E2" 10.98.6.2/24 f
+link "$E2" 10.98.7.1/24 "$E3" 10.98.7.2/24 g
+iperf_server "$E3" 10.98.7.2 5201
+echo_server "$E3" 10.98.7.2 7000
+runtime "$E2" proxy2 "$KN" 100.64.0.1 51820 \
+  '{"kind":"proxy","target_host":"10.98.7.2","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
+  "[{\"name\":\"egress\",\"public_key\":\"$PE\",\"allowed_ips\":[\"100.64.0.3/32\"]}]" \
+  '[{"SrcIPs":["100.64.0.3"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}]' 9092
+runtime "$E1" egress2 "$KE" 100.64.0.3 51823 \
+  '{"kind":"egress","target_ip":"100.64.0.1","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
+  "[{\"name\":\"proxy\",\"public_key\":\"$PN\",\"allowed_ips\":[\"100.64.0.1/32\"],\"endpoint\":\"10.98.6.2:51820\"}]" \
+  '[]' 9093
+GE=$(iperf "$E1" 127.0.0.1 5201); LE=$(rtt "$E1" 127.0.0.1 7000)
+say "(e) runtime egress -> runtime proxy: $GE Gbit/s, p50 rtt ${LE} us"
+
+ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if 'n/a' in (a,b) or float(b)==0 else '%.2f' % (float(a)/float(b)))" "$1" "$2"; }
+diff_us() { python3 -c "import sys; print('%.1f' % (float(sys.argv[1])-float(sys.argv[2])))" "$1" "$2"; }
+
+cat <<R
+
+tsk8s-runtime benchmark (iperf3 single TCP stream, ${T}s each, runtime MTU $MTU, wireguard-go MTU 1420)
+  (a) wireguard-go <-> wireguard-go          $GA Gbit/s
+  (b) wireguard-go -> runtime proxy          $GB Gbit/s    b/a = $(ratio "$GB" "$GA")
+  (c) onetun -> wireguard-go                 $GC Gbit/s
+  (d) runtime egress -> wireguard-go         $GD Gbit/s    d/c = $(ratio "$GD" "$GC")   d/a = $(ratio "$GD" "$GA")
+  (e) runtime egress -> runtime proxy        $GE Gbit/s    e/a = $(ratio "$GE" "$GA")
+  p50 TCP echo RTT: (a) ${LA} us  (b) ${LB} us [+$(diff_us "$LB" "$LA")]  (d) ${LD} us [+$(diff_us "$LD" "$LA")]  (e) ${LE} us [+$(diff_us "$LE" "$LA")]
+  runtime RSS: idle ${IDLE_RSS} kB, after iperf ${RSS_AFTER_IPERF} kB, with ${CONNS} open connections ${RSS_1000} kB
+R
