@@ -184,7 +184,8 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
     }
 
     for c in &t.clusters {
-        if c.runtime != RuntimeKind::Tsk8s {
+        if c.runtime == RuntimeKind::Tailscale {
+            lower::tailscale::write(&mut tree, t, c, &l.spans, input)?;
             continue;
         }
         let dir = format!("clusters/{}", c.name);
@@ -278,6 +279,7 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
             emit::yaml(&emit::kustomization(&resources)),
         );
     }
+    lower::gitops::write(&mut tree, t);
     emit::finish(&mut tree);
     Ok(tree)
 }

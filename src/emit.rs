@@ -1,5 +1,6 @@
-//! Stage 4 — emit: objects → bytes. YAML through serde_yaml_ng (YAML 1.1-ambiguous strings
-//! such as `on`, `yes` and `0755` come out quoted), multi-document files joined by `---`,
+//! Stage 4 — emit: objects → bytes. YAML through our own emitter ([`crate::yaml`]: YAML
+//! 1.1-ambiguous strings such as `on`, `yes` and `0755` come out quoted, which serde YAML
+//! emitters following YAML 1.2 do not do), multi-document files joined by `---`,
 //! kustomizations listing their files in sorted order.
 
 use std::collections::BTreeMap;
@@ -12,7 +13,10 @@ use serde_json::{Value, json};
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
 pub fn yaml<T: Serialize>(v: &T) -> String {
-    serde_yaml_ng::to_string(v).unwrap_or_default()
+    match serde_json::to_value(v) {
+        Ok(value) => crate::yaml::to_string(&value),
+        Err(_) => String::new(),
+    }
 }
 
 /// Several objects as one multi-document YAML file.

@@ -17,3 +17,4 @@ pub mod lower;
 pub mod model;
 pub mod resolve;
 pub mod syntax;
+pub mod yaml;

@@ -738,7 +738,9 @@ impl Resolver<'_> {
 
     /// A destination `alias:ports`.
     fn check_dst(&mut self, names: &Names, at: &SpStr) -> bool {
-        let Some((alias, ports)) = split_dst(&at.v) else {
+        let split =
+            split_dst(&at.v).filter(|(alias, _)| !matches!(*alias, "tag" | "group" | "autogroup"));
+        let Some((alias, ports)) = split else {
             self.push(
                 err(at.span, format!("dst {:?} needs ports", at.v))
                     .label("missing :ports")
@@ -1368,6 +1370,7 @@ impl Resolver<'_> {
             );
             ok = false;
         }
+        let duplicate = exposure_ids.contains_key(&e.name.v);
         if let Some(prev) = exposure_ids.insert(e.name.v.clone(), e.name.span) {
             let line = self.d.line_col(prev.offset()).0;
             self.push(
@@ -1395,7 +1398,7 @@ impl Resolver<'_> {
             None => e.name.clone(),
         };
         if let Some(prev) = tailnet_names.insert(hostname.v.clone(), hostname.span) {
-            if prev != hostname.span && exposure_ids.get(&e.name.v) == Some(&e.name.span) {
+            if !duplicate {
                 let line = self.d.line_col(prev.offset()).0;
                 self.push(
                     err(

@@ -2,8 +2,10 @@
 //! device configs. Pure functions over [`crate::model::Tailnet`] and the lock.
 
 pub mod devices;
+pub mod gitops;
 pub mod k8s;
 pub mod mesh;
 pub mod net;
 pub mod policy;
 pub mod sidecar;
+pub mod tailscale;

@@ -1,0 +1,778 @@
+//! The official `tailscale/tailscale` image as a target (`cluster … runtime="tailscale"`).
+//!
+//! Each exposure becomes one node run by containerboot, configured only with its documented
+//! environment (cmd/containerboot/main.go, settings.go). Tailscale assigns addresses and keys,
+//! so these nodes take no lock entries. The choices (see docs/tailscale-target.md):
+//!
+//! - **proxy**: userspace mode (`TS_USERSPACE=true`) with `TS_SERVE_CONFIG`, a serve config
+//!   (ipn.ServeConfig JSON) in a ConfigMap that forwards each TCP port to
+//!   `<service>.<namespace>.svc:<target>`. containerboot refuses `TS_DEST_IP` with userspace
+//!   mode; the serve config needs no privileges. Serve forwards TCP only: UDP ports are an error.
+//! - **subnet router**: userspace mode with `TS_ROUTES` (netstack routes subnets unprivileged).
+//! - **egress**: `TS_TAILNET_TARGET_IP` / `TS_TAILNET_TARGET_FQDN`, which containerboot only
+//!   supports in kernel mode (it installs DNAT rules): a privileged container with
+//!   `TS_USERSPACE=false` and the `sysctler` init container of tailscale's docs/k8s/proxy.yaml.
+//!   The namespace then needs Pod Security `privileged`.
+//! - **sidecar**: a kustomize Component adding a userspace `tailscale` container with a serve
+//!   config forwarding to `127.0.0.1:<target>`. It cannot use the user's service account, so
+//!   its state lives in an `emptyDir` (`TS_KUBE_SECRET=""`, `TS_STATE_DIR`): use a reusable,
+//!   ephemeral auth key.
+//! - **state**: one Secret per node (`TS_KUBE_SECRET`), emitted empty by tsk8s with Argo CD
+//!   `Prune=false` and Flux `ssa: IfNotPresent`, so the Role needs no `create` (which
+//!   `resourceNames` cannot restrict): `get, update, patch` on exactly that Secret.
+//! - **auth key**: `TS_AUTHKEY` from a `secretKeyRef` to the cluster's auth-key Secret (kubelet
+//!   resolves it; the pod needs no RBAC for it). With `external-secrets`, tsk8s emits the
+//!   ExternalSecret that creates it; otherwise the Secret is provided by the backend.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Map, Value, json};
+
+use super::k8s::{NODE_LABEL, meta, object_name};
+use crate::emit;
+use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, SecretBackend, Tailnet};
+
+/// The auth-key Secret every Tailscale-image node of a cluster reads `TS_AUTHKEY` from.
+pub const AUTHKEY_SECRET: &str = "tsk8s-tailscale-authkey";
+pub const AUTHKEY_KEY: &str = "TS_AUTHKEY";
+pub const CONTAINER_NAME: &str = "tailscale";
+/// UID/GID of the unprivileged (userspace) containers, as in tailscale's userspace-sidecar.yaml.
+pub const TAILSCALE_UID: i64 = 1000;
+/// containerboot's default `TS_LOCAL_ADDR_PORT`; `/healthz` is served there.
+pub const LOCAL_PORT: u16 = 9002;
+pub const SERVE_DIR: &str = "/etc/tsk8s/serve";
+pub const SERVE_FILE: &str = "serve.json";
+/// containerboot keeps the tailscaled socket and (with a kube Secret) its state dir in `/tmp`.
+pub const TMP_DIR: &str = "/tmp";
+
+/// Argo CD: never prune an object a controller writes to at run time.
+pub const ARGOCD_SYNC_OPTIONS: (&str, &str) = ("argocd.argoproj.io/sync-options", "Prune=false");
+/// Flux: create the object once and then leave it alone.
+pub const FLUX_SSA: (&str, &str) = ("kustomize.toolkit.fluxcd.io/ssa", "IfNotPresent");
+
+/// Something the Tailscale image cannot do for an exposure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub exposure: String,
+    pub message: String,
+    pub help: String,
+}
+
+/// One file of a cluster dir (name relative to `clusters/<cluster>/`).
+pub struct File {
+    pub name: String,
+    pub text: String,
+    /// Listed in the cluster's kustomization (Components are not).
+    pub resource: bool,
+}
+
+pub fn state_secret_name(id: &str) -> String {
+    format!("tsk8s-{id}-state")
+}
+
+pub fn serve_configmap_name(id: &str) -> String {
+    format!("tsk8s-{id}-serve")
+}
+
+/// Does this exposure need kernel networking (a privileged container)?
+pub fn needs_kernel_mode(e: &Exposure) -> bool {
+    matches!(e.kind, ExposureKind::Egress { .. })
+}
+
+/// The Pod Security level the cluster's namespace needs.
+pub fn pod_security_level(c: &Cluster) -> &'static str {
+    if c.exposures.iter().any(needs_kernel_mode) {
+        "privileged"
+    } else {
+        "restricted"
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn authkey_env() -> EnvVar {
+    EnvVar {
+        name: "TS_AUTHKEY".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: AUTHKEY_SECRET.into(),
+                key: AUTHKEY_KEY.into(),
+                // Once logged in (state in the Secret), the key is not needed any more.
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The tailnet FQDN of a node or device.
+fn fqdn(t: &Tailnet, name: &str) -> String {
+    format!("{name}.{}", t.domain)
+}
+
+/// The serve config (ipn.ServeConfig) forwarding TCP ports to `dest(port)`.
+pub fn serve_config(ports: &[(u16, String)]) -> Value {
+    let mut tcp = Map::new();
+    for (port, dest) in ports {
+        tcp.insert(port.to_string(), json!({ "TCPForward": dest }));
+    }
+    json!({ "TCP": Value::Object(tcp) })
+}
+
+fn tcp_only(e: &Exposure, ports: &[crate::model::Port], problems: &mut Vec<Problem>) -> bool {
+    let udp: Vec<String> = ports
+        .iter()
+        .filter(|p| p.protocol == Proto::Udp)
+        .map(|p| p.port.to_string())
+        .collect();
+    if udp.is_empty() {
+        return true;
+    }
+    problems.push(Problem {
+        exposure: e.id.clone(),
+        message: format!(
+            "{} {:?} forwards UDP port(s) {}, which the Tailscale image's serve config cannot",
+            e.kind.keyword(),
+            e.id,
+            udp.join(", ")
+        ),
+        help: "containerboot's TS_SERVE_CONFIG forwards TCP only; use runtime \"tsk8s\" for UDP"
+            .into(),
+    });
+    false
+}
+
+/// The containerboot environment of one node, in a fixed order.
+fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
+    let mut v = vec![authkey_env(), env("TS_AUTH_ONCE", "true")];
+    if kube_state {
+        v.push(env("TS_KUBE_SECRET", state_secret_name(&e.id)));
+    } else {
+        v.push(env("TS_KUBE_SECRET", ""));
+        v.push(env("TS_STATE_DIR", TMP_DIR));
+    }
+    v.push(env("TS_HOSTNAME", e.hostname.clone()));
+    v.push(env(
+        "TS_EXTRA_ARGS",
+        format!("--advertise-tags={}", e.tags.join(",")),
+    ));
+    v.push(env(
+        "TS_USERSPACE",
+        if needs_kernel_mode(e) {
+            "false"
+        } else {
+            "true"
+        },
+    ));
+    match &e.kind {
+        ExposureKind::Proxy { .. } | ExposureKind::Sidecar { .. } => {
+            v.push(env("TS_SERVE_CONFIG", format!("{SERVE_DIR}/{SERVE_FILE}")));
+        }
+        ExposureKind::SubnetRouter { routes } => {
+            let r: Vec<String> = routes.iter().map(ToString::to_string).collect();
+            v.push(env("TS_ROUTES", r.join(",")));
+        }
+        ExposureKind::Egress { target, .. } => match target {
+            EgressTarget::Host(_, ip) => v.push(env("TS_TAILNET_TARGET_IP", ip.to_string())),
+            EgressTarget::Device(name) => v.push(env("TS_TAILNET_TARGET_FQDN", fqdn(t, name))),
+            EgressTarget::Node(id) => {
+                let host = t
+                    .exposures()
+                    .find(|(_, x)| x.id == *id)
+                    .map(|(_, x)| x.hostname.clone())
+                    .unwrap_or_else(|| id.clone());
+                v.push(env("TS_TAILNET_TARGET_FQDN", fqdn(t, &host)));
+            }
+        },
+    }
+    v.push(env("TS_ENABLE_HEALTH_CHECK", "true"));
+    v.push(env("TS_LOCAL_ADDR_PORT", format!("[::]:{LOCAL_PORT}")));
+    v.push(env_field("POD_NAME", "metadata.name"));
+    v.push(env_field("POD_UID", "metadata.uid"));
+    v
+}
+
+fn seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+fn unprivileged_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(TAILSCALE_UID),
+        run_as_group: Some(TAILSCALE_UID),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(seccomp()),
+        ..Default::default()
+    }
+}
+
+fn privileged_security() -> SecurityContext {
+    // Since runc 1.2, /dev/net/tun needs `privileged`, not just NET_ADMIN (tailscale docs/k8s).
+    SecurityContext {
+        privileged: Some(true),
+        ..Default::default()
+    }
+}
+
+fn resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("50m".into())),
+            ("memory".into(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("1".into())),
+            ("memory".into(), Quantity("256Mi".into())),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn probe(period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String("health".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The `tailscale` container of one node.
+pub fn container(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Container {
+    let kernel = needs_kernel_mode(e);
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: TMP_DIR.into(),
+        ..Default::default()
+    }];
+    if matches!(
+        e.kind,
+        ExposureKind::Proxy { .. } | ExposureKind::Sidecar { .. }
+    ) {
+        // A whole-volume mount (no subPath): containerboot watches the dir for updates.
+        mounts.push(VolumeMount {
+            name: "serve".into(),
+            mount_path: SERVE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let mut ports = vec![ContainerPort {
+        name: Some("health".into()),
+        container_port: i32::from(LOCAL_PORT),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }];
+    if let ExposureKind::Egress { ports: ps, .. } = &e.kind {
+        for p in ps {
+            if !ports
+                .iter()
+                .any(|x| x.container_port == i32::from(p.target))
+            {
+                ports.push(ContainerPort {
+                    container_port: i32::from(p.target),
+                    protocol: Some(proto_name(p.protocol).into()),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(c.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        env: Some(node_env(t, e, kube_state)),
+        ports: Some(ports),
+        readiness_probe: Some(probe(5)),
+        liveness_probe: Some(Probe {
+            // Logging in can take a while on first start.
+            initial_delay_seconds: Some(30),
+            ..probe(20)
+        }),
+        resources: Some(resources()),
+        security_context: Some(if kernel {
+            privileged_security()
+        } else {
+            unprivileged_security()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+/// The privileged init container of tailscale's docs/k8s/proxy.yaml: kernel-mode forwarding
+/// needs IP forwarding on in the pod's network namespace.
+fn sysctler(image: &str) -> Container {
+    Container {
+        name: "sysctler".into(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["/bin/sh".into(), "-c".into()]),
+        args: Some(vec![
+            "sysctl -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1".into(),
+        ]),
+        security_context: Some(privileged_security()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("1m".into())),
+                ("memory".into(), Quantity("1Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("100m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "TCP",
+        Proto::Udp => "UDP",
+    }
+}
+
+fn node_labels(id: &str) -> BTreeMap<String, String> {
+    meta("x", None, Some(id)).labels.unwrap_or_default()
+}
+
+fn selector(id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NODE_LABEL.to_string(), id.to_string())])
+}
+
+fn volumes(e: &Exposure) -> Vec<Volume> {
+    let mut v = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if matches!(
+        e.kind,
+        ExposureKind::Proxy { .. } | ExposureKind::Sidecar { .. }
+    ) {
+        v.push(Volume {
+            name: "serve".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: serve_configmap_name(&e.id),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    v
+}
+
+pub fn deployment(t: &Tailnet, c: &Cluster, e: &Exposure) -> Deployment {
+    let id = e.id.as_str();
+    let kernel = needs_kernel_mode(e);
+    let pod_security = if kernel {
+        PodSecurityContext {
+            seccomp_profile: Some(seccomp()),
+            ..Default::default()
+        }
+    } else {
+        PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(TAILSCALE_UID),
+            run_as_group: Some(TAILSCALE_UID),
+            fs_group: Some(TAILSCALE_UID),
+            seccomp_profile: Some(seccomp()),
+            ..Default::default()
+        }
+    };
+    Deployment {
+        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        spec: Some(DeploymentSpec {
+            // One state Secret, one pod.
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(id)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(node_labels(id)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(object_name(id)),
+                    // containerboot reads and writes its state Secret through the API.
+                    automount_service_account_token: Some(true),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security),
+                    init_containers: kernel.then(|| vec![sysctler(&c.image)]),
+                    containers: vec![container(t, c, e, true)],
+                    volumes: Some(volumes(e)),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The node's state Secret, created empty by tsk8s and then owned by containerboot.
+pub fn state_secret(c: &Cluster, id: &str) -> Secret {
+    let mut m = meta(&state_secret_name(id), Some(&c.namespace), Some(id));
+    m.annotations = Some(BTreeMap::from([
+        (ARGOCD_SYNC_OPTIONS.0.into(), ARGOCD_SYNC_OPTIONS.1.into()),
+        (FLUX_SSA.0.into(), FLUX_SSA.1.into()),
+    ]));
+    Secret {
+        metadata: m,
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+pub fn service_account(c: &Cluster, id: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        ..Default::default()
+    }
+}
+
+/// `get, update, patch` on exactly the node's state Secret: containerboot checks get and
+/// update (required) and patch (to use the Secret as its state store); no `create`, since tsk8s
+/// emits the Secret; no events (optional for containerboot, and `create` on events cannot be
+/// limited by name).
+pub fn role(c: &Cluster, id: &str) -> Role {
+    Role {
+        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(vec![state_secret_name(id)]),
+            verbs: vec!["get".into(), "update".into(), "patch".into()],
+            ..Default::default()
+        }]),
+    }
+}
+
+pub fn role_binding(c: &Cluster, id: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: object_name(id),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: object_name(id),
+            namespace: Some(c.namespace.clone()),
+            ..Default::default()
+        }]),
+    }
+}
+
+pub fn serve_configmap(namespace: &str, id: &str, config: &Value) -> ConfigMap {
+    let mut text = serde_json::to_string_pretty(config).unwrap_or_default();
+    text.push('\n');
+    ConfigMap {
+        metadata: meta(&serve_configmap_name(id), Some(namespace), Some(id)),
+        data: Some(BTreeMap::from([(SERVE_FILE.to_string(), text)])),
+        ..Default::default()
+    }
+}
+
+/// For egress nodes: the in-cluster Service. containerboot DNATs everything that reaches the
+/// pod to the target and keeps the port, so the Service maps `port` to `target`.
+pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
+    let ExposureKind::Egress { ports, .. } = &e.kind else {
+        return None;
+    };
+    Some(Service {
+        metadata: meta(&e.id, Some(&c.namespace), Some(&e.id)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(&e.id)),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("{}-{}", p.protocol.as_str(), p.port)),
+                        port: i32::from(p.port),
+                        target_port: Some(IntOrString::Int(i32::from(p.target))),
+                        protocol: Some(proto_name(p.protocol).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The ExternalSecret that creates the auth-key Secret (external-secrets backend only).
+fn authkey_external_secret(c: &Cluster) -> Option<Value> {
+    let SecretBackend::ExternalSecrets {
+        store,
+        store_kind,
+        key_prefix,
+        refresh_interval,
+    } = &c.secrets
+    else {
+        return None;
+    };
+    let m = serde_json::to_value(meta(AUTHKEY_SECRET, Some(&c.namespace), None)).ok()?;
+    Some(json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ExternalSecret",
+        "metadata": m,
+        "spec": {
+            "refreshInterval": refresh_interval,
+            "secretStoreRef": { "name": store, "kind": store_kind },
+            "target": { "name": AUTHKEY_SECRET, "creationPolicy": "Owner" },
+            "data": [{
+                "secretKey": AUTHKEY_KEY,
+                "remoteRef": { "key": format!("{key_prefix}{}/tailscale", c.name), "property": "authkey" },
+            }],
+        },
+    }))
+}
+
+pub fn namespace(c: &Cluster) -> Namespace {
+    let mut m = meta(&c.namespace, None, None);
+    let level = pod_security_level(c);
+    if let Some(l) = m.labels.as_mut() {
+        for mode in ["enforce", "audit", "warn"] {
+            l.insert(format!("pod-security.kubernetes.io/{mode}"), level.into());
+        }
+    }
+    Namespace {
+        metadata: m,
+        ..Default::default()
+    }
+}
+
+/// A sidecar: a kustomize Component the user's kustomization includes. It adds the `tailscale`
+/// container (userspace, state in an emptyDir) and its volumes to their workload and brings the
+/// serve ConfigMap; it does not touch pod-level settings.
+fn sidecar_component(t: &Tailnet, c: &Cluster, e: &Exposure) -> Vec<(String, String)> {
+    let ExposureKind::Sidecar {
+        namespace,
+        workload,
+        workload_kind,
+        ports,
+    } = &e.kind
+    else {
+        return Vec::new();
+    };
+    // No service account of ours in their pod: state in the emptyDir, no API access.
+    let mut container = container(t, c, e, false);
+    if let Some(m) = container.volume_mounts.as_mut() {
+        for v in m.iter_mut() {
+            v.name = format!("tsk8s-{}", v.name);
+        }
+    }
+    let mut vols = volumes(e);
+    for v in &mut vols {
+        v.name = format!("tsk8s-{}", v.name);
+    }
+    let serve = serve_config(
+        &ports
+            .iter()
+            .map(|p| (p.port, format!("127.0.0.1:{}", p.target)))
+            .collect::<Vec<_>>(),
+    );
+    let to_value = |v: serde_json::Result<Value>| v.unwrap_or(Value::Null);
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": workload_kind,
+        "metadata": { "name": workload, "namespace": namespace },
+        "spec": { "template": {
+            "metadata": { "labels": { NODE_LABEL: e.id } },
+            "spec": {
+                "containers": [to_value(serde_json::to_value(&container))],
+                "volumes": to_value(serde_json::to_value(&vols)),
+            }
+        }}
+    });
+    let kustomization = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "resources": ["resources.yaml"],
+        "patches": [{ "path": "patch.yaml", "target": { "kind": workload_kind, "name": workload, "namespace": namespace } }],
+    });
+    let dir = format!("components/{}", e.id);
+    vec![
+        (
+            format!("{dir}/kustomization.yaml"),
+            emit::yaml(&kustomization),
+        ),
+        (
+            format!("{dir}/resources.yaml"),
+            emit::yaml(&serve_configmap(namespace, &e.id, &serve)),
+        ),
+        (format!("{dir}/patch.yaml"), emit::yaml(&patch)),
+    ]
+}
+
+/// Every file of a Tailscale-image cluster's dir, or what the image cannot do.
+pub fn cluster_files(t: &Tailnet, c: &Cluster) -> Result<Vec<File>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut files = vec![File {
+        name: "namespace.yaml".into(),
+        text: emit::yaml(&namespace(c)),
+        resource: true,
+    }];
+    if let Some(es) = authkey_external_secret(c) {
+        files.push(File {
+            name: "authkey.yaml".into(),
+            text: emit::yaml(&es),
+            resource: true,
+        });
+    }
+    for e in &c.exposures {
+        if let ExposureKind::Sidecar { ports, .. } = &e.kind {
+            if tcp_only(e, ports, &mut problems) {
+                for (name, text) in sidecar_component(t, c, e) {
+                    files.push(File {
+                        name,
+                        text,
+                        resource: false,
+                    });
+                }
+            }
+            continue;
+        }
+        let id = e.id.as_str();
+        let mut docs = vec![
+            emit::yaml(&service_account(c, id)),
+            emit::yaml(&role(c, id)),
+            emit::yaml(&role_binding(c, id)),
+            emit::yaml(&state_secret(c, id)),
+        ];
+        if let ExposureKind::Proxy {
+            namespace,
+            service,
+            ports,
+        } = &e.kind
+        {
+            if !tcp_only(e, ports, &mut problems) {
+                continue;
+            }
+            let serve = serve_config(
+                &ports
+                    .iter()
+                    .map(|p| (p.port, format!("{service}.{namespace}.svc:{}", p.target)))
+                    .collect::<Vec<_>>(),
+            );
+            docs.push(emit::yaml(&serve_configmap(&c.namespace, id, &serve)));
+        }
+        docs.push(emit::yaml(&deployment(t, c, e)));
+        if let Some(s) = egress_service(c, e) {
+            docs.push(emit::yaml(&s));
+        }
+        files.push(File {
+            name: format!("{id}.yaml"),
+            text: emit::yaml_docs(&docs),
+            resource: true,
+        });
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Write a Tailscale-image cluster's dir into the tree (the hook `build::build` calls).
+pub fn write(
+    tree: &mut emit::Tree,
+    t: &Tailnet,
+    c: &Cluster,
+    spans: &crate::resolve::Spans,
+    input: &crate::build::Input,
+) -> Result<(), crate::build::Failure> {
+    let files = match cluster_files(t, c) {
+        Ok(f) => f,
+        Err(problems) => {
+            let mut d = crate::diag::Diagnostics::new(input.spec_file, input.spec);
+            for p in problems {
+                let span = spans
+                    .exposures
+                    .get(&p.exposure)
+                    .copied()
+                    .unwrap_or_else(|| (0..0).into());
+                d.push(
+                    crate::diag::Diagnostic::new(span, p.message)
+                        .label("not possible on the Tailscale image")
+                        .help(p.help),
+                );
+            }
+            d.sort();
+            return Err(crate::build::Failure { text: d.render() });
+        }
+    };
+    let dir = format!("clusters/{}", c.name);
+    let mut resources = Vec::new();
+    for f in files {
+        if f.resource {
+            resources.push(f.name.clone());
+        }
+        emit::put(tree, format!("{dir}/{}", f.name), f.text);
+    }
+    emit::put(
+        tree,
+        format!("{dir}/kustomization.yaml"),
+        emit::yaml(&emit::kustomization(&resources)),
+    );
+    Ok(())
+}

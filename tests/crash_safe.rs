@@ -1,0 +1,214 @@
+//! Crash-safe output: `tsk8s build` is SIGKILLed at random points while it writes a large tree
+//! (one cluster, 200 exposures). After every kill the output dir must hold exactly the complete
+//! old tree or the complete new tree: never a partial tree, never a missing dir (once one
+//! existed). The kill points come from a PRNG with a fixed seed, spread over the time one
+//! whole build takes here.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tsk8s");
+const EXPOSURES: usize = 200;
+const KILLS: usize = 40;
+
+type Tree = BTreeMap<String, Vec<u8>>;
+
+/// xorshift64*: small, deterministic, good enough for picking kill times.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, n).
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+fn spec(image_tag: &str) -> String {
+    let mut s = String::from(
+        "tailnet \"bulk\" domain=\"bulk.example\"\n\
+         group \"sre\" {\n    member \"alice@bulk.example\"\n}\n\
+         tag \"web\" owner=\"group:sre\"\n\
+         device \"alice-laptop\" user=\"alice@bulk.example\" public-key=\"5+xckeyTJiqAoa4VHxEMZncZon9+ESGIAPov5rj2owo=\"\n",
+    );
+    s.push_str(&format!(
+        "cluster \"prod\" namespace=\"tailscale\" pod-cidr=\"10.244.0.0/16\" service-cidr=\"10.96.0.0/12\" endpoint=\"wg.prod.bulk.example\" image=\"ghcr.io/bulk/tsk8s-runtime:{image_tag}\" {{\n    secrets \"existing\"\n"
+    ));
+    for i in 0..EXPOSURES {
+        s.push_str(&format!(
+            "    proxy \"web-{i:03}\" service=\"apps/web-{i:03}\" port=80 tag=\"web\"\n"
+        ));
+    }
+    s.push_str("}\nacl {\n    accept src=\"group:sre\" dst=\"tag:web:80\"\n}\n");
+    s
+}
+
+fn read_tree(dir: &Path) -> Option<Tree> {
+    if !dir.exists() {
+        return None;
+    }
+    let mut out = Tree::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        let rd = fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if e.path().is_dir() {
+                stack.push((e.path(), rel));
+            } else {
+                let b = fs::read(e.path()).unwrap_or_else(|err| panic!("{rel}: {err}"));
+                out.insert(rel, b);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn build(spec: &Path, out: &Path) {
+    let o = Command::new(BIN)
+        .arg("build")
+        .arg(spec)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        o.status.success(),
+        "build {} failed:\n{}",
+        spec.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A short description of how a tree differs from the two allowed ones.
+fn describe(got: &Tree, a: &Tree, b: &Tree) -> String {
+    let diff = |x: &Tree| {
+        let missing = x.keys().filter(|k| !got.contains_key(*k)).count();
+        let extra = got.keys().filter(|k| !x.contains_key(*k)).count();
+        let changed = x
+            .iter()
+            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+            .count();
+        format!("{missing} missing, {extra} extra, {changed} differing")
+    };
+    format!("vs old: {}; vs new: {}", diff(a), diff(b))
+}
+
+#[test]
+fn sigkill_during_build_leaves_old_or_new_tree() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path();
+    // Two specs with the same nodes (so one lock serves both); every workload differs.
+    let dirs: Vec<PathBuf> = ["a", "b"].iter().map(|n| root.join(n)).collect();
+    for (d, tag) in dirs.iter().zip(["1.0.0", "1.0.1"]) {
+        fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(d.join("tailnet.kdl"), spec(tag)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let lock = Command::new(BIN)
+        .arg("lock")
+        .arg(dirs[0].join("tailnet.kdl"))
+        .arg("--keys-dir")
+        .arg(root.join("keys"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        lock.status.success(),
+        "lock failed:\n{}",
+        String::from_utf8_lossy(&lock.stderr)
+    );
+    fs::copy(dirs[0].join("tailnet.lock"), dirs[1].join("tailnet.lock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let specs: Vec<PathBuf> = dirs.iter().map(|d| d.join("tailnet.kdl")).collect();
+
+    // Reference trees, and how long one whole build takes here.
+    let mut refs: Vec<Tree> = Vec::new();
+    let mut full = Duration::ZERO;
+    for (i, s) in specs.iter().enumerate() {
+        let out = root.join(format!("ref-{i}"));
+        let t0 = Instant::now();
+        build(s, &out);
+        full = full.max(t0.elapsed());
+        refs.push(read_tree(&out).unwrap_or_default());
+    }
+    assert_ne!(refs[0], refs[1]);
+    assert!(
+        refs[0].len() > EXPOSURES,
+        "expected a large tree, got {} files",
+        refs[0].len()
+    );
+    let window_us = (full.as_micros() as u64).saturating_mul(6) / 5 + 1;
+    eprintln!(
+        "one build: {full:?}, {} files; killing within {window_us} µs",
+        refs[0].len()
+    );
+
+    let out = root.join("out");
+    let mut rng = Rng(0x7453_6b38_2d6b_696c); // "tSk8-kil"
+    let mut current: Option<usize> = None; // which reference `out` holds
+    let (mut saw_old, mut saw_new) = (0, 0);
+    for round in 0..KILLS {
+        let next = current.map_or(0, |c| 1 - c);
+        let delay = Duration::from_micros(rng.below(window_us));
+        let mut child = Command::new(BIN)
+            .arg("build")
+            .arg(&specs[next])
+            .arg("-o")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let got = read_tree(&out);
+        match (&got, current) {
+            (None, None) => saw_old += 1,
+            (None, Some(c)) => panic!(
+                "round {round}: after SIGKILL at {delay:?} the output dir is missing (it held tree {c})"
+            ),
+            (Some(t), _) if *t == refs[next] => {
+                saw_new += 1;
+                current = Some(next);
+            }
+            (Some(t), Some(c)) if *t == refs[c] => saw_old += 1,
+            (Some(t), _) => panic!(
+                "round {round}: after SIGKILL at {delay:?} the output dir is neither the old nor the new tree ({} files; {})",
+                t.len(),
+                describe(t, current.map_or(&Tree::new(), |c| &refs[c]), &refs[next])
+            ),
+        }
+    }
+    eprintln!("{KILLS} kills: {saw_old} left the old tree, {saw_new} the new one");
+
+    // A build after all those kills succeeds, gives the right tree, and leaves no leftovers.
+    let last = current.map_or(0, |c| 1 - c);
+    build(&specs[last], &out);
+    assert_eq!(read_tree(&out).as_ref(), Some(&refs[last]));
+    let leftovers: Vec<String> = fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".out."))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "leftovers of killed builds remain: {leftovers:?}"
+    );
+}

@@ -1,0 +1,272 @@
+//! Golden tests of the compiler: every spec under testdata/specs (full output, byte for byte),
+//! every error class under testdata/errors (rendered diagnostics), determinism, the diff that
+//! adding one exposure makes, and YAML quoting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tsk8s::build::{self, Input};
+use tsk8s::emit::Tree;
+use tsk8s::lockfile::{self, LockOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn dirs(under: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join(under))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("tailnet.kdl").exists())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Deterministic keys for in-memory locks: private key n is [n; 32].
+fn test_keygen() -> impl FnMut() -> (String, String) {
+    use base64::Engine;
+    let mut n = 0u8;
+    move || {
+        n = n.wrapping_add(1);
+        let secret = x25519_dalek::StaticSecret::from([n; 32]);
+        let public = x25519_dalek::PublicKey::from(&secret);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
+    }
+}
+
+fn build_dir(dir: &Path) -> Result<Tree, build::Failure> {
+    let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
+    let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
+    build::build(&Input {
+        spec_file: "tailnet.kdl",
+        spec: &spec,
+        lock_file: "tailnet.lock",
+        lock: lock.as_deref(),
+        sources: BTreeMap::new(),
+    })
+}
+
+fn render_tree(tree: &Tree) -> String {
+    let mut s = String::new();
+    for (path, bytes) in tree {
+        s.push_str(&format!("=== {path}\n"));
+        s.push_str(&String::from_utf8_lossy(bytes));
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[test]
+fn specs_build_to_pinned_output() {
+    for dir in dirs("testdata/specs") {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let tree = build_dir(&dir).unwrap_or_else(|f| panic!("{name}: build failed:\n{}", f.text));
+        let again = build_dir(&dir).unwrap();
+        assert_eq!(tree, again, "{name}: two builds differ");
+        insta::assert_snapshot!(format!("spec__{name}"), render_tree(&tree));
+    }
+}
+
+#[test]
+fn example_builds_and_is_deterministic() {
+    let dir = root().join("examples");
+    let a = build_dir(&dir).unwrap_or_else(|f| panic!("example: {}", f.text));
+    let b = build_dir(&dir).unwrap();
+    assert_eq!(a, b);
+    for required in [
+        "policy.hujson",
+        "clusters/prod/kustomization.yaml",
+        "devices/alice-laptop.conf",
+    ] {
+        assert!(a.contains_key(required), "missing {required}");
+    }
+}
+
+/// Front end, then an in-memory lock (deterministic keys), then build: the first failure.
+fn diagnose(file: &str, text: &str) -> String {
+    let front = match build::front(file, text) {
+        Ok(f) => f,
+        Err(f) => return f.text,
+    };
+    let upd = lockfile::update(
+        &front.tailnet,
+        &lockfile::Lock::default(),
+        &LockOptions::default(),
+        &mut test_keygen(),
+    )
+    .unwrap();
+    let lock = lockfile::render(&upd.lock);
+    match build::build(&Input {
+        spec_file: file,
+        spec: text,
+        lock_file: "tailnet.lock",
+        lock: Some(&lock),
+        sources: BTreeMap::new(),
+    }) {
+        Ok(_) => "(no error)".to_string(),
+        Err(f) => f.text,
+    }
+}
+
+#[test]
+fn error_classes_have_pinned_diagnostics() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("testdata/errors"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "kdl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15);
+    for f in files {
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let out = diagnose(&format!("{name}.kdl"), &text);
+        assert_ne!(out, "(no error)", "{name} should fail");
+        insta::assert_snapshot!(format!("error__{name}"), out);
+    }
+}
+
+#[test]
+fn three_errors_exit_2_and_leave_output_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_tsk8s");
+    // A good build first.
+    let good = root().join("testdata/specs/proxy-basic");
+    std::fs::copy(good.join("tailnet.kdl"), tmp.path().join("tailnet.kdl")).unwrap();
+    std::fs::copy(good.join("tailnet.lock"), tmp.path().join("tailnet.lock")).unwrap();
+    let out = tmp.path().join("out");
+    let st = Command::new(bin)
+        .arg("build")
+        .arg(tmp.path().join("tailnet.kdl"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(0));
+    let before = tsk8s::cli::output::read_tree(&out).unwrap();
+    // Now the bad spec.
+    std::fs::copy(
+        root().join("testdata/errors/three-errors.kdl"),
+        tmp.path().join("tailnet.kdl"),
+    )
+    .unwrap();
+    let o = Command::new(bin)
+        .arg("build")
+        .arg(tmp.path().join("tailnet.kdl"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("tailnet.kdl:4:14: error: invalid CIDR"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tailnet.kdl:5:47: error: unknown tag \"tag:wbe\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tailnet.kdl:6:11: error: exposure \"api\" declared twice"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 errors in"), "{stderr}");
+    assert_eq!(
+        tsk8s::cli::output::read_tree(&out).unwrap(),
+        before,
+        "output dir changed"
+    );
+}
+
+#[test]
+fn adding_one_exposure_changes_only_what_it_touches() {
+    let base_spec =
+        std::fs::read_to_string(root().join("testdata/specs/proxy-basic/tailnet.kdl")).unwrap();
+    let base_lock =
+        std::fs::read_to_string(root().join("testdata/specs/proxy-basic/tailnet.lock")).unwrap();
+    let new_spec = base_spec.replace(
+        "    proxy \"hello\" service=\"default/hello\" port=8080 tag=\"web\"\n",
+        "    proxy \"hello\" service=\"default/hello\" port=8080 tag=\"web\"\n    proxy \"metrics\" service=\"monitoring/prometheus\" port=9090 tag=\"web\"\n",
+    );
+    assert_ne!(base_spec, new_spec);
+    let front = build::front("tailnet.kdl", &new_spec).unwrap();
+    let old_lock = lockfile::parse("tailnet.lock", &base_lock).unwrap();
+    let upd = lockfile::update(
+        &front.tailnet,
+        &old_lock,
+        &LockOptions::default(),
+        &mut test_keygen(),
+    )
+    .unwrap();
+    let new_lock = lockfile::render(&upd.lock);
+    let lock_diff = similar::TextDiff::from_lines(&base_lock, &new_lock)
+        .unified_diff()
+        .header("a/tailnet.lock", "b/tailnet.lock")
+        .to_string();
+    let input = |spec: &'static str, lock: &'static str| Input {
+        spec_file: "tailnet.kdl",
+        spec,
+        lock_file: "tailnet.lock",
+        lock: Some(lock),
+        sources: BTreeMap::new(),
+    };
+    let old = build::build(&input(
+        Box::leak(base_spec.into_boxed_str()),
+        Box::leak(base_lock.into_boxed_str()),
+    ))
+    .unwrap();
+    let new = build::build(&input(
+        Box::leak(new_spec.into_boxed_str()),
+        Box::leak(new_lock.into_boxed_str()),
+    ))
+    .unwrap();
+    let changed: Vec<&String> = new
+        .keys()
+        .chain(old.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        changed,
+        vec![
+            ".tsk8s-manifest",
+            "clusters/lab/kustomization.yaml",
+            "clusters/lab/mesh.yaml",
+            "clusters/lab/metrics.yaml",
+            "devices/ana-laptop.conf",
+            "devices/ana-laptop.hosts",
+        ]
+    );
+    let report = tsk8s_diff::diff_trees(&old, &new).unwrap();
+    let text = tsk8s_diff::render_text(&report, false);
+    insta::assert_snapshot!("add_one_exposure", format!("{lock_diff}\n{text}"));
+}
+
+#[test]
+fn yaml_1_1_ambiguous_strings_are_quoted() {
+    let tree = build_dir(&root().join("testdata/specs/yaml-ambiguous")).unwrap();
+    let ns = String::from_utf8(tree["clusters/yes/namespace.yaml"].clone()).unwrap();
+    assert!(
+        ns.contains("name: 'on'") || ns.contains("name: \"on\""),
+        "{ns}"
+    );
+    let comp =
+        String::from_utf8(tree["clusters/yes/components/y/kustomization.yaml"].clone()).unwrap();
+    assert!(
+        comp.contains("namespace: 'yes'") || comp.contains("namespace: \"yes\""),
+        "{comp}"
+    );
+    let node = String::from_utf8(tree["clusters/yes/no.yaml"].clone()).unwrap();
+    assert!(node.contains("name: tsk8s-no"), "{node}");
+    assert!(
+        node.contains("'0755'") || node.contains("\"0755\""),
+        "{node}"
+    );
+}
