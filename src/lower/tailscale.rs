@@ -40,7 +40,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::k8s::{NODE_LABEL, meta, object_name};
+use super::k8s::{MANAGED_BY, NODE_LABEL, object_name};
 use crate::emit;
 use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, SecretBackend, Tailnet};
 
@@ -275,7 +275,7 @@ fn probe(period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
-            port: IntOrString::String("health".into()),
+            port: IntOrString::String("ts-health".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -305,7 +305,7 @@ pub fn container(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Co
         });
     }
     let mut ports = vec![ContainerPort {
-        name: Some("health".into()),
+        name: Some("ts-health".into()),
         container_port: i32::from(LOCAL_PORT),
         protocol: Some("TCP".into()),
         ..Default::default()
@@ -382,7 +382,32 @@ fn proto_name(p: Proto) -> &'static str {
 }
 
 fn node_labels(id: &str) -> BTreeMap<String, String> {
-    meta("x", None, Some(id)).labels.unwrap_or_default()
+    labels(Some(id))
+}
+
+fn labels(id: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+    l.insert("app.kubernetes.io/part-of".to_string(), "tsk8s".to_string());
+    if let Some(id) = id {
+        l.insert(
+            "app.kubernetes.io/name".to_string(),
+            "tailscale".to_string(),
+        );
+        l.insert("app.kubernetes.io/instance".to_string(), id.to_string());
+        l.insert(NODE_LABEL.to_string(), id.to_string());
+    }
+    l
+}
+
+/// Object metadata with tsk8s's labels (`app.kubernetes.io/name: tailscale` for nodes).
+pub fn meta(name: &str, namespace: Option<&str>, id: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(labels(id)),
+        ..Default::default()
+    }
 }
 
 fn selector(id: &str) -> BTreeMap<String, String> {
@@ -560,7 +585,7 @@ pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
 }
 
 /// The ExternalSecret that creates the auth-key Secret (external-secrets backend only).
-fn authkey_external_secret(c: &Cluster) -> Option<Value> {
+fn authkey_external_secret(c: &Cluster, namespace: &str) -> Option<Value> {
     let SecretBackend::ExternalSecrets {
         store,
         store_kind,
@@ -570,7 +595,7 @@ fn authkey_external_secret(c: &Cluster) -> Option<Value> {
     else {
         return None;
     };
-    let m = serde_json::to_value(meta(AUTHKEY_SECRET, Some(&c.namespace), None)).ok()?;
+    let m = serde_json::to_value(meta(AUTHKEY_SECRET, Some(namespace), None)).ok()?;
     Some(json!({
         "apiVersion": "external-secrets.io/v1",
         "kind": "ExternalSecret",
@@ -651,15 +676,17 @@ fn sidecar_component(t: &Tailnet, c: &Cluster, e: &Exposure) -> Vec<(String, Str
         "patches": [{ "path": "patch.yaml", "target": { "kind": workload_kind, "name": workload, "namespace": namespace } }],
     });
     let dir = format!("components/{}", e.id);
+    // The pod reads TS_AUTHKEY from a Secret in its own namespace.
+    let mut resources = vec![emit::yaml(&serve_configmap(namespace, &e.id, &serve))];
+    if let Some(es) = authkey_external_secret(c, namespace) {
+        resources.push(emit::yaml(&es));
+    }
     vec![
         (
             format!("{dir}/kustomization.yaml"),
             emit::yaml(&kustomization),
         ),
-        (
-            format!("{dir}/resources.yaml"),
-            emit::yaml(&serve_configmap(namespace, &e.id, &serve)),
-        ),
+        (format!("{dir}/resources.yaml"), emit::yaml_docs(&resources)),
         (format!("{dir}/patch.yaml"), emit::yaml(&patch)),
     ]
 }
@@ -672,7 +699,7 @@ pub fn cluster_files(t: &Tailnet, c: &Cluster) -> Result<Vec<File>, Vec<Problem>
         text: emit::yaml(&namespace(c)),
         resource: true,
     }];
-    if let Some(es) = authkey_external_secret(c) {
+    if let Some(es) = authkey_external_secret(c, &c.namespace) {
         files.push(File {
             name: "authkey.yaml".into(),
             text: emit::yaml(&es),
