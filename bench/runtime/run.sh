@@ -8,7 +8,8 @@
 #   (d) tsk8s-runtime egress -> wireguard-go -> server              (same job as c)
 #   (e) tsk8s-runtime egress -> tsk8s-runtime proxy -> server
 #
-# Env: SECONDS_PER_RUN (default 5), RUNTIME_MTU (default 1280), SKIP_ONETUN=1, ONETUN=/path.
+# Env: SECONDS_PER_RUN (default 5), RUNTIME_MTU (default 1280), SKIP_ONETUN=1, ONETUN=/path,
+#      ONLY=abde (subset of paths), DEBUG=1 (dump runtime metrics).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -140,7 +141,10 @@ rtt() { ip netns exec "$1" python3 "$work/rtt.py" "$2" "$3" 2000; }
 KC=$(key); KS=$(key); KN=$(key); KE=$(key)
 PC=$(pub "$KC"); PS=$(pub "$KS"); PN=$(pub "$KN"); PE=$(pub "$KE")
 
+want() { [ -z "${ONLY:-}" ] || [[ "$ONLY" == *"$1"* ]]; }
+GA=n/a GB=n/a GC=n/a GD=n/a GE=n/a LA=0 LB=0 LD=0 LE=0 IDLE_RSS=n/a RSS_AFTER_IPERF=n/a RSS_1000=n/a CONNS=0
 # ---------- (a) wireguard-go <-> wireguard-go ----------
+if want a; then
 A1=$(ns a1); A2=$(ns a2)
 link "$A1" 10.98.1.1/24 "$A2" 10.98.1.2/24 a
 wg_dev "$A1" "wa${id}" "$KC" 100.64.0.2 51821 "$PS" 100.64.0.1/32 10.98.1.2:51822
@@ -152,7 +156,9 @@ ip netns exec "$A1" ping -c1 -W2 100.64.0.1 >/dev/null || true
 GA=$(iperf "$A1" 100.64.0.1 5201); LA=$(rtt "$A1" 100.64.0.1 7000)
 say "(a) wireguard-go <-> wireguard-go: $GA Gbit/s, p50 rtt ${LA} us"
 
+fi
 # ---------- (b) wireguard-go -> runtime proxy -> server ----------
+if want b; then
 B1=$(ns b1); B2=$(ns b2); B3=$(ns b3)
 link "$B1" 10.98.2.2/24 "$B2" 10.98.2.1/24 b
 link "$B2" 10.98.3.1/24 "$B3" 10.98.3.2/24 c
@@ -170,7 +176,7 @@ GB=$(iperf "$B1" 100.64.0.1 5201); LB=$(rtt "$B1" 100.64.0.1 7000)
 RSS_AFTER_IPERF=$(rss_kb "$PIDB")
 say "(b) wireguard-go -> runtime proxy: $GB Gbit/s, p50 rtt ${LB} us"
 # 1,000 open connections through the proxy.
-ulimit -n 65536 || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ip netns exec "$B1" python3 "$work/hold.py" 100.64.0.1 7000 1000 6 > "$work/hold.out" &
 holdpid=$!; pids+=($holdpid)
 for _ in $(seq 100); do [ -s "$work/hold.out" ] && break; sleep 0.2; done
@@ -178,8 +184,9 @@ RSS_1000=$(rss_kb "$PIDB")
 CONNS=$(cat "$work/hold.out" 2>/dev/null || echo 0)
 wait "$holdpid" 2>/dev/null || true
 
+fi
 # ---------- (c) onetun -> wireguard-go -> server ----------
-GC=n/a
+if want c; then
 C1=$(ns c1); C2=$(ns c2)
 link "$C1" 10.98.4.1/24 "$C2" 10.98.4.2/24 d
 wg_dev "$C2" "wd${id}" "$KS" 100.64.0.2 51822 "$PN" 100.64.0.1/32
@@ -200,7 +207,9 @@ else
   say "(c) onetun unavailable (cargo install failed or SKIP_ONETUN=1)"
 fi
 
+fi
 # ---------- (d) runtime egress -> wireguard-go -> server ----------
+if want d; then
 D1=$(ns d1); D2=$(ns d2)
 link "$D1" 10.98.5.1/24 "$D2" 10.98.5.2/24 e
 wg_dev "$D2" "we${id}" "$KS" 100.64.0.2 51822 "$PE" 100.64.0.3/32
@@ -211,9 +220,13 @@ runtime "$D1" egress "$KE" 100.64.0.3 51823 \
   "[{\"name\":\"srv\",\"public_key\":\"$PS\",\"allowed_ips\":[\"100.64.0.2/32\"],\"endpoint\":\"10.98.5.2:51822\"}]" \
   '[]' 9091
 GD=$(iperf "$D1" 127.0.0.1 5201); LD=$(rtt "$D1" 127.0.0.1 7000)
+[ -n "${DEBUG:-}" ] && ip netns exec "$D1" curl -s http://127.0.0.1:9091/metrics | grep -v '^#' | grep -v ' 0$' >&2
+[ -n "${DEBUG:-}" ] && ip netns exec "$D2" ss -tin >&2
 say "(d) runtime egress -> wireguard-go: $GD Gbit/s, p50 rtt ${LD} us"
 
+fi
 # ---------- (e) runtime egress -> runtime proxy -> server ----------
+if want e; then
 E1=$(ns e1); E2=$(ns e2); E3=$(ns e3)
 link "$E1" 10.98.6.1/24 "$E2" 10.98.6.2/24 f
 link "$E2" 10.98.7.1/24 "$E3" 10.98.7.2/24 g
@@ -230,8 +243,10 @@ runtime "$E1" egress2 "$KE" 100.64.0.3 51823 \
 GE=$(iperf "$E1" 127.0.0.1 5201); LE=$(rtt "$E1" 127.0.0.1 7000)
 say "(e) runtime egress -> runtime proxy: $GE Gbit/s, p50 rtt ${LE} us"
 
+fi
+
 ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if 'n/a' in (a,b) or float(b)==0 else '%.2f' % (float(a)/float(b)))" "$1" "$2"; }
-diff_us() { python3 -c "import sys; print('%.1f' % (float(sys.argv[1])-float(sys.argv[2])))" "$1" "$2"; }
+diff_us() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if 'n/a' in (a,b) else '%.1f' % (float(a)-float(b)))" "$1" "$2"; }
 
 cat <<R
 

@@ -213,10 +213,10 @@ pub fn fingerprint(paths: &Paths) -> Vec<String> {
     let mut out = Vec::new();
     for p in [&paths.node, &paths.mesh, &paths.private_key] {
         let mut s = String::new();
-        if let Some(dir) = p.parent() {
-            if let Ok(t) = std::fs::read_link(dir.join("..data")) {
-                s.push_str(&t.display().to_string());
-            }
+        if let Some(dir) = p.parent()
+            && let Ok(t) = std::fs::read_link(dir.join("..data"))
+        {
+            s.push_str(&t.display().to_string());
         }
         if let Ok(md) = std::fs::metadata(p) {
             use std::os::unix::fs::MetadataExt;

@@ -43,6 +43,7 @@ pub struct Tuning {
     pub tcp_rx_buf: usize,
     pub tcp_tx_buf: usize,
     pub udp_sock_buf: usize,
+    pub congestion: tcp::CongestionControl,
 }
 
 impl Default for Tuning {
@@ -55,8 +56,13 @@ impl Default for Tuning {
         };
         Tuning {
             tcp_rx_buf: env("TSK8S_TCP_RX_BUF", 512 * 1024),
-            tcp_tx_buf: env("TSK8S_TCP_TX_BUF", 512 * 1024),
+            tcp_tx_buf: env("TSK8S_TCP_TX_BUF", 256 * 1024),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
+            congestion: match std::env::var("TSK8S_TCP_CC").as_deref() {
+                Ok("none") => tcp::CongestionControl::None,
+                Ok("cubic") => tcp::CongestionControl::Cubic,
+                _ => tcp::CongestionControl::Reno,
+            },
         }
     }
 }
@@ -536,6 +542,7 @@ impl Engine {
             tcp::SocketBuffer::new(vec![0u8; self.tuning.tcp_tx_buf]),
         );
         s.set_nagle_enabled(false);
+        s.set_congestion_control(self.tuning.congestion);
         s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
         s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
         s
@@ -593,11 +600,11 @@ impl Engine {
     }
 
     fn mark_dirty(&mut self, slot: usize) {
-        if let Some(Some(c)) = self.conns.get_mut(slot) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(slot);
-            }
+        if let Some(Some(c)) = self.conns.get_mut(slot)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(slot);
         }
     }
 
@@ -988,24 +995,24 @@ impl Engine {
     fn on_udp_session(&mut self, slot: usize) {
         let mut buf = std::mem::take(&mut self.rx_buf);
         let mut out = std::mem::take(&mut self.out_scratch);
-        if let Some(Some(s)) = self.udp.get_mut(slot) {
-            if let UdpKind::Forward(sock) = &s.kind {
-                let (remote, local) = s.key;
-                for _ in 0..RX_BATCH {
-                    match sock.recv(&mut buf) {
-                        Ok(n) => {
-                            s.last = Instant::now();
-                            let Some(payload) = buf.get(..n) else { break };
-                            if n + 48 > self.net.mtu {
-                                self.net.counters.drop(Drop::TooBig);
-                                continue;
-                            }
-                            if packet::build_udp(&mut out, local, remote, payload) {
-                                self.net.send_inner(&out);
-                            }
+        if let Some(Some(s)) = self.udp.get_mut(slot)
+            && let UdpKind::Forward(sock) = &s.kind
+        {
+            let (remote, local) = s.key;
+            for _ in 0..RX_BATCH {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        s.last = Instant::now();
+                        let Some(payload) = buf.get(..n) else { break };
+                        if n + 48 > self.net.mtu {
+                            self.net.counters.drop(Drop::TooBig);
+                            continue;
                         }
-                        Err(_) => break,
+                        if packet::build_udp(&mut out, local, remote, payload) {
+                            self.net.send_inner(&out);
+                        }
                     }
+                    Err(_) => break,
                 }
             }
         }
@@ -1164,14 +1171,11 @@ fn dns_tcp(
             return true;
         }
     }
-    loop {
-        let Some(len) = c
-            .dns_buf
-            .get(..2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        else {
-            break;
-        };
+    while let Some(len) = c
+        .dns_buf
+        .get(..2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    {
         if c.dns_buf.len() < 2 + len {
             break;
         }

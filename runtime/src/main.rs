@@ -28,6 +28,15 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Keep large buffers (TCP socket rings) as lazily-faulted mmaps: glibc would otherwise raise
+    // its mmap threshold after the first free and serve them from the heap, zero-filled and
+    // resident. musl (the container build) always maps large allocations.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     if let Some(Cmd::Pubkey) = cli.cmd {
         let mut s = String::new();

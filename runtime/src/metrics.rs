@@ -196,7 +196,8 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
     for (name, kind, help, v) in scalars {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
-    let per: [(&str, &str, fn(&PeerStats) -> u64); 5] = [
+    type Getter = fn(&PeerStats) -> u64;
+    let per: [(&str, &str, Getter); 5] = [
         (
             "tsk8s_peer_rx_bytes_total",
             "Inner bytes received from the peer.",

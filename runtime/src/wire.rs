@@ -102,14 +102,13 @@ impl Net {
         for spec in specs {
             let peer = match old.remove(&spec.public_key) {
                 Some(mut p) if p.spec.keepalive == spec.keepalive => {
-                    if p.spec.endpoint != spec.endpoint {
-                        if let Some(e) = spec
+                    if p.spec.endpoint != spec.endpoint
+                        && let Some(e) = spec
                             .endpoint
                             .as_deref()
                             .and_then(crate::config::resolve_endpoint)
-                        {
-                            p.endpoint = Some(e);
-                        }
+                    {
+                        p.endpoint = Some(e);
                     }
                     p.spec = spec.clone();
                     p
@@ -162,10 +161,10 @@ impl Net {
 
     /// Peer that owns destination `dst` (longest prefix among allowed_ips).
     pub fn route(&mut self, dst: IpAddr) -> Option<usize> {
-        if let Some((a, s)) = self.route_cache {
-            if a == dst {
-                return Some(s);
-            }
+        if let Some((a, s)) = self.route_cache
+            && a == dst
+        {
+            return Some(s);
         }
         let s = self
             .routes

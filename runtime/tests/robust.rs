@@ -41,7 +41,7 @@ fn handshake(e: &mut Engine, sock: &UdpSocket, me: SocketAddr) -> Tunn {
     e.inject_datagram(me, &init);
     let resp = recv(sock).expect("handshake response");
     match t.decapsulate(None, &resp, &mut buf) {
-        TunnResult::WriteToNetwork(keepalive) => e.inject_datagram(me, &keepalive.to_vec()),
+        TunnResult::WriteToNetwork(keepalive) => e.inject_datagram(me, keepalive),
         other => panic!("handshake failed: {other:?}"),
     }
     t
@@ -130,7 +130,10 @@ fn handshake_data_replay_and_garbage() {
         }
     }
     let drops_after: u64 = e.net.counters.drops.iter().sum();
-    assert!(drops_after >= drops_before + 100, "malformed inner packets counted");
+    assert!(
+        drops_after >= drops_before + 100,
+        "malformed inner packets counted"
+    );
 
     // The legitimate peer still works.
     let data = match t.encapsulate(&dns_packet(), &mut buf) {
