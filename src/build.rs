@@ -118,7 +118,8 @@ pub fn load(input: &Input) -> Result<Loaded, Failure> {
         text.push_str(&plain);
         return Err(Failure { text });
     }
-    let policy_value = lower::policy::policy_value(&front.tailnet);
+    let mut policy_value = lower::policy::policy_value(&front.tailnet);
+    crate::import::apply_verbatim(&mut policy_value, &front.tailnet.verbatim);
     let policy_text = lower::policy::render(&policy_value);
     let policy = Policy::parse(&policy_text).map_err(|e| {
         let mut d = Diagnostics::new(input.spec_file, input.spec);

@@ -12,6 +12,7 @@ pub mod cli;
 mod cli_secrets;
 pub mod diag;
 pub mod emit;
+pub mod import;
 pub mod lockfile;
 pub mod lower;
 pub mod model;

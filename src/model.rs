@@ -29,6 +29,8 @@ pub struct Tailnet {
     pub tests: Vec<AclTest>,
     pub ssh: Vec<SshRule>,
     pub gitops: Option<Gitops>,
+    /// Policy sections carried through verbatim (`verbatim` nodes), in spec order.
+    pub verbatim: Vec<(String, serde_json::Value)>,
 }
 
 #[derive(Clone, Debug)]

@@ -579,6 +579,7 @@ impl Resolver<'_> {
             }
         }
 
+        let verbatim = crate::import::resolve_verbatim(&spec.verbatim, self.d);
         if !ok {
             return None;
         }
@@ -597,6 +598,7 @@ impl Resolver<'_> {
             tests,
             ssh,
             gitops,
+            verbatim,
         })
     }
 

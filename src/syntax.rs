@@ -39,6 +39,8 @@ pub struct Spec {
     pub tests: Vec<TestDecl>,
     pub ssh: Vec<SshDecl>,
     pub gitops: Option<GitopsDecl>,
+    /// `verbatim "<section>" "<JSON>"`: policy sections carried through (see `import`).
+    pub verbatim: Vec<(SpStr, SpStr)>,
 }
 
 #[derive(Clone, Debug)]
@@ -240,7 +242,7 @@ pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
 
 const TOP: &[&str] = &[
     "tailnet", "user", "group", "tag", "host", "device", "cluster", "acl", "grant", "test", "ssh",
-    "gitops",
+    "gitops", "verbatim",
 ];
 const CLUSTER_CHILDREN: &[&str] = &[
     "secrets",
@@ -535,6 +537,14 @@ impl Parser<'_> {
                     } else {
                         spec.gitops = g;
                     }
+                }
+                "verbatim" => {
+                    let mut n = Node::new(node);
+                    let section = n.arg_str(self.d, "a policy section name");
+                    let json = n.arg_str(self.d, "the section's JSON value");
+                    n.no_children(self.d);
+                    n.finish(self.d);
+                    spec.verbatim.extend(section.zip(json));
                 }
                 _ => unknown_child(self.d, node, "the spec", TOP),
             }

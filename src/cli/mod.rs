@@ -79,6 +79,17 @@ pub enum Command {
         #[arg(default_value = "tailnet.kdl")]
         spec: PathBuf,
     },
+    /// Turn an existing Tailscale policy file into a spec. Exit 2 naming what it cannot express.
+    Import {
+        policy: PathBuf,
+        /// Write the spec here instead of stdout.
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "imported")]
+        name: String,
+        #[arg(long, default_value = "example.ts.net")]
+        domain: String,
+    },
     /// Work with a Tailscale policy file directly.
     Policy {
         #[command(subcommand)]
@@ -273,6 +284,12 @@ pub fn run(cli: Cli) -> u8 {
                 Err(f) => report(&f),
             }
         }
+        Command::Import {
+            policy,
+            out,
+            name,
+            domain,
+        } => crate::import::run_cli(&policy, out.as_deref(), &name, &domain),
         Command::Policy { command } => {
             let (outcome, _) = match command {
                 PolicyCommand::Check { policy, nodes } => {

@@ -1,0 +1,752 @@
+//! `tsk8s import POLICY.hujson`: an existing Tailscale policy file → a `tailnet.kdl` whose
+//! build gives a semantically equal policy.
+//!
+//! What the spec language expresses is written as spec nodes: `groups` → `group`, `tagOwners`
+//! → `tag`, `hosts` → `host`, `acls` → `acl { accept … }`, `grants` → `grant`, `tests` →
+//! `test`, `ssh` → `ssh`, and a `user` for every email referenced. Every other top-level
+//! section (`nodeAttrs`, `postures`, `ipsets`, `sshTests`, `derpMap`, `autoApprovers`, …) is
+//! carried through with a `verbatim "<section>" #"<JSON>"#` node: `build` copies it into the
+//! policy unchanged (`autoApprovers` is merged with the route approvers subnet routers
+//! generate). Fields inside the generated sections that the spec cannot express (`srcPosture`
+//! on a rule, `acceptEnv` on an ssh rule, …) are errors naming each one (exit 2).
+//!
+//! After writing the spec, import builds it and compares the resulting policy with the input
+//! section by section; any difference is reported as a warning.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::syntax::SpStr;
+
+/// Sections the spec generates; `verbatim` may not replace them.
+pub const GENERATED: &[&str] = &[
+    "groups",
+    "tagOwners",
+    "hosts",
+    "acls",
+    "grants",
+    "ssh",
+    "tests",
+];
+/// A generated section that `verbatim` may extend (merged entry by entry).
+pub const MERGED: &str = "autoApprovers";
+
+// ---------------------------------------------------------------------------------------------
+// The `verbatim` node (resolve and build hooks)
+
+/// Check `verbatim` nodes: a known-free section name, valid JSON, no duplicates.
+pub fn resolve_verbatim(nodes: &[(SpStr, SpStr)], d: &mut Diagnostics) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    for (section, json) in nodes {
+        if GENERATED.contains(&section.v.as_str()) {
+            d.push(
+                Diagnostic::new(
+                    section.span,
+                    format!(
+                        "`{}` is generated from the spec; it cannot be verbatim",
+                        section.v
+                    ),
+                )
+                .label("generated section")
+                .help("write it with spec nodes (group, tag, host, acl, grant, test, ssh)"),
+            );
+            continue;
+        }
+        if section.v.is_empty() {
+            d.push(Diagnostic::new(section.span, "empty policy section name").label("no name"));
+            continue;
+        }
+        if out.iter().any(|(s, _)| *s == section.v) {
+            d.push(
+                Diagnostic::new(
+                    section.span,
+                    format!("verbatim section `{}` given twice", section.v),
+                )
+                .label("duplicate section"),
+            );
+            continue;
+        }
+        match tsk8s_policy::hujson::parse(&json.v) {
+            Ok(v) => {
+                if section.v == MERGED && !v.is_object() {
+                    d.push(
+                        Diagnostic::new(json.span, "autoApprovers must be a JSON object")
+                            .label("not an object"),
+                    );
+                    continue;
+                }
+                out.push((section.v.clone(), v));
+            }
+            Err(e) => d.push(
+                Diagnostic::new(json.span, format!("invalid JSON in verbatim section: {e}"))
+                    .label("not JSON"),
+            ),
+        }
+    }
+    out
+}
+
+fn push_unique(list: &mut Vec<Value>, v: &Value) {
+    if !list.contains(v) {
+        list.push(v.clone());
+    }
+}
+
+/// Merge two autoApprovers objects: per route / for exitNode, the union of approvers
+/// (generated first); other keys from `extra` when `base` lacks them.
+fn merge_approvers(base: &mut Map<String, Value>, extra: &Map<String, Value>) {
+    for (k, v) in extra {
+        match (base.get_mut(k), v) {
+            (Some(Value::Object(b)), Value::Object(e)) if k == "routes" => {
+                for (route, approvers) in e {
+                    match (b.get_mut(route), approvers) {
+                        (Some(Value::Array(ba)), Value::Array(ea)) => {
+                            for a in ea {
+                                push_unique(ba, a);
+                            }
+                        }
+                        (None, _) => {
+                            b.insert(route.clone(), approvers.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            (Some(Value::Array(b)), Value::Array(e)) => {
+                for a in e {
+                    push_unique(b, a);
+                }
+            }
+            (None, _) => {
+                base.insert(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Add the verbatim sections to a generated policy (after the generated ones, in spec order).
+pub fn apply_verbatim(policy: &mut Value, verbatim: &[(String, Value)]) {
+    let Value::Object(root) = policy else {
+        return;
+    };
+    for (section, v) in verbatim {
+        match (root.get_mut(section.as_str()), v) {
+            (Some(Value::Object(base)), Value::Object(extra)) if section == MERGED => {
+                merge_approvers(base, extra);
+            }
+            (Some(_), _) => {}
+            (None, _) => {
+                root.insert(section.clone(), v.clone());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Tailnet name for the `tailnet` line.
+    pub name: String,
+    /// DNS suffix for the `tailnet` line.
+    pub domain: String,
+    /// Shown in the header comment (e.g. the policy file's name).
+    pub source: String,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            name: "imported".into(),
+            domain: "example.ts.net".into(),
+            source: "policy.hujson".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportError {
+    /// The input is not a valid policy file.
+    Invalid(String),
+    /// Parts the spec cannot express, each named by its JSON path (e.g. `acls[2].srcPosture`).
+    Unsupported(Vec<String>),
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::Invalid(m) => write!(f, "{m}"),
+            ImportError::Unsupported(list) => {
+                writeln!(
+                    f,
+                    "the spec cannot express {} part(s) of this policy:",
+                    list.len()
+                )?;
+                for p in list {
+                    writeln!(f, "  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Imported {
+    /// The spec text (`tailnet.kdl`).
+    pub spec: String,
+    /// Sections whose rebuilt policy differs from the input (should be empty).
+    pub warnings: Vec<String>,
+}
+
+/// A KDL v2 string: raw (`#"…"#`) when that needs no escapes, else quoted with escapes.
+pub fn kdl_str(s: &str) -> String {
+    let plain = s
+        .chars()
+        .all(|c| !c.is_control() && c != '"' && c != '\\' && c != '\u{feff}');
+    if plain {
+        return format!("\"{s}\"");
+    }
+    let single_line = !s.chars().any(|c| c.is_control() || c == '\u{feff}');
+    if single_line {
+        let mut hashes = String::from("#");
+        while s.contains(&format!("\"{hashes}")) {
+            hashes.push('#');
+        }
+        return format!("{hashes}\"{s}\"{hashes}");
+    }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{feff}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn strings(v: &Value, path: &str, bad: &mut Vec<String>) -> Vec<String> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| match x {
+                Value::String(s) => Some(s.clone()),
+                _ => {
+                    bad.push(format!("{path}[{i}] (not a string)"));
+                    None
+                }
+            })
+            .collect(),
+        Value::String(s) => vec![s.clone()],
+        _ => {
+            bad.push(format!("{path} (not a list of strings)"));
+            Vec::new()
+        }
+    }
+}
+
+fn entries<'a>(v: &'a Value, path: &str, bad: &mut Vec<String>) -> Vec<&'a Map<String, Value>> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| match x {
+                Value::Object(m) => Some(m),
+                _ => {
+                    bad.push(format!("{path}[{i}] (not an object)"));
+                    None
+                }
+            })
+            .collect(),
+        _ => {
+            bad.push(format!("{path} (not a list)"));
+            Vec::new()
+        }
+    }
+}
+
+/// Is this alias a user (an email), not a group, tag, autogroup, host or address?
+fn user_of(alias: &str) -> Option<&str> {
+    let a = alias;
+    (a.contains('@')
+        && !a.starts_with("group:")
+        && !a.starts_with("tag:")
+        && !a.starts_with("autogroup:"))
+    .then_some(a)
+}
+
+fn alias_part(dst: &str) -> &str {
+    crate::resolve::split_dst(dst).map_or(dst, |(a, _)| a)
+}
+
+fn note_user(a: &str, users: &mut BTreeSet<String>) {
+    if let Some(u) = user_of(a) {
+        users.insert(u.to_string());
+    }
+}
+
+/// A list field: `key="one"` as a property when there is one value, else a child line.
+struct Fields {
+    props: String,
+    children: Vec<String>,
+}
+
+impl Fields {
+    fn new() -> Fields {
+        Fields {
+            props: String::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn list(&mut self, key: &str, values: &[String]) {
+        match values {
+            [] => {}
+            [one] => {
+                let _ = write!(self.props, " {key}={}", kdl_str(one));
+            }
+            many => {
+                let vals: Vec<String> = many.iter().map(|s| kdl_str(s)).collect();
+                self.children.push(format!("{key} {}", vals.join(" ")));
+            }
+        }
+    }
+
+    fn scalar(&mut self, key: &str, value: &str) {
+        let _ = write!(self.props, " {key}={}", kdl_str(value));
+    }
+
+    fn child(&mut self, line: String) {
+        self.children.push(line);
+    }
+
+    fn render(&self, out: &mut String, indent: &str, name: &str) {
+        let _ = write!(out, "{indent}{name}{}", self.props);
+        if self.children.is_empty() {
+            out.push('\n');
+            return;
+        }
+        out.push_str(" {\n");
+        for c in &self.children {
+            let _ = writeln!(out, "{indent}    {c}");
+        }
+        let _ = writeln!(out, "{indent}}}");
+    }
+}
+
+fn check_keys(m: &Map<String, Value>, allowed: &[&str], path: &str, bad: &mut Vec<String>) {
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            bad.push(format!("{path}.{k}"));
+        }
+    }
+}
+
+fn opt_str(m: &Map<String, Value>, key: &str, path: &str, bad: &mut Vec<String>) -> Option<String> {
+    match m.get(key) {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            bad.push(format!("{path}.{key} (not a string)"));
+            None
+        }
+    }
+}
+
+/// Turn policy text into spec text. Pure: no I/O.
+pub fn import(policy_text: &str, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let value = tsk8s_policy::hujson::parse(policy_text)
+        .map_err(|e| ImportError::Invalid(format!("not a HuJSON policy: {e}")))?;
+    tsk8s_policy::policy::Policy::from_value(&value)
+        .map_err(|e| ImportError::Invalid(format!("not a valid policy: {e}")))?;
+    let Value::Object(root) = &value else {
+        return Err(ImportError::Invalid(
+            "the policy is not a JSON object".into(),
+        ));
+    };
+    let mut bad: Vec<String> = Vec::new();
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    let mut body = String::new();
+
+    // groups
+    if let Some(g) = root.get("groups") {
+        match g {
+            Value::Object(m) => {
+                for (name, members) in m {
+                    let bare = name.strip_prefix("group:").unwrap_or(name);
+                    let ms = strings(members, &format!("groups.{name}"), &mut bad);
+                    for u in &ms {
+                        note_user(u, &mut users);
+                    }
+                    let _ = write!(body, "group {}", kdl_str(bare));
+                    if ms.is_empty() {
+                        body.push('\n');
+                    } else {
+                        let vals: Vec<String> = ms.iter().map(|s| kdl_str(s)).collect();
+                        let _ = writeln!(body, " {{\n    member {}\n}}", vals.join(" "));
+                    }
+                }
+                body.push('\n');
+            }
+            _ => bad.push("groups (not an object)".into()),
+        }
+    }
+
+    // tagOwners
+    if let Some(t) = root.get("tagOwners") {
+        match t {
+            Value::Object(m) => {
+                for (name, owners) in m {
+                    let bare = name.strip_prefix("tag:").unwrap_or(name);
+                    let os = strings(owners, &format!("tagOwners.{name}"), &mut bad);
+                    for o in &os {
+                        note_user(o, &mut users);
+                    }
+                    let mut f = Fields::new();
+                    f.list("owner", &os);
+                    f.render(&mut body, "", &format!("tag {}", kdl_str(bare)));
+                }
+                body.push('\n');
+            }
+            _ => bad.push("tagOwners (not an object)".into()),
+        }
+    }
+
+    // hosts
+    if let Some(h) = root.get("hosts") {
+        match h {
+            Value::Object(m) => {
+                for (name, addr) in m {
+                    match addr {
+                        Value::String(a) => {
+                            let _ = writeln!(body, "host {} {}", kdl_str(name), kdl_str(a));
+                        }
+                        _ => bad.push(format!("hosts.{name} (not a string)")),
+                    }
+                }
+                body.push('\n');
+            }
+            _ => bad.push("hosts (not an object)".into()),
+        }
+    }
+
+    // acls (always written: an absent `acls` with no grants means allow-all in Tailscale,
+    // while a spec without rules denies everything)
+    let acls = root.get("acls");
+    let has_grants = root.get("grants").is_some();
+    match acls {
+        Some(v) => {
+            let list = entries(v, "acls", &mut bad);
+            if !list.is_empty() {
+                body.push_str("acl {\n");
+                for (i, m) in list.iter().enumerate() {
+                    let path = format!("acls[{i}]");
+                    check_keys(
+                        m,
+                        &["action", "src", "dst", "proto", "users", "ports"],
+                        &path,
+                        &mut bad,
+                    );
+                    let action = opt_str(m, "action", &path, &mut bad).unwrap_or_default();
+                    if action != "accept" {
+                        bad.push(format!(
+                            "{path}.action ({action:?}, only \"accept\" exists)"
+                        ));
+                    }
+                    let mut src = Vec::new();
+                    let mut dst = Vec::new();
+                    for k in ["src", "users"] {
+                        if let Some(v) = m.get(k) {
+                            src.extend(strings(v, &format!("{path}.{k}"), &mut bad));
+                        }
+                    }
+                    for k in ["dst", "ports"] {
+                        if let Some(v) = m.get(k) {
+                            dst.extend(strings(v, &format!("{path}.{k}"), &mut bad));
+                        }
+                    }
+                    for a in &src {
+                        note_user(a, &mut users);
+                    }
+                    for a in &dst {
+                        note_user(alias_part(a), &mut users);
+                    }
+                    let mut f = Fields::new();
+                    f.list("src", &src);
+                    f.list("dst", &dst);
+                    if let Some(p) = opt_str(m, "proto", &path, &mut bad) {
+                        f.scalar("proto", &p);
+                    }
+                    f.render(&mut body, "    ", "accept");
+                }
+                body.push_str("}\n\n");
+            }
+        }
+        None if !has_grants => {
+            body.push_str(
+                "// The policy had no `acls` and no `grants`, which Tailscale reads as allow-all.\nacl {\n    accept src=\"*\" dst=\"*:*\"\n}\n\n",
+            );
+        }
+        None => {}
+    }
+
+    // grants
+    if let Some(v) = root.get("grants") {
+        for (i, m) in entries(v, "grants", &mut bad).iter().enumerate() {
+            let path = format!("grants[{i}]");
+            check_keys(m, &["src", "dst", "ip", "via", "app"], &path, &mut bad);
+            let mut f = Fields::new();
+            for k in ["src", "dst", "ip", "via"] {
+                if let Some(v) = m.get(k) {
+                    let vals = strings(v, &format!("{path}.{k}"), &mut bad);
+                    if k == "src" || k == "dst" {
+                        for a in &vals {
+                            note_user(a, &mut users);
+                        }
+                    }
+                    // Always the child form: grants read better one field per line.
+                    if !vals.is_empty() {
+                        let q: Vec<String> = vals.iter().map(|s| kdl_str(s)).collect();
+                        f.child(format!("{k} {}", q.join(" ")));
+                    }
+                }
+            }
+            match m.get("app") {
+                None => {}
+                Some(Value::Object(app)) => {
+                    for (cap, vals) in app {
+                        match vals {
+                            Value::Array(a) => {
+                                for (j, x) in a.iter().enumerate() {
+                                    if x.is_object() {
+                                        let json = serde_json::to_string(x).unwrap_or_default();
+                                        f.child(format!("app {} {}", kdl_str(cap), kdl_str(&json)));
+                                    } else {
+                                        bad.push(format!("{path}.app.{cap}[{j}] (not an object)"));
+                                    }
+                                }
+                            }
+                            _ => bad.push(format!("{path}.app.{cap} (not a list)")),
+                        }
+                    }
+                }
+                Some(_) => bad.push(format!("{path}.app (not an object)")),
+            }
+            f.render(&mut body, "", "grant");
+        }
+        body.push('\n');
+    }
+
+    // ssh
+    if let Some(v) = root.get("ssh") {
+        for (i, m) in entries(v, "ssh", &mut bad).iter().enumerate() {
+            let path = format!("ssh[{i}]");
+            check_keys(
+                m,
+                &["action", "src", "dst", "users", "checkPeriod"],
+                &path,
+                &mut bad,
+            );
+            let mut f = Fields::new();
+            if let Some(a) = opt_str(m, "action", &path, &mut bad) {
+                f.scalar("action", &a);
+            }
+            for k in ["src", "dst", "users"] {
+                if let Some(v) = m.get(k) {
+                    let vals = strings(v, &format!("{path}.{k}"), &mut bad);
+                    if k != "users" {
+                        for a in &vals {
+                            note_user(a, &mut users);
+                        }
+                    }
+                    f.list(k, &vals);
+                }
+            }
+            if let Some(p) = opt_str(m, "checkPeriod", &path, &mut bad) {
+                f.scalar("check-period", &p);
+            }
+            f.render(&mut body, "", "ssh");
+        }
+        body.push('\n');
+    }
+
+    // tests
+    if let Some(v) = root.get("tests") {
+        for (i, m) in entries(v, "tests", &mut bad).iter().enumerate() {
+            let path = format!("tests[{i}]");
+            check_keys(m, &["src", "proto", "accept", "deny"], &path, &mut bad);
+            let mut f = Fields::new();
+            if let Some(s) = opt_str(m, "src", &path, &mut bad) {
+                note_user(&s, &mut users);
+                f.scalar("src", &s);
+            }
+            if let Some(p) = opt_str(m, "proto", &path, &mut bad) {
+                f.scalar("proto", &p);
+            }
+            for k in ["accept", "deny"] {
+                if let Some(v) = m.get(k) {
+                    let vals = strings(v, &format!("{path}.{k}"), &mut bad);
+                    for a in &vals {
+                        note_user(alias_part(a), &mut users);
+                    }
+                    f.list(k, &vals);
+                }
+            }
+            f.render(&mut body, "", "test");
+        }
+        body.push('\n');
+    }
+
+    // Everything else, verbatim.
+    let mut verbatim = String::new();
+    for (k, v) in root {
+        if GENERATED.contains(&k.as_str()) {
+            continue;
+        }
+        let json = serde_json::to_string(v).unwrap_or_default();
+        let _ = writeln!(verbatim, "verbatim {} {}", kdl_str(k), kdl_str(&json));
+    }
+
+    if !bad.is_empty() {
+        return Err(ImportError::Unsupported(bad));
+    }
+
+    let mut spec = String::new();
+    let _ = writeln!(
+        spec,
+        "// Imported by `tsk8s import` from {}.",
+        opts.source.replace(['\n', '\r'], " ")
+    );
+    let _ = writeln!(
+        spec,
+        "tailnet {} domain={}\n",
+        kdl_str(&opts.name),
+        kdl_str(&opts.domain)
+    );
+    if !users.is_empty() {
+        for u in &users {
+            let _ = writeln!(spec, "user {}", kdl_str(u));
+        }
+        spec.push('\n');
+    }
+    spec.push_str(&body);
+    if !verbatim.is_empty() {
+        spec.push_str(
+            "// Policy sections the spec language does not model, carried through unchanged.\n",
+        );
+        spec.push_str(&verbatim);
+    }
+    while spec.ends_with("\n\n") {
+        spec.pop();
+    }
+
+    // Self-check: build the spec and compare its policy with the input, section by section.
+    let warnings = match crate::build::load(&crate::build::Input {
+        spec_file: "tailnet.kdl",
+        spec: &spec,
+        lock_file: "tailnet.lock",
+        lock: None,
+        sources: Default::default(),
+    }) {
+        Ok(l) => compare(&value, &l.policy_value),
+        Err(f) => {
+            return Err(ImportError::Invalid(format!(
+                "the imported spec does not build:\n{}",
+                f.text
+            )));
+        }
+    };
+    Ok(Imported { spec, warnings })
+}
+
+/// Names of the top-level sections in which two policies differ.
+pub fn compare(input: &Value, rebuilt: &Value) -> Vec<String> {
+    let empty = Map::new();
+    let a = input.as_object().unwrap_or(&empty);
+    let b = rebuilt.as_object().unwrap_or(&empty);
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let (x, y) = (a.get(k.as_str()), b.get(k.as_str()));
+        if x == y {
+            continue;
+        }
+        // An allow-all rule written for a policy without acls.
+        if k == "acls" && x.is_none() {
+            continue;
+        }
+        out.push(format!("section `{k}` differs after a rebuild"));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLI glue (the only part that touches the filesystem)
+
+/// `tsk8s import`: read the policy, write the spec to `out` (or stdout). Exit code.
+pub fn run_cli(
+    policy: &std::path::Path,
+    out: Option<&std::path::Path>,
+    name: &str,
+    domain: &str,
+) -> u8 {
+    let text = match std::fs::read(policy) {
+        Ok(b) => match String::from_utf8(b) {
+            Ok(t) => t,
+            Err(_) => {
+                eprintln!("error: {}: not valid UTF-8", policy.display());
+                return 2;
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {}: cannot read: {e}", policy.display());
+            return 2;
+        }
+    };
+    let opts = ImportOptions {
+        name: name.to_string(),
+        domain: domain.to_string(),
+        source: policy
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "policy.hujson".into()),
+    };
+    let imported = match import(&text, &opts) {
+        Ok(i) => i,
+        Err(e) => {
+            eprint!("error: {}: {e}", policy.display());
+            if matches!(e, ImportError::Invalid(_)) {
+                eprintln!();
+            }
+            return 2;
+        }
+    };
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    match out {
+        Some(path) => {
+            if let Err(e) = crate::cli::write_atomic(path, imported.spec.as_bytes(), None) {
+                eprintln!("error: {e}");
+                return 2;
+            }
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{}", imported.spec),
+    }
+    0
+}
