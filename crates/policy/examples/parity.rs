@@ -64,10 +64,10 @@ fn caps(rules: &[FilterRule]) -> BTreeSet<(String, String, String)> {
         for s in &r.src_ips {
             if let Some(n) = tsk8s_policy::policy::parse_prefix(s) {
                 src.add_net(&n);
-            } else if let Some((a, b)) = s.split_once('-') {
-                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                    src.add_range(a, b);
-                }
+            } else if let Some((a, b)) = s.split_once('-')
+                && let (Ok(a), Ok(b)) = (a.parse(), b.parse())
+            {
+                src.add_range(a, b);
             }
         }
         for cg in &r.cap_grant {

@@ -394,6 +394,6 @@ mod tests {
         assert!(!m2.allows(ip("fd7a:115c:a1e0::1"), ip("fd7a:115c:a1e0::99"), 17, 53));
         let srcs = m.sources_for(ip("10.33.1.1"), 6, 22);
         assert!(srcs.contains(ip("10.9.9.9")) && srcs.contains(ip("100.64.0.5")));
-        assert!(srcs.contains(ip("8.8.8.8")) == false);
+        assert!(!srcs.contains(ip("8.8.8.8")));
     }
 }
