@@ -1,0 +1,104 @@
+//! Compiler benchmark (not a test): generated specs of 10, 100 and 1,000 clusters × 10
+//! exposures. For each size it writes the spec and its lock to a temp dir, runs the release
+//! `tsk8s build` as a child process, and reports wall time and peak RSS (from wait4's rusage).
+//!
+//! Run: `cargo bench --bench build` (builds the release binary first).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+fn spec(clusters: usize) -> String {
+    let mut s = String::from("tailnet \"bench\" domain=\"bench.example\"\n");
+    for c in 0..clusters {
+        let _ = writeln!(s, "group \"team{c}\" {{ member \"u{c}@bench.example\"; }}");
+        let _ = writeln!(s, "tag \"app{c}\" owner=\"group:team{c}\"");
+        // A stand-in public key; devices keep their private keys.
+        let _ = writeln!(s, "device \"laptop{c}\" user=\"u{c}@bench.example\" public-key=\"{}\"", pubkey(c as u32));
+    }
+    for c in 0..clusters {
+        let _ = writeln!(
+            s,
+            "cluster \"c{c}\" endpoint=\"wg.c{c}.bench.example\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
+        );
+        for p in 0..6 {
+            let _ = writeln!(s, "    proxy \"c{c}-p{p}\" service=\"ns{p}/svc{p}\" port={} tag=\"app{c}\"", 8000 + p);
+        }
+        let _ = writeln!(s, "    sidecar \"c{c}-side\" workload=\"shop/web{c}\" port=8080 tag=\"app{c}\"");
+        let _ = writeln!(s, "    subnet-router \"c{c}-r\" route=\"10.{}.{}.0/24\" tag=\"app{c}\"", c / 256, c % 256);
+        let _ = writeln!(s, "    egress \"c{c}-e\" target=\"laptop{c}\" port=2222 tag=\"app{c}\"");
+        let _ = writeln!(s, "    proxy \"c{c}-db\" service=\"data/db\" port=5432 tag=\"app{c}\"");
+        s.push_str("}\n");
+    }
+    s.push_str("acl {\n");
+    for c in 0..clusters {
+        let _ = writeln!(s, "    accept src=\"group:team{c}\" dst=\"tag:app{c}:*\"");
+        let _ = writeln!(s, "    accept src=\"tag:app{c}\" dst=\"u{c}@bench.example:2222\"");
+    }
+    s.push_str("}\n");
+    for c in 0..clusters {
+        let _ = writeln!(s, "test src=\"u{c}@bench.example\" accept=\"tag:app{c}:8000\"");
+    }
+    s
+}
+
+fn pubkey(n: u32) -> String {
+    use base64::Engine;
+    let mut b = [7u8; 32];
+    b[..4].copy_from_slice(&n.to_le_bytes());
+    let secret = x25519_dalek::StaticSecret::from(b);
+    base64::engine::general_purpose::STANDARD.encode(x25519_dalek::PublicKey::from(&secret).as_bytes())
+}
+
+fn lock(spec_text: &str) -> String {
+    let front = tsk8s::build::front("tailnet.kdl", spec_text).unwrap_or_else(|f| panic!("{}", f.text));
+    let mut n = 1_000_000u32;
+    let mut keygen = move || {
+        n += 1;
+        let k = pubkey(n);
+        (k.clone(), k)
+    };
+    let upd = tsk8s::lockfile::update(&front.tailnet, &Default::default(), &Default::default(), &mut keygen).unwrap();
+    tsk8s::lockfile::render(&upd.lock)
+}
+
+/// Run a child; return (wall seconds, peak RSS in MiB, exit code).
+fn measure(cmd: &mut Command) -> (f64, f64, i32) {
+    let start = Instant::now();
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed().as_secs_f64();
+    (wall, ru.ru_maxrss as f64 / 1024.0, libc::WEXITSTATUS(status))
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new("cargo").args(["build", "--release", "--bin", "tsk8s"]).current_dir(root).status().expect("cargo");
+    assert!(st.success());
+    let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("release/tsk8s");
+    println!("{:>9} {:>9} {:>10} {:>10} {:>12} {:>12}", "clusters", "nodes", "spec KiB", "files", "build s", "peak RSS MiB");
+    for clusters in [10usize, 100, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = spec(clusters);
+        std::fs::write(dir.path().join("tailnet.kdl"), &text).unwrap();
+        std::fs::write(dir.path().join("tailnet.lock"), lock(&text)).unwrap();
+        let out = dir.path().join("out");
+        let mut best = (f64::MAX, 0.0);
+        for _ in 0..3 {
+            let _ = std::fs::remove_dir_all(&out);
+            let (wall, rss, code) = measure(Command::new(&bin).arg("build").arg(dir.path().join("tailnet.kdl")).arg("-o").arg(&out).stderr(std::process::Stdio::null()));
+            assert_eq!(code, 0, "build failed");
+            if wall < best.0 {
+                best = (wall, rss);
+            }
+        }
+        let files = tsk8s::cli::output::list_files(&out).unwrap().len();
+        println!("{:>9} {:>9} {:>10} {:>10} {:>12.3} {:>12.1}", clusters, clusters * 10, text.len() / 1024, files, best.0, best.1);
+    }
+}
