@@ -270,3 +270,28 @@ fn yaml_1_1_ambiguous_strings_are_quoted() {
         "{node}"
     );
 }
+
+/// Every policy tsk8s generates (examples and golden specs) validates against the published
+/// JSON Schema of the policy file.
+#[test]
+fn generated_policies_match_the_json_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schema/policy.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut dirs = dirs("testdata/specs");
+    dirs.push(root().join("examples"));
+    dirs.extend(self::dirs("examples"));
+    let mut checked = 0;
+    for dir in dirs {
+        if !dir.join("tailnet.lock").exists() {
+            continue;
+        }
+        let Ok(tree) = build_dir(&dir) else { continue };
+        let text = String::from_utf8(tree["policy.hujson"].clone()).unwrap();
+        let value = tsk8s_policy::hujson::parse(&text).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", dir.display());
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} policies checked");
+}
