@@ -1,0 +1,688 @@
+//! The GitOps wiring (`gitops/`) and the Tailscale-image target (`runtime="tailscale"`).
+//!
+//! - Golden snapshots of `gitops/` for Argo CD (Applications; ApplicationSet) and Flux (with and
+//!   without SOPS decryption), and of the Tailscale-image cluster dirs.
+//! - `kubectl kustomize` renders every Tailscale-image cluster dir, and every sidecar Component
+//!   through a small app that includes it (skipped when kubectl is missing, unless
+//!   `TSK8S_REQUIRE_PRIVILEGED_TESTS=1` or `CI=true`).
+//! - Every Tailscale-image container uses only containerboot's documented environment, in
+//!   combinations containerboot accepts (the table [`RULES`], from `cmd/containerboot`'s
+//!   `settings.validate()` and the doc comment of `main.go`), and gets what its mode needs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use tsk8s::build::{self, Input};
+use tsk8s::emit::Tree;
+use tsk8s::model::RuntimeKind;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn required() -> bool {
+    std::env::var("TSK8S_REQUIRE_PRIVILEGED_TESTS").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn build_text(spec: &str, lock: Option<&str>) -> Result<Tree, build::Failure> {
+    build::build(&Input {
+        spec_file: "tailnet.kdl",
+        spec,
+        lock_file: "tailnet.lock",
+        lock,
+        sources: BTreeMap::new(),
+    })
+}
+
+fn build_dir(dir: &Path) -> Tree {
+    let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
+    let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
+    build_text(&spec, lock.as_deref())
+        .unwrap_or_else(|f| panic!("{}: build failed:\n{}", dir.display(), f.text))
+}
+
+fn render(tree: &Tree, prefix: &str) -> String {
+    let mut s = String::new();
+    for (path, bytes) in tree.range(prefix.to_string()..) {
+        if !path.starts_with(prefix) {
+            break;
+        }
+        s.push_str(&format!("=== {path}\n"));
+        s.push_str(&String::from_utf8_lossy(bytes));
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn spec(name: &str) -> PathBuf {
+    root().join("testdata/specs").join(name)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden output
+
+#[test]
+fn argocd_applications() {
+    let tree = build_dir(&spec("gitops-argocd"));
+    insta::assert_snapshot!("argocd_applications", render(&tree, "gitops/"));
+}
+
+#[test]
+fn argocd_application_set() {
+    let tree = build_dir(&spec("gitops-appset"));
+    insta::assert_snapshot!("argocd_application_set", render(&tree, "gitops/"));
+}
+
+#[test]
+fn flux_without_sops() {
+    let tree = build_dir(&spec("gitops-flux"));
+    let out = render(&tree, "gitops/");
+    assert!(!out.contains("decryption"), "no SOPS, no decryption");
+    insta::assert_snapshot!("flux_without_sops", out);
+}
+
+#[test]
+fn flux_with_sops() {
+    let tree = build_dir(&spec("gitops-flux-sops"));
+    let prod = render(&tree, "gitops/flux/prod/");
+    let lab = render(&tree, "gitops/flux/lab/");
+    assert!(prod.contains("provider: sops"), "{prod}");
+    assert!(!lab.contains("decryption"), "{lab}");
+    insta::assert_snapshot!("flux_with_sops", render(&tree, "gitops/"));
+}
+
+#[test]
+fn tailscale_image_output() {
+    let tree = build_dir(&spec("tailscale-image"));
+    insta::assert_snapshot!("tailscale_image_clusters", render(&tree, "clusters/"));
+}
+
+#[test]
+fn no_gitops_node_no_gitops_dir() {
+    let tree = build_text(
+        "tailnet \"a\" domain=\"a.example\"\ncluster \"c\" image=\"ghcr.io/tailscale/tailscale:v1.90.6\" runtime=\"tailscale\"\nacl { accept src=\"*\" dst=\"*:*\"; }\n",
+        None,
+    )
+    .unwrap_or_else(|f| panic!("{}", f.text));
+    assert!(tree.keys().all(|k| !k.starts_with("gitops/")));
+    assert!(tree.contains_key("clusters/c/kustomization.yaml"));
+}
+
+#[test]
+fn gitops_objects_are_labelled_and_have_no_version() {
+    for name in [
+        "gitops-argocd",
+        "gitops-appset",
+        "gitops-flux",
+        "gitops-flux-sops",
+    ] {
+        let tree = build_dir(&spec(name));
+        for (path, bytes) in tree.iter().filter(|(p, _)| p.starts_with("gitops/")) {
+            let v: Value = serde_yaml_ng::from_slice(bytes).unwrap();
+            if v["kind"] == "Kustomization" && v["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+            {
+                continue;
+            }
+            assert_eq!(
+                v["metadata"]["labels"]["app.kubernetes.io/managed-by"], "tsk8s",
+                "{name}: {path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tailscale_udp_proxy_is_an_error() {
+    let spec = r#"tailnet "a" domain="a.example"
+tag "dns"
+cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
+    proxy "coredns" service="kube-system/kube-dns" tag="dns" {
+        port 53 protocol="udp"
+    }
+}
+"#;
+    let err = build_text(spec, None).err().expect("must fail");
+    assert!(err.text.contains("UDP port(s) 53"), "{}", err.text);
+    assert!(err.text.contains("TCP only"), "{}", err.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every Tailscale-image spec we ship
+
+/// Spec dirs (examples, examples/*, testdata/specs/*) with at least one Tailscale-image cluster.
+fn tailscale_specs() -> Vec<(PathBuf, Vec<String>)> {
+    let mut dirs = vec![root().join("examples")];
+    for parent in ["examples", "testdata/specs"] {
+        if let Ok(rd) = std::fs::read_dir(root().join(parent)) {
+            let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            v.sort();
+            dirs.extend(v);
+        }
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(text) = std::fs::read_to_string(d.join("tailnet.kdl")) else {
+            continue;
+        };
+        let Ok(front) = build::front("tailnet.kdl", &text) else {
+            continue;
+        };
+        let clusters: Vec<String> = front
+            .tailnet
+            .clusters
+            .iter()
+            .filter(|c| c.runtime == RuntimeKind::Tailscale && !c.exposures.is_empty())
+            .map(|c| c.name.clone())
+            .collect();
+        if !clusters.is_empty() {
+            out.push((d, clusters));
+        }
+    }
+    assert!(
+        out.iter().any(|(d, _)| d.ends_with("examples/tailscale")),
+        "examples/tailscale must be among them"
+    );
+    out
+}
+
+fn yaml_docs(bytes: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(bytes);
+    text.split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}:\n{d}")))
+        .collect()
+}
+
+/// One container of a Tailscale-image pod, with what the rules need to know about its pod.
+struct Pod {
+    origin: String,
+    env: BTreeMap<String, String>,
+    privileged: bool,
+    has_sysctler: bool,
+    /// For Deployments: the Role rules of the pod's service account (resourceNames → verbs).
+    role: Option<Vec<(Vec<String>, Vec<String>)>>,
+    /// State Secrets emitted in the same file.
+    secrets: Vec<String>,
+    /// Mount paths.
+    mounts: Vec<String>,
+}
+
+fn container_env(c: &Value) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = match (&e["value"], &e["valueFrom"]) {
+            (Value::String(s), _) => s.clone(),
+            (_, Value::Object(_)) => "<valueFrom>".to_string(),
+            _ => String::new(),
+        };
+        assert!(
+            env.insert(name.clone(), value).is_none(),
+            "{name} given twice"
+        );
+    }
+    env
+}
+
+fn tailscale_pods() -> Vec<Pod> {
+    let mut pods = Vec::new();
+    for (dir, clusters) in tailscale_specs() {
+        let tree = build_dir(&dir);
+        for cl in &clusters {
+            let prefix = format!("clusters/{cl}/");
+            for (path, bytes) in tree.range(prefix.clone()..) {
+                if !path.starts_with(&prefix) {
+                    break;
+                }
+                let docs = yaml_docs(bytes);
+                let origin = format!("{}:{path}", dir.display());
+                let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
+                let secrets: Vec<String> = docs
+                    .iter()
+                    .filter(|d| d["kind"] == "Secret")
+                    .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+                    .collect();
+                for d in &docs {
+                    let is_deploy = d["kind"] == "Deployment" && path.ends_with(".yaml");
+                    let pod = &d["spec"]["template"]["spec"];
+                    let Some(containers) = pod["containers"].as_array() else {
+                        continue;
+                    };
+                    let has_sysctler = pod["initContainers"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|c| c["name"] == "sysctler"));
+                    for c in containers.iter().filter(|c| c["name"] == "tailscale") {
+                        let role = (is_deploy && !path.contains("/components/")).then(|| {
+                            roles
+                                .iter()
+                                .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+                                .map(|rule| {
+                                    let names = rule["resourceNames"]
+                                        .as_array()
+                                        .map(|a| {
+                                            a.iter()
+                                                .map(|x| x.as_str().unwrap().to_string())
+                                                .collect()
+                                        })
+                                        .unwrap_or_default();
+                                    let verbs = rule["verbs"]
+                                        .as_array()
+                                        .unwrap()
+                                        .iter()
+                                        .map(|x| x.as_str().unwrap().to_string())
+                                        .collect();
+                                    (names, verbs)
+                                })
+                                .collect()
+                        });
+                        pods.push(Pod {
+                            origin: origin.clone(),
+                            env: container_env(c),
+                            privileged: c["securityContext"]["privileged"] == true,
+                            has_sysctler,
+                            role,
+                            secrets: secrets.clone(),
+                            mounts: c["volumeMounts"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|m| m["mountPath"].as_str().unwrap().to_string())
+                                .collect(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    assert!(!pods.is_empty());
+    pods
+}
+
+/// containerboot's documented environment (the doc comment of cmd/containerboot/main.go, minus
+/// the deprecated TS_HEALTHCHECK_ADDR_PORT and the experimental/operator-only variables), plus
+/// the downward-API variables of tailscale's docs/k8s manifests.
+const DOCUMENTED: &[&str] = &[
+    "TS_AUTHKEY",
+    "TS_AUTH_KEY",
+    "TS_CLIENT_ID",
+    "TS_CLIENT_SECRET",
+    "TS_ID_TOKEN",
+    "TS_AUDIENCE",
+    "TS_HOSTNAME",
+    "TS_ROUTES",
+    "TS_DEST_IP",
+    "TS_TAILNET_TARGET_IP",
+    "TS_TAILNET_TARGET_FQDN",
+    "TS_TAILSCALED_EXTRA_ARGS",
+    "TS_EXTRA_ARGS",
+    "TS_USERSPACE",
+    "TS_STATE_DIR",
+    "TS_ACCEPT_DNS",
+    "TS_KUBE_SECRET",
+    "TS_SOCKS5_SERVER",
+    "TS_OUTBOUND_HTTP_PROXY_LISTEN",
+    "TS_SOCKET",
+    "TS_AUTH_ONCE",
+    "TS_SERVE_CONFIG",
+    "TS_LOCAL_ADDR_PORT",
+    "TS_ENABLE_METRICS",
+    "TS_ENABLE_HEALTH_CHECK",
+    "POD_NAME",
+    "POD_UID",
+];
+
+/// Boolean variables (parsed with Go's strconv.ParseBool).
+const BOOLS: &[&str] = &[
+    "TS_USERSPACE",
+    "TS_AUTH_ONCE",
+    "TS_ACCEPT_DNS",
+    "TS_ENABLE_METRICS",
+    "TS_ENABLE_HEALTH_CHECK",
+];
+
+fn set(p: &Pod, k: &str) -> bool {
+    p.env.get(k).is_some_and(|v| !v.is_empty())
+}
+
+/// TS_USERSPACE defaults to true.
+fn userspace(p: &Pod) -> bool {
+    p.env
+        .get("TS_USERSPACE")
+        .is_none_or(|v| matches!(v.as_str(), "1" | "t" | "T" | "TRUE" | "true" | "True"))
+}
+
+/// What containerboot refuses (settings.validate, main.go) and what each mode needs.
+/// Each rule returns true when the pod breaks it.
+#[allow(clippy::type_complexity)]
+const RULES: &[(&str, fn(&Pod) -> bool)] = &[
+    ("TS_DEST_IP is not supported with TS_USERSPACE", |p| {
+        set(p, "TS_DEST_IP") && userspace(p)
+    }),
+    (
+        "TS_TAILNET_TARGET_IP is not supported with TS_USERSPACE",
+        |p| set(p, "TS_TAILNET_TARGET_IP") && userspace(p),
+    ),
+    (
+        "TS_TAILNET_TARGET_FQDN is not supported with TS_USERSPACE",
+        |p| set(p, "TS_TAILNET_TARGET_FQDN") && userspace(p),
+    ),
+    (
+        "Both TS_TAILNET_TARGET_IP and TS_TAILNET_FQDN cannot be set",
+        |p| set(p, "TS_TAILNET_TARGET_IP") && set(p, "TS_TAILNET_TARGET_FQDN"),
+    ),
+    ("TS_SERVE_CONFIG cannot be used with TS_DEST_IP", |p| {
+        set(p, "TS_SERVE_CONFIG") && set(p, "TS_DEST_IP")
+    }),
+    (
+        "TS_AUTHKEY cannot be used with TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, or TS_AUDIENCE",
+        |p| {
+            (set(p, "TS_AUTHKEY") || set(p, "TS_AUTH_KEY"))
+                && [
+                    "TS_CLIENT_ID",
+                    "TS_CLIENT_SECRET",
+                    "TS_ID_TOKEN",
+                    "TS_AUDIENCE",
+                ]
+                .iter()
+                .any(|k| set(p, k))
+        },
+    ),
+    ("TS_ID_TOKEN is set but TS_CLIENT_ID is not set", |p| {
+        set(p, "TS_ID_TOKEN") && !set(p, "TS_CLIENT_ID")
+    }),
+    ("TS_AUDIENCE is set but TS_CLIENT_ID is not set", |p| {
+        set(p, "TS_AUDIENCE") && !set(p, "TS_CLIENT_ID")
+    }),
+    ("boolean variables must parse (strconv.ParseBool)", |p| {
+        BOOLS.iter().any(|k| {
+            p.env.get(*k).is_some_and(|v| {
+                !matches!(
+                    v.as_str(),
+                    "1" | "t"
+                        | "T"
+                        | "TRUE"
+                        | "true"
+                        | "True"
+                        | "0"
+                        | "f"
+                        | "F"
+                        | "FALSE"
+                        | "false"
+                        | "False"
+                )
+            })
+        })
+    }),
+    ("TS_LOCAL_ADDR_PORT must be an addr:port", |p| {
+        p.env
+            .get("TS_LOCAL_ADDR_PORT")
+            .is_some_and(|v| v.parse::<std::net::SocketAddr>().is_err())
+    }),
+    (
+        "TS_ENABLE_HEALTH_CHECK needs the probe port: TS_LOCAL_ADDR_PORT on 9002",
+        |p| {
+            set(p, "TS_ENABLE_HEALTH_CHECK")
+                && p.env.get("TS_LOCAL_ADDR_PORT").map(String::as_str) != Some("[::]:9002")
+        },
+    ),
+    ("every node authenticates with TS_AUTHKEY", |p| {
+        p.env.get("TS_AUTHKEY").map(String::as_str) != Some("<valueFrom>")
+    }),
+    ("TS_EXTRA_ARGS only advertises valid tags", |p| {
+        let Some(v) = p.env.get("TS_EXTRA_ARGS") else {
+            return true;
+        };
+        let Some(tags) = v.strip_prefix("--advertise-tags=") else {
+            return true;
+        };
+        tags.is_empty()
+            || tags
+                .split(',')
+                .any(|t| tsk8s::resolve::check_tag_syntax(t).is_err())
+    }),
+    (
+        "TS_AUTH_ONCE=true (log in only when the state holds no login)",
+        |p| p.env.get("TS_AUTH_ONCE").map(String::as_str) != Some("true"),
+    ),
+    (
+        "kernel mode (TS_USERSPACE=false) needs a privileged container (TUN since runc 1.2)",
+        |p| !userspace(p) && !p.privileged,
+    ),
+    ("userspace mode needs no privileges", |p| {
+        userspace(p) && p.privileged
+    }),
+    (
+        "egress (TS_TAILNET_TARGET_*) needs IP forwarding: the sysctler init container",
+        |p| (set(p, "TS_TAILNET_TARGET_IP") || set(p, "TS_TAILNET_TARGET_FQDN")) && !p.has_sysctler,
+    ),
+    (
+        "a node forwards somewhere: TS_SERVE_CONFIG, TS_ROUTES or TS_TAILNET_TARGET_*",
+        |p| {
+            ![
+                "TS_SERVE_CONFIG",
+                "TS_ROUTES",
+                "TS_TAILNET_TARGET_IP",
+                "TS_TAILNET_TARGET_FQDN",
+            ]
+            .iter()
+            .any(|k| set(p, k))
+        },
+    ),
+    ("TS_SERVE_CONFIG lives in a mounted dir (watched)", |p| {
+        p.env.get("TS_SERVE_CONFIG").is_some_and(|f| {
+            !p.mounts
+                .iter()
+                .any(|m| Path::new(f).parent() == Some(Path::new(m)))
+        })
+    }),
+    ("the socket and state dir (/tmp) are writable", |p| {
+        !p.mounts.iter().any(|m| m == "/tmp")
+    }),
+    (
+        "TS_KUBE_SECRET names a Secret tsk8s emits, and the Role allows exactly get, update, patch on it",
+        |p| {
+            let Some(role) = &p.role else {
+                // A sidecar: no API access, state in the emptyDir.
+                return p.env.get("TS_KUBE_SECRET").map(String::as_str) != Some("")
+                    || !set(p, "TS_STATE_DIR");
+            };
+            let Some(secret) = p.env.get("TS_KUBE_SECRET").filter(|s| !s.is_empty()) else {
+                return true;
+            };
+            let verbs = vec!["get".to_string(), "update".to_string(), "patch".to_string()];
+            !p.secrets.contains(secret) || role != &vec![(vec![secret.clone()], verbs)]
+        },
+    ),
+];
+
+#[test]
+fn tailscale_pods_use_only_documented_variables_in_allowed_combinations() {
+    let pods = tailscale_pods();
+    let mut problems = Vec::new();
+    for p in &pods {
+        for k in p.env.keys() {
+            if !DOCUMENTED.contains(&k.as_str()) {
+                problems.push(format!(
+                    "{}: {k} is not a documented containerboot variable",
+                    p.origin
+                ));
+            }
+        }
+        for (rule, broken) in RULES {
+            if broken(p) {
+                problems.push(format!("{}: {rule} (env: {:?})", p.origin, p.env));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The table is exercised: each mode appears.
+    for k in ["TS_SERVE_CONFIG", "TS_ROUTES", "TS_TAILNET_TARGET_IP"] {
+        assert!(pods.iter().any(|p| set(p, k)), "no pod with {k}");
+    }
+    assert!(pods.iter().any(|p| p.role.is_none()), "no sidecar");
+}
+
+#[test]
+fn rules_catch_bad_combinations() {
+    let good = Pod {
+        origin: "hand-made".into(),
+        env: BTreeMap::from([
+            ("TS_AUTHKEY".into(), "<valueFrom>".into()),
+            ("TS_AUTH_ONCE".into(), "true".into()),
+            ("TS_EXTRA_ARGS".into(), "--advertise-tags=tag:a".into()),
+            ("TS_SERVE_CONFIG".into(), "/etc/s/serve.json".into()),
+            ("TS_KUBE_SECRET".into(), "st".into()),
+        ]),
+        privileged: false,
+        has_sysctler: false,
+        role: Some(vec![(
+            vec!["st".into()],
+            vec!["get".into(), "update".into(), "patch".into()],
+        )]),
+        secrets: vec!["st".into()],
+        mounts: vec!["/tmp".into(), "/etc/s".into()],
+    };
+    let broken = |p: &Pod| -> Vec<&str> {
+        RULES
+            .iter()
+            .filter(|(_, f)| f(p))
+            .map(|(r, _)| *r)
+            .collect()
+    };
+    assert!(broken(&good).is_empty(), "{:?}", broken(&good));
+    let mut p = Pod {
+        env: good.env.clone(),
+        role: good.role.clone(),
+        secrets: good.secrets.clone(),
+        mounts: good.mounts.clone(),
+        ..good
+    };
+    p.env.insert("TS_DEST_IP".into(), "10.0.0.1".into());
+    let b = broken(&p);
+    assert!(
+        b.contains(&"TS_DEST_IP is not supported with TS_USERSPACE"),
+        "{b:?}"
+    );
+    assert!(
+        b.contains(&"TS_SERVE_CONFIG cannot be used with TS_DEST_IP"),
+        "{b:?}"
+    );
+    p.env.remove("TS_DEST_IP");
+    p.env
+        .insert("TS_TAILNET_TARGET_FQDN".into(), "x.ts.net".into());
+    p.env.insert("TS_USERSPACE".into(), "false".into());
+    let b = broken(&p);
+    assert!(b.iter().any(|r| r.starts_with("kernel mode")), "{b:?}");
+    assert!(b.iter().any(|r| r.starts_with("egress")), "{b:?}");
+    p.role = Some(vec![(vec![], vec!["create".into()])]);
+    assert!(broken(&p).iter().any(|r| r.starts_with("TS_KUBE_SECRET")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// kubectl kustomize
+
+fn kubectl() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+fn write_tree(dir: &Path, tree: &Tree) {
+    for (p, b) in tree {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b).unwrap();
+    }
+}
+
+fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Value> {
+    let o = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    yaml_docs(&o.stdout)
+}
+
+#[test]
+fn kubectl_kustomize_renders_tailscale_cluster_dirs() {
+    let Some(kubectl) = kubectl() else {
+        assert!(!required(), "kubectl is required");
+        eprintln!("SKIP: kubectl not found");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (dir, clusters)) in tailscale_specs().into_iter().enumerate() {
+        let out = tmp.path().join(i.to_string());
+        let tree = build_dir(&dir);
+        write_tree(&out, &tree);
+        for c in clusters {
+            let cdir = out.join("clusters").join(&c);
+            let objs = kustomize(&kubectl, &cdir);
+            assert!(
+                objs.iter().any(|o| o["kind"] == "Namespace"),
+                "{}: {c}",
+                dir.display()
+            );
+            // Sidecar Components, through an app that includes each.
+            let Ok(rd) = std::fs::read_dir(cdir.join("components")) else {
+                continue;
+            };
+            for comp in rd.flatten() {
+                let patch: Value = serde_yaml_ng::from_slice(
+                    &std::fs::read(comp.path().join("patch.yaml")).unwrap(),
+                )
+                .unwrap();
+                let comp_name = comp.file_name().to_string_lossy().into_owned();
+                let app = tmp.path().join(format!("app-{i}-{c}-{comp_name}"));
+                std::fs::create_dir_all(&app).unwrap();
+                let name = patch["metadata"]["name"].as_str().unwrap();
+                let ns = patch["metadata"]["namespace"].as_str().unwrap();
+                let kind = patch["kind"].as_str().unwrap();
+                std::fs::write(
+                    app.join("app.yaml"),
+                    format!(
+                        "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      serviceAccountName: mine\n      securityContext: {{runAsUser: 4242}}\n      containers: [{{name: app, image: 'nginx:1.27'}}]\n"
+                    ),
+                )
+                .unwrap();
+                std::fs::write(
+                    app.join("kustomization.yaml"),
+                    format!(
+                        "resources: [app.yaml]\ncomponents: [../{i}/clusters/{c}/components/{comp_name}]\n"
+                    ),
+                )
+                .unwrap();
+                let objs = kustomize(&kubectl, &app);
+                let w = objs
+                    .iter()
+                    .find(|o| o["kind"] == kind)
+                    .expect("the workload");
+                let pod = &w["spec"]["template"]["spec"];
+                let names: Vec<&str> = pod["containers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                let mut sorted = names.clone();
+                sorted.sort();
+                assert_eq!(sorted, ["app", "tailscale"], "{}", comp.path().display());
+                assert_eq!(pod["serviceAccountName"], "mine");
+                assert_eq!(pod["securityContext"]["runAsUser"], 4242);
+            }
+        }
+    }
+}
