@@ -184,6 +184,7 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
         return Err(Failure::from_diags(&diags));
     }
 
+    let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
     for c in &t.clusters {
         if c.runtime == RuntimeKind::Tailscale {
             lower::tailscale::write(&mut tree, t, c, &l.spans, input)?;
@@ -232,8 +233,19 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
                 continue;
             };
             if let ExposureKind::Sidecar { .. } = e.kind {
-                if let Some(comp) = lower::sidecar::component(c, e, node, &rt.mesh) {
+                if let Some(mut comp) = lower::sidecar::component(c, e, node, &rt.mesh) {
                     let cdir = format!("{dir}/components/{id}");
+                    lower::secrets::write_component_key(
+                        &mut tree,
+                        &cdir,
+                        t,
+                        c,
+                        e,
+                        &mut comp.kustomization,
+                        &input.sources,
+                        &mut secret_diags,
+                        &l.spans,
+                    );
                     emit::put(
                         &mut tree,
                         format!("{cdir}/kustomization.yaml"),
@@ -274,11 +286,27 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
             )));
             add(&mut tree, format!("{id}.yaml"), emit::yaml_docs(&docs));
         }
+        let generators = lower::secrets::write_cluster_keys(
+            &mut tree,
+            &dir,
+            t,
+            c,
+            &mut resources,
+            &input.sources,
+            &mut secret_diags,
+            &l.spans,
+        );
+        let mut kustomization = emit::kustomization(&resources);
+        lower::secrets::add_generators(&mut kustomization, &generators);
         emit::put(
             &mut tree,
             format!("{dir}/kustomization.yaml"),
-            emit::yaml(&emit::kustomization(&resources)),
+            emit::yaml(&kustomization),
         );
+    }
+    if !secret_diags.is_empty() {
+        secret_diags.sort();
+        return Err(Failure::from_diags(&secret_diags));
     }
     lower::gitops::write(&mut tree, t);
     emit::finish(&mut tree);

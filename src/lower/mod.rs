@@ -7,5 +7,6 @@ pub mod k8s;
 pub mod mesh;
 pub mod net;
 pub mod policy;
+pub mod secrets;
 pub mod sidecar;
 pub mod tailscale;
