@@ -1,14 +1,383 @@
-//! Delivering private keys through secret backends that live in git (SOPS). Filled in by the
-//! secret-backends work; until then SOPS clusters are refused by `lock`.
+//! The CLI side of the secret backends (filesystem, clock, environment): reading committed
+//! sources for `build`, delivering new and rotated keys as SOPS files in `lock`, keeping those
+//! files and their `.sops.yaml` in step with the spec's recipients, and telling the user what
+//! to re-apply after a rotation or removal. See docs/secrets.md.
+//!
+//! Private keys are never passed in argv nor printed: they go into files (mode 0600) or SOPS
+//! ciphertext only.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
-use crate::lockfile::NewKey;
-use crate::model::Tailnet;
+use crate::lockfile::{Lock, LockUpdate, NewKey};
+use crate::lower::secrets::{self, SecretRef};
+use crate::model::{Cluster, SecretBackend, Tailnet};
 
-pub fn deliver_sops(_spec_dir: &Path, _t: &Tailnet, k: &NewKey) -> Result<(), String> {
-    Err(format!(
-        "cluster {:?}: the sops backend is not available in this build",
-        k.cluster
-    ))
+/// Largest source file read for `build` (a Secret is at most 1 MiB in Kubernetes).
+const MAX_SOURCE: u64 = 2 * 1024 * 1024;
+
+/// The committed sources `build` reads: every regular file directly under each SOPS or
+/// SealedSecrets source dir, keyed by [`secrets::source_path`]. A spec that does not parse
+/// gives none (the build reports its errors).
+pub fn read_sources(spec_dir: &Path, spec_name: &str, spec: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(front) = crate::build::front(spec_name, spec) else {
+        return out;
+    };
+    let dirs: BTreeSet<&str> = front
+        .tailnet
+        .clusters
+        .iter()
+        .filter_map(|c| secrets::source_dir(&c.secrets))
+        .collect();
+    for dir in dirs {
+        let Ok(rd) = fs::read_dir(spec_dir.join(dir)) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(md) = fs::metadata(&path) else {
+                continue;
+            };
+            if !md.is_file() || md.len() > MAX_SOURCE || name.starts_with('.') {
+                continue;
+            }
+            if let Ok(bytes) = fs::read(&path) {
+                out.insert(secrets::source_path(dir, &name), bytes);
+            }
+        }
+    }
+    out
+}
+
+/// Now, as RFC 3339 UTC (`lastmodified` of SOPS files; only `lock` writes it).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn node_labels(node: &str) -> BTreeMap<String, String> {
+    crate::lower::k8s::meta("x", None, Some(node))
+        .labels
+        .unwrap_or_default()
+}
+
+fn node_ref(t: &Tailnet, cluster: &str, node: &str) -> Option<(Cluster, SecretRef)> {
+    let c = t.cluster(cluster)?;
+    let e = c.exposures.iter().find(|e| e.id == node)?;
+    Some((c.clone(), SecretRef::node_key(c, e)))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    }
+    crate::cli::write_atomic(path, bytes, Some(0o644))
+}
+
+/// Keep `<source_dir>/.sops.yaml` equal to the creation rules for the spec's recipients.
+fn write_creation_rules(
+    spec_dir: &Path,
+    source_dir: &str,
+    recipients: &[String],
+) -> Result<(), String> {
+    let path = spec_dir.join(secrets::source_path(source_dir, ".sops.yaml"));
+    let text = secrets::sops_creation_rules(recipients);
+    if fs::read(&path).ok().as_deref() == Some(text.as_bytes()) {
+        return Ok(());
+    }
+    write_file(&path, text.as_bytes())?;
+    eprintln!("wrote {} (SOPS creation rules)", path.display());
+    Ok(())
+}
+
+/// Encrypt a node's key Secret for its cluster's recipients and write it to
+/// `<spec dir>/<source_dir>/<node>.sops.yaml` (with the dir's `.sops.yaml`).
+pub fn deliver_sops(spec_dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(), String> {
+    let (c, r) = node_ref(t, &k.cluster, &k.node)
+        .ok_or_else(|| format!("node {:?} is not in cluster {:?}", k.node, k.cluster))?;
+    let SecretBackend::Sops {
+        recipients,
+        source_dir,
+    } = &c.secrets
+    else {
+        return Err(format!(
+            "cluster {:?} does not use the sops backend",
+            c.name
+        ));
+    };
+    write_creation_rules(spec_dir, source_dir, recipients)?;
+    let data = BTreeMap::from([(
+        secrets::PRIVATE_KEY.to_string(),
+        format!("{}\n", k.private_key).into_bytes(),
+    )]);
+    let text = tsk8s_sops::encrypt_secret(
+        &r.name,
+        &r.namespace,
+        &data,
+        &node_labels(&k.node),
+        recipients,
+        &now_rfc3339(),
+    )
+    .map_err(|e| {
+        format!(
+            "cluster {:?}: cannot encrypt the key of {:?}: {e}",
+            c.name, k.node
+        )
+    })?;
+    let rel = secrets::source_file(&c, &r.remote).unwrap_or_default();
+    let path = spec_dir.join(&rel);
+    write_file(&path, text.as_bytes())?;
+    eprintln!(
+        "{} key for {:?} (cluster {:?}) encrypted for {} age recipient(s) into {}; commit it",
+        if k.rotated { "rotated" } else { "new" },
+        k.node,
+        k.cluster,
+        recipients.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// age identities for re-encrypting, where `sops` looks for them: `SOPS_AGE_KEY`,
+/// `SOPS_AGE_KEY_FILE`, then `$XDG_CONFIG_HOME/sops/age/keys.txt` (`~/.config/…`).
+fn age_identities() -> String {
+    let mut ids = String::new();
+    if let Ok(k) = std::env::var("SOPS_AGE_KEY") {
+        ids.push_str(&k);
+        ids.push('\n');
+    }
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(f) = std::env::var_os("SOPS_AGE_KEY_FILE") {
+        files.push(PathBuf::from(f));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(c) = config {
+        files.push(c.join("sops/age/keys.txt"));
+    }
+    for f in files {
+        if let Ok(t) = fs::read_to_string(&f) {
+            ids.push_str(&t);
+            ids.push('\n');
+        }
+    }
+    ids
+}
+
+/// Before `lock` delivers keys: for every SOPS cluster, keep `.sops.yaml` current, and check
+/// the file of every locked node that gets no new key. A missing file is an error naming
+/// `--rotate`; a file for other recipients is re-encrypted (same key) when an identity of a
+/// current recipient is at hand, else an error. `fresh` are the nodes getting new keys now.
+pub fn sops_upkeep(
+    spec_dir: &Path,
+    t: &Tailnet,
+    lock: &Lock,
+    fresh: &[NewKey],
+) -> Result<(), String> {
+    let fresh: BTreeSet<&str> = fresh.iter().map(|k| k.node.as_str()).collect();
+    let mut problems = Vec::new();
+    let mut missing = Vec::new();
+    let mut identities: Option<String> = None;
+    for c in &t.clusters {
+        let SecretBackend::Sops {
+            recipients,
+            source_dir,
+        } = &c.secrets
+        else {
+            continue;
+        };
+        write_creation_rules(spec_dir, source_dir, recipients)?;
+        let want: BTreeSet<&str> = recipients.iter().map(|r| r.trim()).collect();
+        for e in &c.exposures {
+            if fresh.contains(e.id.as_str()) || !lock.nodes.contains_key(&e.id) {
+                continue;
+            }
+            let r = SecretRef::node_key(c, e);
+            let rel = secrets::source_file(c, &r.remote).unwrap_or_default();
+            let path = spec_dir.join(&rel);
+            let Ok(text) = fs::read_to_string(&path) else {
+                missing.push(e.id.clone());
+                continue;
+            };
+            let Ok(got) = tsk8s_sops::recipients_of(&text) else {
+                problems.push(format!(
+                    "{}: not a SOPS file; replace it with `tsk8s lock --rotate {}`",
+                    path.display(),
+                    e.id
+                ));
+                continue;
+            };
+            let got: BTreeSet<&str> = got.iter().map(|r| r.trim()).collect();
+            if got == want {
+                continue;
+            }
+            let ids = identities.get_or_insert_with(age_identities);
+            let data = match tsk8s_sops::decrypt_secret_data(&text, ids) {
+                Ok(d) => d,
+                Err(_) => {
+                    problems.push(format!(
+                        "{}: encrypted for other age recipients than the spec names, and no identity of a current recipient is available to re-encrypt it; set SOPS_AGE_KEY_FILE to one, or give the node a new key with `tsk8s lock --rotate {}`",
+                        path.display(),
+                        e.id
+                    ));
+                    continue;
+                }
+            };
+            let text = tsk8s_sops::encrypt_secret(
+                &r.name,
+                &r.namespace,
+                &data,
+                &node_labels(&e.id),
+                recipients,
+                &now_rfc3339(),
+            )
+            .map_err(|e| format!("{}: cannot re-encrypt: {e}", path.display()))?;
+            write_file(&path, text.as_bytes())?;
+            eprintln!(
+                "re-encrypted {} for the spec's {} age recipient(s) (same key); commit it",
+                path.display(),
+                recipients.len()
+            );
+        }
+    }
+    if !missing.is_empty() {
+        let rotate: Vec<String> = missing.iter().map(|n| format!("--rotate {n}")).collect();
+        problems.push(format!(
+            "node(s) {} use the sops backend but have no SOPS file (tsk8s never stores private keys, so it cannot write one for an existing key); give them new keys: `tsk8s lock {}`",
+            missing.join(", "),
+            rotate.join(" ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// For the external-secrets backend: `<keys dir>/<cluster>/<node>.json`, the store's secret
+/// value `{"private-key": "…"}` (mode 0600), for `aws secretsmanager … file://…`.
+pub fn write_store_json(key_path: &Path, k: &NewKey) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = key_path.with_extension("json");
+    let json = serde_json::json!({ secrets::PRIVATE_KEY: format!("{}\n", k.private_key) });
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+    f.write_all(format!("{json}\n").as_bytes())
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// After `lock` wrote the lock: what must be re-applied for rotated keys and removed nodes.
+pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate) {
+    let rotated: Vec<&NewKey> = upd.new_keys.iter().filter(|k| k.rotated).collect();
+    let removed: Vec<(&String, &crate::lockfile::NodeEntry)> = old
+        .nodes
+        .iter()
+        .filter(|(n, _)| !upd.lock.nodes.contains_key(*n))
+        .collect();
+    if rotated.is_empty() && removed.is_empty() {
+        return;
+    }
+    eprintln!("to re-apply:");
+    for k in &rotated {
+        let Some((c, r)) = node_ref(t, &k.cluster, &k.node) else {
+            continue;
+        };
+        let how = match &c.secrets {
+            SecretBackend::Existing => format!(
+                "replace Secret {}/{} with the new key file (`kubectl -n {} create secret generic {} --from-file={}=<file> --dry-run=client -o yaml | kubectl apply -f -`)",
+                r.namespace,
+                r.name,
+                r.namespace,
+                r.name,
+                secrets::PRIVATE_KEY
+            ),
+            SecretBackend::ExternalSecrets { key_prefix, .. } => format!(
+                "put the new key into the store at {:?} (property {:?}); the ExternalSecret refreshes Secret {}/{} within its refresh interval (or annotate it `force-sync=$(date +%s)`)",
+                secrets::remote_key(key_prefix, &c.name, &r.remote),
+                secrets::PRIVATE_KEY,
+                r.namespace,
+                r.name
+            ),
+            SecretBackend::Sops { .. } => format!(
+                "commit {} (re-encrypted); the GitOps controller decrypts it into Secret {}/{}",
+                secrets::source_file(&c, &r.remote).unwrap_or_default(),
+                r.namespace,
+                r.name
+            ),
+            SecretBackend::SealedSecrets { .. } => format!(
+                "reseal the new key into {} (command above) and commit it",
+                secrets::source_file(&c, &r.remote).unwrap_or_default()
+            ),
+        };
+        eprintln!("  rotated {:?}: {how}.", k.node);
+        eprintln!(
+            "    Then `tsk8s build`: peers' configs change only in {:?}'s public key (`tsk8s diff` lists them); re-import devices/<device>.conf on devices that reach it. The runtime reloads the key when the Secret volume updates.",
+            k.node
+        );
+    }
+    for (node, entry) in removed {
+        let c = t.cluster(&entry.cluster);
+        let how = match c.map(|c| &c.secrets) {
+            Some(SecretBackend::Sops { source_dir, .. }) => {
+                let rel = secrets::source_path(source_dir, &format!("{node}.sops.yaml"));
+                let path = spec_dir.join(&rel);
+                if fs::remove_file(&path).is_ok() {
+                    format!("removed {}; commit the deletion", path.display())
+                } else {
+                    format!("delete {rel} if it is still there")
+                }
+            }
+            Some(SecretBackend::SealedSecrets { source_dir }) => format!(
+                "delete {}",
+                secrets::source_path(source_dir, &format!("{node}.yaml"))
+            ),
+            Some(SecretBackend::ExternalSecrets { key_prefix, .. }) => format!(
+                "delete {:?} from the store (the ExternalSecret and its Secret go with the next build)",
+                secrets::remote_key(key_prefix, &entry.cluster, node)
+            ),
+            _ => format!(
+                "delete Secret {} (`kubectl delete secret {} -n <namespace>`)",
+                crate::lower::k8s::key_secret_name(node),
+                crate::lower::k8s::key_secret_name(node)
+            ),
+        };
+        eprintln!(
+            "  removed {node:?} (cluster {:?}): {how}. Then `tsk8s build`: its workload and every peer entry for it go away; re-import devices/<device>.conf on devices that reached it.",
+            entry.cluster
+        );
+    }
 }

@@ -158,6 +158,8 @@ struct Loaded {
     lock_path: PathBuf,
     lock_name: String,
     lock: Option<String>,
+    /// Committed secret sources (SOPS, SealedSecret files) the spec's backends read.
+    sources: BTreeMap<String, Vec<u8>>,
 }
 
 fn load(spec: &Path) -> Result<Loaded, String> {
@@ -173,7 +175,9 @@ fn load(spec: &Path) -> Result<Loaded, String> {
     } else {
         None
     };
+    let sources = crate::cli_secrets::read_sources(&spec_dir, &spec.display().to_string(), &text);
     Ok(Loaded {
+        sources,
         spec_name: spec.display().to_string(),
         spec_path: spec.to_path_buf(),
         spec_dir,
@@ -191,7 +195,7 @@ impl Loaded {
             spec: &self.spec,
             lock_file: &self.lock_name,
             lock: self.lock.as_deref(),
-            sources: BTreeMap::new(),
+            sources: self.sources.clone(),
         }
     }
 }
@@ -395,6 +399,9 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
         Err(e) => return fail(e),
     };
     let t = &front.tailnet;
+    if let Err(e) = crate::cli_secrets::sops_upkeep(&l.spec_dir, t, &old, &upd.new_keys) {
+        return fail(e);
+    }
     // Keys first: if delivering them fails, the lock is left as it was.
     let needs_dir: Vec<&NewKey> = upd
         .new_keys
@@ -442,6 +449,7 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
         eprintln!("  {c}");
     }
     eprintln!("wrote {}; run `tsk8s build` and commit both", l.lock_name);
+    crate::cli_secrets::print_reapply(&l.spec_dir, t, &old, &upd);
     let _ = &l.spec_path;
     0
 }
@@ -488,11 +496,17 @@ fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path) {
             eprintln!(
                 "  load it into your secret store under key {remote:?}, property \"private-key\", e.g.:"
             );
-            eprintln!("    vault kv put {remote} private-key=@{}", path.display());
             eprintln!(
-                "    aws secretsmanager put-secret-value --secret-id {remote} --secret-string \"{{\\\"private-key\\\":\\\"$(cat {})\\\"}}\"",
+                "    vault kv put -mount=<the store's KV mount (spec.provider.vault.path)> {remote} private-key=@{}",
                 path.display()
             );
+            match crate::cli_secrets::write_store_json(path, k) {
+                Ok(json) => eprintln!(
+                    "    aws secretsmanager create-secret --name {remote} --secret-string file://{}   (put-secret-value --secret-id {remote} … for an existing secret)",
+                    json.display()
+                ),
+                Err(e) => eprintln!("    (cannot write the JSON form for AWS: {e})"),
+            }
         }
         Some(SecretBackend::SealedSecrets { source_dir }) => {
             eprintln!(
