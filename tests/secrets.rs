@@ -1,0 +1,1049 @@
+//! Secret backends: nothing secret in any build output, SOPS files that decrypt to the locked
+//! keys, byte-stable ciphertext, key rotation touching only that key, source checks with the
+//! command that fixes them, and golden ExternalSecret / SealedSecret / KSOPS output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use serde_yaml_ng::Value as Yaml;
+use tsk8s::build::{self, Input};
+use tsk8s::emit::Tree;
+use tsk8s::lockfile::{self, LockOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tsk8s");
+/// The sops project's published test identities (R1, R2): public, for tests only.
+const TEST_IDENTITIES: &str = "testdata/sops/upstream/keys.txt";
+const R1: &str = "age1yt3tfqlfrwdwx0z0ynwplcr6qxcxfaqycuprpmy89nr83ltx74tqdpszlw";
+const R2: &str = "age1tmaae3ld5vpevmsh5yacsauzx8jetg300mpvc4ugp5zr5l6ssq9sla97ep";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn identities() -> String {
+    fs::read_to_string(root().join(TEST_IDENTITIES)).unwrap()
+}
+
+/// Deterministic keys: private key n is [n; 32]. Remembers every private key it made.
+struct Keygen {
+    n: u8,
+    made: Vec<String>,
+}
+
+impl Keygen {
+    fn new(start: u8) -> Keygen {
+        Keygen {
+            n: start,
+            made: Vec::new(),
+        }
+    }
+    fn next(&mut self) -> (String, String) {
+        self.n = self.n.wrapping_add(1);
+        let secret = x25519_dalek::StaticSecret::from([self.n; 32]);
+        let public = x25519_dalek::PublicKey::from(&secret);
+        let private = b64().encode(secret.to_bytes());
+        self.made.push(private.clone());
+        (private, b64().encode(public.as_bytes()))
+    }
+}
+
+fn public_of(private_b64: &str) -> Option<String> {
+    let bytes: [u8; 32] = b64().decode(private_b64.trim()).ok()?.try_into().ok()?;
+    let secret = x25519_dalek::StaticSecret::from(bytes);
+    Some(b64().encode(x25519_dalek::PublicKey::from(&secret).as_bytes()))
+}
+
+/// Every file under `dir` (recursively), by relative path, except the spec and the lock.
+fn sources_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(rd) = fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                if rel != "tailnet.kdl" && rel != "tailnet.lock" {
+                    out.insert(rel, fs::read(&p).unwrap());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn build_text(
+    spec: &str,
+    lock: &str,
+    sources: BTreeMap<String, Vec<u8>>,
+) -> Result<Tree, build::Failure> {
+    build::build(&Input {
+        spec_file: "tailnet.kdl",
+        spec,
+        lock_file: "tailnet.lock",
+        lock: Some(lock),
+        sources,
+    })
+}
+
+fn build_dir(dir: &Path) -> Tree {
+    let spec = fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
+    let lock = fs::read_to_string(dir.join("tailnet.lock")).unwrap();
+    build_text(&spec, &lock, sources_of(dir))
+        .unwrap_or_else(|f| panic!("{}: {}", dir.display(), f.text))
+}
+
+/// An in-memory lock for a spec, with deterministic keys.
+fn lock_for(spec: &str, keys: &mut Keygen) -> (lockfile::Lock, lockfile::LockUpdate) {
+    let front = build::front("tailnet.kdl", spec).unwrap_or_else(|f| panic!("{}", f.text));
+    let upd = lockfile::update(
+        &front.tailnet,
+        &lockfile::Lock::default(),
+        &LockOptions::default(),
+        &mut || keys.next(),
+    )
+    .unwrap();
+    (upd.lock.clone(), upd)
+}
+
+fn run(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).current_dir(cwd);
+    // A clean identity environment: no real user keys.
+    c.env_remove("SOPS_AGE_KEY").env_remove("SOPS_AGE_KEY_FILE");
+    c.env("HOME", cwd)
+        .env("XDG_CONFIG_HOME", cwd.join(".config"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    flat(&String::from_utf8_lossy(&o.stderr))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if p.is_dir() {
+            if e.file_name() != "out" {
+                copy_dir(&p, &t);
+            }
+        } else {
+            fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+/// Every spec dir: `examples/`, `examples/*/`, `testdata/specs/*/`.
+fn spec_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![root().join("examples")];
+    for parent in ["examples", "testdata/specs"] {
+        let mut sub: Vec<PathBuf> = fs::read_dir(root().join(parent))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("tailnet.kdl").is_file())
+            .collect();
+        sub.sort();
+        dirs.extend(sub);
+    }
+    dirs
+}
+
+fn lock_public_keys(lock_text: &str) -> BTreeSet<String> {
+    let lock = lockfile::parse("tailnet.lock", lock_text).unwrap();
+    lock.nodes.values().map(|n| n.public_key.clone()).collect()
+}
+
+/// Problems in one output file: private-key material, plaintext Secrets.
+fn scan(
+    path: &str,
+    bytes: &[u8],
+    known_private: &BTreeSet<String>,
+    public: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let text = String::from_utf8_lossy(bytes);
+    for needle in [
+        "AGE-SECRET-KEY-",
+        "tskey-",
+        "PRIVATE KEY-----",
+        "PrivateKey =",
+    ] {
+        if text.contains(needle) {
+            out.push(format!("{path}: contains {needle:?}"));
+        }
+    }
+    // Any base64 token of 32 bytes that is a generated private key, or whose X25519 public key
+    // is a node's public key (so it is that node's private key).
+    for tok in
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+    {
+        if tok.len() != 44 {
+            continue;
+        }
+        if known_private.contains(tok) {
+            out.push(format!("{path}: contains a generated private key"));
+        } else if public_of(tok).is_some_and(|p| public.contains(&p)) {
+            out.push(format!("{path}: contains the private key of a node"));
+        }
+    }
+    if path.ends_with(".yaml") || path.ends_with(".yml") {
+        let encrypted = tsk8s_sops::is_sops_encrypted(&text);
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let Ok(v) = <Yaml as serde::Deserialize>::deserialize(doc) else {
+                out.push(format!("{path}: not YAML"));
+                continue;
+            };
+            if v.get("kind").and_then(Yaml::as_str) != Some("Secret") {
+                continue;
+            }
+            let has = |f: &str| {
+                v.get(f)
+                    .and_then(Yaml::as_mapping)
+                    .is_some_and(|m| !m.is_empty())
+            };
+            if (has("data") || has("stringData")) && !encrypted {
+                out.push(format!("{path}: a Secret with plaintext data"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_secret_material_in_any_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let mut built = 0;
+    for (i, dir) in spec_dirs().into_iter().enumerate() {
+        if !dir.join("tailnet.lock").is_file() {
+            eprintln!("SKIP {}: no tailnet.lock yet", dir.display());
+            continue;
+        }
+        let work = tmp.path().join(format!("{i}"));
+        copy_dir(&dir, &work);
+        let out = work.join("out");
+        let o = run(
+            &["build", "tailnet.kdl", "-o", out.to_str().unwrap()],
+            &[],
+            &work,
+        );
+        assert!(
+            o.status.success(),
+            "{}: build failed: {}",
+            dir.display(),
+            stderr(&o)
+        );
+        let public = lock_public_keys(&fs::read_to_string(work.join("tailnet.lock")).unwrap());
+        for (path, bytes) in sources_of(&out) {
+            problems.extend(scan(
+                &format!("{}: {path}", dir.display()),
+                &bytes,
+                &BTreeSet::new(),
+                &public,
+            ));
+        }
+        built += 1;
+    }
+    assert!(built >= 4);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // In-memory locks with known keys, every backend.
+    let mut keys = Keygen::new(0);
+    for spec in [spec_with("external-secrets", ""), spec_with("existing", "")] {
+        let (lock, _) = lock_for(&spec, &mut keys);
+        let text = lockfile::render(&lock);
+        let tree =
+            build_text(&spec, &text, BTreeMap::new()).unwrap_or_else(|f| panic!("{}", f.text));
+        let public = lock_public_keys(&text);
+        let known: BTreeSet<String> = keys.made.iter().cloned().collect();
+        for (path, bytes) in &tree {
+            problems.extend(scan(path, bytes, &known, &public));
+        }
+    }
+    let (spec, tree, _, made) = sops_tree(&spec_with("sops", SOPS_R1), &mut keys);
+    let _ = spec;
+    let known: BTreeSet<String> = made.into_iter().collect();
+    for (path, bytes) in &tree {
+        problems.extend(scan(path, bytes, &known, &BTreeSet::new()));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // The scanner itself finds what it looks for.
+    let leak = format!("kind: Secret\ndata:\n  private-key: {}\n", keys.made[0]);
+    assert_eq!(
+        scan(
+            "x.yaml",
+            leak.as_bytes(),
+            &keys.made.iter().cloned().collect(),
+            &BTreeSet::new()
+        )
+        .len(),
+        2
+    );
+}
+
+const SOPS_R1: &str = "{\n        age-recipient \"age1yt3tfqlfrwdwx0z0ynwplcr6qxcxfaqycuprpmy89nr83ltx74tqdpszlw\"\n    }";
+
+/// A spec with one cluster on the given backend (`extra` follows the `secrets` node's props),
+/// a proxy, a sidecar and a subnet router.
+fn spec_with(backend: &str, extra: &str) -> String {
+    spec_full(backend, extra, "", "")
+}
+
+fn spec_full(backend: &str, extra: &str, gitops: &str, more: &str) -> String {
+    let props = match backend {
+        "external-secrets" => " store=\"vault\" key-prefix=\"tsk8s/\"",
+        _ => "",
+    };
+    format!(
+        r#"tailnet "acme" domain="acme.example"
+group "sre" {{
+    member "alice@acme.example"
+}}
+tag "monitoring" owner="group:sre"
+tag "web" owner="group:sre"
+tag "router" owner="group:sre"
+{more}
+device "alice-laptop" user="alice@acme.example" public-key="5+xckeyTJiqAoa4VHxEMZncZon9+ESGIAPov5rj2owo="
+{gitops}
+cluster "prod" namespace="tailscale" service-cidr="10.96.0.0/12" endpoint="wg.prod.acme.example" image="ghcr.io/acme/tsk8s-runtime:0.1.0" {{
+    secrets "{backend}"{props} {extra}
+    proxy "grafana" service="monitoring/grafana" port=80 tag="monitoring"
+    sidecar "shop-web" workload="shop/web" port=8080 tag="web"
+    subnet-router "prod-services" route="10.96.0.0/12" tag="router"
+}}
+acl {{
+    accept src="group:sre" dst="tag:monitoring:80"
+    accept src="group:sre" dst="tag:web:8080"
+    accept src="group:sre" dst="10.96.0.0/12:*"
+}}
+"#
+    )
+}
+
+/// Lock a SOPS spec in memory and encrypt each new key as `lock` does; build.
+/// Returns (spec, tree, sources, private keys made).
+fn sops_tree(
+    spec: &str,
+    keys: &mut Keygen,
+) -> (String, Tree, BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let before = keys.made.len();
+    let (lock, upd) = lock_for(spec, keys);
+    let front = build::front("tailnet.kdl", spec).unwrap();
+    let mut sources = BTreeMap::new();
+    for k in &upd.new_keys {
+        let c = front.tailnet.cluster(&k.cluster).unwrap();
+        let e = c.exposures.iter().find(|e| e.id == k.node).unwrap();
+        let r = tsk8s::lower::secrets::SecretRef::node_key(c, e);
+        sources.insert(
+            tsk8s::lower::secrets::source_file(c, &r.remote).unwrap(),
+            encrypt_node(&r.name, &r.namespace, &k.private_key, &[R1]).into_bytes(),
+        );
+    }
+    let tree = build_text(spec, &lockfile::render(&lock), sources.clone())
+        .unwrap_or_else(|f| panic!("{}", f.text));
+    (
+        spec.to_string(),
+        tree,
+        sources,
+        keys.made[before..].to_vec(),
+    )
+}
+
+fn encrypt_node(name: &str, ns: &str, private: &str, recipients: &[&str]) -> String {
+    tsk8s_sops::encrypt_secret(
+        name,
+        ns,
+        &BTreeMap::from([(
+            "private-key".to_string(),
+            format!("{private}\n").into_bytes(),
+        )]),
+        &BTreeMap::new(),
+        &recipients.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "2025-01-01T00:00:00Z",
+    )
+    .unwrap()
+}
+
+fn decrypt_key(text: &str) -> String {
+    let data = tsk8s_sops::decrypt_secret_data(text, &identities()).unwrap();
+    String::from_utf8(data["private-key"].clone())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn sops_example_output_decrypts_to_the_locked_keys() {
+    let dir = root().join("examples/sops");
+    let tree = build_dir(&dir);
+    let lock = lockfile::parse(
+        "tailnet.lock",
+        &fs::read_to_string(dir.join("tailnet.lock")).unwrap(),
+    )
+    .unwrap();
+    let mut seen = BTreeSet::new();
+    for (path, bytes) in &tree {
+        if !path.ends_with(".sops.yaml") {
+            continue;
+        }
+        let text = std::str::from_utf8(bytes).unwrap();
+        let node = Path::new(path)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".sops.yaml")
+            .to_string();
+        let public = public_of(&decrypt_key(text)).unwrap();
+        assert_eq!(public, lock.nodes[&node].public_key, "{path}");
+        // Copied verbatim from the committed source.
+        let src = fs::read(dir.join(format!("secrets/prod/{node}.sops.yaml"))).unwrap();
+        assert_eq!(&src, bytes, "{path} is not a verbatim copy");
+        seen.insert(node);
+    }
+    assert_eq!(seen.len(), lock.nodes.len(), "one SOPS file per node");
+    assert!(tree.contains_key("clusters/prod/secrets/grafana.sops.yaml"));
+    assert!(tree.contains_key("clusters/prod/components/shop-web/shop-web.sops.yaml"));
+    let k = String::from_utf8_lossy(&tree["clusters/prod/kustomization.yaml"]).into_owned();
+    assert!(k.contains("secrets/grafana.sops.yaml"), "{k}");
+    let comp =
+        String::from_utf8_lossy(&tree["clusters/prod/components/shop-web/kustomization.yaml"])
+            .into_owned();
+    assert!(comp.contains("shop-web.sops.yaml"), "{comp}");
+    // Flux decrypts it.
+    let flux = String::from_utf8_lossy(&tree["gitops/flux/prod/tsk8s.yaml"]).into_owned();
+    assert!(flux.contains("decryption"), "{flux}");
+}
+
+#[test]
+fn in_memory_sops_round_trip_and_stable_ciphertext() {
+    let mut keys = Keygen::new(100);
+    let spec = spec_with("sops", SOPS_R1);
+    let (_, tree, sources, made) = sops_tree(&spec, &mut keys);
+    // Each output file decrypts to the key generated for it.
+    let mut decrypted = BTreeSet::new();
+    for (path, bytes) in &tree {
+        if path.ends_with(".sops.yaml") {
+            decrypted.insert(decrypt_key(std::str::from_utf8(bytes).unwrap()));
+        }
+    }
+    assert_eq!(decrypted, made.iter().cloned().collect());
+
+    // Build again, and after an unrelated change: encrypted files are byte-identical.
+    let lock_text = {
+        let mut k2 = Keygen::new(100);
+        lockfile::render(&lock_for(&spec, &mut k2).0)
+    };
+    let again = build_text(&spec, &lock_text, sources.clone()).unwrap();
+    let changed = spec.replace(
+        "tag \"router\" owner=\"group:sre\"",
+        "tag \"router\" owner=\"group:sre\"\ntag \"unrelated\" owner=\"group:sre\"",
+    );
+    let after = build_text(&changed, &lock_text, sources).unwrap();
+    assert_ne!(tree["policy.hujson"], after["policy.hujson"]);
+    let mut n = 0;
+    for (path, bytes) in &tree {
+        if path.ends_with(".sops.yaml") {
+            assert_eq!(Some(bytes), again.get(path), "{path}");
+            assert_eq!(Some(bytes), after.get(path), "{path}");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3);
+}
+
+/// The CLI end to end in a temp dir: lock writes SOPS files that decrypt to its keys, relock
+/// and rebuild keep them byte-identical, --rotate rewrites one, a recipient change
+/// re-encrypts (with an identity) or names --rotate (without), a missing file names the fix.
+#[test]
+fn cli_lock_sops_lifecycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let spec = spec_full(
+        "sops",
+        SOPS_R1,
+        "gitops \"flux\" repo=\"https://git.acme.example/t.git\"",
+        "",
+    );
+    fs::write(w.join("tailnet.kdl"), &spec).unwrap();
+    let o = run(&["lock", "tailnet.kdl"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains("AGE-SECRET-KEY"), "{err}");
+    let sdir = w.join("secrets/prod");
+    let rules = fs::read_to_string(sdir.join(".sops.yaml")).unwrap();
+    assert!(
+        rules.contains(R1) && rules.contains("encrypted_regex"),
+        "{rules}"
+    );
+    let read_all = || -> BTreeMap<String, Vec<u8>> {
+        ["grafana", "shop-web", "prod-services"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    fs::read(sdir.join(format!("{n}.sops.yaml"))).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let files = read_all();
+    let lock_text = fs::read_to_string(w.join("tailnet.lock")).unwrap();
+    let lock = lockfile::parse("tailnet.lock", &lock_text).unwrap();
+    for (n, bytes) in &files {
+        let text = std::str::from_utf8(bytes).unwrap();
+        assert_eq!(
+            public_of(&decrypt_key(text)).unwrap(),
+            lock.nodes[n].public_key
+        );
+        assert_eq!(
+            tsk8s_sops::recipients_of(text).unwrap(),
+            vec![R1.to_string()]
+        );
+    }
+    // Relock: nothing changes.
+    let o = run(&["lock", "tailnet.kdl"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_all(), files);
+
+    // Build twice: encrypted outputs identical to the sources.
+    let build = |out: &str| {
+        let o = run(&["build", "tailnet.kdl", "-o", out], &[], w);
+        assert!(o.status.success(), "{}", stderr(&o));
+        sources_of(&w.join(out))
+    };
+    let a = build("out");
+    let b = build("out2");
+    assert_eq!(a, b);
+    assert_eq!(
+        a["clusters/prod/secrets/grafana.sops.yaml"],
+        files["grafana"]
+    );
+
+    // Rotate one: only its file and its public key change.
+    let o = run(&["lock", "tailnet.kdl", "--rotate", "grafana"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("to re-apply") && err.contains("rotated \"grafana\""),
+        "{err}"
+    );
+    let rotated = read_all();
+    assert_ne!(rotated["grafana"], files["grafana"]);
+    assert_eq!(rotated["shop-web"], files["shop-web"]);
+    assert_eq!(rotated["prod-services"], files["prod-services"]);
+    let lock2 = lockfile::parse(
+        "tailnet.lock",
+        &fs::read_to_string(w.join("tailnet.lock")).unwrap(),
+    )
+    .unwrap();
+    let g = &lock2.nodes["grafana"];
+    assert_ne!(g.public_key, lock.nodes["grafana"].public_key);
+    assert_eq!(
+        public_of(&decrypt_key(
+            std::str::from_utf8(&rotated["grafana"]).unwrap()
+        ))
+        .unwrap(),
+        g.public_key
+    );
+
+    // Recipients change, no identity: an error naming --rotate; nothing rewritten.
+    let spec2 = spec.replace(
+        SOPS_R1,
+        &format!("{{\n        age-recipient \"{R1}\"\n        age-recipient \"{R2}\"\n    }}"),
+    );
+    fs::write(w.join("tailnet.kdl"), &spec2).unwrap();
+    let o = run(&["build", "tailnet.kdl", "-o", "out"], &[], w);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tsk8s lock"), "{}", stderr(&o));
+    let o = run(&["lock", "tailnet.kdl"], &[], w);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--rotate"), "{}", stderr(&o));
+    assert_eq!(read_all(), rotated);
+    // With an identity: re-encrypted, same keys, both recipients.
+    let ids = root().join(TEST_IDENTITIES);
+    let o = run(
+        &["lock", "tailnet.kdl"],
+        &[("SOPS_AGE_KEY_FILE", ids.to_str().unwrap())],
+        w,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let re = read_all();
+    for (n, bytes) in &re {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let mut r = tsk8s_sops::recipients_of(text).unwrap();
+        r.sort();
+        assert_eq!(r, vec![R2.to_string(), R1.to_string()]);
+        assert_eq!(
+            decrypt_key(text),
+            decrypt_key(std::str::from_utf8(&rotated[n]).unwrap())
+        );
+    }
+    assert!(
+        fs::read_to_string(sdir.join(".sops.yaml"))
+            .unwrap()
+            .contains(R2)
+    );
+    let o = run(&["build", "tailnet.kdl", "-o", "out"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A missing file: build and lock both name the fix.
+    fs::remove_file(sdir.join("shop-web.sops.yaml")).unwrap();
+    let o = run(&["build", "tailnet.kdl", "-o", "out"], &[], w);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("tsk8s lock --rotate shop-web"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["lock", "tailnet.kdl"], &[], w);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("tsk8s lock --rotate shop-web"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["lock", "tailnet.kdl", "--rotate", "shop-web"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Remove a node: tombstoned, its SOPS file deleted, what to do printed.
+    let spec3 = spec2
+        .replace(
+            "    subnet-router \"prod-services\" route=\"10.96.0.0/12\" tag=\"router\"\n",
+            "",
+        )
+        .replace("    accept src=\"group:sre\" dst=\"10.96.0.0/12:*\"\n", "");
+    fs::write(w.join("tailnet.kdl"), &spec3).unwrap();
+    let o = run(
+        &["lock", "tailnet.kdl", "--remove", "prod-services"],
+        &[],
+        w,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("removed \"prod-services\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!sdir.join("prod-services.sops.yaml").exists());
+    let lock3 = fs::read_to_string(w.join("tailnet.lock")).unwrap();
+    assert!(lock3.contains("prod-services"), "tombstone kept");
+    let o = run(&["build", "tailnet.kdl", "-o", "out"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `lock --keys-dir` for external-secrets: the key files and the JSON for AWS, mode 0600, named
+/// as the ExternalSecret asks; nothing secret on stderr.
+#[test]
+fn cli_lock_external_secrets_key_names() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    fs::write(w.join("tailnet.kdl"), spec_with("external-secrets", "")).unwrap();
+    let keys = w.join("keys");
+    let o = run(
+        &["lock", "tailnet.kdl", "--keys-dir", keys.to_str().unwrap()],
+        &[],
+        w,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lock = lockfile::parse(
+        "tailnet.lock",
+        &fs::read_to_string(w.join("tailnet.lock")).unwrap(),
+    )
+    .unwrap();
+    let o = run(&["build", "tailnet.kdl", "-o", "out"], &[], w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = sources_of(&w.join("out"));
+    for (node, entry) in &lock.nodes {
+        let key = fs::read_to_string(keys.join(format!("prod/{node}.key"))).unwrap();
+        assert!(!err.contains(key.trim()), "private key on stderr");
+        assert_eq!(public_of(&key).unwrap(), entry.public_key);
+        let json: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(keys.join(format!("prod/{node}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["private-key"].as_str(), Some(key.as_str()));
+        for f in [format!("prod/{node}.key"), format!("prod/{node}.json")] {
+            let mode = fs::metadata(keys.join(&f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        let remote = format!("tsk8s/prod/{node}");
+        assert!(err.contains("vault kv put -mount="), "{err}");
+        assert!(err.contains(&format!("{remote} private-key=@")), "{err}");
+        assert!(
+            err.contains(&format!("--name {remote} --secret-string file://")),
+            "{err}"
+        );
+        // The ExternalSecret asks for exactly that key and property.
+        let es = out
+            .iter()
+            .find(|(p, _)| p.ends_with(&format!("{node}.externalsecret.yaml")))
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_else(|| panic!("no ExternalSecret for {node}"));
+        let v: Yaml = serde_yaml_ng::from_str(&es).unwrap();
+        let r = &v["spec"]["data"][0];
+        assert_eq!(r["remoteRef"]["key"].as_str(), Some(remote.as_str()));
+        assert_eq!(r["remoteRef"]["property"].as_str(), Some("private-key"));
+        assert_eq!(r["secretKey"].as_str(), Some("private-key"));
+        assert_eq!(
+            v["spec"]["target"]["name"].as_str(),
+            Some(format!("tsk8s-{node}-key").as_str())
+        );
+    }
+}
+
+/// `lock --rotate`: the peers' configs change only in that node's public key.
+#[test]
+fn rotation_changes_only_that_key() {
+    for backend in ["external-secrets", "existing", "sops"] {
+        let extra = if backend == "sops" { SOPS_R1 } else { "" };
+        let spec = spec_with(backend, extra);
+        let mut keys = Keygen::new(50);
+        let (lock, upd) = lock_for(&spec, &mut keys);
+        let front = build::front("tailnet.kdl", &spec).unwrap();
+        let mut sources = BTreeMap::new();
+        let put = |k: &lockfile::NewKey, sources: &mut BTreeMap<String, Vec<u8>>| {
+            if backend == "sops" {
+                let c = front.tailnet.cluster(&k.cluster).unwrap();
+                let e = c.exposures.iter().find(|e| e.id == k.node).unwrap();
+                let r = tsk8s::lower::secrets::SecretRef::node_key(c, e);
+                sources.insert(
+                    tsk8s::lower::secrets::source_file(c, &r.remote).unwrap(),
+                    encrypt_node(&r.name, &r.namespace, &k.private_key, &[R1]).into_bytes(),
+                );
+            }
+        };
+        for k in &upd.new_keys {
+            put(k, &mut sources);
+        }
+        let before = build_text(&spec, &lockfile::render(&lock), sources.clone()).unwrap();
+        let rot = lockfile::update(
+            &front.tailnet,
+            &lock,
+            &LockOptions {
+                rotate: vec!["grafana".into()],
+                remove: vec![],
+            },
+            &mut || keys.next(),
+        )
+        .unwrap();
+        assert_eq!(rot.new_keys.len(), 1);
+        for k in &rot.new_keys {
+            put(k, &mut sources);
+        }
+        let after = build_text(&spec, &lockfile::render(&rot.lock), sources).unwrap();
+        let old_key = &lock.nodes["grafana"].public_key;
+        let new_key = &rot.lock.nodes["grafana"].public_key;
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>()
+        );
+        let mut changed = Vec::new();
+        for (path, a) in &before {
+            let b = &after[path];
+            if a == b {
+                continue;
+            }
+            changed.push(path.clone());
+            if path.ends_with("grafana.sops.yaml") {
+                continue; // the rotated key itself
+            }
+            let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+            let al: Vec<&str> = a.lines().collect();
+            let bl: Vec<&str> = b.lines().collect();
+            assert_eq!(al.len(), bl.len(), "{backend}: {path}");
+            for (x, y) in al.iter().zip(&bl) {
+                if x != y {
+                    assert_eq!(
+                        x.replace(old_key.as_str(), new_key),
+                        *y,
+                        "{backend}: {path}"
+                    );
+                }
+            }
+        }
+        assert!(!changed.is_empty());
+        assert!(
+            changed.iter().any(|p| p.starts_with("devices/")),
+            "{backend}: {changed:?}"
+        );
+        if backend == "sops" {
+            assert!(changed.contains(&"clusters/prod/secrets/grafana.sops.yaml".to_string()));
+        }
+    }
+}
+
+/// Diagnostics with miette's line wrapping undone.
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn sops_error(sources: BTreeMap<String, Vec<u8>>, recipients: &str) -> String {
+    let spec = spec_with("sops", recipients);
+    let mut keys = Keygen::new(10);
+    let (lock, _) = lock_for(&spec, &mut keys);
+    match build_text(&spec, &lockfile::render(&lock), sources) {
+        Ok(_) => "(no error)".into(),
+        Err(f) => f.text,
+    }
+}
+
+#[test]
+fn sops_sources_are_checked() {
+    let mut keys = Keygen::new(10);
+    let spec = spec_with("sops", SOPS_R1);
+    let (_, _, good, _) = sops_tree(&spec, &mut keys);
+    let g = "secrets/prod/grafana.sops.yaml".to_string();
+    let k = keys.made[0].clone();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("missing", String::new(), "is missing"),
+        (
+            "wrong name",
+            encrypt_node("tsk8s-other-key", "tailscale", &k, &[R1]),
+            "is for Secret \"tsk8s-other-key\" in namespace \"tailscale\"",
+        ),
+        (
+            "wrong namespace",
+            encrypt_node("tsk8s-grafana-key", "default", &k, &[R1]),
+            "in namespace \"default\"",
+        ),
+        (
+            "wrong recipients",
+            encrypt_node("tsk8s-grafana-key", "tailscale", &k, &[R2]),
+            "is encrypted for age recipients",
+        ),
+        (
+            "plaintext",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tsk8s-grafana-key\n  namespace: tailscale\ndata:\n  private-key: eA==\n".into(),
+            "is not SOPS-encrypted",
+        ),
+        ("not yaml", "{{{".into(), "is not one YAML document"),
+    ];
+    for (what, text, want) in cases {
+        let mut s = good.clone();
+        if text.is_empty() {
+            s.remove(&g);
+        } else {
+            s.insert(g.clone(), text.into_bytes());
+        }
+        let err = flat(&sops_error(s, SOPS_R1));
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(err.contains("tsk8s lock"), "{what}: names the fix: {err}");
+        assert!(err.contains("tailnet.kdl:"), "{what}: located: {err}");
+    }
+    // Every problem at once.
+    let err = sops_error(BTreeMap::new(), SOPS_R1);
+    for n in ["grafana", "shop-web", "prod-services"] {
+        assert!(err.contains(&format!("{n}.sops.yaml is missing")), "{err}");
+    }
+    // A leaked plaintext value inside an otherwise encrypted file.
+    let mut s = good.clone();
+    let text = String::from_utf8(s[&g].clone()).unwrap();
+    let leaked = text.replacen("private-key: ENC[", "private-key: x\n    other: ENC[", 1);
+    s.insert(g.clone(), leaked.into_bytes());
+    assert!(sops_error(s, SOPS_R1).contains("not SOPS-encrypted"));
+    // The good set builds.
+    assert_eq!(sops_error(good, SOPS_R1), "(no error)");
+}
+
+fn sealed(name: &str, ns: &str, extra_meta: &str, template: &str) -> String {
+    format!(
+        "apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata:\n  name: {name}\n  namespace: {ns}\n{extra_meta}spec:\n  encryptedData:\n    private-key: AgBy3i4OJSWK+PiTySYZZA==\n{template}"
+    )
+}
+
+#[test]
+fn sealed_secrets_are_checked_and_passed_through() {
+    let spec = spec_with("sealed-secrets", "");
+    let mut keys = Keygen::new(20);
+    let (lock, _) = lock_for(&spec, &mut keys);
+    let lock = lockfile::render(&lock);
+    let good: BTreeMap<String, Vec<u8>> = [
+        ("grafana", "tailscale"),
+        ("shop-web", "shop"),
+        ("prod-services", "tailscale"),
+    ]
+    .iter()
+    .map(|(n, ns)| {
+        (
+            format!("sealed/prod/{n}.yaml"),
+            sealed(&format!("tsk8s-{n}-key"), ns, "", "").into_bytes(),
+        )
+    })
+    .collect();
+    let tree = build_text(&spec, &lock, good.clone()).unwrap_or_else(|f| panic!("{}", f.text));
+    assert_eq!(
+        tree["clusters/prod/secrets/grafana.sealedsecret.yaml"],
+        good["sealed/prod/grafana.yaml"]
+    );
+    assert_eq!(
+        tree["clusters/prod/components/shop-web/shop-web.sealedsecret.yaml"],
+        good["sealed/prod/shop-web.yaml"]
+    );
+    let g = "sealed/prod/grafana.yaml".to_string();
+    let cases = [
+        ("missing", String::new(), "is missing"),
+        (
+            "namespace",
+            sealed("tsk8s-grafana-key", "default", "", ""),
+            "in namespace \"default\"",
+        ),
+        (
+            "cluster-wide",
+            sealed(
+                "tsk8s-grafana-key",
+                "tailscale",
+                "  annotations:\n    sealedsecrets.bitnami.com/cluster-wide: \"true\"\n",
+                "",
+            ),
+            "cluster-wide",
+        ),
+        (
+            "namespace-wide template",
+            sealed(
+                "tsk8s-grafana-key",
+                "tailscale",
+                "",
+                "  template:\n    metadata:\n      annotations:\n        sealedsecrets.bitnami.com/namespace-wide: \"true\"\n",
+            ),
+            "namespace-wide",
+        ),
+        (
+            "template name",
+            sealed(
+                "tsk8s-grafana-key",
+                "tailscale",
+                "",
+                "  template:\n    metadata:\n      name: other\n",
+            ),
+            "spec.template.metadata.name is \"other\"",
+        ),
+        (
+            "template data",
+            sealed(
+                "tsk8s-grafana-key",
+                "tailscale",
+                "",
+                "  template:\n    data:\n      private-key: plain\n",
+            ),
+            "spec.template.data is plaintext",
+        ),
+        (
+            "no encrypted key",
+            sealed("tsk8s-grafana-key", "tailscale", "", "").replace("private-key:", "other:"),
+            "no spec.encryptedData value for private-key",
+        ),
+        (
+            "a Secret",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tsk8s-grafana-key\n  namespace: tailscale\n".into(),
+            "not a bitnami.com/v1alpha1 SealedSecret",
+        ),
+    ];
+    for (what, text, want) in cases {
+        let mut s = good.clone();
+        if text.is_empty() {
+            s.remove(&g);
+        } else {
+            s.insert(g.clone(), text.into_bytes());
+        }
+        let err = match build_text(&spec, &lock, s) {
+            Ok(_) => "(no error)".into(),
+            Err(f) => flat(&f.text),
+        };
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(
+            err.contains("kubeseal --scope strict"),
+            "{what}: names the command: {err}"
+        );
+    }
+}
+
+fn render(tree: &Tree, filter: impl Fn(&str) -> bool) -> String {
+    let mut s = String::new();
+    for (p, b) in tree {
+        if filter(p) {
+            s.push_str(&format!("=== {p}\n{}", String::from_utf8_lossy(b)));
+        }
+    }
+    s
+}
+
+#[test]
+fn golden_backend_objects() {
+    let ext = build_dir(&root().join("examples/external-secrets"));
+    insta::assert_snapshot!(
+        "external_secrets",
+        render(&ext, |p| p.ends_with(".externalsecret.yaml")
+            || (p.starts_with("clusters/")
+                && p.ends_with("kustomization.yaml")))
+    );
+    let sealed = build_dir(&root().join("examples/sealed-secrets"));
+    insta::assert_snapshot!(
+        "sealed_secrets",
+        render(&sealed, |p| p.ends_with(".sealedsecret.yaml")
+            || (p.starts_with("clusters/")
+                && p.ends_with("kustomization.yaml")))
+    );
+    // Argo CD + SOPS: a KSOPS generator instead of resources.
+    let mut keys = Keygen::new(30);
+    let spec = spec_full(
+        "sops",
+        SOPS_R1,
+        "gitops \"argocd\" repo=\"https://git.acme.example/t.git\"",
+        "",
+    );
+    let (_, tree, _, _) = sops_tree(&spec, &mut keys);
+    insta::assert_snapshot!(
+        "ksops",
+        render(&tree, |p| p.ends_with("ksops.yaml")
+            || (p.starts_with("clusters/")
+                && p.ends_with("kustomization.yaml")))
+    );
+}
+
+/// The ExternalSecret and SealedSecret objects validate against the published CRD schemas.
+#[test]
+fn custom_resources_match_crd_schemas() {
+    let schema = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(root().join("schema/crds").join(f)).unwrap())
+            .unwrap()
+    };
+    let es =
+        jsonschema::validator_for(&schema("external-secrets.io_externalsecret_v1.json")).unwrap();
+    let ss = jsonschema::validator_for(&schema("bitnami.com_sealedsecret_v1alpha1.json")).unwrap();
+    let mut n = 0;
+    for dir in ["examples/external-secrets", "examples/sealed-secrets"] {
+        for (p, b) in build_dir(&root().join(dir)) {
+            let v: serde_json::Value = match serde_yaml_ng::from_slice(&b) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let validator = match v["kind"].as_str() {
+                Some("ExternalSecret") => &es,
+                Some("SealedSecret") => &ss,
+                _ => continue,
+            };
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{dir}/{p}: {errors:?}");
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "{n}");
+}
