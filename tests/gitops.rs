@@ -686,3 +686,312 @@ fn kubectl_kustomize_renders_tailscale_cluster_dirs() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The CI examples: one PR comment per diff, updated in place, parts created/updated/deleted.
+
+/// Diff output in three parts, as `tsk8s diff --format markdown` prints a split comment.
+fn parts(n: usize, tag: &str) -> String {
+    let mut s = String::new();
+    for i in 1..=n {
+        if n == 1 {
+            s.push_str(&format!(
+                "<!-- tsk8s-diff -->\n**tsk8s** {tag}\n\nbody {i}\n"
+            ));
+        } else {
+            s.push_str(&format!(
+                "<!-- tsk8s-diff -->\n<!-- tsk8s-diff-part {i}/{n} -->\n**tsk8s** {tag} (part {i}/{n})\n\nbody {i}\n"
+            ));
+        }
+    }
+    s
+}
+
+fn tool(name: &str) -> bool {
+    Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Our comments (marker first) in part order, and the others, as (id, body).
+fn ours_and_others(comments: &[(u64, String)]) -> (Vec<String>, Vec<(u64, String)>) {
+    let mut ours: Vec<(usize, u64, String)> = comments
+        .iter()
+        .filter(|(_, b)| b.starts_with("<!-- tsk8s-diff -->"))
+        .map(|(id, b)| {
+            let part = b
+                .split("<!-- tsk8s-diff-part ")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            (part, *id, b.clone())
+        })
+        .collect();
+    ours.sort();
+    let others = comments
+        .iter()
+        .filter(|(_, b)| !b.starts_with("<!-- tsk8s-diff -->"))
+        .cloned()
+        .collect();
+    (ours.into_iter().map(|(_, _, b)| b).collect(), others)
+}
+
+fn split_bodies(diff: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in diff.split_inclusive('\n') {
+        if line.trim_end() == "<!-- tsk8s-diff -->" || out.is_empty() {
+            out.push(String::new());
+        }
+        if let Some(last) = out.last_mut() {
+            last.push_str(line);
+        }
+    }
+    out
+}
+
+/// Run the GitHub Actions example's github-script step under node with a fake `github`.
+fn run_github_script(comments: &[(u64, String)], diff: &str) -> Vec<(u64, String)> {
+    let wf: Value = serde_yaml_ng::from_slice(
+        &std::fs::read(root().join("examples/ci/github-actions.yml")).unwrap(),
+    )
+    .unwrap();
+    let script = wf["jobs"]["check"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/github-script"))
+        })
+        .and_then(|s| s["with"]["script"].as_str())
+        .expect("a github-script step")
+        .to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("script.js"), script).unwrap();
+    std::fs::write(tmp.path().join("diff.md"), diff).unwrap();
+    let state: Vec<Value> = comments
+        .iter()
+        .map(|(id, b)| serde_json::json!({"id": id, "body": b, "user": {"type": "Bot"}}))
+        .collect();
+    std::fs::write(
+        tmp.path().join("state.json"),
+        serde_json::to_string(&state).unwrap(),
+    )
+    .unwrap();
+    let harness = r#"
+const fs = require('fs');
+const script = fs.readFileSync(process.argv[2], 'utf8');
+let comments = JSON.parse(fs.readFileSync(process.argv[3], 'utf8'));
+let nextId = 1000;
+const github = {
+  paginate: async (fn, params) => (await fn(params)).data,
+  rest: { issues: {
+    listComments: async () => ({ data: comments.map(c => ({ ...c })) }),
+    updateComment: async ({ comment_id, body }) => { comments.find(c => c.id === comment_id).body = body; },
+    createComment: async ({ body }) => { comments.push({ id: nextId++, body, user: { type: 'Bot' } }); },
+    deleteComment: async ({ comment_id }) => { comments = comments.filter(c => c.id !== comment_id); },
+  } },
+};
+const context = { repo: { owner: 'o', repo: 'r' }, issue: { number: 7 } };
+const AsyncFunction = Object.getPrototypeOf(async function () {}).constructor;
+new AsyncFunction('require', 'github', 'context', script)(require, github, context)
+  .then(() => process.stdout.write(JSON.stringify(comments)))
+  .catch(e => { console.error(e); process.exit(1); });
+"#;
+    std::fs::write(tmp.path().join("harness.js"), harness).unwrap();
+    let o = Command::new("node")
+        .arg(tmp.path().join("harness.js"))
+        .arg(tmp.path().join("script.js"))
+        .arg(tmp.path().join("state.json"))
+        .env("DIFF_FILE", tmp.path().join("diff.md"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    v.iter()
+        .map(|c| {
+            (
+                c["id"].as_u64().unwrap(),
+                c["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn github_actions_example_updates_one_comment_in_place() {
+    if !tool("node") {
+        assert!(!required(), "node is required");
+        eprintln!("SKIP: node not found");
+        return;
+    }
+    let unrelated = (5, "LGTM".to_string());
+    // Yesterday: three parts, stored out of order.
+    let old = split_bodies(&parts(3, "old"));
+    let start = vec![
+        unrelated.clone(),
+        (11, old[1].clone()),
+        (12, old[0].clone()),
+        (13, old[2].clone()),
+    ];
+    // Today: two parts → parts 1 and 2 updated in place (same ids), part 3 deleted.
+    let after = run_github_script(&start, &parts(2, "new"));
+    let (ours, others) = ours_and_others(&after);
+    assert_eq!(ours, split_bodies(&parts(2, "new")));
+    assert_eq!(others, vec![unrelated.clone()]);
+    let ids: Vec<u64> = after.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [5, 11, 12], "updated in place, surplus deleted");
+    // Tomorrow: one body, then four parts (created beyond the existing one).
+    let after = run_github_script(&after, &parts(1, "one"));
+    assert_eq!(ours_and_others(&after).0, split_bodies(&parts(1, "one")));
+    assert_eq!(after.len(), 2);
+    let after = run_github_script(&after, &parts(4, "four"));
+    assert_eq!(ours_and_others(&after).0, split_bodies(&parts(4, "four")));
+    assert_eq!(after.len(), 5);
+    // From nothing.
+    let after = run_github_script(&[], &parts(2, "fresh"));
+    assert_eq!(ours_and_others(&after).0, split_bodies(&parts(2, "fresh")));
+}
+
+/// A GitLab notes API on loopback, enough for gitlab-note.sh.
+fn fake_gitlab(
+    notes: Vec<(u64, String)>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+    let state = Arc::new(Mutex::new(notes));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v4", listener.local_addr().unwrap());
+    let st = state.clone();
+    std::thread::spawn(move || {
+        let mut next = 1000u64;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or("").to_string();
+            let target = parts.next().unwrap_or("").to_string();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("expect: 100-continue") {
+                    let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let path = target.split('?').next().unwrap_or("");
+            let query = target.split('?').nth(1).unwrap_or("");
+            let id: Option<u64> = path.rsplit('/').next().and_then(|s| s.parse().ok());
+            let mut notes = st.lock().unwrap();
+            let reply = match method.as_str() {
+                "GET" => {
+                    if query.contains("page=1&") || query.ends_with("page=1") {
+                        serde_json::to_string(
+                            &notes
+                                .iter()
+                                .map(|(id, b)| serde_json::json!({"id": id, "body": b, "system": false}))
+                                .collect::<Vec<_>>(),
+                        )
+                        .unwrap()
+                    } else {
+                        "[]".into()
+                    }
+                }
+                "PUT" | "POST" => {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    let b = v["body"].as_str().unwrap().to_string();
+                    match (method.as_str(), id) {
+                        ("PUT", Some(id)) => {
+                            if let Some(n) = notes.iter_mut().find(|(i, _)| *i == id) {
+                                n.1 = b;
+                            }
+                        }
+                        _ => {
+                            notes.push((next, b));
+                            next += 1;
+                        }
+                    }
+                    "{}".into()
+                }
+                "DELETE" => {
+                    notes.retain(|(i, _)| Some(*i) != id);
+                    "{}".into()
+                }
+                _ => "{}".into(),
+            };
+            drop(notes);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (url, state)
+}
+
+fn run_gitlab_note(url: &str, diff: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("diff.md");
+    std::fs::write(&f, diff).unwrap();
+    let o = Command::new("sh")
+        .arg(root().join("examples/ci/gitlab-note.sh"))
+        .arg(&f)
+        .env("CI_API_V4_URL", url)
+        .env("CI_PROJECT_ID", "1")
+        .env("CI_MERGE_REQUEST_IID", "7")
+        .env("TSK8S_NOTE_TOKEN", "test-token")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "gitlab-note.sh: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn gitlab_example_updates_one_note_in_place() {
+    if !(tool("curl") && tool("jq")) {
+        assert!(!required(), "curl and jq are required");
+        eprintln!("SKIP: curl or jq not found");
+        return;
+    }
+    let old = split_bodies(&parts(3, "old"));
+    let (url, state) = fake_gitlab(vec![
+        (5, "LGTM".into()),
+        (11, old[1].clone()),
+        (12, old[0].clone()),
+        (13, old[2].clone()),
+    ]);
+    run_gitlab_note(&url, &parts(2, "new"));
+    let now = state.lock().unwrap().clone();
+    let (ours, others) = ours_and_others(&now);
+    assert_eq!(ours, split_bodies(&parts(2, "new")));
+    assert_eq!(others, vec![(5, "LGTM".to_string())]);
+    assert_eq!(now.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [5, 11, 12]);
+    run_gitlab_note(&url, &parts(3, "three"));
+    let now = state.lock().unwrap().clone();
+    assert_eq!(ours_and_others(&now).0, split_bodies(&parts(3, "three")));
+    assert_eq!(now.len(), 4);
+    run_gitlab_note(&url, &parts(1, "one"));
+    let now = state.lock().unwrap().clone();
+    assert_eq!(ours_and_others(&now).0, split_bodies(&parts(1, "one")));
+    assert_eq!(now.len(), 2);
+}
