@@ -1,197 +1,234 @@
-//! End-to-end tests in network namespaces: wireguard-go devices ↔ tsk8s-runtime (unprivileged).
+//! End-to-end tests, driven by the real compiler output: each test copies
+//! `testdata/runtime/e2e/tailnet.kdl` to a temp dir, runs `tsk8s lock --keys-dir` and
+//! `tsk8s build`, then in network namespaces it creates
+//! - starts `tsk8s-runtime` exactly as the emitted Deployment / sidecar Component says (its
+//!   `args`, its ConfigMap and Secret volumes laid out like the kubelet and mounted at their
+//!   `mountPath`s, its `runAsUser`), in the namespace holding the cluster's `endpoint`;
+//! - brings up wireguard-go devices from `devices/<device>.conf` with the TEST-ONLY fixture keys.
 //!
 //! Skipped with a printed reason when not root / no wireguard-go / no netns, unless
 //! `TSK8S_REQUIRE_PRIVILEGED_TESTS=1` (CI), then they fail.
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::compiled::{Compiled, DeviceConf, fixture_dir, parse_hosts};
 use common::*;
-use serde_json::json;
 
-const NODE4: &str = "100.64.0.1";
-const NODE6: &str = "fd7a:115c:a1e0::1";
-const DEV4: &str = "100.64.0.2";
-const BAD4: &str = "100.64.0.3";
-const ADMIN: &str = "127.0.0.1:9090";
+const CLUSTER: &str = "lab";
+/// The cluster's `endpoint` in the spec: the address of the bridge in the node namespace.
+const ENDPOINT_CIDR: &str = "10.99.0.1/24";
 
-fn node_json(keys: &Keys, mode: serde_json::Value) -> String {
-    json!({
-        "name": "node",
-        "public_key": keys.public,
-        "ipv4": NODE4,
-        "ipv6": NODE6,
-        "listen_port": 51820,
-        "admin_listen": ADMIN,
-        "mode": mode,
-    })
-    .to_string()
+fn key_fixture(device: &str) -> PathBuf {
+    fixture_dir().join(format!("TEST-ONLY-private-keys/{device}.TEST-ONLY.key"))
 }
 
-fn rule(src: &[&str], dst: &str, first: u16, last: u16) -> serde_json::Value {
-    json!({"SrcIPs": src, "DstPorts": [{"IP": dst, "Ports": {"First": first, "Last": last}}]})
+/// The common topology: namespace `k` (the cluster node; the runtime runs here) with a bridge
+/// carrying the endpoint address, and one namespace per device attached to it.
+struct World {
+    lab: Lab,
+    c: Compiled,
+    k: String,
 }
 
-fn mesh_json(peers: serde_json::Value, filter: serde_json::Value) -> String {
-    json!({
-        "domain": "tail.example",
-        "peers": peers,
-        "filter": filter,
-        "dns": [{"name": "node.tail.example", "ipv4": NODE4, "ipv6": NODE6}],
-    })
-    .to_string()
-}
+impl World {
+    fn new() -> World {
+        let mut lab = Lab::new();
+        let c = Compiled::new(&lab.dir);
+        let k = lab.ns("k");
+        lab.bridge(&k, ENDPOINT_CIDR);
+        World { lab, c, k }
+    }
 
-fn client(
-    keys: &Keys,
-    node: &Keys,
-    addr: &str,
-    allowed: &[&str],
-    endpoint: Option<&str>,
-    port: Option<u16>,
-) -> WgClient {
-    WgClient {
-        private_key: keys.private.clone(),
-        peer_public: node.public.clone(),
-        address: format!("{addr}/32"),
-        allowed_ips: allowed.iter().map(|s| s.to_string()).collect(),
-        endpoint: endpoint.map(|s| s.to_string()),
-        listen_port: port,
-        mtu: 1420,
+    /// A namespace for `device` on the node's segment, its wireguard-go up from its config.
+    fn device(&mut self, device: &str, role: &str, addr: &str) -> (String, String, DeviceConf) {
+        let ns = self.lab.ns(role);
+        self.lab.attach(&ns, addr, &self.k, role);
+        let conf = self.c.device_conf(device);
+        let ifname = self.lab.wg_device(&ns, role, &conf, &key_fixture(device));
+        (ns, ifname, conf)
+    }
+
+    fn runtime(&mut self, node: &str) -> Running {
+        let w = self.c.workload(CLUSTER, node);
+        let r = self.lab.start_workload(&self.k, &w);
+        let admin = r.admin();
+        let ns = r.ns.clone();
+        if wait_for(Duration::from_secs(15), || healthz(&ns, &admin)).is_none() {
+            panic!(
+                "runtime {node} never became healthy:\n{}",
+                self.lab.runtime_log()
+            );
+        }
+        // It runs with exactly the workload's args, UID/GID and no capabilities.
+        let pid = self.lab.pid(&r.label).expect("runtime pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert_eq!(argv.get(1..), Some(w.args.as_slice()), "runtime argv");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid:"), vec![w.uid.to_string(); 4], "{status}");
+        assert_eq!(field("Gid:"), vec![w.gid.to_string(); 4], "{status}");
+        assert_eq!(field("CapEff:"), vec!["0000000000000000".to_string()]);
+        assert_eq!(field("CapPrm:"), vec!["0000000000000000".to_string()]);
+        assert_eq!(field("NoNewPrivs:"), vec!["1".to_string()]);
+        r
+    }
+
+    fn ip_of(&self, node: &str) -> String {
+        self.c.workload(CLUSTER, node).node_json()["ipv4"]
+            .as_str()
+            .expect("ipv4")
+            .to_string()
+    }
+
+    fn ip6_of(&self, node: &str) -> String {
+        self.c.workload(CLUSTER, node).node_json()["ipv6"]
+            .as_str()
+            .expect("ipv6")
+            .to_string()
     }
 }
 
-fn wait_healthy(lab: &Lab, ns: &str) {
-    if wait_for(Duration::from_secs(15), || healthz(ns, ADMIN)).is_none() {
-        panic!("runtime never became healthy:\n{}", lab.runtime_log());
-    }
+fn dns_over_tcp(ns: &str, server: &str, name: &str) -> Vec<u8> {
+    let addr: std::net::SocketAddr = format!("{server}:53").parse().expect("addr");
+    let q = dns_query(name);
+    in_ns(ns, move || {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("tcp 53");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        s.write_all(&framed).expect("write");
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).expect("read len");
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut msg).expect("read msg");
+        msg
+    })
 }
 
-/// Proxy mode: an allowed device reaches an HTTP server in a third namespace; a device the ACL
-/// does not allow gets nothing; DNS (UDP and TCP) answers; the client restarts and traffic resumes;
-/// SIGTERM shuts down cleanly.
+fn octets(ip: &str) -> [u8; 4] {
+    ip.parse::<std::net::Ipv4Addr>().expect("ipv4").octets()
+}
+
+/// Proxy node `web` (→ `web.shop.svc:8080/8443`, resolved through the node namespace's hosts
+/// file): alice may use port 80, mallory only 443. DNS over UDP and TCP at the server the
+/// device config suggests; IPv6; alice's client restarts and traffic resumes; SIGTERM.
 #[test]
 fn proxy_acl_dns_restart() {
     if !should_run("proxy_acl_dns_restart") {
         return;
     }
-    let mut lab = Lab::new();
-    let c = lab.ns("c");
-    let d = lab.ns("d");
-    let n = lab.ns("n");
-    let s = lab.ns("s");
-    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
-    lab.link(&d, "10.99.2.2/24", &n, "10.99.2.1/24", "dn");
-    lab.link(&n, "10.99.3.1/24", &s, "10.99.3.2/24", "ns");
-    http_server(&s, "10.99.3.2:8080", "hello from the service");
+    let mut w = World::new();
+    let k = w.k.clone();
+    let s = w.lab.ns("s");
+    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    http_server(&s, "10.99.3.2:8080", "hello from web:8080");
+    http_server(&s, "10.99.3.2:8443", "hello from web:8443");
 
-    let node = genkey();
-    let dev = genkey();
-    let bad = genkey();
-    let node_cfg = node_json(
-        &node,
-        json!({"kind": "proxy", "target_host": "10.99.3.2",
-               "ports": [{"protocol": "tcp", "listen": 80, "target": 8080}]}),
+    let web = w.runtime("web");
+    let admin = web.admin();
+    let web4 = w.ip_of("web");
+    let web6 = w.ip6_of("web");
+    let (a, a_if, a_conf) = w.device("alice", "a", "10.99.0.2/24");
+    let (m, _, m_conf) = w.device("mallory", "m", "10.99.0.3/24");
+
+    // The generated configs: both devices have the web node as a peer at the endpoint, and
+    // alice's hosts snippet names it.
+    assert_eq!(
+        a_conf.peer_value("web", "Endpoint").as_deref(),
+        Some("10.99.0.1:30000"),
+        "{}",
+        a_conf.text
     );
-    let mesh = mesh_json(
-        json!([
-            {"name": "node", "public_key": node.public, "allowed_ips": [format!("{NODE4}/32")]},
-            {"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")]},
-            {"name": "bad", "public_key": bad.public, "allowed_ips": [format!("{BAD4}/32")]},
-        ]),
-        json!([rule(&[DEV4], NODE4, 80, 80)]),
-    );
-    lab.runtime(&n, &node_cfg, &mesh, &node.private);
-    wait_healthy(&lab, &n);
+    assert!(m_conf.peer("web").is_some(), "{}", m_conf.text);
+    assert!(m_conf.peer("side").is_none(), "mallory may not reach side");
+    let hosts = parse_hosts(&w.c.device_hosts("alice"));
+    assert_eq!(hosts.get("web.e2e.test"), Some(&web4), "alice.hosts");
 
-    let wgc = client(
-        &dev,
-        &node,
-        DEV4,
-        &[&format!("{NODE4}/32")],
-        Some("10.99.1.1:51820"),
-        None,
-    );
-    let ifc = lab.wg_client(&c, "c", &wgc);
-    let wgd = client(
-        &bad,
-        &node,
-        BAD4,
-        &[&format!("{NODE4}/32")],
-        Some("10.99.2.1:51820"),
-        None,
-    );
-    lab.wg_client(&d, "d", &wgd);
+    // alice → web:80 (allowed).
+    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(15))
+        .expect("alice reaches web:80");
+    assert_eq!(body, "hello from web:8080");
+    // Over IPv6 too.
+    let body = http_get_retry(&a, &format!("[{web6}]:80"), Duration::from_secs(5))
+        .expect("alice reaches web:80 over IPv6");
+    assert_eq!(body, "hello from web:8080");
+    // alice → web:443: not in the ACL.
+    assert!(http_get(&a, &format!("{web4}:443"), Duration::from_secs(2)).is_err());
 
-    let body = http_get_retry(&c, "100.64.0.1:80", Duration::from_secs(15))
-        .expect("allowed device reaches the service");
-    assert_eq!(body, "hello from the service");
+    // mallory: its tunnel works (443 is allowed) but port 80 gets nothing.
+    let body = http_get_retry(&m, &format!("{web4}:443"), Duration::from_secs(15))
+        .expect("mallory reaches web:443");
+    assert_eq!(body, "hello from web:8443");
+    let denied = http_get(&m, &format!("{web4}:80"), Duration::from_secs(3));
+    assert!(denied.is_err(), "mallory got through to :80: {denied:?}");
+    // An unmapped port gets nothing either.
+    assert!(http_get(&a, &format!("{web4}:81"), Duration::from_secs(2)).is_err());
 
-    // The denied device: handshake works (it is a peer) but the filter drops its packets.
-    let denied = http_get(&d, "100.64.0.1:80", Duration::from_secs(3));
-    assert!(denied.is_err(), "denied device got through: {denied:?}");
-    // An unmapped port gets nothing either (RST or timeout).
-    assert!(http_get(&c, "100.64.0.1:81", Duration::from_secs(2)).is_err());
-
-    // DNS over UDP and TCP on the node's tailnet address (always allowed, like MagicDNS).
+    // DNS at the server mallory's config suggests (the web node), UDP and TCP.
+    let dns = m_conf
+        .suggested_dns()
+        .expect("config suggests a DNS server");
+    assert_eq!(dns, web4, "{}", m_conf.text);
     let resp = udp_roundtrip(
-        &c,
-        "100.64.0.1:53",
-        dns_query("node.tail.example"),
+        &m,
+        &format!("{dns}:53"),
+        dns_query("web.e2e.test"),
         Duration::from_secs(2),
     )
     .expect("dns answer");
-    assert_eq!(dns_parse(&resp), (0, Some([100, 64, 0, 1])));
+    assert_eq!(dns_parse(&resp), (0, Some(octets(&web4))));
     let resp = udp_roundtrip(
-        &c,
-        "100.64.0.1:53",
-        dns_query("missing.tail.example"),
+        &a,
+        &format!("{dns}:53"),
+        dns_query("missing.e2e.test"),
         Duration::from_secs(2),
     )
     .expect("dns answer");
     assert_eq!(dns_parse(&resp).0, 3, "NXDOMAIN");
-    let tcp_resp = in_ns(&c, || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &"100.64.0.1:53".parse().unwrap(),
-            Duration::from_secs(3),
-        )
-        .expect("tcp 53");
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let q = dns_query("node.tail.example");
-        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
-        framed.extend_from_slice(&q);
-        s.write_all(&framed).unwrap();
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len).unwrap();
-        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-        s.read_exact(&mut msg).unwrap();
-        msg
-    });
-    assert_eq!(dns_parse(&tcp_resp), (0, Some([100, 64, 0, 1])));
+    let side4 = w.ip_of("side");
+    let tcp_resp = dns_over_tcp(&a, &dns, "side.e2e.test");
+    assert_eq!(dns_parse(&tcp_resp), (0, Some(octets(&side4))));
 
-    let m = metrics(&n, ADMIN);
+    let mt = metrics(&k, &admin);
     assert!(
-        metric(&m, "tsk8s_drops_total{reason=\"policy\"}").unwrap_or(0) > 0,
-        "policy drops counted:\n{m}"
+        metric(&mt, "tsk8s_drops_total{reason=\"policy\"}").unwrap_or(0) > 0,
+        "policy drops counted:\n{mt}"
     );
     assert!(
-        metric(&m, "tsk8s_peer_handshakes_total{peer=\"dev\"}").unwrap_or(0) >= 1,
-        "{m}"
+        metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}").unwrap_or(0) >= 1,
+        "{mt}"
     );
 
     // Client restart: a new wireguard-go process (new session) re-handshakes; traffic resumes.
-    lab.kill(&format!("wg:{ifc}"));
+    w.lab.kill(&format!("wg:{a_if}"));
     std::thread::sleep(Duration::from_millis(300));
-    lab.wg_up(&c, &ifc, &wgc);
-    let body = http_get_retry(&c, "100.64.0.1:80", Duration::from_secs(20))
+    w.lab
+        .wg_device_up(&a, &a_if, &a_conf, &key_fixture("alice"));
+    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(20))
         .expect("traffic resumes after restart");
-    assert_eq!(body, "hello from the service");
+    assert_eq!(body, "hello from web:8080");
     let ok = wait_for(Duration::from_secs(3), || {
         metric(
-            &metrics(&n, ADMIN),
-            "tsk8s_peer_handshakes_total{peer=\"dev\"}",
+            &metrics(&k, &admin),
+            "tsk8s_peer_handshakes_total{peer=\"alice\"}",
         )
         .unwrap_or(0)
             >= 2
@@ -199,129 +236,156 @@ fn proxy_acl_dns_restart() {
     assert!(
         ok.is_some(),
         "second handshake counted:\n{}",
-        metrics(&n, ADMIN)
+        metrics(&k, &admin)
     );
 
     // Clean shutdown on SIGTERM.
-    lab.signal("runtime", libc::SIGTERM);
-    let st = lab
-        .wait_child("runtime", Duration::from_secs(5))
+    w.lab.signal(&web.label, libc::SIGTERM);
+    let st = w
+        .lab
+        .wait_child(&web.label, Duration::from_secs(5))
         .expect("runtime exits on SIGTERM");
     assert!(st.success(), "exit status {st:?}");
 }
 
-/// Sidecar mode: tailnet port 80 → 127.0.0.1:8081 in the node's namespace. Then a config
-/// reload (the mounted file changes) that removes the ACL rule: the session survives (no new
-/// handshake) but new connections are denied.
+/// Sidecar `side`: the runtime container from the Component's patch (both JSON files in one
+/// ConfigMap), tailnet port 8081 → 127.0.0.1:8081 in the pod. Then the spec loses alice's rule,
+/// `tsk8s build` runs again and the kubelet-style `..data` swap delivers the new ConfigMap: the
+/// session survives (no new handshake) but new connections are denied.
 #[test]
 fn sidecar_and_reload() {
     if !should_run("sidecar_and_reload") {
         return;
     }
-    let mut lab = Lab::new();
-    let c = lab.ns("c");
-    let n = lab.ns("n");
-    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
-    http_server(&n, "127.0.0.1:8081", "hello from the sidecar");
-    let node = genkey();
-    let dev = genkey();
-    let node_cfg = node_json(
-        &node,
-        json!({"kind": "sidecar", "ports": [{"protocol": "tcp", "listen": 80, "target": 8081}]}),
-    );
-    let peers = json!([
-        {"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")]},
-    ]);
-    let mesh = mesh_json(peers.clone(), json!([rule(&[DEV4], NODE4, 80, 80)]));
-    let files = lab.runtime(&n, &node_cfg, &mesh, &node.private);
-    wait_healthy(&lab, &n);
-    let wgc = client(
-        &dev,
-        &node,
-        DEV4,
-        &[&format!("{NODE4}/32")],
-        Some("10.99.1.1:51820"),
-        None,
-    );
-    lab.wg_client(&c, "c", &wgc);
-    let body =
-        http_get_retry(&c, "100.64.0.1:80", Duration::from_secs(15)).expect("sidecar reachable");
+    let mut w = World::new();
+    let k = w.k.clone();
+    http_server(&k, "127.0.0.1:8081", "hello from the sidecar");
+    let side = w.runtime("side");
+    let admin = side.admin();
+    let side4 = w.ip_of("side");
+    let (a, _, a_conf) = w.device("alice", "a", "10.99.0.2/24");
+    assert_eq!(a_conf.suggested_dns().as_deref(), Some(side4.as_str()));
+    let body = http_get_retry(&a, &format!("{side4}:8081"), Duration::from_secs(15))
+        .expect("sidecar reachable");
     assert_eq!(body, "hello from the sidecar");
+    // DNS through the sidecar node (the server alice's config suggests).
+    let resp = udp_roundtrip(
+        &a,
+        &format!("{side4}:53"),
+        dns_query("web.e2e.test"),
+        Duration::from_secs(2),
+    )
+    .expect("dns answer");
+    assert_eq!(dns_parse(&resp), (0, Some(octets(&w.ip_of("web")))));
 
-    // Reload: same peers, rule removed.
-    std::fs::write(&files.mesh, mesh_json(peers, json!([]))).expect("rewrite mesh");
-    let reloaded = wait_for(Duration::from_secs(5), || {
-        metric(&metrics(&n, ADMIN), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
+    // Reload: the spec loses the rule; rebuild; deliver the new ConfigMap.
+    let before = w.c.workload(CLUSTER, "side");
+    w.c.edit(|s| {
+        s.replace(
+            "    accept src=\"alice@e2e.test\" dst=\"tag:side:8081\"\n",
+            "",
+        )
     });
-    assert!(reloaded.is_some(), "reload noticed:\n{}", lab.runtime_log());
+    let after = w.c.workload(CLUSTER, "side");
+    let (m_before, m_after) = (&before.mounts, &after.mounts);
+    let mut changed = 0;
+    for (b, a2) in m_before.iter().zip(m_after.iter()) {
+        if b.source.data() != a2.source.data() {
+            side.update_volume(&a2.volume, a2.source.data());
+            changed += 1;
+        }
+    }
+    assert_eq!(changed, 1, "exactly the ConfigMap volume changed");
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        metric(&metrics(&k, &admin), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
+    });
     assert!(
-        http_get(&c, "100.64.0.1:80", Duration::from_secs(2)).is_err(),
+        reloaded.is_some(),
+        "reload noticed:\n{}",
+        w.lab.runtime_log()
+    );
+    assert!(
+        http_get(&a, &format!("{side4}:8081"), Duration::from_secs(2)).is_err(),
         "rule removed → denied"
     );
-    let m = metrics(&n, ADMIN);
+    let mt = metrics(&k, &admin);
     assert_eq!(
-        metric(&m, "tsk8s_peer_handshakes_total{peer=\"dev\"}"),
+        metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}"),
         Some(1),
-        "session of the unchanged peer kept:\n{m}"
+        "session of the unchanged peer kept:\n{mt}"
     );
 }
 
-/// Subnet router: TCP and UDP to a server inside the advertised CIDR work; the same server's
-/// address outside the CIDR is not reachable.
+/// Subnet router `lan` (10.77.1.0/24): TCP and UDP to a server inside the route work; the same
+/// server's address outside it is not in alice's config, and when alice routes it into the
+/// tunnel anyway (a tampered client), the runtime drops it (`no_route`).
 #[test]
 fn subnet_router() {
     if !should_run("subnet_router") {
         return;
     }
-    let mut lab = Lab::new();
-    let c = lab.ns("c");
-    let n = lab.ns("n");
-    let s = lab.ns("s");
-    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
-    lab.link(&n, "10.77.1.1/24", &s, "10.77.1.2/24", "ns");
-    lab.add_addr(&n, "10.77.2.1/24", "ns", "va");
-    lab.add_addr(&s, "10.77.2.2/24", "ns", "vb");
+    let mut w = World::new();
+    let k = w.k.clone();
+    let s = w.lab.ns("s");
+    w.lab.link(&k, "10.77.1.1/24", &s, "10.77.1.2/24", "ks");
+    w.lab.add_addr(&k, "10.77.2.1/24", "ks", "va");
+    w.lab.add_addr(&s, "10.77.2.2/24", "ks", "vb");
     http_server(&s, "0.0.0.0:8080", "hello from the subnet");
     udp_echo(&s, "0.0.0.0:7007");
-    let node = genkey();
-    let dev = genkey();
-    let node_cfg = node_json(
-        &node,
-        json!({"kind": "subnet-router", "routes": ["10.77.1.0/24"]}),
+    let lan = w.runtime("lan");
+    let admin = lan.admin();
+    let (a, a_if, a_conf) = w.device("alice", "a", "10.99.0.2/24");
+    assert_eq!(
+        a_conf.peer_value("lan", "AllowedIPs").as_deref(),
+        Some("10.77.1.0/24"),
+        "{}",
+        a_conf.text
     );
-    let mesh = mesh_json(
-        json!([{"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")]}]),
-        json!([rule(&[DEV4], "10.77.0.0/16", 0, 65535)]),
-    );
-    lab.runtime(&n, &node_cfg, &mesh, &node.private);
-    wait_healthy(&lab, &n);
-    let wgc = client(
-        &dev,
-        &node,
-        DEV4,
-        &[&format!("{NODE4}/32"), "10.77.0.0/16"],
-        Some("10.99.1.1:51820"),
-        None,
-    );
-    lab.wg_client(&c, "c", &wgc);
     let body =
-        http_get_retry(&c, "10.77.1.2:8080", Duration::from_secs(15)).expect("inside the route");
+        http_get_retry(&a, "10.77.1.2:8080", Duration::from_secs(15)).expect("inside the route");
     assert_eq!(body, "hello from the subnet");
     let echo = udp_roundtrip(
-        &c,
+        &a,
         "10.77.1.2:7007",
         b"ping-udp".to_vec(),
         Duration::from_secs(2),
     )
     .expect("udp inside");
     assert_eq!(echo, b"ping-udp");
+    // Outside the route: the generated config does not route it.
+    assert!(http_get(&a, "10.77.2.2:8080", Duration::from_secs(2)).is_err());
+    // A client that routes it into the tunnel anyway: the runtime drops it.
+    let lan_key = a_conf.peer_value("lan", "PublicKey").expect("lan key");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "wg",
+        "set",
+        &a_if,
+        "peer",
+        &lan_key,
+        "allowed-ips",
+        "10.77.1.0/24,10.77.2.0/24",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &a,
+        "route",
+        "replace",
+        "10.77.2.0/24",
+        "dev",
+        &a_if,
+    ]);
     assert!(
-        http_get(&c, "10.77.2.2:8080", Duration::from_secs(2)).is_err(),
+        http_get(&a, "10.77.2.2:8080", Duration::from_secs(2)).is_err(),
         "outside the route"
     );
     assert!(
         udp_roundtrip(
-            &c,
+            &a,
             "10.77.2.2:7007",
             b"x".to_vec(),
             Duration::from_millis(500)
@@ -330,56 +394,42 @@ fn subnet_router() {
     );
     let ok = wait_for(Duration::from_secs(3), || {
         metric(
-            &metrics(&n, ADMIN),
+            &metrics(&k, &admin),
             "tsk8s_drops_total{reason=\"no_route\"}",
         )
         .unwrap_or(0)
             > 0
     });
-    assert!(ok.is_some(), "{}", metrics(&n, ADMIN));
+    assert!(ok.is_some(), "{}", metrics(&k, &admin));
 }
 
-/// Egress: a kernel listener on the node forwards into the tunnel to a device's address; the
-/// replies pass the default-deny filter because the node opened the flow.
+/// Egress `to-alice` (cluster port 9000 → alice:8080 TCP, 9001 → alice:7007 UDP): the kernel
+/// listener on the node forwards into the tunnel; alice's config keeps the session up
+/// (PersistentKeepalive) so the node can reach a roaming device; replies pass the default-deny
+/// filter because the node opened the flow, and alice cannot open connections to the node.
 #[test]
 fn egress_tcp_udp() {
     if !should_run("egress_tcp_udp") {
         return;
     }
-    let mut lab = Lab::new();
-    let c = lab.ns("c");
-    let n = lab.ns("n");
-    lab.link(&c, "10.99.1.2/24", &n, "10.99.1.1/24", "cn");
-    http_server(&c, "0.0.0.0:8080", "hello from the device");
-    udp_echo(&c, "0.0.0.0:7007");
-    let node = genkey();
-    let dev = genkey();
-    let node_cfg = node_json(
-        &node,
-        json!({"kind": "egress", "target_ip": DEV4, "ports": [
-            {"protocol": "tcp", "listen": 9000, "target": 8080},
-            {"protocol": "udp", "listen": 9001, "target": 7007}]}),
+    let mut w = World::new();
+    let k = w.k.clone();
+    let _eg = w.runtime("to-alice");
+    let (a, _, a_conf) = w.device("alice", "a", "10.99.0.2/24");
+    assert_eq!(
+        a_conf
+            .peer_value("to-alice", "PersistentKeepalive")
+            .as_deref(),
+        Some("25"),
+        "{}",
+        a_conf.text
     );
-    let mesh = mesh_json(
-        json!([{"name": "dev", "public_key": dev.public, "allowed_ips": [format!("{DEV4}/32")],
-                "endpoint": "10.99.1.2:51821"}]),
-        json!([]),
-    );
-    lab.runtime(&n, &node_cfg, &mesh, &node.private);
-    wait_healthy(&lab, &n);
-    let wgc = client(
-        &dev,
-        &node,
-        DEV4,
-        &[&format!("{NODE4}/32")],
-        None,
-        Some(51821),
-    );
-    lab.wg_client(&c, "c", &wgc);
-    let body = http_get_retry(&n, "127.0.0.1:9000", Duration::from_secs(15)).expect("egress tcp");
-    assert_eq!(body, "hello from the device");
+    http_server(&a, "0.0.0.0:8080", "hello from alice");
+    udp_echo(&a, "0.0.0.0:7007");
+    let body = http_get_retry(&k, "127.0.0.1:9000", Duration::from_secs(15)).expect("egress tcp");
+    assert_eq!(body, "hello from alice");
     let echo = udp_roundtrip(
-        &n,
+        &k,
         "127.0.0.1:9001",
         b"ping-egress".to_vec(),
         Duration::from_secs(2),
@@ -387,6 +437,7 @@ fn egress_tcp_udp() {
     .expect("egress udp");
     assert_eq!(echo, b"ping-egress");
     // The device cannot open connections to the node on its own (default deny).
-    http_server(&n, "0.0.0.0:8082", "should not be reachable");
-    assert!(http_get(&c, "100.64.0.1:8082", Duration::from_secs(2)).is_err());
+    http_server(&k, "0.0.0.0:8082", "should not be reachable");
+    let eg4 = w.ip_of("to-alice");
+    assert!(http_get(&a, &format!("{eg4}:8082"), Duration::from_secs(2)).is_err());
 }

@@ -1,7 +1,12 @@
-//! Network-namespace fixtures for end-to-end tests: wireguard-go clients, veth links, servers
-//! running on threads that entered a namespace, and the runtime as an unprivileged process.
+//! Network-namespace fixtures for end-to-end tests: wireguard-go clients configured from the
+//! device configs `tsk8s build` writes, veth links and bridges, servers running on threads that
+//! entered a namespace, and the runtime started the way its emitted workload says (arguments,
+//! mounted files at their paths, non-root UID).
 #![allow(dead_code)]
 
+pub mod compiled;
+
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -12,8 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use compiled::{DeviceConf, Workload, atomic_write};
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
-pub const RUNTIME_UID: &str = "65532";
 
 /// Why privileged tests cannot run here, if they cannot.
 pub fn cannot_run() -> Option<String> {
@@ -21,7 +27,7 @@ pub fn cannot_run() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for tool in ["wireguard-go", "wg", "ip", "setpriv"] {
+    for tool in ["wireguard-go", "wg", "ip", "setpriv", "mount", "sh"] {
         let ok = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -42,9 +48,29 @@ pub fn cannot_run() -> Option<String> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
     if !ok {
         return Some("cannot create network namespaces".into());
+    }
+    // The runtime's volumes are mounted at their real paths (/etc/tsk8s/…) in a private mount
+    // namespace over an overlay of /etc; check that overlayfs and tmpfs mounts work.
+    let dir = std::env::temp_dir().join(format!("tsk8s-probe-{}", std::process::id()));
+    let _ = fs::create_dir_all(dir.join("up"));
+    let _ = fs::create_dir_all(dir.join("work"));
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir=/etc,upperdir={0}/up,workdir={0}/work /etc \
+         && mount -t tmpfs tmpfs /run && mkdir -p /etc/tsk8s-probe /run/secrets",
+        dir.display()
+    );
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &probe, "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    let _ = fs::remove_dir_all(&dir);
+    if !ok {
+        return Some("cannot mount overlayfs/tmpfs in a private mount namespace".into());
     }
     None
 }
@@ -95,25 +121,13 @@ pub fn sh_out(args: &[&str], stdin: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-pub struct Keys {
-    pub private: String,
-    pub public: String,
-}
-
-pub fn genkey() -> Keys {
-    let private = sh_out(&["wg", "genkey"], "");
-    let public = sh_out(&[env!("CARGO_BIN_EXE_tsk8s-runtime"), "pubkey"], &private);
-    let wg_public = sh_out(&["wg", "pubkey"], &private);
-    assert_eq!(public, wg_public, "pubkey subcommand agrees with wg pubkey");
-    Keys { private, public }
-}
-
 /// One test's namespaces, processes and files; torn down on drop.
 pub struct Lab {
     pub id: String,
     pub dir: PathBuf,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
+    logs: Vec<(String, PathBuf)>,
 }
 
 impl Lab {
@@ -129,6 +143,7 @@ impl Lab {
             dir,
             namespaces: Vec::new(),
             children: Vec::new(),
+            logs: Vec::new(),
         }
     }
 
@@ -173,90 +188,20 @@ impl Lab {
         p
     }
 
-    /// Start wireguard-go in `ns` and configure it. Returns the interface name.
-    pub fn wg_client(&mut self, ns: &str, tag: &str, c: &WgClient) -> String {
-        let ifname = self.ifname("wg", tag);
-        self.wg_up(ns, &ifname, c);
-        ifname
-    }
-
-    pub fn wg_up(&mut self, ns: &str, ifname: &str, c: &WgClient) {
-        let log = fs::File::create(self.dir.join(format!("{ifname}.log"))).expect("log");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "env",
-                "WG_PROCESS_FOREGROUND=1",
-                "wireguard-go",
-                ifname,
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("wireguard-go");
-        self.children.push((format!("wg:{ifname}"), child));
-        wait_for(Duration::from_secs(10), || {
-            Command::new("ip")
-                .args(["-n", ns, "link", "show", ifname])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        })
-        .expect("wireguard-go interface appears");
-        let key = self.write(&format!("{ifname}.key"), &c.private_key, 0o600);
-        let mut args: Vec<String> = vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            ns.into(),
-            "wg".into(),
-            "set".into(),
-            ifname.into(),
-            "private-key".into(),
-            key.display().to_string(),
-        ];
-        if let Some(p) = c.listen_port {
-            args.extend(["listen-port".into(), p.to_string()]);
-        }
-        args.extend([
-            "peer".into(),
-            c.peer_public.clone(),
-            "allowed-ips".into(),
-            c.allowed_ips.join(","),
-        ]);
-        if let Some(e) = &c.endpoint {
-            args.extend(["endpoint".into(), e.clone()]);
-        }
-        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        sh(&refs);
-        sh(&["ip", "-n", ns, "addr", "add", &c.address, "dev", ifname]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "link",
-            "set",
-            ifname,
-            "mtu",
-            &c.mtu.to_string(),
-            "up",
-        ]);
-        for r in &c.allowed_ips {
-            sh(&["ip", "-n", ns, "route", "replace", r, "dev", ifname]);
-        }
-    }
-
     /// Kill a child process started by this lab (by its label).
     pub fn kill(&mut self, label: &str) {
         if let Some(pos) = self.children.iter().position(|(l, _)| l == label) {
-            let (_, mut child) = self.children.remove(pos);
-            let _ = child.kill();
-            let _ = child.wait();
+            let (label, mut child) = self.children.remove(pos);
+            stop(&label, &mut child);
         }
+    }
+
+    /// Process id of a child started by this lab.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c.id())
     }
 
     pub fn signal(&self, label: &str, sig: i32) {
@@ -287,103 +232,305 @@ impl Lab {
         None
     }
 
-    /// Start the runtime in `ns` as an unprivileged user.
-    pub fn runtime(
-        &mut self,
-        ns: &str,
-        node_json: &str,
-        mesh_json: &str,
-        private_key: &str,
-    ) -> RuntimeFiles {
-        let node_dir = self.dir.join("node");
-        let mesh_dir = self.dir.join("mesh");
-        let secret_dir = self.dir.join("secret");
-        for d in [&node_dir, &mesh_dir, &secret_dir] {
-            fs::create_dir_all(d).expect("mkdir");
-            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        let files = RuntimeFiles {
-            node: node_dir.join("node.json"),
-            mesh: mesh_dir.join("mesh.json"),
-            key: secret_dir.join("private-key"),
-        };
-        fs::write(&files.node, node_json).expect("write");
-        fs::write(&files.mesh, mesh_json).expect("write");
-        fs::write(&files.key, format!("{private_key}\n")).expect("write");
-        fs::set_permissions(&files.node, fs::Permissions::from_mode(0o644)).expect("chmod");
-        fs::set_permissions(&files.mesh, fs::Permissions::from_mode(0o644)).expect("chmod");
+    pub fn runtime_log(&self) -> String {
+        self.logs
+            .iter()
+            .filter(|(l, _)| l.starts_with("runtime"))
+            .map(|(_, p)| fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// A bridge `br0` in `ns` with address `cidr` (a cluster node's L2 segment).
+    pub fn bridge(&mut self, ns: &str, cidr: &str) {
+        sh(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", "br0"]);
+        sh(&["ip", "-n", ns, "link", "set", "br0", "up"]);
+    }
+
+    /// veth from `ns` (address `cidr`) to the bridge `br0` in `bridge_ns`.
+    pub fn attach(&mut self, ns: &str, cidr: &str, bridge_ns: &str, tag: &str) {
+        let va = self.ifname("va", tag);
+        let vb = self.ifname("vb", tag);
         sh(&[
-            "chown",
-            &format!("{RUNTIME_UID}:{RUNTIME_UID}"),
-            &files.key.display().to_string(),
+            "ip", "link", "add", &va, "netns", ns, "type", "veth", "peer", "name", &vb, "netns",
+            bridge_ns,
         ]);
-        fs::set_permissions(&files.key, fs::Permissions::from_mode(0o400)).expect("chmod");
-        let log = fs::File::create(self.dir.join("runtime.log")).expect("log");
+        sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", &va]);
+        sh(&["ip", "-n", ns, "link", "set", &va, "up"]);
+        sh(&["ip", "-n", bridge_ns, "link", "set", &vb, "master", "br0"]);
+        sh(&["ip", "-n", bridge_ns, "link", "set", &vb, "up"]);
+    }
+
+    /// `/etc/netns/<ns>/hosts`: `ip netns exec` bind-mounts it over /etc/hosts (how the proxy's
+    /// `<service>.<namespace>.svc` target resolves in the test, as cluster DNS would).
+    pub fn ns_hosts(&self, ns: &str, entries: &[(&str, &str)]) {
+        let dir = Path::new("/etc/netns").join(ns);
+        fs::create_dir_all(&dir).expect("mkdir /etc/netns/<ns>");
+        let mut s = String::from("127.0.0.1 localhost\n");
+        for (ip, name) in entries {
+            s.push_str(&format!("{ip} {name}\n"));
+        }
+        fs::write(dir.join("hosts"), s).expect("write hosts");
+    }
+
+    /// Start wireguard-go in `ns` for a device and configure it from its generated wg-quick
+    /// config, the way `wg-quick up` would: `wg setconf` with the wg-quick-only keys stripped,
+    /// the `PostUp` (`wg set %i private-key <path>`) with the TEST-ONLY fixture key in place of
+    /// the device's path, then addresses, MTU and a route per AllowedIPs. Returns the interface.
+    pub fn wg_device(&mut self, ns: &str, tag: &str, conf: &DeviceConf, key: &Path) -> String {
+        let ifname = self.ifname("wg", tag);
+        self.wg_device_up(ns, &ifname, conf, key);
+        ifname
+    }
+
+    pub fn wg_device_up(&mut self, ns: &str, ifname: &str, conf: &DeviceConf, key: &Path) {
+        let log_path = self.dir.join(format!("{ifname}.log"));
+        let log = fs::File::create(&log_path).expect("log");
         let child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 ns,
-                "setpriv",
-                "--reuid",
-                RUNTIME_UID,
-                "--regid",
-                RUNTIME_UID,
-                "--clear-groups",
-                "--",
+                "env",
+                "WG_PROCESS_FOREGROUND=1",
+                "wireguard-go",
+                ifname,
             ])
-            .arg(env!("CARGO_BIN_EXE_tsk8s-runtime"))
-            .arg("--node")
-            .arg(&files.node)
-            .arg("--mesh")
-            .arg(&files.mesh)
-            .arg("--private-key-file")
-            .arg(&files.key)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("wireguard-go");
+        self.children.push((format!("wg:{ifname}"), child));
+        self.logs.push((format!("wireguard-go {ifname}"), log_path));
+        wait_for(Duration::from_secs(10), || {
+            Command::new("ip")
+                .args(["-n", ns, "link", "show", ifname])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .expect("wireguard-go interface appears");
+        let stripped = self.write(&format!("{ifname}.setconf"), &conf.stripped(), 0o600);
+        let stripped = stripped.display().to_string();
+        sh(&[
+            "ip", "netns", "exec", ns, "wg", "setconf", ifname, &stripped,
+        ]);
+        let key_copy = self.dir.join(format!("{ifname}.key"));
+        fs::copy(key, &key_copy).expect("copy fixture key");
+        fs::set_permissions(&key_copy, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let post_up = conf.post_up();
+        assert!(
+            !post_up.is_empty(),
+            "device conf has a PostUp loading the key"
+        );
+        for cmd in post_up {
+            let words: Vec<String> = cmd
+                .replace("%i", ifname)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            let [wg, set, iface, what, _path] = words.as_slice() else {
+                panic!("unexpected PostUp {cmd:?}");
+            };
+            assert_eq!(
+                (wg.as_str(), set.as_str(), iface.as_str(), what.as_str()),
+                ("wg", "set", ifname, "private-key"),
+                "PostUp {cmd:?}"
+            );
+            let key_arg = key_copy.display().to_string();
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "wg",
+                "set",
+                ifname,
+                "private-key",
+                &key_arg,
+            ]);
+        }
+        for a in conf.addresses() {
+            let mut args = vec!["ip", "-n", ns, "addr", "add", &a, "dev", ifname];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            sh(&args);
+        }
+        let mtu = conf.mtu().unwrap_or(1420).to_string();
+        sh(&["ip", "-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
+        for r in conf.allowed_ips() {
+            sh(&["ip", "-n", ns, "route", "replace", &r, "dev", ifname]);
+        }
+    }
+
+    /// Run the runtime in `ns` as its emitted workload says: every volume laid out like the
+    /// kubelet does and bind-mounted (read-only where the mount says so) at its mountPath in a
+    /// private mount namespace (an overlay of /etc and a tmpfs on /run keep the host's untouched),
+    /// then the container's `args` exactly, under `runAsUser`/`runAsGroup` (+ `fsGroup`), with
+    /// no capabilities and no_new_privs (`allowPrivilegeEscalation: false`).
+    pub fn start_workload(&mut self, ns: &str, w: &Workload) -> Running {
+        let root = self.dir.join(format!("pod-{}", w.node));
+        let mut volumes = BTreeMap::new();
+        let mut script = String::from("set -e\n");
+        let mut need_etc = false;
+        let mut need_run = false;
+        for m in &w.mounts {
+            let vdir = root.join("volumes").join(&m.volume);
+            atomic_write(&vdir, m.source.data(), m.source.mode(), w.fs_group);
+            volumes.insert(m.volume.clone(), vdir);
+            if m.path.starts_with("/etc/") {
+                need_etc = true;
+            } else if m.path.starts_with("/var/run/") || m.path.starts_with("/run/") {
+                need_run = true;
+            } else {
+                panic!(
+                    "mountPath {} outside /etc and /run: teach the test to mount it",
+                    m.path
+                );
+            }
+        }
+        if need_etc {
+            let up = root.join("etc-upper");
+            let work = root.join("etc-work");
+            fs::create_dir_all(&up).expect("mkdir");
+            fs::create_dir_all(&work).expect("mkdir");
+            script.push_str(&format!(
+                "mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc\n",
+                q(&up.display().to_string()),
+                q(&work.display().to_string())
+            ));
+            // Re-apply what `ip netns exec` bound over /etc (the overlay hides it).
+            script.push_str(&format!(
+                "if [ -f /etc/netns/{0}/hosts ]; then mount --bind /etc/netns/{0}/hosts /etc/hosts; fi\n",
+                q(ns)
+            ));
+        }
+        if need_run {
+            script.push_str("mount -t tmpfs -o mode=0755 tmpfs /run\n");
+        }
+        for m in &w.mounts {
+            let src = q(&volumes[&m.volume].display().to_string());
+            let dst = q(&m.path);
+            script.push_str(&format!("mkdir -p {dst}\nmount --bind {src} {dst}\n"));
+            if m.read_only {
+                script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
+            }
+        }
+        let groups = match w.fs_group {
+            Some(g) => format!("--groups={g}"),
+            None => "--clear-groups".to_string(),
+        };
+        script.push_str(&format!(
+            "exec setpriv --reuid={} --regid={} {groups} --no-new-privs --inh-caps=-all --bounding-set=-all -- {}",
+            w.uid,
+            w.gid,
+            q(env!("CARGO_BIN_EXE_tsk8s-runtime"))
+        ));
+        for a in &w.args {
+            script.push(' ');
+            script.push_str(&q(a));
+        }
+        script.push('\n');
+        let script_path = root.join("start.sh");
+        fs::write(&script_path, &script).expect("write start.sh");
+        let log_path = root.join("runtime.log");
+        let log = fs::File::create(&log_path).expect("log");
+        let label = format!("runtime:{}", w.node);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "sh"])
+            .arg(&script_path)
             .env("TSK8S_LOG", "info")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("runtime");
-        self.children.push(("runtime".into(), child));
-        files
-    }
-
-    pub fn runtime_log(&self) -> String {
-        fs::read_to_string(self.dir.join("runtime.log")).unwrap_or_default()
+        self.children.push((label.clone(), child));
+        self.logs.push((label.clone(), log_path));
+        Running {
+            label,
+            ns: ns.to_string(),
+            workload: w.clone(),
+            volumes,
+        }
     }
 }
 
-pub struct RuntimeFiles {
-    pub node: PathBuf,
-    pub mesh: PathBuf,
-    pub key: PathBuf,
+/// Kill a child; for wireguard-go also remove the control socket it cannot clean up after
+/// SIGKILL (`/var/run/wireguard` is shared by all namespaces).
+fn stop(label: &str, child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(ifname) = label.strip_prefix("wg:") {
+        let _ = fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+    }
+}
+
+/// Single-quote for sh.
+fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A runtime started from a workload.
+pub struct Running {
+    pub label: String,
+    pub ns: String,
+    pub workload: Workload,
+    /// volume name → the dir bind-mounted at its mountPath.
+    pub volumes: BTreeMap<String, PathBuf>,
+}
+
+impl Running {
+    /// The kubelet's update of a mounted ConfigMap/Secret: new data swapped in via `..data`.
+    pub fn update_volume(&self, volume: &str, data: &BTreeMap<String, Vec<u8>>) {
+        let m = self
+            .workload
+            .mounts
+            .iter()
+            .find(|m| m.volume == volume)
+            .unwrap_or_else(|| panic!("no volume {volume}"));
+        atomic_write(
+            &self.volumes[volume],
+            data,
+            m.source.mode(),
+            self.workload.fs_group,
+        );
+    }
+
+    /// The admin address from the workload's node.json, as seen from inside its namespace.
+    pub fn admin(&self) -> String {
+        let listen = self.workload.node_json()["admin_listen"]
+            .as_str()
+            .expect("admin_listen")
+            .to_string();
+        listen.replace("0.0.0.0:", "127.0.0.1:")
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for (_, c) in self.children.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for (label, c) in self.children.iter_mut() {
+            stop(label, c);
         }
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!("runtime log:\n{}", self.runtime_log());
+            for (label, path) in &self.logs {
+                eprintln!(
+                    "--- {label} log ({}):\n{}",
+                    path.display(),
+                    fs::read_to_string(path).unwrap_or_default()
+                );
+            }
+            eprintln!("(lab dir kept: {})", self.dir.display());
         }
     }
-}
-
-pub struct WgClient {
-    pub private_key: String,
-    pub peer_public: String,
-    pub address: String,
-    pub allowed_ips: Vec<String>,
-    pub endpoint: Option<String>,
-    pub listen_port: Option<u16>,
-    pub mtu: u16,
 }
 
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
