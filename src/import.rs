@@ -204,16 +204,29 @@ pub struct Imported {
     pub warnings: Vec<String>,
 }
 
-/// A KDL v2 string: raw (`#"…"#`) when that needs no escapes, else quoted with escapes.
+/// Characters a KDL v2 string may not hold literally on one line: controls, newlines
+/// (U+2028/2029), the byte-order mark and bidirectional-text controls.
+fn kdl_special(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{feff}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// A KDL v2 string: plain quoted when that needs no escapes, raw (`#"…"#`) when only quotes or
+/// backslashes are in the way, else quoted with escapes.
 pub fn kdl_str(s: &str) -> String {
-    let plain = s
-        .chars()
-        .all(|c| !c.is_control() && c != '"' && c != '\\' && c != '\u{feff}');
-    if plain {
+    if !s.chars().any(|c| kdl_special(c) || c == '"' || c == '\\') {
         return format!("\"{s}\"");
     }
-    let single_line = !s.chars().any(|c| c.is_control() || c == '\u{feff}');
-    if single_line {
+    if !s.chars().any(kdl_special) {
         let mut hashes = String::from("#");
         while s.contains(&format!("\"{hashes}")) {
             hashes.push('#');
@@ -228,7 +241,7 @@ pub fn kdl_str(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || c == '\u{feff}' => {
+            c if kdl_special(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),

@@ -146,7 +146,7 @@ cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
     }
 }
 "#;
-    let err = build_text(spec, None).err().expect("must fail");
+    let err = build_text(spec, None).expect_err("must fail");
     assert!(err.text.contains("UDP port(s) 53"), "{}", err.text);
     assert!(err.text.contains("TCP only"), "{}", err.text);
 }
@@ -856,10 +856,10 @@ fn github_actions_example_updates_one_comment_in_place() {
     assert_eq!(ours_and_others(&after).0, split_bodies(&parts(2, "fresh")));
 }
 
+type Notes = std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>;
+
 /// A GitLab notes API on loopback, enough for gitlab-note.sh.
-fn fake_gitlab(
-    notes: Vec<(u64, String)>,
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>) {
+fn fake_gitlab(notes: Vec<(u64, String)>) -> (String, Notes) {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::sync::{Arc, Mutex};
     let state = Arc::new(Mutex::new(notes));
@@ -994,4 +994,14 @@ fn gitlab_example_updates_one_note_in_place() {
     let now = state.lock().unwrap().clone();
     assert_eq!(ours_and_others(&now).0, split_bodies(&parts(1, "one")));
     assert_eq!(now.len(), 2);
+}
+
+#[test]
+fn application_set_name_is_a_dns_label() {
+    use tsk8s::lower::gitops::label_of;
+    assert_eq!(label_of("acme"), "acme");
+    assert_eq!(label_of("Acme Corp.example"), "acme-corp-example");
+    assert_eq!(label_of("--"), "tailnet");
+    let long = label_of(&"x-".repeat(100));
+    assert!(long.len() <= 57 && !long.ends_with('-'), "{long}");
 }

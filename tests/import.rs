@@ -332,3 +332,29 @@ fn cli_exit_codes() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn kdl_strings_round_trip() {
+    use tsk8s::import::kdl_str;
+    let cases = [
+        "plain",
+        "",
+        "with \"quotes\"",
+        "back\\slash",
+        "\"#",
+        "a\"##b\"#",
+        "line\nbreak\ttab\r",
+        "bom\u{feff}",
+        "bidi\u{202e}mark\u{2066}",
+        "sep\u{2028}\u{2029}\u{85}",
+        "nul\u{0}",
+        "ünïcödé ✓",
+    ];
+    for s in cases {
+        let text = format!("node {}\n", kdl_str(s));
+        let doc =
+            kdl::KdlDocument::parse_v2(&text).unwrap_or_else(|e| panic!("{s:?} → {text:?}: {e:?}"));
+        let got = doc.nodes()[0].entries()[0].value().as_string().unwrap();
+        assert_eq!(got, s, "{text:?}");
+    }
+}

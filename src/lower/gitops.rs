@@ -34,6 +34,28 @@ pub fn object_name(cluster: &str) -> String {
     format!("tsk8s-{cluster}")
 }
 
+/// A DNS-1123 label from the tailnet's name (which is free text): lowercase, runs of other
+/// characters → `-`, at most 57 characters (`tsk8s-` + 57 = 63).
+pub fn label_of(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut out: String = out.trim_matches('-').chars().take(57).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() {
+        out.push_str("tailnet");
+    }
+    out
+}
+
 /// Path of a cluster's output dir inside the GitOps repository.
 pub fn cluster_path(g: &Gitops, cluster: &str) -> String {
     if g.path.is_empty() {
@@ -151,7 +173,7 @@ pub fn argocd_application_set(t: &Tailnet, g: &Gitops, project: &str, namespace:
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "ApplicationSet",
         "metadata": {
-            "name": object_name(&t.name),
+            "name": object_name(&label_of(&t.name)),
             "namespace": namespace,
             "labels": labels(),
         },
