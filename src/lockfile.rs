@@ -76,6 +76,10 @@ fn reserved_v4(ip: Ipv4Addr) -> bool {
 /// Parse lock text. Errors are located in the lock file.
 pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
     let mut d = Diagnostics::new(file, text);
+    if let Some(at) = crate::syntax::too_deep(text) {
+        d.push(crate::syntax::too_deep_diagnostic(at));
+        return Err(d);
+    }
     let doc = match KdlDocument::parse_v2(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -198,6 +202,15 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
             }
         };
         let ipv4 = str_prop("ipv4", &mut bad).and_then(|s| match s.parse::<Ipv4Addr>() {
+            Ok(ip) if reserved_v4(ip) => {
+                bad(
+                    prop("ipv4").map(|e| e.span()).unwrap_or(node.span()),
+                    format!(
+                        "{ip} is reserved (100.100.100.100 and 100.115.92.0/23 are never assigned); delete this entry and run `tsk8s lock`"
+                    ),
+                );
+                None
+            }
             Ok(ip) => Some(ip),
             Err(_) => {
                 bad(
@@ -220,7 +233,21 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         match kind {
             "node" => {
                 let cluster = str_prop("cluster", &mut bad);
-                let key = str_prop("public-key", &mut bad);
+                let key = str_prop("public-key", &mut bad).filter(|k| {
+                    use base64::Engine as _;
+                    let ok = base64::engine::general_purpose::STANDARD
+                        .decode(k)
+                        .is_ok_and(|b| b.len() == 32);
+                    if !ok {
+                        bad(
+                            prop("public-key").map(|e| e.span()).unwrap_or(node.span()),
+                            format!(
+                                "invalid WireGuard public key {k:?} (expected 32 bytes in base64); restore the entry from version control, or delete it and run `tsk8s lock` to give {name:?} a new key"
+                            ),
+                        );
+                    }
+                    ok
+                });
                 let port = port_prop(&mut bad);
                 if port.is_none() && prop("port").is_none() {
                     bad(node.name().span(), "`node` needs `port`".into());

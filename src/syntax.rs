@@ -209,9 +209,104 @@ pub struct SshDecl {
     pub span: SourceSpan,
 }
 
+/// Deepest nesting of children blocks (and of block comments) accepted. The KDL parser recurses
+/// once per level, so without a bound a hostile file overflows the stack; specs and locks nest
+/// a few levels at most.
+pub const MAX_NESTING: usize = 64;
+
+/// The byte offset of the first `{` (or `/*`) nested deeper than [`MAX_NESTING`], if any.
+/// Strings and comments are skipped; an unterminated one ends the scan (the parser reports it).
+pub fn too_deep(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let at = |i: usize| b.get(i).copied();
+    let starts = |i: usize, s: &[u8]| b.get(i..).is_some_and(|r| r.starts_with(s));
+    let (mut i, mut depth, mut comments) = (0usize, 0usize, 0usize);
+    while let Some(c) = at(i) {
+        if comments > 0 {
+            if starts(i, b"/*") {
+                comments += 1;
+                if comments > MAX_NESTING {
+                    return Some(i);
+                }
+                i += 2;
+            } else if starts(i, b"*/") {
+                comments -= 1;
+                i += 2;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        match c {
+            b'/' if at(i + 1) == Some(b'/') => {
+                while at(i).is_some_and(|c| c != b'\n') {
+                    i += 1;
+                }
+            }
+            b'/' if at(i + 1) == Some(b'*') => {
+                comments = 1;
+                i += 2;
+            }
+            b'#' | b'"' => {
+                let hashes = b
+                    .get(i..)
+                    .map_or(0, |r| r.iter().take_while(|&&c| c == b'#').count());
+                let q = i + hashes;
+                if at(q) != Some(b'"') {
+                    i = q.max(i + 1);
+                    continue;
+                }
+                let quotes = if starts(q, b"\"\"\"") { 3 } else { 1 };
+                let mut close = vec![b'"'; quotes];
+                close.extend(std::iter::repeat_n(b'#', hashes));
+                let mut j = q + quotes;
+                loop {
+                    match at(j) {
+                        None => return None,
+                        Some(b'\\') if hashes == 0 => j += 2,
+                        Some(_) if starts(j, &close) => {
+                            j += close.len();
+                            break;
+                        }
+                        Some(_) => j += 1,
+                    }
+                }
+                i = j;
+            }
+            b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(i);
+                }
+                i += 1;
+            }
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The diagnostic for [`too_deep`].
+pub fn too_deep_diagnostic(at: usize) -> Diagnostic {
+    Diagnostic::new(
+        SourceSpan::from(at..at + 1),
+        format!("nested deeper than {MAX_NESTING} levels"),
+    )
+    .label("too deep")
+    .help("blocks nest a few levels at most; this does not look like a file tsk8s reads")
+}
+
 /// Parse spec text. Returns the tree (possibly partial) and the diagnostics found.
 pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
     let mut diags = Diagnostics::new(file, text);
+    if let Some(at) = too_deep(text) {
+        diags.push(too_deep_diagnostic(at));
+        return (Spec::default(), diags);
+    }
     let doc = match KdlDocument::parse_v2(text) {
         Ok(doc) => doc,
         Err(err) => {
