@@ -867,7 +867,7 @@ mod tests {
                 ipv4: Ipv4Addr::new(100, 64, 0, 2),
                 ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, 2)),
                 port: 41641,
-                public_key: "k".into(),
+                public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             },
         );
         l.tombstones.push(Tombstone {
