@@ -92,6 +92,7 @@ fn replay_spec() {
         &[
             ("testdata/bad/spec", "tailnet.kdl"),
             ("testdata/specs", "tailnet.kdl"),
+            ("testdata/errors", ".kdl"),
             ("examples", ".kdl"),
         ],
     );
@@ -115,7 +116,7 @@ fn replay_policy() {
     replay(
         "policy",
         entry::policy,
-        &[("testdata/bad/policy", ""), ("testdata/policies", "")],
+        &[("testdata/bad/policy", ""), ("testdata/policy", ".hujson")],
     );
 }
 

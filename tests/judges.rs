@@ -79,6 +79,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A temp dir whose path has no hidden component (checkov skips hidden dirs).
+fn judges_tempdir() -> Result<tempfile::TempDir, std::io::Error> {
+    tempfile::Builder::new().prefix("tsk8s-judges-").tempdir()
+}
+
+/// Objects are handed to the judges as JSON (valid YAML with no YAML 1.1 ambiguity), so the
+/// judges see exactly the values kustomize rendered.
+fn to_json(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Specs and builds
 
@@ -157,6 +168,10 @@ struct Built {
     objects: Vec<Object>,
     /// Problems found while building and rendering (kustomize failures etc.).
     problems: Vec<String>,
+    /// The emitted YAML files that are whole objects (not kustomize files or patches, not
+    /// SOPS-encrypted), as written, with their origin: judged byte for byte too, since a
+    /// YAML 1.1 reader (`kubectl apply -f`) must read them as meant.
+    raw: Vec<(PathBuf, String)>,
 }
 
 struct Judged {
@@ -173,7 +188,7 @@ fn judged() -> &'static Judged {
 }
 
 fn build_all() -> Judged {
-    let tmp = match tempfile::tempdir() {
+    let tmp = match judges_tempdir() {
         Ok(t) => t,
         Err(e) => panic!("tempdir: {e}"),
     };
@@ -400,7 +415,7 @@ fn collect(
             }
             "Component" => {
                 let Some(k) = kubectl else { continue };
-                match render_component(spec, work, out, dir, k) {
+                match render_component(spec, work, out, dir, k, target) {
                     Ok(docs) => {
                         for (i, v) in docs.into_iter().enumerate() {
                             objects.push(Object {
@@ -418,11 +433,26 @@ fn collect(
             )),
         }
     }
+    let mut raw = Vec::new();
+    for rel in files.iter().filter(|r| is_yaml(r)) {
+        let t = fs::read_to_string(out.join(rel)).unwrap_or_default();
+        let docs = yaml_docs(&t).unwrap_or_default();
+        let whole = !docs.is_empty()
+            && !rel.ends_with("kustomization.yaml")
+            && !docs.iter().any(|d| is_kustomize_file(d) || is_sops(d))
+            && !kdirs
+                .iter()
+                .any(|(d, k)| k == "Component" && rel.starts_with(&format!("{d}/patch")));
+        if whole {
+            raw.push((out.join(rel), format!("{spec}:{rel}")));
+        }
+    }
     Built {
         spec: spec.to_string(),
         targets,
         objects,
         problems,
+        raw,
     }
 }
 
@@ -546,6 +576,7 @@ fn render_component(
     out: &Path,
     dir: &str,
     kubectl: &Path,
+    target: Target,
 ) -> Result<Vec<Value>, String> {
     let comp_text = fs::read_to_string(out.join(dir).join("kustomization.yaml"))
         .map_err(|e| format!("{spec}:{dir}: {e}"))?;
@@ -579,11 +610,23 @@ fn render_component(
             .unwrap_or("default");
         workloads.push(app_workload(kind, name, ns));
     }
-    let docs: Vec<String> = workloads
-        .iter()
-        .map(|w| serde_yaml_ng::to_string(w).unwrap_or_default())
-        .collect();
-    fs::write(app.join("workload.yaml"), docs.join("---\n")).map_err(|e| e.to_string())?;
+    // The app's own NetworkPolicy (a user's concern, not the Component's: a policy the
+    // Component brought would newly deny the app's other ingress).
+    let mut app_objects = workloads.clone();
+    for w in &workloads {
+        app_objects.push(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": { "name": w["metadata"]["name"], "namespace": w["metadata"]["namespace"] },
+            "spec": {
+                "podSelector": { "matchLabels": w["spec"]["selector"]["matchLabels"] },
+                "policyTypes": ["Ingress"],
+                "ingress": [{}],
+            },
+        }));
+    }
+    let docs: Vec<String> = app_objects.iter().map(to_json).collect();
+    fs::write(app.join("workload.yaml"), docs.join("\n---\n")).map_err(|e| e.to_string())?;
     let rel_comp = pathdiff(&out.join(dir), &app);
     let k = json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -591,11 +634,7 @@ fn render_component(
         "resources": ["workload.yaml"],
         "components": [rel_comp],
     });
-    fs::write(
-        app.join("kustomization.yaml"),
-        serde_yaml_ng::to_string(&k).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    fs::write(app.join("kustomization.yaml"), to_json(&k)).map_err(|e| e.to_string())?;
     let o = run(Command::new(kubectl).arg("kustomize").arg(&app));
     if !o.status.success() {
         return Err(format!(
@@ -621,9 +660,13 @@ fn render_component(
             .as_array()
             .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
             .unwrap_or_default();
-        if !containers.contains(&"app") || !containers.contains(&"tsk8s-runtime") {
+        let added = match target {
+            Target::Runtime => containers.contains(&"tsk8s-runtime"),
+            Target::TailscaleImage => containers.len() > 1,
+        };
+        if !containers.contains(&"app") || !added {
             return Err(format!(
-                "{spec}: test app for {dir}: expected containers app and tsk8s-runtime, got {containers:?}"
+                "{spec}: test app for {dir} ({target:?}): the Component did not add its container beside the app's: {containers:?}"
             ));
         }
         if pod_level(r) != pod_level(w) {
@@ -784,19 +827,23 @@ fn kubernetes_validate_strict() {
         missing("kubernetes-validate (in .venv)");
         return;
     };
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let tmp = judges_tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut files = Vec::new();
+    // Every rendered object of a built-in kind…
     for (i, o) in objects_for_validation()
         .into_iter()
         .filter(|o| crd_file(&o.value).is_none())
         .enumerate()
     {
-        let p = tmp.path().join(format!("{i:05}.yaml"));
-        fs::write(&p, serde_yaml_ng::to_string(&o.value).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let p = tmp.path().join(format!("{i:05}.json"));
+        fs::write(&p, to_json(&o.value)).unwrap_or_else(|e| panic!("{e}"));
         files.push((p, o.origin));
     }
     assert!(!files.is_empty(), "no objects to validate");
+    // …and every emitted file as written (read as YAML 1.1, the way `kubectl apply -f` reads).
+    for b in &judged().built {
+        files.extend(b.raw.iter().cloned());
+    }
     let o = run(Command::new(&kv)
         .arg("--strict")
         .arg("--kubernetes-version")
@@ -804,10 +851,25 @@ fn kubernetes_validate_strict() {
         .args(files.iter().map(|(p, _)| p)));
     let stdout = text(&o.stdout);
     let stderr = text(&o.stderr);
-    if !o.status.success() {
+    // Custom resources have no built-in schema: they are judged against schema/crds/.
+    let unexpected_warning = |l: &&str| {
+        l.contains("Couldn't find schema")
+            && !CRDS
+                .iter()
+                .any(|(api, kind, _)| l.contains(&format!("kind {kind} with api version {api} ")))
+    };
+    let warned: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(unexpected_warning)
+        .collect();
+    if !o.status.success() || !warned.is_empty() {
         // Name the object each failing file holds.
         let mut msg = String::new();
         for line in stdout.lines().chain(stderr.lines()) {
+            if line.starts_with("INFO ") {
+                continue;
+            }
             let mut line = line.to_string();
             for (p, origin) in &files {
                 let ps = p.to_string_lossy();
@@ -821,7 +883,7 @@ fn kubernetes_validate_strict() {
         panic!("kubernetes-validate --strict failed:\n{msg}");
     }
     eprintln!(
-        "kubernetes-validate --strict: {} object(s) valid",
+        "kubernetes-validate --strict: {} file(s) valid",
         files.len()
     );
 }
@@ -1097,6 +1159,10 @@ fn checkov_run(checkov: &Path, dir: &Path, skips: &[String]) -> Result<usize, St
     let mut passed = 0usize;
     for r in &reports {
         passed += r["summary"]["passed"].as_u64().unwrap_or(0) as usize;
+        let parse_errors = r["summary"]["parsing_errors"].as_u64().unwrap_or(0);
+        if parse_errors > 0 {
+            failed.push(format!("  {parse_errors} file(s) checkov could not parse"));
+        }
         for f in r["results"]["failed_checks"]
             .as_array()
             .into_iter()
@@ -1133,19 +1199,15 @@ fn checkov_passes() {
         return;
     };
     let skips = checkov_skips();
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let tmp = judges_tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut by_target: BTreeMap<Target, usize> = BTreeMap::new();
     let mut index = String::new();
     for o in objects_for_validation() {
         let n = by_target.entry(o.target).or_default();
         let dir = tmp.path().join(format!("{:?}", o.target));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let name = format!("{n:05}.yaml");
-        fs::write(
-            dir.join(&name),
-            serde_yaml_ng::to_string(&o.value).unwrap_or_default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let name = format!("{n:05}.json");
+        fs::write(dir.join(&name), to_json(&o.value)).unwrap_or_else(|e| panic!("{e}"));
         index.push_str(&format!("{:?}/{name}: {}\n", o.target, o.origin));
         *n += 1;
     }
