@@ -1005,3 +1005,40 @@ fn application_set_name_is_a_dns_label() {
     let long = label_of(&"x-".repeat(100));
     assert!(long.len() <= 57 && !long.ends_with('-'), "{long}");
 }
+
+#[test]
+fn tailscale_auth_key_comes_from_the_secret_backend() {
+    // sealed-secrets: the committed SealedSecret is required, and its absence is named.
+    let spec = r#"tailnet "a" domain="a.example"
+tag "web"
+cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
+    secrets "sealed-secrets"
+    proxy "web" service="shop/web" port=80 tag="web"
+}
+"#;
+    let err = build_text(spec, None).expect_err("no SealedSecret source");
+    assert!(err.text.contains("tailscale-authkey"), "{}", err.text);
+    // external-secrets: an ExternalSecret per auth-key Secret (the cluster's, each sidecar's).
+    let spec = r#"tailnet "a" domain="a.example"
+tag "web"
+cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
+    secrets "external-secrets" store="vault"
+    proxy "web" service="shop/web" port=80 tag="web"
+    sidecar "api" workload="shop/api" port=8080 tag="web"
+}
+"#;
+    let tree = build_text(spec, None).unwrap_or_else(|f| panic!("{}", f.text));
+    let cluster: Value =
+        serde_yaml_ng::from_slice(&tree["clusters/c/tailscale-authkey.externalsecret.yaml"])
+            .unwrap();
+    assert_eq!(cluster["spec"]["target"]["name"], "tsk8s-tailscale-authkey");
+    assert_eq!(cluster["metadata"]["namespace"], "tailscale");
+    let sidecar: Value = serde_yaml_ng::from_slice(
+        &tree["clusters/c/components/api/api-authkey.externalsecret.yaml"],
+    )
+    .unwrap();
+    assert_eq!(sidecar["spec"]["target"]["name"], "tsk8s-api-authkey");
+    assert_eq!(sidecar["metadata"]["namespace"], "shop");
+    let k = String::from_utf8_lossy(&tree["clusters/c/components/api/kustomization.yaml"]);
+    assert!(k.contains("api-authkey.externalsecret.yaml"), "{k}");
+}

@@ -41,8 +41,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
 use super::k8s::{MANAGED_BY, NODE_LABEL, object_name};
+use super::secrets::{self, SecretRef};
 use crate::emit;
-use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, SecretBackend, Tailnet};
+use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, Tailnet};
 
 /// The auth-key Secret every Tailscale-image node of a cluster reads `TS_AUTHKEY` from.
 pub const AUTHKEY_SECRET: &str = "tsk8s-tailscale-authkey";
@@ -70,12 +71,75 @@ pub struct Problem {
     pub help: String,
 }
 
-/// One file of a cluster dir (name relative to `clusters/<cluster>/`).
-pub struct File {
-    pub name: String,
-    pub text: String,
-    /// Listed in the cluster's kustomization (Components are not).
-    pub resource: bool,
+/// A kustomization dir's worth of files (a cluster dir, or a sidecar's Component dir).
+#[derive(Clone, Debug, Default)]
+pub struct Dir {
+    /// (path relative to the dir, text).
+    pub files: Vec<(String, String)>,
+    /// What its kustomization lists under `resources:` …
+    pub resources: Vec<String>,
+    /// … and under `generators:` (KSOPS).
+    pub generators: Vec<String>,
+}
+
+impl Dir {
+    fn add(&mut self, name: &str, text: String, resource: bool) {
+        self.files.push((name.to_string(), text));
+        if resource {
+            self.resources.push(name.to_string());
+        }
+    }
+
+    /// The auth key's backend objects (ExternalSecret, SOPS or SealedSecret file), if any.
+    fn add_authkey(
+        &mut self,
+        t: &Tailnet,
+        c: &Cluster,
+        cred: SecretRef,
+        sources: &BTreeMap<String, Vec<u8>>,
+        problems: &mut Vec<Problem>,
+    ) {
+        match secrets::secret_objects(t, c, &[cred], "", sources) {
+            Ok(f) => {
+                self.files.extend(f.files);
+                self.resources.extend(f.resources);
+                self.generators.extend(f.generators);
+            }
+            Err(ps) => problems.extend(ps.into_iter().map(|p| Problem {
+                exposure: p.subject,
+                message: p.message,
+                help: p.help,
+            })),
+        }
+    }
+}
+
+/// The Secret a node reads `TS_AUTHKEY` from: the cluster's shared one, or for a sidecar its
+/// own, in the workload's namespace (each Component brings its own, so two never collide).
+pub fn authkey_secret_name(e: &Exposure) -> String {
+    match e.kind {
+        ExposureKind::Sidecar { .. } => format!("tsk8s-{}-authkey", e.id),
+        _ => AUTHKEY_SECRET.to_string(),
+    }
+}
+
+/// The auth-key credential in the secret backend: `tailscale-authkey` for the cluster's nodes,
+/// `<sidecar>-authkey` for a sidecar (the remote secret's name, or the source file's).
+pub fn authkey_credential(c: &Cluster, e: Option<&Exposure>) -> SecretRef {
+    match e.map(|e| (e, &e.kind)) {
+        Some((e, ExposureKind::Sidecar { namespace, .. })) => SecretRef::credential(
+            &authkey_secret_name(e),
+            namespace,
+            &format!("{}-authkey", e.id),
+            &[AUTHKEY_KEY],
+        ),
+        _ => SecretRef::credential(
+            AUTHKEY_SECRET,
+            &c.namespace,
+            "tailscale-authkey",
+            &[AUTHKEY_KEY],
+        ),
+    }
 }
 
 pub fn state_secret_name(id: &str) -> String {
@@ -122,12 +186,12 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn authkey_env() -> EnvVar {
+fn authkey_env(secret: &str) -> EnvVar {
     EnvVar {
         name: "TS_AUTHKEY".into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
-                name: AUTHKEY_SECRET.into(),
+                name: secret.into(),
                 key: AUTHKEY_KEY.into(),
                 // Once logged in (state in the Secret), the key is not needed any more.
                 optional: Some(true),
@@ -177,7 +241,10 @@ fn tcp_only(e: &Exposure, ports: &[crate::model::Port], problems: &mut Vec<Probl
 
 /// The containerboot environment of one node, in a fixed order.
 fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
-    let mut v = vec![authkey_env(), env("TS_AUTH_ONCE", "true")];
+    let mut v = vec![
+        authkey_env(&authkey_secret_name(e)),
+        env("TS_AUTH_ONCE", "true"),
+    ];
     if kube_state {
         v.push(env("TS_KUBE_SECRET", state_secret_name(&e.id)));
     } else {
@@ -584,34 +651,6 @@ pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
     })
 }
 
-/// The ExternalSecret that creates the auth-key Secret (external-secrets backend only).
-fn authkey_external_secret(c: &Cluster, namespace: &str) -> Option<Value> {
-    let SecretBackend::ExternalSecrets {
-        store,
-        store_kind,
-        key_prefix,
-        refresh_interval,
-    } = &c.secrets
-    else {
-        return None;
-    };
-    let m = serde_json::to_value(meta(AUTHKEY_SECRET, Some(namespace), None)).ok()?;
-    Some(json!({
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "ExternalSecret",
-        "metadata": m,
-        "spec": {
-            "refreshInterval": refresh_interval,
-            "secretStoreRef": { "name": store, "kind": store_kind },
-            "target": { "name": AUTHKEY_SECRET, "creationPolicy": "Owner" },
-            "data": [{
-                "secretKey": AUTHKEY_KEY,
-                "remoteRef": { "key": format!("{key_prefix}{}/tailscale", c.name), "property": "authkey" },
-            }],
-        },
-    }))
-}
-
 pub fn namespace(c: &Cluster) -> Namespace {
     let mut m = meta(&c.namespace, None, None);
     let level = pod_security_level(c);
@@ -629,7 +668,13 @@ pub fn namespace(c: &Cluster) -> Namespace {
 /// A sidecar: a kustomize Component the user's kustomization includes. It adds the `tailscale`
 /// container (userspace, state in an emptyDir) and its volumes to their workload and brings the
 /// serve ConfigMap; it does not touch pod-level settings.
-fn sidecar_component(t: &Tailnet, c: &Cluster, e: &Exposure) -> Vec<(String, String)> {
+fn sidecar_component(
+    t: &Tailnet,
+    c: &Cluster,
+    e: &Exposure,
+    sources: &BTreeMap<String, Vec<u8>>,
+    problems: &mut Vec<Problem>,
+) -> Dir {
     let ExposureKind::Sidecar {
         namespace,
         workload,
@@ -637,7 +682,7 @@ fn sidecar_component(t: &Tailnet, c: &Cluster, e: &Exposure) -> Vec<(String, Str
         ports,
     } = &e.kind
     else {
-        return Vec::new();
+        return Dir::default();
     };
     // No service account of ours in their pod: state in the emptyDir, no API access.
     let mut container = container(t, c, e, false);
@@ -669,52 +714,49 @@ fn sidecar_component(t: &Tailnet, c: &Cluster, e: &Exposure) -> Vec<(String, Str
             }
         }}
     });
-    let kustomization = json!({
+    // The pod reads TS_AUTHKEY from a Secret in its own namespace, which the Component brings
+    // (when the backend makes objects).
+    let mut d = Dir::default();
+    d.add(
+        "resources.yaml",
+        emit::yaml(&serve_configmap(namespace, &e.id, &serve)),
+        true,
+    );
+    d.add_authkey(t, c, authkey_credential(c, Some(e)), sources, problems);
+    let mut kustomization = json!({
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
-        "resources": ["resources.yaml"],
+        "resources": d.resources,
         "patches": [{ "path": "patch.yaml", "target": { "kind": workload_kind, "name": workload, "namespace": namespace } }],
     });
-    let dir = format!("components/{}", e.id);
-    // The pod reads TS_AUTHKEY from a Secret in its own namespace.
-    let mut resources = vec![emit::yaml(&serve_configmap(namespace, &e.id, &serve))];
-    if let Some(es) = authkey_external_secret(c, namespace) {
-        resources.push(emit::yaml(&es));
-    }
-    vec![
-        (
-            format!("{dir}/kustomization.yaml"),
-            emit::yaml(&kustomization),
-        ),
-        (format!("{dir}/resources.yaml"), emit::yaml_docs(&resources)),
-        (format!("{dir}/patch.yaml"), emit::yaml(&patch)),
-    ]
+    secrets::add_generators(&mut kustomization, &d.generators);
+    d.add("kustomization.yaml", emit::yaml(&kustomization), false);
+    d.add("patch.yaml", emit::yaml(&patch), false);
+    d
 }
 
-/// Every file of a Tailscale-image cluster's dir, or what the image cannot do.
-pub fn cluster_files(t: &Tailnet, c: &Cluster) -> Result<Vec<File>, Vec<Problem>> {
+/// Every file of a Tailscale-image cluster's dir (sidecar Components under
+/// `components/<id>/`), or what the image and the secret backend cannot do.
+pub fn cluster_files(
+    t: &Tailnet,
+    c: &Cluster,
+    sources: &BTreeMap<String, Vec<u8>>,
+) -> Result<Dir, Vec<Problem>> {
     let mut problems = Vec::new();
-    let mut files = vec![File {
-        name: "namespace.yaml".into(),
-        text: emit::yaml(&namespace(c)),
-        resource: true,
-    }];
-    if let Some(es) = authkey_external_secret(c, &c.namespace) {
-        files.push(File {
-            name: "authkey.yaml".into(),
-            text: emit::yaml(&es),
-            resource: true,
-        });
+    let mut dir = Dir::default();
+    dir.add("namespace.yaml", emit::yaml(&namespace(c)), true);
+    if c.exposures
+        .iter()
+        .any(|e| !matches!(e.kind, ExposureKind::Sidecar { .. }))
+    {
+        dir.add_authkey(t, c, authkey_credential(c, None), sources, &mut problems);
     }
     for e in &c.exposures {
         if let ExposureKind::Sidecar { ports, .. } = &e.kind {
             if tcp_only(e, ports, &mut problems) {
-                for (name, text) in sidecar_component(t, c, e) {
-                    files.push(File {
-                        name,
-                        text,
-                        resource: false,
-                    });
+                let comp = sidecar_component(t, c, e, sources, &mut problems);
+                for (name, text) in comp.files {
+                    dir.add(&format!("components/{}/{name}", e.id), text, false);
                 }
             }
             continue;
@@ -747,14 +789,10 @@ pub fn cluster_files(t: &Tailnet, c: &Cluster) -> Result<Vec<File>, Vec<Problem>
         if let Some(s) = egress_service(c, e) {
             docs.push(emit::yaml(&s));
         }
-        files.push(File {
-            name: format!("{id}.yaml"),
-            text: emit::yaml_docs(&docs),
-            resource: true,
-        });
+        dir.add(&format!("{id}.yaml"), emit::yaml_docs(&docs), true);
     }
     if problems.is_empty() {
-        Ok(files)
+        Ok(dir)
     } else {
         Err(problems)
     }
@@ -768,7 +806,7 @@ pub fn write(
     spans: &crate::resolve::Spans,
     input: &crate::build::Input,
 ) -> Result<(), crate::build::Failure> {
-    let files = match cluster_files(t, c) {
+    let dir_files = match cluster_files(t, c, &input.sources) {
         Ok(f) => f,
         Err(problems) => {
             let mut d = crate::diag::Diagnostics::new(input.spec_file, input.spec);
@@ -776,11 +814,12 @@ pub fn write(
                 let span = spans
                     .exposures
                     .get(&p.exposure)
+                    .or_else(|| spans.clusters.get(&c.name))
                     .copied()
                     .unwrap_or_else(|| (0..0).into());
                 d.push(
                     crate::diag::Diagnostic::new(span, p.message)
-                        .label("not possible on the Tailscale image")
+                        .label("not possible for this Tailscale-image node")
                         .help(p.help),
                 );
             }
@@ -789,17 +828,15 @@ pub fn write(
         }
     };
     let dir = format!("clusters/{}", c.name);
-    let mut resources = Vec::new();
-    for f in files {
-        if f.resource {
-            resources.push(f.name.clone());
-        }
-        emit::put(tree, format!("{dir}/{}", f.name), f.text);
+    for (name, text) in dir_files.files {
+        emit::put(tree, format!("{dir}/{name}"), text);
     }
+    let mut kustomization = emit::kustomization(&dir_files.resources);
+    secrets::add_generators(&mut kustomization, &dir_files.generators);
     emit::put(
         tree,
         format!("{dir}/kustomization.yaml"),
-        emit::yaml(&emit::kustomization(&resources)),
+        emit::yaml(&kustomization),
     );
     Ok(())
 }
