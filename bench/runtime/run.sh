@@ -222,6 +222,7 @@ runtime "$D1" egress "$KE" 100.64.0.3 51823 \
 GD=$(iperf "$D1" 127.0.0.1 5201); LD=$(rtt "$D1" 127.0.0.1 7000)
 [ -n "${DEBUG:-}" ] && ip netns exec "$D1" curl -s http://127.0.0.1:9091/metrics | grep -v '^#' | grep -v ' 0$' >&2
 [ -n "${DEBUG:-}" ] && ip netns exec "$D2" ss -tin >&2
+[ -n "${DEBUG:-}" ] && { ip netns exec "$D2" grep -A1 '^Udp:' /proc/net/snmp; ip -n "$D2" -s link show "we${id}"; awk '{print "softnet dropped", $2}' /proc/net/softnet_stat; } >&2
 say "(d) runtime egress -> wireguard-go: $GD Gbit/s, p50 rtt ${LD} us"
 
 fi

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ const RX_BATCH: usize = 128;
 pub struct Tuning {
     pub tcp_rx_buf: usize,
     pub tcp_tx_buf: usize,
+    /// Most bytes a connection keeps queued for the tunnel (sent but unacknowledged plus not
+    /// yet sent). Bounds the burst a peer's UDP receive buffer must absorb; see README.
+    pub tcp_tx_window: usize,
     pub udp_sock_buf: usize,
     pub congestion: tcp::CongestionControl,
 }
@@ -57,6 +60,7 @@ impl Default for Tuning {
         Tuning {
             tcp_rx_buf: env("TSK8S_TCP_RX_BUF", 512 * 1024),
             tcp_tx_buf: env("TSK8S_TCP_TX_BUF", 256 * 1024),
+            tcp_tx_window: env("TSK8S_TCP_TX_WINDOW", 64 * 1024).max(4096),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
             congestion: match std::env::var("TSK8S_TCP_CC").as_deref() {
                 Ok("none") => tcp::CongestionControl::None,
@@ -106,6 +110,9 @@ enum UdpKind {
     Forward(UdpSocket),
     /// Reply path of an egress listener: (listener index, client address).
     Egress(usize, SocketAddr),
+    /// ICMP echo through the subnet router: an unprivileged ping socket (`SOCK_DGRAM`,
+    /// `IPPROTO_ICMP[V6]`). Keyed by ((tunnel source, echo id), (destination, 0)).
+    Ping(UdpSocket),
 }
 
 struct UdpSession {
@@ -474,6 +481,10 @@ impl Engine {
                         self.net.send_inner(&out);
                     }
                     self.out_scratch = out;
+                } else if packet::is_echo_request(&info)
+                    && matches!(self.loaded.node.mode, Mode::SubnetRouter { .. })
+                {
+                    self.forward_ping(&info, &pkt);
                 } else if !packet::is_echo_request(&info) {
                     // ICMP errors / echo replies: let smoltcp see them (e.g. for TCP).
                     self.net.rx.push_back(pkt);
@@ -809,7 +820,7 @@ impl Engine {
             if matches!(c.kind, Kind::Dns) {
                 remove = dns_tcp(c, sock, &self.zone, &mut self.net.counters);
             } else {
-                remove = pump(c, sock);
+                remove = pump(c, sock, self.tuning.tcp_tx_window);
             }
         }
         if remove {
@@ -883,6 +894,11 @@ impl Engine {
             return;
         };
         let to_own = self.is_own(info.dst);
+        if info.dport == 0 {
+            // Reserved; also keeps the key space of ICMP echo sessions (local port 0) apart.
+            self.net.counters.drop(Drop::Malformed);
+            return;
+        }
         if to_own && info.dport == 53 {
             self.net.counters.dns_queries += 1;
             if let Some(resp) = self.zone.answer(payload) {
@@ -906,6 +922,7 @@ impl Engine {
                             let _ = l.send_to(payload, *client);
                         }
                     }
+                    UdpKind::Ping(_) => {}
                 }
             }
             return;
@@ -979,7 +996,7 @@ impl Engine {
         };
         self.udp_by_key.remove(&s.key);
         match s.kind {
-            UdpKind::Forward(mut sock) => {
+            UdpKind::Forward(mut sock) | UdpKind::Ping(mut sock) => {
                 let _ = self.poll.registry().deregister(&mut sock);
             }
             UdpKind::Egress(li, client) => {
@@ -991,11 +1008,90 @@ impl Engine {
         self.net.counters.udp_sessions = self.udp_by_key.len() as u64;
     }
 
+    /// ICMP echo request to a destination inside the routes: sent from an unprivileged ping
+    /// socket (one per tunnel source and echo id); replies come back in `on_udp_session`.
+    fn forward_ping(&mut self, info: &Info, pkt: &[u8]) {
+        let Some(body) = pkt.get(info.l4_off..info.total_len) else {
+            self.net.counters.drop(Drop::Malformed);
+            return;
+        };
+        if body.len() < 8 {
+            self.net.counters.drop(Drop::Malformed);
+            return;
+        }
+        let key = (
+            SocketAddr::new(info.src, info.dport),
+            SocketAddr::new(info.dst, 0),
+        );
+        let target = SocketAddr::new(info.dst, 0);
+        if let Some(&i) = self.udp_by_key.get(&key) {
+            if let Some(Some(s)) = self.udp.get_mut(i)
+                && let UdpKind::Ping(sock) = &s.kind
+            {
+                s.last = Instant::now();
+                let _ = sock.send_to(body, target);
+            }
+            return;
+        }
+        if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
+            self.net.counters.drop(Drop::TableFull);
+            return;
+        }
+        let Some(mut sock) = ping_socket(info.dst.is_ipv6()) else {
+            self.net.counters.drop(Drop::PingUnavailable);
+            return;
+        };
+        let slot = self.free_udp.pop().unwrap_or(self.udp.len());
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, Token(UDP_BASE + slot), Interest::READABLE)
+            .is_err()
+        {
+            self.free_udp.push(slot);
+            return;
+        }
+        let _ = sock.send_to(body, target);
+        self.put_udp(
+            slot,
+            UdpSession {
+                kind: UdpKind::Ping(sock),
+                key,
+                last: Instant::now(),
+            },
+        );
+    }
+
     /// Replies from a forward target: back into the tunnel.
     fn on_udp_session(&mut self, slot: usize) {
         let mut buf = std::mem::take(&mut self.rx_buf);
         let mut out = std::mem::take(&mut self.out_scratch);
         if let Some(Some(s)) = self.udp.get_mut(slot)
+            && let UdpKind::Ping(sock) = &s.kind
+        {
+            let (remote, local) = s.key;
+            for _ in 0..RX_BATCH {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        s.last = Instant::now();
+                        let Some(msg) = buf.get(..n) else { break };
+                        if from.ip() != local.ip() || n + 48 > self.net.mtu {
+                            continue;
+                        }
+                        if packet::build_echo_reply_from(
+                            &mut out,
+                            local.ip(),
+                            remote.ip(),
+                            msg,
+                            remote.port(),
+                        ) {
+                            self.net.send_inner(&out);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        } else if let Some(Some(s)) = self.udp.get_mut(slot)
             && let UdpKind::Forward(sock) = &s.kind
         {
             let (remote, local) = s.key;
@@ -1064,6 +1160,31 @@ impl Engine {
     }
 }
 
+/// An unprivileged ICMP ("ping") socket; None when the process's group is outside
+/// `net.ipv4.ping_group_range` (the kernel default `1 0` admits nobody).
+fn ping_socket(v6: bool) -> Option<UdpSocket> {
+    let (domain, proto) = if v6 {
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6)
+    } else {
+        (libc::AF_INET, libc::IPPROTO_ICMP)
+    };
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh, non-blocking datagram socket that nothing else owns. A ping
+    // socket supports the datagram calls UdpSocket makes (send_to/recv_from).
+    let std_sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    Some(UdpSocket::from_std(std_sock))
+}
+
 /// Map IPv4-mapped IPv6 source addresses (dual-stack socket) back to IPv4.
 fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
@@ -1091,7 +1212,7 @@ enum Step<T> {
 
 /// Copy data both ways between a smoltcp socket and a kernel stream. Returns true when the
 /// connection is finished.
-fn pump(c: &mut Conn, sock: &mut tcp::Socket<'static>) -> bool {
+fn pump(c: &mut Conn, sock: &mut tcp::Socket<'static>, window: usize) -> bool {
     let Some(stream) = c.stream.as_mut() else {
         return true;
     };
@@ -1118,13 +1239,22 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'static>) -> bool {
         c.shut_wr = true;
     }
     // Kernel → tunnel.
-    while c.k_readable && !c.k_eof && sock.can_send() {
-        let r = sock.send(|buf| match stream.read(buf) {
-            Ok(0) => (0, Step::Eof),
-            Ok(n) => (n, Step::Data(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Step::Block),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Step::Data(0)),
-            Err(_) => (0, Step::Fail),
+    // At most `window` bytes queued: a sender that bursts its whole buffer overflows a slow
+    // peer's UDP receive buffer, and smoltcp recovers from burst loss only by its 1 s RTO.
+    // Serviced again when an ACK for this connection arrives.
+    while c.k_readable && !c.k_eof && sock.can_send() && sock.send_queue() < window {
+        let room = window - sock.send_queue();
+        let r = sock.send(|buf| {
+            let n = buf.len().min(room);
+            match buf.get_mut(..n).map(|b| stream.read(b)) {
+                Some(Ok(0)) => (0, Step::Eof),
+                // Unreachable: n <= buf.len().
+                None => (0, Step::Block),
+                Some(Ok(n)) => (n, Step::Data(n)),
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => (0, Step::Block),
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => (0, Step::Data(0)),
+                Some(Err(_)) => (0, Step::Fail),
+            }
         });
         match r {
             Ok(Step::Data(_)) => {}

@@ -35,9 +35,12 @@ pub enum Drop {
     TooBig,
     /// Sending on the UDP socket failed.
     SendError,
+    /// ICMP echo to a routed destination, but no unprivileged ping socket: the process's
+    /// group is outside `net.ipv4.ping_group_range`.
+    PingUnavailable,
 }
 
-pub const ALL_DROPS: [Drop; 15] = [
+pub const ALL_DROPS: [Drop; 16] = [
     Drop::Garbage,
     Drop::HandshakeInvalid,
     Drop::UnknownPeer,
@@ -53,6 +56,7 @@ pub const ALL_DROPS: [Drop; 15] = [
     Drop::TableFull,
     Drop::TooBig,
     Drop::SendError,
+    Drop::PingUnavailable,
 ];
 
 impl Drop {
@@ -73,6 +77,7 @@ impl Drop {
             Drop::TableFull => "table_full",
             Drop::TooBig => "too_big",
             Drop::SendError => "send_error",
+            Drop::PingUnavailable => "ping_unavailable",
         }
     }
 

@@ -323,6 +323,47 @@ pub fn build_echo_reply(out: &mut Vec<u8>, req: &[u8], info: &Info) -> bool {
     true
 }
 
+/// An ICMP(v6) echo reply from `src` to `dst`: `icmp` is the message an unprivileged ping
+/// socket received (ICMP header included, identifier rewritten by the kernel); the identifier is
+/// set back to `id` and the checksum recomputed. False unless `icmp` is an echo reply.
+pub fn build_echo_reply_from(
+    out: &mut Vec<u8>,
+    src: IpAddr,
+    dst: IpAddr,
+    icmp: &[u8],
+    id: u16,
+) -> bool {
+    out.clear();
+    let v6 = dst.is_ipv6();
+    let (proto, reply) = if v6 {
+        (PROTO_ICMPV6, 129)
+    } else {
+        (PROTO_ICMP, 0)
+    };
+    if icmp.len() < 8 || icmp.first() != Some(&reply) || src.is_ipv6() != v6 {
+        return false;
+    }
+    if !write_ip(out, src, dst, proto, icmp.len()) {
+        return false;
+    }
+    let start = out.len();
+    out.extend_from_slice(icmp);
+    let Some(msg) = out.get_mut(start..) else {
+        return false;
+    };
+    msg[2] = 0;
+    msg[3] = 0;
+    msg[4..6].copy_from_slice(&id.to_be_bytes());
+    let acc = if v6 {
+        sum(pseudo(src, dst, PROTO_ICMPV6, msg.len()), msg)
+    } else {
+        sum(0, msg)
+    };
+    let c = fold(acc);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 /// Is this ICMP packet an echo request?
 pub fn is_echo_request(info: &Info) -> bool {
     (info.proto == PROTO_ICMP && info.flags == 8)
@@ -352,6 +393,59 @@ mod tests {
         let i = parse(&out).unwrap();
         assert_eq!(i.src, s6.ip());
         assert_eq!(&out[i.payload_off..i.total_len], b"hi");
+    }
+
+    #[test]
+    fn echo_reply_from_ping_socket() {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{
+            Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, Ipv4Packet, Ipv6Packet,
+        };
+        let mut out = Vec::new();
+        // What a ping socket returns: echo reply, kernel's identifier 0x9999, seq 7, data.
+        let msg = [0u8, 0, 0xde, 0xad, 0x99, 0x99, 0, 7, b'h', b'i'];
+        let (src, dst) = ("10.77.1.2".parse().unwrap(), "100.64.0.1".parse().unwrap());
+        assert!(build_echo_reply_from(&mut out, src, dst, &msg, 0x1234));
+        let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+        assert!(ip.verify_checksum());
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        let repr = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+        assert_eq!(
+            repr,
+            Icmpv4Repr::EchoReply {
+                ident: 0x1234,
+                seq_no: 7,
+                data: b"hi"
+            }
+        );
+        // IPv6.
+        let mut msg6 = msg;
+        msg6[0] = 129;
+        let (s6, d6): (IpAddr, IpAddr) = (
+            "fd00::2".parse().unwrap(),
+            "fd7a:115c:a1e0::1".parse().unwrap(),
+        );
+        assert!(build_echo_reply_from(&mut out, s6, d6, &msg6, 0x1234));
+        let ip = Ipv6Packet::new_checked(&out[..]).unwrap();
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        let (IpAddr::V6(a), IpAddr::V6(b)) = (s6, d6) else {
+            unreachable!()
+        };
+        assert!(icmp.verify_checksum(&a, &b));
+        let repr = Icmpv6Repr::parse(&a, &b, &icmp, &ChecksumCapabilities::default());
+        assert_eq!(
+            repr.unwrap(),
+            Icmpv6Repr::EchoReply {
+                ident: 0x1234,
+                seq_no: 7,
+                data: b"hi"
+            }
+        );
+        // Not an echo reply, too short, or mixed families: nothing.
+        assert!(!build_echo_reply_from(&mut out, src, dst, &msg6, 1));
+        assert!(!build_echo_reply_from(&mut out, src, dst, &msg[..7], 1));
+        assert!(!build_echo_reply_from(&mut out, s6, dst, &msg, 1));
     }
 
     #[test]

@@ -122,6 +122,19 @@ fn dns_over_tcp(ns: &str, server: &str, name: &str) -> Vec<u8> {
     })
 }
 
+/// One ICMP echo from inside `ns` (iputils ping); true when answered.
+fn ping(ns: &str, ip: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-c", "2", "-W", "2", ip,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 fn octets(ip: &str) -> [u8; 4] {
     ip.parse::<std::net::Ipv4Addr>().expect("ipv4").octets()
 }
@@ -352,6 +365,30 @@ fn subnet_router() {
     )
     .expect("udp inside");
     assert_eq!(echo, b"ping-udp");
+    // ICMP echo through the router uses an unprivileged ping socket. The kernel default
+    // `net.ipv4.ping_group_range = 1 0` admits no group: counted, nothing sent.
+    assert!(
+        !ping(&a, "10.77.1.2"),
+        "no ping socket under the kernel default"
+    );
+    let mt = metrics(&k, &admin);
+    assert!(
+        metric(&mt, "tsk8s_drops_total{reason=\"ping_unavailable\"}").unwrap_or(0) > 0,
+        "{mt}"
+    );
+    // What containerd ≥ 2.0 and CRI-O set for every pod (and what a pod may request as a
+    // safe sysctl): the runtime's group may open ping sockets.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &k,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ping_group_range=0 2147483647",
+    ]);
+    assert!(ping(&a, "10.77.1.2"), "ping through the subnet router");
     // Outside the route: the generated config does not route it.
     assert!(http_get(&a, "10.77.2.2:8080", Duration::from_secs(2)).is_err());
     // A client that routes it into the tunnel anyway: the runtime drops it.

@@ -27,7 +27,16 @@ pub fn cannot_run() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for tool in ["wireguard-go", "wg", "ip", "setpriv", "mount", "sh"] {
+    for tool in [
+        "wireguard-go",
+        "wg",
+        "ip",
+        "setpriv",
+        "mount",
+        "sh",
+        "ping",
+        "sysctl",
+    ] {
         let ok = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
