@@ -9,7 +9,7 @@
 
 pub mod build;
 pub mod cli;
-mod cli_secrets;
+pub mod cli_secrets;
 pub mod diag;
 pub mod emit;
 pub mod import;

@@ -40,13 +40,9 @@ fn test_keygen() -> impl FnMut() -> (String, String) {
 fn build_dir(dir: &Path) -> Result<Tree, build::Failure> {
     let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
     let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
-    build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: lock.as_deref(),
-        sources: BTreeMap::new(),
-    })
+    // The committed SOPS / SealedSecret sources beside the spec, read as the CLI reads them.
+    let sources = tsk8s::cli_secrets::read_sources(dir, "tailnet.kdl", &spec);
+    build::build(&Input { spec_file: "tailnet.kdl", spec: &spec, lock_file: "tailnet.lock", lock: lock.as_deref(), sources })
 }
 
 fn render_tree(tree: &Tree) -> String {
