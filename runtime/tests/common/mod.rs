@@ -92,7 +92,9 @@ pub fn should_run(test: &str) -> bool {
             if std::env::var("TSK8S_REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
                 panic!("{test}: privileged test cannot run: {reason}");
             }
-            eprintln!(
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
                 "skipping {test}: {reason} (set TSK8S_REQUIRE_PRIVILEGED_TESTS=1 to fail instead)"
             );
             false
