@@ -239,17 +239,21 @@ impl Compiled {
     /// Component's patch; with the data of the ConfigMaps and the key its volumes name.
     pub fn workload(&self, cluster: &str, node: &str) -> Workload {
         let docs = self.documents(cluster);
-        let mut config_maps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        // (namespace, name) → data: a pod mounts ConfigMaps of its own namespace only.
+        let mut config_maps: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
         for (_, d) in &docs {
             if d["kind"] == "ConfigMap" {
                 let name = d["metadata"]["name"].as_str().expect("ConfigMap name");
+                let ns = d["metadata"]["namespace"]
+                    .as_str()
+                    .expect("ConfigMap namespace");
                 let data = d["data"]
                     .as_object()
                     .expect("ConfigMap data")
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().expect("string data").to_string()))
                     .collect();
-                config_maps.insert(name.to_string(), data);
+                config_maps.insert((ns.to_string(), name.to_string()), data);
             }
         }
         let cluster_dir = self.out.join("clusters").join(cluster);
@@ -259,6 +263,10 @@ impl Compiled {
             .iter()
             .find(|(f, d)| (*f == own || *f == patch) && d["kind"] == "Deployment")
             .unwrap_or_else(|| panic!("no Deployment for node {node} in {own:?} or {patch:?}"));
+        let pod_ns = deploy["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file:?}: Deployment without namespace"))
+            .to_string();
         let pod = &deploy["spec"]["template"]["spec"];
         let container = pod["containers"]
             .as_array()
@@ -302,8 +310,10 @@ impl Compiled {
                 .unwrap_or_else(|| panic!("{file:?}: volume {name} not declared"));
             let source = if let Some(cm) = vol["configMap"]["name"].as_str() {
                 let data = config_maps
-                    .get(cm)
-                    .unwrap_or_else(|| panic!("{file:?}: ConfigMap {cm} not in the output"))
+                    .get(&(pod_ns.clone(), cm.to_string()))
+                    .unwrap_or_else(|| {
+                        panic!("{file:?}: ConfigMap {pod_ns}/{cm} not in the output")
+                    })
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
                     .collect();
