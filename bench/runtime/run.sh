@@ -21,12 +21,17 @@ id=$$
 work=$(mktemp -d /tmp/tsk8s-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
-nss=()
 
+# Namespaces are found by name (ns() runs in a command substitution, a subshell, so it cannot
+# record them in an array), and every process still inside one (the iperf3 -D daemons too)
+# is ended before the namespace is deleted: all of them were started by this script.
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.2
-  for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  for n in $(ip netns list | awk '{print $1}' | grep -E "^tb${id}[a-z]"); do
+    for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+    ip netns del "$n" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -43,7 +48,7 @@ say "building tsk8s-runtime (release)…"
 BIN=$CARGO_TARGET_DIR/release/tsk8s-runtime
 cp "$BIN" "$work/tsk8s-runtime"; chmod 755 "$work/tsk8s-runtime"; BIN=$work/tsk8s-runtime
 
-ns() { local n="tb${id}$1"; ip netns add "$n"; nss+=("$n"); ip -n "$n" link set lo up; echo "$n"; }
+ns() { local n="tb${id}$1"; ip netns add "$n"; ip -n "$n" link set lo up; echo "$n"; }
 link() { # ns_a addr_a ns_b addr_b tag
   local va="ba${id}$5" vb="bb${id}$5"
   ip link add "${va:0:15}" netns "$1" type veth peer name "${vb:0:15}" netns "$3"
