@@ -671,6 +671,15 @@ impl Parser<'_> {
         }
     }
 
+    /// A list field given as a child: `key "a" "b"` (one or more string arguments, no block).
+    fn list_child(&mut self, c: &KdlNode, what: &str) -> Vec<SpStr> {
+        let mut cn = Node::new(c);
+        let out = cn.rest_str(self.d, what);
+        cn.no_children(self.d);
+        cn.finish(self.d);
+        out
+    }
+
     fn group(&mut self, node: &KdlNode) -> Option<GroupDecl> {
         let mut n = Node::new(node);
         let name = n.arg_str(self.d, "the group's name");
@@ -678,10 +687,7 @@ impl Parser<'_> {
         for c in n.children() {
             match c.name().value() {
                 "member" => {
-                    let mut cn = Node::new(c);
-                    members.extend(cn.rest_str(self.d, "one or more user emails"));
-                    cn.no_children(self.d);
-                    cn.finish(self.d);
+                    members.extend(self.list_child(c, "one or more user emails"));
                 }
                 _ => unknown_child(self.d, c, "a group", &["member"]),
             }
@@ -701,10 +707,7 @@ impl Parser<'_> {
         for c in n.children() {
             match c.name().value() {
                 "owner" => {
-                    let mut cn = Node::new(c);
-                    owners.extend(cn.rest_str(self.d, "one or more owners"));
-                    cn.no_children(self.d);
-                    cn.finish(self.d);
+                    owners.extend(self.list_child(c, "one or more owners"));
                 }
                 _ => unknown_child(self.d, c, "a tag", &["owner"]),
             }
@@ -727,10 +730,7 @@ impl Parser<'_> {
         for c in n.children() {
             match c.name().value() {
                 "tag" => {
-                    let mut cn = Node::new(c);
-                    tags.extend(cn.rest_str(self.d, "one or more tags"));
-                    cn.no_children(self.d);
-                    cn.finish(self.d);
+                    tags.extend(self.list_child(c, "one or more tags"));
                 }
                 _ => unknown_child(self.d, c, "a device", &["tag"]),
             }
@@ -850,10 +850,7 @@ impl Parser<'_> {
         for c in n.children() {
             match c.name().value() {
                 "age-recipient" => {
-                    let mut cn = Node::new(c);
-                    recipients.extend(cn.rest_str(self.d, "one or more age recipients"));
-                    cn.no_children(self.d);
-                    cn.finish(self.d);
+                    recipients.extend(self.list_child(c, "one or more age recipients"));
                 }
                 _ => unknown_child(self.d, c, "secrets", &["age-recipient"]),
             }
@@ -918,16 +915,10 @@ impl Parser<'_> {
         for c in n.children() {
             match (c.name().value(), kind) {
                 ("tag", _) => {
-                    let mut cn = Node::new(c);
-                    tags.extend(cn.rest_str(self.d, "one or more tags"));
-                    cn.no_children(self.d);
-                    cn.finish(self.d);
+                    tags.extend(self.list_child(c, "one or more tags"));
                 }
                 ("route", ExposureKind::SubnetRouter) => {
-                    let mut cn = Node::new(c);
-                    routes.extend(cn.rest_str(self.d, "one or more CIDRs"));
-                    cn.no_children(self.d);
-                    cn.finish(self.d);
+                    routes.extend(self.list_child(c, "one or more CIDRs"));
                 }
                 ("port", k) if k != ExposureKind::SubnetRouter => {
                     let mut cn = Node::new(c);

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ServiceSpec, Sysctl, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -47,31 +47,39 @@ pub fn key_secret_name(id: &str) -> String {
     format!("tsk8s-{id}-key")
 }
 
-fn labels(id: Option<&str>) -> BTreeMap<String, String> {
+/// Labels of every object tsk8s owns; nodes add `app.kubernetes.io/name: <app>` and their id.
+pub fn labels_for(app: &str, id: Option<&str>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::new();
     l.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
     l.insert("app.kubernetes.io/part-of".to_string(), "tsk8s".to_string());
     if let Some(id) = id {
-        l.insert(
-            "app.kubernetes.io/name".to_string(),
-            "tsk8s-runtime".to_string(),
-        );
+        l.insert("app.kubernetes.io/name".to_string(), app.to_string());
         l.insert("app.kubernetes.io/instance".to_string(), id.to_string());
         l.insert(NODE_LABEL.to_string(), id.to_string());
     }
     l
 }
 
-pub fn meta(name: &str, namespace: Option<&str>, id: Option<&str>) -> ObjectMeta {
+fn labels(id: Option<&str>) -> BTreeMap<String, String> {
+    labels_for(CONTAINER_NAME, id)
+}
+
+/// Object metadata with tsk8s's labels for a workload of `app`.
+pub fn meta_for(app: &str, name: &str, namespace: Option<&str>, id: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
         namespace: namespace.map(str::to_string),
-        labels: Some(labels(id)),
+        labels: Some(labels_for(app, id)),
         ..Default::default()
     }
 }
 
-fn selector(id: &str) -> BTreeMap<String, String> {
+pub fn meta(name: &str, namespace: Option<&str>, id: Option<&str>) -> ObjectMeta {
+    meta_for(CONTAINER_NAME, name, namespace, id)
+}
+
+/// The pod selector of a node's workload.
+pub fn selector(id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(NODE_LABEL.to_string(), id.to_string())])
 }
 
@@ -292,6 +300,18 @@ fn proto_name(p: Proto) -> String {
     }
 }
 
+/// Subnet routers answer ICMP echo through unprivileged ping sockets; let the runtime's group
+/// open them. `net.ipv4.ping_group_range` is a safe sysctl (allowed under Pod Security
+/// `restricted`); without it ping depends on the container runtime's default.
+fn ping_sysctls(e: &Exposure) -> Option<Vec<Sysctl>> {
+    matches!(e.kind, ExposureKind::SubnetRouter { .. }).then(|| {
+        vec![Sysctl {
+            name: "net.ipv4.ping_group_range".into(),
+            value: format!("{RUNTIME_UID} {RUNTIME_UID}"),
+        }]
+    })
+}
+
 pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
     let id = e.id.as_str();
     let extra_ports: Vec<ContainerPort> = match &e.kind {
@@ -335,6 +355,7 @@ pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
                             type_: "RuntimeDefault".into(),
                             ..Default::default()
                         }),
+                        sysctls: ping_sysctls(e),
                         ..Default::default()
                     }),
                     containers: vec![runtime_container(&c.image, node, MESH_DIR, &extra_ports)],

@@ -40,7 +40,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::k8s::{MANAGED_BY, NODE_LABEL, object_name};
+use super::k8s::{self, NODE_LABEL, object_name, selector};
 use super::secrets::{self, SecretRef};
 use crate::emit;
 use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, Tailnet};
@@ -448,37 +448,16 @@ fn proto_name(p: Proto) -> &'static str {
     }
 }
 
-fn node_labels(id: &str) -> BTreeMap<String, String> {
-    labels(Some(id))
-}
+/// App label of Tailscale-image workloads.
+const APP: &str = "tailscale";
 
-fn labels(id: Option<&str>) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::new();
-    l.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
-    l.insert("app.kubernetes.io/part-of".to_string(), "tsk8s".to_string());
-    if let Some(id) = id {
-        l.insert(
-            "app.kubernetes.io/name".to_string(),
-            "tailscale".to_string(),
-        );
-        l.insert("app.kubernetes.io/instance".to_string(), id.to_string());
-        l.insert(NODE_LABEL.to_string(), id.to_string());
-    }
-    l
+fn node_labels(id: &str) -> BTreeMap<String, String> {
+    k8s::labels_for(APP, Some(id))
 }
 
 /// Object metadata with tsk8s's labels (`app.kubernetes.io/name: tailscale` for nodes).
 pub fn meta(name: &str, namespace: Option<&str>, id: Option<&str>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_string()),
-        namespace: namespace.map(str::to_string),
-        labels: Some(labels(id)),
-        ..Default::default()
-    }
-}
-
-fn selector(id: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(NODE_LABEL.to_string(), id.to_string())])
+    k8s::meta_for(APP, name, namespace, id)
 }
 
 fn volumes(e: &Exposure) -> Vec<Volume> {
