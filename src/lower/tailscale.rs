@@ -394,7 +394,7 @@ pub fn container(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Co
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(c.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some("Always".into()),
         env: Some(node_env(t, e, kube_state)),
         ports: Some(ports),
         readiness_probe: Some(probe(5)),
@@ -420,7 +420,7 @@ fn sysctler(image: &str) -> Container {
     Container {
         name: "sysctler".into(),
         image: Some(image.to_string()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some("Always".into()),
         command: Some(vec!["/bin/sh".into(), "-c".into()]),
         args: Some(vec![
             "sysctl -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1".into(),
