@@ -15,7 +15,11 @@ fn spec(clusters: usize) -> String {
         let _ = writeln!(s, "group \"team{c}\" {{ member \"u{c}@bench.example\"; }}");
         let _ = writeln!(s, "tag \"app{c}\" owner=\"group:team{c}\"");
         // A stand-in public key; devices keep their private keys.
-        let _ = writeln!(s, "device \"laptop{c}\" user=\"u{c}@bench.example\" public-key=\"{}\"", pubkey(c as u32));
+        let _ = writeln!(
+            s,
+            "device \"laptop{c}\" user=\"u{c}@bench.example\" public-key=\"{}\"",
+            pubkey(c as u32)
+        );
     }
     for c in 0..clusters {
         let _ = writeln!(
@@ -23,22 +27,46 @@ fn spec(clusters: usize) -> String {
             "cluster \"c{c}\" endpoint=\"wg.c{c}.bench.example\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
         );
         for p in 0..6 {
-            let _ = writeln!(s, "    proxy \"c{c}-p{p}\" service=\"ns{p}/svc{p}\" port={} tag=\"app{c}\"", 8000 + p);
+            let _ = writeln!(
+                s,
+                "    proxy \"c{c}-p{p}\" service=\"ns{p}/svc{p}\" port={} tag=\"app{c}\"",
+                8000 + p
+            );
         }
-        let _ = writeln!(s, "    sidecar \"c{c}-side\" workload=\"shop/web{c}\" port=8080 tag=\"app{c}\"");
-        let _ = writeln!(s, "    subnet-router \"c{c}-r\" route=\"10.{}.{}.0/24\" tag=\"app{c}\"", c / 256, c % 256);
-        let _ = writeln!(s, "    egress \"c{c}-e\" target=\"laptop{c}\" port=2222 tag=\"app{c}\"");
-        let _ = writeln!(s, "    proxy \"c{c}-db\" service=\"data/db\" port=5432 tag=\"app{c}\"");
+        let _ = writeln!(
+            s,
+            "    sidecar \"c{c}-side\" workload=\"shop/web{c}\" port=8080 tag=\"app{c}\""
+        );
+        let _ = writeln!(
+            s,
+            "    subnet-router \"c{c}-r\" route=\"10.{}.{}.0/24\" tag=\"app{c}\"",
+            c / 256,
+            c % 256
+        );
+        let _ = writeln!(
+            s,
+            "    egress \"c{c}-e\" target=\"laptop{c}\" port=2222 tag=\"app{c}\""
+        );
+        let _ = writeln!(
+            s,
+            "    proxy \"c{c}-db\" service=\"data/db\" port=5432 tag=\"app{c}\""
+        );
         s.push_str("}\n");
     }
     s.push_str("acl {\n");
     for c in 0..clusters {
         let _ = writeln!(s, "    accept src=\"group:team{c}\" dst=\"tag:app{c}:*\"");
-        let _ = writeln!(s, "    accept src=\"tag:app{c}\" dst=\"u{c}@bench.example:2222\"");
+        let _ = writeln!(
+            s,
+            "    accept src=\"tag:app{c}\" dst=\"u{c}@bench.example:2222\""
+        );
     }
     s.push_str("}\n");
     for c in 0..clusters {
-        let _ = writeln!(s, "test src=\"u{c}@bench.example\" accept=\"tag:app{c}:8000\"");
+        let _ = writeln!(
+            s,
+            "test src=\"u{c}@bench.example\" accept=\"tag:app{c}:8000\""
+        );
     }
     s
 }
@@ -48,18 +76,26 @@ fn pubkey(n: u32) -> String {
     let mut b = [7u8; 32];
     b[4..8].copy_from_slice(&n.to_le_bytes()); // not byte 0: x25519 clamps its low bits
     let secret = x25519_dalek::StaticSecret::from(b);
-    base64::engine::general_purpose::STANDARD.encode(x25519_dalek::PublicKey::from(&secret).as_bytes())
+    base64::engine::general_purpose::STANDARD
+        .encode(x25519_dalek::PublicKey::from(&secret).as_bytes())
 }
 
 fn lock(spec_text: &str) -> String {
-    let front = tsk8s::build::front("tailnet.kdl", spec_text).unwrap_or_else(|f| panic!("{}", f.text));
+    let front =
+        tsk8s::build::front("tailnet.kdl", spec_text).unwrap_or_else(|f| panic!("{}", f.text));
     let mut n = 1_000_000u32;
     let mut keygen = move || {
         n += 1;
         let k = pubkey(n);
         (k.clone(), k)
     };
-    let upd = tsk8s::lockfile::update(&front.tailnet, &Default::default(), &Default::default(), &mut keygen).unwrap();
+    let upd = tsk8s::lockfile::update(
+        &front.tailnet,
+        &Default::default(),
+        &Default::default(),
+        &mut keygen,
+    )
+    .unwrap();
     tsk8s::lockfile::render(&upd.lock)
 }
 
@@ -73,16 +109,29 @@ fn measure(cmd: &mut Command) -> (f64, f64, i32) {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let wall = start.elapsed().as_secs_f64();
-    (wall, ru.ru_maxrss as f64 / 1024.0, libc::WEXITSTATUS(status))
+    (
+        wall,
+        ru.ru_maxrss as f64 / 1024.0,
+        libc::WEXITSTATUS(status),
+    )
 }
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new("cargo").args(["build", "--release", "--bin", "tsk8s"]).current_dir(root).status().expect("cargo");
+    let st = Command::new("cargo")
+        .args(["build", "--release", "--bin", "tsk8s"])
+        .current_dir(root)
+        .status()
+        .expect("cargo");
     assert!(st.success());
-    let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     let bin = target.join("release/tsk8s");
-    println!("{:>9} {:>9} {:>10} {:>10} {:>12} {:>12}", "clusters", "nodes", "spec KiB", "files", "build s", "peak RSS MiB");
+    println!(
+        "{:>9} {:>9} {:>10} {:>10} {:>12} {:>12}",
+        "clusters", "nodes", "spec KiB", "files", "build s", "peak RSS MiB"
+    );
     for clusters in [10usize, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
         let text = spec(clusters);
@@ -92,9 +141,22 @@ fn main() {
         let mut best = (f64::MAX, 0.0);
         for _ in 0..3 {
             let _ = std::fs::remove_dir_all(&out);
-            let (wall, rss, code) = measure(Command::new(&bin).arg("build").arg(dir.path().join("tailnet.kdl")).arg("-o").arg(&out).stderr(std::process::Stdio::null()));
+            let (wall, rss, code) = measure(
+                Command::new(&bin)
+                    .arg("build")
+                    .arg(dir.path().join("tailnet.kdl"))
+                    .arg("-o")
+                    .arg(&out)
+                    .stderr(std::process::Stdio::null()),
+            );
             if code != 0 {
-                let o = Command::new(&bin).arg("build").arg(dir.path().join("tailnet.kdl")).arg("-o").arg(&out).output().expect("spawn");
+                let o = Command::new(&bin)
+                    .arg("build")
+                    .arg(dir.path().join("tailnet.kdl"))
+                    .arg("-o")
+                    .arg(&out)
+                    .output()
+                    .expect("spawn");
                 panic!("build failed:\n{}", String::from_utf8_lossy(&o.stderr));
             }
             if wall < best.0 {
@@ -104,7 +166,13 @@ fn main() {
         let files = tsk8s::cli::output::list_files(&out).unwrap().len();
         if std::env::var_os("TSK8S_BENCH_PHASES").is_some() {
             let lock_text = std::fs::read_to_string(dir.path().join("tailnet.lock")).unwrap();
-            let input = tsk8s::build::Input { spec_file: "tailnet.kdl", spec: &text, lock_file: "tailnet.lock", lock: Some(&lock_text), sources: Default::default() };
+            let input = tsk8s::build::Input {
+                spec_file: "tailnet.kdl",
+                spec: &text,
+                lock_file: "tailnet.lock",
+                lock: Some(&lock_text),
+                sources: Default::default(),
+            };
             let t = Instant::now();
             let _ = tsk8s::build::front("tailnet.kdl", &text);
             let front = t.elapsed().as_secs_f64();
@@ -116,6 +184,14 @@ fn main() {
             let build = t.elapsed().as_secs_f64();
             eprintln!("  in-process: front {front:.3}s, load {load:.3}s, build {build:.3}s");
         }
-        println!("{:>9} {:>9} {:>10} {:>10} {:>12.3} {:>12.1}", clusters, clusters * 10, text.len() / 1024, files, best.0, best.1);
+        println!(
+            "{:>9} {:>9} {:>10} {:>10} {:>12.3} {:>12.1}",
+            clusters,
+            clusters * 10,
+            text.len() / 1024,
+            files,
+            best.0,
+            best.1
+        );
     }
 }

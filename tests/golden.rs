@@ -42,7 +42,13 @@ fn build_dir(dir: &Path) -> Result<Tree, build::Failure> {
     let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
     // The committed SOPS / SealedSecret sources beside the spec, read as the CLI reads them.
     let sources = tsk8s::cli_secrets::read_sources(dir, "tailnet.kdl", &spec);
-    build::build(&Input { spec_file: "tailnet.kdl", spec: &spec, lock_file: "tailnet.lock", lock: lock.as_deref(), sources })
+    build::build(&Input {
+        spec_file: "tailnet.kdl",
+        spec: &spec,
+        lock_file: "tailnet.lock",
+        lock: lock.as_deref(),
+        sources,
+    })
 }
 
 fn render_tree(tree: &Tree) -> String {
@@ -271,8 +277,10 @@ fn yaml_1_1_ambiguous_strings_are_quoted() {
 /// JSON Schema of the policy file.
 #[test]
 fn generated_policies_match_the_json_schema() {
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("schema/policy.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schema/policy.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let mut dirs = dirs("testdata/specs");
     dirs.push(root().join("examples"));
@@ -285,7 +293,10 @@ fn generated_policies_match_the_json_schema() {
         let Ok(tree) = build_dir(&dir) else { continue };
         let text = String::from_utf8(tree["policy.hujson"].clone()).unwrap();
         let value = tsk8s_policy::hujson::parse(&text).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
         assert!(errors.is_empty(), "{}: {errors:#?}", dir.display());
         checked += 1;
     }
