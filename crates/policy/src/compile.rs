@@ -275,9 +275,42 @@ pub struct Compiled<'a> {
     exact: HashMap<IpAddr, Vec<(usize, usize)>>,
     /// Destinations that are `*` or wider than one address.
     wide: Vec<(usize, usize)>,
+    /// The wide destinations made only of small ranges, by each address they cover: a node
+    /// without routes finds its entries by lookup instead of scanning every wide destination
+    /// (which made per-node compilation nodes × rules).
+    wide_points: HashMap<IpAddr, Vec<(usize, usize)>>,
+    /// The other wide destinations (`*`, large prefixes): still scanned.
+    wide_big: Vec<(usize, usize)>,
     internet: IpSet,
     /// Owner key → untagged nodes of that user.
     same_user: HashMap<String, Vec<String>>,
+}
+
+/// Wide destinations covering at most this many addresses are indexed by address.
+const WIDE_POINT_LIMIT: u128 = 256;
+
+/// Every address of `set`, if it has at most `limit` of them.
+fn small_addresses(set: &IpSet, limit: u128) -> Option<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    let mut total: u128 = 0;
+    for (lo, hi) in set.ranges() {
+        let (a, b) = match (lo, hi) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+            _ => return None,
+        };
+        total = total.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
+        if total > limit {
+            return None;
+        }
+        for n in a..=b {
+            out.push(match lo {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(n).ok()?)),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
+            });
+        }
+    }
+    Some(out)
 }
 
 impl<'a> Compiled<'a> {
@@ -304,6 +337,22 @@ impl<'a> Compiled<'a> {
                 }
             }
         }
+        let mut wide_points: HashMap<IpAddr, Vec<(usize, usize)>> = HashMap::new();
+        let mut wide_big = Vec::new();
+        for &(i, j) in &wide {
+            let set = match items.get(i) {
+                Some(Item::Rule(rule)) => rule.dsts.get(j).and_then(|d| d.set.as_ref()),
+                _ => None,
+            };
+            match set.and_then(|s| small_addresses(s, WIDE_POINT_LIMIT)) {
+                Some(addrs) => {
+                    for a in addrs {
+                        wide_points.entry(a).or_default().push((i, j));
+                    }
+                }
+                None => wide_big.push((i, j)),
+            }
+        }
         let mut same_user: HashMap<String, Vec<String>> = HashMap::new();
         for (name, node) in &topo.nodes {
             if let (false, Some(u)) = (node.is_tagged(), &node.user) {
@@ -318,6 +367,8 @@ impl<'a> Compiled<'a> {
             items,
             exact,
             wide,
+            wide_points,
+            wide_big,
             internet: the_internet(),
             same_user,
         }
@@ -340,7 +391,19 @@ impl<'a> Compiled<'a> {
                 kept.extend(v.iter().copied());
             }
         }
-        for &(i, j) in &self.wide {
+        // Only routes and exit nodes need every wide destination checked by overlap; other
+        // nodes look their addresses up and scan only the large destinations.
+        let scan: &[(usize, usize)] = if routes.is_empty() && !exit {
+            for ip in &own {
+                if let Some(v) = self.wide_points.get(ip) {
+                    kept.extend(v.iter().copied());
+                }
+            }
+            &self.wide_big
+        } else {
+            &self.wide
+        };
+        for &(i, j) in scan {
             let Some(Item::Rule(rule)) = self.items.get(i) else {
                 continue;
             };
