@@ -50,7 +50,10 @@ pub fn cannot_run() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
         return Some("/dev/net/tun missing".into());
     }
-    let probe = format!("tsk8sprobe{}", std::process::id());
+    // Tests run in parallel threads of one process: the probe name must be unique per call.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("tsk8sprobe{}-{n}", std::process::id());
     let ok = Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(Stdio::null())
@@ -62,7 +65,7 @@ pub fn cannot_run() -> Option<String> {
     }
     // The runtime's volumes are mounted at their real paths (/etc/tsk8s/…) in a private mount
     // namespace over an overlay of /etc; check that overlayfs and tmpfs mounts work.
-    let dir = std::env::temp_dir().join(format!("tsk8s-probe-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tsk8s-probe-{}-{n}", std::process::id()));
     let _ = fs::create_dir_all(dir.join("up"));
     let _ = fs::create_dir_all(dir.join("work"));
     let script = format!(
