@@ -680,43 +680,50 @@ impl Parser<'_> {
         out
     }
 
-    fn group(&mut self, node: &KdlNode) -> Option<GroupDecl> {
+    /// `NODE "name" key="one"` or `NODE "name" { key "a" "b"; }`: a name and one list.
+    fn named_list(
+        &mut self,
+        node: &KdlNode,
+        name_what: &str,
+        key: &str,
+        parent: &str,
+        list_what: &str,
+    ) -> Option<(SpStr, Vec<SpStr>)> {
         let mut n = Node::new(node);
-        let name = n.arg_str(self.d, "the group's name");
-        let mut members = Vec::new();
+        let name = n.arg_str(self.d, name_what);
+        let mut list = Vec::new();
+        self.list_prop(&mut n, key, &mut list);
         for c in n.children() {
-            match c.name().value() {
-                "member" => {
-                    members.extend(self.list_child(c, "one or more user emails"));
-                }
-                _ => unknown_child(self.d, c, "a group", &["member"]),
+            if c.name().value() == key {
+                list.extend(self.list_child(c, list_what));
+            } else {
+                unknown_child(self.d, c, parent, &[key]);
             }
         }
         n.finish(self.d);
-        Some(GroupDecl {
-            name: name?,
-            members,
-        })
+        Some((name?, list))
+    }
+
+    fn group(&mut self, node: &KdlNode) -> Option<GroupDecl> {
+        let (name, members) = self.named_list(
+            node,
+            "the group's name",
+            "member",
+            "a group",
+            "one or more user emails",
+        )?;
+        Some(GroupDecl { name, members })
     }
 
     fn tag(&mut self, node: &KdlNode) -> Option<TagDecl> {
-        let mut n = Node::new(node);
-        let name = n.arg_str(self.d, "the tag's name");
-        let mut owners = Vec::new();
-        self.list_prop(&mut n, "owner", &mut owners);
-        for c in n.children() {
-            match c.name().value() {
-                "owner" => {
-                    owners.extend(self.list_child(c, "one or more owners"));
-                }
-                _ => unknown_child(self.d, c, "a tag", &["owner"]),
-            }
-        }
-        n.finish(self.d);
-        Some(TagDecl {
-            name: name?,
-            owners,
-        })
+        let (name, owners) = self.named_list(
+            node,
+            "the tag's name",
+            "owner",
+            "a tag",
+            "one or more owners",
+        )?;
+        Some(TagDecl { name, owners })
     }
 
     fn device(&mut self, node: &KdlNode) -> Option<DeviceDecl> {
