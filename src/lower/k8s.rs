@@ -293,10 +293,11 @@ pub fn runtime_volumes(id: &str, separate_mesh: bool) -> Vec<Volume> {
     v
 }
 
-fn proto_name(p: Proto) -> String {
+/// Kubernetes' spelling of a protocol.
+pub fn proto_name(p: Proto) -> &'static str {
     match p {
-        Proto::Tcp => "TCP".into(),
-        Proto::Udp => "UDP".into(),
+        Proto::Tcp => "TCP",
+        Proto::Udp => "UDP",
     }
 }
 
@@ -319,7 +320,7 @@ pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
             .iter()
             .map(|p| ContainerPort {
                 container_port: i32::from(p.port),
-                protocol: Some(proto_name(p.protocol)),
+                protocol: Some(proto_name(p.protocol).into()),
                 ..Default::default()
             })
             .collect(),
@@ -396,24 +397,38 @@ pub fn wireguard_service(c: &Cluster, namespace: &str, id: &str, port: u16) -> S
     }
 }
 
-/// For egress nodes: the in-cluster Service other workloads connect to.
+/// For egress nodes: the in-cluster Service other workloads connect to (the runtime listens on
+/// each `port` itself).
 pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
     let ExposureKind::Egress { ports, .. } = &e.kind else {
         return None;
     };
-    Some(Service {
-        metadata: meta(&e.id, Some(&c.namespace), Some(&e.id)),
+    let meta = meta(&e.id, Some(&c.namespace), Some(&e.id));
+    Some(cluster_ip_service(
+        meta,
+        &e.id,
+        ports.iter().map(|p| (p.protocol, p.port, p.port)),
+    ))
+}
+
+/// A ClusterIP Service selecting node `id`'s pod, with (protocol, port, target port) entries.
+pub fn cluster_ip_service(
+    meta: ObjectMeta,
+    id: &str,
+    ports: impl Iterator<Item = (Proto, u16, u16)>,
+) -> Service {
+    Service {
+        metadata: meta,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(selector(&e.id)),
+            selector: Some(selector(id)),
             ports: Some(
                 ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(format!("{}-{}", p.protocol.as_str(), p.port)),
-                        port: i32::from(p.port),
-                        target_port: Some(IntOrString::Int(i32::from(p.port))),
-                        protocol: Some(proto_name(p.protocol)),
+                    .map(|(proto, port, target)| ServicePort {
+                        name: Some(format!("{}-{port}", proto.as_str())),
+                        port: i32::from(port),
+                        target_port: Some(IntOrString::Int(i32::from(target))),
+                        protocol: Some(proto_name(proto).into()),
                         ..Default::default()
                     })
                     .collect(),
@@ -421,7 +436,7 @@ pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }
 }
 
 fn np_port(proto: &str, port: Option<u16>) -> NetworkPolicyPort {
@@ -481,7 +496,7 @@ pub fn network_policy(
         } => {
             let mut p: Vec<NetworkPolicyPort> = ports
                 .iter()
-                .map(|p| np_port(&proto_name(p.protocol), Some(p.target)))
+                .map(|p| np_port(proto_name(p.protocol), Some(p.target)))
                 .collect();
             p.dedup();
             egress.push(NetworkPolicyEgressRule {
@@ -515,7 +530,7 @@ pub fn network_policy(
                 ports: Some(
                     ports
                         .iter()
-                        .map(|p| np_port(&proto_name(p.protocol), Some(p.port)))
+                        .map(|p| np_port(proto_name(p.protocol), Some(p.port)))
                         .collect(),
                 ),
             });

@@ -31,8 +31,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -40,7 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::k8s::{self, NODE_LABEL, object_name, selector};
+use super::k8s::{self, NODE_LABEL, object_name, proto_name, selector};
 use super::secrets::{self, SecretRef};
 use crate::emit;
 use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, Tailnet};
@@ -441,13 +440,6 @@ fn sysctler(image: &str) -> Container {
     }
 }
 
-fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tcp => "TCP",
-        Proto::Udp => "UDP",
-    }
-}
-
 /// App label of Tailscale-image workloads.
 const APP: &str = "tailscale";
 
@@ -607,27 +599,12 @@ pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
     let ExposureKind::Egress { ports, .. } = &e.kind else {
         return None;
     };
-    Some(Service {
-        metadata: meta(&e.id, Some(&c.namespace), Some(&e.id)),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector(&e.id)),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(format!("{}-{}", p.protocol.as_str(), p.port)),
-                        port: i32::from(p.port),
-                        target_port: Some(IntOrString::Int(i32::from(p.target))),
-                        protocol: Some(proto_name(p.protocol).into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+    let meta = meta(&e.id, Some(&c.namespace), Some(&e.id));
+    Some(k8s::cluster_ip_service(
+        meta,
+        &e.id,
+        ports.iter().map(|p| (p.protocol, p.port, p.target)),
+    ))
 }
 
 pub fn namespace(c: &Cluster) -> Namespace {
