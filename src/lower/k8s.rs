@@ -143,24 +143,56 @@ pub fn node_configmap(
     }
 }
 
-fn restricted_container_security() -> SecurityContext {
+/// Seccomp `RuntimeDefault`, as Pod Security `restricted` requires.
+pub fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..Default::default()
+    }
+}
+
+/// A container security context that meets Pod Security `restricted` (plus a read-only root
+/// filesystem), running as `uid`.
+pub fn restricted_security(uid: i64) -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
-        run_as_user: Some(RUNTIME_UID),
-        run_as_group: Some(RUNTIME_UID),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".to_string()]),
             ..Default::default()
         }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".to_string(),
-            ..Default::default()
-        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
         ..Default::default()
     }
+}
+
+/// A strategic-merge patch that adds `container`, `volumes` and the node label to a user's
+/// workload, leaving its pod-level settings alone (sidecars of both targets).
+pub fn sidecar_patch(
+    kind: &str,
+    workload: &str,
+    namespace: &str,
+    id: &str,
+    container: &Container,
+    volumes: &[Volume],
+) -> serde_json::Value {
+    let to_value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": { "name": workload, "namespace": namespace },
+        "spec": { "template": {
+            "metadata": { "labels": { NODE_LABEL: id } },
+            "spec": {
+                "containers": [to_value(serde_json::to_value(container))],
+                "volumes": to_value(serde_json::to_value(volumes)),
+            }
+        }}
+    })
 }
 
 fn probe(path: &str, period: i32) -> Probe {
@@ -250,7 +282,7 @@ pub fn runtime_container(
             ])),
             ..Default::default()
         }),
-        security_context: Some(restricted_container_security()),
+        security_context: Some(restricted_security(RUNTIME_UID)),
         volume_mounts: Some(mounts),
         ..Default::default()
     }

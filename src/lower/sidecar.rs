@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use tsk8s_policy::runtime_config::{MeshConfig, NodeConfig};
 
-use super::k8s::{self, NODE_DIR, NODE_LABEL, RUNTIME_UID};
+use super::k8s::{self, NODE_DIR, RUNTIME_UID};
 use crate::model::{Cluster, Exposure, ExposureKind};
 
 pub struct SidecarComponent {
@@ -46,19 +46,14 @@ pub fn component(
     }
     let configmap = k8s::node_configmap(namespace, &e.id, node, Some(mesh));
     let service = k8s::wireguard_service(c, namespace, &e.id, node.listen_port);
-    let to_value = |v: serde_json::Result<Value>| v.unwrap_or(Value::Null);
-    let patch = json!({
-        "apiVersion": "apps/v1",
-        "kind": workload_kind,
-        "metadata": { "name": workload, "namespace": namespace },
-        "spec": { "template": {
-            "metadata": { "labels": { NODE_LABEL: e.id } },
-            "spec": {
-                "containers": [to_value(serde_json::to_value(&container))],
-                "volumes": to_value(serde_json::to_value(&volumes)),
-            }
-        }}
-    });
+    let patch = k8s::sidecar_patch(
+        workload_kind,
+        workload,
+        namespace,
+        &e.id,
+        &container,
+        &volumes,
+    );
     let kustomization = json!({
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
@@ -68,8 +63,8 @@ pub fn component(
     Some(SidecarComponent {
         kustomization,
         resources: vec![
-            to_value(serde_json::to_value(&configmap)),
-            to_value(serde_json::to_value(&service)),
+            serde_json::to_value(&configmap).unwrap_or(Value::Null),
+            serde_json::to_value(&service).unwrap_or(Value::Null),
         ],
         patch,
     })

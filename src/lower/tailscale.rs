@@ -28,10 +28,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -39,7 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::k8s::{self, NODE_LABEL, object_name, proto_name, selector};
+use super::k8s::{self, object_name, proto_name, selector};
 use super::secrets::{self, SecretRef};
 use crate::emit;
 use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, Tailnet};
@@ -292,27 +292,11 @@ fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
 }
 
 fn seccomp() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        ..Default::default()
-    }
+    k8s::runtime_default_seccomp()
 }
 
 fn unprivileged_security() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        run_as_user: Some(TAILSCALE_UID),
-        run_as_group: Some(TAILSCALE_UID),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        seccomp_profile: Some(seccomp()),
-        ..Default::default()
-    }
+    k8s::restricted_security(TAILSCALE_UID)
 }
 
 fn privileged_security() -> SecurityContext {
@@ -657,19 +641,7 @@ fn sidecar_component(
             .map(|p| (p.port, format!("127.0.0.1:{}", p.target)))
             .collect::<Vec<_>>(),
     );
-    let to_value = |v: serde_json::Result<Value>| v.unwrap_or(Value::Null);
-    let patch = json!({
-        "apiVersion": "apps/v1",
-        "kind": workload_kind,
-        "metadata": { "name": workload, "namespace": namespace },
-        "spec": { "template": {
-            "metadata": { "labels": { NODE_LABEL: e.id } },
-            "spec": {
-                "containers": [to_value(serde_json::to_value(&container))],
-                "volumes": to_value(serde_json::to_value(&vols)),
-            }
-        }}
-    });
+    let patch = k8s::sidecar_patch(workload_kind, workload, namespace, &e.id, &container, &vols);
     // The pod reads TS_AUTHKEY from a Secret in its own namespace, which the Component brings
     // (when the backend makes objects).
     let mut d = Dir::default();
