@@ -281,6 +281,11 @@ pub struct Compiled<'a> {
     wide_points: HashMap<IpAddr, Vec<(usize, usize)>>,
     /// The other wide destinations (`*`, large prefixes): still scanned.
     wide_big: Vec<(usize, usize)>,
+    /// Every address key of `exact` and `wide_points`, sorted: a subnet router finds the
+    /// entries inside its routes by range instead of scanning them all.
+    points: Vec<IpAddr>,
+    /// Items that are not plain rules (caps, self grants, via): few, visited for every node.
+    special: Vec<usize>,
     internet: IpSet,
     /// Owner key → untagged nodes of that user.
     same_user: HashMap<String, Vec<String>>,
@@ -353,6 +358,15 @@ impl<'a> Compiled<'a> {
                 None => wide_big.push((i, j)),
             }
         }
+        let mut points: Vec<IpAddr> = exact.keys().chain(wide_points.keys()).copied().collect();
+        points.sort();
+        points.dedup();
+        let special = items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| !matches!(it, Item::Rule(_)))
+            .map(|(i, _)| i)
+            .collect();
         let mut same_user: HashMap<String, Vec<String>> = HashMap::new();
         for (name, node) in &topo.nodes {
             if let (false, Some(u)) = (node.is_tagged(), &node.user) {
@@ -369,6 +383,8 @@ impl<'a> Compiled<'a> {
             wide,
             wide_points,
             wide_big,
+            points,
+            special,
             internet: the_internet(),
             same_user,
         }
@@ -391,18 +407,27 @@ impl<'a> Compiled<'a> {
                 kept.extend(v.iter().copied());
             }
         }
-        // Only routes and exit nodes need every wide destination checked by overlap; other
-        // nodes look their addresses up and scan only the large destinations.
-        let scan: &[(usize, usize)] = if routes.is_empty() && !exit {
-            for ip in &own {
-                if let Some(v) = self.wide_points.get(ip) {
-                    kept.extend(v.iter().copied());
+        // Wide destinations made of few addresses are found by address: the node's own, and
+        // (for a subnet router) every indexed address inside its routes, which also finds the
+        // exact entries there. Only the large wide destinations are scanned by overlap (all
+        // of them for an exit node, which keeps whatever lies in the internet).
+        for ip in &own {
+            if let Some(v) = self.wide_points.get(ip) {
+                kept.extend(v.iter().copied());
+            }
+        }
+        for r in &routes {
+            let (lo, hi) = (r.network(), r.broadcast());
+            let start = self.points.partition_point(|p| *p < lo);
+            for ip in self.points.iter().skip(start).take_while(|p| **p <= hi) {
+                for map in [&self.exact, &self.wide_points] {
+                    if let Some(v) = map.get(ip) {
+                        kept.extend(v.iter().copied());
+                    }
                 }
             }
-            &self.wide_big
-        } else {
-            &self.wide
-        };
+        }
+        let scan: &[(usize, usize)] = if exit { &self.wide } else { &self.wide_big };
         for &(i, j) in scan {
             let Some(Item::Rule(rule)) = self.items.get(i) else {
                 continue;
@@ -420,22 +445,25 @@ impl<'a> Compiled<'a> {
                 kept.insert((i, j));
             }
         }
-        // Exact entries can also match a route (a host inside a subnet this node routes).
-        if !routes.is_empty() {
-            for (ip, v) in &self.exact {
-                if routes.iter().any(|r| r.contains(ip)) {
-                    kept.extend(v.iter().copied());
-                }
-            }
-        }
 
         let mut by_item: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, j) in kept {
             by_item.entry(i).or_default().push(j);
         }
+        // Items in policy order: the kept rules and every special item.
+        let mut order: Vec<usize> = by_item
+            .keys()
+            .copied()
+            .chain(self.special.iter().copied())
+            .collect();
+        order.sort_unstable();
+        order.dedup();
 
         let mut out = Vec::new();
-        for (i, item) in self.items.iter().enumerate() {
+        for i in order {
+            let Some(item) = self.items.get(i) else {
+                continue;
+            };
             match item {
                 Item::Rule(rule) => {
                     if let Some(js) = by_item.get(&i) {
