@@ -8,12 +8,12 @@
 use serde_json::{Map, Value};
 
 pub fn to_string(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(4096);
     match v {
         Value::Object(m) if !m.is_empty() => map(&mut out, m, 0),
         Value::Array(a) if !a.is_empty() => seq(&mut out, a, 0),
         other => {
-            out.push_str(&scalar(other, 0));
+            scalar(&mut out, other, 0);
             out.push('\n');
         }
     }
@@ -21,8 +21,12 @@ pub fn to_string(v: &Value) -> String {
 }
 
 fn indent(out: &mut String, n: usize) {
-    for _ in 0..n {
-        out.push(' ');
+    const SPACES: &str = "                                ";
+    let mut n = n;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        n -= k;
     }
 }
 
@@ -31,7 +35,7 @@ fn map(out: &mut String, m: &Map<String, Value>, ind: usize) {
         if i > 0 {
             indent(out, ind);
         }
-        out.push_str(&key(k));
+        key(out, k);
         out.push(':');
         value_after_key(out, v, ind);
     }
@@ -52,7 +56,7 @@ fn value_after_key(out: &mut String, v: &Value, ind: usize) {
         }
         other => {
             out.push(' ');
-            out.push_str(&scalar(other, ind + 2));
+            scalar(out, other, ind + 2);
             out.push('\n');
         }
     }
@@ -68,33 +72,43 @@ fn seq(out: &mut String, a: &[Value], ind: usize) {
             Value::Object(m) if !m.is_empty() => map(out, m, ind + 2),
             Value::Array(inner) if !inner.is_empty() => seq(out, inner, ind + 2),
             other => {
-                out.push_str(&scalar(other, ind + 2));
+                scalar(out, other, ind + 2);
                 out.push('\n');
             }
         }
     }
 }
 
-fn key(k: &str) -> String {
-    if plain_ok(k) { k.to_string() } else { quote(k) }
+fn key(out: &mut String, k: &str) {
+    if plain_ok(k) {
+        out.push_str(k);
+    } else {
+        out.push_str(&quote(k));
+    }
 }
 
-fn scalar(v: &Value, ind: usize) -> String {
+fn scalar(out: &mut String, v: &Value, ind: usize) {
     match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => string(s, ind),
-        Value::Object(_) => "{}".into(),
-        Value::Array(_) => "[]".into(),
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => string(out, s, ind),
+        Value::Object(_) => out.push_str("{}"),
+        Value::Array(_) => out.push_str("[]"),
     }
 }
 
-fn string(s: &str, ind: usize) -> String {
+fn string(out: &mut String, s: &str, ind: usize) {
     if s.contains('\n') && literal_ok(s) {
-        return literal(s, ind);
+        out.push_str(&literal(s, ind));
+    } else if plain_ok(s) {
+        out.push_str(s);
+    } else {
+        out.push_str(&quote(s));
     }
-    if plain_ok(s) { s.to_string() } else { quote(s) }
 }
 
 /// A literal block (`|`, `|-`, `|+`) holds the text exactly, if it is printable.
@@ -156,7 +170,33 @@ fn looks_typed(s: &str) -> bool {
     numberish || s.parse::<f64>().is_ok()
 }
 
+/// The common case, decided in one pass: a word that starts with a letter and holds only
+/// `[A-Za-z0-9._/-]` is plain unless it is one of the ambiguous words. (No number, timestamp
+/// or float starts with a letter, except `inf`/`infinity`/`nan` in any case.)
+fn simple_word(s: &str) -> Option<bool> {
+    let b = s.as_bytes();
+    let first = *b.first()?;
+    if !first.is_ascii_alphabetic()
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'))
+    {
+        return None;
+    }
+    // Every ambiguous word is at most 8 bytes long.
+    let special = b.len() <= 8
+        && (AMBIGUOUS.contains(&s)
+            || ["inf", "nan", "infinity"]
+                .iter()
+                .any(|w| s.eq_ignore_ascii_case(w)));
+    Some(!special)
+}
+
 fn plain_ok(s: &str) -> bool {
+    simple_word(s).unwrap_or_else(|| plain_ok_general(s))
+}
+
+fn plain_ok_general(s: &str) -> bool {
     if s.is_empty() || looks_typed(s) {
         return false;
     }
@@ -241,6 +281,51 @@ mod tests {
             round_trip(&json!({ "k": s }));
         }
         assert_eq!(to_string(&json!({"k": "plain-value"})), "k: plain-value\n");
+    }
+
+    #[test]
+    fn fast_path_agrees_with_general_rule() {
+        let mut words: Vec<String> = AMBIGUOUS.iter().map(|s| s.to_string()).collect();
+        for w in [
+            "inf",
+            "INF",
+            "Infinity",
+            "nan",
+            "NaN",
+            "x",
+            "e5",
+            "E",
+            "a1",
+            "b0x1",
+            "t1:2",
+            "app",
+            "app.kubernetes.io/name",
+            "tsk8s-runtime",
+            "Recreate",
+            "a_b",
+            "z-",
+            "Y",
+            "yes.",
+            "ON",
+            "onx",
+            "n",
+            "nul",
+            "nulll",
+            "True",
+            "tRue",
+            "o",
+            "no/x",
+            "k8s",
+            "v1",
+        ] {
+            words.push(w.to_string());
+            words.push(format!("{w}x"));
+        }
+        for w in &words {
+            if let Some(fast) = simple_word(w) {
+                assert_eq!(fast, plain_ok_general(w), "{w:?}");
+            }
+        }
     }
 
     #[test]
