@@ -88,7 +88,12 @@ pub struct Loaded {
 
 /// Front end + lock check + policy validation by the engine.
 pub fn load(input: &Input) -> Result<Loaded, Failure> {
-    let front = front(input.spec_file, input.spec)?;
+    load_from(input, front(input.spec_file, input.spec)?)
+}
+
+/// [`load`] for a caller that already ran [`front`] on `input.spec` (the CLI does, to learn
+/// which source files to read), so the spec is parsed once.
+pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
     let lock = parse_lock(input)?;
     let problems = lockfile::check(&front.tailnet, &lock);
     if !problems.is_empty() {
@@ -142,7 +147,11 @@ pub fn load(input: &Input) -> Result<Loaded, Failure> {
 
 /// `tsk8s build`: the whole output tree.
 pub fn build(input: &Input) -> Result<Tree, Failure> {
-    let l = load(input)?;
+    build_loaded(input, load(input)?)
+}
+
+/// [`build`] from an already loaded input.
+pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     let t = &l.tailnet;
     let mut tree = Tree::new();
     emit::put(&mut tree, "policy.hujson".into(), l.policy_text.clone());
@@ -151,8 +160,11 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
     let reach = net::reach(&l.policy, &netw);
 
     let mut diags = Diagnostics::new(input.spec_file, input.spec);
-    for d in &t.devices {
-        match lower::devices::device_files(t, d, &l.lock, &netw, &reach) {
+    let device_files = par_map(&t.devices, |d| {
+        lower::devices::device_files(t, d, &l.lock, &netw, &reach)
+    });
+    for (d, files) in t.devices.iter().zip(device_files) {
+        match files {
             Ok(files) => {
                 emit::put(&mut tree, format!("devices/{}.conf", d.name), files.conf);
                 emit::put(&mut tree, format!("devices/{}.hosts", d.name), files.hosts);
@@ -184,125 +196,13 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
         return Err(Failure::from_diags(&diags));
     }
 
+    // Clusters are independent: lower them on all cores, then merge in spec order (the tree
+    // is sorted by path and diagnostics by position, so the result does not depend on timing).
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
-    for c in &t.clusters {
-        if c.runtime == RuntimeKind::Tailscale {
-            lower::tailscale::write(&mut tree, t, c, &l.spans, input)?;
-            continue;
-        }
-        let dir = format!("clusters/{}", c.name);
-        let rt = lower::mesh::cluster_runtime(t, c, &l.lock, &netw, &reach);
-        let mut resources: Vec<String> = Vec::new();
-        let mut add = |tree: &mut Tree, name: String, text: String| {
-            resources.push(name.clone());
-            emit::put(tree, format!("{dir}/{name}"), text);
-        };
-        add(
-            &mut tree,
-            "namespace.yaml".into(),
-            emit::yaml(&lower::k8s::namespace(c)),
-        );
-        add(
-            &mut tree,
-            "serviceaccount.yaml".into(),
-            emit::yaml(&lower::k8s::service_account(&c.namespace)),
-        );
-        add(
-            &mut tree,
-            "mesh.yaml".into(),
-            emit::yaml(&lower::k8s::mesh_configmap(
-                lower::k8s::MESH_CONFIGMAP,
-                &c.namespace,
-                &rt.mesh,
-                None,
-            )),
-        );
-        let peer_ports: Vec<u16> = {
-            let mut p: Vec<u16> = rt
-                .mesh
-                .peers
-                .iter()
-                .filter_map(|p| p.endpoint.as_ref()?.rsplit(':').next()?.parse().ok())
-                .collect();
-            p.sort();
-            p.dedup();
-            p
-        };
-        for (id, node) in &rt.nodes {
-            let Some(e) = c.exposures.iter().find(|e| &e.id == id) else {
-                continue;
-            };
-            if let ExposureKind::Sidecar { .. } = e.kind {
-                if let Some(mut comp) = lower::sidecar::component(c, e, node, &rt.mesh) {
-                    let cdir = format!("{dir}/components/{id}");
-                    lower::secrets::write_component_key(
-                        &mut tree,
-                        &cdir,
-                        t,
-                        c,
-                        e,
-                        &mut comp.kustomization,
-                        &input.sources,
-                        &mut secret_diags,
-                        &l.spans,
-                    );
-                    emit::put(
-                        &mut tree,
-                        format!("{cdir}/kustomization.yaml"),
-                        emit::yaml(&comp.kustomization),
-                    );
-                    let docs: Vec<String> = comp.resources.iter().map(emit::yaml).collect();
-                    emit::put(
-                        &mut tree,
-                        format!("{cdir}/resources.yaml"),
-                        emit::yaml_docs(&docs),
-                    );
-                    emit::put(
-                        &mut tree,
-                        format!("{cdir}/patch.yaml"),
-                        emit::yaml(&comp.patch),
-                    );
-                }
-                continue;
-            }
-            let mut docs = vec![
-                emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node, None)),
-                emit::yaml(&lower::k8s::deployment(c, e, node)),
-                emit::yaml(&lower::k8s::wireguard_service(
-                    c,
-                    &c.namespace,
-                    id,
-                    node.listen_port,
-                )),
-            ];
-            if let Some(s) = lower::k8s::egress_service(c, e) {
-                docs.push(emit::yaml(&s));
-            }
-            docs.push(emit::yaml(&lower::k8s::network_policy(
-                c,
-                e,
-                node,
-                &peer_ports,
-            )));
-            add(&mut tree, format!("{id}.yaml"), emit::yaml_docs(&docs));
-        }
-        let generators = lower::secrets::write_cluster_keys(
-            &mut tree,
-            &dir,
-            t,
-            c,
-            &mut resources,
-            &input.sources,
-            &mut secret_diags,
-            &l.spans,
-        );
-        let mut kustomization = emit::kustomization(&resources);
-        lower::secrets::add_generators(&mut kustomization, &generators);
-        emit::put(
-            &mut tree,
-            format!("{dir}/kustomization.yaml"),
-            emit::yaml(&kustomization),
-        );
+    for r in par_map(&t.clusters, |c| lower_cluster(input, &l, c, &netw, &reach)) {
+        let (files, diags) = r?;
+        tree.extend(files);
+        secret_diags.items.extend(diags);
     }
     if !secret_diags.is_empty() {
         secret_diags.sort();
@@ -313,10 +213,170 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
     Ok(tree)
 }
 
+/// One cluster's files (and the secret-backend problems found on the way).
+fn lower_cluster(
+    input: &Input,
+    l: &Loaded,
+    c: &crate::model::Cluster,
+    netw: &net::Net,
+    reach: &net::Reach,
+) -> Result<(Tree, Vec<Diagnostic>), Failure> {
+    let t = &l.tailnet;
+    let mut tree = Tree::new();
+    let mut secret_diags = Diagnostics::new(input.spec_file, "");
+    if c.runtime == RuntimeKind::Tailscale {
+        lower::tailscale::write(&mut tree, t, c, &l.spans, input)?;
+        return Ok((tree, secret_diags.items));
+    }
+    let dir = format!("clusters/{}", c.name);
+    let rt = lower::mesh::cluster_runtime(t, c, &l.lock, netw, reach);
+    let mut resources: Vec<String> = Vec::new();
+    let mut add = |tree: &mut Tree, name: String, text: String| {
+        resources.push(name.clone());
+        emit::put(tree, format!("{dir}/{name}"), text);
+    };
+    add(
+        &mut tree,
+        "namespace.yaml".into(),
+        emit::yaml(&lower::k8s::namespace(c)),
+    );
+    add(
+        &mut tree,
+        "serviceaccount.yaml".into(),
+        emit::yaml(&lower::k8s::service_account(&c.namespace)),
+    );
+    add(
+        &mut tree,
+        "mesh.yaml".into(),
+        emit::yaml(&lower::k8s::mesh_configmap(
+            lower::k8s::MESH_CONFIGMAP,
+            &c.namespace,
+            &rt.mesh,
+            None,
+        )),
+    );
+    let peer_ports: Vec<u16> = {
+        let mut p: Vec<u16> = rt
+            .mesh
+            .peers
+            .iter()
+            .filter_map(|p| p.endpoint.as_ref()?.rsplit(':').next()?.parse().ok())
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    for (id, node) in &rt.nodes {
+        let Some(e) = c.exposures.iter().find(|e| &e.id == id) else {
+            continue;
+        };
+        if let ExposureKind::Sidecar { .. } = e.kind {
+            if let Some(mut comp) = lower::sidecar::component(c, e, node, &rt.mesh) {
+                let cdir = format!("{dir}/components/{id}");
+                lower::secrets::write_component_key(
+                    &mut tree,
+                    &cdir,
+                    t,
+                    c,
+                    e,
+                    &mut comp.kustomization,
+                    &input.sources,
+                    &mut secret_diags,
+                    &l.spans,
+                );
+                emit::put(
+                    &mut tree,
+                    format!("{cdir}/kustomization.yaml"),
+                    emit::yaml(&comp.kustomization),
+                );
+                let docs: Vec<String> = comp.resources.iter().map(emit::yaml).collect();
+                emit::put(
+                    &mut tree,
+                    format!("{cdir}/resources.yaml"),
+                    emit::yaml_docs(&docs),
+                );
+                emit::put(
+                    &mut tree,
+                    format!("{cdir}/patch.yaml"),
+                    emit::yaml(&comp.patch),
+                );
+            }
+            continue;
+        }
+        let mut docs = vec![
+            emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node, None)),
+            emit::yaml(&lower::k8s::deployment(c, e, node)),
+            emit::yaml(&lower::k8s::wireguard_service(
+                c,
+                &c.namespace,
+                id,
+                node.listen_port,
+            )),
+        ];
+        if let Some(s) = lower::k8s::egress_service(c, e) {
+            docs.push(emit::yaml(&s));
+        }
+        docs.push(emit::yaml(&lower::k8s::network_policy(
+            c,
+            e,
+            node,
+            &peer_ports,
+        )));
+        add(&mut tree, format!("{id}.yaml"), emit::yaml_docs(&docs));
+    }
+    let generators = lower::secrets::write_cluster_keys(
+        &mut tree,
+        &dir,
+        t,
+        c,
+        &mut resources,
+        &input.sources,
+        &mut secret_diags,
+        &l.spans,
+    );
+    let mut kustomization = emit::kustomization(&resources);
+    lower::secrets::add_generators(&mut kustomization, &generators);
+    emit::put(
+        &mut tree,
+        format!("{dir}/kustomization.yaml"),
+        emit::yaml(&kustomization),
+    );
+    Ok((tree, secret_diags.items))
+}
+
+/// `f` over `items` on up to `available_parallelism` scoped threads, results in input order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    if threads <= 1 || items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
 /// `tsk8s test`: the spec's tests against the topology it defines (lock addresses; stand-in
 /// addresses for Tailscale-image nodes).
 pub fn test(input: &Input) -> Result<tsk8s_policy::acltest::TestReport, Failure> {
-    let l = load(input)?;
+    Ok(test_loaded(&load(input)?))
+}
+
+/// [`test`] from an already loaded input.
+pub fn test_loaded(l: &Loaded) -> tsk8s_policy::acltest::TestReport {
     let netw = net::build_net(&l.tailnet, &l.lock);
-    Ok(tsk8s_policy::acltest::run_tests(&l.policy, &netw.topology))
+    tsk8s_policy::acltest::run_tests(&l.policy, &netw.topology)
 }

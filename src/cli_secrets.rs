@@ -22,12 +22,16 @@ const MAX_SOURCE: u64 = 2 * 1024 * 1024;
 /// SealedSecrets source dir, keyed by [`secrets::source_path`]. A spec that does not parse
 /// gives none (the build reports its errors).
 pub fn read_sources(spec_dir: &Path, spec_name: &str, spec: &str) -> BTreeMap<String, Vec<u8>> {
+    match crate::build::front(spec_name, spec) {
+        Ok(front) => read_sources_for(spec_dir, &front.tailnet),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// [`read_sources`] for a spec already through the front end.
+pub fn read_sources_for(spec_dir: &Path, tailnet: &Tailnet) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let Ok(front) = crate::build::front(spec_name, spec) else {
-        return out;
-    };
-    let dirs: BTreeSet<&str> = front
-        .tailnet
+    let dirs: BTreeSet<&str> = tailnet
         .clusters
         .iter()
         .filter_map(|c| secrets::source_dir(&c.secrets))

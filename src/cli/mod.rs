@@ -43,6 +43,10 @@ pub enum Command {
         /// Write nothing; exit 1 if the output dir differs from a fresh build.
         #[arg(long)]
         check: bool,
+        /// Flush the new tree to disk before swapping it in, so it also survives a power loss
+        /// (the swap is atomic against a killed process either way).
+        #[arg(long, conflicts_with = "check")]
+        fsync: bool,
     },
     /// Assign addresses, ports and keys to new nodes in tailnet.lock (the only writer of it).
     Lock {
@@ -160,6 +164,8 @@ struct Loaded {
     lock: Option<String>,
     /// Committed secret sources (SOPS, SealedSecret files) the spec's backends read.
     sources: BTreeMap<String, Vec<u8>>,
+    /// The spec through the front end (run once: finding the sources needs it too).
+    front: Option<Result<build::Front, build::Failure>>,
 }
 
 fn load(spec: &Path) -> Result<Loaded, String> {
@@ -175,7 +181,11 @@ fn load(spec: &Path) -> Result<Loaded, String> {
     } else {
         None
     };
-    let sources = crate::cli_secrets::read_sources(&spec_dir, &spec.display().to_string(), &text);
+    let front = build::front(&spec.display().to_string(), &text);
+    let sources = match &front {
+        Ok(f) => crate::cli_secrets::read_sources_for(&spec_dir, &f.tailnet),
+        Err(_) => BTreeMap::new(),
+    };
     Ok(Loaded {
         sources,
         spec_name: spec.display().to_string(),
@@ -185,10 +195,20 @@ fn load(spec: &Path) -> Result<Loaded, String> {
         lock_name: lock_path.display().to_string(),
         lock_path,
         lock,
+        front: Some(front),
     })
 }
 
 impl Loaded {
+    /// The spec loaded for the compiler core (front end result reused, not recomputed).
+    fn loaded(&mut self) -> Result<build::Loaded, build::Failure> {
+        let front = match self.front.take() {
+            Some(f) => f?,
+            None => build::front(&self.spec_name, &self.spec)?,
+        };
+        build::load_from(&self.input(), front)
+    }
+
     fn input(&self) -> Input<'_> {
         Input {
             spec_file: &self.spec_name,
@@ -208,11 +228,11 @@ fn report(f: &Failure) -> u8 {
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Check { spec } => {
-            let l = match load(&spec) {
+            let mut l = match load(&spec) {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            match build::load(&l.input()) {
+            match l.loaded() {
                 Ok(loaded) => {
                     let nodes = loaded.tailnet.exposures().count();
                     eprintln!(
@@ -227,12 +247,20 @@ pub fn run(cli: Cli) -> u8 {
                 Err(f) => report(&f),
             }
         }
-        Command::Build { spec, out, check } => {
-            let l = match load(&spec) {
+        Command::Build {
+            spec,
+            out,
+            check,
+            fsync,
+        } => {
+            let mut l = match load(&spec) {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            let tree = match build::build(&l.input()) {
+            let tree = match l
+                .loaded()
+                .and_then(|loaded| build::build_loaded(&l.input(), loaded))
+            {
                 Ok(t) => t,
                 Err(f) => return report(&f),
             };
@@ -243,7 +271,16 @@ pub fn run(cli: Cli) -> u8 {
                 };
                 return check_tree(&out, &current, &tree);
             }
-            match output::write_tree(&out, &tree) {
+            let r = output::write_tree(
+                &out,
+                &tree,
+                if fsync {
+                    output::Durability::Flushed
+                } else {
+                    output::Durability::Atomic
+                },
+            );
+            match r {
                 Ok(true) => {
                     eprintln!("wrote {} file(s) to {}", tree.len(), out.display());
                     0
@@ -268,11 +305,11 @@ pub fn run(cli: Cli) -> u8 {
             remove,
         } => lock(&spec, keys_dir.as_deref(), rotate, remove),
         Command::Test { spec } => {
-            let l = match load(&spec) {
+            let mut l = match load(&spec) {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            match build::test(&l.input()) {
+            match l.loaded().map(|loaded| build::test_loaded(&loaded)) {
                 Ok(r) => {
                     if r.passed() {
                         eprintln!("{}: {} test(s) passed", l.spec_name, r.total);
@@ -377,13 +414,17 @@ fn key_namespace(t: &Tailnet, cluster: &str, node: &str) -> String {
 }
 
 fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<String>) -> u8 {
-    let l = match load(spec) {
+    let mut l = match load(spec) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let front = match build::front(&l.spec_name, &l.spec) {
-        Ok(f) => f,
-        Err(f) => return report(&f),
+    let front = match l.front.take() {
+        Some(Ok(f)) => f,
+        Some(Err(f)) => return report(&f),
+        None => match build::front(&l.spec_name, &l.spec) {
+            Ok(f) => f,
+            Err(f) => return report(&f),
+        },
     };
     let old = match build::parse_lock(&l.input()) {
         Ok(o) => o,
@@ -558,11 +599,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
 }
 
 fn diff(spec: &Path, out: &Path, base: Option<&str>, format: Format) -> u8 {
-    let l = match load(spec) {
+    let mut l = match load(spec) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let fresh = match build::build(&l.input()) {
+    let fresh = match l
+        .loaded()
+        .and_then(|loaded| build::build_loaded(&l.input(), loaded))
+    {
         Ok(t) => t,
         Err(f) => return report(&f),
     };

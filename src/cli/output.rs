@@ -1,9 +1,11 @@
 //! Writing the output dir: owned wholly by tsk8s, swapped in atomically.
 //!
-//! The new tree is written to a sibling temp dir (same filesystem), each file fsynced, then
-//! exchanged with the old dir in one `renameat2(RENAME_EXCHANGE)` on Linux, so a reader or a
-//! crash sees either the complete old tree or the complete new one. The old tree (now at the
-//! temp path) is removed afterwards; leftovers of an interrupted run are removed on the next.
+//! The new tree is written to a sibling temp dir (same filesystem), then exchanged with the
+//! old dir in one `renameat2(RENAME_EXCHANGE)` on Linux, so a reader or a killed process sees
+//! either the complete old tree or the complete new one. With [`Durability::Flushed`]
+//! (`build --fsync`) the new tree is also on disk before the swap, so a power loss keeps that
+//! promise too. The old tree (now at the temp path) is removed afterwards; leftovers of an
+//! interrupted run are removed on the next.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -150,8 +152,20 @@ fn fsync_dir(p: &Path) {
     }
 }
 
+/// How hard `write_tree` works to make the new tree survive a power loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Atomic against a killed process and concurrent readers (the swap is one `renameat2`),
+    /// but not flushed: after a power loss the tree may need a rebuild (`build --check` tells).
+    /// The default: the output is derived, committed by git, and rebuilt in CI.
+    Atomic,
+    /// Also flushed to disk before and after the swap (`syncfs` on Linux: one flush for all
+    /// files instead of one journal commit per file; per-file `fsync` elsewhere).
+    Flushed,
+}
+
 /// Write `tree` as the new content of `dir`, atomically. Returns false when nothing changed.
-pub fn write_tree(dir: &Path, tree: &Tree) -> Result<bool, OutputError> {
+pub fn write_tree(dir: &Path, tree: &Tree, durability: Durability) -> Result<bool, OutputError> {
     check_owned(dir)?;
     if dir.exists() && read_tree(dir)? == *tree {
         return Ok(false);
@@ -160,21 +174,24 @@ pub fn write_tree(dir: &Path, tree: &Tree) -> Result<bool, OutputError> {
     let tmp = temp_sibling(dir, "new")?;
     fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let per_file_sync = durability == Durability::Flushed && !cfg!(target_os = "linux");
     for (rel, bytes) in tree {
         let p = tmp.join(rel);
         if let Some(parent) = p.parent() {
-            if dirs.insert(parent.to_path_buf()) {
+            if !dirs.contains(parent) {
                 fs::create_dir_all(parent).map_err(|e| io(parent, "cannot create", e))?;
+                dirs.insert(parent.to_path_buf());
             }
         }
         let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
         f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
-        f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
+        if per_file_sync {
+            f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
+        }
     }
-    for d in dirs.iter().rev() {
-        fsync_dir(d);
+    if durability == Durability::Flushed {
+        flush(&tmp, &dirs)?;
     }
-    fsync_dir(&tmp);
     if dir.exists() {
         exchange(&tmp, dir)?;
         // `tmp` now holds the old tree.
@@ -182,14 +199,41 @@ pub fn write_tree(dir: &Path, tree: &Tree) -> Result<bool, OutputError> {
     } else {
         fs::rename(&tmp, dir).map_err(|e| io(dir, "cannot rename into place", e))?;
     }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        });
+    if durability == Durability::Flushed {
+        if let Some(parent) = dir.parent() {
+            fsync_dir(if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            });
+        }
     }
     Ok(true)
+}
+
+/// Flush everything written under `tmp` (files and directory entries) to disk.
+#[cfg(target_os = "linux")]
+fn flush(tmp: &Path, _dirs: &BTreeSet<PathBuf>) -> Result<(), OutputError> {
+    use std::os::fd::AsRawFd as _;
+    let f = fs::File::open(tmp).map_err(|e| io(tmp, "cannot open", e))?;
+    // SAFETY: `f` is an open file descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io(
+            tmp,
+            "cannot sync (syncfs)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn flush(tmp: &Path, dirs: &BTreeSet<PathBuf>) -> Result<(), OutputError> {
+    for d in dirs.iter().rev() {
+        fsync_dir(d);
+    }
+    fsync_dir(tmp);
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
