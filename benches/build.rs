@@ -132,19 +132,34 @@ fn main() {
         "{:>9} {:>9} {:>10} {:>10} {:>12} {:>12}",
         "clusters", "nodes", "spec KiB", "files", "build s", "peak RSS MiB"
     );
-    for clusters in [10usize, 100, 1000] {
-        let dir = tempfile::tempdir().unwrap();
+    // TSK8S_BENCH_SIZES=1000 runs one size; TSK8S_BENCH_KEEP=DIR keeps the inputs there
+    // (for profiling: `perf record tsk8s build DIR/tailnet.kdl -o DIR/out`).
+    let sizes: Vec<usize> = std::env::var("TSK8S_BENCH_SIZES")
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![10, 100, 1000]);
+    for clusters in sizes {
+        let tmp = tempfile::tempdir().unwrap();
+        let keep = std::env::var_os("TSK8S_BENCH_KEEP")
+            .map(|d| std::path::PathBuf::from(d).join(clusters.to_string()));
+        let dir_path = match &keep {
+            Some(k) => {
+                std::fs::create_dir_all(k).unwrap();
+                k.clone()
+            }
+            None => tmp.path().to_path_buf(),
+        };
+        let dir = &dir_path;
         let text = spec(clusters);
-        std::fs::write(dir.path().join("tailnet.kdl"), &text).unwrap();
-        std::fs::write(dir.path().join("tailnet.lock"), lock(&text)).unwrap();
-        let out = dir.path().join("out");
+        std::fs::write(dir.join("tailnet.kdl"), &text).unwrap();
+        std::fs::write(dir.join("tailnet.lock"), lock(&text)).unwrap();
+        let out = dir.join("out");
         let mut best = (f64::MAX, 0.0);
         for _ in 0..3 {
             let _ = std::fs::remove_dir_all(&out);
             let (wall, rss, code) = measure(
                 Command::new(&bin)
                     .arg("build")
-                    .arg(dir.path().join("tailnet.kdl"))
+                    .arg(dir.join("tailnet.kdl"))
                     .arg("-o")
                     .arg(&out)
                     .stderr(std::process::Stdio::null()),
@@ -152,7 +167,7 @@ fn main() {
             if code != 0 {
                 let o = Command::new(&bin)
                     .arg("build")
-                    .arg(dir.path().join("tailnet.kdl"))
+                    .arg(dir.join("tailnet.kdl"))
                     .arg("-o")
                     .arg(&out)
                     .output()
@@ -165,7 +180,7 @@ fn main() {
         }
         let files = tsk8s::cli::output::list_files(&out).unwrap().len();
         if std::env::var_os("TSK8S_BENCH_PHASES").is_some() {
-            let lock_text = std::fs::read_to_string(dir.path().join("tailnet.lock")).unwrap();
+            let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
             let input = tsk8s::build::Input {
                 spec_file: "tailnet.kdl",
                 spec: &text,
