@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use kdl::{KdlDocument, KdlValue};
+use kdl::KdlValue;
 use miette::SourceSpan;
 
 use crate::diag::{Diagnostic, Diagnostics};
@@ -80,7 +80,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         d.push(crate::syntax::too_deep_diagnostic(at));
         return Err(d);
     }
-    let doc = match KdlDocument::parse_v2(text) {
+    let doc = match tsk8s_kdl::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
             for k in e.diagnostics {

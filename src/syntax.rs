@@ -307,7 +307,7 @@ pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
         diags.push(too_deep_diagnostic(at));
         return (Spec::default(), diags);
     }
-    let doc = match KdlDocument::parse_v2(text) {
+    let doc = match tsk8s_kdl::parse(text) {
         Ok(doc) => doc,
         Err(err) => {
             for d in err.diagnostics {
