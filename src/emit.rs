@@ -13,10 +13,7 @@ use serde_json::{Value, json};
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
 pub fn yaml<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(value) => crate::yaml::to_string(&value),
-        Err(_) => String::new(),
-    }
+    crate::yaml::to_string(v).unwrap_or_default()
 }
 
 /// Several objects as one multi-document YAML file.

@@ -3,15 +3,42 @@
 //! multi-line strings, and conservative quoting. Any string a YAML 1.1 or 1.2 reader could
 //! take for something else — `on`, `yes`, `no`, `y`, `off`, `null`, `~`, numbers in any
 //! base (`0755`, `0x1F`, `1_000`, `1:20`), `.inf`, timestamps, or text with YAML indicators —
-//! is single- or double-quoted. Map keys keep the value's order (serde_json `preserve_order`).
+//! is single- or double-quoted. Map keys keep the order they are serialized in (struct field
+//! order, as serde_json's `preserve_order` would).
+//!
+//! A value is first serialized into a light tree ([`Node`]: struct field names borrowed, no
+//! hashing), then written. This is what `serde_json::to_value` + writing would produce, at a
+//! fraction of the allocations (the golden tests pin the bytes).
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-pub fn to_string(v: &Value) -> String {
+use serde::Serialize;
+use serde_json::Number;
+
+/// A serialized value: serde_json's data model, with borrowed struct keys.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Node>),
+    Object(Vec<(Cow<'static, str>, Node)>),
+}
+
+/// Serialize `v` and write it as YAML. `None` when `v` cannot be represented (a map with
+/// non-scalar keys, or a failing `Serialize` impl).
+pub fn to_string<T: Serialize + ?Sized>(v: &T) -> Option<String> {
+    let node = v.serialize(NodeSer).ok()?;
+    Some(write(&node))
+}
+
+/// Write a serialized value as YAML.
+pub fn write(v: &Node) -> String {
     let mut out = String::with_capacity(4096);
     match v {
-        Value::Object(m) if !m.is_empty() => map(&mut out, m, 0),
-        Value::Array(a) if !a.is_empty() => seq(&mut out, a, 0),
+        Node::Object(m) if !m.is_empty() => map(&mut out, m, 0),
+        Node::Array(a) if !a.is_empty() => seq(&mut out, a, 0),
         other => {
             scalar(&mut out, other, 0);
             out.push('\n');
@@ -30,7 +57,7 @@ fn indent(out: &mut String, n: usize) {
     }
 }
 
-fn map(out: &mut String, m: &Map<String, Value>, ind: usize) {
+fn map(out: &mut String, m: &[(Cow<'static, str>, Node)], ind: usize) {
     for (i, (k, v)) in m.iter().enumerate() {
         if i > 0 {
             indent(out, ind);
@@ -42,14 +69,14 @@ fn map(out: &mut String, m: &Map<String, Value>, ind: usize) {
 }
 
 /// After `key:` — a nested block on the next lines, or ` scalar`.
-fn value_after_key(out: &mut String, v: &Value, ind: usize) {
+fn value_after_key(out: &mut String, v: &Node, ind: usize) {
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Node::Object(m) if !m.is_empty() => {
             out.push('\n');
             indent(out, ind + 2);
             map(out, m, ind + 2);
         }
-        Value::Array(a) if !a.is_empty() => {
+        Node::Array(a) if !a.is_empty() => {
             out.push('\n');
             indent(out, ind);
             seq(out, a, ind);
@@ -62,15 +89,15 @@ fn value_after_key(out: &mut String, v: &Value, ind: usize) {
     }
 }
 
-fn seq(out: &mut String, a: &[Value], ind: usize) {
+fn seq(out: &mut String, a: &[Node], ind: usize) {
     for (i, v) in a.iter().enumerate() {
         if i > 0 {
             indent(out, ind);
         }
         out.push_str("- ");
         match v {
-            Value::Object(m) if !m.is_empty() => map(out, m, ind + 2),
-            Value::Array(inner) if !inner.is_empty() => seq(out, inner, ind + 2),
+            Node::Object(m) if !m.is_empty() => map(out, m, ind + 2),
+            Node::Array(inner) if !inner.is_empty() => seq(out, inner, ind + 2),
             other => {
                 scalar(out, other, ind + 2);
                 out.push('\n');
@@ -87,17 +114,17 @@ fn key(out: &mut String, k: &str) {
     }
 }
 
-fn scalar(out: &mut String, v: &Value, ind: usize) {
+fn scalar(out: &mut String, v: &Node, ind: usize) {
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
+        Node::Null => out.push_str("null"),
+        Node::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Node::Number(n) => {
             use std::fmt::Write as _;
             let _ = write!(out, "{n}");
         }
-        Value::String(s) => string(out, s, ind),
-        Value::Object(_) => out.push_str("{}"),
-        Value::Array(_) => out.push_str("[]"),
+        Node::String(s) => string(out, s, ind),
+        Node::Object(_) => out.push_str("{}"),
+        Node::Array(_) => out.push_str("[]"),
     }
 }
 
@@ -238,13 +265,298 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// Why a value could not be serialized.
+#[derive(Debug)]
+pub struct SerError(String);
+
+impl std::fmt::Display for SerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SerError {}
+
+impl serde::ser::Error for SerError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        SerError(msg.to_string())
+    }
+}
+
+/// Serializes into a [`Node`], following `serde_json::value::Serializer` case by case.
+struct NodeSer;
+
+fn num(n: impl Into<Number>) -> Result<Node, SerError> {
+    Ok(Node::Number(n.into()))
+}
+
+impl serde::Serializer for NodeSer {
+    type Ok = Node;
+    type Error = SerError;
+    type SerializeSeq = SeqSer;
+    type SerializeTuple = SeqSer;
+    type SerializeTupleStruct = SeqSer;
+    type SerializeTupleVariant = VariantSer<SeqSer>;
+    type SerializeMap = MapSer;
+    type SerializeStruct = MapSer;
+    type SerializeStructVariant = VariantSer<MapSer>;
+
+    fn serialize_bool(self, v: bool) -> Result<Node, SerError> {
+        Ok(Node::Bool(v))
+    }
+    fn serialize_i8(self, v: i8) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<Node, SerError> {
+        num(v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<Node, SerError> {
+        self.serialize_f64(f64::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> Result<Node, SerError> {
+        Ok(Number::from_f64(v).map_or(Node::Null, Node::Number))
+    }
+    fn serialize_char(self, v: char) -> Result<Node, SerError> {
+        Ok(Node::String(v.to_string()))
+    }
+    fn serialize_str(self, v: &str) -> Result<Node, SerError> {
+        Ok(Node::String(v.to_string()))
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<Node, SerError> {
+        Ok(Node::Array(
+            v.iter().map(|b| Node::Number((*b).into())).collect(),
+        ))
+    }
+    fn serialize_none(self) -> Result<Node, SerError> {
+        Ok(Node::Null)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<Node, SerError> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<Node, SerError> {
+        Ok(Node::Null)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Node, SerError> {
+        Ok(Node::Null)
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<Node, SerError> {
+        Ok(Node::String(variant.to_string()))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<Node, SerError> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<Node, SerError> {
+        Ok(Node::Object(vec![(Cow::Borrowed(variant), v.serialize(self)?)]))
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<SeqSer, SerError> {
+        Ok(SeqSer(Vec::with_capacity(len.unwrap_or(0))))
+    }
+    fn serialize_tuple(self, len: usize) -> Result<SeqSer, SerError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<SeqSer, SerError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<VariantSer<SeqSer>, SerError> {
+        Ok(VariantSer(variant, SeqSer(Vec::with_capacity(len))))
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<MapSer, SerError> {
+        Ok(MapSer(Vec::with_capacity(len.unwrap_or(0)), None))
+    }
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<MapSer, SerError> {
+        self.serialize_map(Some(len))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<VariantSer<MapSer>, SerError> {
+        Ok(VariantSer(variant, MapSer(Vec::with_capacity(len), None)))
+    }
+}
+
+struct SeqSer(Vec<Node>);
+
+impl serde::ser::SerializeSeq for SeqSer {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        self.0.push(v.serialize(NodeSer)?);
+        Ok(())
+    }
+    fn end(self) -> Result<Node, SerError> {
+        Ok(Node::Array(self.0))
+    }
+}
+
+impl serde::ser::SerializeTuple for SeqSer {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        serde::ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<Node, SerError> {
+        serde::ser::SerializeSeq::end(self)
+    }
+}
+
+impl serde::ser::SerializeTupleStruct for SeqSer {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        serde::ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<Node, SerError> {
+        serde::ser::SerializeSeq::end(self)
+    }
+}
+
+/// Map entries, and the key waiting for its value. A key serialized twice keeps its first
+/// position and takes the last value (as serde_json's ordered map does).
+struct MapSer(Vec<(Cow<'static, str>, Node)>, Option<String>);
+
+impl MapSer {
+    fn put(&mut self, k: Cow<'static, str>, v: Node) {
+        match self.0.iter_mut().find(|(key, _)| *key == k) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((k, v)),
+        }
+    }
+}
+
+/// A map key as serde_json accepts it: strings, and numbers, bools and chars as text.
+fn key_text<T: Serialize + ?Sized>(k: &T) -> Result<String, SerError> {
+    match k.serialize(NodeSer)? {
+        Node::String(s) => Ok(s),
+        Node::Number(n) => Ok(n.to_string()),
+        Node::Bool(b) => Ok(b.to_string()),
+        _ => Err(SerError("key must be a string".into())),
+    }
+}
+
+impl serde::ser::SerializeMap for MapSer {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), SerError> {
+        self.1 = Some(key_text(k)?);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        let k = self
+            .1
+            .take()
+            .ok_or_else(|| SerError("value without a key".into()))?;
+        let v = v.serialize(NodeSer)?;
+        self.put(Cow::Owned(k), v);
+        Ok(())
+    }
+    fn end(self) -> Result<Node, SerError> {
+        Ok(Node::Object(self.0))
+    }
+}
+
+impl serde::ser::SerializeStruct for MapSer {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        k: &'static str,
+        v: &T,
+    ) -> Result<(), SerError> {
+        let v = v.serialize(NodeSer)?;
+        // Struct fields are distinct: no duplicate check needed.
+        self.0.push((Cow::Borrowed(k), v));
+        Ok(())
+    }
+    fn end(self) -> Result<Node, SerError> {
+        Ok(Node::Object(self.0))
+    }
+}
+
+/// An enum variant with content: `{variant: content}`.
+struct VariantSer<S>(&'static str, S);
+
+impl serde::ser::SerializeTupleVariant for VariantSer<SeqSer> {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        serde::ser::SerializeSeq::serialize_element(&mut self.1, v)
+    }
+    fn end(self) -> Result<Node, SerError> {
+        Ok(Node::Object(vec![(
+            Cow::Borrowed(self.0),
+            Node::Array(self.1.0),
+        )]))
+    }
+}
+
+impl serde::ser::SerializeStructVariant for VariantSer<MapSer> {
+    type Ok = Node;
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        k: &'static str,
+        v: &T,
+    ) -> Result<(), SerError> {
+        serde::ser::SerializeStruct::serialize_field(&mut self.1, k, v)
+    }
+    fn end(self) -> Result<Node, SerError> {
+        Ok(Node::Object(vec![(
+            Cow::Borrowed(self.0),
+            Node::Object(self.1.0),
+        )]))
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn round_trip(v: &Value) {
-        let text = to_string(v);
+        let text = to_string(v).unwrap_or_default();
         let back: Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(&back, v, "\n{text}");
     }
@@ -273,14 +585,67 @@ mod tests {
             "#c",
             "- x",
         ] {
-            let text = to_string(&json!({ "k": s }));
+            let text = to_string(&json!({ "k": s })).unwrap_or_default();
             assert!(
                 text.starts_with("k: '") || text.starts_with("k: \""),
                 "{s:?} → {text}"
             );
             round_trip(&json!({ "k": s }));
         }
-        assert_eq!(to_string(&json!({"k": "plain-value"})), "k: plain-value\n");
+        assert_eq!(
+            to_string(&json!({"k": "plain-value"})).as_deref(),
+            Some("k: plain-value\n")
+        );
+    }
+
+    /// The light tree holds what `serde_json::to_value` would: same keys, order and scalars.
+    #[test]
+    fn node_tree_matches_serde_json_value() {
+        fn to_json(n: &Node) -> Value {
+            match n {
+                Node::Null => Value::Null,
+                Node::Bool(b) => Value::Bool(*b),
+                Node::Number(x) => Value::Number(x.clone()),
+                Node::String(s) => Value::String(s.clone()),
+                Node::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+                Node::Object(m) => Value::Object(
+                    m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect(),
+                ),
+            }
+        }
+        #[derive(Serialize)]
+        enum E {
+            Unit,
+            New(u8),
+            Tup(u8, String),
+            Rec { a: Option<i64>, b: f64 },
+        }
+        #[derive(Serialize)]
+        struct S {
+            e: Vec<E>,
+            m: std::collections::BTreeMap<u16, bool>,
+            c: char,
+            n: Option<()>,
+            f: f32,
+            nan: f64,
+        }
+        let s = S {
+            e: vec![E::Unit, E::New(1), E::Tup(2, "x".into()), E::Rec { a: None, b: 1.5 }],
+            m: [(3, true), (1, false)].into(),
+            c: 'c',
+            n: None,
+            f: 0.25,
+            nan: f64::NAN,
+        };
+        let node = s.serialize(NodeSer).unwrap_or(Node::Null);
+        assert_eq!(to_json(&node), serde_json::to_value(&s).unwrap_or_default());
+        let v = json!({"b": 1, "a": [true, null, "s", {"x": {}}], "c": -2.5});
+        let node = v.serialize(NodeSer).unwrap_or(Node::Null);
+        assert_eq!(to_json(&node), v);
+        assert_eq!(
+            to_string(&v).unwrap_or_default(),
+            "b: 1\na:\n- true\n- null\n- s\n- x: {}\nc: -2.5\n"
+        );
     }
 
     #[test]
@@ -332,7 +697,7 @@ mod tests {
     fn layout_matches_kubectl() {
         let v = json!({"a": {"b": [1, {"c": "d", "e": []}], "f": {}}, "g": "x\ny\n", "h": "x\ny"});
         assert_eq!(
-            to_string(&v),
+            to_string(&v).unwrap_or_default(),
             "a:\n  b:\n  - 1\n  - c: d\n    e: []\n  f: {}\ng: |\n  x\n  y\nh: |-\n  x\n  y\n"
         );
         round_trip(&v);
