@@ -49,10 +49,15 @@ pub struct Front {
 
 /// Parse and resolve the spec. All problems come out together.
 pub fn front(spec_file: &str, spec: &str) -> Result<Front, Failure> {
+    front_diags(spec_file, spec).map_err(|d| Failure::from_diags(&d))
+}
+
+/// [`front`] with the problems as diagnostics, not yet rendered (sorted by position).
+pub fn front_diags(spec_file: &str, spec: &str) -> Result<Front, Diagnostics> {
     let (tree, mut diags) = syntax::parse(spec_file, spec);
     if !diags.is_empty() && tree.tailnet.is_none() && tree.clusters.is_empty() {
         diags.sort();
-        return Err(Failure::from_diags(&diags));
+        return Err(diags);
     }
     let (tailnet, spans) = resolve::resolve(&tree, &mut diags);
     diags.sort();
@@ -62,7 +67,7 @@ pub fn front(spec_file: &str, spec: &str) -> Result<Front, Failure> {
             spans,
             diags,
         }),
-        _ => Err(Failure::from_diags(&diags)),
+        _ => Err(diags),
     }
 }
 

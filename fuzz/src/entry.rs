@@ -25,14 +25,35 @@ fn keygen() -> impl FnMut() -> (String, String) {
     }
 }
 
+/// A cheap, input-determined sample: the expensive checks (rendering every diagnostic with
+/// miette, the slow reference KDL parser) run on about one input in `n`, so the target keeps
+/// thousands of executions per second and still covers them.
+fn sampled(data: &[u8], n: u32) -> bool {
+    let h = data.iter().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16_777_619)
+    });
+    h % n == 0
+}
+
 /// Spec front end: bytes → parse + resolve + validate; when valid, a fresh lock (the real
-/// `lock` logic, in memory) and the whole build.
+/// `lock` logic, in memory) and the whole build. On a sample: the fast KDL parser against the
+/// `kdl` crate's (same document, spans included, or a fallback), and diagnostic rendering.
 pub fn spec(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(front) = tsk8s::build::front("tailnet.kdl", text) else {
-        return;
+    let sample = sampled(data, 16);
+    if sample {
+        kdl_differential(text);
+    }
+    let front = match tsk8s::build::front_diags("tailnet.kdl", text) {
+        Ok(f) => f,
+        Err(d) => {
+            if sample {
+                let _ = d.render();
+            }
+            return;
+        }
     };
     let Ok(upd) = tsk8s::lockfile::update(
         &front.tailnet,
@@ -60,27 +81,65 @@ pub fn spec(data: &[u8]) {
     let _ = tsk8s::build::build(&input);
 }
 
-/// Lock reader: bytes as `tailnet.lock` beside the example spec → parse + check (`build::load`);
-/// a lock that parses renders to text that parses to the same lock.
+/// The fast KDL parser must agree with the reference one whenever it answers.
+fn kdl_differential(text: &str) {
+    if tsk8s::syntax::too_deep(text).is_some() {
+        return;
+    }
+    let Some(fast) = tsk8s_kdl::parse_fast(text) else {
+        return;
+    };
+    match kdl::KdlDocument::parse_v2(text) {
+        Ok(reference) => {
+            if let Err(e) = tsk8s_kdl::compare::documents("", &fast, &reference) {
+                panic!("fast KDL parser differs from parse_v2 ({e}) on:\n{text}");
+            }
+        }
+        Err(e) => panic!("fast KDL parser accepted what parse_v2 rejects ({e}):\n{text}"),
+    }
+}
+
+/// Lock reader: bytes as `tailnet.lock` → parse (a lock that parses renders to text that
+/// parses to the same lock); then, beside the example spec, the stale/duplicate checks. On a
+/// sample: the whole `build::load`, diagnostics rendered.
 pub fn lock(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(l) = tsk8s::lockfile::parse("tailnet.lock", text) {
-        let r = tsk8s::lockfile::render(&l);
-        match tsk8s::lockfile::parse("tailnet.lock", &r) {
-            Ok(l2) => assert_eq!(l, l2, "lock changed in a render/parse round trip"),
-            Err(d) => panic!("a rendered lock does not parse:\n{}\n{r}", d.render()),
+    match tsk8s::lockfile::parse("tailnet.lock", text) {
+        Ok(l) => {
+            let r = tsk8s::lockfile::render(&l);
+            match tsk8s::lockfile::parse("tailnet.lock", &r) {
+                Ok(l2) => assert_eq!(l, l2, "lock changed in a render/parse round trip"),
+                Err(d) => panic!("a rendered lock does not parse:\n{}\n{r}", d.render()),
+            }
+            let _ = tsk8s::lockfile::check(&example().tailnet, &l);
+        }
+        Err(d) => {
+            if sampled(data, 16) {
+                let _ = d.render();
+            }
         }
     }
-    let input = tsk8s::build::Input {
-        spec_file: "tailnet.kdl",
-        spec: EXAMPLE_SPEC,
-        lock_file: "tailnet.lock",
-        lock: Some(text),
-        sources: BTreeMap::new(),
-    };
-    let _ = tsk8s::build::load(&input);
+    if sampled(data, 16) {
+        let input = tsk8s::build::Input {
+            spec_file: "tailnet.kdl",
+            spec: EXAMPLE_SPEC,
+            lock_file: "tailnet.lock",
+            lock: Some(text),
+            sources: BTreeMap::new(),
+        };
+        let _ = tsk8s::build::load(&input);
+    }
+}
+
+/// The example spec through the front end, once.
+fn example() -> &'static tsk8s::build::Front {
+    static FRONT: std::sync::OnceLock<tsk8s::build::Front> = std::sync::OnceLock::new();
+    FRONT.get_or_init(|| match tsk8s::build::front("tailnet.kdl", EXAMPLE_SPEC) {
+        Ok(f) => f,
+        Err(f) => panic!("the example spec does not build:\n{}", f.text),
+    })
 }
 
 /// Policy file: HuJSON parser, policy parser + validator, test checks, and the filter

@@ -38,6 +38,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compare;
+
 use kdl::{KdlDocument, KdlEntry, KdlError, KdlIdentifier, KdlNode, KdlValue};
 
 /// Blocks (`{`) and chained slashdashed entries nested deeper than this fall back.
