@@ -379,7 +379,10 @@ impl serde::Serializer for NodeSer {
         variant: &'static str,
         v: &T,
     ) -> Result<Node, SerError> {
-        Ok(Node::Object(vec![(Cow::Borrowed(variant), v.serialize(self)?)]))
+        Ok(Node::Object(vec![(
+            Cow::Borrowed(variant),
+            v.serialize(self)?,
+        )]))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqSer, SerError> {
         Ok(SeqSer(Vec::with_capacity(len.unwrap_or(0))))
@@ -549,7 +552,6 @@ impl serde::ser::SerializeStructVariant for VariantSer<MapSer> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,9 +610,9 @@ mod tests {
                 Node::Number(x) => Value::Number(x.clone()),
                 Node::String(s) => Value::String(s.clone()),
                 Node::Array(a) => Value::Array(a.iter().map(to_json).collect()),
-                Node::Object(m) => Value::Object(
-                    m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect(),
-                ),
+                Node::Object(m) => {
+                    Value::Object(m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect())
+                }
             }
         }
         #[derive(Serialize)]
@@ -630,7 +632,12 @@ mod tests {
             nan: f64,
         }
         let s = S {
-            e: vec![E::Unit, E::New(1), E::Tup(2, "x".into()), E::Rec { a: None, b: 1.5 }],
+            e: vec![
+                E::Unit,
+                E::New(1),
+                E::Tup(2, "x".into()),
+                E::Rec { a: None, b: 1.5 },
+            ],
             m: [(3, true), (1, false)].into(),
             c: 'c',
             n: None,
