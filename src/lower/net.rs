@@ -56,6 +56,7 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
             })
             .collect(),
         nodes: BTreeMap::new(),
+        user_index: Default::default(),
     };
     let mut members = BTreeMap::new();
     for d in &t.devices {

@@ -22,7 +22,28 @@ pub struct Topology {
     pub users: Vec<User>,
     #[serde(default)]
     pub nodes: BTreeMap<String, Node>,
+    /// Users by email and by name, built on first lookup (not data: never compared).
+    #[serde(skip)]
+    pub user_index: UserIndex,
 }
+
+/// First position of each non-empty email and name in `Topology::users`.
+#[derive(Clone, Debug, Default)]
+pub struct UserIndex(std::sync::OnceLock<UserMaps>);
+
+#[derive(Clone, Debug, Default)]
+pub struct UserMaps {
+    by_email: std::collections::HashMap<String, usize>,
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+impl PartialEq for UserIndex {
+    fn eq(&self, _: &UserIndex) -> bool {
+        true
+    }
+}
+
+impl Eq for UserIndex {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -60,6 +81,35 @@ impl Topology {
     /// refers to, if it is in `users` (matched by email, then by name).
     pub fn resolve_user(&self, token: &str) -> Option<&User> {
         let trimmed = token.strip_suffix('@').unwrap_or(token);
+        if !token.is_empty() && !trimmed.is_empty() {
+            let maps = self.user_index.0.get_or_init(|| {
+                let mut m = UserMaps::default();
+                for (i, u) in self.users.iter().enumerate() {
+                    if !u.email.is_empty() {
+                        m.by_email.entry(u.email.clone()).or_insert(i);
+                    }
+                    if !u.name.is_empty() {
+                        m.by_name.entry(u.name.clone()).or_insert(i);
+                    }
+                }
+                m
+            });
+            let first = |map: &std::collections::HashMap<String, usize>| {
+                [map.get(token), map.get(trimmed)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .copied()
+            };
+            let hit = first(&maps.by_email).or_else(|| first(&maps.by_name));
+            // The index is only a shortcut: the users list may have changed since it was
+            // built, so a hit is checked and a miss falls back to the scan below.
+            if let Some(u) = hit.and_then(|i| self.users.get(i)) {
+                if u.email == token || u.email == trimmed || u.name == trimmed || u.name == token {
+                    return Some(u);
+                }
+            }
+        }
         self.users
             .iter()
             .find(|u| u.email == token || (!u.email.is_empty() && u.email == trimmed))
