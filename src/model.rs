@@ -31,6 +31,15 @@ pub struct Tailnet {
     pub gitops: Option<Gitops>,
     /// Policy sections carried through verbatim (`verbatim` nodes), in spec order.
     pub verbatim: Vec<(String, serde_json::Value)>,
+    /// Name → position of clusters and devices, built on first lookup (lowering looks names
+    /// up per node; a scan made that nodes × clusters).
+    pub lookup: std::sync::OnceLock<Lookup>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    clusters: std::collections::HashMap<String, usize>,
+    devices: std::collections::HashMap<String, usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -242,8 +251,46 @@ pub struct SshRule {
 }
 
 impl Tailnet {
+    fn lookup(&self) -> &Lookup {
+        self.lookup.get_or_init(|| Lookup {
+            clusters: self
+                .clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect(),
+            devices: self
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.name.clone(), i))
+                .collect(),
+        })
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters.iter().find(|c| c.name == name)
+        match self
+            .lookup()
+            .clusters
+            .get(name)
+            .and_then(|&i| self.clusters.get(i))
+        {
+            Some(c) if c.name == name => Some(c),
+            // Not indexed (or the list changed after indexing): scan.
+            _ => self.clusters.iter().find(|c| c.name == name),
+        }
+    }
+
+    pub fn device(&self, name: &str) -> Option<&Device> {
+        match self
+            .lookup()
+            .devices
+            .get(name)
+            .and_then(|&i| self.devices.get(i))
+        {
+            Some(d) if d.name == name => Some(d),
+            _ => self.devices.iter().find(|d| d.name == name),
+        }
     }
 
     /// Every exposure with its cluster, in declaration order.

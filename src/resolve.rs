@@ -599,6 +599,7 @@ impl Resolver<'_> {
             ssh,
             gitops,
             verbatim,
+            lookup: Default::default(),
         })
     }
 

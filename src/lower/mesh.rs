@@ -67,7 +67,7 @@ pub fn peer_entry(t: &Tailnet, lock: &Lock, net: &Net, reach: &Reach, idx: usize
     }
     match member {
         Member::Device { name } => {
-            let d = t.devices.iter().find(|d| &d.name == name)?;
+            let d = t.device(name)?;
             Some(Peer {
                 name: name.clone(),
                 public_key: d.public_key.clone(),
