@@ -210,12 +210,37 @@ fn simple_word(s: &str) -> Option<bool> {
     {
         return None;
     }
-    // Every ambiguous word is at most 8 bytes long.
+    // Every ambiguous word is at most 8 bytes long; a `match` compiles to a length switch.
     let special = b.len() <= 8
-        && (AMBIGUOUS.contains(&s)
-            || ["inf", "nan", "infinity"]
-                .iter()
-                .any(|w| s.eq_ignore_ascii_case(w)));
+        && (matches!(
+            s,
+            "y" | "Y"
+                | "yes"
+                | "Yes"
+                | "YES"
+                | "n"
+                | "N"
+                | "no"
+                | "No"
+                | "NO"
+                | "true"
+                | "True"
+                | "TRUE"
+                | "false"
+                | "False"
+                | "FALSE"
+                | "on"
+                | "On"
+                | "ON"
+                | "off"
+                | "Off"
+                | "OFF"
+                | "null"
+                | "Null"
+                | "NULL"
+        ) || ["inf", "nan", "infinity"]
+            .iter()
+            .any(|w| s.eq_ignore_ascii_case(w)));
     Some(!special)
 }
 
