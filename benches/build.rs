@@ -129,16 +129,25 @@ fn main() {
         .unwrap_or_else(|_| root.join("target"));
     let bin = target.join("release/tsk8s");
     println!(
-        "{:>9} {:>9} {:>10} {:>10} {:>12} {:>12}",
-        "clusters", "nodes", "spec KiB", "files", "build s", "peak RSS MiB"
+        "{:>9} {:>9} {:>10} {:>10} {:>12} {:>14} {:>12}",
+        "clusters", "nodes", "spec KiB", "files", "build s", "ms/1k nodes", "peak RSS MiB"
     );
+    // Every run writes a fresh output dir, and nothing is deleted until the end: on ext4
+    // without a journal, creating files right after deleting many scans past the recently
+    // deleted inodes, which would measure the previous run's cleanup. TSK8S_BENCH_TMP picks
+    // the filesystem (e.g. /dev/shm to leave the disk out).
+    let base = std::env::var_os("TSK8S_BENCH_TMP").map(std::path::PathBuf::from);
+    let mut keep_alive = Vec::new();
     // TSK8S_BENCH_SIZES=1000 runs one size; TSK8S_BENCH_KEEP=DIR keeps the inputs there
     // (for profiling: `perf record tsk8s build DIR/tailnet.kdl -o DIR/out`).
     let sizes: Vec<usize> = std::env::var("TSK8S_BENCH_SIZES")
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|_| vec![10, 100, 1000]);
     for clusters in sizes {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = match &base {
+            Some(b) => tempfile::tempdir_in(b).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         let keep = std::env::var_os("TSK8S_BENCH_KEEP")
             .map(|d| std::path::PathBuf::from(d).join(clusters.to_string()));
         let dir_path = match &keep {
@@ -152,10 +161,10 @@ fn main() {
         let text = spec(clusters);
         std::fs::write(dir.join("tailnet.kdl"), &text).unwrap();
         std::fs::write(dir.join("tailnet.lock"), lock(&text)).unwrap();
-        let out = dir.join("out");
+        let mut out = dir.join("out");
         let mut best = (f64::MAX, 0.0);
-        for _ in 0..3 {
-            let _ = std::fs::remove_dir_all(&out);
+        for run in 0..3 {
+            out = dir.join(format!("out{run}"));
             let (wall, rss, code) = measure(
                 Command::new(&bin)
                     .arg("build")
@@ -200,13 +209,15 @@ fn main() {
             eprintln!("  in-process: front {front:.3}s, load {load:.3}s, build {build:.3}s");
         }
         println!(
-            "{:>9} {:>9} {:>10} {:>10} {:>12.3} {:>12.1}",
+            "{:>9} {:>9} {:>10} {:>10} {:>12.3} {:>14.1} {:>12.1}",
             clusters,
             clusters * 10,
             text.len() / 1024,
             files,
             best.0,
+            best.0 * 1e6 / (clusters * 10) as f64,
             best.1
         );
+        keep_alive.push(tmp);
     }
 }

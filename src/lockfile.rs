@@ -80,24 +80,12 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         d.push(crate::syntax::too_deep_diagnostic(at));
         return Err(d);
     }
-    let doc = match tsk8s_kdl::parse(text) {
+    let doc = match crate::syntax::parse_kdl(text) {
         Ok(doc) => doc,
-        Err(e) => {
-            for k in e.diagnostics {
-                d.push(Diagnostic::new(
-                    k.span,
-                    format!(
-                        "syntax error: {}",
-                        k.message.unwrap_or_else(|| "invalid KDL".into())
-                    ),
-                ));
-            }
-            if d.is_empty() {
-                d.push(Diagnostic::new(
-                    SourceSpan::from(0..0),
-                    "syntax error: invalid KDL",
-                ));
-            }
+        Err(errs) => {
+            // The lock is machine-written: the message is enough, without kdl's hints.
+            d.items
+                .extend(errs.into_iter().map(|e| Diagnostic::new(e.span, e.message)));
             return Err(d);
         }
     };

@@ -300,6 +300,43 @@ pub fn too_deep_diagnostic(at: usize) -> Diagnostic {
     .help("blocks nest a few levels at most; this does not look like a file tsk8s reads")
 }
 
+/// Fuzzing only: when set, text the fast KDL parser does not take is reported as one generic
+/// syntax error instead of going through `kdl`'s parser for its diagnostics. That parser is
+/// ~40× slower and would otherwise be most of what a fuzzer measures; the fuzz targets still
+/// send a sample of their inputs through it.
+#[doc(hidden)]
+pub static FAST_KDL_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// KDL text → document, or the syntax errors (spans in `text`).
+pub(crate) fn parse_kdl(text: &str) -> Result<kdl::KdlDocument, Vec<Diagnostic>> {
+    let result = if FAST_KDL_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        tsk8s_kdl::parse_fast(text).ok_or(None)
+    } else {
+        tsk8s_kdl::parse(text).map_err(Some)
+    };
+    result.map_err(|err| {
+        let mut diags = Vec::new();
+        for d in err.map(|e| e.diagnostics).unwrap_or_default() {
+            let msg = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+            let mut diag = Diagnostic::new(d.span, format!("syntax error: {msg}"));
+            if let Some(label) = d.label {
+                diag = diag.label(label);
+            }
+            if let Some(help) = d.help {
+                diag = diag.help(help);
+            }
+            diags.push(diag);
+        }
+        if diags.is_empty() {
+            diags.push(Diagnostic::new(
+                SourceSpan::from(0..0),
+                "syntax error: invalid KDL",
+            ));
+        }
+        diags
+    })
+}
+
 /// Parse spec text. Returns the tree (possibly partial) and the diagnostics found.
 pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
     let mut diags = Diagnostics::new(file, text);
@@ -307,26 +344,10 @@ pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
         diags.push(too_deep_diagnostic(at));
         return (Spec::default(), diags);
     }
-    let doc = match tsk8s_kdl::parse(text) {
+    let doc = match parse_kdl(text) {
         Ok(doc) => doc,
-        Err(err) => {
-            for d in err.diagnostics {
-                let msg = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
-                let mut diag = Diagnostic::new(d.span, format!("syntax error: {msg}"));
-                if let Some(label) = d.label {
-                    diag = diag.label(label);
-                }
-                if let Some(help) = d.help {
-                    diag = diag.help(help);
-                }
-                diags.push(diag);
-            }
-            if diags.is_empty() {
-                diags.push(Diagnostic::new(
-                    SourceSpan::from(0..0),
-                    "syntax error: invalid KDL",
-                ));
-            }
+        Err(errs) => {
+            diags.items.extend(errs);
             return (Spec::default(), diags);
         }
     };

@@ -43,6 +43,7 @@ pub fn spec(data: &[u8]) {
         return;
     };
     let sample = sampled(data, 16);
+    fast_kdl_only(!sample);
     if sample {
         kdl_differential(text);
     }
@@ -81,6 +82,12 @@ pub fn spec(data: &[u8]) {
     let _ = tsk8s::build::build(&input);
 }
 
+/// Outside the sample, text the fast KDL parser does not take skips `kdl`'s (slow) parser and
+/// its diagnostics (see `tsk8s::syntax::FAST_KDL_ONLY`).
+fn fast_kdl_only(on: bool) {
+    tsk8s::syntax::FAST_KDL_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The fast KDL parser must agree with the reference one whenever it answers.
 fn kdl_differential(text: &str) {
     if tsk8s::syntax::too_deep(text).is_some() {
@@ -106,6 +113,8 @@ pub fn lock(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let sample = sampled(data, 16);
+    fast_kdl_only(!sample);
     match tsk8s::lockfile::parse("tailnet.lock", text) {
         Ok(l) => {
             let r = tsk8s::lockfile::render(&l);
@@ -116,12 +125,12 @@ pub fn lock(data: &[u8]) {
             let _ = tsk8s::lockfile::check(&example().tailnet, &l);
         }
         Err(d) => {
-            if sampled(data, 16) {
+            if sample {
                 let _ = d.render();
             }
         }
     }
-    if sampled(data, 16) {
+    if sample {
         let input = tsk8s::build::Input {
             spec_file: "tailnet.kdl",
             spec: EXAMPLE_SPEC,
