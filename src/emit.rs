@@ -18,7 +18,7 @@ pub fn yaml<T: Serialize>(v: &T) -> String {
 
 /// Several objects as one multi-document YAML file.
 pub fn yaml_docs(docs: &[String]) -> String {
-    let mut s = String::new();
+    let mut s = String::with_capacity(docs.iter().map(|d| d.len() + 4).sum());
     for (i, d) in docs.iter().enumerate() {
         if i > 0 {
             s.push_str("---\n");

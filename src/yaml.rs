@@ -130,7 +130,7 @@ fn scalar(out: &mut String, v: &Node, ind: usize) {
 
 fn string(out: &mut String, s: &str, ind: usize) {
     if s.contains('\n') && literal_ok(s) {
-        out.push_str(&literal(s, ind));
+        literal(out, s, ind);
     } else if plain_ok(s) {
         out.push_str(s);
     } else {
@@ -140,13 +140,20 @@ fn string(out: &mut String, s: &str, ind: usize) {
 
 /// A literal block (`|`, `|-`, `|+`) holds the text exactly, if it is printable.
 fn literal_ok(s: &str) -> bool {
+    // Printable ASCII and newlines (generated JSON documents): one byte pass.
+    if s
+        .bytes()
+        .all(|c| c == b'\n' || (0x20..0x7f).contains(&c))
+    {
+        return !s.trim().is_empty() && !s.contains(" \n") && !s.ends_with(' ');
+    }
     !s.trim().is_empty()
         && s.chars()
             .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
         && !s.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
 }
 
-fn literal(s: &str, ind: usize) -> String {
+fn literal(out: &mut String, s: &str, ind: usize) {
     let chomp = if s.ends_with("\n\n") {
         "+"
     } else if s.ends_with('\n') {
@@ -155,7 +162,7 @@ fn literal(s: &str, ind: usize) -> String {
         "-"
     };
     let first_space = s.starts_with(' ');
-    let mut out = String::from("|");
+    out.push('|');
     if first_space {
         out.push('2');
     }
@@ -164,13 +171,10 @@ fn literal(s: &str, ind: usize) -> String {
     for line in body.split('\n') {
         out.push('\n');
         if !line.is_empty() {
-            for _ in 0..ind {
-                out.push(' ');
-            }
+            indent(out, ind);
             out.push_str(line);
         }
     }
-    out
 }
 
 const AMBIGUOUS: &[&str] = &[
@@ -678,6 +682,22 @@ mod tests {
             to_string(&v).unwrap_or_default(),
             "b: 1\na:\n- true\n- null\n- s\n- x: {}\nc: -2.5\n"
         );
+    }
+
+    #[test]
+    fn literal_ascii_path_agrees_with_general_rule() {
+        let general = |s: &str| {
+            !s.trim().is_empty()
+                && s.chars()
+                    .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
+                && !s.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
+        };
+        for s in [
+            "a\nb", "a \nb", "a\nb ", "a\n\n", " \n", "\n", "{\n  \"k\": 1\n}\n", "x\n \n",
+            "a\n\tb", "a\r\nb", "ü\nx ", "ü\nx",
+        ] {
+            assert_eq!(literal_ok(s), general(s), "{s:?}");
+        }
     }
 
     #[test]
