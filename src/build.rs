@@ -165,7 +165,7 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     let reach = net::reach(&l.policy, &netw);
 
     let mut diags = Diagnostics::new(input.spec_file, input.spec);
-    let device_files = par_map(&t.devices, |d| {
+    let device_files = crate::par::map(&t.devices, |d| {
         lower::devices::device_files(t, d, &l.lock, &netw, &reach)
     });
     for (d, files) in t.devices.iter().zip(device_files) {
@@ -204,7 +204,7 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     // Clusters are independent: lower them on all cores, then merge in spec order (the tree
     // is sorted by path and diagnostics by position, so the result does not depend on timing).
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
-    for r in par_map(&t.clusters, |c| lower_cluster(input, &l, c, &netw, &reach)) {
+    for r in crate::par::map(&t.clusters, |c| lower_cluster(input, &l, c, &netw, &reach)) {
         let (files, diags) = r?;
         tree.extend(files);
         secret_diags.items.extend(diags);
@@ -347,31 +347,6 @@ fn lower_cluster(
         emit::yaml(&kustomization),
     );
     Ok((tree, secret_diags.items))
-}
-
-/// `f` over `items` on up to `available_parallelism` scoped threads, results in input order.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    if threads <= 1 || items.len() < 2 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
 }
 
 /// `tsk8s test`: the spec's tests against the topology it defines (lock addresses; stand-in

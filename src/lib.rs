@@ -16,6 +16,7 @@ pub mod import;
 pub mod lockfile;
 pub mod lower;
 pub mod model;
+mod par;
 pub mod resolve;
 pub mod syntax;
 pub mod yaml;

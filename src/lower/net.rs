@@ -224,9 +224,8 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
         }
         v
     }));
-    let mut filters = Vec::with_capacity(names.len());
-    let mut admits = Vec::with_capacity(names.len());
-    for name in &names {
+    // Each node's filter is independent of the others: compiled on all cores.
+    let (filters, admits): (Vec<_>, Vec<_>) = crate::par::map(&names, |name| {
         let f = compiled.node_filter(name);
         let mut set = BTreeSet::new();
         for rule in &f {
@@ -234,9 +233,10 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
                 index.covered(s, &mut set);
             }
         }
-        admits.push(set);
-        filters.push(f);
-    }
+        (f, set)
+    })
+    .into_iter()
+    .unzip();
     let mut admitted_by = vec![BTreeSet::new(); names.len()];
     for (n, set) in admits.iter().enumerate() {
         for &m in set {
