@@ -224,8 +224,9 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
         }
         v
     }));
-    // Each node's filter is independent of the others: compiled on all cores.
-    let (filters, admits): (Vec<_>, Vec<_>) = crate::par::map(&names, |name| {
+    let mut filters = Vec::with_capacity(names.len());
+    let mut admits = Vec::with_capacity(names.len());
+    for name in &names {
         let f = compiled.node_filter(name);
         let mut set = BTreeSet::new();
         for rule in &f {
@@ -233,10 +234,9 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
                 index.covered(s, &mut set);
             }
         }
-        (f, set)
-    })
-    .into_iter()
-    .unzip();
+        admits.push(set);
+        filters.push(f);
+    }
     let mut admitted_by = vec![BTreeSet::new(); names.len()];
     for (n, set) in admits.iter().enumerate() {
         for &m in set {
