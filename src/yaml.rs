@@ -141,10 +141,7 @@ fn string(out: &mut String, s: &str, ind: usize) {
 /// A literal block (`|`, `|-`, `|+`) holds the text exactly, if it is printable.
 fn literal_ok(s: &str) -> bool {
     // Printable ASCII and newlines (generated JSON documents): one byte pass.
-    if s
-        .bytes()
-        .all(|c| c == b'\n' || (0x20..0x7f).contains(&c))
-    {
+    if s.bytes().all(|c| c == b'\n' || (0x20..0x7f).contains(&c)) {
         return !s.trim().is_empty() && !s.contains(" \n") && !s.ends_with(' ');
     }
     !s.trim().is_empty()
@@ -693,8 +690,18 @@ mod tests {
                 && !s.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
         };
         for s in [
-            "a\nb", "a \nb", "a\nb ", "a\n\n", " \n", "\n", "{\n  \"k\": 1\n}\n", "x\n \n",
-            "a\n\tb", "a\r\nb", "ü\nx ", "ü\nx",
+            "a\nb",
+            "a \nb",
+            "a\nb ",
+            "a\n\n",
+            " \n",
+            "\n",
+            "{\n  \"k\": 1\n}\n",
+            "x\n \n",
+            "a\n\tb",
+            "a\r\nb",
+            "ü\nx ",
+            "ü\nx",
         ] {
             assert_eq!(literal_ok(s), general(s), "{s:?}");
         }
