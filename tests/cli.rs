@@ -206,3 +206,24 @@ fn bad_invocations_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not valid UTF-8"));
 }
+
+#[test]
+fn fsync_writes_the_same_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/proxy-basic", d);
+    assert_eq!(run(d, &["build", "-o", "plain"]).status.code(), Some(0));
+    let synced = run(d, &["build", "--fsync", "-o", "synced"]);
+    assert_eq!(
+        synced.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    let read = |dir: &str| tsk8s::cli::output::read_tree(&d.join(dir)).unwrap();
+    assert_eq!(read("plain"), read("synced"));
+    // Again over the existing dir (nothing changed: left alone).
+    assert_eq!(run(d, &["build", "--fsync", "-o", "synced"]).status.code(), Some(0));
+    // `--check` writes nothing, so it cannot be combined with `--fsync`.
+    assert_eq!(run(d, &["build", "--check", "--fsync"]).status.code(), Some(2));
+}
