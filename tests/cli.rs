@@ -223,7 +223,13 @@ fn fsync_writes_the_same_tree() {
     let read = |dir: &str| tsk8s::cli::output::read_tree(&d.join(dir)).unwrap();
     assert_eq!(read("plain"), read("synced"));
     // Again over the existing dir (nothing changed: left alone).
-    assert_eq!(run(d, &["build", "--fsync", "-o", "synced"]).status.code(), Some(0));
+    assert_eq!(
+        run(d, &["build", "--fsync", "-o", "synced"]).status.code(),
+        Some(0)
+    );
     // `--check` writes nothing, so it cannot be combined with `--fsync`.
-    assert_eq!(run(d, &["build", "--check", "--fsync"]).status.code(), Some(2));
+    assert_eq!(
+        run(d, &["build", "--check", "--fsync"]).status.code(),
+        Some(2)
+    );
 }
