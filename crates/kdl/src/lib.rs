@@ -63,12 +63,100 @@ pub fn parse_fast(text: &str) -> Option<KdlDocument> {
     p.document().ok()
 }
 
-/// [`parse_fast`], falling back to `kdl::KdlDocument::parse_v2`.
+/// Slashdashes (`/-`) in a text the fast path rejected beyond which [`parse`] does not hand the
+/// text to `parse_v2` as is. See [`parse`].
+pub const SLASHDASH_LIMIT: usize = 8;
+
+/// [`parse_fast`], falling back to `kdl::KdlDocument::parse_v2`, with `parse_v2`'s error
+/// recovery kept from blowing up.
+///
+/// A document is always exactly `parse_v2`'s. Errors differ from `parse_v2`'s in two ways:
+///
+/// - Diagnostics are deduplicated (same span and message; first occurrence and order kept).
+/// - `kdl` 6.7.1's error recovery doubles its work and its (duplicate) diagnostics for every
+///   slashdashed block enclosing an error: `/-{"` on twelve lines gives 20,475 diagnostics, and
+///   1 KB of such text takes seconds and a million diagnostics. So a rejected text with more
+///   than [`SLASHDASH_LIMIT`] slashdashes is not given to `parse_v2` as is:
+///   1. `parse_v2` sees a copy with every `/-` replaced by two spaces (same length, so spans
+///      still point into `text`). Slashdashed text must be valid KDL too, so the copy's errors
+///      are errors of `text`; they are reported. (Errors that only slashdashes cause, such as a
+///      dangling `/-`, show up once those are fixed.)
+///   2. If the copy is valid and the fast path takes it, `text` is invalid only because of
+///      where its slashdashes stand. The fast path, run with the first `k` slashdashes real
+///      and the rest blanked, finds the first one that breaks it (binary search, linear
+///      passes), and that slashdash is reported.
+///   3. Otherwise (the copy is valid but uses syntax outside the fast path: floats, multi-line
+///      strings, …) `text` goes to `parse_v2` as is.
 pub fn parse(text: &str) -> Result<KdlDocument, KdlError> {
-    match parse_fast(text) {
-        Some(doc) => Ok(doc),
-        None => KdlDocument::parse_v2(text),
+    if let Some(doc) = parse_fast(text) {
+        return Ok(doc);
     }
+    let dashes: Vec<usize> = text.match_indices("/-").map(|(i, _)| i).collect();
+    let result = if dashes.len() > SLASHDASH_LIMIT {
+        parse_many_slashdashes(text, &dashes)
+    } else {
+        KdlDocument::parse_v2(text)
+    };
+    result.map_err(|mut err| {
+        let mut seen = std::collections::HashSet::new();
+        err.diagnostics
+            .retain(|d| seen.insert((d.span.offset(), d.span.len(), d.message.clone())));
+        err
+    })
+}
+
+/// `text` with the slashdashes at `dashes[keep..]` replaced by two spaces.
+fn blank_slashdashes(text: &str, dashes: &[usize], keep: usize) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for &at in dashes.get(keep..).unwrap_or_default() {
+        if let Some(d) = bytes.get_mut(at..at + 2) {
+            d.copy_from_slice(b"  ");
+        }
+    }
+    // Only ASCII `/-` became ASCII spaces: still UTF-8.
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Steps 1–3 of [`parse`] for a rejected text with many slashdashes at `dashes`.
+fn parse_many_slashdashes(text: &str, dashes: &[usize]) -> Result<KdlDocument, KdlError> {
+    let input = std::sync::Arc::new(text.to_owned());
+    let blanked = blank_slashdashes(text, dashes, 0);
+    match KdlDocument::parse_v2(&blanked) {
+        Err(mut err) => {
+            for d in &mut err.diagnostics {
+                d.input = input.clone();
+            }
+            err.input = input;
+            return Err(err);
+        }
+        Ok(_) if parse_fast(&blanked).is_none() => return KdlDocument::parse_v2(text),
+        Ok(_) => {}
+    }
+    // With the first `lo` slashdashes real the fast path succeeds, with the first `hi` it fails.
+    let (mut lo, mut hi) = (0, dashes.len());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if parse_fast(&blank_slashdashes(text, dashes, mid)).is_some() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let at = dashes.get(hi - 1).copied().unwrap_or(0);
+    Err(KdlError {
+        input: input.clone(),
+        diagnostics: vec![kdl::KdlDiagnostic {
+            input,
+            span: (at, 2).into(),
+            message: Some("this slashdash comments out nothing it may comment out here".into()),
+            label: Some("misplaced slashdash".into()),
+            help: Some(
+                "`/-` comments out the node, argument, property or children block right after it"
+                    .into(),
+            ),
+            severity: miette::Severity::Error,
+        }],
+    })
 }
 
 /// Why a sub-parser did not match.

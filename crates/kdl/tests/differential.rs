@@ -742,3 +742,99 @@ fn fallback_api_matches_parse_v2() {
         }
     });
 }
+
+/// `kdl` 6.7.1's error recovery doubles its work and its (duplicate) diagnostics for every
+/// slashdashed block around an error. `parse` keeps it bounded: checked by the number of
+/// diagnostics (a deterministic stand-in for time), which must stay within the text's length.
+#[test]
+fn error_recovery_is_bounded() {
+    let mut texts: Vec<(String, String)> = Vec::new();
+    let dir = repo().join("fuzz/regressions/spec");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("kdl-recovery-blowup")
+        {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            texts.push((path.display().to_string(), text));
+        }
+    }
+    assert!(
+        texts.len() >= 3,
+        "reproducers missing under {}",
+        dir.display()
+    );
+    for (name, text) in [
+        ("slashdashed blocks with strings", "/-{\"\n".repeat(24)),
+        ("slashdashed nodes and blocks", "/-a /-{\"\n".repeat(16)),
+        // The copy without slashdashes is valid: only a dangling `/-` is wrong.
+        (
+            "dangling slashdash",
+            format!("a {}/- {}\n", "/-{ b ".repeat(24), "}".repeat(24)),
+        ),
+        ("dangling slashdashes", "/-a /- \n".repeat(16)),
+    ] {
+        texts.push((name.into(), text));
+    }
+    big_stack(move || {
+        for (name, text) in &texts {
+            let err = tsk8s_kdl::parse(text).expect_err(name);
+            let n = err.diagnostics.len();
+            assert!(n >= 1 && n <= text.len(), "{name}: {n} diagnostics");
+            let mut seen = std::collections::HashSet::new();
+            for d in &err.diagnostics {
+                assert!(
+                    seen.insert((d.span.offset(), d.span.len(), d.message.clone())),
+                    "{name}: duplicate diagnostic {d:?}"
+                );
+                assert!(
+                    d.span.offset() + d.span.len() <= text.len(),
+                    "{name}: {d:?}"
+                );
+                assert_eq!(
+                    d.input.as_str(),
+                    text.as_str(),
+                    "{name}: source is the text"
+                );
+            }
+        }
+        // The dangling one is found and named.
+        let text = format!("a {}/- {}\n", "/-{ b ".repeat(24), "}".repeat(24));
+        let err = tsk8s_kdl::parse(&text).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 1);
+        assert_eq!(err.diagnostics[0].span.offset(), text.rfind("/-").unwrap());
+        // A valid document with many slashdashes and syntax outside the fast path still parses
+        // (step 3), exactly as parse_v2 parses it.
+        let text = format!("{}a 1.5\n", "/-b {\n}\n".repeat(12));
+        let got = tsk8s_kdl::parse(&text).unwrap();
+        tsk8s_kdl::compare::documents("", &got, &KdlDocument::parse_v2(&text).unwrap()).unwrap();
+    });
+}
+
+/// Up to `SLASHDASH_LIMIT` slashdashes, errors are `parse_v2`'s, deduplicated.
+#[test]
+fn errors_are_parse_v2s_deduplicated() {
+    big_stack(|| {
+        for s in [
+            "a {",
+            "a \"",
+            "/-{\"\n/-{\"\n/-{\"\n",
+            "a b=",
+            "a (t",
+            "a }\nb {",
+        ] {
+            let got = tsk8s_kdl::parse(s).unwrap_err();
+            let want = KdlDocument::parse_v2(s).unwrap_err();
+            let mut seen = std::collections::HashSet::new();
+            let want: Vec<_> = want
+                .diagnostics
+                .into_iter()
+                .filter(|d| seen.insert((d.span.offset(), d.span.len(), d.message.clone())))
+                .collect();
+            assert_eq!(got.diagnostics, want, "{s:?}");
+        }
+    });
+}
