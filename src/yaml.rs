@@ -6,9 +6,10 @@
 //! is single- or double-quoted. Map keys keep the order they are serialized in (struct field
 //! order, as serde_json's `preserve_order` would).
 //!
-//! A value is first serialized into a light tree ([`Node`]: struct field names borrowed, no
-//! hashing), then written. This is what `serde_json::to_value` + writing would produce, at a
-//! fraction of the allocations (the golden tests pin the bytes).
+//! A value is written as it is serialized ([`Stream`]): no intermediate tree. The output is
+//! what `serde_json::to_value` + writing would produce. A light tree ([`Node`]) with the same
+//! writer is kept as the reference the stream is tested against, and as the fallback for a map
+//! that serializes a key twice (the golden tests pin the bytes).
 
 use std::borrow::Cow;
 
@@ -28,7 +29,21 @@ pub enum Node {
 
 /// Serialize `v` and write it as YAML. `None` when `v` cannot be represented (a map with
 /// non-scalar keys, or a failing `Serialize` impl).
+///
+/// Values are written as they are serialized ([`Stream`], no intermediate tree). A map that
+/// serializes a key twice (which serde_json's map would collapse: first position, last value)
+/// makes the stream give up, and the value goes through the [`Node`] tree instead; both write
+/// the same bytes otherwise (tested).
 pub fn to_string<T: Serialize + ?Sized>(v: &T) -> Option<String> {
+    let mut out = String::with_capacity(4096);
+    if v.serialize(Stream {
+        out: &mut out,
+        at: At::Top,
+    })
+    .is_ok()
+    {
+        return Some(out);
+    }
     let node = v.serialize(NodeSer).ok()?;
     Some(write(&node))
 }
@@ -578,6 +593,401 @@ impl serde::ser::SerializeStructVariant for VariantSer<MapSer> {
     }
 }
 
+/// Where a value being streamed stands.
+#[derive(Clone, Copy)]
+enum At {
+    /// The whole document.
+    Top,
+    /// Right after `key:`, the key at this indentation.
+    AfterKey(usize),
+    /// Right after `- `; the item's content is at this indentation.
+    Item(usize),
+}
+
+/// Writes a value as it is serialized: the layout of [`write`], decided event by event. An
+/// empty map or sequence is only known at its end, so nothing of a collection is written
+/// before its first entry (or its `{}` / `[]` at the end).
+struct Stream<'a> {
+    out: &'a mut String,
+    at: At,
+}
+
+impl<'a> Stream<'a> {
+    /// A scalar: `f` writes it, given the indentation of a literal block's lines.
+    fn scalar(self, f: impl FnOnce(&mut String, usize)) -> Result<(), SerError> {
+        match self.at {
+            At::Top => f(self.out, 0),
+            At::AfterKey(ind) => {
+                self.out.push(' ');
+                f(self.out, ind + 2);
+            }
+            At::Item(ind) => f(self.out, ind),
+        }
+        self.out.push('\n');
+        Ok(())
+    }
+
+    fn str(self, s: &str) -> Result<(), SerError> {
+        self.scalar(|out, ind| string(out, s, ind))
+    }
+
+    fn num(self, n: impl Into<Number>) -> Result<(), SerError> {
+        let n: Number = n.into();
+        self.scalar(|out, _| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{n}");
+        })
+    }
+
+    fn map(self, check_keys: bool) -> MapStream<'a> {
+        let ind = match self.at {
+            At::Top => 0,
+            At::AfterKey(ind) => ind + 2,
+            At::Item(ind) => ind,
+        };
+        MapStream {
+            out: self.out,
+            at: self.at,
+            ind,
+            n: 0,
+            keys: check_keys.then(Vec::new),
+        }
+    }
+
+    fn seq(self) -> SeqStream<'a> {
+        let ind = match self.at {
+            At::Top => 0,
+            At::AfterKey(ind) | At::Item(ind) => ind,
+        };
+        SeqStream {
+            out: self.out,
+            at: self.at,
+            ind,
+            n: 0,
+        }
+    }
+}
+
+struct MapStream<'a> {
+    out: &'a mut String,
+    at: At,
+    /// Indentation of this map's keys.
+    ind: usize,
+    n: usize,
+    /// Keys seen so far, for maps (struct fields are distinct).
+    keys: Option<Vec<String>>,
+}
+
+impl MapStream<'_> {
+    /// Write `key:`; the value follows at `At::AfterKey(self.ind)`.
+    fn key(&mut self, k: &str) {
+        if self.n == 0 {
+            if let At::AfterKey(_) = self.at {
+                self.out.push('\n');
+                indent(self.out, self.ind);
+            }
+        } else {
+            indent(self.out, self.ind);
+        }
+        self.n += 1;
+        key(self.out, k);
+        self.out.push(':');
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        v.serialize(Stream {
+            out: self.out,
+            at: At::AfterKey(self.ind),
+        })
+    }
+
+    fn finish(self) -> Result<(), SerError> {
+        if self.n == 0 {
+            Stream {
+                out: self.out,
+                at: self.at,
+            }
+            .scalar(|out, _| out.push_str("{}"))?;
+        }
+        Ok(())
+    }
+}
+
+struct SeqStream<'a> {
+    out: &'a mut String,
+    at: At,
+    /// Indentation of this sequence's `- `.
+    ind: usize,
+    n: usize,
+}
+
+impl SeqStream<'_> {
+    fn item<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        if self.n == 0 {
+            if let At::AfterKey(_) = self.at {
+                self.out.push('\n');
+                indent(self.out, self.ind);
+            }
+        } else {
+            indent(self.out, self.ind);
+        }
+        self.n += 1;
+        self.out.push_str("- ");
+        v.serialize(Stream {
+            out: self.out,
+            at: At::Item(self.ind + 2),
+        })
+    }
+
+    fn finish(self) -> Result<(), SerError> {
+        if self.n == 0 {
+            Stream {
+                out: self.out,
+                at: self.at,
+            }
+            .scalar(|out, _| out.push_str("[]"))?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> serde::Serializer for Stream<'a> {
+    type Ok = ();
+    type Error = SerError;
+    type SerializeSeq = SeqStream<'a>;
+    type SerializeTuple = SeqStream<'a>;
+    type SerializeTupleStruct = SeqStream<'a>;
+    type SerializeTupleVariant = SeqStream<'a>;
+    type SerializeMap = MapStream<'a>;
+    type SerializeStruct = MapStream<'a>;
+    type SerializeStructVariant = MapStream<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), SerError> {
+        self.scalar(|out, _| out.push_str(if v { "true" } else { "false" }))
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), SerError> {
+        self.num(v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), SerError> {
+        self.serialize_f64(f64::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), SerError> {
+        match Number::from_f64(v) {
+            Some(n) => self.num(n),
+            None => self.serialize_unit(),
+        }
+    }
+    fn serialize_char(self, v: char) -> Result<(), SerError> {
+        self.str(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), SerError> {
+        self.str(v)
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), SerError> {
+        let mut seq = self.seq();
+        for b in v {
+            seq.item(b)?;
+        }
+        seq.finish()
+    }
+    fn serialize_none(self) -> Result<(), SerError> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), SerError> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), SerError> {
+        self.scalar(|out, _| out.push_str("null"))
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), SerError> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), SerError> {
+        self.str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), SerError> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<(), SerError> {
+        let mut map = self.map(false);
+        map.key(variant);
+        map.value(v)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<SeqStream<'a>, SerError> {
+        Ok(self.seq())
+    }
+    fn serialize_tuple(self, _: usize) -> Result<SeqStream<'a>, SerError> {
+        Ok(self.seq())
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<SeqStream<'a>, SerError> {
+        Ok(self.seq())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<SeqStream<'a>, SerError> {
+        let mut map = self.map(false);
+        map.key(variant);
+        let at = At::AfterKey(map.ind);
+        Ok(Stream { out: map.out, at }.seq())
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<MapStream<'a>, SerError> {
+        Ok(self.map(true))
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<MapStream<'a>, SerError> {
+        Ok(self.map(false))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<MapStream<'a>, SerError> {
+        let mut map = self.map(false);
+        map.key(variant);
+        let at = At::AfterKey(map.ind);
+        Ok(Stream { out: map.out, at }.map(false))
+    }
+}
+
+impl serde::ser::SerializeSeq for SeqStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTuple for SeqStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTupleStruct for SeqStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTupleVariant for SeqStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeMap for MapStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), SerError> {
+        let k = key_text(k)?;
+        if let Some(keys) = &mut self.keys {
+            if keys.contains(&k) {
+                return Err(SerError("duplicate key".into()));
+            }
+            keys.push(k.clone());
+        }
+        self.key(&k);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+        self.value(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeStruct for MapStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        k: &'static str,
+        v: &T,
+    ) -> Result<(), SerError> {
+        self.key(k);
+        self.value(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeStructVariant for MapStream<'_> {
+    type Ok = ();
+    type Error = SerError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        k: &'static str,
+        v: &T,
+    ) -> Result<(), SerError> {
+        self.key(k);
+        self.value(v)
+    }
+    fn end(self) -> Result<(), SerError> {
+        self.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,6 +1160,125 @@ mod tests {
                 assert_eq!(fast, plain_ok_general(w), "{w:?}");
             }
         }
+    }
+
+    /// The stream writes exactly what the tree writer writes: every shape the data model has,
+    /// nested in every position (top, after a key, as a list item), plus generated values.
+    #[test]
+    fn stream_matches_tree() {
+        fn both<T: Serialize>(v: &T) {
+            let tree = write(&v.serialize(NodeSer).unwrap_or(Node::Null));
+            let mut out = String::new();
+            let r = v.serialize(Stream {
+                out: &mut out,
+                at: At::Top,
+            });
+            assert!(r.is_ok(), "{tree}");
+            assert_eq!(out, tree);
+        }
+        #[derive(Serialize)]
+        enum E {
+            Unit,
+            New(u8),
+            Tup(u8, String),
+            Rec { a: Option<i64>, b: f64 },
+            Empty {},
+            NoTup(),
+        }
+        #[derive(Serialize)]
+        struct S {
+            e: Vec<E>,
+            m: std::collections::BTreeMap<u16, bool>,
+            c: char,
+            n: Option<()>,
+            f: f32,
+            nan: f64,
+            #[serde(with = "serde_bytes_like")]
+            b: Vec<u8>,
+            t: (u8, &'static str),
+            u: (),
+            lit: &'static str,
+        }
+        mod serde_bytes_like {
+            pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(v)
+            }
+        }
+        let s = S {
+            e: vec![
+                E::Unit,
+                E::New(1),
+                E::Tup(2, "x".into()),
+                E::Rec { a: None, b: 1.5 },
+                E::Empty {},
+                E::NoTup(),
+            ],
+            m: [(3, true), (1, false)].into(),
+            c: 'c',
+            n: None,
+            f: 0.25,
+            nan: f64::NAN,
+            b: vec![1, 2],
+            t: (7, "on"),
+            u: (),
+            lit: " a\nb\n\n",
+        };
+        both(&s);
+        both(&vec![s]);
+        both(&E::Tup(1, "y".into()));
+        both(&E::Rec { a: Some(1), b: 2.0 });
+        both(&E::NoTup());
+        // Generated values: a small deterministic generator over JSON shapes.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        fn gen_value(next: &mut impl FnMut() -> u64, depth: u32) -> Value {
+            let words = ["a", "on", "x\ny", "", " s", "k: v", "0755", "ünï", "t\n\n"];
+            match next() % if depth > 3 { 4 } else { 7 } {
+                0 => Value::Null,
+                1 => Value::Bool(next() % 2 == 0),
+                2 => json!(next() % 1000),
+                3 => json!(words[(next() % words.len() as u64) as usize]),
+                4 => json!(-1.5),
+                5 => Value::Array(
+                    (0..next() % 4)
+                        .map(|_| gen_value(next, depth + 1))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..next() % 4)
+                        .map(|i| {
+                            let k = format!("{}{i}", words[(next() % words.len() as u64) as usize]);
+                            (k, gen_value(next, depth + 1))
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        for _ in 0..3000 {
+            both(&gen_value(&mut next, 0));
+        }
+    }
+
+    /// A map that serializes a key twice falls back to the tree (first position, last value).
+    #[test]
+    fn duplicate_map_keys_fall_back_to_the_tree() {
+        struct Dup;
+        impl Serialize for Dup {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("a", &1)?;
+                m.serialize_entry("b", &2)?;
+                m.serialize_entry("a", &3)?;
+                m.end()
+            }
+        }
+        assert_eq!(to_string(&Dup).as_deref(), Some("a: 3\nb: 2\n"));
     }
 
     #[test]
