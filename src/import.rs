@@ -204,25 +204,10 @@ pub struct Imported {
     pub warnings: Vec<String>,
 }
 
-/// Characters a KDL v2 string may not hold literally on one line: controls, newlines
-/// (U+2028/2029), the byte-order mark and bidirectional-text controls.
-fn kdl_special(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{feff}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-        )
-}
-
 /// A KDL v2 string: plain quoted when that needs no escapes, raw (`#"…"#`) when only quotes or
 /// backslashes are in the way, else quoted with escapes.
 pub fn kdl_str(s: &str) -> String {
+    use crate::syntax::kdl_special;
     if !s.chars().any(|c| kdl_special(c) || c == '"' || c == '\\') {
         return format!("\"{s}\"");
     }
@@ -233,22 +218,7 @@ pub fn kdl_str(s: &str) -> String {
         }
         return format!("{hashes}\"{s}\"{hashes}");
     }
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if kdl_special(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::syntax::kdl_quoted(s)
 }
 
 fn strings(v: &Value, path: &str, bad: &mut Vec<String>) -> Vec<String> {

@@ -358,19 +358,10 @@ pub fn render(lock: &Lock) -> String {
     s
 }
 
+/// Names are quoted with escapes for everything KDL cannot hold literally (a hand-edited lock
+/// may carry any string; the rendered lock must parse again).
 fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::syntax::kdl_quoted(s)
 }
 
 /// A problem with the lock relative to the spec. `fix` names the command that repairs it.
@@ -822,6 +813,46 @@ fn next_port(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/lock/render-cr-in-name`): a name holding a carriage
+    /// return (read from an escape) was rendered raw, and the written lock did not parse.
+    #[test]
+    fn render_escapes_what_kdl_cannot_hold() {
+        let mut lock = Lock::default();
+        for (i, name) in [
+            "cr\rin",
+            "tab\tin",
+            "nl\nin",
+            "nel\u{85}in",
+            "ls\u{2028}in",
+            "nul\u{0}in",
+            "bom\u{feff}in",
+            "rtl\u{202e}in",
+            "q\"uote",
+            "back\\slash",
+            "plain",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            lock.nodes.insert(
+                name.to_string(),
+                NodeEntry {
+                    cluster: format!("c{name}"),
+                    ipv4: Ipv4Addr::new(100, 64, 0, i as u8 + 1),
+                    ipv6: ipv6_for(Ipv4Addr::new(100, 64, 0, i as u8 + 1)),
+                    port: 41641 + i as u16,
+                    public_key: "1tCZu679bpxcE6rtfWWvKoLBMHeLqKNqXKHXPigz2C0=".into(),
+                },
+            );
+        }
+        let text = render(&lock);
+        match parse("tailnet.lock", &text) {
+            Ok(back) => assert_eq!(back, lock, "{text}"),
+            Err(d) => panic!("{}\n{text}", d.render()),
+        }
+        assert!(text.contains("node \"plain\" cluster=\"cplain\""), "{text}");
+    }
 
     #[test]
     fn v6_pairs_v4() {

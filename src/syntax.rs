@@ -337,6 +337,46 @@ pub(crate) fn parse_kdl(text: &str) -> Result<kdl::KdlDocument, Vec<Diagnostic>>
     })
 }
 
+/// Characters a KDL v2 string may not hold literally on one line: controls (tab, CR and
+/// U+0085 included), newlines (U+2028/2029), the byte-order mark and bidirectional-text
+/// controls.
+pub fn kdl_special(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{feff}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `s` as a quoted KDL v2 string with escapes: `"` and `\`, `\n` `\r` `\t`, and `\u{…}` for
+/// every other [`kdl_special`] character. Parses back to `s`.
+pub fn kdl_quoted(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if kdl_special(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Parse spec text. Returns the tree (possibly partial) and the diagnostics found.
 pub fn parse(file: &str, text: &str) -> (Spec, Diagnostics) {
     let mut diags = Diagnostics::new(file, text);
