@@ -217,17 +217,28 @@ fn looks_typed(s: &str) -> bool {
 /// `[A-Za-z0-9._/-]` is plain unless it is one of the ambiguous words. (No number, timestamp
 /// or float starts with a letter, except `inf`/`infinity`/`nan` in any case.)
 fn simple_word(s: &str) -> Option<bool> {
+    const WORD: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-');
+            i += 1;
+        }
+        t
+    };
     let b = s.as_bytes();
     let first = *b.first()?;
-    if !first.is_ascii_alphabetic()
-        || !b
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'))
-    {
+    if !first.is_ascii_alphabetic() || !b.iter().all(|&c| WORD[c as usize]) {
         return None;
     }
-    // Every ambiguous word is at most 8 bytes long; a `match` compiles to a length switch.
+    // Every ambiguous word is at most 8 bytes long and starts with one of these letters; the
+    // `match` compiles to a length switch.
     let special = b.len() <= 8
+        && matches!(
+            first.to_ascii_lowercase(),
+            b'y' | b'n' | b't' | b'f' | b'o' | b'i'
+        )
         && (matches!(
             s,
             "y" | "Y"
