@@ -20,6 +20,16 @@ fn main() {
         };
         let el = t.elapsed();
         let d = r.err().map(|e| e.diagnostics).unwrap_or_default();
+        if std::env::var_os("SHOW").is_some() {
+            for x in &d {
+                println!(
+                    "  {:?} {:?} {:?}",
+                    x.span,
+                    x.message,
+                    &text.get(x.span.offset()..x.span.offset() + x.span.len())
+                );
+            }
+        }
         let mut u: Vec<_> = d
             .iter()
             .map(|d| (d.span.offset(), d.span.len(), d.message.clone()))
