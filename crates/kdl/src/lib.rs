@@ -148,8 +148,8 @@ fn parse_many_slashdashes(text: &str, dashes: &[usize]) -> Result<KdlDocument, K
         diagnostics: vec![kdl::KdlDiagnostic {
             input,
             span: (at, 2).into(),
-            message: Some("this slashdash comments out nothing it may comment out here".into()),
-            label: Some("misplaced slashdash".into()),
+            message: Some("misplaced slashdash: nothing it may comment out follows it".into()),
+            label: Some("this `/-`".into()),
             help: Some(
                 "`/-` comments out the node, argument, property or children block right after it"
                     .into(),
