@@ -264,6 +264,19 @@ pub fn too_deep(text: &str) -> Option<usize> {
                     match at(j) {
                         None => return None,
                         Some(b'\\') if hashes == 0 => j += 2,
+                        // A one-line string ends at a newline (unterminated: kdl reports it
+                        // and goes on parsing what follows, braces included).
+                        Some(b'\n' | b'\r' | 0x0B | 0x0C) if quotes == 1 => {
+                            break;
+                        }
+                        Some(_)
+                            if quotes == 1
+                                && (starts(j, "\u{85}".as_bytes())
+                                    || starts(j, "\u{2028}".as_bytes())
+                                    || starts(j, "\u{2029}".as_bytes())) =>
+                        {
+                            break;
+                        }
                         Some(_) if starts(j, &close) => {
                             j += close.len();
                             break;
@@ -1218,5 +1231,34 @@ impl Node<'_> {
             );
         }
         self.args_used = usize::MAX / 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/lock/deep-braces-after-unterminated-string`): the
+    /// depth guard took an unterminated one-line string to run on to the next `"`, so it did
+    /// not count the braces after it, which `kdl` parses (recursively) once it has reported
+    /// the string.
+    #[test]
+    fn depth_guard_ends_one_line_strings_at_newlines() {
+        let deep = "{".repeat(MAX_NESTING + 1);
+        for nl in [
+            "\n", "\r", "\u{b}", "\u{c}", "\u{85}", "\u{2028}", "\u{2029}",
+        ] {
+            let text = format!("a \"open{nl}{deep}\n\"");
+            assert!(too_deep(&text).is_some(), "{nl:?}");
+        }
+        // Braces inside strings do not count: one-line, escaped newline, multi-line, raw.
+        for text in [
+            format!("a \"{deep}\""),
+            format!("a \"x\\\n{deep}\""),
+            format!("a \"\"\"\n{deep}\n\"\"\""),
+            format!("a #\"{deep}\"#"),
+        ] {
+            assert_eq!(too_deep(&text), None, "{text:?}");
+        }
     }
 }

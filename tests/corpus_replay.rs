@@ -52,13 +52,19 @@ fn replay(target: &str, f: fn(&[u8]), extra: &[(&str, &str)]) {
     let files = inputs(target, extra);
     assert!(!files.is_empty(), "{target}: nothing to replay");
     let n = files.len();
+    let name = target.to_string();
     let handle = std::thread::Builder::new()
         .name(format!("replay-{target}"))
         .stack_size(STACK)
         .spawn(move || {
             // Keep the default hook quiet; failures are reported below, by file.
             let mut failed = Vec::new();
+            // TSK8S_REPLAY_VERBOSE=1 names each input before it runs (to find one that aborts).
+            let verbose = std::env::var_os("TSK8S_REPLAY_VERBOSE").is_some();
             for p in &files {
+                if verbose {
+                    eprintln!("{name}: {}", p.display());
+                }
                 let data = match fs::read(p) {
                     Ok(d) => d,
                     // A fuzzer running on the local corpus replaces files as it minimizes.
