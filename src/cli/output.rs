@@ -173,22 +173,44 @@ pub fn write_tree(dir: &Path, tree: &Tree, durability: Durability) -> Result<boo
     clean_leftovers(dir);
     let tmp = temp_sibling(dir, "new")?;
     fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    // Directories first (sorted, so parents come before children), then the files, written
+    // on all cores: creating 18,000 files is most of the cost of writing a large tree.
+    let dirs: BTreeSet<PathBuf> = tree
+        .keys()
+        .filter_map(|rel| Path::new(rel).parent().map(|p| tmp.join(p)))
+        .collect();
+    for d in &dirs {
+        fs::create_dir_all(d).map_err(|e| io(d, "cannot create", e))?;
+    }
     let per_file_sync = durability == Durability::Flushed && !cfg!(target_os = "linux");
-    for (rel, bytes) in tree {
-        let p = tmp.join(rel);
-        if let Some(parent) = p.parent() {
-            if !dirs.contains(parent) {
-                fs::create_dir_all(parent).map_err(|e| io(parent, "cannot create", e))?;
-                dirs.insert(parent.to_path_buf());
+    let files: Vec<(&String, &Vec<u8>)> = tree.iter().collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let write_part = |part: &[(&String, &Vec<u8>)]| -> Result<(), OutputError> {
+        for (rel, bytes) in part {
+            let p = tmp.join(rel);
+            let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
+            f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
+            if per_file_sync {
+                f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
             }
         }
-        let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
-        f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
-        if per_file_sync {
-            f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
-        }
-    }
+        Ok(())
+    };
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || write_part(part)))
+            .collect();
+        // Joined in order, so the error reported is the first by path.
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(OutputError("a writer thread panicked".into())))
+        })
+    })?;
     if durability == Durability::Flushed {
         flush(&tmp, &dirs)?;
     }
