@@ -692,14 +692,7 @@ struct MapStream<'a> {
 impl MapStream<'_> {
     /// Write `key:`; the value follows at `At::AfterKey(self.ind)`.
     fn key(&mut self, k: &str) {
-        if self.n == 0 {
-            if let At::AfterKey(_) = self.at {
-                self.out.push('\n');
-                indent(self.out, self.ind);
-            }
-        } else {
-            indent(self.out, self.ind);
-        }
+        start_entry(self.out, self.at, self.ind, self.n);
         self.n += 1;
         key(self.out, k);
         self.out.push(':');
@@ -713,15 +706,30 @@ impl MapStream<'_> {
     }
 
     fn finish(self) -> Result<(), SerError> {
-        if self.n == 0 {
-            Stream {
-                out: self.out,
-                at: self.at,
-            }
-            .scalar(|out, _| out.push_str("{}"))?;
-        }
-        Ok(())
+        finish_collection(self.out, self.at, self.n, "{}")
     }
+}
+
+/// Before entry `n` of a map or sequence whose entries sit at indentation `ind`: the first
+/// entry after `key:` starts on the next line; the first at the top or after `- ` stays on the
+/// current one; later entries are indented.
+fn start_entry(out: &mut String, at: At, ind: usize, n: usize) {
+    if n == 0 {
+        if let At::AfterKey(_) = at {
+            out.push('\n');
+            indent(out, ind);
+        }
+    } else {
+        indent(out, ind);
+    }
+}
+
+/// The end of a map or sequence: one that had no entries is written as `empty` (`{}`, `[]`).
+fn finish_collection(out: &mut String, at: At, n: usize, empty: &str) -> Result<(), SerError> {
+    if n == 0 {
+        Stream { out, at }.scalar(|out, _| out.push_str(empty))?;
+    }
+    Ok(())
 }
 
 struct SeqStream<'a> {
@@ -734,14 +742,7 @@ struct SeqStream<'a> {
 
 impl SeqStream<'_> {
     fn item<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
-        if self.n == 0 {
-            if let At::AfterKey(_) = self.at {
-                self.out.push('\n');
-                indent(self.out, self.ind);
-            }
-        } else {
-            indent(self.out, self.ind);
-        }
+        start_entry(self.out, self.at, self.ind, self.n);
         self.n += 1;
         self.out.push_str("- ");
         v.serialize(Stream {
@@ -751,14 +752,7 @@ impl SeqStream<'_> {
     }
 
     fn finish(self) -> Result<(), SerError> {
-        if self.n == 0 {
-            Stream {
-                out: self.out,
-                at: self.at,
-            }
-            .scalar(|out, _| out.push_str("[]"))?;
-        }
-        Ok(())
+        finish_collection(self.out, self.at, self.n, "[]")
     }
 }
 
@@ -950,13 +944,13 @@ impl serde::ser::SerializeMap for MapStream<'_> {
     type Error = SerError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), SerError> {
         let k = key_text(k)?;
-        if let Some(keys) = &mut self.keys {
-            if keys.contains(&k) {
-                return Err(SerError("duplicate key".into()));
-            }
-            keys.push(k.clone());
+        if self.keys.as_ref().is_some_and(|keys| keys.contains(&k)) {
+            return Err(SerError("duplicate key".into()));
         }
         self.key(&k);
+        if let Some(keys) = &mut self.keys {
+            keys.push(k);
+        }
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
