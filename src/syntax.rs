@@ -269,7 +269,8 @@ pub fn too_deep(text: &str) -> Option<usize> {
                         Some(b'\n' | b'\r' | 0x0B | 0x0C) if quotes == 1 => {
                             break;
                         }
-                        Some(_)
+                        // U+0085, U+2028, U+2029 start with these bytes in UTF-8.
+                        Some(0xC2 | 0xE2)
                             if quotes == 1
                                 && (starts(j, "\u{85}".as_bytes())
                                     || starts(j, "\u{2028}".as_bytes())
