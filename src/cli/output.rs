@@ -175,10 +175,11 @@ pub fn write_tree(dir: &Path, tree: &Tree, durability: Durability) -> Result<boo
     fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
     // Directories first (sorted, so parents come before children), then the files, written
     // on all cores: creating 18,000 files is most of the cost of writing a large tree.
-    let dirs: BTreeSet<PathBuf> = tree
+    let parents: BTreeSet<&str> = tree
         .keys()
-        .filter_map(|rel| Path::new(rel).parent().map(|p| tmp.join(p)))
+        .filter_map(|rel| rel.rsplit_once('/').map(|(parent, _)| parent))
         .collect();
+    let dirs: BTreeSet<PathBuf> = parents.into_iter().map(|p| tmp.join(p)).collect();
     for d in &dirs {
         fs::create_dir_all(d).map_err(|e| io(d, "cannot create", e))?;
     }
