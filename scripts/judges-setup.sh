@@ -11,10 +11,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 python="${PYTHON:-python3}"
 
+# pip's list is read whole before it is searched: `pip freeze | grep -q` under pipefail fails
+# on a good venv whenever grep exits at its first match before pip has written everything
+# (pip then dies of a broken pipe).
 have() {
-    [ -x "$venv/bin/kubernetes-validate" ] && [ -x "$venv/bin/checkov" ] &&
-        "$venv/bin/pip" freeze 2>/dev/null | grep -qx "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" &&
-        "$venv/bin/pip" freeze 2>/dev/null | grep -qx "checkov==$CHECKOV_VERSION"
+    [ -x "$venv/bin/kubernetes-validate" ] && [ -x "$venv/bin/checkov" ] || return 1
+    local frozen
+    frozen="$("$venv/bin/pip" freeze --disable-pip-version-check 2>/dev/null)" || return 1
+    grep -qx "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" <<<"$frozen" &&
+        grep -qx "checkov==$CHECKOV_VERSION" <<<"$frozen"
 }
 
 if have; then
