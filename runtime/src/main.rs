@@ -25,6 +25,13 @@ struct Cli {
 enum Cmd {
     /// Read a base64 private key on stdin, print its public key.
     Pubkey,
+    /// Ask a running runtime's admin server for `/healthz` (for `exec` probes): exit 0 when
+    /// healthy, 1 when not (or not answering within 2 s), 2 for a bad address.
+    Health {
+        /// The runtime's admin address (`admin_listen` in node.json, as seen from here).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        addr: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,19 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = Cli::parse();
+    if let Some(Cmd::Health { addr }) = &cli.cmd {
+        return match tsk8s_runtime::admin::check(addr) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("unhealthy: no 200 from http://{addr}/healthz");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Cmd::Pubkey) = cli.cmd {
         let mut s = String::new();
         if std::io::stdin().read_to_string(&mut s).is_err() {

@@ -275,6 +275,43 @@ fn sidecar_and_reload() {
     http_server(&k, "127.0.0.1:8081", "hello from the sidecar");
     let side = w.runtime("side");
     let admin = side.admin();
+    // In the app's pod the admin server is on loopback only, probed by the binary's own check.
+    assert!(admin.starts_with("127.0.0.1:"), "{admin}");
+    let refused = in_ns(&k, || {
+        std::net::TcpStream::connect_timeout(
+            &"10.99.0.1:9901".parse().expect("addr"),
+            Duration::from_secs(1),
+        )
+        .is_err()
+    });
+    assert!(refused, "sidecar admin port reachable on the pod IP");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = &side.workload.container[probe];
+        assert!(p["timeoutSeconds"].as_u64().is_some(), "{probe}: {p}");
+        let cmd: Vec<String> = p["exec"]["command"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{probe} is not an exec probe: {p}"))
+            .iter()
+            .map(|a| a.as_str().expect("string").to_string())
+            .collect();
+        assert_eq!(
+            cmd.first().map(String::as_str),
+            Some("/tsk8s-runtime"),
+            "{cmd:?}"
+        );
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", &k, env!("CARGO_BIN_EXE_tsk8s-runtime")])
+            .args(&cmd[1..])
+            .status()
+            .expect("probe");
+        assert!(st.success(), "{probe} {cmd:?} failed");
+    }
+    assert!(
+        side.workload.container["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["name"] != "admin")),
+        "no admin container port in the app's pod"
+    );
     let side4 = w.ip_of("side");
     let (a, _, a_conf) = w.device("alice", "a", "10.99.0.2/24");
     assert_eq!(a_conf.suggested_dns().as_deref(), Some(side4.as_str()));
@@ -477,4 +514,87 @@ fn egress_tcp_udp() {
     http_server(&k, "0.0.0.0:8082", "should not be reachable");
     let eg4 = w.ip_of("to-alice");
     assert!(http_get(&a, &format!("{eg4}:8082"), Duration::from_secs(2)).is_err());
+}
+
+/// Probes of the runtime's own pods are httpGet on the admin port with an explicit timeout; a
+/// client trickling one byte every 1.5 s on many connections at once never makes `/healthz`
+/// fail (the admin server is concurrent, with a short header timeout).
+#[test]
+fn admin_answers_under_slow_clients() {
+    if !should_run("admin_answers_under_slow_clients") {
+        return;
+    }
+    let mut w = World::new();
+    let k = w.k.clone();
+    let web = w.runtime("web");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = &web.workload.container[probe];
+        assert_eq!(p["httpGet"]["path"], "/healthz", "{probe}: {p}");
+        assert_eq!(p["httpGet"]["port"], "admin", "{probe}: {p}");
+        assert!(p["timeoutSeconds"].as_u64().is_some(), "{probe}: {p}");
+    }
+    let admin = web.admin();
+    let addr: std::net::SocketAddr = admin.parse().expect("admin addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for _ in 0..24 {
+        let stop = stop.clone();
+        spawn_in_ns(&k, move || {
+            use std::io::Write;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
+                for b in b"GET /healthz HTTP/1.0\r\n\r\n" {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || c.write_all(&[*b]).is_err()
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    let mut probes = 0;
+    while start.elapsed() < Duration::from_secs(8) {
+        assert!(
+            healthz(&k, &admin),
+            "/healthz failed under slow clients after {:?}",
+            start.elapsed()
+        );
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(probes > 10);
+    // The probe subcommand agrees.
+    let ok = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &k,
+            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            "health",
+            "--addr",
+            &admin,
+        ])
+        .status()
+        .expect("health");
+    assert!(ok.success());
+    let bad = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &k,
+            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            "health",
+            "--addr",
+            "127.0.0.1:1",
+        ])
+        .status()
+        .expect("health");
+    assert_eq!(bad.code(), Some(1), "nothing listening → unhealthy");
 }

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Sysctl, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, ExecAction,
+    HTTPGetAction, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -203,10 +203,36 @@ fn probe(path: &str, period: i32) -> Probe {
             ..Default::default()
         }),
         period_seconds: Some(period),
+        timeout_seconds: Some(PROBE_TIMEOUT_SECONDS),
         failure_threshold: Some(3),
         ..Default::default()
     }
 }
+
+/// Probe timeout: the admin server answers within milliseconds even under slow clients.
+const PROBE_TIMEOUT_SECONDS: i32 = 3;
+
+/// An `exec` probe running the runtime binary's own health check against its loopback-only
+/// admin port (sidecars, whose admin server is not on the pod IP).
+pub fn exec_probe(period: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                RUNTIME_BINARY.into(),
+                "health".into(),
+                "--addr".into(),
+                format!("127.0.0.1:{ADMIN_PORT}"),
+            ]),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(PROBE_TIMEOUT_SECONDS),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The runtime binary inside its image (`runtime/Dockerfile`).
+pub const RUNTIME_BINARY: &str = "/tsk8s-runtime";
 
 /// The runtime container. `mesh_dir` is where mesh.json is mounted (its own ConfigMap for
 /// cluster workloads, the node's ConfigMap for sidecars).

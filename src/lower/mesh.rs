@@ -221,7 +221,13 @@ pub fn cluster_runtime(
                 ipv6: entry.ipv6,
                 listen_port: entry.port,
                 mtu: DEFAULT_MTU,
-                admin_listen: format!("0.0.0.0:{ADMIN_PORT}"),
+                // A sidecar shares the app's pod: its admin port stays on loopback (probed by
+                // an `exec` probe); the runtime's own pods answer httpGet probes on the pod IP.
+                admin_listen: if matches!(mode, Mode::Sidecar { .. }) {
+                    format!("127.0.0.1:{ADMIN_PORT}")
+                } else {
+                    format!("0.0.0.0:{ADMIN_PORT}")
+                },
                 mode,
             },
         ));

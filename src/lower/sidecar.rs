@@ -32,6 +32,13 @@ pub fn component(
         return None;
     };
     let mut container = k8s::runtime_container(&c.image, node, NODE_DIR, &[]);
+    // Its admin server listens on 127.0.0.1 only (any pod may reach the app pod's IP): no
+    // admin port, probes run the binary's own health check inside the container.
+    if let Some(ports) = container.ports.as_mut() {
+        ports.retain(|p| p.name.as_deref() != Some("admin"));
+    }
+    container.readiness_probe = Some(k8s::exec_probe(5));
+    container.liveness_probe = Some(k8s::exec_probe(20));
     if let Some(sc) = container.security_context.as_mut() {
         sc.run_as_user = Some(RUNTIME_UID);
         sc.run_as_group = Some(RUNTIME_UID);

@@ -350,6 +350,7 @@ impl Compiled {
         }
         Workload {
             node: node.to_string(),
+            container: container.clone(),
             args,
             uid,
             gid,
@@ -363,6 +364,8 @@ impl Compiled {
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub node: String,
+    /// The runtime container as emitted (probes, ports).
+    pub container: Value,
     pub args: Vec<String>,
     pub uid: u32,
     pub gid: u32,
