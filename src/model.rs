@@ -174,6 +174,10 @@ pub struct Port {
     pub port: u16,
     /// Port on the target.
     pub target: u16,
+    /// proxy: the port the target Service's pods listen on (`pod-port=`), if given. A
+    /// NetworkPolicy sees packets after the Service's DNAT, so it must allow this port, not
+    /// `target`; without it the proxy may reach any port of the protocol on the target's pods.
+    pub pod_port: Option<u16>,
 }
 
 #[derive(Clone, Debug)]

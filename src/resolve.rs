@@ -1215,6 +1215,30 @@ impl Resolver<'_> {
                 exposures.push(x);
             }
         }
+        // A NetworkPolicy sees a packet to a Service address after DNAT, at a pod address: a
+        // router into the Service CIDR must be let out to the pods too.
+        if runtime == RuntimeKind::Tsk8s && c.pod_cidr.is_none() {
+            if let Some(svc) = service_cidr {
+                for e in &exposures {
+                    let ExposureKind::SubnetRouter { routes } = &e.kind else {
+                        continue;
+                    };
+                    if let Some(r) = routes.iter().find(|r| r.contains(&svc) || svc.contains(*r)) {
+                        self.push(
+                            err(
+                                c.name.span,
+                                format!(
+                                    "cluster {:?} needs pod-cidr=\"…\": subnet router {:?} routes {r}, which covers its service-cidr {svc}",
+                                    c.name.v, e.id
+                                ),
+                            )
+                            .label("pod-cidr missing")
+                            .help("packets to a Service address reach the pod after DNAT, and the router's NetworkPolicy must let them out to the pod CIDR: add pod-cidr=\"10.244.0.0/16\" (your cluster's)"),
+                        );
+                    }
+                }
+            }
+        }
         Some(Cluster {
             name: c.name.v.clone(),
             namespace,
@@ -1679,10 +1703,28 @@ impl Resolver<'_> {
                 *ok = false;
                 continue;
             }
+            let pod_port = match &p.pod_port {
+                Some(pp) => match u16::try_from(pp.v) {
+                    Ok(v) if v > 0 => Some(v),
+                    _ => {
+                        self.push(
+                            err(
+                                pp.span,
+                                format!("pod port {} is out of range (1-65535)", pp.v),
+                            )
+                            .label("bad port"),
+                        );
+                        *ok = false;
+                        continue;
+                    }
+                },
+                None => None,
+            };
             out.push(Port {
                 protocol,
                 port,
                 target,
+                pod_port,
             });
         }
         out

@@ -166,6 +166,8 @@ pub struct ExposureDecl {
 pub struct PortDecl {
     pub port: Sp<i128>,
     pub target: Option<Sp<i128>>,
+    /// proxy: the port the Service's pods listen on (what NetworkPolicy sees after DNAT).
+    pub pod_port: Option<Sp<i128>>,
     pub protocol: Option<SpStr>,
     pub span: SourceSpan,
 }
@@ -979,14 +981,30 @@ impl Parser<'_> {
             ExposureKind::Egress => target = n.prop_str(self.d, "target"),
         }
         if kind != ExposureKind::SubnetRouter {
-            if let Some(p) = n.prop_int(self.d, "port") {
-                let span = p.span;
-                ports.push(PortDecl {
-                    port: p,
-                    target: None,
-                    protocol: None,
-                    span,
-                });
+            let port = n.prop_int(self.d, "port");
+            let pod_port = match kind {
+                ExposureKind::Proxy => n.prop_int(self.d, "pod-port"),
+                _ => None,
+            };
+            match (port, pod_port) {
+                (Some(p), pod_port) => {
+                    let span = p.span;
+                    ports.push(PortDecl {
+                        port: p,
+                        target: None,
+                        pod_port,
+                        protocol: None,
+                        span,
+                    });
+                }
+                (None, Some(pp)) => {
+                    self.d.push(
+                        Diagnostic::new(pp.span, "`pod-port` goes with `port=` on the proxy")
+                            .label("no port= here")
+                            .help("with port children, write it on each: port 80 pod-port=3000"),
+                    );
+                }
+                (None, None) => {}
             }
         }
         let mut known = vec!["tag"];
@@ -1018,6 +1036,10 @@ impl Parser<'_> {
                         }
                     };
                     let target = cn.prop_int(self.d, "target");
+                    let pod_port = match kind {
+                        ExposureKind::Proxy => cn.prop_int(self.d, "pod-port"),
+                        _ => None,
+                    };
                     let protocol = cn.prop_str(self.d, "protocol");
                     cn.no_children(self.d);
                     cn.finish(self.d);
@@ -1025,6 +1047,7 @@ impl Parser<'_> {
                         ports.push(PortDecl {
                             port,
                             target,
+                            pod_port,
                             protocol,
                             span: c.span(),
                         });

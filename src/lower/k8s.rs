@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, ExecAction,
@@ -27,7 +28,7 @@ use tsk8s_policy::runtime_config::{
 };
 
 use super::mesh::ADMIN_PORT;
-use crate::model::{Cluster, Exposure, ExposureKind, Proto, Publish};
+use crate::model::{Cluster, Exposure, ExposureKind, Port, Proto, Publish};
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tsk8s");
 pub const NODE_LABEL: &str = "tsk8s.dev/node";
@@ -518,6 +519,40 @@ fn ns_peer(ns: &str) -> NetworkPolicyPeer {
     }
 }
 
+fn ip_block_peer(net: &IpNet) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: net.to_string(),
+            except: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The ports a proxy may reach on its target's pods. NetworkPolicy sees the packet after the
+/// Service's DNAT, at the pod's port: each `pod-port` given, and any port of a protocol for
+/// which some port has none (the Service port alone would block a Service mapping 80 → 3000).
+fn proxy_pod_ports(ports: &[Port]) -> Vec<NetworkPolicyPort> {
+    let mut any: Vec<Proto> = ports
+        .iter()
+        .filter(|p| p.pod_port.is_none())
+        .map(|p| p.protocol)
+        .collect();
+    any.sort();
+    any.dedup();
+    let mut exact: Vec<(Proto, u16)> = ports
+        .iter()
+        .filter(|p| !any.contains(&p.protocol))
+        .filter_map(|p| Some((p.protocol, p.pod_port?)))
+        .collect();
+    exact.sort();
+    exact.dedup();
+    any.iter()
+        .map(|p| np_port(proto_name(*p), None))
+        .chain(exact.iter().map(|(p, n)| np_port(proto_name(*p), Some(*n))))
+        .collect()
+}
+
 /// Admit the node's UDP port; let it reach only its targets, its peers' endpoints and DNS.
 pub fn network_policy(
     c: &Cluster,
@@ -552,30 +587,33 @@ pub fn network_policy(
         ExposureKind::Proxy {
             namespace, ports, ..
         } => {
-            let mut p: Vec<NetworkPolicyPort> = ports
-                .iter()
-                .map(|p| np_port(proto_name(p.protocol), Some(p.target)))
-                .collect();
-            p.dedup();
             egress.push(NetworkPolicyEgressRule {
                 to: Some(vec![ns_peer(namespace)]),
-                ports: Some(p),
+                ports: Some(proxy_pod_ports(ports)),
             });
         }
         ExposureKind::SubnetRouter { routes } => {
+            let mut to: Vec<NetworkPolicyPeer> = routes.iter().map(ip_block_peer).collect();
+            // Packets to a Service address are DNATed to a pod address before NetworkPolicy
+            // sees them: a route over the Service CIDR (resolve requires pod-cidr then) lets the
+            // router out to the pod CIDR. NetworkPolicy leaves it undefined whether ipBlock
+            // matches pod addresses (Cilium's does not), so all pods are selected as well.
+            let into_cluster = |net: Option<IpNet>| {
+                net.is_some_and(|n| routes.iter().any(|r| r.contains(&n) || n.contains(r)))
+            };
+            if into_cluster(c.service_cidr) || into_cluster(c.pod_cidr) {
+                if let Some(pods) = c.pod_cidr {
+                    if !routes.iter().any(|r| r.contains(&pods)) {
+                        to.push(ip_block_peer(&pods));
+                    }
+                }
+                to.push(NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector::default()),
+                    ..Default::default()
+                });
+            }
             egress.push(NetworkPolicyEgressRule {
-                to: Some(
-                    routes
-                        .iter()
-                        .map(|r| NetworkPolicyPeer {
-                            ip_block: Some(IPBlock {
-                                cidr: r.to_string(),
-                                except: None,
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                to: Some(to),
                 ports: None,
             });
         }

@@ -1,0 +1,607 @@
+//! NetworkPolicy semantics, judged the way CNIs apply them: to the packet after the Service's
+//! DNAT, at the destination pod's address and port.
+//!
+//! A small evaluator of `networking.k8s.io/v1` egress (pod selectors, namespace selectors,
+//! ipBlock with `except`, ports with protocol and `endPort`) decides, given the NetworkPolicy
+//! objects a build emits, whether a packet from a node's pod is admitted. It runs in two
+//! flavours, because NetworkPolicy leaves undefined whether `ipBlock` matches pod addresses:
+//! Calico-like (it does) and Cilium-like (it does not; only selectors reach pods).
+//!
+//! For every proxy and subnet router of every example and golden spec on the tsk8s runtime:
+//! - a proxy's packet to its target's pods (in the Service's namespace, at the pod port) is
+//!   admitted, and the same packet to a pod of another namespace is not;
+//! - a router's packet to an address of each route is admitted; where a route covers the
+//!   Service CIDR, so is its packet to a pod (the Service's DNAT target) at any port;
+//!   a packet to an address outside its routes and the cluster is not.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use tsk8s::build::{self, Input};
+use tsk8s::model::{Cluster, ExposureKind, Proto, RuntimeKind};
+
+// ---------------------------------------------------------------------------------------------
+// The evaluator
+
+/// Whether `ipBlock` matches pod addresses (Calico) or only addresses outside the cluster's
+/// pods (Cilium).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavour {
+    IpBlockMatchesPods,
+    IpBlockExternalOnly,
+}
+
+const FLAVOURS: [Flavour; 2] = [Flavour::IpBlockMatchesPods, Flavour::IpBlockExternalOnly];
+
+/// The source pod of a packet.
+struct Pod {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Where a packet goes, after DNAT.
+#[derive(Clone, Debug)]
+enum Dest {
+    Pod {
+        ip: IpAddr,
+        namespace: String,
+        labels: BTreeMap<String, String>,
+    },
+    External {
+        ip: IpAddr,
+    },
+}
+
+impl Dest {
+    fn ip(&self) -> IpAddr {
+        match self {
+            Dest::Pod { ip, .. } | Dest::External { ip } => *ip,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Packet {
+    dest: Dest,
+    protocol: &'static str,
+    port: u16,
+}
+
+fn labels_of(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `LabelSelector` against a label set (`{}` selects everything).
+fn selects(sel: &Value, labels: &BTreeMap<String, String>) -> bool {
+    for (k, v) in labels_of(&sel["matchLabels"]) {
+        if labels.get(&k) != Some(&v) {
+            return false;
+        }
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let have = labels.get(key).map(String::as_str);
+        let ok = match e["operator"].as_str().unwrap_or_default() {
+            "In" => have.is_some_and(|h| values.contains(&h)),
+            "NotIn" => !have.is_some_and(|h| values.contains(&h)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            other => panic!("unknown selector operator {other:?}"),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn in_cidr(cidr: &str, ip: IpAddr) -> bool {
+    cidr.parse::<IpNet>()
+        .unwrap_or_else(|e| panic!("bad CIDR {cidr:?} in a NetworkPolicy: {e}"))
+        .contains(&ip)
+}
+
+fn peer_matches(peer: &Value, policy_ns: &str, d: &Dest, flavour: Flavour) -> bool {
+    if let Some(block) = peer.get("ipBlock") {
+        if matches!(d, Dest::Pod { .. }) && flavour == Flavour::IpBlockExternalOnly {
+            return false;
+        }
+        let ip = d.ip();
+        let cidr = block["cidr"].as_str().unwrap_or_default();
+        let except = block["except"].as_array().into_iter().flatten();
+        return in_cidr(cidr, ip) && !except.filter_map(Value::as_str).any(|c| in_cidr(c, ip));
+    }
+    let Dest::Pod {
+        namespace, labels, ..
+    } = d
+    else {
+        // Selectors select pods only.
+        return false;
+    };
+    let ns_ok = match peer.get("namespaceSelector") {
+        Some(sel) => {
+            let ns_labels =
+                BTreeMap::from([("kubernetes.io/metadata.name".to_string(), namespace.clone())]);
+            selects(sel, &ns_labels)
+        }
+        None => namespace == policy_ns,
+    };
+    let pod_ok = match peer.get("podSelector") {
+        Some(sel) => selects(sel, labels),
+        None => true,
+    };
+    ns_ok && pod_ok
+}
+
+fn port_matches(p: &Value, pkt: &Packet) -> bool {
+    if p["protocol"].as_str().unwrap_or("TCP") != pkt.protocol {
+        return false;
+    }
+    match &p["port"] {
+        Value::Null => true,
+        Value::Number(n) => {
+            let lo = n.as_u64().unwrap_or(0);
+            let hi = p["endPort"].as_u64().unwrap_or(lo);
+            (lo..=hi).contains(&u64::from(pkt.port))
+        }
+        // Named ports are resolved against the destination pod's container ports; tsk8s emits
+        // none, so a named port here is a finding, not a match.
+        other => panic!("named port {other} in an egress rule"),
+    }
+}
+
+/// Is `pkt` from `src` let out by `policies` (all NetworkPolicy objects of the cluster)?
+fn egress_admitted(policies: &[Value], src: &Pod, pkt: &Packet, flavour: Flavour) -> bool {
+    let selecting: Vec<&Value> = policies
+        .iter()
+        .filter(|p| p["metadata"]["namespace"].as_str() == Some(src.namespace.as_str()))
+        .filter(|p| selects(&p["spec"]["podSelector"], &src.labels))
+        .filter(|p| match p["spec"]["policyTypes"].as_array() {
+            Some(t) => t.iter().any(|t| t == "Egress"),
+            None => p["spec"].get("egress").is_some(),
+        })
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    selecting.iter().any(|p| {
+        let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+        p["spec"]["egress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|rule| {
+                let to_ok = match rule["to"].as_array() {
+                    None => true,
+                    Some(peers) if peers.is_empty() => true,
+                    Some(peers) => peers
+                        .iter()
+                        .any(|peer| peer_matches(peer, ns, &pkt.dest, flavour)),
+                };
+                let ports_ok = match rule["ports"].as_array() {
+                    None => true,
+                    Some(ports) if ports.is_empty() => true,
+                    Some(ports) => ports.iter().any(|p| port_matches(p, pkt)),
+                };
+                to_ok && ports_ok
+            })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The evaluator on hand-written policies: it catches the bugs this file guards against.
+
+fn pod_dest(ip: &str, namespace: &str) -> Dest {
+    Dest::Pod {
+        ip: ip.parse().unwrap(),
+        namespace: namespace.into(),
+        labels: BTreeMap::from([("app".into(), "target".into())]),
+    }
+}
+
+fn src_pod() -> Pod {
+    Pod {
+        namespace: "tailscale".into(),
+        labels: BTreeMap::from([("tsk8s.dev/node".into(), "n".into())]),
+    }
+}
+
+fn policy(egress: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": { "name": "p", "namespace": "tailscale" },
+        "spec": {
+            "podSelector": { "matchLabels": { "tsk8s.dev/node": "n" } },
+            "policyTypes": ["Ingress", "Egress"],
+            "egress": egress,
+        }
+    })
+}
+
+#[test]
+fn evaluator_blocks_the_service_port_after_dnat() {
+    let ns_peer = json!({ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } });
+    // The old proxy rule: the Service port (80) to the target namespace.
+    let old = [policy(
+        json!([{ "to": [ns_peer], "ports": [{ "protocol": "TCP", "port": 80 }] }]),
+    )];
+    let to_pod = |port| Packet {
+        dest: pod_dest("10.244.1.5", "monitoring"),
+        protocol: "TCP",
+        port,
+    };
+    for f in FLAVOURS {
+        assert!(!egress_admitted(&old, &src_pod(), &to_pod(3000), f));
+        assert!(egress_admitted(&old, &src_pod(), &to_pod(80), f));
+    }
+    // Any TCP port to pods of the namespace; nothing elsewhere, nothing over UDP.
+    let any = [policy(
+        json!([{ "to": [ns_peer], "ports": [{ "protocol": "TCP" }] }]),
+    )];
+    for f in FLAVOURS {
+        assert!(egress_admitted(&any, &src_pod(), &to_pod(3000), f));
+        let other_ns = Packet {
+            dest: pod_dest("10.244.1.5", "shop"),
+            protocol: "TCP",
+            port: 3000,
+        };
+        assert!(!egress_admitted(&any, &src_pod(), &other_ns, f));
+        let udp = Packet {
+            protocol: "UDP",
+            ..to_pod(3000)
+        };
+        assert!(!egress_admitted(&any, &src_pod(), &udp, f));
+    }
+    // No policy selects the pod: everything goes.
+    let other_pod = Pod {
+        namespace: "tailscale".into(),
+        labels: BTreeMap::new(),
+    };
+    assert!(egress_admitted(
+        &old,
+        &other_pod,
+        &to_pod(3000),
+        Flavour::IpBlockExternalOnly
+    ));
+}
+
+#[test]
+fn evaluator_blocks_a_router_limited_to_the_service_cidr() {
+    let old = [policy(
+        json!([{ "to": [{ "ipBlock": { "cidr": "10.96.0.0/12" } }] }]),
+    )];
+    let after_dnat = Packet {
+        dest: pod_dest("10.244.3.9", "monitoring"),
+        protocol: "TCP",
+        port: 3000,
+    };
+    for f in FLAVOURS {
+        assert!(!egress_admitted(&old, &src_pod(), &after_dnat, f));
+    }
+    // ipBlock over the pod CIDR: Calico admits, Cilium does not; a selector of all pods does.
+    let by_block = [policy(
+        json!([{ "to": [{ "ipBlock": { "cidr": "10.244.0.0/16" } }] }]),
+    )];
+    assert!(egress_admitted(
+        &by_block,
+        &src_pod(),
+        &after_dnat,
+        Flavour::IpBlockMatchesPods
+    ));
+    assert!(!egress_admitted(
+        &by_block,
+        &src_pod(),
+        &after_dnat,
+        Flavour::IpBlockExternalOnly
+    ));
+    let by_selector = [policy(json!([{ "to": [{ "namespaceSelector": {} }] }]))];
+    for f in FLAVOURS {
+        assert!(egress_admitted(&by_selector, &src_pod(), &after_dnat, f));
+    }
+    // `except` carves addresses out; endPort spans a range.
+    let carved = [policy(json!([{
+        "to": [{ "ipBlock": { "cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"] } }],
+        "ports": [{ "protocol": "TCP", "port": 1000, "endPort": 2000 }]
+    }]))];
+    let ext = |ip: &str, port| Packet {
+        dest: Dest::External {
+            ip: ip.parse().unwrap(),
+        },
+        protocol: "TCP",
+        port,
+    };
+    assert!(egress_admitted(
+        &carved,
+        &src_pod(),
+        &ext("192.0.2.1", 1500),
+        Flavour::IpBlockExternalOnly
+    ));
+    assert!(!egress_admitted(
+        &carved,
+        &src_pod(),
+        &ext("192.0.2.200", 1500),
+        Flavour::IpBlockExternalOnly
+    ));
+    assert!(!egress_admitted(
+        &carved,
+        &src_pod(),
+        &ext("192.0.2.1", 2001),
+        Flavour::IpBlockExternalOnly
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every example and golden spec
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn spec_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![root().join("examples")];
+    for parent in ["examples", "testdata/specs"] {
+        let mut sub: Vec<PathBuf> = std::fs::read_dir(root().join(parent))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("tailnet.kdl").is_file())
+            .collect();
+        sub.sort();
+        dirs.extend(sub);
+    }
+    dirs
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize as _;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A host address inside `net` (its second address: not the network address of an IPv4 /31+).
+fn host_in(net: &IpNet) -> IpAddr {
+    net.hosts()
+        .nth(1)
+        .or_else(|| net.hosts().next())
+        .unwrap_or(net.addr())
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "TCP",
+        Proto::Udp => "UDP",
+    }
+}
+
+/// A pod address of the cluster (a stand-in when the spec gives no pod CIDR).
+fn pod_ip(c: &Cluster) -> IpAddr {
+    let pods = c
+        .pod_cidr
+        .unwrap_or_else(|| "10.244.0.0/16".parse().unwrap());
+    host_in(&pods)
+}
+
+#[derive(Default)]
+struct Covered {
+    proxies: usize,
+    proxies_with_other_pod_port: usize,
+    routers: usize,
+    routers_over_service_cidr: usize,
+}
+
+fn judge_spec(dir: &Path, covered: &mut Covered) {
+    let name = dir
+        .strip_prefix(root())
+        .unwrap_or(dir)
+        .display()
+        .to_string();
+    let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
+    let Ok(front) = build::front("tailnet.kdl", &spec) else {
+        return;
+    };
+    let Ok(lock) = std::fs::read_to_string(dir.join("tailnet.lock")) else {
+        return;
+    };
+    let sources = tsk8s::cli_secrets::read_sources(dir, "tailnet.kdl", &spec);
+    let tree = build::build(&Input {
+        spec_file: "tailnet.kdl",
+        spec: &spec,
+        lock_file: "tailnet.lock",
+        lock: Some(&lock),
+        sources,
+    })
+    .unwrap_or_else(|f| panic!("{name}: build failed:\n{}", f.text));
+    for c in &front.tailnet.clusters {
+        if c.runtime != RuntimeKind::Tsk8s {
+            continue;
+        }
+        let prefix = format!("clusters/{}/", c.name);
+        let docs: Vec<Value> = tree
+            .iter()
+            .filter(|(p, _)| p.starts_with(&prefix) && p.ends_with(".yaml"))
+            .flat_map(|(_, b)| yaml_docs(&String::from_utf8_lossy(b)))
+            .collect();
+        let policies: Vec<Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "NetworkPolicy")
+            .cloned()
+            .collect();
+        for e in &c.exposures {
+            let at = format!(
+                "{name}: cluster {}: {} {:?}",
+                c.name,
+                e.kind.keyword(),
+                e.id
+            );
+            let deployment = docs.iter().find(|d| {
+                d["kind"] == "Deployment" && d["metadata"]["name"] == format!("tsk8s-{}", e.id)
+            });
+            let src = match (&e.kind, deployment) {
+                (ExposureKind::Proxy { .. } | ExposureKind::SubnetRouter { .. }, Some(d)) => Pod {
+                    namespace: d["metadata"]["namespace"].as_str().unwrap().to_string(),
+                    labels: labels_of(&d["spec"]["template"]["metadata"]["labels"]),
+                },
+                (ExposureKind::Proxy { .. } | ExposureKind::SubnetRouter { .. }, None) => {
+                    panic!("{at}: no Deployment")
+                }
+                _ => continue,
+            };
+            let admitted = |pkt: &Packet, f: Flavour| egress_admitted(&policies, &src, pkt, f);
+            match &e.kind {
+                ExposureKind::Proxy {
+                    namespace, ports, ..
+                } => {
+                    covered.proxies += 1;
+                    let target_labels = BTreeMap::from([("app".to_string(), "target".to_string())]);
+                    for p in ports {
+                        if p.pod_port.is_some_and(|pp| pp != p.target) {
+                            covered.proxies_with_other_pod_port += 1;
+                        }
+                        // Without pod-port, the pod's port is unknown: try the Service's and
+                        // another.
+                        let pod_ports: Vec<u16> = match p.pod_port {
+                            Some(pp) => vec![pp],
+                            None => vec![p.target, p.target.wrapping_add(1000).max(1)],
+                        };
+                        for port in pod_ports {
+                            for f in FLAVOURS {
+                                let to_target = Packet {
+                                    dest: Dest::Pod {
+                                        ip: pod_ip(c),
+                                        namespace: namespace.clone(),
+                                        labels: target_labels.clone(),
+                                    },
+                                    protocol: proto_name(p.protocol),
+                                    port,
+                                };
+                                assert!(
+                                    admitted(&to_target, f),
+                                    "{at}: a packet to its target's pod at {}:{port}/{} is dropped ({f:?})",
+                                    pod_ip(c),
+                                    p.protocol.as_str()
+                                );
+                                let elsewhere = Packet {
+                                    dest: Dest::Pod {
+                                        ip: pod_ip(c),
+                                        namespace: format!("not-{namespace}"),
+                                        labels: target_labels.clone(),
+                                    },
+                                    ..to_target.clone()
+                                };
+                                assert!(
+                                    !admitted(&elsewhere, f),
+                                    "{at}: a packet to a pod of another namespace is let out ({f:?})"
+                                );
+                            }
+                        }
+                    }
+                }
+                ExposureKind::SubnetRouter { routes } => {
+                    covered.routers += 1;
+                    for r in routes {
+                        for f in FLAVOURS {
+                            let ext = Packet {
+                                dest: Dest::External { ip: host_in(r) },
+                                protocol: "TCP",
+                                port: 443,
+                            };
+                            let in_cluster =
+                                c.service_cidr.is_some_and(|s| s.contains(&ext.dest.ip()))
+                                    || c.pod_cidr.is_some_and(|p| p.contains(&ext.dest.ip()));
+                            if !in_cluster {
+                                assert!(
+                                    admitted(&ext, f),
+                                    "{at}: a packet to {} in route {r} is dropped ({f:?})",
+                                    ext.dest.ip()
+                                );
+                            }
+                        }
+                        let over_services = c
+                            .service_cidr
+                            .is_some_and(|s| r.contains(&s) || s.contains(r));
+                        if over_services {
+                            covered.routers_over_service_cidr += 1;
+                            for f in FLAVOURS {
+                                for (proto, port) in [("TCP", 3000), ("UDP", 53), ("TCP", 8443)] {
+                                    let after_dnat = Packet {
+                                        dest: Dest::Pod {
+                                            ip: pod_ip(c),
+                                            namespace: "monitoring".into(),
+                                            labels: BTreeMap::from([(
+                                                "app".into(),
+                                                "grafana".into(),
+                                            )]),
+                                        },
+                                        protocol: proto,
+                                        port,
+                                    };
+                                    assert!(
+                                        admitted(&after_dnat, f),
+                                        "{at}: route {r} covers the Service CIDR, but a packet DNATed to pod {}:{port}/{proto} is dropped ({f:?})",
+                                        pod_ip(c)
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    // Outside its routes and the cluster: not let out.
+                    let outside: IpAddr = "198.51.100.7".parse().unwrap();
+                    if !routes.iter().any(|r| r.contains(&outside)) {
+                        let pkt = Packet {
+                            dest: Dest::External { ip: outside },
+                            protocol: "TCP",
+                            port: 22,
+                        };
+                        for f in FLAVOURS {
+                            assert!(
+                                !admitted(&pkt, f),
+                                "{at}: a packet to {outside}:22 outside its routes is let out ({f:?})"
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn proxies_and_routers_reach_their_pods_after_dnat() {
+    let mut covered = Covered::default();
+    for dir in spec_dirs() {
+        judge_spec(&dir, &mut covered);
+    }
+    assert!(covered.proxies > 0 && covered.routers > 0, "nothing judged");
+    assert!(
+        covered.proxies_with_other_pod_port > 0,
+        "no proxy whose Service port differs from its pod port was judged"
+    );
+    assert!(
+        covered.routers_over_service_cidr > 0,
+        "no router over a Service CIDR was judged"
+    );
+    eprintln!(
+        "judged {} proxies ({} with a pod port other than the Service's) and {} routers ({} routes over a Service CIDR)",
+        covered.proxies,
+        covered.proxies_with_other_pod_port,
+        covered.routers,
+        covered.routers_over_service_cidr
+    );
+}
