@@ -416,6 +416,52 @@ fn check_identity(
     Ok(())
 }
 
+/// The project's no-plaintext rule for a committed SOPS Secret, whatever the file's own
+/// `sops` settings select for encryption: every value under `data` and `stringData` is an
+/// `ENC[…]` value (or empty / null). The first offending value is named (its key, never its
+/// value).
+fn check_sops_plaintext(
+    s: &SecretRef,
+    path: &str,
+    text: &str,
+    fix: &dyn Fn() -> String,
+) -> Result<(), Bad> {
+    let leaked = tsk8s_sops::plaintext_secret_values(text).map_err(|e| {
+        (
+            format!("{path} is not a SOPS-encrypted Secret ({e})"),
+            fix(),
+        )
+    })?;
+    let Some(first) = leaked.first() else {
+        return Ok(());
+    };
+    let at = match first.path.as_slice() {
+        [field] => format!("{field:?}"),
+        [field, keys @ ..] => format!("{field} key {:?}", keys.join(".")),
+        [] => String::new(),
+    };
+    let more = match leaked.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    let help = match &s.node {
+        Some(node) => format!(
+            "if the file was ever committed or shared, the key has leaked: give the node a new one with `tsk8s lock --rotate {node}` (it writes {path} with `encrypted_regex: ^(data|stringData)$`)"
+        ),
+        None => format!(
+            "if the file was ever committed or shared, the value has leaked: revoke it and make a new one; {}",
+            fix()
+        ),
+    };
+    Err((
+        format!(
+            "{path} is not SOPS-encrypted: {at} is {}{more}; every value under data and stringData must be an ENC[…] value, whatever the file's own sops settings (encrypted_regex, unencrypted_suffix, …) select",
+            first.found
+        ),
+        help,
+    ))
+}
+
 /// Check a committed SOPS file and return it verbatim.
 fn check_sops(
     s: &SecretRef,
@@ -426,6 +472,7 @@ fn check_sops(
     let fix = || sops_fix(s, path);
     let text = text_of(path, bytes, &fix)?;
     let v = parse_one(path, text, &fix)?;
+    check_sops_plaintext(s, path, text, &fix)?;
     check_identity(path, &v, ("v1", "Secret"), s, &fix)?;
     if !tsk8s_sops::is_sops_encrypted(text) {
         return Err((
@@ -435,10 +482,15 @@ fn check_sops(
             fix(),
         ));
     }
+    // Keys with a value (`sops` leaves an empty string as it is: no key in it).
     let mut have = BTreeSet::new();
     for field in ["data", "stringData"] {
         if let Some(Yaml::Mapping(m)) = v.get(field) {
-            have.extend(m.keys().filter_map(|k| k.as_str()));
+            have.extend(
+                m.iter()
+                    .filter(|(_, v)| v.as_str().is_some_and(|v| !v.is_empty()))
+                    .filter_map(|(k, _)| k.as_str()),
+            );
         }
     }
     let missing: Vec<&str> = s
@@ -449,7 +501,7 @@ fn check_sops(
         .collect();
     if !missing.is_empty() {
         return Err((
-            format!("{path} has no key {} in data", missing.join(", ")),
+            format!("{path} has no value for key {} in data", missing.join(", ")),
             fix(),
         ));
     }
@@ -477,6 +529,48 @@ fn check_sops(
         ));
     }
     Ok(text.to_string())
+}
+
+/// The first value a SealedSecret carries outside `spec.encryptedData`: a key (or a non-empty
+/// scalar) under `data` or `stringData` (any letter case) at the top level, in `spec` or in
+/// `spec.template`, named by its place. `spec.data` (the legacy whole-Secret ciphertext) is
+/// ciphertext, not checked.
+fn sealed_plaintext(v: &Yaml) -> Option<String> {
+    let spec = v.get("spec");
+    let template = spec.and_then(|s| s.get("template"));
+    let places: [(&str, Option<&Yaml>, &[&str]); 3] = [
+        ("", Some(v), &["data", "stringData"]),
+        ("spec.", spec, &["stringData"]),
+        ("spec.template.", template, &["data", "stringData"]),
+    ];
+    for (prefix, at, fields) in places {
+        let Some(Yaml::Mapping(m)) = at else {
+            continue;
+        };
+        for (k, val) in m {
+            let Some(field) = k
+                .as_str()
+                .filter(|k| fields.iter().any(|f| k.eq_ignore_ascii_case(f)))
+            else {
+                continue;
+            };
+            match val {
+                Yaml::Null => {}
+                Yaml::Mapping(entries) => {
+                    if let Some((key, _)) = entries.iter().next() {
+                        let key = key
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| serde_yaml_ng::to_string(key).unwrap_or_default());
+                        return Some(format!("{prefix}{field} key {:?}", key.trim_end()));
+                    }
+                }
+                Yaml::String(t) if t.is_empty() => {}
+                _ => return Some(format!("{prefix}{field}")),
+            }
+        }
+    }
+    None
 }
 
 /// Check a committed SealedSecret (strict scope, right name and namespace) and return it
@@ -524,14 +618,19 @@ fn check_sealed(
             }
         }
     }
-    if v.get("spec")
-        .and_then(|s| s.get("template"))
-        .and_then(|t| t.get("data"))
-        .is_some_and(|d| d.as_mapping().is_some_and(|m| !m.is_empty()))
-    {
+    if let Some(at) = sealed_plaintext(&v) {
+        let leaked = match &s.node {
+            Some(node) => format!("give the node a new key with `tsk8s lock --rotate {node}`"),
+            None => "revoke it and make a new one".to_string(),
+        };
         return Err((
-            format!("{path}: spec.template.data is plaintext in git"),
-            format!("put every value in spec.encryptedData: {}", fix()),
+            format!(
+                "{path}: {at} is plaintext in git; a SealedSecret may carry its values only in spec.encryptedData"
+            ),
+            format!(
+                "if the file was ever committed or shared, the value has leaked: {leaked}; put every value in spec.encryptedData: {}",
+                fix()
+            ),
         ));
     }
     let enc = v

@@ -154,7 +154,8 @@ pub(crate) fn sops_block(
     age: &[AgeKey],
     lastmodified: &str,
     mac: &str,
-    encrypted_regex: &str,
+    (rule_field, rule): (&str, &str),
+    mac_only_encrypted: bool,
     version: &str,
 ) {
     out.push_str("sops:\n");
@@ -176,9 +177,14 @@ pub(crate) fn sops_block(
     out.push_str("    mac: ");
     out.push_str(&scalar(mac));
     out.push('\n');
-    out.push_str("    encrypted_regex: ");
-    out.push_str(&scalar(encrypted_regex));
+    out.push_str("    ");
+    out.push_str(rule_field);
+    out.push_str(": ");
+    out.push_str(&scalar(rule));
     out.push('\n');
+    if mac_only_encrypted {
+        out.push_str("    mac_only_encrypted: true\n");
+    }
     out.push_str("    version: ");
     // A constant of ours (e.g. 3.11.0); go-yaml writes it plain.
     out.push_str(version);

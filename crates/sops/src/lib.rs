@@ -13,8 +13,11 @@
 //!   `lastmodified` as additional data.
 //!
 //! `encrypt_secret` writes a Kubernetes `Secret` in the layout `sops` 3.11
-//! produces with `encrypted_regex: ^(data|stringData)$`. `decrypt` reads any
-//! SOPS YAML file with age keys; `decrypt_json` any SOPS JSON file.
+//! produces with `encrypted_regex: ^(data|stringData)$`; `encrypt_yaml` any
+//! document under any of sops' value rules. `decrypt` reads any SOPS YAML
+//! file with age keys; `decrypt_json` any SOPS JSON file.
+//! `plaintext_secret_values` finds a Secret's `data`/`stringData` values in
+//! clear whatever the file's rule says.
 
 mod cipher;
 mod emit;
@@ -75,7 +78,6 @@ pub fn encrypt_secret(
             "lastmodified `{lastmodified}` is not an RFC 3339 timestamp"
         ))
     })?;
-    let parsed = parse_recipients(recipients)?;
 
     let mut meta = Mapping::new();
     meta.insert(s("name"), s(name));
@@ -100,17 +102,100 @@ pub fn encrypt_secret(
     doc.insert(s("metadata"), Value::Mapping(meta));
     doc.insert(s("type"), s("Opaque"));
     doc.insert(s("data"), Value::Mapping(d));
-    let mut docs = [Value::Mapping(doc)];
+    let out = encrypt_yaml(
+        &doc,
+        &EncryptionRule::EncryptedRegex(K8S_ENCRYPTED_REGEX.to_string()),
+        false,
+        recipients,
+        &lastmodified,
+    )?;
+    // Belt and braces: what we wrote must hold no `data`/`stringData` value
+    // in clear, by the project's rule (not only by the file's own rule).
+    if !matches!(plaintext_secret_values(&out), Ok(v) if v.is_empty()) {
+        return Err(SopsError::Encrypt(
+            "internal: output failed the encryption self-check".into(),
+        ));
+    }
+    Ok(out)
+}
 
-    let rule = metadata::Rule::EncryptedRegex(
-        regex::Regex::new(K8S_ENCRYPTED_REGEX).map_err(|e| SopsError::Encrypt(e.to_string()))?,
-    );
+/// Which values a SOPS file encrypts: the one rule `sops` keeps in the
+/// metadata under the field of the same name (`encrypted_regex`, …). Without
+/// any, `sops` leaves values under keys ending in `_unencrypted` in clear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EncryptionRule {
+    /// Encrypt values with a key on their path matching the regex.
+    EncryptedRegex(String),
+    /// Encrypt all but values with a key on their path matching the regex.
+    UnencryptedRegex(String),
+    /// Encrypt values with a key on their path ending in the suffix.
+    EncryptedSuffix(String),
+    /// Encrypt all but values with a key on their path ending in the suffix.
+    UnencryptedSuffix(String),
+}
+
+impl EncryptionRule {
+    /// The metadata field and its value.
+    fn field(&self) -> (&'static str, &str) {
+        match self {
+            EncryptionRule::EncryptedRegex(r) => ("encrypted_regex", r),
+            EncryptionRule::UnencryptedRegex(r) => ("unencrypted_regex", r),
+            EncryptionRule::EncryptedSuffix(s) => ("encrypted_suffix", s),
+            EncryptionRule::UnencryptedSuffix(s) => ("unencrypted_suffix", s),
+        }
+    }
+
+    fn internal(&self) -> Result<metadata::Rule, SopsError> {
+        let re = |r: &str| regex::Regex::new(r).map_err(|e| SopsError::Input(e.to_string()));
+        Ok(match self {
+            EncryptionRule::EncryptedRegex(r) => metadata::Rule::EncryptedRegex(re(r)?),
+            EncryptionRule::UnencryptedRegex(r) => metadata::Rule::UnencryptedRegex(re(r)?),
+            EncryptionRule::EncryptedSuffix(s) => metadata::Rule::EncryptedSuffix(s.clone()),
+            EncryptionRule::UnencryptedSuffix(s) => metadata::Rule::UnencryptedSuffix(s.clone()),
+        })
+    }
+}
+
+/// Encrypt one YAML document (a mapping of string keys whose values are
+/// strings, numbers, booleans, null or nested mappings) for the given age
+/// recipients, in the layout `sops` 3.11 writes: the values `rule` selects
+/// become `ENC[…]`, the others stay as they are, and the MAC covers all
+/// values (only the encrypted ones with `mac_only_encrypted`, which is then
+/// written to the metadata). [`encrypt_secret`] is this with
+/// `encrypted_regex: ^(data|stringData)$`; other rules are what `sops`
+/// users may pick (and what a reader must not trust to have encrypted a
+/// Secret's values, see [`plaintext_secret_values`]).
+pub fn encrypt_yaml(
+    doc: &Mapping,
+    rule: &EncryptionRule,
+    mac_only_encrypted: bool,
+    recipients: &[String],
+    lastmodified: &str,
+) -> Result<String, SopsError> {
+    let lastmodified = rfc3339::normalize(lastmodified).ok_or_else(|| {
+        SopsError::Input(format!(
+            "lastmodified `{lastmodified}` is not an RFC 3339 timestamp"
+        ))
+    })?;
+    if doc.contains_key(METADATA_KEY) {
+        return Err(SopsError::Input(
+            "the document already has a `sops` entry".into(),
+        ));
+    }
+    if !writable(doc) {
+        return Err(SopsError::Input(
+            "only string keys and string, number, boolean, null or mapping values are written"
+                .into(),
+        ));
+    }
+    let parsed = parse_recipients(recipients)?;
+    let mut docs = [Value::Mapping(doc.clone())];
     let mut key = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng
         .try_fill_bytes(key.as_mut())
         .map_err(|_| SopsError::Encrypt("OS random number generator failed".into()))?;
-    let mut mac = tree::Mac::new(false);
-    tree::encrypt_docs(&mut docs, &rule, &key, &mut mac)?;
+    let mut mac = tree::Mac::new(mac_only_encrypted);
+    tree::encrypt_docs(&mut docs, &rule.internal()?, &key, &mut mac)?;
     let mac = cipher::seal(
         &key,
         mac.hex().as_bytes(),
@@ -136,11 +221,12 @@ pub fn encrypt_secret(
         &age,
         &lastmodified,
         &mac,
-        K8S_ENCRYPTED_REGEX,
+        rule.field(),
+        mac_only_encrypted,
         SOPS_FORMAT_VERSION,
     );
-    // Belt and braces: what we wrote must read back as a SOPS file whose
-    // `data` holds ciphertext only.
+    // What we wrote must read back as a SOPS file whose selected values are
+    // ciphertext.
     if !is_sops_encrypted(&out) {
         return Err(SopsError::Encrypt(
             "internal: output failed the encryption self-check".into(),
@@ -250,7 +336,10 @@ pub fn recipients_of(yaml: &str) -> Result<Vec<String>, SopsError> {
 /// True when `yaml` (or JSON) is a SOPS file: valid `sops` metadata with a
 /// MAC and at least one master key, and every value the file's rule selects
 /// for encryption is an `ENC[…]` value (or empty / null). A file whose
-/// `data` leaked plaintext is therefore *not* reported as encrypted.
+/// `data` leaked plaintext is therefore *not* reported as encrypted; but the
+/// file's rule decides what is checked, so a Secret may still hold values in
+/// clear that its rule does not select: [`plaintext_secret_values`] checks
+/// those whatever the rule.
 pub fn is_sops_encrypted(yaml: &str) -> bool {
     let Ok((mut docs, meta)) = load_yaml(yaml) else {
         return false;
@@ -259,6 +348,51 @@ pub fn is_sops_encrypted(yaml: &str) -> bool {
         && cipher::parse_enc(&meta.mac).is_ok()
         && (!meta.age.is_empty() || meta.other_keys > 0)
         && tree::check_encrypted(&mut docs, &meta.rule).is_ok()
+}
+
+/// A value under a Kubernetes Secret's `data` or `stringData` that is not
+/// SOPS ciphertext.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlaintextValue {
+    /// Map keys from the document root: the field as written (`data`,
+    /// `stringData`, in any letter case), then the key(s) below it (none when
+    /// the field itself is a scalar).
+    pub path: Vec<String>,
+    /// What is there instead: `a plaintext string`, `a number`, `a boolean`, ….
+    pub found: &'static str,
+}
+
+/// Every value under a top-level `data` or `stringData` (field names in any
+/// letter case, every YAML document of the file) that is not an `ENC[…]`
+/// value, whatever the file's own `sops` metadata selects for encryption
+/// (`encrypted_regex`, `unencrypted_suffix`, comment regexes, …): a file made
+/// with `sops --encrypted-regex '^data$'` is a valid SOPS file, and its
+/// `stringData` is plaintext. Empty strings and `null` pass (`sops` leaves
+/// them as they are, and they hold nothing). Needs no key and reads no
+/// metadata; in document order. `Err` when the text is not YAML, or a key
+/// under those fields is not a string.
+pub fn plaintext_secret_values(yaml: &str) -> Result<Vec<PlaintextValue>, SopsError> {
+    let mut out = Vec::new();
+    for doc in parse_yaml_docs(yaml)? {
+        let Value::Mapping(m) = doc else {
+            continue;
+        };
+        for (k, v) in m {
+            let Value::String(field) = k else {
+                continue;
+            };
+            if !["data", "stringData"]
+                .iter()
+                .any(|f| field.eq_ignore_ascii_case(f))
+            {
+                continue;
+            }
+            let mut v = v;
+            let mut path = vec![field];
+            tree::check_all_encrypted(&mut v, &mut path, &mut out)?;
+        }
+    }
+    Ok(out)
 }
 
 /// `.sops.yaml` text: one creation rule per `(path_regex, recipients)` in the
@@ -289,6 +423,19 @@ pub fn creation_rules_yaml(rules: &[(String, Vec<String>)]) -> String {
 }
 
 // ---------------------------------------------------------------------------
+
+/// What [`emit::mapping`] writes faithfully: string keys; string, number,
+/// boolean, null or mapping values.
+fn writable(m: &Mapping) -> bool {
+    m.iter().all(|(k, v)| {
+        matches!(k, Value::String(_))
+            && match v {
+                Value::Mapping(inner) => writable(inner),
+                Value::Sequence(_) | Value::Tagged(_) => false,
+                _ => true,
+            }
+    })
+}
 
 fn s(v: &str) -> Value {
     Value::String(v.to_string())

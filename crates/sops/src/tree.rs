@@ -230,6 +230,25 @@ pub(crate) fn check_encrypted(docs: &mut [Value], rule: &Rule) -> Result<(), Sop
     Ok(())
 }
 
+/// Every leaf under `v` (at `path`) that is not an `ENC[…]` string, empty
+/// or null, whatever any rule says, appended to `out`.
+pub(crate) fn check_all_encrypted(
+    v: &mut Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<crate::PlaintextValue>,
+) -> Result<(), SopsError> {
+    walk(v, path, &mut |leaf, path| {
+        match &*leaf {
+            Value::String(s) if s.is_empty() || cipher::parse_enc(s).is_ok() => {}
+            other => out.push(crate::PlaintextValue {
+                path: path.to_vec(),
+                found: kind(other),
+            }),
+        }
+        Ok(())
+    })
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -588,3 +588,196 @@ fn layout_matches_sops_3_11_output() {
     b.sort();
     assert_eq!(a, b);
 }
+
+/// A Secret with the given `data` / `stringData` entries (plain values).
+fn secret_doc(data: &[(&str, &str)], string_data: &[(&str, &str)]) -> serde_yaml_ng::Mapping {
+    let map = |pairs: &[(&str, &str)]| {
+        Value::Mapping(
+            pairs
+                .iter()
+                .map(|(k, v)| (Value::from(*k), Value::from(*v)))
+                .collect(),
+        )
+    };
+    let mut meta = serde_yaml_ng::Mapping::new();
+    meta.insert("name".into(), "tsk8s-web-key".into());
+    meta.insert("namespace".into(), "tailscale".into());
+    let mut doc = serde_yaml_ng::Mapping::new();
+    doc.insert("apiVersion".into(), "v1".into());
+    doc.insert("kind".into(), "Secret".into());
+    doc.insert("metadata".into(), Value::Mapping(meta));
+    if !data.is_empty() {
+        doc.insert("data".into(), map(data));
+    }
+    if !string_data.is_empty() {
+        doc.insert("stringData".into(), map(string_data));
+    }
+    doc
+}
+
+/// Every `sops` setting that leaves a Secret's value in clear gives a valid
+/// SOPS file (it decrypts, its MAC holds, `is_sops_encrypted` says yes), and
+/// `plaintext_secret_values` names that value whatever the setting.
+#[test]
+fn settings_that_leave_secret_values_in_clear_are_named() {
+    use tsk8s_sops::{EncryptionRule as R, PlaintextValue, encrypt_yaml, plaintext_secret_values};
+    let k = new_key();
+    let rec = std::slice::from_ref(&k.recipient);
+    let sd = |key: &str| vec!["stringData".to_string(), key.to_string()];
+    let d = |key: &str| vec!["data".to_string(), key.to_string()];
+    // (what, document, rule, mac_only_encrypted, the values left in clear)
+    type Case = (
+        &'static str,
+        serde_yaml_ng::Mapping,
+        R,
+        bool,
+        Vec<Vec<String>>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "encrypted_regex ^data$ with stringData",
+            secret_doc(&[("other", "eA==")], &[("private-key", "KEY")]),
+            R::EncryptedRegex("^data$".into()),
+            false,
+            vec![sd("private-key")],
+        ),
+        (
+            "encrypted_regex matching neither",
+            secret_doc(&[("private-key", "S0VZ")], &[]),
+            R::EncryptedRegex("^spec$".into()),
+            false,
+            vec![d("private-key")],
+        ),
+        (
+            "unencrypted_regex on the key",
+            secret_doc(&[("private-key", "S0VZ"), ("x", "eA==")], &[]),
+            R::UnencryptedRegex("^private".into()),
+            false,
+            vec![d("private-key")],
+        ),
+        (
+            "unencrypted_regex on the field",
+            secret_doc(&[("x", "eA==")], &[("TS_AUTHKEY", "tskey-auth-x")]),
+            R::UnencryptedRegex("^stringData$".into()),
+            false,
+            vec![sd("TS_AUTHKEY")],
+        ),
+        (
+            "encrypted_suffix",
+            secret_doc(&[("private-key", "S0VZ"), ("a_secret", "eA==")], &[]),
+            R::EncryptedSuffix("_secret".into()),
+            false,
+            vec![d("private-key")],
+        ),
+        (
+            "unencrypted_suffix matching the key",
+            secret_doc(&[("private-key", "S0VZ")], &[]),
+            R::UnencryptedSuffix("-key".into()),
+            false,
+            vec![d("private-key")],
+        ),
+        (
+            "mac_only_encrypted with encrypted_regex ^data$",
+            secret_doc(&[("x", "eA==")], &[("private-key", "KEY")]),
+            R::EncryptedRegex("^data$".into()),
+            true,
+            vec![sd("private-key")],
+        ),
+    ];
+    for (what, doc, rule, mac_only, leaked) in cases {
+        let out = encrypt_yaml(&doc, &rule, mac_only, rec, LM).unwrap();
+        // A genuine SOPS file: it decrypts with its MAC verified.
+        decrypt(&out, &k.identity).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(is_sops_encrypted(&out), "{what}: the file's own rule holds");
+        let found: Vec<Vec<String>> = plaintext_secret_values(&out)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(found, leaked, "{what}");
+    }
+    // No rule in the metadata: sops' default `unencrypted_suffix: _unencrypted`.
+    let out = encrypt_yaml(
+        &secret_doc(
+            &[("private-key", "S0VZ"), ("TS_AUTHKEY_unencrypted", "dA==")],
+            &[],
+        ),
+        &R::UnencryptedSuffix("_unencrypted".into()),
+        false,
+        rec,
+        LM,
+    )
+    .unwrap();
+    let out = out.replace("    unencrypted_suffix: _unencrypted\n", "");
+    assert!(!out.contains("unencrypted_suffix"));
+    decrypt(&out, &k.identity).unwrap();
+    assert!(is_sops_encrypted(&out));
+    assert_eq!(
+        plaintext_secret_values(&out).unwrap(),
+        vec![PlaintextValue {
+            path: d("TS_AUTHKEY_unencrypted"),
+            found: "a plaintext string"
+        }]
+    );
+    // Comment-driven rules (`sops --unencrypted-comment-regex` /
+    // `--encrypted-comment-regex`): the value after a matching comment (or
+    // every value not after one) stays in clear. This reader does not keep
+    // comments, so such files are not SOPS files to it; the values are named.
+    let base = encrypt_yaml(
+        &secret_doc(&[("x", "eA==")], &[]),
+        &R::EncryptedRegex("^data$".into()),
+        false,
+        rec,
+        LM,
+    )
+    .unwrap();
+    for field in [
+        "unencrypted_comment_regex: keep",
+        "encrypted_comment_regex: enc",
+    ] {
+        let out = base
+            .replace(
+                "\ndata:\n",
+                "\nstringData:\n    # keep\n    private-key: KEY\ndata:\n",
+            )
+            .replace("    encrypted_regex: ^data$\n", &format!("    {field}\n"));
+        assert!(!is_sops_encrypted(&out), "{field}");
+        assert_eq!(
+            plaintext_secret_values(&out).unwrap(),
+            vec![PlaintextValue {
+                path: sd("private-key"),
+                found: "a plaintext string"
+            }],
+            "{field}"
+        );
+    }
+    // Any letter case, any document, nested values, numbers and booleans;
+    // empty strings and null hold nothing.
+    let text = "kind: Secret\nStringData:\n  a: x\n  b: ''\n  c: null\n---\nDATA:\n  n: 1\n  t: true\n  m:\n    deep: v\n  e: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\nother:\n  data: not a Secret field\n";
+    let found: Vec<(Vec<String>, &str)> = plaintext_secret_values(text)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.path, p.found))
+        .collect();
+    let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        found,
+        vec![
+            (p(&["StringData", "a"]), "a plaintext string"),
+            (p(&["DATA", "n"]), "a number"),
+            (p(&["DATA", "t"]), "a boolean"),
+            (p(&["DATA", "m", "deep"]), "a plaintext string"),
+        ]
+    );
+    assert_eq!(
+        plaintext_secret_values("data: plain\n").unwrap(),
+        vec![PlaintextValue {
+            path: p(&["data"]),
+            found: "a plaintext string"
+        }]
+    );
+    assert!(plaintext_secret_values("data: {1: x}\n").is_err());
+    assert!(plaintext_secret_values("{{{").is_err());
+    // What encrypt_secret writes passes.
+    assert_eq!(plaintext_secret_values(&sample(&k)).unwrap(), vec![]);
+}
