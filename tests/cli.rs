@@ -76,6 +76,12 @@ fn output_dir_is_owned_wholly() {
     std::fs::create_dir(d.join("other")).unwrap();
     std::fs::write(d.join("other/x"), "x").unwrap();
     assert_eq!(run(d, &["build", "-o", "other"]).status.code(), Some(2));
+    // Missing parents of the output dir are created.
+    assert_eq!(
+        run(d, &["build", "-o", "deep/er/out"]).status.code(),
+        Some(0)
+    );
+    assert!(d.join("deep/er/out/policy.hujson").exists());
     // Unchanged rebuild keeps everything as it is.
     std::fs::remove_file(d.join("out/clusters/mine.yaml")).unwrap();
     let o = run(d, &["build"]);
@@ -133,10 +139,286 @@ fn diff_exit_codes_and_git_base() {
     assert_eq!(md.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&md.stdout).starts_with("<!-- tsk8s-diff -->"));
     // Bad input: unknown ref.
+    let o = run(d, &["diff", "--base", "no-such-ref"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a commit"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn git(d: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A repository with the proxy-basic spec and its output committed on `main`, and
+/// `origin/main` pointing there (as in a CI checkout of a pull request).
+fn repo_with_committed_output(d: &Path) {
+    copy_spec("testdata/specs/proxy-basic", d);
+    git(d, &["init", "-q", "-b", "main"]);
+    git(d, &["config", "user.email", "ci@example.com"]);
+    git(d, &["config", "user.name", "ci"]);
+    assert_eq!(run(d, &["build"]).status.code(), Some(0));
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "base"]);
+    git(d, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A pull request cannot fake its own diff comment: `--base origin/main` is the git ref even
+/// when the pull request commits a directory `origin/main/` holding a copy of its own output.
+#[test]
+fn diff_base_is_a_git_ref_never_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    repo_with_committed_output(d);
+    git(d, &["checkout", "-q", "-b", "pr"]);
+    let spec = std::fs::read_to_string(d.join("tailnet.kdl")).unwrap();
+    std::fs::write(
+        d.join("tailnet.kdl"),
+        spec.replace("dst=\"tag:web:8080\"", "dst=\"*:*\""),
+    )
+    .unwrap();
+    assert_eq!(run(d, &["build"]).status.code(), Some(0));
+    copy_dir(&d.join("out"), &d.join("origin/main"));
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "pr"]);
+    let o = run(
+        d,
+        &["diff", "--base", "origin/main", "--format", "markdown"],
+    );
     assert_eq!(
-        run(d, &["diff", "--base", "no-such-ref"]).status.code(),
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("*:*"));
+    // A directory is compared with only when asked for by name.
+    let o = run(d, &["diff", "--base-dir", "origin/main"]);
+    assert_eq!(o.status.code(), Some(0));
+    // A ref that does not resolve is an error, even when a directory of that name exists.
+    let o = run(d, &["diff", "--base", "origin"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a commit"), "{err}");
+    assert!(err.contains("--base-dir \"origin\""), "{err}");
+    assert!(o.stdout.is_empty());
+    for bad in [
+        &["diff", "--base-dir", "no-such-dir"][..],
+        &["diff", "--base", "-x"],
+    ] {
+        assert_eq!(run(d, bad).status.code(), Some(2), "{bad:?}");
+    }
+    assert_eq!(
+        run(d, &["diff", "--base", "main", "--base-dir", "out"])
+            .status
+            .code(),
         Some(2)
     );
+}
+
+/// No tree is read through a symbolic link: not the output dir (`diff`, `build`,
+/// `build --check`), not a `--base-dir`, not a tree at a git ref. Each names the link.
+#[test]
+fn no_tree_is_read_through_a_symlink() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    repo_with_committed_output(d);
+    std::fs::write(d.join("secret.txt"), "TOP-SECRET-CONTENT\n").unwrap();
+    std::fs::create_dir(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/k.yaml"), "TOP-SECRET-CONTENT\n").unwrap();
+    let check = |args: &[&str], link: &str| {
+        let o = run(d, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(link) && err.contains("symbolic link"),
+            "{args:?}: {err}"
+        );
+        let all = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !all.contains("TOP-SECRET"),
+            "{args:?} printed the target: {all}"
+        );
+    };
+    // A link to a file and a link to a directory, inside the output dir.
+    for (link, target) in [
+        ("out/clusters/lab/leak.yaml", "../../../secret.txt"),
+        ("out/clusters/leak", "../../secrets"),
+    ] {
+        symlink(target, d.join(link)).unwrap();
+        check(&["diff"], link);
+        check(&["build"], link);
+        check(&["build", "--check"], link);
+        std::fs::remove_file(d.join(link)).unwrap();
+    }
+    // Inside a --base-dir, and the --base-dir itself.
+    copy_dir(&d.join("out"), &d.join("base"));
+    symlink("../../../secret.txt", d.join("base/clusters/lab/leak.yaml")).unwrap();
+    check(
+        &["diff", "--base-dir", "base"],
+        "base/clusters/lab/leak.yaml",
+    );
+    symlink("secrets", d.join("base-link")).unwrap();
+    check(&["diff", "--base-dir", "base-link"], "base-link");
+    // A symbolic link committed in the output dir at the base ref.
+    symlink("../../../secret.txt", d.join("out/clusters/lab/leak.yaml")).unwrap();
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "link"]);
+    std::fs::remove_file(d.join("out/clusters/lab/leak.yaml")).unwrap();
+    check(&["diff", "--base", "HEAD"], "out/clusters/lab/leak.yaml");
+    // A FIFO would block a reader: refused, named.
+    let o = Command::new("mkfifo")
+        .arg(d.join("out/fifo"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    for args in [&["diff"][..], &["build", "--check"], &["build"]] {
+        let o = run(d, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("out/fifo"));
+    }
+}
+
+/// `-o` naming a symbolic link is refused; the link and its target stay as they were.
+#[test]
+fn output_dir_that_is_a_symlink_is_refused() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/proxy-basic", d);
+    assert_eq!(run(d, &["build", "-o", "real"]).status.code(), Some(0));
+    // Make the target stale, so a build would have something to write.
+    std::fs::remove_file(d.join("real/policy.hujson")).unwrap();
+    let before = tsk8s::cli::output::read_tree(&d.join("real")).unwrap();
+    symlink("real", d.join("link")).unwrap();
+    symlink("nowhere", d.join("dangling")).unwrap();
+    for link in ["link", "dangling"] {
+        for args in [
+            &["build", "-o", link][..],
+            &["build", "--check", "-o", link],
+            &["diff", "-o", link],
+        ] {
+            let o = run(d, args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("symbolic link"), "{args:?}: {err}");
+            assert!(
+                std::fs::symlink_metadata(d.join(link))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink(),
+                "{args:?} replaced the link"
+            );
+        }
+    }
+    assert!(!d.join("nowhere").exists());
+    assert_eq!(
+        tsk8s::cli::output::read_tree(&d.join("real")).unwrap(),
+        before
+    );
+}
+
+fn hidden_siblings(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".out."))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Leftovers of a killed build are removed by the next build under the output lock, also
+/// when that build finds the tree up to date; `--check` neither locks nor removes anything.
+#[test]
+fn leftovers_are_removed_by_an_up_to_date_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/proxy-basic", d);
+    assert_eq!(run(d, &["build"]).status.code(), Some(0));
+    assert_eq!(hidden_siblings(d), Vec::<String>::new());
+    // What a SIGKILLed build leaves: its half-written temp tree, maybe the old tree (where
+    // the swap is not one renameat2), and its lock file.
+    for leftover in [".out.tsk8s-new-4242", ".out.tsk8s-old-4243"] {
+        std::fs::create_dir_all(d.join(leftover).join("clusters")).unwrap();
+        std::fs::write(d.join(leftover).join("clusters/x.yaml"), "x").unwrap();
+    }
+    std::fs::write(d.join(".out.tsk8s-lock"), "").unwrap();
+    // Not leftovers: another dir's, and names that only start alike.
+    std::fs::create_dir(d.join(".outer.tsk8s-new-1")).unwrap();
+    std::fs::create_dir(d.join(".out.tsk8s-new-1x")).unwrap();
+    let o = run(d, &["build", "--check"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(hidden_siblings(d).len(), 4, "--check removed something");
+    let o = run(d, &["build"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("up to date"), "{err}");
+    assert_eq!(hidden_siblings(d), vec![".out.tsk8s-new-1x".to_string()]);
+    assert!(d.join(".outer.tsk8s-new-1").exists());
+}
+
+/// A build waits for the one holding the output lock, up to `--lock-timeout`, then exits 2
+/// having changed nothing; readers do not wait.
+#[test]
+fn a_held_output_lock_makes_a_build_wait_then_fail() {
+    use std::os::fd::AsRawFd as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/proxy-basic", d);
+    assert_eq!(run(d, &["build"]).status.code(), Some(0));
+    std::fs::remove_file(d.join("out/policy.hujson")).unwrap();
+    std::fs::create_dir(d.join(".out.tsk8s-new-4242")).unwrap();
+    let lock = std::fs::File::create(d.join(".out.tsk8s-lock")).unwrap();
+    // SAFETY: `lock` is an open file descriptor for the duration of the call.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let o = run(d, &["build", "--lock-timeout", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("another tsk8s build"), "{err}");
+    assert!(!d.join("out/policy.hujson").exists());
+    assert!(d.join(".out.tsk8s-new-4242").exists());
+    // Readers take no lock.
+    assert_eq!(run(d, &["build", "--check"]).status.code(), Some(1));
+    assert_eq!(run(d, &["diff"]).status.code(), Some(1));
+    drop(lock);
+    let o = run(d, &["build", "--lock-timeout", "0"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(d.join("out/policy.hujson").exists());
+    assert_eq!(hidden_siblings(d), Vec::<String>::new());
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! old tree or the complete new tree: never a partial tree, never a missing dir (once one
 //! existed). The kill points come from a PRNG with a fixed seed, spread over the time one
 //! whole build takes here.
+//!
+//! Concurrent builds into one dir take turns (the output lock): every one succeeds, none
+//! leaves a temp dir behind, and the dir always holds one whole tree.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -110,11 +113,9 @@ fn describe(got: &Tree, a: &Tree, b: &Tree) -> String {
     format!("vs old: {}; vs new: {}", diff(a), diff(b))
 }
 
-#[test]
-fn sigkill_during_build_leaves_old_or_new_tree() {
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let root = tmp.path();
-    // Two specs with the same nodes (so one lock serves both); every workload differs.
+/// Two specs with the same nodes (so one lock serves both) whose every workload differs,
+/// their reference trees (built into `ref-0`, `ref-1`), and how long one whole build takes.
+fn two_specs(root: &Path) -> (Vec<PathBuf>, Vec<Tree>, Duration) {
     let dirs: Vec<PathBuf> = ["a", "b"].iter().map(|n| root.join(n)).collect();
     for (d, tag) in dirs.iter().zip(["1.0.0", "1.0.1"]) {
         fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
@@ -136,7 +137,6 @@ fn sigkill_during_build_leaves_old_or_new_tree() {
         .unwrap_or_else(|e| panic!("{e}"));
     let specs: Vec<PathBuf> = dirs.iter().map(|d| d.join("tailnet.kdl")).collect();
 
-    // Reference trees, and how long one whole build takes here.
     let mut refs: Vec<Tree> = Vec::new();
     let mut full = Duration::ZERO;
     for (i, s) in specs.iter().enumerate() {
@@ -152,6 +152,14 @@ fn sigkill_during_build_leaves_old_or_new_tree() {
         "expected a large tree, got {} files",
         refs[0].len()
     );
+    (specs, refs, full)
+}
+
+#[test]
+fn sigkill_during_build_leaves_old_or_new_tree() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path();
+    let (specs, refs, full) = two_specs(root);
     let window_us = (full.as_micros() as u64).saturating_mul(6) / 5 + 1;
     eprintln!(
         "one build: {full:?}, {} files; killing within {window_us} µs",
@@ -197,18 +205,70 @@ fn sigkill_during_build_leaves_old_or_new_tree() {
     }
     eprintln!("{KILLS} kills: {saw_old} left the old tree, {saw_new} the new one");
 
+    // A build that finds the tree up to date still removes what the killed ones left.
+    if let Some(c) = current {
+        build(&specs[c], &out);
+        assert_eq!(read_tree(&out).as_ref(), Some(&refs[c]));
+        assert_no_leftovers(root);
+    }
     // A build after all those kills succeeds, gives the right tree, and leaves no leftovers.
     let last = current.map_or(0, |c| 1 - c);
     build(&specs[last], &out);
     assert_eq!(read_tree(&out).as_ref(), Some(&refs[last]));
+    assert_no_leftovers(root);
+}
+
+fn assert_no_leftovers(root: &Path) {
     let leftovers: Vec<String> = fs::read_dir(root)
         .unwrap_or_else(|e| panic!("{e}"))
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".out."))
         .collect();
-    assert!(
-        leftovers.is_empty(),
-        "leftovers of killed builds remain: {leftovers:?}"
-    );
+    assert!(leftovers.is_empty(), "leftovers remain: {leftovers:?}");
+}
+
+/// Two builds of different specs started together into one dir, several rounds: both
+/// succeed every time (the second waits for the first's lock), no temp dir is left behind,
+/// and the dir holds one of the two whole trees.
+#[test]
+fn concurrent_builds_into_one_dir_take_turns() {
+    const ROUNDS: usize = 8;
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path();
+    let (specs, refs, _) = two_specs(root);
+    let out = root.join("out");
+    for round in 0..ROUNDS {
+        // Alternate which spec starts first.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let children: Vec<_> = order
+            .iter()
+            .map(|&i| {
+                Command::new(BIN)
+                    .arg("build")
+                    .arg(&specs[i])
+                    .arg("-o")
+                    .arg(&out)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                o.status.success(),
+                "round {round}: a concurrent build failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let got = read_tree(&out).unwrap_or_else(|| panic!("round {round}: no output dir"));
+        assert!(
+            got == refs[0] || got == refs[1],
+            "round {round}: the output dir is neither tree ({})",
+            describe(&got, &refs[0], &refs[1])
+        );
+        assert_no_leftovers(root);
+    }
 }

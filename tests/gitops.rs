@@ -8,6 +8,7 @@
 //! - Every Tailscale-image container uses only containerboot's documented environment, in
 //!   combinations containerboot accepts (the table [`RULES`], from `cmd/containerboot`'s
 //!   `settings.validate()` and the doc comment of `main.go`), and gets what its mode needs.
+//! - The CI examples' diff line compares with the git base, never a committed directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1041,4 +1042,85 @@ cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
     assert_eq!(sidecar["metadata"]["namespace"], "shop");
     let k = String::from_utf8_lossy(&tree["clusters/c/components/api/kustomization.yaml"]);
     assert!(k.contains("api-authkey.externalsecret.yaml"), "{k}");
+}
+
+/// The diff line of each CI example, as the CI runs it, on a pull request that commits a
+/// directory `origin/main/` holding a copy of its own output (to make the comment say "no
+/// changes"): the base still comes from git, and the ACL change shows (exit 1).
+#[test]
+fn ci_examples_diff_the_git_base_not_a_committed_dir() {
+    let git = |d: &Path, args: &[&str]| {
+        let o = Command::new("git")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}");
+    };
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tsk8s"));
+    let tsk8s = |d: &Path, args: &[&str]| {
+        let o = Command::new(&bin)
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for f in ["tailnet.kdl", "tailnet.lock"] {
+        std::fs::copy(spec("proxy-basic").join(f), d.join(f)).unwrap();
+    }
+    git(d, &["init", "-q", "-b", "main"]);
+    git(d, &["config", "user.email", "ci@example.com"]);
+    git(d, &["config", "user.name", "ci"]);
+    tsk8s(d, &["build"]);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "base"]);
+    git(d, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
+    git(d, &["checkout", "-q", "-b", "pr"]);
+    let text = std::fs::read_to_string(d.join("tailnet.kdl")).unwrap();
+    std::fs::write(
+        d.join("tailnet.kdl"),
+        text.replace("dst=\"tag:web:8080\"", "dst=\"*:*\""),
+    )
+    .unwrap();
+    tsk8s(d, &["build"]);
+    tsk8s(d, &["build", "-o", "origin/main"]);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "pr"]);
+    for example in ["github-actions.yml", "gitlab-ci.yml"] {
+        let text = std::fs::read_to_string(root().join("examples/ci").join(example)).unwrap();
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("tsk8s diff "))
+            .unwrap_or_else(|| panic!("{example}: no `tsk8s diff` line"))
+            .replace("${{ github.base_ref }}", "main");
+        let path = format!(
+            "{}:{}",
+            bin.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let o = Command::new("sh")
+            .args(["-c", &line])
+            .current_dir(d)
+            .env("PATH", path)
+            .env("SPEC", "tailnet.kdl")
+            .env("OUT", "out")
+            .env("RUNNER_TEMP", d)
+            .env("CI_MERGE_REQUEST_TARGET_BRANCH_NAME", "main")
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{example}: {line}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // `$RUNNER_TEMP/tsk8s-diff.md` and `tsk8s-diff.md` are the same file here.
+        let comment = std::fs::read_to_string(d.join("tsk8s-diff.md")).unwrap();
+        assert!(comment.contains("*:*"), "{example}: {comment}");
+        std::fs::remove_file(d.join("tsk8s-diff.md")).unwrap();
+    }
 }

@@ -47,6 +47,15 @@ pub enum Command {
         /// (the swap is atomic against a killed process either way).
         #[arg(long, conflicts_with = "check")]
         fsync: bool,
+        /// How long to wait for another build writing the same output dir (each build holds
+        /// an exclusive lock on `.<DIR>.tsk8s-lock` beside it); then exit 2.
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 60,
+            conflicts_with = "check"
+        )]
+        lock_timeout: u64,
     },
     /// Assign addresses, ports and keys to new nodes in tailnet.lock (the only writer of it).
     Lock {
@@ -71,10 +80,13 @@ pub enum Command {
         /// The output dir (as in `build -o`).
         #[arg(short = 'o', long = "out", default_value = "out")]
         out: PathBuf,
-        /// Compare with the output dir as committed at this git ref, or with this directory.
-        /// Default: the output dir in the working tree.
-        #[arg(long)]
+        /// Compare with the output dir as committed at this git ref (a ref only, never a
+        /// directory). Default: the output dir in the working tree.
+        #[arg(long, value_name = "REF")]
         base: Option<String>,
+        /// Compare with this directory instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "base")]
+        base_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -252,6 +264,7 @@ pub fn run(cli: Cli) -> u8 {
             out,
             check,
             fsync,
+            lock_timeout,
         } => {
             let mut l = match load(&spec) {
                 Ok(l) => l,
@@ -279,6 +292,7 @@ pub fn run(cli: Cli) -> u8 {
                 } else {
                     output::Durability::Atomic
                 },
+                std::time::Duration::from_secs(lock_timeout),
             );
             match r {
                 Ok(true) => {
@@ -296,8 +310,16 @@ pub fn run(cli: Cli) -> u8 {
             spec,
             out,
             base,
+            base_dir,
             format,
-        } => diff(&spec, &out, base.as_deref(), format),
+        } => {
+            let base = match (base, base_dir) {
+                (Some(r), _) => Base::Ref(r),
+                (None, Some(d)) => Base::Dir(d),
+                (None, None) => Base::Out,
+            };
+            diff(&spec, &out, &base, format)
+        }
         Command::Lock {
             spec,
             keys_dir,
@@ -598,7 +620,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     Ok(())
 }
 
-fn diff(spec: &Path, out: &Path, base: Option<&str>, format: Format) -> u8 {
+/// What `diff` compares the fresh build with.
+enum Base {
+    /// The output dir in the working tree.
+    Out,
+    /// The output dir as committed at a git ref (`--base`).
+    Ref(String),
+    /// Another directory (`--base-dir`).
+    Dir(PathBuf),
+}
+
+fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
     let mut l = match load(spec) {
         Ok(l) => l,
         Err(e) => return fail(e),
@@ -611,11 +643,13 @@ fn diff(spec: &Path, out: &Path, base: Option<&str>, format: Format) -> u8 {
         Err(f) => return report(&f),
     };
     let old = match base {
-        None => output::read_tree(out).map_err(|e| e.to_string()),
-        Some(b) if Path::new(b).is_dir() => {
-            output::read_tree(Path::new(b)).map_err(|e| e.to_string())
-        }
-        Some(r) => git_tree(r, out),
+        Base::Out => output::read_tree(out).map_err(|e| e.to_string()),
+        Base::Dir(d) => match output::probe_dir(d) {
+            Ok(true) => output::read_tree(d).map_err(|e| e.to_string()),
+            Ok(false) => Err(format!("--base-dir {}: no such directory", d.display())),
+            Err(e) => Err(e.to_string()),
+        },
+        Base::Ref(r) => git_tree(r, out),
     };
     let old = match old {
         Ok(t) => t,
@@ -641,7 +675,10 @@ fn diff(spec: &Path, out: &Path, base: Option<&str>, format: Format) -> u8 {
     report.exit_code()
 }
 
-/// The output dir as committed at a git ref, read through `git` (no checkout).
+/// The output dir as committed at a git ref, read through `git` (no checkout). `rev` is a
+/// ref only (a directory is `--base-dir`); one that does not name a commit is an error, and
+/// so is a symbolic link or a submodule in the tree. Blobs are read raw (`cat-file`, no
+/// textconv or filters).
 fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
     use std::process::Command as Proc;
     let git = |args: &[&str], cwd: &Path| -> Result<Vec<u8>, String> {
@@ -659,8 +696,19 @@ fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
         }
         Ok(o.stdout)
     };
-    if rev.starts_with('-') {
-        return Err(format!("--base {rev:?}: not a git ref or directory"));
+    let not_a_ref = || {
+        let mut m = format!(
+            "--base {rev:?}: not a commit in the git repository (--base takes a git ref only)"
+        );
+        if Path::new(rev).is_dir() {
+            m.push_str(&format!(
+                "; to compare with the directory {rev:?}, pass --base-dir {rev:?}"
+            ));
+        }
+        m
+    };
+    if rev.starts_with('-') || rev.is_empty() {
+        return Err(not_a_ref());
     }
     let out_abs = if out.is_absolute() {
         out.to_path_buf()
@@ -688,21 +736,128 @@ fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
         .join(rest);
     let rel = rel_dir.to_string_lossy().trim_end_matches('/').to_string();
     let spec = format!("{rev}^{{commit}}");
-    git(&["rev-parse", "--verify", "--quiet", &spec], &top_path)
-        .map_err(|_| format!("--base {rev:?}: not a git ref or directory"))?;
-    let listing = git(
-        &["ls-tree", "-r", "-z", "--name-only", rev, "--", &rel],
+    let commit = git(
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ],
         &top_path,
-    )?;
+    )
+    .map_err(|_| not_a_ref())?;
+    let commit = String::from_utf8_lossy(&commit).trim().to_string();
+    let mut ls = vec![
+        "--literal-pathspecs",
+        "ls-tree",
+        "-r",
+        "-z",
+        "--full-tree",
+        &commit,
+    ];
+    if !rel.is_empty() {
+        ls.extend(["--", rel.as_str()]);
+    }
+    let listing = git(&ls, &top_path)?;
+    // `<mode> <type> <object>\t<path>` per entry.
+    let mut blobs: Vec<(String, String)> = Vec::new();
+    for entry in listing.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let entry = String::from_utf8_lossy(entry);
+        let (meta, path) = entry
+            .split_once('\t')
+            .ok_or_else(|| format!("git ls-tree: unexpected output {entry:?}"))?;
+        let mut fields = meta.split(' ');
+        let (mode, oid) = match (fields.next(), fields.next(), fields.next()) {
+            (Some(mode), Some(_), Some(oid)) => (mode, oid),
+            _ => return Err(format!("git ls-tree: unexpected output {entry:?}")),
+        };
+        match mode {
+            "100644" | "100755" => blobs.push((path.to_string(), oid.to_string())),
+            "120000" => {
+                return Err(format!(
+                    "{rev}:{path}: is a symbolic link; tsk8s does not follow links inside a tree it reads: remove it from the commit"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{rev}:{path}: is not a regular file (git mode {mode}); tsk8s reads only regular files"
+                ));
+            }
+        }
+    }
+    let oids: Vec<&str> = blobs.iter().map(|(_, o)| o.as_str()).collect();
+    let contents = cat_blobs(&top_path, &oids)?;
     let mut tree = crate::emit::Tree::new();
-    for path in listing.split(|b| *b == 0).filter(|p| !p.is_empty()) {
-        let path = String::from_utf8_lossy(path).into_owned();
-        let bytes = git(&["show", &format!("{rev}:{path}")], &top_path)?;
-        let key = path
-            .strip_prefix(&format!("{rel}/"))
-            .unwrap_or(&path)
-            .to_string();
+    for ((path, _), bytes) in blobs.into_iter().zip(contents) {
+        let key = match path.strip_prefix(&format!("{rel}/")) {
+            Some(k) => k.to_string(),
+            None if rel.is_empty() => path,
+            None => continue,
+        };
         tree.insert(key, bytes);
     }
     Ok(tree)
+}
+
+/// The raw contents of `oids` (blobs), in order, through one `git cat-file --batch`.
+fn cat_blobs(top: &Path, oids: &[&str]) -> Result<Vec<Vec<u8>>, String> {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::{Command as Proc, Stdio};
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut child = Proc::new("git")
+        .args(["cat-file", "--batch"])
+        .current_dir(top)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let mut input = String::new();
+    for o in oids {
+        input.push_str(o);
+        input.push('\n');
+    }
+    let stdin = child.stdin.take();
+    // Written from another thread: git answers while it reads, and both pipes are bounded.
+    let writer = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+    });
+    let mut out = Vec::with_capacity(oids.len());
+    let result = (|| -> Result<(), String> {
+        let stdout = child.stdout.take().ok_or("git cat-file: no output")?;
+        let mut r = BufReader::new(stdout);
+        let mut header = String::new();
+        for o in oids {
+            header.clear();
+            r.read_line(&mut header)
+                .map_err(|e| format!("git cat-file: {e}"))?;
+            let mut f = header.trim_end().split(' ');
+            let size = match (f.next(), f.next(), f.next()) {
+                (Some(got), Some("blob"), Some(size)) if got == *o => size
+                    .parse::<usize>()
+                    .map_err(|_| format!("git cat-file: bad header {header:?}"))?,
+                _ => return Err(format!("git cat-file {o}: {}", header.trim_end())),
+            };
+            let mut bytes = vec![0; size];
+            r.read_exact(&mut bytes)
+                .map_err(|e| format!("git cat-file: {e}"))?;
+            let mut nl = [0u8; 1];
+            r.read_exact(&mut nl)
+                .map_err(|e| format!("git cat-file: {e}"))?;
+            out.push(bytes);
+        }
+        Ok(())
+    })();
+    let _ = writer.join();
+    let status = child.wait().map_err(|e| format!("git cat-file: {e}"))?;
+    result?;
+    if !status.success() {
+        return Err(format!("git cat-file --batch: {status}"));
+    }
+    Ok(out)
 }

@@ -6,6 +6,12 @@
 //! (`build --fsync`) the new tree is also on disk before the swap, so a power loss keeps that
 //! promise too. The old tree (now at the temp path) is removed afterwards; leftovers of an
 //! interrupted run are removed on the next.
+//!
+//! Builds into one dir take turns: each holds an exclusive `flock` on `.<name>.tsk8s-lock`
+//! beside the dir for its whole write (the next waits, up to `build --lock-timeout`).
+//! Readers (`build --check`, `diff`) take no lock and write nothing; they read again when
+//! the dir was swapped while they read. No tree is read through a symbolic link, and an
+//! output dir that is a link is refused, never replaced.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -27,8 +33,39 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> OutputError {
     OutputError(format!("{}: {what}: {e}", path.display()))
 }
 
-/// Every regular file under `dir`, as `/`-separated relative paths.
+/// What is at `dir`, the final component not followed: `Ok(false)` nothing, `Ok(true)` a
+/// directory. A symbolic link is refused (tsk8s neither reads through nor replaces one), and
+/// so is anything else that is not a directory.
+pub fn probe_dir(dir: &Path) -> Result<bool, OutputError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io(dir, "cannot stat", e)),
+        Ok(m) if m.file_type().is_symlink() => Err(OutputError(format!(
+            "{}: is a symbolic link; tsk8s neither follows nor replaces one: name the directory it points to instead",
+            dir.display()
+        ))),
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(OutputError(format!(
+            "{}: exists and is not a directory",
+            dir.display()
+        ))),
+    }
+}
+
+fn symlink_inside(p: &Path) -> OutputError {
+    OutputError(format!(
+        "{}: is a symbolic link; tsk8s does not follow links inside a tree it reads: remove it",
+        p.display()
+    ))
+}
+
+/// Every regular file under `dir`, as `/`-separated relative paths. Links are never
+/// followed: `dir` itself or anything under it being a symbolic link is an error naming it,
+/// and so is anything that is neither a file nor a directory (a FIFO would block a reader).
 pub fn list_files(dir: &Path) -> Result<BTreeSet<String>, OutputError> {
+    if !probe_dir(dir)? {
+        return Err(OutputError(format!("{}: no such directory", dir.display())));
+    }
     let mut out = BTreeSet::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, prefix)) = stack.pop() {
@@ -41,55 +78,107 @@ pub fn list_files(dir: &Path) -> Result<BTreeSet<String>, OutputError> {
             } else {
                 format!("{prefix}/{name}")
             };
+            // `DirEntry::file_type` does not follow links.
             let ft = entry
                 .file_type()
                 .map_err(|e| io(&entry.path(), "cannot stat", e))?;
-            if ft.is_dir() {
+            if ft.is_symlink() {
+                return Err(symlink_inside(&entry.path()));
+            } else if ft.is_dir() {
                 stack.push((entry.path(), rel));
-            } else {
+            } else if ft.is_file() {
                 out.insert(rel);
+            } else {
+                return Err(OutputError(format!(
+                    "{}: is neither a regular file nor a directory; tsk8s reads only those",
+                    entry.path().display()
+                )));
             }
         }
     }
     Ok(out)
 }
 
-/// Read the output dir as a tree (for `build --check` and `diff`). A missing dir is empty.
-pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
-    let mut tree = Tree::new();
-    if !dir.exists() {
-        return Ok(tree);
+/// Read one regular file without following a link at its last component (`O_NOFOLLOW`;
+/// `O_NONBLOCK` so that a FIFO put there after listing cannot block).
+fn read_file(p: &Path) -> Result<Vec<u8>, OutputError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                symlink_inside(p)
+            } else {
+                io(p, "cannot read", e)
+            }
+        })?;
+    let m = f.metadata().map_err(|e| io(p, "cannot stat", e))?;
+    if !m.is_file() {
+        return Err(OutputError(format!(
+            "{}: is not a regular file; tsk8s reads only regular files",
+            p.display()
+        )));
     }
-    for rel in list_files(dir)? {
-        let p = dir.join(&rel);
-        let bytes = fs::read(&p).map_err(|e| io(&p, "cannot read", e))?;
-        tree.insert(rel, bytes);
-    }
-    Ok(tree)
+    let mut bytes = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
+    f.read_to_end(&mut bytes)
+        .map_err(|e| io(p, "cannot read", e))?;
+    Ok(bytes)
 }
 
-/// Refuse to replace a dir that holds files tsk8s did not write.
-pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
-    if !dir.exists() {
-        return Ok(());
+/// Device and inode of what is at `dir` (not following a link).
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::symlink_metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Read a tree (the output dir for `build --check` and `diff`, or `diff --base-dir`),
+/// never following a link (see [`list_files`]). A missing dir is empty. The read takes no
+/// lock: a build swapping the dir in meanwhile (the path then names another inode) makes
+/// it read again, so the tree returned is one whole tree, never a mix of two.
+pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        if !probe_dir(dir)? {
+            return Ok(Tree::new());
+        }
+        let before = identity(dir);
+        let mut tree = Tree::new();
+        for rel in list_files(dir)? {
+            let p = dir.join(&rel);
+            tree.insert(rel, read_file(&p)?);
+        }
+        if identity(dir) == before {
+            return Ok(tree);
+        }
     }
-    if !dir.is_dir() {
-        return Err(OutputError(format!(
-            "{}: exists and is not a directory",
-            dir.display()
-        )));
+    Err(OutputError(format!(
+        "{}: replaced {ATTEMPTS} times while being read (builds running into it); try again",
+        dir.display()
+    )))
+}
+
+/// Refuse to replace a dir that holds files tsk8s did not write (or any symbolic link).
+pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
+    if !probe_dir(dir)? {
+        return Ok(());
     }
     let files = list_files(dir)?;
     if files.is_empty() {
         return Ok(());
     }
     let manifest_path = dir.join(MANIFEST);
-    let manifest = fs::read_to_string(&manifest_path).map_err(|_| {
-        OutputError(format!(
-            "{}: is not empty and was not written by tsk8s (no {MANIFEST}); tsk8s owns its output dir wholly: choose another -o or empty it",
-            dir.display()
-        ))
-    })?;
+    let manifest = read_file(&manifest_path)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            OutputError(format!(
+                "{}: is not empty and was not written by tsk8s (no {MANIFEST}); tsk8s owns its output dir wholly: choose another -o or empty it",
+                dir.display()
+            ))
+        })?;
     let owned: BTreeSet<&str> = manifest
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -114,7 +203,8 @@ pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
-fn temp_sibling(dir: &Path, tag: &str) -> Result<PathBuf, OutputError> {
+/// `(parent, ".<name>.tsk8s-")`: where the siblings of `dir` (temp trees, the lock) live.
+fn sibling_prefix(dir: &Path) -> Result<(PathBuf, String), OutputError> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -122,27 +212,111 @@ fn temp_sibling(dir: &Path, tag: &str) -> Result<PathBuf, OutputError> {
     let name = dir
         .file_name()
         .ok_or_else(|| OutputError(format!("{}: not a directory name", dir.display())))?;
-    Ok(parent.join(format!(
-        ".{}.tsk8s-{tag}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
+    Ok((
+        parent.to_path_buf(),
+        format!(".{}.tsk8s-", name.to_string_lossy()),
+    ))
 }
 
-/// Remove leftovers of interrupted runs (`.<name>.tsk8s-*` beside the dir).
-fn clean_leftovers(dir: &Path) {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Some(name) = dir.file_name() else { return };
-    let prefix = format!(".{}.tsk8s-", name.to_string_lossy());
-    if let Ok(rd) = fs::read_dir(parent) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = fs::remove_dir_all(e.path());
-            }
+/// Tags of the temp trees beside the output dir: `.<name>.tsk8s-<tag>-<pid>`.
+const TEMP_TAGS: [&str; 2] = ["new", "old"];
+
+fn temp_sibling(dir: &Path, tag: &str) -> Result<PathBuf, OutputError> {
+    let (parent, prefix) = sibling_prefix(dir)?;
+    Ok(parent.join(format!("{prefix}{tag}-{}", std::process::id())))
+}
+
+/// Remove the temp trees of interrupted runs (`.<name>.tsk8s-new-<pid>` and `-old-<pid>`
+/// beside the dir). Called under the output lock only, so none of them belongs to a live
+/// build.
+fn clean_leftovers(dir: &Path) -> Result<(), OutputError> {
+    let (parent, prefix) = sibling_prefix(dir)?;
+    let rd = match fs::read_dir(&parent) {
+        Ok(rd) => rd,
+        Err(e) => return Err(io(&parent, "cannot read directory", e)),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let is_temp = TEMP_TAGS.iter().any(|tag| {
+            rest.strip_prefix(tag)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
+        // Only directories (never through a link: `file_type` does not follow one).
+        if is_temp && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            fs::remove_dir_all(&p).map_err(|err| io(&p, "cannot remove a leftover", err))?;
         }
+    }
+    Ok(())
+}
+
+/// The exclusive lock of one output dir: `flock` on `.<name>.tsk8s-lock` beside it, held for
+/// the whole write (cleaning leftovers, the ownership and up-to-date checks, the swap).
+/// The file is removed while still locked when the build ends; a waiter that then gets the
+/// lock on the removed file notices (the path names another inode, or none) and starts over.
+struct OutputLock {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl OutputLock {
+    fn acquire(dir: &Path, wait: std::time::Duration) -> Result<Self, OutputError> {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        let (parent, prefix) = sibling_prefix(dir)?;
+        let path = parent.join(format!("{prefix}lock"));
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| io(&path, "cannot open the output lock", e))?;
+            loop {
+                // SAFETY: `file` is an open file descriptor for the duration of the call.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EWOULDBLOCK)
+                    && e.kind() != std::io::ErrorKind::Interrupted
+                {
+                    return Err(io(&path, "cannot lock", e));
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Err(OutputError(format!(
+                        "{}: another tsk8s build is writing it (it holds {}); gave up after {} s (--lock-timeout)",
+                        dir.display(),
+                        path.display(),
+                        wait.as_secs()
+                    )));
+                }
+                std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(20)));
+            }
+            let held = file.metadata().map_err(|e| io(&path, "cannot stat", e))?;
+            let same = fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino());
+            if same {
+                return Ok(OutputLock { path, _file: file });
+            }
+            // The previous holder removed the file after we opened it: start over.
+        }
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still locked (the file closes after this), so a waiter on this file
+        // sees it gone and locks the new one instead.
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -165,14 +339,29 @@ pub enum Durability {
 }
 
 /// Write `tree` as the new content of `dir`, atomically. Returns false when nothing changed.
-pub fn write_tree(dir: &Path, tree: &Tree, durability: Durability) -> Result<bool, OutputError> {
+///
+/// Runs under the dir's exclusive lock (waiting up to `lock_wait` for another build to
+/// finish): leftovers of interrupted runs are removed first, on every run, then the
+/// ownership and up-to-date checks, then the swap. `dir` being a symbolic link is refused.
+pub fn write_tree(
+    dir: &Path,
+    tree: &Tree,
+    durability: Durability,
+    lock_wait: std::time::Duration,
+) -> Result<bool, OutputError> {
+    probe_dir(dir)?;
+    // The dir's parents are created as needed (the lock file lives in its parent).
+    let (parent, _) = sibling_prefix(dir)?;
+    fs::create_dir_all(&parent).map_err(|e| io(&parent, "cannot create", e))?;
+    let _lock = OutputLock::acquire(dir, lock_wait)?;
+    clean_leftovers(dir)?;
     check_owned(dir)?;
-    if dir.exists() && read_tree(dir)? == *tree {
+    let exists = probe_dir(dir)?;
+    if exists && read_tree(dir)? == *tree {
         return Ok(false);
     }
-    clean_leftovers(dir);
     let tmp = temp_sibling(dir, "new")?;
-    fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
+    fs::create_dir(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
     // Directories first (sorted, so parents come before children), then the files, written
     // on all cores: creating 18,000 files is most of the cost of writing a large tree.
     let parents: BTreeSet<&str> = tree
@@ -215,7 +404,7 @@ pub fn write_tree(dir: &Path, tree: &Tree, durability: Durability) -> Result<boo
     if durability == Durability::Flushed {
         flush(&tmp, &dirs)?;
     }
-    if dir.exists() {
+    if exists {
         exchange(&tmp, dir)?;
         // `tmp` now holds the old tree.
         let _ = fs::remove_dir_all(&tmp);
@@ -223,13 +412,7 @@ pub fn write_tree(dir: &Path, tree: &Tree, durability: Durability) -> Result<boo
         fs::rename(&tmp, dir).map_err(|e| io(dir, "cannot rename into place", e))?;
     }
     if durability == Durability::Flushed {
-        if let Some(parent) = dir.parent() {
-            fsync_dir(if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            });
-        }
+        fsync_dir(&parent);
     }
     Ok(true)
 }
