@@ -321,6 +321,7 @@ fn output_dir_that_is_a_symlink_is_refused() {
             &["build", "-o", link][..],
             &["build", "--check", "-o", link],
             &["diff", "-o", link],
+            &["diff", "--base", "HEAD", "-o", link],
         ] {
             let o = run(d, args);
             let err = String::from_utf8_lossy(&o.stderr);

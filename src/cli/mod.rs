@@ -710,6 +710,8 @@ fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
     if rev.starts_with('-') || rev.is_empty() {
         return Err(not_a_ref());
     }
+    // `-o` naming a link is refused here too (it would locate the dir through the link).
+    output::probe_dir(out).map_err(|e| e.to_string())?;
     let out_abs = if out.is_absolute() {
         out.to_path_buf()
     } else {
