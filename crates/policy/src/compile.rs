@@ -215,7 +215,8 @@ fn src_strings(set: &IpSet, danger_all: bool) -> Vec<String> {
     }
 }
 
-/// Capabilities whose grant also gives the destination a capability back to the source.
+/// Capabilities whose grant also gives the destination a capability back to the source (on
+/// the destination's own addresses, also for `autogroup:self` grants).
 const COMPANION_CAPS: [(&str, &str); 2] = [
     ("tailscale.com/cap/drive", "tailscale.com/cap/drive-sharer"),
     ("tailscale.com/cap/relay", "tailscale.com/cap/relay-target"),
@@ -241,6 +242,9 @@ struct CapRule {
     src: Vec<String>,
     /// Per cap grant: destination set and cap map.
     grants: Vec<(IpSet, BTreeMap<String, Vec<Value>>)>,
+    /// A companion capability: granted on the node's own addresses only, never on its routes
+    /// (as Tailscale sends `drive-sharer` and `relay-target`).
+    own_only: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -479,7 +483,8 @@ impl<'a> Compiled<'a> {
                     }
                 }
                 Item::Cap(c) => {
-                    if let Some(r) = reduce_cap(c, &own, &routes) {
+                    let routes: &[IpNet] = if c.own_only { &[] } else { &routes };
+                    if let Some(r) = reduce_cap(c, &own, routes) {
                         out.push(r);
                     }
                 }
@@ -534,15 +539,30 @@ impl<'a> Compiled<'a> {
             && !app.is_empty()
             && !own.is_empty()
         {
+            let dsts: Vec<String> = own.iter().map(|ip| IpNet::from(*ip).to_string()).collect();
             out.push(FilterRule {
                 src_ips: src_s.clone(),
                 dst_ports: Vec::new(),
                 ip_proto: Vec::new(),
                 cap_grant: vec![CapGrant {
-                    dsts: own.iter().map(|ip| IpNet::from(*ip).to_string()).collect(),
+                    dsts: dsts.clone(),
                     cap_map: app.clone(),
                 }],
             });
+            // The companion goes back the same way: the user's devices are both ends.
+            for (cap, companion) in COMPANION_CAPS {
+                if app.contains_key(cap) {
+                    out.push(FilterRule {
+                        src_ips: src_s.clone(),
+                        dst_ports: Vec::new(),
+                        ip_proto: Vec::new(),
+                        cap_grant: vec![CapGrant {
+                            dsts: dsts.clone(),
+                            cap_map: BTreeMap::from([(companion.to_string(), Vec::new())]),
+                        }],
+                    });
+                }
+            }
         }
         out
     }
@@ -762,6 +782,7 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
                 items.push(Item::Cap(CapRule {
                     src: src.clone(),
                     grants,
+                    own_only: false,
                 }));
                 if dst_wild {
                     dst_union.add_set(&r.approved_routes().clone());
@@ -773,6 +794,7 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
                         items.push(Item::Cap(CapRule {
                             src: dst_union.to_strings(),
                             grants: vec![(src_set.clone(), m)],
+                            own_only: true,
                         }));
                     }
                 }

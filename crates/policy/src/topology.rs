@@ -7,6 +7,7 @@
 //!                     "routable_ips": ["10.33.0.0/16"], "approved_routes": ["10.33.0.0/16"]}}}
 //! ```
 //! `user` is the owner's email (a user's `name` is accepted too), null for tagged nodes.
+//! Every list (and `users`, `nodes`) may be `null`, as Go writes a nil slice: it reads as empty.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -18,9 +19,9 @@ use crate::ipset::{IpSet, is_exit_route};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub users: Vec<User>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub nodes: BTreeMap<String, Node>,
     /// Users by email and by name, built on first lookup (not data: never compared).
     #[serde(skip)]
@@ -47,9 +48,9 @@ impl Eq for UserIndex {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub email: String,
 }
 
@@ -62,12 +63,21 @@ pub struct Node {
     /// Owner's email; `None` for tagged nodes.
     #[serde(default)]
     pub user: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub tags: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub routable_ips: Vec<IpNet>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub approved_routes: Vec<IpNet>,
+}
+
+/// Go writes a nil slice or map as `null`: read it as empty (the field is optional anyway).
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Topology {
@@ -209,5 +219,17 @@ mod tests {
             Some("odin@example.com")
         );
         assert!(Topology::parse("{\"nodes\": 3}").is_err());
+        let t = Topology::parse(
+            r#"{"users": null, "nodes": {"a": {"ipv4": "100.64.0.1", "user": null,
+                "tags": null, "routable_ips": null, "approved_routes": null}}}"#,
+        )
+        .unwrap();
+        assert!(t.users.is_empty() && t.nodes["a"].routable_ips.is_empty());
+        assert!(
+            Topology::parse(r#"{"nodes": null}"#)
+                .unwrap()
+                .nodes
+                .is_empty()
+        );
     }
 }
