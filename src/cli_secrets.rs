@@ -3,8 +3,9 @@
 //! files and their `.sops.yaml` in step with the spec's recipients, and telling the user what
 //! to re-apply after a rotation or removal. See docs/secrets.md.
 //!
-//! Private keys are never passed in argv nor printed: they go into files (mode 0600) or SOPS
-//! ciphertext only.
+//! Private keys are never passed in argv nor printed: they go into SOPS ciphertext, or into
+//! files under `--keys-dir` written only by [`write_private`] (fresh 0600 files in a dir only
+//! the user can access; see docs/secrets.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -286,22 +287,227 @@ pub fn sops_upkeep(
     }
 }
 
-/// For the external-secrets backend: `<keys dir>/<cluster>/<node>.json`, the store's secret
-/// value `{"private-key": "…"}` (mode 0600), for `aws secretsmanager … file://…`.
-pub fn write_store_json(key_path: &Path, k: &NewKey) -> Result<PathBuf, String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = key_path.with_extension("json");
+/// For the external-secrets backend: the store's secret value `{"private-key": "…"}`, written
+/// as `<keys dir>/<cluster>/<node>.json` (for `aws secretsmanager … file://…`).
+pub fn store_json(k: &NewKey) -> String {
     let json = serde_json::json!({ secrets::PRIVATE_KEY: format!("{}\n", k.private_key) });
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
-    f.write_all(format!("{json}\n").as_bytes())
-        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
-    Ok(path)
+    format!("{json}\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private files under `--keys-dir`: the one writer of private keys and store files.
+
+/// The current user, as the kernel sees it for file ownership.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn c_name(name: &std::ffi::OsStr) -> Result<std::ffi::CString, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(name.as_bytes()).map_err(|_| format!("{name:?}: NUL in a file name"))
+}
+
+/// The way a keys dir (or one of its cluster dirs) is unfit for private keys, from its
+/// `lstat`/`fstat`; `None` when it is a real dir owned by the current user that no one else
+/// can enter or read.
+fn unsafe_dir(st: &libc::stat) -> Option<String> {
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFLNK {
+        return Some("is a symlink (give the real directory)".into());
+    }
+    if kind != libc::S_IFDIR {
+        return Some("is not a directory".into());
+    }
+    let me = euid();
+    if st.st_uid != me {
+        return Some(format!(
+            "is owned by uid {}, not by you (uid {me}): someone else can read or swap the keys",
+            st.st_uid
+        ));
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "has mode {mode:04o}: group or others can enter it; private keys need a directory only you can access (`chmod 700` it)"
+        ));
+    }
+    None
+}
+
+/// `lstat` of `name` in `dir` (`AT_FDCWD` for a path), `None` when it does not exist.
+fn lstat_at(dir: libc::c_int, name: &std::ffi::CStr) -> std::io::Result<Option<libc::stat>> {
+    // SAFETY: an all-zero `stat` is a valid value of the plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is a valid, writable `stat`.
+    if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0 {
+        return Ok(Some(st));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// `DIR` as given, without a trailing `/` or `.` (which would make the kernel follow a
+/// symlink that `O_NOFOLLOW` is meant to refuse).
+fn plain_dir(dir: &Path) -> PathBuf {
+    let p: PathBuf = dir.components().collect();
+    if p.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        p
+    }
+}
+
+fn refuse(what: &Path, why: &str) -> String {
+    format!("keys dir {what:?} {why}; nothing was written")
+}
+
+/// Before `lock` writes anything: `--keys-dir DIR` and the `DIR/<sub>` it will write into, where
+/// they exist, must each be a real directory (not a symlink) owned by the current user with no
+/// group or other access. Changes nothing.
+pub fn check_keys_dir(dir: &Path, subdirs: &[&str]) -> Result<(), String> {
+    let dir = plain_dir(dir);
+    let Some(st) =
+        lstat_at(libc::AT_FDCWD, &c_name(dir.as_os_str())?).map_err(|e| format!("{dir:?}: {e}"))?
+    else {
+        return Ok(()); // made 0700 when the first key is written
+    };
+    if let Some(why) = unsafe_dir(&st) {
+        return Err(refuse(&dir, &why));
+    }
+    for sub in subdirs {
+        let path = dir.join(sub);
+        if let Some(st) = lstat_at(libc::AT_FDCWD, &c_name(path.as_os_str())?)
+            .map_err(|e| format!("{path:?}: {e}"))?
+            && let Some(why) = unsafe_dir(&st)
+        {
+            return Err(refuse(&path, &why));
+        }
+    }
+    Ok(())
+}
+
+/// Open (making it, mode 0700, when missing) the directory `name` in `parent` without following
+/// a symlink, and check it is fit for private keys.
+fn open_private_dir(
+    parent: libc::c_int,
+    name: &std::ffi::CStr,
+    shown: &Path,
+) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: `name` is NUL-terminated.
+    if unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(format!("{shown:?}: cannot create: {e}"));
+        }
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated; the result is checked before use.
+    let fd = unsafe { libc::openat(parent, name.as_ptr(), flags) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if let Ok(Some(st)) = lstat_at(parent, name)
+            && let Some(why) = unsafe_dir(&st)
+        {
+            return Err(refuse(shown, &why));
+        }
+        return Err(format!("{shown:?}: cannot open: {e}"));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero `stat` is valid; `fd` is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) } != 0 {
+        return Err(format!(
+            "{shown:?}: cannot stat: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if let Some(why) = unsafe_dir(&st) {
+        return Err(refuse(shown, &why));
+    }
+    Ok(fd)
+}
+
+/// Write a private key or a store file: `DIR/<sub>/<name>` with mode 0600, whatever was there.
+///
+/// `DIR` and `DIR/<sub>` are opened without following symlinks (made 0700 when missing) and
+/// must be real dirs owned by the current user with no group or other access. The bytes go
+/// into a fresh temp file beside the target, created `O_CREAT|O_EXCL|O_NOFOLLOW` under an
+/// unpredictable name (so nothing already there, a file of another mode or a symlink planted
+/// under a guessable name, is ever opened), `fchmod` 0600 before the first byte, synced, and
+/// renamed over `name` (which replaces a symlink or a file of another mode rather than writing
+/// through it). Returns the target's path.
+pub fn write_private(dir: &Path, sub: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    use std::os::unix::fs::PermissionsExt as _;
+    for part in [sub, name] {
+        if part.is_empty() || part == "." || part == ".." || part.contains('/') {
+            return Err(format!("{part:?}: not a file name"));
+        }
+    }
+    let dir = plain_dir(dir);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt as _;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| format!("{parent:?}: cannot create: {e}"))?;
+    }
+    let top = open_private_dir(libc::AT_FDCWD, &c_name(dir.as_os_str())?, &dir)?;
+    let sub_path = dir.join(sub);
+    let cdir = open_private_dir(top.as_raw_fd(), &c_name(sub.as_ref())?, &sub_path)?;
+    let target = sub_path.join(name);
+    let dfd = cdir.as_raw_fd();
+    let (tmp, file) = {
+        use rand_core::RngCore as _;
+        let mut tries = 0;
+        loop {
+            let tmp = c_name(format!(".{name}.{:016x}.tmp", rand_core::OsRng.next_u64()).as_ref())?;
+            let flags =
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `tmp` is NUL-terminated; the mode is passed as the variadic argument.
+            let fd = unsafe { libc::openat(dfd, tmp.as_ptr(), flags, 0o600 as libc::c_uint) };
+            if fd >= 0 {
+                // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+                break (tmp, unsafe { fs::File::from_raw_fd(fd) });
+            }
+            let e = std::io::Error::last_os_error();
+            tries += 1;
+            if e.kind() != std::io::ErrorKind::AlreadyExists || tries >= 16 {
+                return Err(format!("{:?}: cannot create a temp file: {e}", sub_path));
+            }
+        }
+    };
+    let unlink = || {
+        // SAFETY: `tmp` is NUL-terminated; a failure leaves only a 0600 temp file.
+        unsafe { libc::unlinkat(dfd, tmp.as_ptr(), 0) };
+    };
+    let written = (|| -> std::io::Result<()> {
+        let mut file = file;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?; // fchmod, before any byte
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        unlink();
+        return Err(format!("{target:?}: cannot write: {e}"));
+    }
+    // SAFETY: both names are NUL-terminated and relative to the open dir.
+    if unsafe { libc::renameat(dfd, tmp.as_ptr(), dfd, c_name(name.as_ref())?.as_ptr()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        unlink();
+        return Err(format!("{target:?}: cannot replace: {e}"));
+    }
+    // SAFETY: `dfd` is open; fsync makes the rename durable.
+    unsafe { libc::fsync(dfd) };
+    Ok(target)
 }
 
 /// After `lock` wrote the lock: what must be re-applied for rotated keys and removed nodes.

@@ -1423,3 +1423,237 @@ fn sealed_secret_plaintext_is_refused() {
     );
     build_text(&spec, &lock, s).unwrap_or_else(|f| panic!("{}", f.text));
 }
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn private_dir(p: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(p).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// Finding 8: `--keys-dir` trusts nothing already there. A planted temp file (0644, or a
+/// symlink) under the old predictable name, a symlinked target, an existing 0644 store file:
+/// every key and store file ends up a fresh 0600 file, and nothing is written through a link.
+#[test]
+fn keys_dir_files_are_fresh_and_private() {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    fs::write(w.join("tailnet.kdl"), spec_with("external-secrets", "")).unwrap();
+    let keys = w.join("keys");
+    let prod = keys.join("prod");
+    private_dir(&keys);
+    private_dir(&prod);
+    let victim = w.join("victim");
+    fs::write(&victim, "victim's own text\n").unwrap();
+    // grafana: a 0644 temp file where the old code put its temp file.
+    fs::write(prod.join(".grafana.key.tmp"), "").unwrap();
+    fs::set_permissions(
+        prod.join(".grafana.key.tmp"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // shop-web: a symlinked temp file, and a 0644 store file already there.
+    symlink(&victim, prod.join(".shop-web.key.tmp")).unwrap();
+    fs::write(prod.join("shop-web.json"), "{}\n").unwrap();
+    fs::set_permissions(
+        prod.join("shop-web.json"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // prod-services: the key file itself a symlink, the store file a 0644 file.
+    symlink(&victim, prod.join("prod-services.key")).unwrap();
+    fs::write(prod.join("prod-services.json"), "").unwrap();
+    fs::set_permissions(
+        prod.join("prod-services.json"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+
+    let o = run(
+        &["lock", "tailnet.kdl", "--keys-dir", keys.to_str().unwrap()],
+        &[],
+        w,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "victim's own text\n",
+        "nothing written through a link"
+    );
+    let lock = lockfile::parse(
+        "tailnet.lock",
+        &fs::read_to_string(w.join("tailnet.lock")).unwrap(),
+    )
+    .unwrap();
+    for (node, entry) in &lock.nodes {
+        for f in [format!("{node}.key"), format!("{node}.json")] {
+            let p = prod.join(&f);
+            assert!(
+                fs::symlink_metadata(&p).unwrap().file_type().is_file(),
+                "{f} is a regular file"
+            );
+            assert_eq!(mode_of(&p), 0o600, "{f}");
+        }
+        let key = fs::read_to_string(prod.join(format!("{node}.key"))).unwrap();
+        assert_eq!(public_of(&key).unwrap(), entry.public_key, "{node}");
+        let json: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(prod.join(format!("{node}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(json["private-key"].as_str(), Some(key.as_str()), "{node}");
+    }
+    // The planted files are left as they were, and no temp file of ours remains.
+    assert_eq!(mode_of(&prod.join(".grafana.key.tmp")), 0o644);
+    assert_eq!(fs::read(prod.join(".grafana.key.tmp")).unwrap(), b"");
+    assert!(
+        fs::symlink_metadata(prod.join(".shop-web.key.tmp"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let left: Vec<String> = fs::read_dir(&prod)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with('.')
+                && !n.starts_with(".grafana.key.tmp")
+                && !n.starts_with(".shop-web.key.tmp")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Finding 8: a keys dir that is a symlink, not the user's, or open to group or others (and the
+/// same for its cluster dir) is refused before anything is written: exit 2, no lock, no key.
+#[test]
+fn unsafe_keys_dirs_are_refused() {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    // (what, set up the keys dir under w, the keys dir argument, expected words)
+    type Setup = Box<dyn Fn(&Path) -> PathBuf>;
+    let mut cases: Vec<(&str, Setup, &str)> = vec![
+        (
+            "symlinked keys dir",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("real"));
+                symlink(w.join("real"), w.join("keys")).unwrap();
+                w.join("keys")
+            }),
+            "is a symlink",
+        ),
+        (
+            "symlinked keys dir, trailing slash",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("real"));
+                symlink(w.join("real"), w.join("keys")).unwrap();
+                PathBuf::from(format!("{}/", w.join("keys").display()))
+            }),
+            "is a symlink",
+        ),
+        (
+            "group-readable keys dir",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("keys"));
+                fs::set_permissions(w.join("keys"), fs::Permissions::from_mode(0o750)).unwrap();
+                w.join("keys")
+            }),
+            "has mode 0750",
+        ),
+        (
+            "world-accessible keys dir",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("keys"));
+                fs::set_permissions(w.join("keys"), fs::Permissions::from_mode(0o701)).unwrap();
+                w.join("keys")
+            }),
+            "has mode 0701",
+        ),
+        (
+            "symlinked cluster dir",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("keys"));
+                private_dir(&w.join("elsewhere"));
+                symlink(w.join("elsewhere"), w.join("keys/prod")).unwrap();
+                w.join("keys")
+            }),
+            "is a symlink",
+        ),
+        (
+            "group-readable cluster dir",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("keys"));
+                private_dir(&w.join("keys/prod"));
+                fs::set_permissions(w.join("keys/prod"), fs::Permissions::from_mode(0o740))
+                    .unwrap();
+                w.join("keys")
+            }),
+            "has mode 0740",
+        ),
+        (
+            "keys dir is a file",
+            Box::new(|w: &Path| {
+                fs::write(w.join("keys"), "").unwrap();
+                w.join("keys")
+            }),
+            "is not a directory",
+        ),
+    ];
+    // Someone else's dir: as root, one chowned away; otherwise `/` (root's).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cases.push((
+            "keys dir owned by another user",
+            Box::new(|w: &Path| {
+                private_dir(&w.join("keys"));
+                std::os::unix::fs::chown(w.join("keys"), Some(65534), Some(65534)).unwrap();
+                w.join("keys")
+            }),
+            "is owned by uid 65534, not by you (uid 0)",
+        ));
+    } else {
+        cases.push((
+            "keys dir owned by another user",
+            Box::new(|_: &Path| PathBuf::from("/")),
+            "is owned by uid 0, not by you",
+        ));
+    }
+    for (i, (what, setup, want)) in cases.iter().enumerate() {
+        let w = base.join(format!("case{i}"));
+        fs::create_dir_all(&w).unwrap();
+        fs::write(w.join("tailnet.kdl"), spec_with("existing", "")).unwrap();
+        let dir = setup(&w);
+        let o = run(
+            &["lock", "tailnet.kdl", "--keys-dir", dir.to_str().unwrap()],
+            &[],
+            &w,
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(err.contains("nothing was written"), "{what}: {err}");
+        assert!(!w.join("tailnet.lock").exists(), "{what}: no lock written");
+        for d in ["real", "elsewhere", "keys", "keys/prod"] {
+            if let Ok(rd) = fs::read_dir(w.join(d)) {
+                let names: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
+                assert!(
+                    names.iter().all(|n| n == "prod"),
+                    "{what}: {d} holds {names:?}"
+                );
+            }
+        }
+    }
+    // A fresh keys dir (and its parents) is made 0700; the key 0600.
+    let w = base.join("fresh");
+    fs::create_dir_all(&w).unwrap();
+    fs::write(w.join("tailnet.kdl"), spec_with("existing", "")).unwrap();
+    let o = run(&["lock", "tailnet.kdl", "--keys-dir", "a/keys"], &[], &w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(mode_of(&w.join("a/keys")), 0o700);
+    assert_eq!(mode_of(&w.join("a/keys/prod")), 0o700);
+    assert_eq!(mode_of(&w.join("a/keys/prod/grafana.key")), 0o600);
+}

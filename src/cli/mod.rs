@@ -462,10 +462,8 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
         Err(e) => return fail(e),
     };
     let t = &front.tailnet;
-    if let Err(e) = crate::cli_secrets::sops_upkeep(&l.spec_dir, t, &old, &upd.new_keys) {
-        return fail(e);
-    }
-    // Keys first: if delivering them fails, the lock is left as it was.
+    // Keys that go to --keys-dir (every backend but sops). The dir is checked before anything
+    // is written.
     let needs_dir: Vec<&NewKey> = upd
         .new_keys
         .iter()
@@ -476,16 +474,32 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
             )
         })
         .collect();
-    if !needs_dir.is_empty() {
-        let Some(dir) = keys_dir else {
+    let keys_dir = match (needs_dir.is_empty(), keys_dir) {
+        (true, _) => None,
+        (false, None) => {
             return fail(format!(
                 "{} new private key(s) to deliver; pass --keys-dir DIR (outside the output dir, never committed) to receive them",
                 needs_dir.len()
             ));
-        };
+        }
+        (false, Some(dir)) => {
+            let clusters: std::collections::BTreeSet<&str> =
+                needs_dir.iter().map(|k| k.cluster.as_str()).collect();
+            let clusters: Vec<&str> = clusters.into_iter().collect();
+            if let Err(e) = crate::cli_secrets::check_keys_dir(dir, &clusters) {
+                return fail(e);
+            }
+            Some(dir)
+        }
+    };
+    if let Err(e) = crate::cli_secrets::sops_upkeep(&l.spec_dir, t, &old, &upd.new_keys) {
+        return fail(e);
+    }
+    // Keys first: if delivering them fails, the lock is left as it was.
+    if let Some(dir) = keys_dir {
         for k in &needs_dir {
-            match write_key(dir, k) {
-                Ok(path) => print_key_instructions(t, k, &path),
+            match write_key(dir, t, k) {
+                Ok((path, json)) => print_key_instructions(t, k, &path, json.as_deref()),
                 Err(e) => return fail(e),
             }
         }
@@ -517,32 +531,29 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
     0
 }
 
-fn write_key(dir: &Path, k: &NewKey) -> Result<PathBuf, String> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    let cdir = dir.join(&k.cluster);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&cdir)
-        .map_err(|e| format!("{}: cannot create: {e}", cdir.display()))?;
-    let path = cdir.join(format!("{}.key", k.node));
-    let tmp = cdir.join(format!(".{}.key.tmp", k.node));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
-    f.write_all(format!("{}\n", k.private_key).as_bytes())
-        .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("{}: cannot sync: {e}", tmp.display()))?;
-    fs::rename(&tmp, &path).map_err(|e| format!("{}: cannot rename: {e}", path.display()))?;
-    Ok(path)
+/// Write a node's private key as `DIR/<cluster>/<node>.key`, and for external-secrets the
+/// store's JSON `DIR/<cluster>/<node>.json`, both through the one private-file writer
+/// ([`crate::cli_secrets::write_private`]).
+fn write_key(dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(PathBuf, Option<PathBuf>), String> {
+    let key = crate::cli_secrets::write_private(
+        dir,
+        &k.cluster,
+        &format!("{}.key", k.node),
+        format!("{}\n", k.private_key).as_bytes(),
+    )?;
+    let json = match t.cluster(&k.cluster).map(|c| &c.secrets) {
+        Some(SecretBackend::ExternalSecrets { .. }) => Some(crate::cli_secrets::write_private(
+            dir,
+            &k.cluster,
+            &format!("{}.json", k.node),
+            crate::cli_secrets::store_json(k).as_bytes(),
+        )?),
+        _ => None,
+    };
+    Ok((key, json))
 }
 
-fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path) {
+fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path, json: Option<&Path>) {
     let ns = key_namespace(t, &k.cluster, &k.node);
     let secret = crate::lower::k8s::key_secret_name(&k.node);
     let what = if k.rotated { "rotated key" } else { "new key" };
@@ -563,12 +574,11 @@ fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path) {
                 "    vault kv put -mount=<the store's KV mount (spec.provider.vault.path)> {remote} private-key=@{}",
                 path.display()
             );
-            match crate::cli_secrets::write_store_json(path, k) {
-                Ok(json) => eprintln!(
+            if let Some(json) = json {
+                eprintln!(
                     "    aws secretsmanager create-secret --name {remote} --secret-string file://{}   (put-secret-value --secret-id {remote} … for an existing secret)",
                     json.display()
-                ),
-                Err(e) => eprintln!("    (cannot write the JSON form for AWS: {e})"),
+                );
             }
         }
         Some(SecretBackend::SealedSecrets { source_dir }) => {
