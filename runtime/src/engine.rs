@@ -25,9 +25,11 @@ use crate::config::{self, Loaded, Paths};
 use crate::dns::Zone;
 use crate::metrics::{self, Drop};
 use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use crate::resolve::{self, Resolver};
 use crate::wire::{self, BUF, Net};
 
 const TOKEN_WIRE: Token = Token(0);
+const TOKEN_WAKE: Token = Token(1);
 const LISTENER_BASE: usize = 16;
 const CONN_BASE: usize = 1 << 24;
 const UDP_BASE: usize = 2 << 24;
@@ -36,6 +38,65 @@ const MAX_UDP_SESSIONS: usize = 16_384;
 const UDP_IDLE: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(100);
 const RX_BATCH: usize = 128;
+/// Charged per connection besides its buffers (socket state, bookkeeping, kernel-side fd).
+const CONN_OVERHEAD: usize = 4096;
+/// Buffers of a connection when the full-size ones do not fit the budget.
+const SMALL_BUF: usize = 64 * 1024;
+/// DNS over TCP: smoltcp buffers, and the largest message kept (2-byte length + 65,535).
+const DNS_RX_BUF: usize = 4096;
+const DNS_TX_BUF: usize = 8192;
+const DNS_MSG_MAX: usize = 2 + 65_535;
+/// Connections one peer (or the cluster side of egress) may hold open.
+pub const MAX_CONNS_PER_OWNER: usize = 1024;
+/// Default memory budget when neither `TSK8S_MEMORY_BUDGET` nor `TSK8S_MEMORY_LIMIT` is set.
+pub const DEFAULT_MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Who a connection's memory is charged to: the peer it came from (or goes to, for none:
+/// egress connections are opened from inside the cluster).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Peer([u8; 32]),
+    Local,
+}
+
+/// One byte budget for every per-connection buffer. A connection is admitted only if its
+/// buffers fit both the whole budget and its owner's share (a quarter), and its owner holds
+/// fewer than [`MAX_CONNS_PER_OWNER`] connections; otherwise it is refused, never another's
+/// connection evicted.
+#[derive(Debug, Default)]
+struct Budget {
+    limit: usize,
+    used: usize,
+    accounts: HashMap<Owner, (usize, usize)>,
+}
+
+impl Budget {
+    fn share(&self) -> usize {
+        self.limit / 4
+    }
+
+    fn try_charge(&mut self, owner: Owner, bytes: usize) -> bool {
+        let share = self.share();
+        let (conns, used) = self.accounts.get(&owner).copied().unwrap_or((0, 0));
+        if conns >= MAX_CONNS_PER_OWNER || used + bytes > share || self.used + bytes > self.limit {
+            return false;
+        }
+        self.accounts.insert(owner, (conns + 1, used + bytes));
+        self.used += bytes;
+        true
+    }
+
+    fn release(&mut self, owner: Owner, bytes: usize) {
+        self.used = self.used.saturating_sub(bytes);
+        if let Some((conns, used)) = self.accounts.get_mut(&owner) {
+            *conns = conns.saturating_sub(1);
+            *used = used.saturating_sub(bytes);
+            if *conns == 0 {
+                self.accounts.remove(&owner);
+            }
+        }
+    }
+}
 
 /// Tunables (environment, for benchmarks; defaults are what production uses).
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +108,8 @@ pub struct Tuning {
     pub tcp_tx_window: usize,
     pub udp_sock_buf: usize,
     pub congestion: tcp::CongestionControl,
+    /// Bytes all per-connection buffers together may take (see [`Budget`]).
+    pub memory_budget: usize,
 }
 
 impl Default for Tuning {
@@ -62,6 +125,19 @@ impl Default for Tuning {
             tcp_tx_buf: env("TSK8S_TCP_TX_BUF", 256 * 1024),
             tcp_tx_window: env("TSK8S_TCP_TX_WINDOW", 64 * 1024).max(4096),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
+            // The container's memory limit comes from the Downward API (limits.memory, bytes);
+            // half of it is for connection buffers, the rest for everything else.
+            memory_budget: std::env::var("TSK8S_MEMORY_BUDGET")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .or_else(|| {
+                    std::env::var("TSK8S_MEMORY_LIMIT")
+                        .ok()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .map(|l| l / 2)
+                })
+                .unwrap_or(DEFAULT_MEMORY_BUDGET)
+                .max(1024 * 1024),
             congestion: match std::env::var("TSK8S_TCP_CC").as_deref() {
                 Ok("none") => tcp::CongestionControl::None,
                 Ok("cubic") => tcp::CongestionControl::Cubic,
@@ -103,6 +179,9 @@ struct Conn {
     born: Instant,
     dirty: bool,
     dns_buf: Vec<u8>,
+    owner: Owner,
+    /// Bytes charged to the budget for this connection.
+    charge: usize,
 }
 
 enum UdpKind {
@@ -157,7 +236,12 @@ pub struct Engine {
     dec_buf: Vec<u8>,
     inbox: Vec<(usize, Vec<u8>)>,
     out_scratch: Vec<u8>,
+    /// Resolved proxy target (resolver thread; a literal at once).
     proxy_target: Option<IpAddr>,
+    /// The proxy target as handed to the resolver (`host:0`), when it is a name.
+    proxy_target_name: Option<String>,
+    resolver: Resolver,
+    budget: Budget,
     pub local_udp: SocketAddr,
 }
 
@@ -184,6 +268,10 @@ impl Engine {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut socket, TOKEN_WIRE, Interest::READABLE)?;
+        let waker = mio::Waker::new(poll.registry(), TOKEN_WAKE)?;
+        let resolver = Resolver::spawn(Arc::new(move || {
+            let _ = waker.wake();
+        }))?;
         let mut net = Net::new(socket, loaded.secret.clone(), usize::from(node.mtu));
         net.set_peers(&loaded.peers);
         let start = Instant::now();
@@ -232,8 +320,15 @@ impl Engine {
             inbox: Vec::new(),
             out_scratch: Vec::with_capacity(2048),
             proxy_target: None,
+            proxy_target_name: None,
+            resolver,
+            budget: Budget {
+                limit: tuning.memory_budget,
+                ..Budget::default()
+            },
             local_udp,
         };
+        e.net.counters.memory_budget = tuning.memory_budget as u64;
         e.apply(loaded)?;
         Ok(e)
     }
@@ -260,10 +355,29 @@ impl Engine {
             Mode::SubnetRouter { routes } => routes.iter().map(|r| r.trunc()).collect(),
             _ => Vec::new(),
         };
-        self.proxy_target = match &loaded.node.mode {
-            Mode::Proxy { target_host, .. } => resolve_host(target_host),
-            _ => None,
+        // Names are resolved on the resolver thread, never here (this is the packet thread).
+        let mut names: Vec<String> = loaded
+            .peers
+            .iter()
+            .filter_map(|p| p.endpoint.clone())
+            .filter(|e| resolve::is_name(e))
+            .collect();
+        let (literal, target_name) = match &loaded.node.mode {
+            Mode::Proxy { target_host, .. } => match target_host.parse::<IpAddr>() {
+                Ok(ip) => (Some(ip), None),
+                Err(_) => (None, Some(format!("{target_host}:0"))),
+            },
+            _ => (None, None),
         };
+        if target_name.is_none() {
+            self.proxy_target = literal;
+        } else if target_name != self.proxy_target_name {
+            // A different name: unknown until the resolver answers.
+            self.proxy_target = None;
+        }
+        self.proxy_target_name = target_name;
+        names.extend(self.proxy_target_name.clone());
+        self.resolver.want(names);
         let mode_changed = self.loaded.node.mode != loaded.node.mode || self.listeners.is_empty();
         self.loaded = loaded;
         if mode_changed {
@@ -359,6 +473,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
             self.net.now = Instant::now();
+            self.take_resolutions();
             let mut wire_ready = false;
             for ev in events.iter() {
                 let t = ev.token().0;
@@ -399,6 +514,19 @@ impl Engine {
                     self.every_second();
                     self.publish_metrics(shared);
                 }
+            }
+        }
+    }
+
+    /// Apply what the resolver thread found (never blocks).
+    fn take_resolutions(&mut self) {
+        while let Some((name, addr)) = self.resolver.try_answer() {
+            if self.proxy_target_name.as_deref() == Some(name.as_str()) {
+                if let Some(a) = addr {
+                    self.proxy_target = Some(a.ip());
+                }
+            } else if let Some(a) = addr {
+                self.net.apply_resolved(&name, a);
             }
         }
     }
@@ -460,8 +588,12 @@ impl Engine {
             self.net.counters.drop(Drop::Malformed);
             return;
         }
-        let dns =
-            to_own && info.dport == 53 && (info.proto == PROTO_UDP || info.proto == PROTO_TCP);
+        // DNS (like MagicDNS) only for peers the policy lets reach this node: on port 53, or
+        // on any port (a peer with a grant here). Others get nothing, not even DNS.
+        let dns = to_own
+            && info.dport == 53
+            && (info.proto == PROTO_UDP || info.proto == PROTO_TCP)
+            && self.matcher.admits_source(info.src);
         let allowed = dns
             || self.net.is_reply(&info)
             || self
@@ -472,7 +604,7 @@ impl Engine {
             return;
         }
         match info.proto {
-            PROTO_TCP => self.inbound_tcp(&info, pkt),
+            PROTO_TCP => self.inbound_tcp(slot, &info, pkt),
             PROTO_UDP => self.inbound_udp(&info, &pkt),
             PROTO_ICMP | PROTO_ICMPV6 => {
                 if to_own && packet::is_echo_request(&info) {
@@ -527,7 +659,7 @@ impl Engine {
         }
     }
 
-    fn inbound_tcp(&mut self, info: &Info, pkt: Vec<u8>) {
+    fn inbound_tcp(&mut self, peer_slot: usize, info: &Info, pkt: Vec<u8>) {
         let key = (
             SocketAddr::new(info.src, info.sport),
             SocketAddr::new(info.dst, info.dport),
@@ -537,8 +669,18 @@ impl Engine {
         } else if info.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             match self.tcp_target(info) {
                 Some(kind) => {
-                    if let Some(slot) = self.new_tunnel_listener(key, kind) {
-                        self.mark_dirty(slot);
+                    let owner = match self.net.peers.get(peer_slot) {
+                        Some(Some(p)) => Owner::Peer(p.spec.public_key),
+                        _ => Owner::Local,
+                    };
+                    match self.new_tunnel_listener(key, kind, owner) {
+                        Some(slot) => self.mark_dirty(slot),
+                        None => {
+                            // Refused (over its limits): smoltcp answers the SYN with a RST.
+                            if let Some(Some(p)) = self.net.peers.get_mut(peer_slot) {
+                                p.stats.conns_refused += 1;
+                            }
+                        }
                     }
                 }
                 None => self.net.counters.drop(Drop::NoListener),
@@ -547,10 +689,36 @@ impl Engine {
         self.net.rx.push_back(pkt);
     }
 
-    fn tcp_socket(&self) -> tcp::Socket<'static> {
+    /// Charge a new connection of `owner` to the budget: full-size buffers if they fit, else
+    /// small ones, else None (refused, counted). Returns (rx, tx, charged bytes).
+    fn charge_conn(&mut self, owner: Owner, dns: bool) -> Option<(usize, usize, usize)> {
+        let tiers: &[(usize, usize)] = if dns {
+            &[(DNS_RX_BUF, DNS_TX_BUF)]
+        } else {
+            &[
+                (self.tuning.tcp_rx_buf, self.tuning.tcp_tx_buf),
+                (
+                    SMALL_BUF.min(self.tuning.tcp_rx_buf),
+                    SMALL_BUF.min(self.tuning.tcp_tx_buf),
+                ),
+            ]
+        };
+        let extra = if dns { DNS_MSG_MAX } else { 0 };
+        for &(rx, tx) in tiers {
+            let cost = rx + tx + extra + CONN_OVERHEAD;
+            if self.budget.try_charge(owner, cost) {
+                self.net.counters.memory_charged = self.budget.used as u64;
+                return Some((rx, tx, cost));
+            }
+        }
+        self.net.counters.drop(Drop::OverLimit);
+        None
+    }
+
+    fn tcp_socket(&self, rx: usize, tx: usize) -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; self.tuning.tcp_rx_buf]),
-            tcp::SocketBuffer::new(vec![0u8; self.tuning.tcp_tx_buf]),
+            tcp::SocketBuffer::new(vec![0u8; rx]),
+            tcp::SocketBuffer::new(vec![0u8; tx]),
         );
         s.set_nagle_enabled(false);
         s.set_congestion_control(self.tuning.congestion);
@@ -582,9 +750,20 @@ impl Engine {
         Some(slot)
     }
 
-    fn new_tunnel_listener(&mut self, key: (SocketAddr, SocketAddr), kind: Kind) -> Option<usize> {
-        let mut s = self.tcp_socket();
+    fn new_tunnel_listener(
+        &mut self,
+        key: (SocketAddr, SocketAddr),
+        kind: Kind,
+        owner: Owner,
+    ) -> Option<usize> {
+        if self.conn_by_key.len() >= MAX_CONNS {
+            self.net.counters.drop(Drop::TableFull);
+            return None;
+        }
+        let (rx, tx, charge) = self.charge_conn(owner, matches!(kind, Kind::Dns))?;
+        let mut s = self.tcp_socket(rx, tx);
         if s.listen(IpListenEndpoint::from(key.1)).is_err() {
+            self.uncharge(owner, charge);
             return None;
         }
         let handle = self.sockets.add(s);
@@ -602,12 +781,20 @@ impl Engine {
             born: Instant::now(),
             dirty: false,
             dns_buf: Vec::new(),
+            owner,
+            charge,
         };
         let slot = self.alloc_conn(c);
         if slot.is_none() {
             self.sockets.remove(handle);
+            self.uncharge(owner, charge);
         }
         slot
+    }
+
+    fn uncharge(&mut self, owner: Owner, charge: usize) {
+        self.budget.release(owner, charge);
+        self.net.counters.memory_charged = self.budget.used as u64;
     }
 
     fn mark_dirty(&mut self, slot: usize) {
@@ -695,7 +882,13 @@ impl Engine {
             return;
         };
         let local = SocketAddr::new(self.own_for(target.ip()), port);
-        let mut s = self.tcp_socket();
+        let owner = Owner::Local;
+        let Some((rx, tx, charge)) = self.charge_conn(owner, false) else {
+            // Refused: the kernel stream is closed when dropped.
+            self.used_ports.remove(&port);
+            return;
+        };
+        let mut s = self.tcp_socket(rx, tx);
         if s.connect(
             self.iface.context(),
             IpEndpoint::from(target),
@@ -704,6 +897,7 @@ impl Engine {
         .is_err()
         {
             self.used_ports.remove(&port);
+            self.uncharge(owner, charge);
             return;
         }
         let handle = self.sockets.add(s);
@@ -720,6 +914,7 @@ impl Engine {
         {
             self.sockets.remove(handle);
             self.used_ports.remove(&port);
+            self.uncharge(owner, charge);
             return;
         }
         let c = Conn {
@@ -736,6 +931,8 @@ impl Engine {
             born: Instant::now(),
             dirty: false,
             dns_buf: Vec::new(),
+            owner,
+            charge,
         };
         match self.alloc_conn(c) {
             Some(slot) => {
@@ -745,6 +942,7 @@ impl Engine {
             None => {
                 self.sockets.remove(handle);
                 self.used_ports.remove(&port);
+                self.uncharge(owner, charge);
             }
         }
     }
@@ -783,7 +981,12 @@ impl Engine {
                                     sock.abort();
                                 }
                             }
-                            Err(_) => sock.abort(),
+                            Err(_) => {
+                                sock.abort();
+                                if self.proxy_target_name.is_some() {
+                                    self.resolver.refresh_now(Instant::now());
+                                }
+                            }
                         },
                         Kind::Egress | Kind::Dns => c.phase = Phase::Open,
                     }
@@ -798,12 +1001,23 @@ impl Engine {
                         Ok(Some(_)) | Err(_) => {
                             sock.abort();
                             remove = true;
+                            // The target may have moved (a Service's new address).
+                            if self.proxy_target_name.is_some() {
+                                self.resolver.refresh_now(Instant::now());
+                            }
                         }
                         Ok(None) => {
                             if s.peer_addr().is_ok() {
                                 c.phase = Phase::Open;
                                 c.k_readable = true;
-                            } else if c.born.elapsed() > Duration::from_secs(30) {
+                            } else if c.born.elapsed() > Duration::from_secs(3)
+                                && self.proxy_target_name.is_some()
+                            {
+                                // A slow connect: the target may have moved.
+                                self.resolver.refresh_now(Instant::now());
+                            }
+                            if c.phase != Phase::Open && c.born.elapsed() > Duration::from_secs(30)
+                            {
                                 sock.abort();
                                 remove = true;
                             }
@@ -850,12 +1064,14 @@ impl Engine {
             self.used_ports.remove(&p);
         }
         self.conn_by_key.remove(&c.key);
+        self.uncharge(c.owner, c.charge);
         self.free_conns.push(slot);
         self.net.counters.tcp_active = self.conn_by_key.len() as u64;
     }
 
     fn every_second(&mut self) {
         self.net.rate_limiter.reset_count();
+        self.net.reset_probe_limits();
         self.net.expire_flows();
         // Sweep connections for state changes driven by smoltcp timers.
         for slot in 0..self.conns.len() {
@@ -1196,13 +1412,6 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     }
 }
 
-fn resolve_host(host: &str) -> Option<IpAddr> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    config::resolve_endpoint(&format!("{host}:0")).map(|s| s.ip())
-}
-
 enum Step<T> {
     Data(T),
     Block,
@@ -1280,38 +1489,48 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'static>, window: usize) -> bool {
         || (c.k_eof && c.shut_wr && !sock.is_open())
 }
 
-/// DNS over TCP: 2-byte length-prefixed messages, answered locally.
+/// DNS over TCP: 2-byte length-prefixed messages, answered locally. At most one message
+/// (`DNS_MSG_MAX`) is buffered; an answer waits until it fits the send buffer.
 fn dns_tcp(
     c: &mut Conn,
     sock: &mut tcp::Socket<'static>,
     zone: &Zone,
     counters: &mut metrics::Counters,
 ) -> bool {
-    while sock.can_recv() {
-        let r = sock.recv(|buf| {
-            let n = buf.len().min(4096);
-            (n, buf.get(..n).map(|b| b.to_vec()).unwrap_or_default())
-        });
-        match r {
-            Ok(v) if !v.is_empty() => c.dns_buf.extend_from_slice(&v),
-            _ => break,
+    loop {
+        while sock.can_recv() && c.dns_buf.len() < DNS_MSG_MAX {
+            let room = DNS_MSG_MAX - c.dns_buf.len();
+            let buf = &mut c.dns_buf;
+            let r = sock.recv(|b| {
+                let n = b.len().min(room);
+                let chunk = b.get(..n).unwrap_or_default();
+                buf.reserve_exact(chunk.len());
+                buf.extend_from_slice(chunk);
+                (n, n)
+            });
+            if !matches!(r, Ok(n) if n > 0) {
+                break;
+            }
         }
-        if c.dns_buf.len() > 65_537 {
-            sock.abort();
-            return true;
-        }
-    }
-    while let Some(len) = c
-        .dns_buf
-        .get(..2)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    {
-        if c.dns_buf.len() < 2 + len {
+        let Some(len) = c
+            .dns_buf
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            break;
+        };
+        let Some(msg) = c.dns_buf.get(2..2 + len) else {
+            break;
+        };
+        let resp = zone.answer(msg);
+        if let Some(resp) = &resp
+            && sock.send_capacity() - sock.send_queue() < 2 + resp.len()
+        {
+            // Answered again when the peer has read what is queued.
             break;
         }
-        let msg: Vec<u8> = c.dns_buf.drain(..2 + len).skip(2).collect();
         counters.dns_queries += 1;
-        if let Some(resp) = zone.answer(&msg) {
+        if let Some(resp) = resp {
             let mut framed = (resp.len() as u16).to_be_bytes().to_vec();
             framed.extend_from_slice(&resp);
             if sock.send_slice(&framed).is_err() {
@@ -1319,8 +1538,13 @@ fn dns_tcp(
                 return true;
             }
         }
+        c.dns_buf.drain(..2 + len);
+        if c.dns_buf.is_empty() {
+            // Give the memory back between messages.
+            c.dns_buf = Vec::new();
+        }
     }
-    if !sock.may_recv() && sock.is_open() && sock.may_send() {
+    if !sock.may_recv() && !sock.can_recv() && sock.is_open() && sock.may_send() {
         sock.close();
     }
     matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait)

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod engine;
 pub mod metrics;
 pub mod packet;
+pub mod resolve;
 pub mod wire;
 
 use std::sync::Arc;

@@ -38,9 +38,12 @@ pub enum Drop {
     /// ICMP echo to a routed destination, but no unprivileged ping socket: the process's
     /// group is outside `net.ipv4.ping_group_range`.
     PingUnavailable,
+    /// New connection refused: its peer is over its connection or memory limit, or the
+    /// memory budget is spent.
+    OverLimit,
 }
 
-pub const ALL_DROPS: [Drop; 16] = [
+pub const ALL_DROPS: [Drop; 17] = [
     Drop::Garbage,
     Drop::HandshakeInvalid,
     Drop::UnknownPeer,
@@ -57,6 +60,7 @@ pub const ALL_DROPS: [Drop; 16] = [
     Drop::TooBig,
     Drop::SendError,
     Drop::PingUnavailable,
+    Drop::OverLimit,
 ];
 
 impl Drop {
@@ -78,6 +82,7 @@ impl Drop {
             Drop::TooBig => "too_big",
             Drop::SendError => "send_error",
             Drop::PingUnavailable => "ping_unavailable",
+            Drop::OverLimit => "over_limit",
         }
     }
 
@@ -94,6 +99,8 @@ pub struct PeerStats {
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub handshakes: u64,
+    /// New connections refused because the peer was over its limits.
+    pub conns_refused: u64,
 }
 
 /// Node-wide counters.
@@ -103,6 +110,11 @@ pub struct Counters {
     pub udp_rx_datagrams: u64,
     pub udp_tx_datagrams: u64,
     pub cookie_replies: u64,
+    /// Handshake initiations sent in answer to undecryptable packets (peers without endpoint).
+    pub handshake_probes: u64,
+    /// Memory budget for connection buffers, and how much of it is charged.
+    pub memory_budget: u64,
+    pub memory_charged: u64,
     pub tcp_accepted: u64,
     pub tcp_active: u64,
     pub udp_sessions: u64,
@@ -142,7 +154,7 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
             c.dropped(d)
         );
     }
-    let scalars: [(&str, &str, &str, u64); 9] = [
+    let scalars: &[(&str, &str, &str, u64)] = &[
         (
             "tsk8s_udp_rx_datagrams_total",
             "counter",
@@ -160,6 +172,24 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
             "counter",
             "Cookie replies sent under load.",
             c.cookie_replies,
+        ),
+        (
+            "tsk8s_handshake_probes_total",
+            "counter",
+            "Handshake initiations sent to the source of an undecryptable packet.",
+            c.handshake_probes,
+        ),
+        (
+            "tsk8s_memory_budget_bytes",
+            "gauge",
+            "Memory budget for connection buffers.",
+            c.memory_budget,
+        ),
+        (
+            "tsk8s_memory_charged_bytes",
+            "gauge",
+            "Connection buffers charged to the memory budget.",
+            c.memory_charged,
         ),
         (
             "tsk8s_tcp_accepted_total",
@@ -202,7 +232,7 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     type Getter = fn(&PeerStats) -> u64;
-    let per: [(&str, &str, Getter); 5] = [
+    let per: [(&str, &str, Getter); 6] = [
         (
             "tsk8s_peer_rx_bytes_total",
             "Inner bytes received from the peer.",
@@ -227,6 +257,11 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
             "tsk8s_peer_handshakes_total",
             "Completed handshakes with the peer.",
             |p| p.handshakes,
+        ),
+        (
+            "tsk8s_peer_conns_refused_total",
+            "New connections from the peer refused over its limits.",
+            |p| p.conns_refused,
         ),
     ];
     for (name, help, f) in per {

@@ -30,13 +30,32 @@ pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
 pub const BUF: usize = 65_536;
 /// Flow-table bound.
 pub const MAX_FLOWS: usize = 65_536;
+/// A peer without an endpoint is sent at most one handshake initiation per this interval in
+/// answer to undecryptable packets (see [`Net::probe_unknown`]).
+pub const PROBE_PER_PEER: Duration = Duration::from_secs(5);
+/// Initiations per second sent to one source address in answer to undecryptable packets.
+pub const PROBES_PER_SOURCE: u32 = 4;
+/// Initiations per second sent in answer to undecryptable packets, all sources together.
+pub const PROBES_PER_SECOND: u32 = 32;
+/// Source addresses tracked by the probe limiter.
+const PROBE_SOURCES: usize = 4096;
 
 pub struct Peer {
     pub spec: PeerSpec,
     pub tunn: Tunn,
     pub index: u32,
     pub endpoint: Option<SocketAddr>,
+    /// `endpoint` was learned from an authenticated packet (roaming): a resolution of the
+    /// configured name does not override it.
+    pub roamed: bool,
+    /// Last handshake initiation sent in answer to an undecryptable packet.
+    pub last_probe: Option<Instant>,
     pub stats: PeerStats,
+}
+
+/// The configured endpoint if it is an `ip:port` literal (names go to the resolver thread).
+fn literal_endpoint(spec: &PeerSpec) -> Option<SocketAddr> {
+    spec.endpoint.as_deref()?.parse().ok()
 }
 
 /// Key of a tracked flow as seen leaving this node: (proto, local, remote).
@@ -63,6 +82,10 @@ pub struct Net {
     pub now: Instant,
     enc_buf: Vec<u8>,
     tx_scratch: Vec<u8>,
+    /// Probe limiter: initiations sent per source address in the current second, and in all.
+    probe_sources: HashMap<IpAddr, u32>,
+    probes_this_second: u32,
+    probe_cursor: usize,
 }
 
 impl Net {
@@ -87,6 +110,9 @@ impl Net {
             now: Instant::now(),
             enc_buf: vec![0; BUF + 64],
             tx_scratch: Vec::with_capacity(BUF),
+            probe_sources: HashMap::new(),
+            probes_this_second: 0,
+            probe_cursor: 0,
         }
     }
 
@@ -102,13 +128,12 @@ impl Net {
         for spec in specs {
             let peer = match old.remove(&spec.public_key) {
                 Some(mut p) if p.spec.keepalive == spec.keepalive => {
-                    if p.spec.endpoint != spec.endpoint
-                        && let Some(e) = spec
-                            .endpoint
-                            .as_deref()
-                            .and_then(crate::config::resolve_endpoint)
-                    {
-                        p.endpoint = Some(e);
+                    if p.spec.endpoint != spec.endpoint {
+                        // A new configured endpoint wins over a roamed one once it resolves.
+                        p.roamed = false;
+                        if let Some(e) = literal_endpoint(spec) {
+                            p.endpoint = Some(e);
+                        }
                     }
                     p.spec = spec.clone();
                     p
@@ -127,16 +152,14 @@ impl Net {
                         index,
                         Some(self.rate_limiter.clone()),
                     );
-                    let endpoint = spec
-                        .endpoint
-                        .as_deref()
-                        .and_then(crate::config::resolve_endpoint)
-                        .or(prev.and_then(|p| p.endpoint));
+                    let endpoint = literal_endpoint(spec).or(prev.and_then(|p| p.endpoint));
                     Peer {
                         spec: spec.clone(),
                         tunn,
                         index,
                         endpoint,
+                        roamed: false,
+                        last_probe: None,
                         stats: PeerStats::default(),
                     }
                 }
@@ -157,6 +180,16 @@ impl Net {
         routes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.0.cmp(&b.0)));
         self.routes = routes;
         self.route_cache = None;
+    }
+
+    /// A resolution of a configured endpoint name: peers configured with it that have not
+    /// roamed since take the address.
+    pub fn apply_resolved(&mut self, name: &str, addr: SocketAddr) {
+        for p in self.peers.iter_mut().flatten() {
+            if !p.roamed && p.spec.endpoint.as_deref() == Some(name) {
+                p.endpoint = Some(addr);
+            }
+        }
     }
 
     /// Peer that owns destination `dst` (longest prefix among allowed_ips).
@@ -332,6 +365,7 @@ impl Net {
                 Some(s) => (*s, 4),
                 None => {
                     self.counters.drop(Drop::UnknownIndex);
+                    self.probe_unknown(src);
                     return;
                 }
             },
@@ -340,6 +374,7 @@ impl Net {
             return;
         };
         let mut first = true;
+        let mut probe = false;
         loop {
             let res = if first {
                 peer.tunn.decapsulate(Some(src.ip()), data, dec)
@@ -358,12 +393,16 @@ impl Net {
                             _ => Drop::HandshakeInvalid,
                         };
                         self.counters.drop(reason);
+                        // A session this process does not have (indices repeat across
+                        // restarts): maybe a peer we have no endpoint for.
+                        probe = kind == 4;
                     }
                     break;
                 }
                 TunnResult::WriteToNetwork(out) => {
                     if was_first {
                         peer.endpoint = Some(src);
+                        peer.roamed = true;
                         if kind == 1 || kind == 2 {
                             peer.stats.handshakes += 1;
                         }
@@ -373,6 +412,7 @@ impl Net {
                 }
                 TunnResult::WriteToTunnelV4(pkt, _) | TunnResult::WriteToTunnelV6(pkt, _) => {
                     peer.endpoint = Some(src);
+                    peer.roamed = true;
                     if kind == 2 {
                         peer.stats.handshakes += 1;
                     }
@@ -385,6 +425,65 @@ impl Net {
                 }
             }
         }
+        if probe {
+            self.probe_unknown(src);
+        }
+    }
+
+    /// A data packet nobody can decrypt (unknown receiver index, or a session this process does
+    /// not have) came from `src`: after a restart, that is a device
+    /// still using its old session, and it re-handshakes only minutes later (measured: 110 s).
+    /// Send a handshake initiation to `src` for the peers that have no endpoint yet; the one
+    /// that sent it answers and its endpoint is learned from the authenticated response.
+    /// Limited per peer (one per [`PROBE_PER_PEER`]), per source ([`PROBES_PER_SOURCE`] a
+    /// second) and in all ([`PROBES_PER_SECOND`]), so spoofed packets cannot turn the node into
+    /// a reflector. Counters reset by [`Net::reset_probe_limits`] every second.
+    pub fn probe_unknown(&mut self, src: SocketAddr) {
+        let n = self.peers.len();
+        if n == 0 || self.probes_this_second >= PROBES_PER_SECOND {
+            return;
+        }
+        if !self.probe_sources.contains_key(&src.ip()) && self.probe_sources.len() >= PROBE_SOURCES
+        {
+            return;
+        }
+        let now = self.now;
+        for step in 0..n {
+            let sent = self.probe_sources.get(&src.ip()).copied().unwrap_or(0);
+            if sent >= PROBES_PER_SOURCE || self.probes_this_second >= PROBES_PER_SECOND {
+                break;
+            }
+            let slot = (self.probe_cursor + step) % n;
+            let Some(Some(peer)) = self.peers.get_mut(slot) else {
+                continue;
+            };
+            if peer.endpoint.is_some()
+                || peer
+                    .last_probe
+                    .is_some_and(|t| now.duration_since(t) < PROBE_PER_PEER)
+            {
+                continue;
+            }
+            peer.last_probe = Some(now);
+            let len = match peer
+                .tunn
+                .format_handshake_initiation(&mut self.enc_buf, true)
+            {
+                TunnResult::WriteToNetwork(out) => out.len(),
+                _ => continue,
+            };
+            self.probe_sources.insert(src.ip(), sent + 1);
+            self.probes_this_second += 1;
+            self.counters.handshake_probes += 1;
+            self.probe_cursor = (slot + 1) % n;
+            self.send_udp(len, src);
+        }
+    }
+
+    /// Start a new second for the probe limiter.
+    pub fn reset_probe_limits(&mut self) {
+        self.probe_sources.clear();
+        self.probes_this_second = 0;
     }
 
     /// Drive WireGuard timers (handshake retries, keepalives, rekeying).
