@@ -358,6 +358,17 @@ fn sidecar_and_reload() {
         http_get(&a, &format!("{side4}:8081"), Duration::from_secs(2)).is_err(),
         "rule removed → denied"
     );
+    // Without a grant on this node alice gets no DNS from it either.
+    assert!(
+        udp_roundtrip(
+            &a,
+            &format!("{side4}:53"),
+            dns_query("web.e2e.test"),
+            Duration::from_millis(700),
+        )
+        .is_err(),
+        "DNS answered to a peer with no grant on the node"
+    );
     let mt = metrics(&k, &admin);
     assert_eq!(
         metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}"),

@@ -144,7 +144,7 @@ pub fn device_files(
     if let Some(ip) = dns_server {
         let _ = writeln!(
             conf,
-            "# Every node answers DNS for {0}; to use it: DNS = {ip}, {0}",
+            "# Nodes this device may reach answer DNS for {0}; to use it: DNS = {ip}, {0}",
             t.domain
         );
     }
