@@ -14,6 +14,9 @@ pub struct Tailnet {
     pub name: String,
     /// DNS suffix: `<node>.<domain>`.
     pub domain: String,
+    /// The tailnet's MagicDNS suffix on Tailscale/headscale (`tail1234.ts.net`, no trailing
+    /// dot): Tailscale-image egress names its target `<host>.<suffix>.`.
+    pub magicdns_suffix: Option<String>,
     pub ipv4_pool: Ipv4Net,
     /// Known users (emails): declared, group members, device owners; sorted, unique.
     pub users: Vec<String>,
@@ -97,11 +100,17 @@ pub struct Cluster {
     pub publish: Publish,
     pub image: String,
     pub runtime: RuntimeKind,
+    /// `runtime="tailscale"`: the port containerboot serves `/healthz` on in each pod
+    /// (`TS_LOCAL_ADDR_PORT`; default [`DEFAULT_HEALTH_PORT`]).
+    pub health_port: u16,
     pub secrets: SecretBackend,
     pub auth: TailscaleAuth,
     pub gitops: ClusterGitops,
     pub exposures: Vec<Exposure>,
 }
+
+/// containerboot's default `TS_LOCAL_ADDR_PORT` port (cmd/containerboot/settings.go).
+pub const DEFAULT_HEALTH_PORT: u16 = 9002;
 
 /// How Tailscale-image nodes authenticate (ignored for the tsk8s runtime).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -218,7 +218,7 @@ impl Resolver<'_> {
 
     fn tailnet(&mut self, spec: &Spec) -> Option<Tailnet> {
         let mut ok = true;
-        let (name, domain, ipv4_pool) = match &spec.tailnet {
+        let (name, domain, ipv4_pool, magicdns_suffix) = match &spec.tailnet {
             Some(t) => {
                 self.spans.tailnet = Some(t.span);
                 let domain =
@@ -265,7 +265,19 @@ impl Resolver<'_> {
                     },
                     None => cgnat,
                 };
-                (t.name.v.clone(), domain, pool)
+                let suffix = t.magicdns_suffix.as_ref().map(|m| {
+                    // A trailing dot is how MagicDNS writes names; the suffix is kept without.
+                    let v = m.v.strip_suffix('.').unwrap_or(&m.v).to_string();
+                    if let Err(e) = check_subdomain(&v) {
+                        self.push(
+                            err(m.span, format!("magicdns-suffix {:?} {e}", m.v))
+                                .label("not a DNS name")
+                                .help("the tailnet's MagicDNS suffix, e.g. \"tail1234.ts.net\" (Tailscale admin console → DNS) or headscale's base_domain"),
+                        );
+                    }
+                    v
+                });
+                (t.name.v.clone(), domain, pool, suffix)
             }
             None => {
                 self.push(
@@ -277,6 +289,7 @@ impl Resolver<'_> {
                     String::new(),
                     String::new(),
                     "100.64.0.0/10".parse().unwrap_or_default(),
+                    None,
                 )
             }
         };
@@ -539,6 +552,23 @@ impl Resolver<'_> {
                             diag = diag.help(h);
                         }
                         self.push(diag);
+                    } else if !is_host
+                        && magicdns_suffix.is_none()
+                        && c.runtime.as_ref().is_some_and(|r| r.v == "tailscale")
+                    {
+                        // containerboot finds the target by its MagicDNS name, which ends in
+                        // the tailnet's suffix (not the spec's `domain` on Tailscale SaaS).
+                        self.push(
+                            err(
+                                t.span,
+                                format!(
+                                    "egress {:?} reaches {:?} by name, which needs the tailnet's MagicDNS suffix",
+                                    e.name.v, t.v
+                                ),
+                            )
+                            .label("no MagicDNS suffix known")
+                            .help("add magicdns-suffix=\"tail1234.ts.net\" to the `tailnet` node (Tailscale admin console → DNS; headscale: base_domain), or target a host alias with one address"),
+                        );
                     }
                 }
             }
@@ -586,6 +616,7 @@ impl Resolver<'_> {
         Some(Tailnet {
             name,
             domain,
+            magicdns_suffix,
             ipv4_pool,
             users: users.into_iter().collect(),
             groups,
@@ -1194,6 +1225,12 @@ impl Resolver<'_> {
                 String::new()
             }
         };
+        if runtime == RuntimeKind::Tailscale
+            && let Some(i) = &c.image
+        {
+            self.check_tailscale_image(i);
+        }
+        let health_port = self.health_port(c, runtime);
         let (secrets, auth) = self.secrets(c, runtime);
         let gitops = c
             .gitops
@@ -1248,11 +1285,103 @@ impl Resolver<'_> {
             publish,
             image,
             runtime,
+            health_port,
             secrets,
             auth,
             gitops,
             exposures,
         })
+    }
+
+    /// A Tailscale image whose tag names a version older than the output needs.
+    fn check_tailscale_image(&mut self, image: &SpStr) {
+        let Some(v) = tailscale_image_version(&image.v) else {
+            return;
+        };
+        if v < MIN_TAILSCALE_IMAGE {
+            let (a, b, c) = MIN_TAILSCALE_IMAGE;
+            self.push(
+                err(
+                    image.span,
+                    format!(
+                        "image {:?} is Tailscale {}.{}.{}; the output needs v{a}.{b}.{c} or newer",
+                        image.v, v.0, v.1, v.2
+                    ),
+                )
+                .label("too old")
+                .help(format!(
+                    "containerboot serves /healthz with TS_ENABLE_HEALTH_CHECK and TS_LOCAL_ADDR_PORT from v{a}.{b}.{c}: pin ghcr.io/tailscale/tailscale:v{a}.{b}.{c} or later"
+                )),
+            );
+        }
+    }
+
+    /// `health-port=` (Tailscale image only; default 9002), which must not be a port the
+    /// cluster's sidecars forward to: the sidecar shares the workload's network namespace,
+    /// and containerboot exits when it cannot listen.
+    fn health_port(&mut self, c: &syntax::ClusterDecl, runtime: RuntimeKind) -> u16 {
+        let port = match &c.health_port {
+            None => DEFAULT_HEALTH_PORT,
+            Some(p) if runtime != RuntimeKind::Tailscale => {
+                self.push(
+                    err(
+                        p.span,
+                        "health-port is a property of runtime=\"tailscale\" clusters",
+                    )
+                    .label("not used by this runtime")
+                    .help("remove it, or set runtime=\"tailscale\""),
+                );
+                return DEFAULT_HEALTH_PORT;
+            }
+            Some(p) => match u16::try_from(p.v) {
+                Ok(v) if v > 0 => v,
+                _ => {
+                    self.push(
+                        err(
+                            p.span,
+                            format!("health-port {} is out of range (1-65535)", p.v),
+                        )
+                        .label("bad port"),
+                    );
+                    return DEFAULT_HEALTH_PORT;
+                }
+            },
+        };
+        if runtime != RuntimeKind::Tailscale {
+            return port;
+        }
+        for e in c
+            .exposures
+            .iter()
+            .filter(|e| e.kind == syntax::ExposureKind::Sidecar)
+        {
+            for p in &e.ports {
+                let target = p.target.as_ref().unwrap_or(&p.port);
+                let tcp = p.protocol.as_ref().is_none_or(|s| s.v == "tcp");
+                if tcp && target.v == i128::from(port) {
+                    let given = if c.health_port.is_some() {
+                        format!("health-port={port}")
+                    } else {
+                        format!("the default health-port, {port}")
+                    };
+                    self.push(
+                        err(
+                            target.span,
+                            format!(
+                                "sidecar {:?} forwards to port {port} of its workload, where the tailscale container's health check listens ({given})",
+                                e.name.v
+                            ),
+                        )
+                        .label("port taken by the health check")
+                        .help(format!(
+                            "the containers of a pod share its ports: set health-port=<a free port> on cluster {:?}",
+                            c.name.v
+                        )),
+                    );
+                }
+            }
+        }
+        port
     }
 
     fn secrets(
@@ -1796,6 +1925,34 @@ fn overlaps_tailnet(n: &IpNet) -> bool {
         .unwrap_or(IpNet::V4(Ipv4Net::default()));
     let v6: IpNet = TAILNET_V6.parse().unwrap_or(IpNet::V4(Ipv4Net::default()));
     [v4, v6].iter().any(|t| t.contains(n) || n.contains(t))
+}
+
+/// The oldest `tailscale/tailscale` release the `runtime="tailscale"` output works with:
+/// containerboot reads `TS_ENABLE_HEALTH_CHECK` and `TS_LOCAL_ADDR_PORT` from v1.78.0
+/// (cmd/containerboot/settings.go; v1.76.x has neither, so `/healthz` would never answer).
+pub const MIN_TAILSCALE_IMAGE: (u32, u32, u32) = (1, 78, 0);
+
+/// The release an image tag names (`v1.90.6`, `1.90`, `unstable-v1.91.12`, `v1.90.6@sha256:…`),
+/// or `None` when the tag is not a version (a digest only, a mirror's own tag).
+pub fn tailscale_image_version(image: &str) -> Option<(u32, u32, u32)> {
+    let name = image.split('@').next()?;
+    let last = name.rsplit('/').next()?;
+    let (_, tag) = last.split_once(':')?;
+    let tag = tag.strip_prefix("unstable-").unwrap_or(tag);
+    let tag = tag.strip_prefix('v').unwrap_or(tag);
+    let core = tag.split(['-', '+']).next()?;
+    let mut parts = core.split('.');
+    let mut num = |required: bool| -> Option<u32> {
+        match parts.next() {
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 9 => {
+                p.parse().ok()
+            }
+            None if !required => Some(0),
+            _ => None,
+        }
+    };
+    let v = (num(true)?, num(true)?, num(false)?);
+    parts.next().is_none().then_some(v)
 }
 
 /// An image reference pinned by tag or digest.

@@ -48,6 +48,9 @@ pub struct TailnetDecl {
     pub name: SpStr,
     pub domain: Option<SpStr>,
     pub ipv4_pool: Option<SpStr>,
+    /// The tailnet's MagicDNS suffix on Tailscale/headscale (`tail1234.ts.net`), for
+    /// Tailscale-image egress to a node by name.
+    pub magicdns_suffix: Option<SpStr>,
     pub span: SourceSpan,
 }
 
@@ -88,6 +91,8 @@ pub struct ClusterDecl {
     pub publish: Option<SpStr>,
     pub image: Option<SpStr>,
     pub runtime: Option<SpStr>,
+    /// `runtime="tailscale"`: the port of containerboot's health endpoint in each pod.
+    pub health_port: Option<Sp<i128>>,
     pub secrets: Option<SecretsDecl>,
     pub gitops: Option<ClusterGitopsDecl>,
     pub exposures: Vec<ExposureDecl>,
@@ -729,6 +734,7 @@ impl Parser<'_> {
         let name = n.arg_str(self.d, "the tailnet's name");
         let domain = n.prop_str(self.d, "domain");
         let ipv4_pool = n.prop_str(self.d, "ipv4-pool");
+        let magicdns_suffix = n.prop_str(self.d, "magicdns-suffix");
         n.no_children(self.d);
         let span = n.span();
         n.finish(self.d);
@@ -736,6 +742,7 @@ impl Parser<'_> {
             name: name?,
             domain,
             ipv4_pool,
+            magicdns_suffix,
             span,
         })
     }
@@ -850,6 +857,7 @@ impl Parser<'_> {
         let publish = n.prop_str(self.d, "publish");
         let image = n.prop_str(self.d, "image");
         let runtime = n.prop_str(self.d, "runtime");
+        let health_port = n.prop_int(self.d, "health-port");
         let span = n.span();
         let mut secrets: Option<SecretsDecl> = None;
         let mut gitops: Option<ClusterGitopsDecl> = None;
@@ -915,6 +923,7 @@ impl Parser<'_> {
             publish,
             image,
             runtime,
+            health_port,
             secrets,
             gitops,
             exposures,

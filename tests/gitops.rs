@@ -8,6 +8,8 @@
 //! - Every Tailscale-image container uses only containerboot's documented environment, in
 //!   combinations containerboot accepts (the table [`RULES`], from `cmd/containerboot`'s
 //!   `settings.validate()` and the doc comment of `main.go`), and gets what its mode needs.
+//!   The rules were read from tailscale/tailscale at tag v1.90.6 (the image the examples pin);
+//!   each cites the file it comes from.
 //! - The CI examples' diff line compares with the git base, never a committed directory.
 
 use std::collections::BTreeMap;
@@ -211,6 +213,47 @@ struct Pod {
     secrets: Vec<String>,
     /// Mount paths.
     mounts: Vec<String>,
+    /// Readiness and liveness probes.
+    probes: Vec<ProbeKind>,
+    /// Declared container ports: (name, number).
+    ports: Vec<(Option<String>, u16)>,
+    /// The pod's `automountServiceAccountToken` (None: not set by us, as in a Component).
+    automount: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum ProbeKind {
+    /// `httpGet` on a port (name or number) and path: the kubelet connects to the pod IP.
+    HttpGet(String, String),
+    /// `tcpSocket`: the kubelet connects to the pod IP.
+    TcpSocket,
+    /// `exec`: runs inside the container.
+    Exec(Vec<String>),
+}
+
+fn probe_kind(p: &Value) -> Option<ProbeKind> {
+    if p.is_null() {
+        return None;
+    }
+    if let Some(h) = p.get("httpGet") {
+        let port = match &h["port"] {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        return Some(ProbeKind::HttpGet(
+            port,
+            h["path"].as_str().unwrap_or("/").to_string(),
+        ));
+    }
+    if p.get("tcpSocket").is_some() {
+        return Some(ProbeKind::TcpSocket);
+    }
+    let cmd = p["exec"]["command"].as_array()?;
+    Some(ProbeKind::Exec(
+        cmd.iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect(),
+    ))
 }
 
 fn container_env(c: &Value) -> BTreeMap<String, String> {
@@ -294,6 +337,23 @@ fn tailscale_pods() -> Vec<Pod> {
                                 .flatten()
                                 .map(|m| m["mountPath"].as_str().unwrap().to_string())
                                 .collect(),
+                            probes: ["readinessProbe", "livenessProbe"]
+                                .iter()
+                                .map(|k| probe_kind(&c[*k]).expect("every node has both probes"))
+                                .collect(),
+                            ports: c["ports"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|p| {
+                                    (
+                                        p["name"].as_str().map(String::from),
+                                        u16::try_from(p["containerPort"].as_u64().unwrap())
+                                            .unwrap(),
+                                    )
+                                })
+                                .collect(),
+                            automount: pod["automountServiceAccountToken"].as_bool(),
                         });
                     }
                 }
@@ -306,7 +366,9 @@ fn tailscale_pods() -> Vec<Pod> {
 
 /// containerboot's documented environment (the doc comment of cmd/containerboot/main.go, minus
 /// the deprecated TS_HEALTHCHECK_ADDR_PORT and the experimental/operator-only variables), plus
-/// the downward-API variables of tailscale's docs/k8s manifests.
+/// the downward-API variables and TS_DEBUG_FIREWALL_MODE of tailscale's docs/k8s manifests
+/// (read by util/linuxfw/detector.go), and KUBERNETES_SERVICE_HOST, which
+/// cmd/containerboot/settings.go reads to decide `InKubernetes` (only ever emptied: see RULES).
 const DOCUMENTED: &[&str] = &[
     "TS_AUTHKEY",
     "TS_AUTH_KEY",
@@ -335,6 +397,8 @@ const DOCUMENTED: &[&str] = &[
     "TS_ENABLE_HEALTH_CHECK",
     "POD_NAME",
     "POD_UID",
+    "TS_DEBUG_FIREWALL_MODE",
+    "KUBERNETES_SERVICE_HOST",
 ];
 
 /// Boolean variables (parsed with Go's strconv.ParseBool).
@@ -419,16 +483,112 @@ const RULES: &[(&str, fn(&Pod) -> bool)] = &[
             })
         })
     }),
+    // settings.go validate(): netip.ParseAddrPort(TS_LOCAL_ADDR_PORT) when health is enabled.
     ("TS_LOCAL_ADDR_PORT must be an addr:port", |p| {
         p.env
             .get("TS_LOCAL_ADDR_PORT")
             .is_some_and(|v| v.parse::<std::net::SocketAddr>().is_err())
     }),
+    // main.go: /healthz is served only with TS_ENABLE_HEALTH_CHECK (localHealthEnabled), on
+    // TS_LOCAL_ADDR_PORT (default [::]:9002, settings.go); kube/health/healthz.go answers
+    // 200 once the node has a tailnet IP, 503 before.
     (
-        "TS_ENABLE_HEALTH_CHECK needs the probe port: TS_LOCAL_ADDR_PORT on 9002",
+        "both probes reach /healthz where containerboot serves it (TS_ENABLE_HEALTH_CHECK=true, TS_LOCAL_ADDR_PORT)",
         |p| {
-            set(p, "TS_ENABLE_HEALTH_CHECK")
-                && p.env.get("TS_LOCAL_ADDR_PORT").map(String::as_str) != Some("[::]:9002")
+            let Some(addr) = p
+                .env
+                .get("TS_LOCAL_ADDR_PORT")
+                .map_or(Some("[::]:9002"), |v| Some(v.as_str()))
+                .and_then(|v| v.parse::<std::net::SocketAddr>().ok())
+            else {
+                return true;
+            };
+            p.env.get("TS_ENABLE_HEALTH_CHECK").map(String::as_str) != Some("true")
+                || p.probes.len() != 2
+                || p.probes.iter().any(|pr| match pr {
+                    ProbeKind::HttpGet(port, path) => {
+                        let number = p
+                            .ports
+                            .iter()
+                            .find(|(n, num)| n.as_deref() == Some(port) || num.to_string() == *port)
+                            .map(|(_, num)| *num);
+                        path != "/healthz"
+                            || !addr.ip().is_unspecified()
+                            || number != Some(addr.port())
+                    }
+                    ProbeKind::Exec(cmd) => {
+                        let host = if addr.ip().is_unspecified() {
+                            format!("127.0.0.1:{}", addr.port())
+                        } else {
+                            addr.to_string()
+                        };
+                        cmd.last() != Some(&format!("http://{host}/healthz"))
+                    }
+                    ProbeKind::TcpSocket => true,
+                })
+        },
+    ),
+    // forwarding.go installEgressForwardingRule → util/linuxfw (iptables_runner.go,
+    // nftables_runner.go) DNATNonTailscaleTraffic: `-t nat -I PREROUTING 1 ! -i tailscale0 -j
+    // DNAT --to-destination <target>` takes everything that enters the pod from outside,
+    // the kubelet's httpGet/tcpSocket probes to the pod IP too. An exec probe uses loopback,
+    // which PREROUTING does not DNAT (tests/tailscale_image.rs shows both in a netns).
+    (
+        "kernel-mode egress (TS_TAILNET_TARGET_*) probes from inside the pod (exec), not through the pod IP",
+        |p| {
+            !userspace(p)
+                && (set(p, "TS_TAILNET_TARGET_IP") || set(p, "TS_TAILNET_TARGET_FQDN"))
+                && p.probes.iter().any(|pr| !matches!(pr, ProbeKind::Exec(_)))
+        },
+    ),
+    // The exec probe runs busybox wget: the image is built FROM alpine (Dockerfile.base).
+    (
+        "an exec probe runs busybox wget on loopback, quietly",
+        |p| {
+            p.probes.iter().any(|pr| match pr {
+                ProbeKind::Exec(cmd) => {
+                    cmd.len() != 5
+                        || cmd[..4] != ["wget", "-q", "-O", "/dev/null"]
+                        || !cmd[4].starts_with("http://127.0.0.1:")
+                }
+                _ => false,
+            })
+        },
+    ),
+    // main.go: `strings.EqualFold(n.Name(), cfg.TailnetTargetFQDN)` over the netmap's peers,
+    // whose names end in a dot (tailcfg.Node.Name); without the dot no peer ever matches.
+    (
+        "TS_TAILNET_TARGET_FQDN is a full MagicDNS name with its trailing dot",
+        |p| {
+            p.env.get("TS_TAILNET_TARGET_FQDN").is_some_and(|f| {
+                !f.ends_with('.')
+                    || f.trim_end_matches('.').split('.').count() < 3
+                    || f.trim_end_matches('.')
+                        .split('.')
+                        .any(|l| l.is_empty() || l.len() > 63)
+            })
+        },
+    ),
+    // util/linuxfw/detector.go: without TS_DEBUG_FIREWALL_MODE containerboot picks iptables
+    // (even on nftables-only nodes); `auto` picks from the rules the node has (docs/k8s/*.yaml).
+    ("kernel mode sets TS_DEBUG_FIREWALL_MODE=auto", |p| {
+        !userspace(p) && p.env.get("TS_DEBUG_FIREWALL_MODE").map(String::as_str) != Some("auto")
+    }),
+    ("TS_DEBUG_FIREWALL_MODE only in kernel mode", |p| {
+        userspace(p) && p.env.contains_key("TS_DEBUG_FIREWALL_MODE")
+    }),
+    // settings.go: InKubernetes = KUBERNETES_SERVICE_HOST != ""; main.go then calls
+    // newKubeClient (kube.go → kube/kubeclient/client.go New, which reads the service
+    // account's namespace and ca.crt) even with TS_KUBE_SECRET="", and exits when that fails.
+    (
+        "containerboot reaches the API only with a token: KUBERNETES_SERVICE_HOST emptied unless the pod mounts our service account's token",
+        |p| {
+            let in_kube = !p.env.contains_key("KUBERNETES_SERVICE_HOST");
+            let emptied_only = p
+                .env
+                .get("KUBERNETES_SERVICE_HOST")
+                .is_some_and(|v| !v.is_empty());
+            emptied_only || (in_kube && p.automount != Some(true))
         },
     ),
     ("every node authenticates with TS_AUTHKEY", |p| {
@@ -522,7 +682,12 @@ fn tailscale_pods_use_only_documented_variables_in_allowed_combinations() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // The table is exercised: each mode appears.
-    for k in ["TS_SERVE_CONFIG", "TS_ROUTES", "TS_TAILNET_TARGET_IP"] {
+    for k in [
+        "TS_SERVE_CONFIG",
+        "TS_ROUTES",
+        "TS_TAILNET_TARGET_IP",
+        "TS_TAILNET_TARGET_FQDN",
+    ] {
         assert!(pods.iter().any(|p| set(p, k)), "no pod with {k}");
     }
     assert!(pods.iter().any(|p| p.role.is_none()), "no sidecar");
@@ -538,6 +703,8 @@ fn rules_catch_bad_combinations() {
             ("TS_EXTRA_ARGS".into(), "--advertise-tags=tag:a".into()),
             ("TS_SERVE_CONFIG".into(), "/etc/s/serve.json".into()),
             ("TS_KUBE_SECRET".into(), "st".into()),
+            ("TS_ENABLE_HEALTH_CHECK".into(), "true".into()),
+            ("TS_LOCAL_ADDR_PORT".into(), "[::]:9002".into()),
         ]),
         privileged: false,
         has_sysctler: false,
@@ -547,6 +714,12 @@ fn rules_catch_bad_combinations() {
         )]),
         secrets: vec!["st".into()],
         mounts: vec!["/tmp".into(), "/etc/s".into()],
+        probes: vec![
+            ProbeKind::HttpGet("ts-health".into(), "/healthz".into()),
+            ProbeKind::HttpGet("ts-health".into(), "/healthz".into()),
+        ],
+        ports: vec![(Some("ts-health".into()), 9002)],
+        automount: Some(true),
     };
     let broken = |p: &Pod| -> Vec<&str> {
         RULES
@@ -557,10 +730,13 @@ fn rules_catch_bad_combinations() {
     };
     assert!(broken(&good).is_empty(), "{:?}", broken(&good));
     let mut p = Pod {
+        origin: good.origin.clone(),
         env: good.env.clone(),
         role: good.role.clone(),
         secrets: good.secrets.clone(),
         mounts: good.mounts.clone(),
+        probes: good.probes.clone(),
+        ports: good.ports.clone(),
         ..good
     };
     p.env.insert("TS_DEST_IP".into(), "10.0.0.1".into());
@@ -580,8 +756,64 @@ fn rules_catch_bad_combinations() {
     let b = broken(&p);
     assert!(b.iter().any(|r| r.starts_with("kernel mode")), "{b:?}");
     assert!(b.iter().any(|r| r.starts_with("egress")), "{b:?}");
+    // Kernel-mode egress with an httpGet probe (DNATed), a dotless FQDN, no firewall mode.
+    assert!(
+        b.iter().any(|r| r.starts_with("kernel-mode egress")),
+        "{b:?}"
+    );
+    assert!(
+        b.iter().any(|r| r.starts_with("TS_TAILNET_TARGET_FQDN is")),
+        "{b:?}"
+    );
+    assert!(b.iter().any(|r| r.starts_with("kernel mode sets")), "{b:?}");
+    p.env
+        .insert("TS_TAILNET_TARGET_FQDN".into(), "x.tail1.ts.net.".into());
+    p.env.insert("TS_DEBUG_FIREWALL_MODE".into(), "auto".into());
+    p.env
+        .insert("TS_LOCAL_ADDR_PORT".into(), "127.0.0.1:9002".into());
+    let wget = |url: &str| -> ProbeKind {
+        ProbeKind::Exec(
+            ["wget", "-q", "-O", "/dev/null", url]
+                .map(String::from)
+                .to_vec(),
+        )
+    };
+    p.probes = vec![wget("http://127.0.0.1:9002/healthz"); 2];
+    let b = broken(&p);
+    assert!(
+        !b.iter().any(|r| r.starts_with("kernel-mode egress")),
+        "{b:?}"
+    );
+    assert!(!b.iter().any(|r| r.starts_with("both probes")), "{b:?}");
+    assert!(
+        !b.iter().any(|r| r.starts_with("TS_TAILNET_TARGET_FQDN is")),
+        "{b:?}"
+    );
+    p.probes = vec![wget("http://127.0.0.1:9003/healthz"); 2];
+    assert!(broken(&p).iter().any(|r| r.starts_with("both probes")));
     p.role = Some(vec![(vec![], vec!["create".into()])]);
     assert!(broken(&p).iter().any(|r| r.starts_with("TS_KUBE_SECRET")));
+    // A sidecar in a pod without a token that leaves KUBERNETES_SERVICE_HOST alone.
+    let mut side = Pod {
+        env: good.env.clone(),
+        role: None,
+        automount: None,
+        ..good
+    };
+    side.env.insert("TS_KUBE_SECRET".into(), String::new());
+    side.env.insert("TS_STATE_DIR".into(), "/tmp".into());
+    assert!(
+        broken(&side)
+            .iter()
+            .any(|r| r.starts_with("containerboot reaches the API"))
+    );
+    side.env
+        .insert("KUBERNETES_SERVICE_HOST".into(), String::new());
+    assert!(broken(&side).is_empty(), "{:?}", broken(&side));
+    // The health probe on another port than the one containerboot listens on.
+    side.env
+        .insert("TS_LOCAL_ADDR_PORT".into(), "[::]:9003".into());
+    assert!(broken(&side).iter().any(|r| r.starts_with("both probes")));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,7 +887,7 @@ fn kubectl_kustomize_renders_tailscale_cluster_dirs() {
                 std::fs::write(
                     app.join("app.yaml"),
                     format!(
-                        "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      serviceAccountName: mine\n      securityContext: {{runAsUser: 4242}}\n      containers: [{{name: app, image: 'nginx:1.27'}}]\n"
+                        "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      serviceAccountName: mine\n      automountServiceAccountToken: false\n      securityContext: {{runAsUser: 4242}}\n      containers: [{{name: app, image: 'nginx:1.27'}}]\n"
                     ),
                 )
                 .unwrap();
@@ -683,6 +915,22 @@ fn kubectl_kustomize_renders_tailscale_cluster_dirs() {
                 assert_eq!(sorted, ["app", "tailscale"], "{}", comp.path().display());
                 assert_eq!(pod["serviceAccountName"], "mine");
                 assert_eq!(pod["securityContext"]["runAsUser"], 4242);
+                // The workload keeps its `false`; the sidecar does not need the API.
+                assert_eq!(pod["automountServiceAccountToken"], false);
+                let ts = pod["containers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == "tailscale")
+                    .unwrap();
+                assert_eq!(
+                    container_env(ts)
+                        .get("KUBERNETES_SERVICE_HOST")
+                        .map(String::as_str),
+                    Some(""),
+                    "{}",
+                    comp.path().display()
+                );
             }
         }
     }

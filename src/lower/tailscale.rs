@@ -9,14 +9,17 @@
 //!   `<service>.<namespace>.svc:<target>`. containerboot refuses `TS_DEST_IP` with userspace
 //!   mode; the serve config needs no privileges. Serve forwards TCP only: UDP ports are an error.
 //! - **subnet router**: userspace mode with `TS_ROUTES` (netstack routes subnets unprivileged).
-//! - **egress**: `TS_TAILNET_TARGET_IP` / `TS_TAILNET_TARGET_FQDN`, which containerboot only
-//!   supports in kernel mode (it installs DNAT rules): a privileged container with
-//!   `TS_USERSPACE=false` and the `sysctler` init container of tailscale's docs/k8s/proxy.yaml.
+//! - **egress**: `TS_TAILNET_TARGET_IP` / `TS_TAILNET_TARGET_FQDN` (a MagicDNS name with its
+//!   trailing dot), which containerboot only supports in kernel mode (it installs DNAT rules):
+//!   a privileged container with `TS_USERSPACE=false`, `TS_DEBUG_FIREWALL_MODE=auto` and the
+//!   `sysctler` init container of tailscale's docs/k8s/proxy.yaml. The DNAT rule also takes
+//!   the kubelet's probes to the pod IP, so `/healthz` is on loopback and probed by `exec`.
 //!   The namespace then needs Pod Security `privileged`.
 //! - **sidecar**: a kustomize Component adding a userspace `tailscale` container with a serve
 //!   config forwarding to `127.0.0.1:<target>`. It cannot use the user's service account, so
 //!   its state lives in an `emptyDir` (`TS_KUBE_SECRET=""`, `TS_STATE_DIR`): use a reusable,
-//!   ephemeral auth key.
+//!   ephemeral auth key. `KUBERNETES_SERVICE_HOST=""` keeps containerboot off the API (the
+//!   workload may mount no token).
 //! - **state**: one Secret per node (`TS_KUBE_SECRET`), emitted empty by tsk8s with Argo CD
 //!   `Prune=false` and Flux `ssa: IfNotPresent`, so the Role needs no `create` (which
 //!   `resourceNames` cannot restrict): `get, update, patch` on exactly that Secret.
@@ -29,9 +32,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
-    SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
+    EnvVarSource, ExecAction, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -50,8 +53,10 @@ pub const AUTHKEY_KEY: &str = "TS_AUTHKEY";
 pub const CONTAINER_NAME: &str = "tailscale";
 /// UID/GID of the unprivileged (userspace) containers, as in tailscale's userspace-sidecar.yaml.
 pub const TAILSCALE_UID: i64 = 1000;
-/// containerboot's default `TS_LOCAL_ADDR_PORT`; `/healthz` is served there.
-pub const LOCAL_PORT: u16 = 9002;
+/// What the kubelet runs in a kernel-mode (egress) container to probe `/healthz`: the
+/// image is Alpine-based (Dockerfile.base: `FROM alpine`), so busybox's `wget` is there. It
+/// exits non-zero on a refused connection or an HTTP error (503 until the node has a tailnet IP).
+pub const EXEC_PROBE_TOOL: &str = "wget";
 pub const SERVE_DIR: &str = "/etc/tsk8s/serve";
 pub const SERVE_FILE: &str = "serve.json";
 /// containerboot keeps the tailscaled socket and (with a kube Secret) its state dir in `/tmp`.
@@ -201,9 +206,23 @@ fn authkey_env(secret: &str) -> EnvVar {
     }
 }
 
-/// The tailnet FQDN of a node or device.
+/// The MagicDNS name of a node or device, with its trailing dot: containerboot v1.90.x finds
+/// the target with `strings.EqualFold(peer.Name(), TS_TAILNET_TARGET_FQDN)`, and peer names end
+/// in a dot (cmd/containerboot/main.go; from v1.94 it adds the dot itself, so it works on both).
+/// resolve refuses a name target without `magicdns-suffix`.
 fn fqdn(t: &Tailnet, name: &str) -> String {
-    format!("{name}.{}", t.domain)
+    let suffix = t.magicdns_suffix.as_deref().unwrap_or(&t.domain);
+    format!("{name}.{suffix}.")
+}
+
+/// `TS_LOCAL_ADDR_PORT`: all addresses for userspace pods (the kubelet probes the pod IP);
+/// loopback for kernel-mode pods, whose DNAT rule takes everything that arrives from outside.
+pub fn local_addr_port(c: &Cluster, e: &Exposure) -> String {
+    if needs_kernel_mode(e) {
+        format!("127.0.0.1:{}", c.health_port)
+    } else {
+        format!("[::]:{}", c.health_port)
+    }
 }
 
 /// The serve config (ipn.ServeConfig) forwarding TCP ports to `dest(port)`.
@@ -239,7 +258,7 @@ fn tcp_only(e: &Exposure, ports: &[crate::model::Port], problems: &mut Vec<Probl
 }
 
 /// The containerboot environment of one node, in a fixed order.
-fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
+fn node_env(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
     let mut v = vec![
         authkey_env(&authkey_secret_name(e)),
         env("TS_AUTH_ONCE", "true"),
@@ -249,6 +268,13 @@ fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
     } else {
         v.push(env("TS_KUBE_SECRET", ""));
         v.push(env("TS_STATE_DIR", TMP_DIR));
+        // containerboot builds a Kubernetes client whenever KUBERNETES_SERVICE_HOST is set,
+        // even with TS_KUBE_SECRET="" (cmd/containerboot/settings.go `InKubernetes`, main.go
+        // `newKubeClient`), and that fails without the service-account files
+        // (kube/kubeclient/client.go reads namespace and ca.crt), e.g. in a workload with
+        // automountServiceAccountToken: false. The sidecar needs no API: hide it. A variable
+        // of the container's own wins over the one the kubelet injects.
+        v.push(env("KUBERNETES_SERVICE_HOST", ""));
     }
     v.push(env("TS_HOSTNAME", e.hostname.clone()));
     v.push(env(
@@ -263,6 +289,12 @@ fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
             "true"
         },
     ));
+    if needs_kernel_mode(e) {
+        // Let linuxfw pick iptables or nftables from the rules the node has (as tailscale's
+        // docs/k8s manifests do); unset, it uses iptables even on nftables-only nodes
+        // (util/linuxfw/detector.go).
+        v.push(env("TS_DEBUG_FIREWALL_MODE", "auto"));
+    }
     match &e.kind {
         ExposureKind::Proxy { .. } | ExposureKind::Sidecar { .. } => {
             v.push(env("TS_SERVE_CONFIG", format!("{SERVE_DIR}/{SERVE_FILE}")));
@@ -285,7 +317,7 @@ fn node_env(t: &Tailnet, e: &Exposure, kube_state: bool) -> Vec<EnvVar> {
         },
     }
     v.push(env("TS_ENABLE_HEALTH_CHECK", "true"));
-    v.push(env("TS_LOCAL_ADDR_PORT", format!("[::]:{LOCAL_PORT}")));
+    v.push(env("TS_LOCAL_ADDR_PORT", local_addr_port(c, e)));
     v.push(env_field("POD_NAME", "metadata.name"));
     v.push(env_field("POD_UID", "metadata.uid"));
     v
@@ -321,17 +353,37 @@ fn resources() -> ResourceRequirements {
     }
 }
 
-fn probe(period: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::String("ts-health".into()),
-            ..Default::default()
-        }),
+/// The `/healthz` probe. Userspace pods: an HTTP GET on the pod IP. Kernel-mode (egress)
+/// pods: containerboot inserts `iptables -t nat -I PREROUTING 1 ! -i tailscale0 -j DNAT
+/// --to-destination <target>` (cmd/containerboot/forwarding.go `installEgressForwardingRule`,
+/// util/linuxfw `DNATNonTailscaleTraffic`), which also takes the kubelet's probe to the pod IP;
+/// so the probe runs inside the container against loopback, which PREROUTING never DNATs
+/// (tests/tailscale_image.rs applies the rule in a network namespace and checks both).
+fn probe(c: &Cluster, e: &Exposure, period: i32) -> Probe {
+    let mut p = Probe {
         period_seconds: Some(period),
         failure_threshold: Some(3),
         ..Default::default()
+    };
+    if needs_kernel_mode(e) {
+        p.exec = Some(ExecAction {
+            command: Some(vec![
+                EXEC_PROBE_TOOL.into(),
+                "-q".into(),
+                "-O".into(),
+                "/dev/null".into(),
+                format!("http://127.0.0.1:{}/healthz", c.health_port),
+            ]),
+        });
+        p.timeout_seconds = Some(3);
+    } else {
+        p.http_get = Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String("ts-health".into()),
+            ..Default::default()
+        });
     }
+    p
 }
 
 /// The `tailscale` container of one node.
@@ -354,12 +406,16 @@ pub fn container(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Co
             ..Default::default()
         });
     }
-    let mut ports = vec![ContainerPort {
-        name: Some("ts-health".into()),
-        container_port: i32::from(LOCAL_PORT),
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    }];
+    // Kernel-mode pods serve /healthz on loopback only: no port to declare.
+    let mut ports = Vec::new();
+    if !kernel {
+        ports.push(ContainerPort {
+            name: Some("ts-health".into()),
+            container_port: i32::from(c.health_port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        });
+    }
     if let ExposureKind::Egress { ports: ps, .. } = &e.kind {
         for p in ps {
             if !ports
@@ -378,13 +434,13 @@ pub fn container(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Co
         name: CONTAINER_NAME.into(),
         image: Some(c.image.clone()),
         image_pull_policy: Some("Always".into()),
-        env: Some(node_env(t, e, kube_state)),
-        ports: Some(ports),
-        readiness_probe: Some(probe(5)),
+        env: Some(node_env(t, c, e, kube_state)),
+        ports: (!ports.is_empty()).then_some(ports),
+        readiness_probe: Some(probe(c, e, 5)),
         liveness_probe: Some(Probe {
             // Logging in can take a while on first start.
             initial_delay_seconds: Some(30),
-            ..probe(20)
+            ..probe(c, e, 20)
         }),
         resources: Some(resources()),
         security_context: Some(if kernel {
