@@ -273,7 +273,9 @@ fn node_env(t: &Tailnet, c: &Cluster, e: &Exposure, kube_state: bool) -> Vec<Env
         // `newKubeClient`), and that fails without the service-account files
         // (kube/kubeclient/client.go reads namespace and ca.crt), e.g. in a workload with
         // automountServiceAccountToken: false. The sidecar needs no API: hide it. A variable
-        // of the container's own wins over the one the kubelet injects.
+        // of the container's own wins over the one the kubelet injects (kubernetes
+        // pkg/kubelet/kubelet_pods.go makeEnvironmentVariables: service variables are added
+        // only when the container does not define the name).
         v.push(env("KUBERNETES_SERVICE_HOST", ""));
     }
     v.push(env("TS_HOSTNAME", e.hostname.clone()));
