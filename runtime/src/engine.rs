@@ -1584,3 +1584,42 @@ impl Engine {
         self.poll_stack();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_shares_and_refusals() {
+        let mut b = Budget {
+            limit: 4_000,
+            ..Budget::default()
+        };
+        let (p, q) = (Owner::Peer([1; 32]), Owner::Peer([2; 32]));
+        // A peer gets at most a quarter.
+        assert!(b.try_charge(p, 600));
+        assert!(b.try_charge(p, 400));
+        assert!(!b.try_charge(p, 1));
+        // Others are unaffected by it.
+        assert!(b.try_charge(q, 1_000));
+        assert!(b.try_charge(Owner::Local, 1_000));
+        assert!(b.try_charge(Owner::Peer([3; 32]), 1_000));
+        // The whole budget is spent now.
+        assert!(!b.try_charge(Owner::Peer([4; 32]), 1));
+        b.release(p, 600);
+        assert_eq!(b.used, 3_400);
+        assert!(b.try_charge(Owner::Peer([4; 32]), 600));
+        b.release(p, 400);
+        assert!(!b.accounts.contains_key(&p));
+        // Connection count per owner.
+        let mut b = Budget {
+            limit: usize::MAX / 2,
+            ..Budget::default()
+        };
+        for _ in 0..MAX_CONNS_PER_OWNER {
+            assert!(b.try_charge(p, 1));
+        }
+        assert!(!b.try_charge(p, 1));
+        assert!(b.try_charge(q, 1));
+    }
+}

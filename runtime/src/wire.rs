@@ -610,3 +610,77 @@ impl phy::Device for Net {
         caps
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> [u8; 32] {
+        *PublicKey::from(&StaticSecret::from([i; 32])).as_bytes()
+    }
+
+    /// Undecryptable packets from one source get at most `PROBES_PER_SOURCE` initiations a
+    /// second, each peer at most one per `PROBE_PER_PEER`, and only peers without endpoint.
+    #[test]
+    fn probes_are_rate_limited() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut net = Net::new(
+            mio::net::UdpSocket::from_std(sock),
+            StaticSecret::from([1; 32]),
+            1280,
+        );
+        let mut specs: Vec<PeerSpec> = (2..12u8)
+            .map(|i| PeerSpec {
+                name: format!("p{i}"),
+                public_key: key(i),
+                allowed_ips: vec![format!("100.64.0.{i}/32").parse().expect("net")],
+                endpoint: None,
+                keepalive: None,
+            })
+            .collect();
+        // One peer with an endpoint: never probed.
+        if let Some(s) = specs.first_mut() {
+            s.endpoint = Some("127.0.0.1:9".into());
+        }
+        net.set_peers(&specs);
+        let victim = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        victim.set_nonblocking(true).expect("nonblocking");
+        let src = victim.local_addr().expect("addr");
+        let count = |v: &std::net::UdpSocket| {
+            let mut n = 0;
+            let mut buf = [0u8; 256];
+            std::thread::sleep(Duration::from_millis(50));
+            while let Ok(len) = v.recv(&mut buf) {
+                assert_eq!(len, 148, "a handshake initiation");
+                n += 1;
+            }
+            n
+        };
+        for _ in 0..100 {
+            net.probe_unknown(src);
+        }
+        assert_eq!(count(&victim), PROBES_PER_SOURCE as usize);
+        // Next second: the next peers (each peer once per 5 s), never the one with endpoint.
+        net.reset_probe_limits();
+        for _ in 0..100 {
+            net.probe_unknown(src);
+        }
+        assert_eq!(count(&victim), PROBES_PER_SOURCE as usize);
+        net.reset_probe_limits();
+        for _ in 0..100 {
+            net.probe_unknown(src);
+        }
+        assert_eq!(count(&victim), 9 - 2 * PROBES_PER_SOURCE as usize);
+        net.reset_probe_limits();
+        for _ in 0..100 {
+            net.probe_unknown(src);
+        }
+        assert_eq!(
+            count(&victim),
+            0,
+            "every peer without endpoint probed once per 5 s"
+        );
+        assert_eq!(net.counters.handshake_probes, 9);
+    }
+}
