@@ -48,6 +48,8 @@ const DNS_TX_BUF: usize = 8192;
 const DNS_MSG_MAX: usize = 2 + 65_535;
 /// Connections one peer (or the cluster side of egress) may hold open.
 pub const MAX_CONNS_PER_OWNER: usize = 1024;
+/// UDP sessions (kernel sockets) one peer (or the cluster side of egress) may hold open.
+pub const MAX_UDP_PER_OWNER: usize = MAX_UDP_SESSIONS / 4;
 /// Default memory budget when neither `TSK8S_MEMORY_BUDGET` nor `TSK8S_MEMORY_LIMIT` is set.
 pub const DEFAULT_MEMORY_BUDGET: usize = 64 * 1024 * 1024;
 
@@ -196,6 +198,7 @@ enum UdpKind {
 
 struct UdpSession {
     kind: UdpKind,
+    owner: Owner,
     /// (tunnel remote, tunnel local)
     key: (SocketAddr, SocketAddr),
     last: Instant,
@@ -242,6 +245,8 @@ pub struct Engine {
     proxy_target_name: Option<String>,
     resolver: Resolver,
     budget: Budget,
+    /// UDP sessions per owner (limited to `MAX_UDP_PER_OWNER`).
+    udp_owned: HashMap<Owner, usize>,
     pub local_udp: SocketAddr,
 }
 
@@ -326,6 +331,7 @@ impl Engine {
                 limit: tuning.memory_budget,
                 ..Budget::default()
             },
+            udp_owned: HashMap::new(),
             local_udp,
         };
         e.net.counters.memory_budget = tuning.memory_budget as u64;
@@ -605,7 +611,7 @@ impl Engine {
         }
         match info.proto {
             PROTO_TCP => self.inbound_tcp(slot, &info, pkt),
-            PROTO_UDP => self.inbound_udp(&info, &pkt),
+            PROTO_UDP => self.inbound_udp(slot, &info, &pkt),
             PROTO_ICMP | PROTO_ICMPV6 => {
                 if to_own && packet::is_echo_request(&info) {
                     let mut out = std::mem::take(&mut self.out_scratch);
@@ -616,7 +622,7 @@ impl Engine {
                 } else if packet::is_echo_request(&info)
                     && matches!(self.loaded.node.mode, Mode::SubnetRouter { .. })
                 {
-                    self.forward_ping(&info, &pkt);
+                    self.forward_ping(slot, &info, &pkt);
                 } else if !packet::is_echo_request(&info) {
                     // ICMP errors / echo replies: let smoltcp see them (e.g. for TCP).
                     self.net.rx.push_back(pkt);
@@ -1102,7 +1108,30 @@ impl Engine {
 
     // ---- UDP ----
 
-    fn inbound_udp(&mut self, info: &Info, pkt: &[u8]) {
+    fn owner_of(&self, peer_slot: usize) -> Owner {
+        match self.net.peers.get(peer_slot) {
+            Some(Some(p)) => Owner::Peer(p.spec.public_key),
+            _ => Owner::Local,
+        }
+    }
+
+    /// May `owner` open one more UDP session? Refusals are counted (and per peer).
+    fn udp_admit(&mut self, owner: Owner, peer_slot: Option<usize>) -> bool {
+        if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
+            self.net.counters.drop(Drop::TableFull);
+            return false;
+        }
+        if self.udp_owned.get(&owner).copied().unwrap_or(0) >= MAX_UDP_PER_OWNER {
+            self.net.counters.drop(Drop::OverLimit);
+            if let Some(Some(p)) = peer_slot.and_then(|s| self.net.peers.get_mut(s)) {
+                p.stats.conns_refused += 1;
+            }
+            return false;
+        }
+        true
+    }
+
+    fn inbound_udp(&mut self, peer_slot: usize, info: &Info, pkt: &[u8]) {
         let remote = SocketAddr::new(info.src, info.sport);
         let local = SocketAddr::new(info.dst, info.dport);
         let Some(payload) = pkt.get(info.payload_off..info.total_len) else {
@@ -1159,8 +1188,8 @@ impl Engine {
             self.net.counters.drop(Drop::NoListener);
             return;
         };
-        if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
-            self.net.counters.drop(Drop::TableFull);
+        let owner = self.owner_of(peer_slot);
+        if !self.udp_admit(owner, Some(peer_slot)) {
             return;
         }
         let bind = match target {
@@ -1186,6 +1215,7 @@ impl Engine {
         }
         let s = UdpSession {
             kind: UdpKind::Forward(sock),
+            owner,
             key: (remote, local),
             last: Instant::now(),
         };
@@ -1194,12 +1224,14 @@ impl Engine {
 
     fn put_udp(&mut self, slot: usize, s: UdpSession) {
         let key = s.key;
+        let owner = s.owner;
         if slot == self.udp.len() {
             self.udp.push(Some(s));
         } else if let Some(e) = self.udp.get_mut(slot) {
             *e = Some(s);
         }
         self.udp_by_key.insert(key, slot);
+        *self.udp_owned.entry(owner).or_insert(0) += 1;
         self.net.counters.udp_sessions = self.udp_by_key.len() as u64;
     }
 
@@ -1211,6 +1243,12 @@ impl Engine {
             return;
         };
         self.udp_by_key.remove(&s.key);
+        if let Some(n) = self.udp_owned.get_mut(&s.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.udp_owned.remove(&s.owner);
+            }
+        }
         match s.kind {
             UdpKind::Forward(mut sock) | UdpKind::Ping(mut sock) => {
                 let _ = self.poll.registry().deregister(&mut sock);
@@ -1226,7 +1264,7 @@ impl Engine {
 
     /// ICMP echo request to a destination inside the routes: sent from an unprivileged ping
     /// socket (one per tunnel source and echo id); replies come back in `on_udp_session`.
-    fn forward_ping(&mut self, info: &Info, pkt: &[u8]) {
+    fn forward_ping(&mut self, peer_slot: usize, info: &Info, pkt: &[u8]) {
         let Some(body) = pkt.get(info.l4_off..info.total_len) else {
             self.net.counters.drop(Drop::Malformed);
             return;
@@ -1249,8 +1287,8 @@ impl Engine {
             }
             return;
         }
-        if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
-            self.net.counters.drop(Drop::TableFull);
+        let owner = self.owner_of(peer_slot);
+        if !self.udp_admit(owner, Some(peer_slot)) {
             return;
         }
         let Some(mut sock) = ping_socket(info.dst.is_ipv6()) else {
@@ -1272,6 +1310,7 @@ impl Engine {
             slot,
             UdpSession {
                 kind: UdpKind::Ping(sock),
+                owner,
                 key,
                 last: Instant::now(),
             },
@@ -1336,8 +1375,7 @@ impl Engine {
         let slot = match self.egress_udp_by_client.get(&(li, client)) {
             Some(&s) => s,
             None => {
-                if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
-                    self.net.counters.drop(Drop::TableFull);
+                if !self.udp_admit(Owner::Local, None) {
                     return;
                 }
                 let Some(port) = self.alloc_port() else {
@@ -1350,6 +1388,7 @@ impl Engine {
                     slot,
                     UdpSession {
                         kind: UdpKind::Egress(li, client),
+                        owner: Owner::Local,
                         key: (target, local),
                         last: Instant::now(),
                     },
