@@ -103,6 +103,7 @@ pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
     let problems = lockfile::check(&front.tailnet, &lock);
     if !problems.is_empty() {
         let mut d = Diagnostics::new(input.spec_file, input.spec);
+        let mut in_lock = Diagnostics::new(input.lock_file, input.lock.unwrap_or_default());
         let mut plain = String::new();
         for p in &problems {
             let span = p.subject.as_ref().and_then(|s| {
@@ -112,19 +113,23 @@ pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
                     .get(s)
                     .or_else(|| front.spans.devices.get(s))
             });
-            match span {
-                Some(span) => {
+            match (span, p.at) {
+                (Some(span), _) => {
                     d.push(Diagnostic::new(*span, p.message.clone()).label("not in the lock"))
                 }
-                None => plain.push_str(&format!("{}: error: {}\n", input.lock_file, p.message)),
+                (None, Some(at)) if input.lock.is_some() => {
+                    in_lock.push(Diagnostic::new(at, p.message.clone()))
+                }
+                _ => plain.push_str(&format!("{}: error: {}\n", input.lock_file, p.message)),
             }
         }
-        d.sort();
-        let mut text = if d.is_empty() {
-            String::new()
-        } else {
-            d.render()
-        };
+        let mut text = String::new();
+        for mut diags in [d, in_lock] {
+            if !diags.is_empty() {
+                diags.sort();
+                text.push_str(&diags.render());
+            }
+        }
         text.push_str(&plain);
         return Err(Failure { text });
     }

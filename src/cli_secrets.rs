@@ -564,11 +564,12 @@ pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate)
         let how = match c.map(|c| &c.secrets) {
             Some(SecretBackend::Sops { source_dir, .. }) => {
                 let rel = secrets::source_path(source_dir, &format!("{node}.sops.yaml"));
-                let path = spec_dir.join(&rel);
-                if fs::remove_file(&path).is_ok() {
-                    format!("removed {}; commit the deletion", path.display())
-                } else {
-                    format!("delete {rel} if it is still there")
+                match remove_confined(spec_dir, &rel) {
+                    Ok(()) => format!(
+                        "removed {}; commit the deletion",
+                        spec_dir.join(&rel).display()
+                    ),
+                    Err(why) => format!("delete {rel} if it is still there ({why})"),
                 }
             }
             Some(SecretBackend::SealedSecrets { source_dir }) => format!(
@@ -589,5 +590,142 @@ pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate)
             "  removed {node:?} (cluster {:?}): {how}. Then `tsk8s build`: its workload and every peer entry for it go away; re-import devices/<device>.conf on devices that reached it.",
             entry.cluster
         );
+    }
+}
+
+/// Remove the regular file `rel` (a relative path of plain names) under `dir`, confined to it:
+/// each directory on the way is opened relative to the one before with `O_NOFOLLOW`, and the
+/// last name is unlinked from the directory that was opened, only if it is a regular file (not
+/// a symlink). So a `..`, an absolute path or a symlink anywhere below `dir` can never make this
+/// remove something outside it; those are refused and nothing is removed. (A name check before
+/// the walk would leave a gap between check and use; opening each step closes it.)
+pub fn remove_confined(dir: &Path, rel: &str) -> Result<(), String> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let parts: Vec<&str> = rel.split('/').collect();
+    let Some((file, dirs)) = parts.split_last() else {
+        return Err("empty path".into());
+    };
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
+    {
+        return Err(format!("{rel:?} is not a plain relative path"));
+    }
+    let open = |at: libc::c_int, name: &[u8], follow: bool| -> Result<OwnedFd, String> {
+        let c = CString::new(name).map_err(|_| "a name holds NUL".to_string())?;
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        // SAFETY: `c` is a valid NUL-terminated string; the returned fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                at,
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | nofollow | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            // O_NOFOLLOW | O_DIRECTORY on a symlink fails with ELOOP or ENOTDIR.
+            return Err(
+                if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
+                    format!(
+                        "{} is a symlink or not a directory; not followed",
+                        String::from_utf8_lossy(name)
+                    )
+                } else {
+                    format!("{}: {e}", String::from_utf8_lossy(name))
+                },
+            );
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    // `dir` itself is the user's choice (it may be a symlink); below it nothing is followed.
+    let top = match dir.as_os_str().as_bytes() {
+        b"" => b".".as_slice(),
+        d => d,
+    };
+    let mut cur = open(libc::AT_FDCWD, top, true)?;
+    for d in dirs {
+        cur = open(cur.as_raw_fd(), d.as_bytes(), false)?;
+    }
+    let name = CString::new(file.as_bytes()).map_err(|_| "a name holds NUL".to_string())?;
+    // SAFETY: an all-zero `stat` is a valid value for fstatat to fill in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dir fd, NUL-terminated name, `st` is writable.
+    if unsafe {
+        libc::fstatat(
+            cur.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(format!("{file}: {}", std::io::Error::last_os_error()));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(format!(
+            "{file} is not a regular file (a symlink is never removed through)"
+        ));
+    }
+    // SAFETY: valid dir fd and NUL-terminated name; flags 0 unlinks a file, never a dir.
+    if unsafe { libc::unlinkat(cur.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(format!("{file}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_confined_stays_inside_and_never_follows_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("repo");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(top.join("secrets/prod")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("x.sops.yaml"), "keep").unwrap();
+
+        // A regular file inside: removed.
+        fs::write(top.join("secrets/prod/a.sops.yaml"), "a").unwrap();
+        remove_confined(&top, "secrets/prod/a.sops.yaml").unwrap();
+        assert!(!top.join("secrets/prod/a.sops.yaml").exists());
+
+        // `..`, absolute and empty components: refused before anything is opened.
+        for rel in [
+            "secrets/prod/../../../outside/x.sops.yaml",
+            "/outside/x.sops.yaml",
+            "secrets//x.sops.yaml",
+            "./x.sops.yaml",
+            "",
+        ] {
+            assert!(remove_confined(&top, rel).is_err(), "{rel:?}");
+        }
+
+        // A symlinked dir on the way: refused, its target untouched.
+        std::os::unix::fs::symlink(&outside, top.join("secrets/link")).unwrap();
+        let e = remove_confined(&top, "secrets/link/x.sops.yaml").unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        // The file itself a symlink: refused, the link and its target kept.
+        let file = top.join("secrets/prod/x.sops.yaml");
+        std::os::unix::fs::symlink(outside.join("x.sops.yaml"), &file).unwrap();
+        let e = remove_confined(&top, "secrets/prod/x.sops.yaml").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(fs::symlink_metadata(&file).is_ok());
+        assert_eq!(
+            fs::read_to_string(outside.join("x.sops.yaml")).unwrap(),
+            "keep"
+        );
+        // A dir in the file's place is never removed.
+        fs::create_dir(top.join("secrets/prod/d.sops.yaml")).unwrap();
+        assert!(remove_confined(&top, "secrets/prod/d.sops.yaml").is_err());
+        assert!(top.join("secrets/prod/d.sops.yaml").is_dir());
+        // A missing file: an error, nothing else happens.
+        assert!(remove_confined(&top, "secrets/prod/none.sops.yaml").is_err());
     }
 }

@@ -8,13 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
 use kdl::KdlValue;
 use miette::SourceSpan;
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::model::{Publish, RuntimeKind, Tailnet};
+use crate::model::{ExposureKind, Publish, RuntimeKind, Tailnet};
 
 pub const LOCK_VERSION: i128 = 1;
 /// First UDP port for load-balancer clusters (Tailscale's default WireGuard port).
@@ -22,11 +23,44 @@ pub const FIRST_LB_PORT: u16 = 41641;
 /// NodePort range.
 pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Lock {
     pub nodes: BTreeMap<String, NodeEntry>,
     pub devices: BTreeMap<String, DeviceEntry>,
     pub tombstones: Vec<Tombstone>,
+    /// Where [`parse`] read each entry, so [`check`] can point into the lock. Not part of the
+    /// lock's value (equality ignores it); empty for a lock not read from text.
+    pub spans: LockSpans,
+}
+
+impl PartialEq for Lock {
+    fn eq(&self, other: &Lock) -> bool {
+        self.nodes == other.nodes
+            && self.devices == other.devices
+            && self.tombstones == other.tombstones
+    }
+}
+
+impl Eq for Lock {}
+
+/// Spans of the entries of a parsed lock.
+#[derive(Clone, Debug, Default)]
+pub struct LockSpans {
+    pub nodes: BTreeMap<String, EntrySpans>,
+    pub devices: BTreeMap<String, EntrySpans>,
+    /// Parallel to [`Lock::tombstones`] (sorted).
+    pub tombstones: Vec<EntrySpans>,
+}
+
+/// Spans of one lock entry: its name and the properties [`check`] may point at (the entry
+/// where one is missing).
+#[derive(Clone, Copy, Debug)]
+pub struct EntrySpans {
+    pub name: SourceSpan,
+    pub ipv4: SourceSpan,
+    pub ipv6: SourceSpan,
+    pub port: SourceSpan,
+    pub public_key: SourceSpan,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +107,84 @@ fn reserved_v4(ip: Ipv4Addr) -> bool {
     ip == Ipv4Addr::new(100, 100, 100, 100) || (o[0] == 100 && o[1] == 115 && (o[2] & 0xfe) == 92)
 }
 
+/// What the addresses of live entries must avoid in one tailnet: the one owner of "may this
+/// address be given out", used by the allocator of [`update`] and by [`check`]. An address
+/// must lie inside the `ipv4-pool` and not be its network or broadcast address (the allocator
+/// never gives those out), nor reserved, nor inside any cluster's pod or Service CIDR or any
+/// subnet route (IPv6 too: the paired address must avoid IPv6 CIDRs and routes).
+pub struct Assignable {
+    pool: ipnet::Ipv4Net,
+    avoid: Vec<(IpNet, String)>,
+}
+
+impl Assignable {
+    pub fn new(t: &Tailnet) -> Assignable {
+        let mut avoid = Vec::new();
+        for c in &t.clusters {
+            for (net, what) in [(c.pod_cidr, "pod-cidr"), (c.service_cidr, "service-cidr")] {
+                if let Some(net) = net {
+                    avoid.push((net, format!("the {what} {net} of cluster {:?}", c.name)));
+                }
+            }
+            for e in &c.exposures {
+                if let ExposureKind::SubnetRouter { routes } = &e.kind {
+                    for r in routes {
+                        avoid.push((*r, format!("the route {r} of subnet router {:?}", e.id)));
+                    }
+                }
+            }
+        }
+        Assignable {
+            pool: t.ipv4_pool,
+            avoid,
+        }
+    }
+
+    /// Why `ip` can never be a live entry's address here (`None`: it can).
+    pub fn why_not(&self, ip: IpAddr) -> Option<String> {
+        if let IpAddr::V4(v4) = ip {
+            if !self.pool.contains(&v4) {
+                return Some(format!("outside the ipv4-pool {}", self.pool));
+            }
+            if v4 == self.pool.network() {
+                return Some(format!(
+                    "the network address of the ipv4-pool {}",
+                    self.pool
+                ));
+            }
+            if v4 == self.pool.broadcast() {
+                return Some(format!(
+                    "the broadcast address of the ipv4-pool {}",
+                    self.pool
+                ));
+            }
+            if reserved_v4(v4) {
+                return Some(
+                    "reserved (100.100.100.100 and 100.115.92.0/23 are never assigned)".into(),
+                );
+            }
+        }
+        self.avoid
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(_, what)| format!("inside {what}"))
+    }
+
+    /// The last address of an avoided IPv4 network holding `ip`, so the allocator steps over
+    /// a whole pod CIDR at once.
+    fn avoided_until(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.avoid.iter().find_map(|(net, _)| match net {
+            IpNet::V4(n) if n.contains(&ip) => Some(n.broadcast()),
+            _ => None,
+        })
+    }
+
+    /// Both addresses of an entry are assignable.
+    fn fits(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> bool {
+        self.why_not(IpAddr::V4(v4)).is_none() && self.why_not(IpAddr::V6(v6)).is_none()
+    }
+}
+
 /// Parse lock text. Errors are located in the lock file.
 pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
     let mut d = Diagnostics::new(file, text);
@@ -90,6 +202,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         }
     };
     let mut lock = Lock::default();
+    let mut tombstones: Vec<(Tombstone, EntrySpans)> = Vec::new();
     let mut version_seen = false;
     for node in doc.nodes() {
         let kind = node.name().value();
@@ -189,6 +302,44 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 continue;
             }
         };
+        // Lock names become file names (`<dir>/<node>.sops.yaml`), object names and DNS
+        // names, so they follow the spec's rules (one owner: `resolve`). A tombstone is of a
+        // node or a device: the wider device rule.
+        let name_span = arg.map(|a| a.span()).unwrap_or(node.span());
+        let name_rule = match kind {
+            "node" => crate::resolve::check_exposure_name(&name),
+            _ => crate::resolve::check_device_name(&name),
+        };
+        if let Err(e) = name_rule {
+            bad(
+                name_span,
+                format!(
+                    "{kind} name {name:?} {e}; names in tailnet.lock follow the spec's rules (`tsk8s lock` never writes this): restore tailnet.lock from version control"
+                ),
+            );
+        }
+        let cluster_ok = |e: &kdl::KdlEntry, bad: &mut dyn FnMut(SourceSpan, String)| {
+            if let KdlValue::String(c) = e.value()
+                && let Err(msg) = crate::resolve::check_cluster_name(c)
+            {
+                bad(
+                    e.span(),
+                    format!(
+                        "cluster name {c:?} {msg}; names in tailnet.lock follow the spec's rules (`tsk8s lock` never writes this): restore tailnet.lock from version control"
+                    ),
+                );
+            }
+        };
+        if let Some(e) = prop("cluster") {
+            cluster_ok(e, &mut bad);
+        }
+        let spans = EntrySpans {
+            name: name_span,
+            ipv4: prop("ipv4").map(|e| e.span()).unwrap_or(node.span()),
+            ipv6: prop("ipv6").map(|e| e.span()).unwrap_or(node.span()),
+            port: prop("port").map(|e| e.span()).unwrap_or(node.span()),
+            public_key: prop("public-key").map(|e| e.span()).unwrap_or(node.span()),
+        };
         let ipv4 = str_prop("ipv4", &mut bad).and_then(|s| match s.parse::<Ipv4Addr>() {
             Ok(ip) if reserved_v4(ip) => {
                 bad(
@@ -218,6 +369,30 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 None
             }
         });
+        // Every address pairs as `tsk8s lock` gives them out: fd7a:115c:a1e0:: + the IPv4 bits
+        // (so IPv6 stays inside the tailnet's range and is unique exactly when IPv4 is).
+        if let (Some(v4), Some(v6)) = (ipv4, ipv6) {
+            let want = ipv6_for(v4);
+            if v6 != want {
+                let fix = if kind == "tombstone" {
+                    "restore the entry from version control"
+                } else {
+                    "restore the entry from version control, or delete it and run `tsk8s lock` to give it new addresses"
+                };
+                let range: ipnet::Ipv6Net = crate::model::TAILNET_V6.parse().unwrap_or_default();
+                let what = if range.contains(&v6) {
+                    format!("{v6} does not pair with ipv4 {v4}")
+                } else {
+                    format!("{v6} is outside the tailnet's IPv6 range {range}")
+                };
+                bad(
+                    spans.ipv6,
+                    format!(
+                        "{what}: the ipv6 of an entry is fd7a:115c:a1e0:: + the 32 bits of its ipv4 ({want}); {fix}"
+                    ),
+                );
+            }
+        }
         match kind {
             "node" => {
                 let cluster = str_prop("cluster", &mut bad);
@@ -243,6 +418,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 if let (Some(cluster), Some(ipv4), Some(ipv6), Some(port), Some(public_key)) =
                     (cluster, ipv4, ipv6, port, key)
                 {
+                    lock.spans.nodes.entry(name.clone()).or_insert(spans);
                     if lock
                         .nodes
                         .insert(
@@ -268,6 +444,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
             }
             "device" => {
                 if let (Some(ipv4), Some(ipv6)) = (ipv4, ipv6) {
+                    lock.spans.devices.entry(name.clone()).or_insert(spans);
                     if lock
                         .devices
                         .insert(name.clone(), DeviceEntry { ipv4, ipv6 })
@@ -283,17 +460,28 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 }
             }
             _ => {
-                let cluster =
-                    prop("cluster").and_then(|e| e.value().as_string().map(str::to_string));
+                let cluster = match prop("cluster") {
+                    None => None,
+                    Some(e) => match e.value() {
+                        KdlValue::String(c) => Some(c.clone()),
+                        _ => {
+                            bad(e.span(), "`cluster` must be a string".into());
+                            None
+                        }
+                    },
+                };
                 let port = port_prop(&mut bad);
                 if let (Some(ipv4), Some(ipv6)) = (ipv4, ipv6) {
-                    lock.tombstones.push(Tombstone {
-                        ipv4,
-                        ipv6,
-                        name,
-                        cluster,
-                        port,
-                    });
+                    tombstones.push((
+                        Tombstone {
+                            ipv4,
+                            ipv6,
+                            name,
+                            cluster,
+                            port,
+                        },
+                        spans,
+                    ));
                 }
             }
         }
@@ -305,7 +493,9 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         ));
     }
     if d.is_empty() {
-        lock.tombstones.sort();
+        // Sorted as `render` writes them; the spans stay beside their tombstones.
+        tombstones.sort_by(|a, b| a.0.cmp(&b.0));
+        (lock.tombstones, lock.spans.tombstones) = tombstones.into_iter().unzip();
         Ok(lock)
     } else {
         Err(d)
@@ -364,19 +554,25 @@ fn quote(s: &str) -> String {
     crate::syntax::kdl_quoted(s)
 }
 
-/// A problem with the lock relative to the spec. `fix` names the command that repairs it.
+/// A problem with the lock relative to the spec; the message names the command that repairs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockProblem {
     pub message: String,
-    /// Exposure or device name in the spec this concerns, if any (for a span).
+    /// Exposure or device name in the spec this concerns, if any (for a span in the spec).
     pub subject: Option<String>,
+    /// Where in the lock, for a problem with an entry (when the lock was read from text).
+    pub at: Option<SourceSpan>,
 }
 
 /// What `build`, `check` and `test` require of the lock: every runtime node and device has an
-/// entry in the right cluster, no entry is left for something the spec no longer has, and no
-/// two entries collide.
+/// entry in the right cluster, no entry is left for something the spec no longer has, every
+/// address is one `tsk8s lock` could have given out ([`Assignable`]), and no two entries
+/// collide (tombstones included).
 pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
     let mut out = Vec::new();
+    let node_at = |name: &str, f: fn(&EntrySpans) -> SourceSpan| lock.spans.nodes.get(name).map(f);
+    let device_at =
+        |name: &str, f: fn(&EntrySpans) -> SourceSpan| lock.spans.devices.get(name).map(f);
     let mut wanted_nodes: BTreeMap<&str, &str> = BTreeMap::new();
     for (c, e) in t.runtime_nodes() {
         wanted_nodes.insert(&e.id, &c.name);
@@ -384,10 +580,12 @@ pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
             None => out.push(LockProblem {
                 message: format!("{} {:?} has no entry in tailnet.lock; run `tsk8s lock`", e.kind.keyword(), e.id),
                 subject: Some(e.id.clone()),
+                at: None,
             }),
             Some(n) if n.cluster != c.name => out.push(LockProblem {
                 message: format!("{:?} moved from cluster {:?} to {:?}; run `tsk8s lock` to give it a new key and port", e.id, n.cluster, c.name),
                 subject: Some(e.id.clone()),
+                at: None,
             }),
             Some(_) => {}
         }
@@ -397,6 +595,7 @@ pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
             out.push(LockProblem {
                 message: format!("tailnet.lock has node {name:?}, which the spec no longer declares; run `tsk8s lock` to tombstone it"),
                 subject: None,
+                at: node_at(name, |s| s.name),
             });
         }
     }
@@ -408,6 +607,7 @@ pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
                     dv.name
                 ),
                 subject: Some(dv.name.clone()),
+                at: None,
             });
         }
     }
@@ -416,84 +616,127 @@ pub fn check(t: &Tailnet, lock: &Lock) -> Vec<LockProblem> {
             out.push(LockProblem {
                 message: format!("tailnet.lock has device {name:?}, which the spec no longer declares; run `tsk8s lock` to tombstone it"),
                 subject: None,
+                at: device_at(name, |s| s.name),
             });
         }
     }
-    for c in &conflicts(lock) {
+    for (message, at) in conflicts(lock) {
         out.push(LockProblem {
             message: format!(
-                "{c}; run `tsk8s lock` to reassign it (two merged changes took the same value)"
+                "{message}; run `tsk8s lock` to reassign it (two merged changes took the same value)"
             ),
             subject: None,
+            at,
         });
     }
+    let ok = Assignable::new(t);
+    let mut addresses =
+        |kind: &str, name: &str, v4: Ipv4Addr, v6: Ipv6Addr, at: Option<&EntrySpans>| {
+            // One problem per entry: the IPv6 is paired with the IPv4 (checked by `parse`).
+            let bad = [
+                (IpAddr::V4(v4), at.map(|s| s.ipv4)),
+                (IpAddr::V6(v6), at.map(|s| s.ipv6)),
+            ]
+            .into_iter()
+            .find_map(|(ip, span)| Some((ip, span, ok.why_not(ip)?)));
+            if let Some((ip, span, why)) = bad {
+                out.push(LockProblem {
+                    message: format!(
+                        "{kind} {name:?} has {ip}, {why}; run `tsk8s lock` to give it new addresses"
+                    ),
+                    subject: None,
+                    at: span,
+                });
+            }
+        };
+    for (name, d) in &lock.devices {
+        addresses("device", name, d.ipv4, d.ipv6, lock.spans.devices.get(name));
+    }
     for (name, n) in &lock.nodes {
-        if !t.ipv4_pool.contains(&n.ipv4) {
-            out.push(LockProblem {
-                message: format!(
-                    "node {name:?} has {} outside the ipv4-pool {}; run `tsk8s lock`",
-                    n.ipv4, t.ipv4_pool
-                ),
-                subject: None,
-            });
-        }
+        addresses("node", name, n.ipv4, n.ipv6, lock.spans.nodes.get(name));
     }
     out
 }
 
-/// Colliding values: the later name (in sorted order) of each pair.
-fn conflicts(lock: &Lock) -> Vec<String> {
+/// Colliding values, each at the later entry (in the lock's order) of its pair.
+fn conflicts(lock: &Lock) -> Vec<(String, Option<SourceSpan>)> {
     let mut out = Vec::new();
     let mut v4: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     let mut v6: BTreeMap<Ipv6Addr, String> = BTreeMap::new();
     let mut ports: BTreeMap<(String, u16), String> = BTreeMap::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     for (name, d) in &lock.devices {
-        if let Some(prev) = v4.insert(d.ipv4, name.clone()) {
-            out.push(format!(
-                "{} is assigned to both {prev:?} and {name:?}",
-                d.ipv4
-            ));
-        }
-        if let Some(prev) = v6.insert(d.ipv6, name.clone()) {
-            out.push(format!(
-                "{} is assigned to both {prev:?} and {name:?}",
-                d.ipv6
-            ));
-        }
+        let at = lock.spans.devices.get(name);
+        addr_conflict(&mut out, &mut v4, &mut v6, name, d.ipv4, d.ipv6, at);
     }
     for (name, n) in &lock.nodes {
-        if let Some(prev) = v4.insert(n.ipv4, name.clone()) {
-            out.push(format!(
-                "{} is assigned to both {prev:?} and {name:?}",
-                n.ipv4
-            ));
-        }
-        if let Some(prev) = v6.insert(n.ipv6, name.clone()) {
-            out.push(format!(
-                "{} is assigned to both {prev:?} and {name:?}",
-                n.ipv6
-            ));
-        }
+        let at = lock.spans.nodes.get(name);
+        addr_conflict(&mut out, &mut v4, &mut v6, name, n.ipv4, n.ipv6, at);
         if let Some(prev) = ports.insert((n.cluster.clone(), n.port), name.clone()) {
-            out.push(format!(
-                "UDP port {} of cluster {:?} is assigned to both {prev:?} and {name:?}",
-                n.port, n.cluster
+            out.push((
+                format!(
+                    "UDP port {} of cluster {:?} is assigned to both {prev:?} and {name:?}",
+                    n.port, n.cluster
+                ),
+                at.map(|s| s.port),
             ));
         }
         if let Some(prev) = keys.insert(n.public_key.clone(), name.clone()) {
-            out.push(format!("nodes {prev:?} and {name:?} share one public key"));
+            out.push((
+                format!("nodes {prev:?} and {name:?} share one public key"),
+                at.map(|s| s.public_key),
+            ));
         }
     }
-    for t in &lock.tombstones {
+    // A tombstone keeps its addresses from ever being given out again. (Two tombstones may
+    // share them: `lock` tombstones both holders of a conflict when both leave the spec.)
+    for (i, t) in lock.tombstones.iter().enumerate() {
+        let at = lock.spans.tombstones.get(i);
         if let Some(user) = v4.get(&t.ipv4) {
-            out.push(format!(
-                "{} is assigned to {user:?} but was freed by {:?} (tombstone)",
-                t.ipv4, t.name
+            out.push((
+                format!(
+                    "{} is assigned to {user:?} but was freed by {:?} (tombstone)",
+                    t.ipv4, t.name
+                ),
+                at.map(|s| s.ipv4),
+            ));
+        } else if let Some(user) = v6.get(&t.ipv6) {
+            out.push((
+                format!(
+                    "{} is assigned to {user:?} but was freed by {:?} (tombstone)",
+                    t.ipv6, t.name
+                ),
+                at.map(|s| s.ipv6),
             ));
         }
     }
     out
+}
+
+/// Record an entry's addresses; one problem if either is taken (the IPv4 first: the IPv6 is
+/// paired with it, so they collide together).
+fn addr_conflict(
+    out: &mut Vec<(String, Option<SourceSpan>)>,
+    v4: &mut BTreeMap<Ipv4Addr, String>,
+    v6: &mut BTreeMap<Ipv6Addr, String>,
+    name: &str,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+    at: Option<&EntrySpans>,
+) {
+    let prev4 = v4.insert(ipv4, name.to_string());
+    let prev6 = v6.insert(ipv6, name.to_string());
+    if let Some(prev) = prev4 {
+        out.push((
+            format!("{ipv4} is assigned to both {prev:?} and {name:?}"),
+            at.map(|s| s.ipv4),
+        ));
+    } else if let Some(prev) = prev6 {
+        out.push((
+            format!("{ipv6} is assigned to both {prev:?} and {name:?}"),
+            at.map(|s| s.ipv6),
+        ));
+    }
 }
 
 /// A freshly generated key for one node; the CLI delivers it through the cluster's backend.
@@ -621,13 +864,14 @@ pub fn update(
     let mut reassign_dev: Vec<String> = Vec::new();
     let mut reassign_port: Vec<String> = Vec::new();
     let mut rekey: Vec<String> = Vec::new();
+    let assignable = Assignable::new(t);
     for (name, d) in &lock.devices {
-        if !used_v4.insert(d.ipv4) || !t.ipv4_pool.contains(&d.ipv4) {
+        if !used_v4.insert(d.ipv4) || !assignable.fits(d.ipv4, d.ipv6) {
             reassign_dev.push(name.clone());
         }
     }
     for (name, n) in &lock.nodes {
-        if !used_v4.insert(n.ipv4) || !t.ipv4_pool.contains(&n.ipv4) {
+        if !used_v4.insert(n.ipv4) || !assignable.fits(n.ipv4, n.ipv6) {
             reassign_addr.push(name.clone());
         }
         if !used_ports.insert((n.cluster.clone(), n.port)) {
@@ -639,7 +883,7 @@ pub fn update(
     }
 
     let mut alloc = Allocator {
-        pool: t.ipv4_pool,
+        assignable,
         next: 1,
         used: used_v4,
     };
@@ -772,24 +1016,34 @@ pub fn update(
 }
 
 struct Allocator {
-    pool: ipnet::Ipv4Net,
+    assignable: Assignable,
     next: u32,
     used: BTreeSet<Ipv4Addr>,
 }
 
 impl Allocator {
     fn next_v4(&mut self) -> Result<Ipv4Addr, String> {
-        let base = u32::from(self.pool.network());
-        let size: u64 = 1u64 << (32 - u32::from(self.pool.prefix_len()));
+        let pool = self.assignable.pool;
+        let base = u32::from(pool.network());
+        let size: u64 = 1u64 << (32 - u32::from(pool.prefix_len()));
         while u64::from(self.next) < size.saturating_sub(1) {
             let ip = Ipv4Addr::from(base.wrapping_add(self.next));
             self.next += 1;
-            if !reserved_v4(ip) && !self.used.contains(&ip) {
+            if let Some(last) = self.assignable.avoided_until(ip) {
+                // Past the avoided network (bounded time however much of the pool it covers).
+                self.next = self
+                    .next
+                    .max(u32::from(last).wrapping_sub(base).saturating_add(1));
+                continue;
+            }
+            if !self.used.contains(&ip) && self.assignable.fits(ip, ipv6_for(ip)) {
                 self.used.insert(ip);
                 return Ok(ip);
             }
         }
-        Err(format!("the ipv4-pool {} is exhausted", self.pool))
+        Err(format!(
+            "the ipv4-pool {pool} is exhausted (outside the clusters' pod and Service CIDRs)"
+        ))
     }
 }
 
@@ -847,11 +1101,154 @@ mod tests {
             );
         }
         let text = render(&lock);
-        match parse("tailnet.lock", &text) {
-            Ok(back) => assert_eq!(back, lock, "{text}"),
-            Err(d) => panic!("{}\n{text}", d.render()),
-        }
+        // The rendered text is KDL that parses; every name but "plain" then breaks the name
+        // rules, each reported at its entry (the names are escaped in the message).
+        let d = parse("tailnet.lock", &text).expect_err("names outside the rules");
+        assert_eq!(d.items.len(), 2 * 10, "{}", d.render());
+        assert!(
+            d.items
+                .iter()
+                .all(|i| i.message.contains("follow the spec's rules")),
+            "{}",
+            d.render()
+        );
+        assert!(!d.render().contains('\r'), "{}", d.render());
         assert!(text.contains("node \"plain\" cluster=\"cplain\""), "{text}");
+    }
+
+    fn lock_of(text: &str) -> Result<Lock, String> {
+        parse("tailnet.lock", &format!("version 1\n{text}")).map_err(|d| d.render())
+    }
+
+    /// Finding 3 of issue 16: a lock name is a file name for `lock` (`<dir>/<node>.sops.yaml`
+    /// is removed when the node is tombstoned), so names outside the spec's rules are refused
+    /// before anything runs: nodes, devices, tombstones and clusters.
+    #[test]
+    fn lock_names_follow_the_spec_rules() {
+        let key = "1tCZu679bpxcE6rtfWWvKoLBMHeLqKNqXKHXPigz2C0=";
+        for entry in [
+            format!(
+                r#"node "../../../victimdir/important" cluster="prod" ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3" port=41641 public-key="{key}""#
+            ),
+            format!(
+                r#"node "ok" cluster="../x" ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3" port=41641 public-key="{key}""#
+            ),
+            r#"device "a/b" ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3""#.into(),
+            r#"tombstone "/etc/passwd" ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3""#.into(),
+            r#"tombstone "ok" cluster=".." ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3""#.into(),
+            // Longer than an exposure name may be (it names `tsk8s-<name>` Services).
+            format!(
+                r#"node "{}" cluster="prod" ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3" port=41641 public-key="{key}""#,
+                "a".repeat(58)
+            ),
+        ] {
+            let err = lock_of(&entry).expect_err(&entry);
+            assert!(err.contains("follow the spec's rules"), "{entry}\n{err}");
+            assert!(err.contains("tailnet.lock:2:"), "{entry}\n{err}");
+        }
+        assert!(
+            lock_of(&format!(
+                r#"node "a-57-{}" cluster="prod" ipv4="100.64.0.3" ipv6="fd7a:115c:a1e0::6440:3" port=41641 public-key="{key}""#,
+                "a".repeat(52)
+            ))
+            .is_ok()
+        );
+    }
+
+    /// Finding 4 of issue 16 (spec-independent half): every ipv6 is the one paired with its
+    /// ipv4, so it lies in fd7a:115c:a1e0::/48 and a tombstone cannot hold a live IPv6.
+    #[test]
+    fn ipv6_must_pair_with_ipv4() {
+        for (entry, want) in [
+            (
+                r#"device "d" ipv4="100.64.0.3" ipv6="::1""#,
+                "outside the tailnet's IPv6 range",
+            ),
+            (
+                r#"device "d" ipv4="100.64.0.3" ipv6="2001:db8::1""#,
+                "outside the tailnet's IPv6 range",
+            ),
+            (
+                r#"tombstone "t" ipv4="100.64.0.9" ipv6="fd7a:115c:a1e0::6440:3""#,
+                "does not pair with ipv4 100.64.0.9",
+            ),
+        ] {
+            let err = lock_of(entry).expect_err(entry);
+            assert!(err.contains(want), "{entry}\n{err}");
+            assert!(err.contains("tailnet.lock:2:"), "{entry}\n{err}");
+        }
+    }
+
+    fn bad_case(name: &str) -> (Tailnet, Lock) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/bad/lock")
+            .join(name);
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let front = crate::build::front("tailnet.kdl", &read("tailnet.kdl"))
+            .unwrap_or_else(|f| panic!("{name}: {}", f.text));
+        let lock = parse("tailnet.lock", &read("tailnet.lock"))
+            .unwrap_or_else(|d| panic!("{name}: {}", d.render()));
+        (front.tailnet, lock)
+    }
+
+    fn keys() -> impl FnMut() -> (String, String) {
+        let mut n = 0u8;
+        move || {
+            n += 1;
+            (
+                format!("private-{n}"),
+                format!("{}{}=", "A".repeat(42), (b'A' + n) as char),
+            )
+        }
+    }
+
+    /// Finding 4 of issue 16: the addresses `check` refuses and sends to `tsk8s lock` (outside
+    /// the pool, its network or broadcast address, inside a pod or Service CIDR) are exactly
+    /// the ones `lock` reassigns; afterwards the lock passes.
+    #[test]
+    fn lock_repairs_the_addresses_check_refuses() {
+        for case in [
+            "ipv4-zero",
+            "ipv4-all-ones",
+            "ipv4-pool-network",
+            "ipv4-pool-broadcast",
+            "ipv4-in-pod-cidr",
+            "device-ipv4-in-service-cidr",
+            "ipv4-outside-pool",
+        ] {
+            let (t, lock) = bad_case(case);
+            let problems = check(&t, &lock);
+            assert_eq!(problems.len(), 1, "{case}: {problems:?}");
+            assert!(problems[0].at.is_some(), "{case}: located in the lock");
+            assert!(problems[0].message.contains("run `tsk8s lock`"), "{case}");
+            let upd = update(&t, &lock, &LockOptions::default(), &mut keys()).unwrap();
+            let again = parse("tailnet.lock", &render(&upd.lock)).unwrap();
+            assert_eq!(check(&t, &again), vec![], "{case}");
+            assert_eq!(upd.changes.len(), 1, "{case}: {:?}", upd.changes);
+        }
+    }
+
+    /// The allocator steps over a pod CIDR inside the pool (and never hands out its addresses).
+    #[test]
+    fn allocator_skips_cluster_cidrs() {
+        let (mut t, _) = bad_case("ipv4-in-pod-cidr");
+        t.clusters[0].pod_cidr = Some("100.64.0.0/16".parse().unwrap());
+        let upd = update(&t, &Lock::default(), &LockOptions::default(), &mut keys()).unwrap();
+        let first: Ipv4Addr = "100.65.0.0".parse().unwrap();
+        let all: Vec<Ipv4Addr> = upd
+            .lock
+            .devices
+            .values()
+            .map(|d| d.ipv4)
+            .chain(upd.lock.nodes.values().map(|n| n.ipv4))
+            .collect();
+        assert_eq!(all.len(), 6);
+        assert!(all.iter().all(|ip| *ip >= first), "{all:?}");
+        assert_eq!(check(&t, &upd.lock), vec![]);
+        // A pod CIDR covering the whole pool leaves nothing to give out.
+        t.clusters[0].pod_cidr = Some("100.0.0.0/8".parse().unwrap());
+        let e = update(&t, &Lock::default(), &LockOptions::default(), &mut keys()).unwrap_err();
+        assert!(e.contains("exhausted"), "{e}");
     }
 
     #[test]

@@ -141,6 +141,22 @@ pub fn check_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An exposure (node) name: it names `tsk8s-<name>` Services, so an RFC 1035 label of at most
+/// [`MAX_EXPOSURE_NAME`] characters. The spec and `tailnet.lock` both check through this.
+pub fn check_exposure_name(s: &str) -> Result<(), String> {
+    check_rfc1035_label(s, MAX_EXPOSURE_NAME)
+}
+
+/// A device name: a DNS-1123 label. The spec and `tailnet.lock` both check through this.
+pub fn check_device_name(s: &str) -> Result<(), String> {
+    check_label(s, 63)
+}
+
+/// A cluster name: a DNS-1123 label. The spec and `tailnet.lock` both check through this.
+pub fn check_cluster_name(s: &str) -> Result<(), String> {
+    check_label(s, 63)
+}
+
 /// Tailscale's tag syntax (tailcfg.CheckTag wording).
 pub fn check_tag_syntax(tag: &str) -> Result<(), String> {
     let Some(name) = tag.strip_prefix("tag:") else {
@@ -433,7 +449,7 @@ impl Resolver<'_> {
         let mut devices = Vec::new();
         for dv in &spec.devices {
             self.spans.devices.insert(dv.name.v.clone(), dv.name.span);
-            if let Err(e) = check_label(&dv.name.v, 63) {
+            if let Err(e) = check_device_name(&dv.name.v) {
                 self.push(
                     err(dv.name.span, format!("device name {:?} {e}", dv.name.v))
                         .label("not a DNS label"),
@@ -1101,7 +1117,7 @@ impl Resolver<'_> {
         devices: &[Device],
     ) -> Option<Cluster> {
         self.spans.clusters.insert(c.name.v.clone(), c.name.span);
-        if let Err(e) = check_label(&c.name.v, 63) {
+        if let Err(e) = check_cluster_name(&c.name.v) {
             self.push(
                 err(c.name.span, format!("cluster name {:?} {e}", c.name.v))
                     .label("not a DNS-1123 label"),
@@ -1518,7 +1534,7 @@ impl Resolver<'_> {
     ) -> Option<Exposure> {
         let mut ok = true;
         self.spans.exposures.insert(e.name.v.clone(), e.name.span);
-        if let Err(msg) = check_rfc1035_label(&e.name.v, MAX_EXPOSURE_NAME) {
+        if let Err(msg) = check_exposure_name(&e.name.v) {
             self.push(
                 err(e.name.span, format!("exposure name {:?} {msg}", e.name.v))
                     .label("bad name")

@@ -647,6 +647,92 @@ fn cli_lock_sops_lifecycle() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// Issue 16, finding 3: a hand-edited lock naming a node `../../../victimdir/important` made
+/// `lock` tombstone it and delete `secrets/prod/../../../victimdir/important.sops.yaml`, outside
+/// the repo. Lock names follow the spec's rules now: `lock` (and `build`) refuse the lock with
+/// exit 2, located in it, and nothing is removed or written.
+#[test]
+fn cli_lock_refuses_lock_names_that_leave_the_repo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("repo");
+    fs::create_dir_all(&w).unwrap();
+    fs::write(w.join("tailnet.kdl"), spec_full("sops", SOPS_R1, "", "")).unwrap();
+    let o = run(&["lock", "tailnet.kdl"], &[], &w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let victim = tmp.path().join("victimdir/important.sops.yaml");
+    fs::create_dir_all(victim.parent().unwrap()).unwrap();
+    fs::write(&victim, "precious\n").unwrap();
+    let mut lock = fs::read_to_string(w.join("tailnet.lock")).unwrap();
+    lock.push_str("node \"../../../victimdir/important\" cluster=\"prod\" ipv4=\"100.64.0.50\" ipv6=\"fd7a:115c:a1e0::6440:32\" port=41650 public-key=\"Ns0bUKwBWsVlTHF3Kr8BXF3hm7mE8pFQvWPNtIxN6mo=\"\n");
+    fs::write(w.join("tailnet.lock"), &lock).unwrap();
+    let before = sources_of(&w);
+    for args in [
+        &["lock", "tailnet.kdl"][..],
+        &[
+            "lock",
+            "tailnet.kdl",
+            "--remove",
+            "../../../victimdir/important",
+        ],
+        &["build", "tailnet.kdl", "-o", "out"],
+    ] {
+        let o = run(args, &[], &w);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("tailnet.lock:9:6: error: node name \"../../../victimdir/important\""),
+            "{args:?}: {err}"
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert_eq!(fs::read_to_string(w.join("tailnet.lock")).unwrap(), lock);
+        assert_eq!(sources_of(&w), before, "{args:?} changed files");
+    }
+}
+
+/// `lock` removes a tombstoned node's SOPS file only inside the source dir and never through a
+/// symlink: a symlink in its place is left (and so is what it points to), with the path to
+/// check by hand.
+#[test]
+fn cli_lock_never_removes_through_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("repo");
+    fs::create_dir_all(&w).unwrap();
+    let spec = spec_full("sops", SOPS_R1, "", "");
+    fs::write(w.join("tailnet.kdl"), &spec).unwrap();
+    let o = run(&["lock", "tailnet.kdl"], &[], &w);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let target = tmp.path().join("elsewhere.sops.yaml");
+    let file = w.join("secrets/prod/prod-services.sops.yaml");
+    fs::rename(&file, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &file).unwrap();
+    let spec2 = spec
+        .replace(
+            "    subnet-router \"prod-services\" route=\"10.96.0.0/12\" tag=\"router\"\n",
+            "",
+        )
+        .replace("    accept src=\"group:sre\" dst=\"10.96.0.0/12:*\"\n", "");
+    assert_ne!(spec, spec2);
+    fs::write(w.join("tailnet.kdl"), &spec2).unwrap();
+    let o = run(
+        &["lock", "tailnet.kdl", "--remove", "prod-services"],
+        &[],
+        &w,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("delete secrets/prod/prod-services.sops.yaml if it is still there"),
+        "{err}"
+    );
+    assert!(
+        fs::symlink_metadata(&file)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(target.is_file());
+}
+
 /// `lock --keys-dir` for external-secrets: the key files and the JSON for AWS, mode 0600, named
 /// as the ExternalSecret asks; nothing secret on stderr.
 #[test]
