@@ -1694,6 +1694,20 @@ impl Resolver<'_> {
                                     .label("overlaps 100.64.0.0/10 or fd7a:115c:a1e0::/48"),
                                 );
                                 ok = false;
+                            } else if let Some((range, what)) = unroutable(&n) {
+                                self.push(
+                                    err(
+                                        r.span,
+                                        if range.contains(&n) {
+                                            format!("route {n} lies in the {what} range {range}")
+                                        } else {
+                                            format!("route {n} covers the {what} range {range}")
+                                        },
+                                    )
+                                    .label("not routable through a subnet router")
+                                    .help(UNROUTABLE_HELP),
+                                );
+                                ok = false;
                             } else {
                                 self.spans.routes.insert((e.name.v.clone(), n), r.span);
                                 routes.push(n);
@@ -1933,6 +1947,33 @@ fn check_rel_dir(r: &mut Resolver<'_>, dir: &str, span: SourceSpan) {
             format!("dir {dir:?} must be a relative path beside the spec, without '..'"),
         ));
     }
+}
+
+/// Ranges no subnet route may overlap (lie inside or contain): addresses that mean the router's
+/// own host (unspecified, loopback, link-local), that are not unicast (multicast, the IPv4
+/// broadcast address) or that stand for IPv4 inside IPv6 (IPv4-mapped). Default routes
+/// (`0.0.0.0/0`, `::/0`) are refused before this (subnet routers are not exit nodes).
+const UNROUTABLE: &[(&str, &str)] = &[
+    ("0.0.0.0/32", "unspecified"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+const UNROUTABLE_HELP: &str = "a subnet router forwards to unicast addresses on its cluster's network; unspecified, loopback, link-local, multicast, broadcast and IPv4-mapped ranges are refused";
+
+/// The first [`UNROUTABLE`] range `n` overlaps, with its kind.
+pub fn unroutable(n: &IpNet) -> Option<(IpNet, &'static str)> {
+    UNROUTABLE
+        .iter()
+        .filter_map(|(net, what)| Some((net.parse::<IpNet>().ok()?, *what)))
+        .find(|(r, _)| r.contains(n) || n.contains(r))
 }
 
 fn overlaps_tailnet(n: &IpNet) -> bool {
