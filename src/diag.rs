@@ -4,8 +4,7 @@
 use std::fmt::Write as _;
 
 use miette::{
-    Diagnostic as MietteDiagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan,
-    NamedSource, SourceSpan,
+    Diagnostic as MietteDiagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, SourceSpan,
 };
 
 /// One problem in one input file.
@@ -38,12 +37,29 @@ impl Diagnostic {
     }
 }
 
+/// At most this many diagnostics of one file are printed; the rest are counted.
+pub const MAX_PRINTED: usize = 50;
+/// Source lines in a snippet are cut to about this many characters around the span.
+pub const SNIPPET_WIDTH: usize = 240;
+/// A span over more lines than this is shown by its first line only.
+pub const MAX_SNIPPET_LINES: usize = 100;
+/// A message, label or help longer than this many characters keeps its head and tail.
+pub const MAX_TEXT: usize = 400;
+/// Hard cap on one rendering (the caps above keep it far below: about 2 MB at most).
+pub const MAX_RENDERED_BYTES: usize = 10 << 20;
+/// Stored diagnostics beyond which the list is trimmed to the earliest ones (memory bound).
+const TRIM_AT: usize = 8192;
+
 /// A set of diagnostics against one source file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostics {
     pub file: String,
     pub source: String,
     pub items: Vec<Diagnostic>,
+    /// Diagnostics dropped (beyond the earliest [`MAX_PRINTED`]) to bound memory; counted in
+    /// the summary.
+    dropped: usize,
+    lines: LineIndex,
 }
 
 impl Diagnostics {
@@ -52,63 +68,309 @@ impl Diagnostics {
             file: file.to_string(),
             source: source.to_string(),
             items: Vec::new(),
+            dropped: 0,
+            lines: LineIndex::default(),
         }
     }
 
     pub fn push(&mut self, d: Diagnostic) {
         self.items.push(d);
+        if self.items.len() >= TRIM_AT {
+            self.trim();
+        }
+    }
+
+    /// Keep the earliest [`MAX_PRINTED`] (by position; all that can be printed), count the rest.
+    fn trim(&mut self) {
+        self.sort_items();
+        if self.items.len() > MAX_PRINTED {
+            self.dropped += self.items.len() - MAX_PRINTED;
+            self.items.truncate(MAX_PRINTED);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
-    /// 1-based line and column of a byte offset.
-    pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        line_col(&self.source, offset)
+    /// Number of problems: those kept and those dropped.
+    pub fn len(&self) -> usize {
+        self.items.len() + self.dropped
     }
 
-    /// Sort by position (stable for equal positions) so output does not depend on check order.
-    pub fn sort(&mut self) {
+    /// 1-based line and column (in characters) of a byte offset. The line comes from an index
+    /// of line starts built once per source; the column counts the characters of its line.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let (line, start) = self.line_start(offset);
+        let offset = floor_boundary(&self.source, offset.min(self.source.len()));
+        let col = self
+            .source
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count())
+            + 1;
+        (line, col)
+    }
+
+    /// 1-based line of a byte offset (binary search in the line index).
+    pub fn line(&self, offset: usize) -> usize {
+        self.line_start(offset).0
+    }
+
+    /// The 1-based line holding `offset` and the byte offset of that line's start.
+    fn line_start(&self, offset: usize) -> (usize, usize) {
+        let starts = self.lines.get(&self.source);
+        let offset = offset.min(self.source.len());
+        // `starts[0] == 0`, so the partition point is at least 1.
+        let i = starts.partition_point(|&s| s as usize <= offset).max(1);
+        (i, starts[i - 1] as usize)
+    }
+
+    /// Byte range of a 1-based line, without its `\n`.
+    fn line_range(&self, line: usize) -> (usize, usize) {
+        let starts = self.lines.get(&self.source);
+        let start = starts
+            .get(line - 1)
+            .map_or(self.source.len(), |&s| s as usize);
+        let end = starts
+            .get(line)
+            .map_or(self.source.len(), |&s| s as usize - 1);
+        (start, end)
+    }
+
+    fn line_count(&self) -> usize {
+        self.lines.get(&self.source).len()
+    }
+
+    fn sort_items(&mut self) {
         self.items.sort_by_key(|d| (d.span.offset(), d.span.len()));
         self.items.dedup();
     }
 
+    /// Sort by position (stable for equal positions) so output does not depend on check order.
+    pub fn sort(&mut self) {
+        self.sort_items();
+    }
+
     /// Render all diagnostics: a `file:line:col: error: message` line for grep-friendly CI logs,
-    /// then miette's snippet. No colours, no terminal-width dependence.
+    /// then miette's snippet. No colours, no terminal-width dependence. At most
+    /// [`MAX_PRINTED`] are shown (then `… and N more errors`); snippets show a window of at
+    /// most [`SNIPPET_WIDTH`] characters of each line; user text and source lines are escaped
+    /// and the whole text neutralized ([`tsk8s_policy::text`]), so the output is bounded and
+    /// safe for terminals and CI logs whatever the input.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
             .with_width(100)
             .with_links(false);
-        for d in &self.items {
+        let file = escape(&self.file).into_owned();
+        let items = &self.items[..self.items.len().min(MAX_PRINTED)];
+        for d in items {
+            if out.len() > MAX_RENDERED_BYTES {
+                break;
+            }
             let (line, col) = self.line_col(d.span.offset());
-            let _ = writeln!(out, "{}:{}:{}: error: {}", self.file, line, col, d.message);
+            let message = bounded(&d.message);
+            let _ = writeln!(out, "{file}:{line}:{col}: error: {message}");
             let report = Rendered {
-                message: d.message.clone(),
-                help: d.help.clone(),
-                label: LabeledSpan::new_with_span(
-                    Some(d.label.clone()),
-                    clamp(d.span, &self.source),
-                ),
-                src: NamedSource::new(&self.file, self.source.clone()),
+                message,
+                help: d.help.as_deref().map(bounded),
+                label: LabeledSpan::new_with_span(None, SourceSpan::new(0.into(), 0)),
+                src: Window::default(),
             };
+            let report = self.snippet(report, d, &file);
             let mut snippet = String::new();
             if handler.render_report(&mut snippet, &report).is_ok() {
                 out.push_str(&snippet);
             }
             out.push('\n');
         }
-        let n = self.items.len();
-        let _ = writeln!(
-            out,
-            "{n} error{} in {}",
-            if n == 1 { "" } else { "s" },
-            self.file
-        );
-        out
+        let n = self.len();
+        if n > items.len() {
+            let more = n - items.len();
+            let _ = writeln!(
+                out,
+                "… and {more} more error{} in {file} (the first {} are shown)\n",
+                if more == 1 { "" } else { "s" },
+                items.len()
+            );
+        }
+        let _ = writeln!(out, "{n} error{} in {file}", if n == 1 { "" } else { "s" });
+        tsk8s_policy::text::neutralize(&out).into_owned()
+    }
+
+    /// The report for `d` with its snippet: the lines miette shows (the span's, one before,
+    /// one after), each cut to a window around the span and escaped.
+    fn snippet(&self, mut report: Rendered, d: &Diagnostic, file: &str) -> Rendered {
+        let src = &self.source;
+        let start = floor_boundary(src, d.span.offset().min(src.len()));
+        let mut end = floor_boundary(src, (d.span.offset() + d.span.len()).min(src.len()));
+        let (l1, _) = self.line_start(start);
+        let mut l2 = self.line(end.saturating_sub(1).max(start));
+        let mut label = bounded(&d.label);
+        if l2 - l1 >= MAX_SNIPPET_LINES {
+            // Show the first line of the span only.
+            end = self.line_range(l1).1.max(start);
+            l2 = l1;
+            label = format!(
+                "{label} (through line {})",
+                self.line(d.span.offset() + d.span.len())
+            );
+        }
+        let first = l1.saturating_sub(2).max(1);
+        let last = (l2 + 2).min(self.line_count());
+        // Columns (in chars) of the span's ends on their lines, for the windows.
+        let col_of = |line: usize, at: usize| {
+            let (ls, _) = self.line_range(line);
+            src.get(ls..at.max(ls)).map_or(0, |s| s.chars().count())
+        };
+        let scol = col_of(l1, start);
+        let ecol = col_of(l2, end);
+        let l1_len = {
+            let (ls, le) = self.line_range(l1);
+            src.get(ls..le)
+                .map_or(0, |s| s.trim_end_matches('\r').chars().count())
+        };
+        // The window of the span's first line; context lines share it.
+        let a1 = scol
+            .saturating_sub(60)
+            .min(l1_len.saturating_sub(SNIPPET_WIDTH));
+        let mut text = String::new();
+        let (mut s_at, mut e_at) = (None, None);
+        for line in first..=last {
+            let (ls, le) = self.line_range(line);
+            let content = src.get(ls..le).unwrap_or("");
+            let (content, cr) = match content.strip_suffix('\r') {
+                Some(c) => (c, true),
+                None => (content, false),
+            };
+            let len = content.chars().count();
+            let a = if len <= SNIPPET_WIDTH {
+                0
+            } else if line == l2 && l2 != l1 {
+                (ecol + 60).clamp(SNIPPET_WIDTH, len) - SNIPPET_WIDTH
+            } else if l1 < line && line < l2 {
+                0
+            } else {
+                a1.min(len - SNIPPET_WIDTH)
+            };
+            let b = (a + SNIPPET_WIDTH).min(len);
+            if a > 0 {
+                text.push('…');
+            }
+            let mut pos = ls;
+            let mut prev = '\0';
+            for (i, c) in content.chars().enumerate() {
+                if i >= b {
+                    break;
+                }
+                if i >= a {
+                    if pos == start && line == l1 {
+                        s_at = Some(text.len());
+                    }
+                    if pos == end && line == l2 {
+                        e_at = Some(text.len());
+                    }
+                    if c != '\t' && tsk8s_policy::text::is_unsafe(c) {
+                        tsk8s_policy::text::push_escaped(&mut text, c);
+                    } else if c == '#' && prev == '#' && src.as_bytes().get(pos + 1) == Some(&b'[')
+                    {
+                        // `##[`: a CI log command anywhere in a line (see `text::neutralize`).
+                        tsk8s_policy::text::push_escaped(&mut text, c);
+                    } else {
+                        text.push(c);
+                    }
+                }
+                prev = c;
+                pos += c.len_utf8();
+            }
+            // Offsets at the end of the window or of the content.
+            if s_at.is_none() && line == l1 && start <= pos {
+                s_at = Some(text.len());
+            }
+            if e_at.is_none() && line == l2 && end <= pos {
+                e_at = Some(text.len());
+            }
+            if b < len {
+                text.push('…');
+            }
+            if cr {
+                text.push('\r');
+            }
+            if s_at.is_none() && line == l1 && start <= le {
+                s_at = Some(text.len());
+            }
+            if e_at.is_none() && line == l2 && end <= le {
+                e_at = Some(text.len());
+            }
+            if le < src.len() {
+                text.push('\n');
+                if e_at.is_none() && line == l2 {
+                    e_at = Some(text.len());
+                }
+            }
+        }
+        let s_at = s_at.unwrap_or(text.len());
+        let e_at = e_at.unwrap_or(text.len()).max(s_at);
+        report.label =
+            LabeledSpan::new_with_span(Some(label), SourceSpan::new(s_at.into(), e_at - s_at));
+        // miette's header column counts bytes from the line start (a `\r` also starts a line).
+        let (ls1, _) = self.line_range(l1);
+        let line_start = src
+            .get(ls1..start)
+            .and_then(|b| b.rfind('\r'))
+            .map_or(ls1, |i| ls1 + i + 1);
+        report.src = Window {
+            name: file.to_string(),
+            text,
+            first_line: first - 1,
+            label_at: s_at,
+            label_column: start - line_start.min(start),
+        };
+        report
     }
 }
+
+/// Byte offsets of line starts, built on first use (inputs are at most 64 MB, so `u32`).
+#[derive(Clone, Debug, Default)]
+struct LineIndex(std::sync::OnceLock<Vec<u32>>);
+
+impl LineIndex {
+    fn get(&self, source: &str) -> &[u32] {
+        self.0.get_or_init(|| {
+            let mut v = vec![0u32];
+            v.extend(
+                source
+                    .bytes()
+                    .enumerate()
+                    .filter(|&(_, b)| b == b'\n')
+                    .map(|(i, _)| u32::try_from(i + 1).unwrap_or(u32::MAX)),
+            );
+            v
+        })
+    }
+}
+
+/// A cache: equal whatever it holds.
+impl PartialEq for LineIndex {
+    fn eq(&self, _: &LineIndex) -> bool {
+        true
+    }
+}
+impl Eq for LineIndex {}
+
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// User text in a message: escaped, and cut to its head and tail when long.
+fn bounded(s: &str) -> String {
+    tsk8s_policy::text::bounded(&escape(s), MAX_TEXT).into_owned()
+}
+
+pub use tsk8s_policy::text::escape;
 
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
@@ -123,10 +385,40 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn clamp(span: SourceSpan, source: &str) -> SourceSpan {
-    let start = span.offset().min(source.len());
-    let end = (span.offset() + span.len()).min(source.len());
-    SourceSpan::new(start.into(), end - start)
+/// The lines of one snippet (escaped, windowed), standing for the whole source: line numbers
+/// shifted by `first_line`, the label's column the real one.
+#[derive(Debug, Default)]
+struct Window {
+    name: String,
+    text: String,
+    /// 0-based line number of `text`'s first line in the source.
+    first_line: usize,
+    label_at: usize,
+    label_column: usize,
+}
+
+impl miette::SourceCode for Window {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let inner = self.text.read_span(span, before, after)?;
+        let column = if before == 0 && span.offset() == self.label_at {
+            self.label_column
+        } else {
+            inner.column()
+        };
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            *inner.span(),
+            inner.line() + self.first_line,
+            column,
+            inner.line_count(),
+        )))
+    }
 }
 
 #[derive(Debug)]
@@ -134,7 +426,7 @@ struct Rendered {
     message: String,
     help: Option<String>,
     label: LabeledSpan,
-    src: NamedSource<String>,
+    src: Window,
 }
 
 impl std::fmt::Display for Rendered {
@@ -162,9 +454,15 @@ impl MietteDiagnostic for Rendered {
 /// Did-you-mean: the closest candidate within a small edit distance.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut best: Option<(usize, &str)> = None;
+    let n = name.chars().count();
     for c in candidates {
+        let limit = (n.max(c.chars().count()) / 3).max(1);
+        // The distance is at least the difference in length (and a hostile name may be
+        // megabytes long): skip what cannot be within the limit.
+        if n.abs_diff(c.chars().count()) > limit {
+            continue;
+        }
         let d = edit_distance(name, c);
-        let limit = (name.chars().count().max(c.chars().count()) / 3).max(1);
         if d <= limit && best.is_none_or(|(bd, bc)| d < bd || (d == bd && c < bc)) {
             best = Some((d, c));
         }

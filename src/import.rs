@@ -187,8 +187,12 @@ impl std::fmt::Display for ImportError {
                     "the spec cannot express {} part(s) of this policy:",
                     list.len()
                 )?;
-                for p in list {
+                // Bounded output whatever the policy holds.
+                for p in list.iter().take(50) {
                     writeln!(f, "  {p}")?;
+                }
+                if list.len() > 50 {
+                    writeln!(f, "  … and {} more", list.len() - 50)?;
                 }
                 Ok(())
             }
@@ -681,22 +685,18 @@ pub fn compare(input: &Value, rebuilt: &Value) -> Vec<String> {
 // CLI glue (the only part that touches the filesystem)
 
 /// `tsk8s import`: read the policy, write the spec to `out` (or stdout). Exit code.
+use tsk8s_policy::text::{escape, neutralize};
+
 pub fn run_cli(
     policy: &std::path::Path,
     out: Option<&std::path::Path>,
     name: &str,
     domain: &str,
 ) -> u8 {
-    let text = match std::fs::read(policy) {
-        Ok(b) => match String::from_utf8(b) {
-            Ok(t) => t,
-            Err(_) => {
-                eprintln!("error: {}: not valid UTF-8", policy.display());
-                return 2;
-            }
-        },
+    let text = match crate::cli::read_text(policy) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {}: cannot read: {e}", policy.display());
+            eprint!("{}", neutralize(&format!("error: {e}\n")));
             return 2;
         }
     };
@@ -711,23 +711,24 @@ pub fn run_cli(
     let imported = match import(&text, &opts) {
         Ok(i) => i,
         Err(e) => {
-            eprint!("error: {}: {e}", policy.display());
+            let mut text = format!("error: {}: {e}", escape(&policy.display().to_string()));
             if matches!(e, ImportError::Invalid(_)) {
-                eprintln!();
+                text.push('\n');
             }
+            eprint!("{}", neutralize(&text));
             return 2;
         }
     };
     for w in &imported.warnings {
-        eprintln!("warning: {w}");
+        eprint!("{}", neutralize(&format!("warning: {}\n", escape(w))));
     }
     match out {
         Some(path) => {
             if let Err(e) = crate::cli::write_atomic(path, imported.spec.as_bytes(), None) {
-                eprintln!("error: {e}");
+                eprint!("{}", neutralize(&format!("error: {e}\n")));
                 return 2;
             }
-            eprintln!("wrote {}", path.display());
+            eprintln!("wrote {}", escape(&path.display().to_string()));
         }
         None => print!("{}", imported.spec),
     }

@@ -456,7 +456,7 @@ impl Resolver<'_> {
                 );
             }
             if let Some(prev) = tailnet_names.insert(dv.name.v.clone(), dv.name.span) {
-                let line = self.d.line_col(prev.offset()).0;
+                let line = self.d.line(prev.offset());
                 self.push(
                     err(
                         dv.name.span,
@@ -1544,7 +1544,7 @@ impl Resolver<'_> {
         }
         let duplicate = exposure_ids.contains_key(&e.name.v);
         if let Some(prev) = exposure_ids.insert(e.name.v.clone(), e.name.span) {
-            let line = self.d.line_col(prev.offset()).0;
+            let line = self.d.line(prev.offset());
             self.push(
                 err(
                     e.name.span,
@@ -1571,7 +1571,7 @@ impl Resolver<'_> {
         };
         if let Some(prev) = tailnet_names.insert(hostname.v.clone(), hostname.span) {
             if !duplicate {
-                let line = self.d.line_col(prev.offset()).0;
+                let line = self.d.line(prev.offset());
                 self.push(
                     err(
                         hostname.span,

@@ -524,7 +524,8 @@ impl<'a> Node<'a> {
     /// Every property not read, and every argument beyond those read, is an error.
     fn finish(self, d: &mut Diagnostics) {
         let known: Vec<&str> = self.used_props.iter().map(String::as_str).collect();
-        let mut seen: Vec<&str> = Vec::new();
+        // A set: a node may carry millions of properties (hostile input).
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for e in self.node.entries() {
             match e.name() {
                 Some(n) => {
@@ -541,13 +542,13 @@ impl<'a> Node<'a> {
                             diag = diag.help(format!("known properties: {}", known.join(", ")));
                         }
                         d.push(diag);
-                    } else if seen.contains(&key) {
+                    } else if seen.contains(key) {
                         d.push(
                             Diagnostic::new(e.span(), format!("property `{key}` given twice"))
                                 .label("duplicate property"),
                         );
                     }
-                    seen.push(key);
+                    seen.insert(key);
                 }
                 None => {}
             }
@@ -671,7 +672,7 @@ impl Parser<'_> {
                                 .label("second declaration")
                                 .help(format!(
                                     "the first is at line {}",
-                                    self.d.line_col(prev.span.offset()).0
+                                    self.d.line(prev.span.offset())
                                 )),
                         );
                     } else if t.is_some() {

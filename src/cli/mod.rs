@@ -150,16 +150,37 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("error: {msg}");
+    let text = format!("error: {msg}\n");
+    let _ = std::io::stderr().write_all(tsk8s_policy::text::neutralize(&text).as_bytes());
     2
 }
 
-fn read_text(path: &Path) -> Result<String, String> {
-    let bytes = fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+/// The largest input file (spec, lock, policy, topology, import input) read: anything larger
+/// is refused before it is read whole (no honest spec comes near it).
+pub const MAX_INPUT_BYTES: u64 = 64 << 20;
+
+/// Read an input file as UTF-8 text, refusing one over [`MAX_INPUT_BYTES`] (by its size, and
+/// by reading at most one byte more, for files that grow or do not know their size).
+pub(crate) fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let name = crate::diag::escape(&path.display().to_string()).into_owned();
+    let too_large =
+        |size: &str| format!("{name}: too large ({size} bytes; input files are limited to 64 MiB)");
+    let f = fs::File::open(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_INPUT_BYTES {
+        return Err(too_large(&len.to_string()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(too_large("more than 67108864"));
+    }
     String::from_utf8(bytes).map_err(|e| {
         format!(
-            "{}: not valid UTF-8 (byte {})",
-            path.display(),
+            "{name}: not valid UTF-8 (byte {})",
             e.utf8_error().valid_up_to()
         )
     })
@@ -233,7 +254,7 @@ impl Loaded {
 }
 
 fn report(f: &Failure) -> u8 {
-    let _ = std::io::stderr().write_all(f.text.as_bytes());
+    let _ = std::io::stderr().write_all(tsk8s_policy::text::neutralize(&f.text).as_bytes());
     2
 }
 
@@ -249,7 +270,7 @@ pub fn run(cli: Cli) -> u8 {
                     let nodes = loaded.tailnet.exposures().count();
                     eprintln!(
                         "{}: ok ({} cluster(s), {} exposure(s), {} device(s))",
-                        l.spec_name,
+                        crate::diag::escape(&l.spec_name),
                         loaded.tailnet.clusters.len(),
                         nodes,
                         loaded.tailnet.devices.len()
@@ -334,13 +355,25 @@ pub fn run(cli: Cli) -> u8 {
             match l.loaded().map(|loaded| build::test_loaded(&loaded)) {
                 Ok(r) => {
                     if r.passed() {
-                        eprintln!("{}: {} test(s) passed", l.spec_name, r.total);
+                        eprintln!(
+                            "{}: {} test(s) passed",
+                            crate::diag::escape(&l.spec_name),
+                            r.total
+                        );
                         0
                     } else {
+                        let mut text = String::new();
                         for f in &r.failures {
-                            println!("{f}");
+                            text.push_str(&crate::diag::escape(f));
+                            text.push('\n');
                         }
-                        eprintln!("{}: {}", l.spec_name, tsk8s_policy::acltest::TESTS_FAILED);
+                        let text = tsk8s_policy::text::neutralize(&text);
+                        let _ = std::io::stdout().write_all(text.as_bytes());
+                        eprintln!(
+                            "{}: {}",
+                            crate::diag::escape(&l.spec_name),
+                            tsk8s_policy::acltest::TESTS_FAILED
+                        );
                         1
                     }
                 }

@@ -20,7 +20,11 @@ fn bad_input(msg: impl std::fmt::Display) -> CliOutcome {
     CliOutcome {
         code: 2,
         stdout: String::new(),
-        stderr: format!("{msg}\n"),
+        // Messages quote the input: bounded (a string value may be megabytes) and neutralized.
+        stderr: format!(
+            "{}\n",
+            crate::text::neutralize(&crate::text::bounded(&msg.to_string(), 1000))
+        ),
     }
 }
 
@@ -28,9 +32,10 @@ fn tests_failed(failures: &[String]) -> CliOutcome {
     let mut stderr = format!("{TESTS_FAILED}\n");
     for f in failures {
         stderr.push_str("  ");
-        stderr.push_str(f);
+        stderr.push_str(&crate::text::escape(f));
         stderr.push('\n');
     }
+    let stderr = crate::text::neutralize(&stderr).into_owned();
     CliOutcome {
         code: 1,
         stdout: String::new(),
@@ -90,7 +95,7 @@ pub fn policy_filter(policy_text: &str, nodes_text: &str) -> CliOutcome {
     match serde_json::to_string_pretty(&filters) {
         Ok(s) => CliOutcome {
             code: 0,
-            stdout: s + "\n",
+            stdout: crate::text::neutralize_json(&s).into_owned() + "\n",
             stderr: String::new(),
         },
         Err(e) => bad_input(e),

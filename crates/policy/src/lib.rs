@@ -11,6 +11,7 @@
 //! - [`acltest`]: offline `tests` evaluation ([`acltest::run_tests`]).
 //! - [`cli`]: `policy check` / `policy filter` as functions.
 //! - [`filter`], [`runtime_config`]: wire shapes.
+//! - [`text`]: escaping untrusted text for terminals and CI logs (used by every crate).
 //!
 //! No I/O, no global state, no panics on any input.
 
@@ -23,4 +24,5 @@ pub mod ipset;
 pub mod matcher;
 pub mod policy;
 pub mod runtime_config;
+pub mod text;
 pub mod topology;
