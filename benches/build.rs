@@ -188,6 +188,32 @@ fn main() {
             }
         }
         let files = tsk8s::cli::output::list_files(&out).unwrap().len();
+        {
+            // The access matrix (policy flows and their WireGuard paths), in process.
+            let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
+            let input = tsk8s::build::Input {
+                spec_file: "tailnet.kdl",
+                spec: &text,
+                lock_file: "tailnet.lock",
+                lock: Some(&lock_text),
+                sources: Default::default(),
+            };
+            let l = tsk8s::build::load(&input).expect("load");
+            let t = Instant::now();
+            let netw = tsk8s::lower::net::build_net(&l.tailnet, &l.lock);
+            let reach = tsk8s::lower::net::reach(&l.policy, &netw);
+            let view = tsk8s::access::View::new(&l.tailnet, &l.lock, &l.policy, &netw, &reach);
+            let m = view.matrix();
+            let carried = m
+                .iter()
+                .filter(|(_, p)| matches!(p, Some(tsk8s::access::Path::Carried { .. })))
+                .count();
+            eprintln!(
+                "  access matrix: {} flows ({carried} carried) in {:.3}s",
+                m.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
         if std::env::var_os("TSK8S_BENCH_PHASES").is_some() {
             let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
             let input = tsk8s::build::Input {

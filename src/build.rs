@@ -168,6 +168,12 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
 
     let netw = net::build_net(t, &l.lock);
     let reach = net::reach(&l.policy, &netw);
+    // The topology the policy is compiled against, as `tsk8s policy filter --nodes` reads it.
+    emit::put(
+        &mut tree,
+        "topology.json".into(),
+        topology_json(&netw.topology),
+    );
 
     let mut diags = Diagnostics::new(input.spec_file, input.spec);
     let device_files = crate::par::map(&t.devices, |d| {
@@ -221,6 +227,11 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     lower::gitops::write(&mut tree, t);
     emit::finish(&mut tree);
     Ok(tree)
+}
+
+/// `topology.json`: pretty JSON, nodes sorted, one trailing newline.
+pub fn topology_json(topo: &tsk8s_policy::topology::Topology) -> String {
+    serde_json::to_string_pretty(topo).unwrap_or_default() + "\n"
 }
 
 /// One cluster's files (and the secret-backend problems found on the way).
@@ -362,6 +373,30 @@ pub fn test(input: &Input) -> Result<tsk8s_policy::acltest::TestReport, Failure>
 
 /// [`test`] from an already loaded input.
 pub fn test_loaded(l: &Loaded) -> tsk8s_policy::acltest::TestReport {
+    test_loaded_with_notes(l).0
+}
+
+/// [`test_loaded`], plus notes on the tests judged by the policy alone. A test whose source is
+/// a device or a tsk8s-runtime node also fails when the policy allows an `accept` that the
+/// emitted network cannot carry (unless it says `check="policy"`).
+pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let netw = net::build_net(&l.tailnet, &l.lock);
-    tsk8s_policy::acltest::run_tests(&l.policy, &netw.topology)
+    let mut report = tsk8s_policy::acltest::run_tests(&l.policy, &netw.topology);
+    if l.tailnet.tests.is_empty() {
+        return (report, Vec::new());
+    }
+    let reach = net::reach(&l.policy, &netw);
+    let view = crate::access::View::new(&l.tailnet, &l.lock, &l.policy, &netw, &reach);
+    let (failures, failed, notes) = crate::access::dataplane_tests(&view, &l.policy);
+    // An entry already failed by the policy is counted once.
+    let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &netw.topology);
+    for k in failed {
+        if let Some(t) = l.policy.tests.get(k) {
+            if runner.run_one(t, &mut Vec::new()) {
+                report.failed_entries += 1;
+            }
+        }
+    }
+    report.failures.extend(failures);
+    (report, notes)
 }

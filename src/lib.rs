@@ -7,6 +7,7 @@
 //! [`emit`] (path → bytes). [`lockfile`] reads and writes `tailnet.lock`. Only [`cli`] touches
 //! the filesystem.
 
+pub mod access;
 pub mod build;
 pub mod cli;
 pub mod cli_secrets;

@@ -250,6 +250,8 @@ pub struct Grant {
 pub struct AclTest {
     pub src: String,
     pub proto: Option<String>,
+    /// `check="policy"`: `tsk8s test` judges it by the policy alone, not the emitted network.
+    pub policy_only: bool,
     pub accept: Vec<String>,
     pub deny: Vec<String>,
 }

@@ -1008,9 +1008,23 @@ impl Resolver<'_> {
         if let Some(p) = &t.proto {
             ok &= self.check_proto(p);
         }
+        if let Some(c) = &t.check {
+            if c.v != "policy" {
+                self.push(
+                    err(
+                        c.span,
+                        format!("test check {:?} must be \"policy\"", c.v),
+                    )
+                    .label("unknown check")
+                    .help("check=\"policy\" judges the test by the policy alone; leave it out to check the emitted network too"),
+                );
+                ok = false;
+            }
+        }
         ok.then(|| AclTest {
             src: t.src.v.clone(),
             proto: t.proto.as_ref().map(|p| p.v.clone()),
+            policy_only: t.check.is_some(),
             accept: t.accept.iter().map(|s| s.v.clone()).collect(),
             deny: t.deny.iter().map(|s| s.v.clone()).collect(),
         })

@@ -201,6 +201,8 @@ pub struct GrantDecl {
 pub struct TestDecl {
     pub src: SpStr,
     pub proto: Option<SpStr>,
+    /// `check="policy"`: judged by the policy alone (not written to policy.hujson).
+    pub check: Option<SpStr>,
     pub accept: Vec<SpStr>,
     pub deny: Vec<SpStr>,
     pub span: SourceSpan,
@@ -1140,11 +1142,12 @@ impl Parser<'_> {
 
     fn test(&mut self, node: &KdlNode) -> Option<TestDecl> {
         let (lists, scalars, rest) =
-            read_fields(node, &["src", "accept", "deny"], &["proto"], self);
+            read_fields(node, &["src", "accept", "deny"], &["proto", "check"], self);
         let span = rest.span();
         let name_span = rest.name_span();
         rest.finish(self.d);
         let mut it = lists.into_iter();
+        let mut sc = scalars.into_iter();
         let mut srcs = it.next().unwrap_or_default();
         if srcs.len() != 1 {
             self.d.push(
@@ -1163,7 +1166,8 @@ impl Parser<'_> {
             src,
             accept: it.next().unwrap_or_default(),
             deny: it.next().unwrap_or_default(),
-            proto: scalars.into_iter().next().flatten(),
+            proto: sc.next().flatten(),
+            check: sc.next().flatten(),
             span,
         })
     }

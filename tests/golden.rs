@@ -244,6 +244,7 @@ fn adding_one_exposure_changes_only_what_it_touches() {
             "clusters/lab/metrics.yaml",
             "devices/ana-laptop.conf",
             "devices/ana-laptop.hosts",
+            "topology.json",
         ]
     );
     let report = tsk8s_diff::diff_trees(&old, &new).unwrap();

@@ -1,6 +1,7 @@
 //! The command line: the only module that touches the filesystem, the environment, the
 //! clock or randomness. Exit codes: 0 ok, 1 differences or failed tests, 2 bad input or error.
 
+pub mod access;
 pub mod output;
 
 use std::collections::BTreeMap;
@@ -105,6 +106,30 @@ pub enum Command {
         name: String,
         #[arg(long, default_value = "example.ts.net")]
         domain: String,
+    },
+    /// Which users, devices and nodes may reach TARGET[:PORT] (a node, device, host alias or
+    /// IP), the rule that allows each, and the WireGuard path that carries it. Exit 0 some
+    /// source can reach it, 1 none can, 2 bad input.
+    WhoCanReach {
+        target: String,
+        #[arg(long, default_value = "tailnet.kdl")]
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: access::Proto,
+        #[arg(long, value_enum, default_value = "text")]
+        format: access::AccessFormat,
+    },
+    /// May SRC (a user email, device or node) reach DST:PORT? Allow/deny with the rule and the
+    /// WireGuard path (or why none carries it). Exit 0 allowed, 1 denied, 2 bad input.
+    Can {
+        src: String,
+        dst: String,
+        #[arg(long, default_value = "tailnet.kdl")]
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: access::Proto,
+        #[arg(long, value_enum, default_value = "text")]
+        format: access::AccessFormat,
     },
     /// Work with a Tailscale policy file directly.
     Policy {
@@ -352,8 +377,14 @@ pub fn run(cli: Cli) -> u8 {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            match l.loaded().map(|loaded| build::test_loaded(&loaded)) {
-                Ok(r) => {
+            match l
+                .loaded()
+                .map(|loaded| build::test_loaded_with_notes(&loaded))
+            {
+                Ok((r, notes)) => {
+                    for n in &notes {
+                        eprintln!("note: {n}");
+                    }
                     if r.passed() {
                         eprintln!(
                             "{}: {} test(s) passed",
@@ -386,6 +417,19 @@ pub fn run(cli: Cli) -> u8 {
             name,
             domain,
         } => crate::import::run_cli(&policy, out.as_deref(), &name, &domain),
+        Command::WhoCanReach {
+            target,
+            spec,
+            proto,
+            format,
+        } => access::who_can_reach(&spec, &target, proto, format),
+        Command::Can {
+            src,
+            dst,
+            spec,
+            proto,
+            format,
+        } => access::can(&spec, &src, &dst, proto, format),
         Command::Policy { command } => {
             let (outcome, _) = match command {
                 PolicyCommand::Check { policy, nodes } => {

@@ -68,41 +68,26 @@ pub fn device_files(
     let mut sections: Vec<(String, String)> = Vec::new();
     let mut taken: Vec<(String, IpNet)> = Vec::new();
     let mut dns_server: Option<String> = None;
-    for idx in reach.peers(me) {
+    for p in device_peers(t, lock, net, reach, me, &my_ips) {
+        let DevicePeer {
+            idx,
+            cluster,
+            id,
+            peer,
+            allowed,
+        } = p;
         let Some(name) = reach.names.get(idx) else {
             continue;
         };
-        let Some(member @ Member::Node { cluster, id }) = net.members.get(name) else {
-            continue;
-        };
-        let Some(peer) = peer_entry(t, lock, net, reach, idx) else {
+        let Some(member) = net.members.get(name) else {
             continue;
         };
         let Some(node) = net.topology.nodes.get(name) else {
             continue;
         };
-        let mut within: Vec<IpNet> = peer.allowed_ips.clone();
         let exposure = t
-            .cluster(cluster)
-            .and_then(|c| c.exposures.iter().find(|e| &e.id == id));
-        if let Some(ExposureKind::SubnetRouter { routes }) = exposure.map(|e| &e.kind) {
-            within.extend(routes.iter().copied());
-        }
-        let filter = reach.filters.get(idx).map(Vec::as_slice).unwrap_or(&[]);
-        let mut allowed = reachable_prefixes(filter, &my_ips, &within);
-        // A node that may open connections to this device needs its address routed back.
-        if reach.admits.get(me).is_some_and(|s| s.contains(&idx)) {
-            for a in &peer.allowed_ips {
-                if !allowed.contains(a) {
-                    allowed.push(*a);
-                }
-            }
-        }
-        allowed = IpNet::aggregate(&allowed);
-        allowed.sort();
-        if allowed.is_empty() {
-            continue;
-        }
+            .cluster(&cluster)
+            .and_then(|c| c.exposures.iter().find(|e| e.id == id));
         for a in &allowed {
             if let Some((other, net2)) = taken.iter().find(|(_, n)| n.contains(a) || a.contains(n))
             {
@@ -153,4 +138,68 @@ pub fn device_files(
         conf.push_str(&s);
     }
     Ok(DeviceFiles { conf, hosts })
+}
+
+/// One peer of a device's wg-quick config: the node, and the AllowedIPs the device routes to it.
+pub struct DevicePeer {
+    pub idx: usize,
+    pub cluster: String,
+    pub id: String,
+    pub peer: tsk8s_policy::runtime_config::Peer,
+    pub allowed: Vec<IpNet>,
+}
+
+/// The peers of the device at topology index `me` (addresses `my_ips`) and their AllowedIPs:
+/// what its filters let it reach, plus the addresses of nodes that may open connections to it.
+/// Nodes on the Tailscale image are never peers. Used for the config and by the access model.
+pub fn device_peers(
+    t: &Tailnet,
+    lock: &Lock,
+    net: &Net,
+    reach: &Reach,
+    me: usize,
+    my_ips: &[IpAddr],
+) -> Vec<DevicePeer> {
+    let mut out = Vec::new();
+    for idx in reach.peers(me) {
+        let Some(name) = reach.names.get(idx) else {
+            continue;
+        };
+        let Some(Member::Node { cluster, id }) = net.members.get(name) else {
+            continue;
+        };
+        let Some(peer) = peer_entry(t, lock, net, reach, idx) else {
+            continue;
+        };
+        let mut within: Vec<IpNet> = peer.allowed_ips.clone();
+        let exposure = t
+            .cluster(cluster)
+            .and_then(|c| c.exposures.iter().find(|e| &e.id == id));
+        if let Some(ExposureKind::SubnetRouter { routes }) = exposure.map(|e| &e.kind) {
+            within.extend(routes.iter().copied());
+        }
+        let filter = reach.filters.get(idx).map(Vec::as_slice).unwrap_or(&[]);
+        let mut allowed = reachable_prefixes(filter, my_ips, &within);
+        // A node that may open connections to this device needs its address routed back.
+        if reach.admits.get(me).is_some_and(|s| s.contains(&idx)) {
+            for a in &peer.allowed_ips {
+                if !allowed.contains(a) {
+                    allowed.push(*a);
+                }
+            }
+        }
+        allowed = IpNet::aggregate(&allowed);
+        allowed.sort();
+        if allowed.is_empty() {
+            continue;
+        }
+        out.push(DevicePeer {
+            idx,
+            cluster: cluster.clone(),
+            id: id.clone(),
+            peer,
+            allowed,
+        });
+    }
+    out
 }

@@ -8,6 +8,7 @@
 //! - [`compile`]: per-node / per-cluster filters ([`compile::compile_filter`],
 //!   [`compile::compile_all`], [`compile::compile_for_nodes`]).
 //! - [`matcher`]: indexed packet decisions for the runtime.
+//! - [`access`]: the access model (who may reach what, and the rule that grants it).
 //! - [`acltest`]: offline `tests` evaluation ([`acltest::run_tests`]).
 //! - [`cli`]: `policy check` / `policy filter` as functions.
 //! - [`filter`], [`runtime_config`]: wire shapes.
@@ -15,6 +16,7 @@
 //!
 //! No I/O, no global state, no panics on any input.
 
+pub mod access;
 pub mod acltest;
 pub mod cli;
 pub mod compile;
