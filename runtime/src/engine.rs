@@ -40,8 +40,10 @@ const TICK: Duration = Duration::from_millis(100);
 const RX_BATCH: usize = 128;
 /// Charged per connection besides its buffers (socket state, bookkeeping, kernel-side fd).
 const CONN_OVERHEAD: usize = 4096;
-/// Buffers of a connection when the full-size ones do not fit the budget.
-const SMALL_BUF: usize = 64 * 1024;
+/// Buffers of a connection once its owner holds half its share (full-size ones before), and
+/// once it holds three quarters.
+const MEDIUM_BUF: usize = 64 * 1024;
+const SMALL_BUF: usize = 16 * 1024;
 /// DNS over TCP: smoltcp buffers, and the largest message kept (2-byte length + 65,535).
 const DNS_RX_BUF: usize = 4096;
 const DNS_TX_BUF: usize = 8192;
@@ -77,10 +79,16 @@ impl Budget {
         self.limit / 4
     }
 
+    #[cfg(test)]
     fn try_charge(&mut self, owner: Owner, bytes: usize) -> bool {
-        let share = self.share();
+        self.try_charge_within(owner, bytes, self.share())
+    }
+
+    /// Charge `bytes` to `owner` if its usage stays within `cap` (at most its share).
+    fn try_charge_within(&mut self, owner: Owner, bytes: usize, cap: usize) -> bool {
+        let cap = cap.min(self.share());
         let (conns, used) = self.accounts.get(&owner).copied().unwrap_or((0, 0));
-        if conns >= MAX_CONNS_PER_OWNER || used + bytes > share || self.used + bytes > self.limit {
+        if conns >= MAX_CONNS_PER_OWNER || used + bytes > cap || self.used + bytes > self.limit {
             return false;
         }
         self.accounts.insert(owner, (conns + 1, used + bytes));
@@ -698,21 +706,24 @@ impl Engine {
     /// Charge a new connection of `owner` to the budget: full-size buffers if they fit, else
     /// small ones, else None (refused, counted). Returns (rx, tx, charged bytes).
     fn charge_conn(&mut self, owner: Owner, dns: bool) -> Option<(usize, usize, usize)> {
-        let tiers: &[(usize, usize)] = if dns {
-            &[(DNS_RX_BUF, DNS_TX_BUF)]
+        let share = self.budget.share();
+        let (rx, tx) = (self.tuning.tcp_rx_buf, self.tuning.tcp_tx_buf);
+        // (rx, tx, the owner's usage this tier may take it to): full-size buffers for the
+        // first half of its share, smaller ones after, so a peer with many connections gets
+        // many (about 150 with the default budget) rather than 20 large ones.
+        let tiers: &[(usize, usize, usize)] = if dns {
+            &[(DNS_RX_BUF, DNS_TX_BUF, share)]
         } else {
             &[
-                (self.tuning.tcp_rx_buf, self.tuning.tcp_tx_buf),
-                (
-                    SMALL_BUF.min(self.tuning.tcp_rx_buf),
-                    SMALL_BUF.min(self.tuning.tcp_tx_buf),
-                ),
+                (rx, tx, share / 2),
+                (MEDIUM_BUF.min(rx), MEDIUM_BUF.min(tx), share / 4 * 3),
+                (SMALL_BUF.min(rx), SMALL_BUF.min(tx), share),
             ]
         };
         let extra = if dns { DNS_MSG_MAX } else { 0 };
-        for &(rx, tx) in tiers {
+        for &(rx, tx, cap) in tiers {
             let cost = rx + tx + extra + CONN_OVERHEAD;
-            if self.budget.try_charge(owner, cost) {
+            if self.budget.try_charge_within(owner, cost, cap) {
                 self.net.counters.memory_charged = self.budget.used as u64;
                 return Some((rx, tx, cost));
             }
@@ -1650,6 +1661,15 @@ mod tests {
         assert!(b.try_charge(Owner::Peer([4; 32]), 600));
         b.release(p, 400);
         assert!(!b.accounts.contains_key(&p));
+        // A tier's cap below the share.
+        let mut b = Budget {
+            limit: 4_000,
+            ..Budget::default()
+        };
+        assert!(b.try_charge_within(p, 500, 500));
+        assert!(!b.try_charge_within(p, 1, 500));
+        assert!(!b.try_charge_within(p, 600, 5_000), "never above the share");
+        assert!(b.try_charge_within(p, 500, 5_000));
         // Connection count per owner.
         let mut b = Budget {
             limit: usize::MAX / 2,
