@@ -43,8 +43,11 @@ pub const MAX_PRINTED: usize = 50;
 pub const SNIPPET_WIDTH: usize = 240;
 /// A span over more lines than this is shown by its first line only.
 pub const MAX_SNIPPET_LINES: usize = 100;
-/// A message, label or help longer than this many characters keeps its head and tail.
+/// A message or label longer than this many characters keeps its head and tail.
 pub const MAX_TEXT: usize = 400;
+/// The same for a help text: ours carry commands to copy whole (the `kubeseal` line is about
+/// 500 characters), so the cap is well above them and bounds only user text echoed into one.
+pub const MAX_HELP: usize = 2_000;
 /// Hard cap on one rendering (the caps above keep it far below: about 2 MB at most).
 pub const MAX_RENDERED_BYTES: usize = 10 << 20;
 /// Stored diagnostics beyond which the list is trimmed to the earliest ones (memory bound).
@@ -173,7 +176,7 @@ impl Diagnostics {
             let _ = writeln!(out, "{file}:{line}:{col}: error: {message}");
             let report = Rendered {
                 message,
-                help: d.help.as_deref().map(bounded),
+                help: d.help.as_deref().map(|h| bounded_to(h, MAX_HELP)),
                 label: LabeledSpan::new_with_span(None, SourceSpan::new(0.into(), 0)),
                 src: Window::default(),
             };
@@ -367,7 +370,11 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 
 /// User text in a message: escaped, and cut to its head and tail when long.
 fn bounded(s: &str) -> String {
-    tsk8s_policy::text::bounded(&escape(s), MAX_TEXT).into_owned()
+    bounded_to(s, MAX_TEXT)
+}
+
+fn bounded_to(s: &str, max: usize) -> String {
+    tsk8s_policy::text::bounded(&escape(s), max).into_owned()
 }
 
 pub use tsk8s_policy::text::escape;
