@@ -101,6 +101,17 @@ pub fn load(input: &Input) -> Result<Loaded, Failure> {
 pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
     let lock = parse_lock(input)?;
     let problems = lockfile::check(&front.tailnet, &lock);
+    if input.lock.is_none() && !problems.is_empty() {
+        // First run: one line, not one "not in the lock" per node.
+        return Err(Failure {
+            text: format!(
+                "{}: error: no lock yet; run `tsk8s lock` to give the spec's {} node(s) and {} device(s) their addresses, ports and keys\n",
+                input.lock_file,
+                front.tailnet.runtime_nodes().count(),
+                front.tailnet.devices.len()
+            ),
+        });
+    }
     if !problems.is_empty() {
         let mut d = Diagnostics::new(input.spec_file, input.spec);
         let mut in_lock = Diagnostics::new(input.lock_file, input.lock.unwrap_or_default());
@@ -160,8 +171,91 @@ pub fn build(input: &Input) -> Result<Tree, Failure> {
     build_loaded(input, load(input)?)
 }
 
-/// [`build`] from an already loaded input.
+/// What [`compile`] checks besides the spec, the lock and the output itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Checks {
+    /// Run the spec's tests (`build --no-tests` skips them).
+    pub tests: bool,
+    /// Check the committed secret sources (SOPS, SealedSecret files; Tailscale-image
+    /// clusters). `lock` leaves them out: it writes or asks for them.
+    pub sources: bool,
+}
+
+impl Checks {
+    pub const ALL: Checks = Checks {
+        tests: true,
+        sources: true,
+    };
+}
+
+/// The outcome of [`compile`] for an input that is not bad.
+pub struct Compiled {
+    pub tree: Tree,
+    /// The spec's tests (`None` when skipped).
+    pub tests: Option<tsk8s_policy::acltest::TestReport>,
+    /// One located diagnostic per failing test (rendered), if any failed: `build` refuses
+    /// the tree then (exit 1).
+    pub test_failures: Option<String>,
+    /// Warnings (rendered), for stderr; they do not stop the run.
+    pub warnings: String,
+}
+
+/// The one path every command takes from a loaded spec to its output: `check`, `build`,
+/// `diff` and `lock` (with the new lock) all call it, so they refuse the same inputs with
+/// the same diagnostics.
+pub fn compile(input: &Input, l: Loaded, checks: Checks) -> Result<Compiled, Failure> {
+    let report = checks.tests.then(|| test_loaded(&l));
+    let test_failures = report
+        .as_ref()
+        .filter(|r| !r.passed())
+        .map(|r| render_test_failures(input, &l, r));
+    let mut warnings = String::new();
+    let tree = build_checked(input, l, checks.sources, &mut warnings)?;
+    Ok(Compiled {
+        tree,
+        tests: report,
+        test_failures,
+        warnings,
+    })
+}
+
+/// Each failing test as a diagnostic at its `test` node.
+fn render_test_failures(
+    input: &Input,
+    l: &Loaded,
+    r: &tsk8s_policy::acltest::TestReport,
+) -> String {
+    let mut d = Diagnostics::new(input.spec_file, input.spec);
+    for (i, f) in r.failures.iter().enumerate() {
+        let entry = r.failure_entries.get(i).copied().unwrap_or(usize::MAX);
+        let span = l
+            .spans
+            .tests
+            .get(entry)
+            .copied()
+            .or(l.spans.tailnet)
+            .unwrap_or_else(|| (0..0).into());
+        d.push(
+            Diagnostic::new(span, format!("test failed: {f}"))
+                .label("this test")
+                .help("fix the rules or the test; `tsk8s build --no-tests` builds anyway"),
+        );
+    }
+    d.sort();
+    d.render()
+}
+
+/// [`build`] from an already loaded input (every check but the tests).
 pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
+    build_checked(input, l, true, &mut String::new())
+}
+
+fn build_checked(
+    input: &Input,
+    l: Loaded,
+    sources: bool,
+    warnings: &mut String,
+) -> Result<Tree, Failure> {
     let t = &l.tailnet;
     let mut tree = Tree::new();
     emit::put(&mut tree, "policy.hujson".into(), l.policy_text.clone());
@@ -176,6 +270,18 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     );
 
     let mut diags = Diagnostics::new(input.spec_file, input.spec);
+    let mut nested = Diagnostics::new(input.spec_file, input.spec);
+    let route_span = |o: &lower::devices::Overlap| {
+        l.spans
+            .routes
+            .iter()
+            .find(|((id, net), _)| {
+                *id == o.second.0 && (net.contains(&o.second.1) || o.second.1.contains(net))
+            })
+            .map(|(_, s)| *s)
+            .or_else(|| l.spans.exposures.get(&o.second.0).copied())
+            .unwrap_or_else(|| (0..0).into())
+    };
     let device_files = crate::par::map(&t.devices, |d| {
         lower::devices::device_files(t, d, &l.lock, &netw, &reach)
     });
@@ -184,25 +290,36 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
             Ok(files) => {
                 emit::put(&mut tree, format!("devices/{}.conf", d.name), files.conf);
                 emit::put(&mut tree, format!("devices/{}.hosts", d.name), files.hosts);
+                for o in &files.nested {
+                    let (wide, narrow) = if o.first.1.contains(&o.second.1) {
+                        (&o.first, &o.second)
+                    } else {
+                        (&o.second, &o.first)
+                    };
+                    nested.push(
+                        Diagnostic::new(
+                            route_span(o),
+                            format!(
+                                "{} of {:?} lies within {} of {:?}, and device {:?} may reach both",
+                                narrow.1, narrow.0, wide.1, wide.0, o.device
+                            ),
+                        )
+                        .label("nested route")
+                        .help(format!(
+                            "WireGuard routes by longest prefix: from {:?}, {} goes to {:?} only",
+                            o.device, narrow.1, narrow.0
+                        )),
+                    );
+                }
             }
             Err(o) => {
-                let span = l
-                    .spans
-                    .routes
-                    .iter()
-                    .find(|((id, net), _)| {
-                        *id == o.second.0 && (net.contains(&o.second.1) || o.second.1.contains(net))
-                    })
-                    .map(|(_, s)| *s)
-                    .or_else(|| l.spans.exposures.get(&o.second.0).copied())
-                    .unwrap_or_else(|| (0..0).into());
                 diags.push(
-                    Diagnostic::new(span, format!(
-                        "{} of {:?} overlaps {} of {:?}, and device {:?} may reach both",
-                        o.second.1, o.second.0, o.first.1, o.first.0, o.device
+                    Diagnostic::new(route_span(&o), format!(
+                        "{} of {:?} is also a route of {:?}, and device {:?} may reach both",
+                        o.second.1, o.second.0, o.first.0, o.device
                     ))
-                    .label("overlapping route")
-                    .help("WireGuard AllowedIPs cannot overlap on one device: advertise disjoint routes, or let no device reach both"),
+                    .label("same route twice")
+                    .help("WireGuard gives one prefix to one peer of a device: advertise it from one node, or let no device reach both"),
                 );
             }
         }
@@ -211,16 +328,26 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
         diags.sort();
         return Err(Failure::from_diags(&diags));
     }
+    if !nested.is_empty() {
+        nested.sort();
+        warnings.push_str(&nested.render_warnings());
+    }
 
     // Clusters are independent: lower them on all cores, then merge in spec order (the tree
     // is sorted by path and diagnostics by position, so the result does not depend on timing).
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
     for r in crate::par::map(&t.clusters, |c| lower_cluster(input, &l, c, &netw, &reach)) {
-        let (files, diags) = r?;
-        tree.extend(files);
-        secret_diags.items.extend(diags);
+        match r {
+            Ok((files, diags)) => {
+                tree.extend(files);
+                secret_diags.items.extend(diags);
+            }
+            // Only Tailscale-image clusters fail here; `lock` assigns them nothing.
+            Err(_) if !sources => {}
+            Err(f) => return Err(f),
+        }
     }
-    if !secret_diags.is_empty() {
+    if !secret_diags.is_empty() && sources {
         secret_diags.sort();
         return Err(Failure::from_diags(&secret_diags));
     }
@@ -381,7 +508,8 @@ pub fn test_loaded(l: &Loaded) -> tsk8s_policy::acltest::TestReport {
 /// emitted network cannot carry (unless it says `check="policy"`).
 pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let netw = net::build_net(&l.tailnet, &l.lock);
-    let mut report = tsk8s_policy::acltest::run_tests(&l.policy, &netw.topology);
+    let topo = test_topology(l, &netw.topology);
+    let mut report = tsk8s_policy::acltest::run_tests(&l.policy, &topo);
     if l.tailnet.tests.is_empty() {
         return (report, Vec::new());
     }
@@ -389,7 +517,7 @@ pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport,
     let view = crate::access::View::new(&l.tailnet, &l.lock, &l.policy, &netw, &reach);
     let (failures, failed, notes) = crate::access::dataplane_tests(&view, &l.policy);
     // An entry already failed by the policy is counted once.
-    let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &netw.topology);
+    let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &topo);
     for k in failed {
         if let Some(t) = l.policy.tests.get(k) {
             if runner.run_one(t, &mut Vec::new()) {
@@ -399,4 +527,38 @@ pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport,
     }
     report.failures.extend(failures);
     (report, notes)
+}
+
+/// The topology the spec's tests run against: the network's, plus a stand-in node for each
+/// user with no device in the spec (e.g. on Tailscale, whose devices the spec does not list),
+/// so that user's rules are still tested (tests only; never in the output).
+fn test_topology(
+    l: &Loaded,
+    topo: &tsk8s_policy::topology::Topology,
+) -> tsk8s_policy::topology::Topology {
+    let mut topo = topo.clone();
+    let mut stand_in = u32::from(std::net::Ipv4Addr::new(100, 126, 255, 254));
+    for u in &l.tailnet.users {
+        let has_device = topo
+            .nodes
+            .values()
+            .any(|n| n.user.as_deref() == Some(u.as_str()));
+        if has_device {
+            continue;
+        }
+        let ip = std::net::Ipv4Addr::from(stand_in);
+        stand_in -= 1;
+        topo.nodes.insert(
+            format!("user:{u}"),
+            tsk8s_policy::topology::Node {
+                ipv4: Some(ip),
+                ipv6: Some(lockfile::ipv6_for(ip)),
+                user: Some(u.clone()),
+                tags: Vec::new(),
+                routable_ips: Vec::new(),
+                approved_routes: Vec::new(),
+            },
+        );
+    }
+    topo
 }

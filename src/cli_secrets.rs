@@ -12,6 +12,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::cli::Stage;
 use crate::lockfile::{Lock, LockUpdate, NewKey};
 use crate::lower::secrets::{self, SecretRef};
 use crate::model::{Cluster, SecretBackend, Tailnet};
@@ -98,32 +99,31 @@ fn node_ref(t: &Tailnet, cluster: &str, node: &str) -> Option<(Cluster, SecretRe
     Some((c.clone(), SecretRef::node_key(c, e)))
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
-    }
-    crate::cli::write_atomic(path, bytes, Some(0o644))
-}
-
-/// Keep `<source_dir>/.sops.yaml` equal to the creation rules for the spec's recipients.
+/// Keep `<source_dir>/.sops.yaml` equal to the creation rules for the spec's recipients
+/// (staged).
 fn write_creation_rules(
+    stage: &mut Stage,
     spec_dir: &Path,
     source_dir: &str,
     recipients: &[String],
-) -> Result<(), String> {
+) {
     let path = spec_dir.join(secrets::source_path(source_dir, ".sops.yaml"));
     let text = secrets::sops_creation_rules(recipients);
-    if fs::read(&path).ok().as_deref() == Some(text.as_bytes()) {
-        return Ok(());
+    if stage.read(&path).as_deref() == Some(text.as_bytes()) {
+        return;
     }
-    write_file(&path, text.as_bytes())?;
-    eprintln!("wrote {} (SOPS creation rules)", path.display());
-    Ok(())
+    let note = format!("wrote {} (SOPS creation rules)", path.display());
+    stage.write(&path, text.into_bytes(), 0o644, Some(note));
 }
 
 /// Encrypt a node's key Secret for its cluster's recipients and write it to
-/// `<spec dir>/<source_dir>/<node>.sops.yaml` (with the dir's `.sops.yaml`).
-pub fn deliver_sops(spec_dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(), String> {
+/// `<spec dir>/<source_dir>/<node>.sops.yaml` (with the dir's `.sops.yaml`), staged.
+pub fn deliver_sops(
+    spec_dir: &Path,
+    t: &Tailnet,
+    k: &NewKey,
+    stage: &mut Stage,
+) -> Result<(), String> {
     let (c, r) = node_ref(t, &k.cluster, &k.node)
         .ok_or_else(|| format!("node {:?} is not in cluster {:?}", k.node, k.cluster))?;
     let SecretBackend::Sops {
@@ -136,7 +136,7 @@ pub fn deliver_sops(spec_dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(), Stri
             c.name
         ));
     };
-    write_creation_rules(spec_dir, source_dir, recipients)?;
+    write_creation_rules(stage, spec_dir, source_dir, recipients);
     let data = BTreeMap::from([(
         secrets::PRIVATE_KEY.to_string(),
         format!("{}\n", k.private_key).into_bytes(),
@@ -157,8 +157,7 @@ pub fn deliver_sops(spec_dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(), Stri
     })?;
     let rel = secrets::source_file(&c, &r.remote).unwrap_or_default();
     let path = spec_dir.join(&rel);
-    write_file(&path, text.as_bytes())?;
-    eprintln!(
+    let note = format!(
         "{} key for {:?} (cluster {:?}) encrypted for {} age recipient(s) into {}; commit it",
         if k.rotated { "rotated" } else { "new" },
         k.node,
@@ -166,6 +165,7 @@ pub fn deliver_sops(spec_dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(), Stri
         recipients.len(),
         path.display()
     );
+    stage.write(&path, text.into_bytes(), 0o644, Some(note));
     Ok(())
 }
 
@@ -205,6 +205,7 @@ pub fn sops_upkeep(
     t: &Tailnet,
     lock: &Lock,
     fresh: &[NewKey],
+    stage: &mut Stage,
 ) -> Result<(), String> {
     let fresh: BTreeSet<&str> = fresh.iter().map(|k| k.node.as_str()).collect();
     let mut problems = Vec::new();
@@ -218,7 +219,7 @@ pub fn sops_upkeep(
         else {
             continue;
         };
-        write_creation_rules(spec_dir, source_dir, recipients)?;
+        write_creation_rules(stage, spec_dir, source_dir, recipients);
         let want: BTreeSet<&str> = recipients.iter().map(|r| r.trim()).collect();
         for e in &c.exposures {
             if fresh.contains(e.id.as_str()) || !lock.nodes.contains_key(&e.id) {
@@ -264,12 +265,12 @@ pub fn sops_upkeep(
                 &now_rfc3339(),
             )
             .map_err(|e| format!("{}: cannot re-encrypt: {e}", path.display()))?;
-            write_file(&path, text.as_bytes())?;
-            eprintln!(
+            let note = format!(
                 "re-encrypted {} for the spec's {} age recipient(s) (same key); commit it",
                 path.display(),
                 recipients.len()
             );
+            stage.write(&path, text.into_bytes(), 0o644, Some(note));
         }
     }
     if !missing.is_empty() {

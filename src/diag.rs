@@ -155,12 +155,21 @@ impl Diagnostics {
     }
 
     /// Render all diagnostics: a `file:line:col: error: message` line for grep-friendly CI logs,
-    /// then miette's snippet. No colours, no terminal-width dependence. At most
+    /// then miette's snippet (once: its header, which repeats the message, is left out). No colours, no terminal-width dependence. At most
     /// [`MAX_PRINTED`] are shown (then `… and N more errors`); snippets show a window of at
     /// most [`SNIPPET_WIDTH`] characters of each line; user text and source lines are escaped
     /// and the whole text neutralized ([`tsk8s_policy::text`]), so the output is bounded and
     /// safe for terminals and CI logs whatever the input.
     pub fn render(&self) -> String {
+        self.render_as("error")
+    }
+
+    /// [`Diagnostics::render`] for problems that do not stop the run (`warning:`).
+    pub fn render_warnings(&self) -> String {
+        self.render_as("warning")
+    }
+
+    fn render_as(&self, severity: &str) -> String {
         let mut out = String::new();
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
             .with_width(100)
@@ -173,7 +182,7 @@ impl Diagnostics {
             }
             let (line, col) = self.line_col(d.span.offset());
             let message = bounded(&d.message);
-            let _ = writeln!(out, "{file}:{line}:{col}: error: {message}");
+            let _ = writeln!(out, "{file}:{line}:{col}: {severity}: {message}");
             let report = Rendered {
                 message,
                 help: d.help.as_deref().map(|h| bounded_to(h, MAX_HELP)),
@@ -183,7 +192,15 @@ impl Diagnostics {
             let report = self.snippet(report, d, &file);
             let mut snippet = String::new();
             if handler.render_report(&mut snippet, &report).is_ok() {
-                out.push_str(&snippet);
+                // Miette's header (`  × message`, wrapped) precedes the first `╭` or `help:`.
+                let mut body = false;
+                for l in snippet.split_inclusive('\n') {
+                    let t = l.trim_start();
+                    body = body || t.starts_with('╭') || t.starts_with("help:");
+                    if body {
+                        out.push_str(l);
+                    }
+                }
             }
             out.push('\n');
         }
@@ -192,12 +209,16 @@ impl Diagnostics {
             let more = n - items.len();
             let _ = writeln!(
                 out,
-                "… and {more} more error{} in {file} (the first {} are shown)\n",
+                "… and {more} more {severity}{} in {file} (the first {} are shown)\n",
                 if more == 1 { "" } else { "s" },
                 items.len()
             );
         }
-        let _ = writeln!(out, "{n} error{} in {file}", if n == 1 { "" } else { "s" });
+        let _ = writeln!(
+            out,
+            "{n} {severity}{} in {file}",
+            if n == 1 { "" } else { "s" }
+        );
         tsk8s_policy::text::neutralize(&out).into_owned()
     }
 
@@ -477,16 +498,23 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     best.map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
+/// Edit distance counting a swap of two adjacent characters as one edit (`prot` → `port`).
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    let mut prev2: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
+    for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+            let sub = prev[j] + usize::from(ca != cb);
+            let mut d = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
+                d = d.min(prev2[j - 1] + 1);
+            }
+            cur[j + 1] = d;
         }
-        prev = cur;
+        prev2 = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -508,5 +536,9 @@ mod tests {
             Some("did you mean `monitoring`?".into())
         );
         assert_eq!(suggest("xyz", ["monitoring"]), None);
+        assert_eq!(
+            suggest("prot", ["port", "pod-port", "tag"]),
+            Some("did you mean `port`?".into())
+        );
     }
 }

@@ -442,8 +442,12 @@ impl Resolver<'_> {
             tags.push((name, owners));
         }
 
-        // Tailnet names (devices and exposures) share one namespace.
+        // Tailnet names (hosts, devices and exposures) share one namespace: a device's hosts
+        // file maps each name to one address, and the policy reads a name as the host first.
         let mut tailnet_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        for h in &spec.hosts {
+            tailnet_names.entry(h.name.v.clone()).or_insert(h.name.span);
+        }
 
         // Devices.
         let mut devices = Vec::new();
@@ -1137,16 +1141,15 @@ impl Resolver<'_> {
                     .label("not a DNS-1123 label"),
             );
         }
-        if cluster_names
-            .insert(c.name.v.clone(), c.name.span)
-            .is_some()
-        {
+        if let Some(prev) = cluster_names.insert(c.name.v.clone(), c.name.span) {
+            let line = self.d.line_col(prev.offset()).0;
             self.push(
                 err(
                     c.name.span,
                     format!("cluster {:?} declared twice", c.name.v),
                 )
-                .label("duplicate"),
+                .label("duplicate")
+                .help(format!("first declared on line {line}")),
             );
         }
         let namespace = match &c.namespace {

@@ -347,6 +347,13 @@ pub(crate) fn parse_kdl(text: &str) -> Result<kdl::KdlDocument, Vec<Diagnostic>>
             }
             if let Some(help) = d.help {
                 diag = diag.help(help);
+            } else if let Some(word) = text
+                .get(d.span.offset()..d.span.offset() + d.span.len())
+                .filter(|w| matches!(*w, "true" | "false" | "null"))
+            {
+                diag = diag.help(format!(
+                    "KDL v2 writes keywords with `#`: `#{word}` (or \"{word}\" for the string)"
+                ));
             }
             diags.push(diag);
         }

@@ -342,3 +342,39 @@ fn pinned_outputs_are_safe_for_ci_logs() {
     }
     assert!(n > 100);
 }
+
+/// `check` and `build` are one truth: for every bad spec and lock, `build` exits as `check`
+/// does, prints the same diagnostics and writes nothing (issue 14).
+#[test]
+fn check_and_build_refuse_alike() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/bad");
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let out = tmp.path().join("out");
+    let out_arg = out.to_string_lossy().into_owned();
+    let mut n = 0;
+    for sub in ["spec", "lock"] {
+        let Ok(rd) = std::fs::read_dir(root.join(sub)) else {
+            panic!("no testdata/bad/{sub}");
+        };
+        let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for dir in dirs {
+            let check = run_in(&dir, &["check", "tailnet.kdl"]);
+            let build = run_in(&dir, &["build", "tailnet.kdl", "-o", &out_arg]);
+            assert_eq!(
+                (check.code, &check.stderr),
+                (build.code, &build.stderr),
+                "{}: check and build disagree",
+                dir.display()
+            );
+            assert!(
+                !out.exists(),
+                "{}: a refused build wrote {}",
+                dir.display(),
+                out.display()
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 100, "only {n} cases");
+}

@@ -571,10 +571,13 @@ fn cli_lock_sops_lifecycle() {
     let o = run(&["build", "tailnet.kdl", "-o", "out"], &[], w);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("tsk8s lock"), "{}", stderr(&o));
+    let rules_before = fs::read(sdir.join(".sops.yaml")).unwrap();
     let o = run(&["lock", "tailnet.kdl"], &[], w);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--rotate"), "{}", stderr(&o));
     assert_eq!(read_all(), rotated);
+    // A failed lock stages and drops its writes: `.sops.yaml` keeps the old recipients.
+    assert_eq!(fs::read(sdir.join(".sops.yaml")).unwrap(), rules_before);
     // With an identity: re-encrypted, same keys, both recipients.
     let ids = root().join(TEST_IDENTITIES);
     let o = run(

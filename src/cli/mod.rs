@@ -29,7 +29,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Validate the spec (and its lock); write nothing. Exit 0 valid, 2 invalid.
+    /// Run every check `build` runs (the spec, its lock, secret sources, the spec's tests);
+    /// write nothing. Exit 0 valid, 1 failed tests, 2 invalid.
     Check {
         #[arg(default_value = "tailnet.kdl")]
         spec: PathBuf,
@@ -44,6 +45,10 @@ pub enum Command {
         /// Write nothing; exit 1 if the output dir differs from a fresh build.
         #[arg(long)]
         check: bool,
+        /// Build even if the spec's tests fail (by default a failing test is exit 1 and
+        /// nothing is written).
+        #[arg(long)]
+        no_tests: bool,
         /// Flush the new tree to disk before swapping it in, so it also survives a power loss
         /// (the swap is atomic against a killed process either way).
         #[arg(long, conflicts_with = "check")]
@@ -227,6 +232,12 @@ struct Loaded {
 }
 
 fn load(spec: &Path) -> Result<Loaded, String> {
+    if fs::symlink_metadata(spec).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Err(format!(
+            "{}: no such file; pass the spec's path (e.g. `tsk8s check path/to/tailnet.kdl`) or run in the spec's directory",
+            crate::diag::escape(&spec.display().to_string())
+        ));
+    }
     let text = read_text(spec)?;
     let spec_dir = spec
         .parent()
@@ -283,6 +294,23 @@ fn report(f: &Failure) -> u8 {
     2
 }
 
+impl Loaded {
+    /// The spec through [`build::compile`] (the one path of check, build, diff and lock).
+    fn compile(&mut self, checks: build::Checks) -> Result<build::Compiled, Failure> {
+        let loaded = self.loaded()?;
+        build::compile(&self.input(), loaded, checks)
+    }
+}
+
+/// Print a compile's warnings; on failed tests print them and give exit 1.
+fn tests_gate(c: &build::Compiled) -> Option<u8> {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(c.warnings.as_bytes());
+    let f = c.test_failures.as_ref()?;
+    let _ = err.write_all(f.as_bytes());
+    Some(1)
+}
+
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Check { spec } => {
@@ -290,15 +318,22 @@ pub fn run(cli: Cli) -> u8 {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            match l.loaded() {
-                Ok(loaded) => {
-                    let nodes = loaded.tailnet.exposures().count();
+            let (clusters, nodes, devices) = match &l.front {
+                Some(Ok(f)) => (
+                    f.tailnet.clusters.len(),
+                    f.tailnet.exposures().count(),
+                    f.tailnet.devices.len(),
+                ),
+                _ => (0, 0, 0),
+            };
+            match l.compile(build::Checks::ALL) {
+                Ok(c) => {
+                    if let Some(code) = tests_gate(&c) {
+                        return code;
+                    }
                     eprintln!(
-                        "{}: ok ({} cluster(s), {} exposure(s), {} device(s))",
+                        "{}: ok ({clusters} cluster(s), {nodes} exposure(s), {devices} device(s))",
                         crate::diag::escape(&l.spec_name),
-                        loaded.tailnet.clusters.len(),
-                        nodes,
-                        loaded.tailnet.devices.len()
                     );
                     0
                 }
@@ -309,6 +344,7 @@ pub fn run(cli: Cli) -> u8 {
             spec,
             out,
             check,
+            no_tests,
             fsync,
             lock_timeout,
         } => {
@@ -316,11 +352,20 @@ pub fn run(cli: Cli) -> u8 {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            let tree = match l
-                .loaded()
-                .and_then(|loaded| build::build_loaded(&l.input(), loaded))
-            {
-                Ok(t) => t,
+            let tree = match l.compile(build::Checks {
+                tests: !no_tests,
+                sources: true,
+            }) {
+                Ok(c) => {
+                    if let Some(code) = tests_gate(&c) {
+                        eprintln!(
+                            "{}: wrote nothing (tests failed)",
+                            crate::diag::escape(&out.display().to_string())
+                        );
+                        return code;
+                    }
+                    c.tree
+                }
                 Err(f) => return report(&f),
             };
             if check {
@@ -569,16 +614,18 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
             Some(dir)
         }
     };
-    if let Err(e) = crate::cli_secrets::sops_upkeep(&l.spec_dir, t, &old, &upd.new_keys) {
+    // Every write is staged and made only once all of them are known and the new lock passes
+    // the checks `build` runs: a failed `lock` changes no file.
+    let mut stage = Stage::default();
+    if let Err(e) = crate::cli_secrets::sops_upkeep(&l.spec_dir, t, &old, &upd.new_keys, &mut stage)
+    {
         return fail(e);
     }
-    // Keys first: if delivering them fails, the lock is left as it was.
+    let mut delivered: Vec<(&NewKey, PathBuf, Option<PathBuf>)> = Vec::new();
     if let Some(dir) = keys_dir {
         for k in &needs_dir {
-            match write_key(dir, t, k) {
-                Ok((path, json)) => print_key_instructions(t, k, &path, json.as_deref()),
-                Err(e) => return fail(e),
-            }
+            let (key, json) = stage_key(&mut stage, dir, t, k);
+            delivered.push((k, key, json));
         }
     }
     for k in upd.new_keys.iter().filter(|k| {
@@ -587,17 +634,60 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
             Some(SecretBackend::Sops { .. })
         )
     }) {
-        if let Err(e) = crate::cli_secrets::deliver_sops(&l.spec_dir, t, k) {
+        if let Err(e) = crate::cli_secrets::deliver_sops(&l.spec_dir, t, k, &mut stage) {
             return fail(e);
         }
     }
     let text = lockfile::render(&upd.lock);
-    if l.lock.as_deref() == Some(text.as_str()) {
+    // The checks of `build`, against the new lock and the staged SOPS files (secret sources
+    // are lock's to write or the user's to add after it, so they are not checked here).
+    let mut sources = l.sources.clone();
+    for (path, bytes) in stage.under(&l.spec_dir) {
+        sources.insert(path, bytes.to_vec());
+    }
+    let input = Input {
+        spec_file: &l.spec_name,
+        spec: &l.spec,
+        lock_file: &l.lock_name,
+        lock: Some(&text),
+        sources,
+    };
+    let checked = build::front(&l.spec_name, &l.spec)
+        .and_then(|f| build::load_from(&input, f))
+        .and_then(|loaded| {
+            build::compile(
+                &input,
+                loaded,
+                build::Checks {
+                    tests: false,
+                    sources: false,
+                },
+            )
+        });
+    match checked {
+        Ok(c) => {
+            let _ = std::io::stderr().write_all(c.warnings.as_bytes());
+        }
+        Err(f) => {
+            eprintln!(
+                "{}: not changed (the spec would not build)",
+                crate::diag::escape(&l.lock_name)
+            );
+            return report(&f);
+        }
+    }
+    if l.lock.as_deref() != Some(text.as_str()) {
+        stage.write(&l.lock_path, text.into_bytes(), 0o644, None);
+    } else if stage.is_empty() {
         eprintln!("{} is up to date", l.lock_name);
         return 0;
     }
-    if let Err(e) = write_atomic(&l.lock_path, text.as_bytes(), None) {
+    // Keys and SOPS files first, the lock last: if a write fails, the lock is as it was.
+    if let Err(e) = stage.commit() {
         return fail(e);
+    }
+    for (k, key, json) in &delivered {
+        print_key_instructions(t, k, key, json.as_deref());
     }
     for c in &upd.changes {
         eprintln!("  {c}");
@@ -608,26 +698,122 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
     0
 }
 
-/// Write a node's private key as `DIR/<cluster>/<node>.key`, and for external-secrets the
-/// store's JSON `DIR/<cluster>/<node>.json`, both through the one private-file writer
-/// ([`crate::cli_secrets::write_private`]).
-fn write_key(dir: &Path, t: &Tailnet, k: &NewKey) -> Result<(PathBuf, Option<PathBuf>), String> {
-    let key = crate::cli_secrets::write_private(
+/// Stage a node's private key as `DIR/<cluster>/<node>.key`, and for external-secrets the
+/// store's JSON `DIR/<cluster>/<node>.json`; both are written at commit through the one
+/// private-file writer ([`crate::cli_secrets::write_private`]).
+fn stage_key(stage: &mut Stage, dir: &Path, t: &Tailnet, k: &NewKey) -> (PathBuf, Option<PathBuf>) {
+    let key = stage.write_private(
         dir,
         &k.cluster,
         &format!("{}.key", k.node),
-        format!("{}\n", k.private_key).as_bytes(),
-    )?;
+        format!("{}\n", k.private_key).into_bytes(),
+    );
     let json = match t.cluster(&k.cluster).map(|c| &c.secrets) {
-        Some(SecretBackend::ExternalSecrets { .. }) => Some(crate::cli_secrets::write_private(
+        Some(SecretBackend::ExternalSecrets { .. }) => Some(stage.write_private(
             dir,
             &k.cluster,
             &format!("{}.json", k.node),
-            crate::cli_secrets::store_json(k).as_bytes(),
-        )?),
+            crate::cli_secrets::store_json(k).into_bytes(),
+        )),
         _ => None,
     };
-    Ok((key, json))
+    (key, json)
+}
+
+/// The writes of one command, made only when all of them are known and it has succeeded.
+/// Later writes of a path replace earlier ones; notes are printed as files are written.
+#[derive(Default)]
+pub struct Stage {
+    files: Vec<Staged>,
+}
+
+struct Staged {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    how: Target,
+    note: Option<String>,
+}
+
+enum Target {
+    /// A committed file (lock, SOPS files), written atomically with this mode.
+    Plain(u32),
+    /// A private file under `--keys-dir`: `DIR`, the sub dir and the name.
+    Private(PathBuf, String, String),
+}
+
+impl Stage {
+    /// Stage `bytes` for `path` (mode `mode`), with a note printed when it is written.
+    pub fn write(&mut self, path: &Path, bytes: Vec<u8>, mode: u32, note: Option<String>) {
+        self.put(Staged {
+            path: path.to_path_buf(),
+            bytes,
+            how: Target::Plain(mode),
+            note,
+        });
+    }
+
+    fn write_private(&mut self, dir: &Path, sub: &str, name: &str, bytes: Vec<u8>) -> PathBuf {
+        let path = dir.join(sub).join(name);
+        self.put(Staged {
+            path: path.clone(),
+            bytes,
+            how: Target::Private(dir.to_path_buf(), sub.to_string(), name.to_string()),
+            note: None,
+        });
+        path
+    }
+
+    fn put(&mut self, f: Staged) {
+        match self.files.iter_mut().find(|g| g.path == f.path) {
+            Some(g) => *g = f,
+            None => self.files.push(f),
+        }
+    }
+
+    /// What `path` will hold: the staged bytes, else the file as it is.
+    pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        match self.files.iter().find(|g| g.path == path) {
+            Some(g) => Some(g.bytes.clone()),
+            None => fs::read(path).ok(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Staged committed files under `dir`, by path relative to it.
+    fn under<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = (String, &'a [u8])> + 'a {
+        self.files.iter().filter_map(move |g| {
+            if !matches!(g.how, Target::Plain(_)) {
+                return None;
+            }
+            let rel = g.path.strip_prefix(dir).ok()?;
+            Some((rel.to_string_lossy().into_owned(), g.bytes.as_slice()))
+        })
+    }
+
+    /// Write every staged file (each atomically, in staging order).
+    pub fn commit(self) -> Result<(), String> {
+        for f in self.files {
+            match &f.how {
+                Target::Plain(mode) => {
+                    if let Some(dir) = f.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        fs::create_dir_all(dir)
+                            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+                    }
+                    write_atomic(&f.path, &f.bytes, Some(*mode))?;
+                }
+                Target::Private(dir, sub, name) => {
+                    crate::cli_secrets::write_private(dir, sub, name, &f.bytes)?;
+                }
+            }
+            if let Some(n) = &f.note {
+                eprintln!("{n}");
+            }
+        }
+        Ok(())
+    }
 }
 
 fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path, json: Option<&Path>) {
@@ -722,11 +908,19 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let fresh = match l
-        .loaded()
-        .and_then(|loaded| build::build_loaded(&l.input(), loaded))
-    {
-        Ok(t) => t,
+    // Failed tests are reported, not fatal: diff's exit code says whether the trees differ.
+    let fresh = match l.compile(build::Checks::ALL) {
+        Ok(c) => {
+            if let (Some(_), Some(r)) = (tests_gate(&c), &c.tests) {
+                eprintln!(
+                    "{}: {} of {} test(s) failed (`tsk8s build` refuses this spec)",
+                    crate::diag::escape(&l.spec_name),
+                    r.failed_entries,
+                    r.total
+                );
+            }
+            c.tree
+        }
         Err(f) => return report(&f),
     };
     let old = match base {

@@ -14,9 +14,13 @@ use crate::model::{Device, ExposureKind, Tailnet};
 pub struct DeviceFiles {
     pub conf: String,
     pub hosts: String,
+    /// Routes of two peers where one prefix holds the other: WireGuard sends each packet to
+    /// the longest match, so this works, but the wider peer never sees the nested range.
+    pub nested: Vec<Overlap>,
 }
 
-/// Two peers of one device whose AllowedIPs overlap (WireGuard cannot route that).
+/// Two peers of one device with overlapping AllowedIPs. The same prefix on two peers cannot
+/// be routed (WireGuard gives it to one of them); a nested prefix goes by longest match.
 #[derive(Clone, Debug)]
 pub struct Overlap {
     pub device: String,
@@ -35,6 +39,7 @@ pub fn device_files(
         return Ok(DeviceFiles {
             conf: String::new(),
             hosts: String::new(),
+            nested: Vec::new(),
         });
     };
     let my_ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
@@ -68,6 +73,7 @@ pub fn device_files(
     let mut sections: Vec<(String, String)> = Vec::new();
     let mut taken: Vec<(String, IpNet)> = Vec::new();
     let mut dns_server: Option<String> = None;
+    let mut nested = Vec::new();
     for p in device_peers(t, lock, net, reach, me, &my_ips) {
         let DevicePeer {
             idx,
@@ -89,13 +95,16 @@ pub fn device_files(
             .cluster(&cluster)
             .and_then(|c| c.exposures.iter().find(|e| e.id == id));
         for a in &allowed {
-            if let Some((other, net2)) = taken.iter().find(|(_, n)| n.contains(a) || a.contains(n))
-            {
-                return Err(Overlap {
+            for (other, net2) in taken.iter().filter(|(_, n)| n.contains(a) || a.contains(n)) {
+                let o = Overlap {
                     device: d.name.clone(),
                     first: (other.clone(), *net2),
                     second: (id.clone(), *a),
-                });
+                };
+                if net2 == a {
+                    return Err(o);
+                }
+                nested.push(o);
             }
         }
         taken.extend(allowed.iter().map(|a| (id.clone(), *a)));
@@ -137,7 +146,11 @@ pub fn device_files(
     for (_, s) in sections {
         conf.push_str(&s);
     }
-    Ok(DeviceFiles { conf, hosts })
+    Ok(DeviceFiles {
+        conf,
+        hosts,
+        nested,
+    })
 }
 
 /// One peer of a device's wg-quick config: the node, and the AllowedIPs the device routes to it.

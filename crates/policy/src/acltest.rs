@@ -31,6 +31,8 @@ pub struct TestReport {
     pub failed_entries: usize,
     /// One line per failure, e.g. `alice@example.com -> tag:db:5432: expected ALLOWED, got DENIED`.
     pub failures: Vec<String>,
+    /// For each line of `failures`, the index of its `tests` entry (to locate it).
+    pub failure_entries: Vec<usize>,
 }
 
 impl TestReport {
@@ -219,10 +221,11 @@ pub fn run_tests(policy: &Policy, topo: &Topology) -> TestReport {
         return report;
     }
     let mut runner = TestRunner::new(policy, topo);
-    for t in &policy.tests {
+    for (i, t) in policy.tests.iter().enumerate() {
         if !runner.run_one(t, &mut report.failures) {
             report.failed_entries += 1;
         }
+        report.failure_entries.resize(report.failures.len(), i);
     }
     report
 }
