@@ -1372,3 +1372,66 @@ fn ci_examples_diff_the_git_base_not_a_committed_dir() {
         std::fs::remove_file(d.join("tsk8s-diff.md")).unwrap();
     }
 }
+
+/// The GitHub example runs as written: `paths:` covers every input `build` reads (spec, lock,
+/// SOPS and SealedSecret source dirs of every example, the output dir), the job runs `check`,
+/// `test` and `build --check`, and steps that need a Tailscale account are skipped unless
+/// their secret is set.
+#[test]
+fn github_example_paths_and_steps() {
+    let text = std::fs::read_to_string(root().join("examples/ci/github-actions.yml")).unwrap();
+    let wf: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    // Every source dir any example's backend reads.
+    let mut dirs = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .flatten()
+    {
+        let spec = e.path().join("tailnet.kdl");
+        let Ok(text) = std::fs::read_to_string(&spec) else {
+            continue;
+        };
+        let front = tsk8s::build::front("tailnet.kdl", &text)
+            .unwrap_or_else(|f| panic!("{}: {}", spec.display(), f.text));
+        for c in &front.tailnet.clusters {
+            if let Some(d) = tsk8s::lower::secrets::source_dir(&c.secrets) {
+                dirs.insert(d.split('/').next().unwrap_or(d).to_string());
+            }
+        }
+    }
+    assert!(!dirs.is_empty());
+    for event in ["pull_request", "push"] {
+        let paths: Vec<String> = wf["on"][event]["paths"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{event}: no paths"))
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect();
+        let mut want: Vec<String> =
+            vec!["tailnet.kdl".into(), "tailnet.lock".into(), "out/**".into()];
+        want.extend(dirs.iter().map(|d| format!("{d}/**")));
+        for w in &want {
+            assert!(paths.contains(w), "{event}: paths {paths:?} leave out {w}");
+        }
+    }
+    let runs: Vec<&str> = wf["jobs"]["check"]["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    for cmd in ["tsk8s check ", "tsk8s test ", "tsk8s build --check "] {
+        assert!(runs.iter().any(|r| r.contains(cmd)), "no `{cmd}` step");
+    }
+    for job in ["check", "apply"] {
+        for s in wf["jobs"][job]["steps"].as_sequence().unwrap() {
+            if s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("tailscale/"))
+            {
+                assert_eq!(s["if"].as_str(), Some("env.TS_OAUTH_ID != ''"), "{job}");
+            }
+        }
+        assert!(wf["jobs"][job]["env"]["TS_OAUTH_ID"].is_string(), "{job}");
+    }
+}
