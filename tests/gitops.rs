@@ -1420,6 +1420,22 @@ fn github_example_paths_and_steps() {
         .iter()
         .filter_map(|s| s["run"].as_str())
         .collect();
+    // Forks cannot comment: their diff goes to the job summary instead.
+    let steps = wf["jobs"]["check"]["steps"].as_sequence().unwrap();
+    let own = "github.event.pull_request.head.repo.full_name == github.repository";
+    let fork = "github.event.pull_request.head.repo.full_name != github.repository";
+    assert!(steps.iter().any(|s| {
+        s["uses"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("actions/github-script"))
+            && s["if"].as_str() == Some(own)
+    }));
+    assert!(steps.iter().any(|s| {
+        s["if"].as_str() == Some(fork)
+            && s["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("GITHUB_STEP_SUMMARY"))
+    }));
     for cmd in ["tsk8s check ", "tsk8s test ", "tsk8s build --check "] {
         assert!(runs.iter().any(|r| r.contains(cmd)), "no `{cmd}` step");
     }
