@@ -1420,6 +1420,30 @@ fn github_example_paths_and_steps() {
         .iter()
         .filter_map(|s| s["run"].as_str())
         .collect();
+    // GitLab: the same inputs in `rules: changes:`, the same commands.
+    let gl_text = std::fs::read_to_string(root().join("examples/ci/gitlab-ci.yml")).unwrap();
+    let gl: serde_yaml_ng::Value = serde_yaml_ng::from_str(&gl_text).unwrap();
+    let changes: Vec<String> = gl["tsk8s-check"]["rules"][0]["changes"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("gitlab: no rules changes"))
+        .iter()
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect();
+    let mut want: Vec<String> = vec![
+        "tailnet.kdl".into(),
+        "tailnet.lock".into(),
+        "out/**/*".into(),
+    ];
+    want.extend(dirs.iter().map(|d| format!("{d}/**/*")));
+    for w in &want {
+        assert!(
+            changes.contains(w),
+            "gitlab: changes {changes:?} leave out {w}"
+        );
+    }
+    for cmd in ["tsk8s check ", "tsk8s test ", "tsk8s build --check "] {
+        assert!(gl_text.contains(cmd), "gitlab: no `{cmd}`");
+    }
     // Forks cannot comment: their diff goes to the job summary instead.
     let steps = wf["jobs"]["check"]["steps"].as_sequence().unwrap();
     let own = "github.event.pull_request.head.repo.full_name == github.repository";
