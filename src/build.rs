@@ -519,10 +519,10 @@ pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport,
     // An entry already failed by the policy is counted once.
     let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &topo);
     for k in failed {
-        if let Some(t) = l.policy.tests.get(k) {
-            if runner.run_one(t, &mut Vec::new()) {
-                report.failed_entries += 1;
-            }
+        if let Some(t) = l.policy.tests.get(k)
+            && runner.run_one(t, &mut Vec::new())
+        {
+            report.failed_entries += 1;
         }
     }
     report.failures.extend(failures);

@@ -1012,18 +1012,18 @@ impl Resolver<'_> {
         if let Some(p) = &t.proto {
             ok &= self.check_proto(p);
         }
-        if let Some(c) = &t.check {
-            if c.v != "policy" {
-                self.push(
-                    err(
-                        c.span,
-                        format!("test check {:?} must be \"policy\"", c.v),
-                    )
-                    .label("unknown check")
-                    .help("check=\"policy\" judges the test by the policy alone; leave it out to check the emitted network too"),
-                );
-                ok = false;
-            }
+        if let Some(c) = &t.check
+            && c.v != "policy"
+        {
+            self.push(
+                err(
+                    c.span,
+                    format!("test check {:?} must be \"policy\"", c.v),
+                )
+                .label("unknown check")
+                .help("check=\"policy\" judges the test by the policy alone; leave it out to check the emitted network too"),
+            );
+            ok = false;
         }
         ok.then(|| AclTest {
             src: t.src.v.clone(),

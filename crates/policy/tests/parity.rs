@@ -306,10 +306,10 @@ fn engine_agrees_with_recorded_tailscale_answers() {
     if !only.is_empty() {
         return;
     }
+    let misses = [v.1 - v.0, m.1 - m.0, fl.1 - fl.0];
+    let floors = [MAX_VERDICT_MISSES, MAX_MESSAGE_MISSES, MAX_FILTER_MISSES];
     assert!(
-        v.1 - v.0 <= MAX_VERDICT_MISSES
-            && m.1 - m.0 <= MAX_MESSAGE_MISSES
-            && fl.1 - fl.0 <= MAX_FILTER_MISSES,
+        misses.iter().zip(floors).all(|(&n, max)| n <= max),
         "parity regressed (floors: {MAX_VERDICT_MISSES} verdict, {MAX_MESSAGE_MISSES} message, {MAX_FILTER_MISSES} filter misses):\n{}",
         score.misses.join("\n")
     );
