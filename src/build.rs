@@ -358,7 +358,7 @@ fn build_checked(
 
 /// `topology.json`: pretty JSON, nodes sorted, one trailing newline.
 pub fn topology_json(topo: &tsk8s_policy::topology::Topology) -> String {
-    serde_json::to_string_pretty(topo).unwrap_or_default() + "\n"
+    serde_json::to_string_pretty(topo).expect("string-keyed JSON always serializes") + "\n"
 }
 
 /// One cluster's files (and the secret-backend problems found on the way).

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
 pub fn yaml<T: Serialize>(v: &T) -> String {
-    crate::yaml::to_string(v).unwrap_or_default()
+    // Every object written is a typed k8s-openapi value or a `serde_json::Value`: string keys,
+    // no non-finite floats, nothing a serializer can refuse (an empty file was written before).
+    crate::yaml::to_string(v).expect("output objects always serialize to YAML")
 }
 
 /// Several objects as one multi-document YAML file.

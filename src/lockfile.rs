@@ -379,7 +379,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 } else {
                     "restore the entry from version control, or delete it and run `tsk8s lock` to give it new addresses"
                 };
-                let range: ipnet::Ipv6Net = crate::model::TAILNET_V6.parse().unwrap_or_default();
+                let range = crate::model::TAILNET_V6;
                 let what = if range.contains(&v6) {
                     format!("{v6} does not pair with ipv4 {v4}")
                 } else {

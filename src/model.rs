@@ -2,12 +2,16 @@
 //! checked, names are normalised (`tag:`/`group:` prefixes), CIDRs are parsed. Order is the
 //! spec's declaration order unless a field says otherwise.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The Tailscale IPv6 ULA range.
-pub const TAILNET_V6: &str = "fd7a:115c:a1e0::/48";
+pub const TAILNET_V6: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0), 48);
+
+/// The CGNAT range every tailnet IPv4 pool lies in (and the default pool).
+pub const CGNAT: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10);
 
 #[derive(Clone, Debug)]
 pub struct Tailnet {

@@ -255,7 +255,7 @@ impl Resolver<'_> {
                             String::new()
                         }
                     };
-                let cgnat: Ipv4Net = "100.64.0.0/10".parse().unwrap_or_default();
+                let cgnat = CGNAT;
                 let pool = match &t.ipv4_pool {
                     Some(p) => match p.v.parse::<Ipv4Net>() {
                         Ok(net) if cgnat.contains(&net) && net.trunc() == net => net,
@@ -301,12 +301,7 @@ impl Resolver<'_> {
                         .help("start with: tailnet \"acme\" domain=\"acme.example\""),
                 );
                 ok = false;
-                (
-                    String::new(),
-                    String::new(),
-                    "100.64.0.0/10".parse().unwrap_or_default(),
-                    None,
-                )
+                (String::new(), String::new(), CGNAT, None)
             }
         };
 
@@ -1994,11 +1989,9 @@ pub fn unroutable(n: &IpNet) -> Option<(IpNet, &'static str)> {
 }
 
 fn overlaps_tailnet(n: &IpNet) -> bool {
-    let v4: IpNet = "100.64.0.0/10"
-        .parse()
-        .unwrap_or(IpNet::V4(Ipv4Net::default()));
-    let v6: IpNet = TAILNET_V6.parse().unwrap_or(IpNet::V4(Ipv4Net::default()));
-    [v4, v6].iter().any(|t| t.contains(n) || n.contains(t))
+    [IpNet::V4(CGNAT), IpNet::V6(TAILNET_V6)]
+        .iter()
+        .any(|t| t.contains(n) || n.contains(t))
 }
 
 /// The oldest `tailscale/tailscale` release the `runtime="tailscale"` output works with:

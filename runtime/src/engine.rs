@@ -23,7 +23,7 @@ use tsk8s_policy::runtime_config::{Mode, Protocol};
 use crate::admin::Shared;
 use crate::config::{self, Loaded, Paths};
 use crate::dns::Zone;
-use crate::metrics::{self, Drop};
+use crate::metrics::{self, DropReason};
 use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 use crate::resolve::{self, Resolver};
 use crate::wire::{self, BUF, Net};
@@ -586,20 +586,20 @@ impl Engine {
     /// Filter and dispatch one decrypted inner packet from peer `slot`.
     fn inbound(&mut self, slot: usize, pkt: Vec<u8>) {
         let Ok(info) = packet::parse(&pkt) else {
-            self.net.counters.drop(Drop::Malformed);
+            self.net.counters.drop(DropReason::Malformed);
             return;
         };
         if !self.net.peer_allows_source(slot, info.src) {
-            self.net.counters.drop(Drop::AllowedIps);
+            self.net.counters.drop(DropReason::AllowedIps);
             return;
         }
         let to_own = self.is_own(info.dst);
         if !to_own && !self.in_routes(info.dst) {
-            self.net.counters.drop(Drop::NoRoute);
+            self.net.counters.drop(DropReason::NoRoute);
             return;
         }
         if info.fragment {
-            self.net.counters.drop(Drop::Malformed);
+            self.net.counters.drop(DropReason::Malformed);
             return;
         }
         // DNS (like MagicDNS) only for peers the policy lets reach this node: on port 53, or
@@ -614,7 +614,7 @@ impl Engine {
                 .matcher
                 .allows(info.src, info.dst, info.proto, info.dport);
         if !allowed {
-            self.net.counters.drop(Drop::Policy);
+            self.net.counters.drop(DropReason::Policy);
             return;
         }
         match info.proto {
@@ -635,10 +635,10 @@ impl Engine {
                     // ICMP errors / echo replies: let smoltcp see them (e.g. for TCP).
                     self.net.rx.push_back(pkt);
                 } else {
-                    self.net.counters.drop(Drop::NoListener);
+                    self.net.counters.drop(DropReason::NoListener);
                 }
             }
-            _ => self.net.counters.drop(Drop::NoListener),
+            _ => self.net.counters.drop(DropReason::NoListener),
         }
     }
 
@@ -697,7 +697,7 @@ impl Engine {
                         }
                     }
                 }
-                None => self.net.counters.drop(Drop::NoListener),
+                None => self.net.counters.drop(DropReason::NoListener),
             }
         }
         self.net.rx.push_back(pkt);
@@ -728,7 +728,7 @@ impl Engine {
                 return Some((rx, tx, cost));
             }
         }
-        self.net.counters.drop(Drop::OverLimit);
+        self.net.counters.drop(DropReason::OverLimit);
         None
     }
 
@@ -746,7 +746,7 @@ impl Engine {
 
     fn alloc_conn(&mut self, c: Conn) -> Option<usize> {
         if self.conn_by_key.len() >= MAX_CONNS {
-            self.net.counters.drop(Drop::TableFull);
+            self.net.counters.drop(DropReason::TableFull);
             return None;
         }
         let key = c.key;
@@ -774,7 +774,7 @@ impl Engine {
         owner: Owner,
     ) -> Option<usize> {
         if self.conn_by_key.len() >= MAX_CONNS {
-            self.net.counters.drop(Drop::TableFull);
+            self.net.counters.drop(DropReason::TableFull);
             return None;
         }
         let (rx, tx, charge) = self.charge_conn(owner, matches!(kind, Kind::Dns))?;
@@ -895,7 +895,7 @@ impl Engine {
     fn egress_tcp(&mut self, mut stream: TcpStream, target: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let Some(port) = self.alloc_port() else {
-            self.net.counters.drop(Drop::TableFull);
+            self.net.counters.drop(DropReason::TableFull);
             return;
         };
         let local = SocketAddr::new(self.own_for(target.ip()), port);
@@ -1129,11 +1129,11 @@ impl Engine {
     /// May `owner` open one more UDP session? Refusals are counted (and per peer).
     fn udp_admit(&mut self, owner: Owner, peer_slot: Option<usize>) -> bool {
         if self.udp_by_key.len() >= MAX_UDP_SESSIONS {
-            self.net.counters.drop(Drop::TableFull);
+            self.net.counters.drop(DropReason::TableFull);
             return false;
         }
         if self.udp_owned.get(&owner).copied().unwrap_or(0) >= MAX_UDP_PER_OWNER {
-            self.net.counters.drop(Drop::OverLimit);
+            self.net.counters.drop(DropReason::OverLimit);
             if let Some(Some(p)) = peer_slot.and_then(|s| self.net.peers.get_mut(s)) {
                 p.stats.conns_refused += 1;
             }
@@ -1146,13 +1146,13 @@ impl Engine {
         let remote = SocketAddr::new(info.src, info.sport);
         let local = SocketAddr::new(info.dst, info.dport);
         let Some(payload) = pkt.get(info.payload_off..info.total_len) else {
-            self.net.counters.drop(Drop::Malformed);
+            self.net.counters.drop(DropReason::Malformed);
             return;
         };
         let to_own = self.is_own(info.dst);
         if info.dport == 0 {
             // Reserved; also keeps the key space of ICMP echo sessions (local port 0) apart.
-            self.net.counters.drop(Drop::Malformed);
+            self.net.counters.drop(DropReason::Malformed);
             return;
         }
         if to_own && info.dport == 53 {
@@ -1196,7 +1196,7 @@ impl Engine {
             _ => None,
         };
         let Some(target) = target else {
-            self.net.counters.drop(Drop::NoListener);
+            self.net.counters.drop(DropReason::NoListener);
             return;
         };
         let owner = self.owner_of(peer_slot);
@@ -1277,11 +1277,11 @@ impl Engine {
     /// socket (one per tunnel source and echo id); replies come back in `on_udp_session`.
     fn forward_ping(&mut self, peer_slot: usize, info: &Info, pkt: &[u8]) {
         let Some(body) = pkt.get(info.l4_off..info.total_len) else {
-            self.net.counters.drop(Drop::Malformed);
+            self.net.counters.drop(DropReason::Malformed);
             return;
         };
         if body.len() < 8 {
-            self.net.counters.drop(Drop::Malformed);
+            self.net.counters.drop(DropReason::Malformed);
             return;
         }
         let key = (
@@ -1303,7 +1303,7 @@ impl Engine {
             return;
         }
         let Some(mut sock) = ping_socket(info.dst.is_ipv6()) else {
-            self.net.counters.drop(Drop::PingUnavailable);
+            self.net.counters.drop(DropReason::PingUnavailable);
             return;
         };
         let slot = self.free_udp.pop().unwrap_or(self.udp.len());
@@ -1367,7 +1367,7 @@ impl Engine {
                         s.last = Instant::now();
                         let Some(payload) = buf.get(..n) else { break };
                         if n + 48 > self.net.mtu {
-                            self.net.counters.drop(Drop::TooBig);
+                            self.net.counters.drop(DropReason::TooBig);
                             continue;
                         }
                         if packet::build_udp(&mut out, local, remote, payload) {
@@ -1390,7 +1390,7 @@ impl Engine {
                     return;
                 }
                 let Some(port) = self.alloc_port() else {
-                    self.net.counters.drop(Drop::TableFull);
+                    self.net.counters.drop(DropReason::TableFull);
                     return;
                 };
                 let local = SocketAddr::new(self.own_for(target.ip()), port);
@@ -1415,7 +1415,7 @@ impl Engine {
         s.last = Instant::now();
         let (target, local) = s.key;
         if data.len() + 48 > self.net.mtu {
-            self.net.counters.drop(Drop::TooBig);
+            self.net.counters.drop(DropReason::TooBig);
             return;
         }
         let mut out = std::mem::take(&mut self.out_scratch);

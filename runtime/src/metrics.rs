@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 /// Why a packet was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Drop {
+pub enum DropReason {
     /// UDP datagram that is not a WireGuard message.
     Garbage,
     /// Handshake with a bad MAC, unknown key or failed decryption.
@@ -43,46 +43,46 @@ pub enum Drop {
     OverLimit,
 }
 
-pub const ALL_DROPS: [Drop; 17] = [
-    Drop::Garbage,
-    Drop::HandshakeInvalid,
-    Drop::UnknownPeer,
-    Drop::UnknownIndex,
-    Drop::Decrypt,
-    Drop::UnderLoad,
-    Drop::AllowedIps,
-    Drop::Policy,
-    Drop::Malformed,
-    Drop::NoRoute,
-    Drop::NoEndpoint,
-    Drop::NoListener,
-    Drop::TableFull,
-    Drop::TooBig,
-    Drop::SendError,
-    Drop::PingUnavailable,
-    Drop::OverLimit,
+pub const ALL_DROPS: [DropReason; 17] = [
+    DropReason::Garbage,
+    DropReason::HandshakeInvalid,
+    DropReason::UnknownPeer,
+    DropReason::UnknownIndex,
+    DropReason::Decrypt,
+    DropReason::UnderLoad,
+    DropReason::AllowedIps,
+    DropReason::Policy,
+    DropReason::Malformed,
+    DropReason::NoRoute,
+    DropReason::NoEndpoint,
+    DropReason::NoListener,
+    DropReason::TableFull,
+    DropReason::TooBig,
+    DropReason::SendError,
+    DropReason::PingUnavailable,
+    DropReason::OverLimit,
 ];
 
-impl Drop {
+impl DropReason {
     pub fn name(self) -> &'static str {
         match self {
-            Drop::Garbage => "garbage",
-            Drop::HandshakeInvalid => "handshake_invalid",
-            Drop::UnknownPeer => "unknown_peer",
-            Drop::UnknownIndex => "unknown_index",
-            Drop::Decrypt => "decrypt",
-            Drop::UnderLoad => "under_load",
-            Drop::AllowedIps => "allowed_ips",
-            Drop::Policy => "policy",
-            Drop::Malformed => "malformed",
-            Drop::NoRoute => "no_route",
-            Drop::NoEndpoint => "no_endpoint",
-            Drop::NoListener => "no_listener",
-            Drop::TableFull => "table_full",
-            Drop::TooBig => "too_big",
-            Drop::SendError => "send_error",
-            Drop::PingUnavailable => "ping_unavailable",
-            Drop::OverLimit => "over_limit",
+            DropReason::Garbage => "garbage",
+            DropReason::HandshakeInvalid => "handshake_invalid",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::UnknownIndex => "unknown_index",
+            DropReason::Decrypt => "decrypt",
+            DropReason::UnderLoad => "under_load",
+            DropReason::AllowedIps => "allowed_ips",
+            DropReason::Policy => "policy",
+            DropReason::Malformed => "malformed",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::NoListener => "no_listener",
+            DropReason::TableFull => "table_full",
+            DropReason::TooBig => "too_big",
+            DropReason::SendError => "send_error",
+            DropReason::PingUnavailable => "ping_unavailable",
+            DropReason::OverLimit => "over_limit",
         }
     }
 
@@ -124,13 +124,13 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn drop(&mut self, d: Drop) {
+    pub fn drop(&mut self, d: DropReason) {
         if let Some(c) = self.drops.get_mut(d.idx()) {
             *c += 1;
         }
     }
 
-    pub fn dropped(&self, d: Drop) -> u64 {
+    pub fn dropped(&self, d: DropReason) -> u64 {
         self.drops.get(d.idx()).copied().unwrap_or(0)
     }
 }

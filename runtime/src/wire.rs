@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 
 use crate::config::PeerSpec;
-use crate::metrics::{Counters, Drop, PeerStats};
+use crate::metrics::{Counters, DropReason, PeerStats};
 use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 
 /// Handshakes per second before cookie replies are demanded.
@@ -225,19 +225,19 @@ impl Net {
     /// Encrypt and send one inner packet produced by this node.
     pub fn send_inner(&mut self, pkt: &[u8]) {
         let Ok(info) = packet::parse(pkt) else {
-            self.counters.drop(Drop::Malformed);
+            self.counters.drop(DropReason::Malformed);
             return;
         };
         self.track_outbound(&info);
         let Some(slot) = self.route(info.dst) else {
-            self.counters.drop(Drop::NoRoute);
+            self.counters.drop(DropReason::NoRoute);
             return;
         };
         let Some(Some(peer)) = self.peers.get_mut(slot) else {
             return;
         };
         if pkt.len() > BUF {
-            self.counters.drop(Drop::TooBig);
+            self.counters.drop(DropReason::TooBig);
             return;
         }
         peer.stats.tx_bytes += pkt.len() as u64;
@@ -249,7 +249,7 @@ impl Net {
         };
         match endpoint {
             Some(ep) => self.send_udp(n, ep),
-            None => self.counters.drop(Drop::NoEndpoint),
+            None => self.counters.drop(DropReason::NoEndpoint),
         }
     }
 
@@ -276,7 +276,7 @@ impl Net {
     /// Track a flow explicitly (UDP egress sessions).
     pub fn open_flow(&mut self, key: FlowKey) {
         if self.flows.len() >= MAX_FLOWS {
-            self.counters.drop(Drop::TableFull);
+            self.counters.drop(DropReason::TableFull);
             return;
         }
         self.flows.insert(key, self.now);
@@ -315,7 +315,7 @@ impl Net {
     ) {
         self.counters.udp_rx_datagrams += 1;
         let Ok(parsed) = Tunn::parse_incoming_packet(data) else {
-            self.counters.drop(Drop::Garbage);
+            self.counters.drop(DropReason::Garbage);
             return;
         };
         let (slot, kind) = match parsed {
@@ -324,12 +324,12 @@ impl Net {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         self.counters.cookie_replies += 1;
-                        self.counters.drop(Drop::UnderLoad);
+                        self.counters.drop(DropReason::UnderLoad);
                         send_to(&self.socket, cookie, src, &mut self.counters);
                         return;
                     }
                     Err(_) => {
-                        self.counters.drop(Drop::HandshakeInvalid);
+                        self.counters.drop(DropReason::HandshakeInvalid);
                         return;
                     }
                 }
@@ -337,12 +337,12 @@ impl Net {
                     Ok(hh) => match self.by_key.get(&hh.peer_static_public) {
                         Some(s) => (*s, 1u8),
                         None => {
-                            self.counters.drop(Drop::UnknownPeer);
+                            self.counters.drop(DropReason::UnknownPeer);
                             return;
                         }
                     },
                     Err(_) => {
-                        self.counters.drop(Drop::HandshakeInvalid);
+                        self.counters.drop(DropReason::HandshakeInvalid);
                         return;
                     }
                 }
@@ -350,21 +350,21 @@ impl Net {
             Packet::HandshakeResponse(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
                 Some(s) => (*s, 2),
                 None => {
-                    self.counters.drop(Drop::UnknownIndex);
+                    self.counters.drop(DropReason::UnknownIndex);
                     return;
                 }
             },
             Packet::PacketCookieReply(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
                 Some(s) => (*s, 3),
                 None => {
-                    self.counters.drop(Drop::UnknownIndex);
+                    self.counters.drop(DropReason::UnknownIndex);
                     return;
                 }
             },
             Packet::PacketData(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
                 Some(s) => (*s, 4),
                 None => {
-                    self.counters.drop(Drop::UnknownIndex);
+                    self.counters.drop(DropReason::UnknownIndex);
                     self.probe_unknown(src);
                     return;
                 }
@@ -388,9 +388,9 @@ impl Net {
                 TunnResult::Err(e) => {
                     if was_first {
                         let reason = match e {
-                            WireGuardError::UnderLoad => Drop::UnderLoad,
-                            _ if kind == 4 => Drop::Decrypt,
-                            _ => Drop::HandshakeInvalid,
+                            WireGuardError::UnderLoad => DropReason::UnderLoad,
+                            _ if kind == 4 => DropReason::Decrypt,
+                            _ => DropReason::HandshakeInvalid,
                         };
                         self.counters.drop(reason);
                         // A session this process does not have (indices repeat across
@@ -492,7 +492,7 @@ impl Net {
             if let TunnResult::WriteToNetwork(out) = p.tunn.update_timers(&mut self.enc_buf) {
                 match p.endpoint {
                     Some(ep) => send_to(&self.socket, out, ep, &mut self.counters),
-                    None => self.counters.drop(Drop::NoEndpoint),
+                    None => self.counters.drop(DropReason::NoEndpoint),
                 }
             }
         }
@@ -532,7 +532,7 @@ fn send_to(sock: &mio::net::UdpSocket, data: &[u8], to: SocketAddr, c: &mut Coun
             Err(_) => break,
         }
     }
-    c.drop(Drop::SendError);
+    c.drop(DropReason::SendError);
 }
 
 /// Set a socket option to `size`, ignoring failure (unprivileged limits apply).

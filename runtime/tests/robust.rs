@@ -8,7 +8,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use tsk8s_runtime::engine::{Engine, Tuning};
 use tsk8s_runtime::fuzz::{self, NODE_KEY, PEER_KEY};
-use tsk8s_runtime::metrics::Drop;
+use tsk8s_runtime::metrics::DropReason;
 
 fn engine_with_endpoint(endpoint: SocketAddr) -> Engine {
     let mut l = fuzz::fixture();
@@ -86,9 +86,9 @@ fn handshake_data_replay_and_garbage() {
     }
 
     // Replay: dropped and counted, no answer.
-    let before = e.net.counters.dropped(Drop::Decrypt);
+    let before = e.net.counters.dropped(DropReason::Decrypt);
     e.inject_datagram(me, &data);
-    assert_eq!(e.net.counters.dropped(Drop::Decrypt), before + 1);
+    assert_eq!(e.net.counters.dropped(DropReason::Decrypt), before + 1);
 
     // Truncated data packet and garbage.
     e.inject_datagram(me, &data[..20]);
@@ -112,7 +112,7 @@ fn handshake_data_replay_and_garbage() {
             e.inject_datagram(me, &v);
         }
     }
-    assert!(e.net.counters.dropped(Drop::Garbage) > 0);
+    assert!(e.net.counters.dropped(DropReason::Garbage) > 0);
 
     // Malformed inner packets from the authenticated peer: dropped, never a panic.
     let drops_before: u64 = e.net.counters.drops.iter().sum();
@@ -175,7 +175,7 @@ fn handshake_flood_gets_cookies() {
         e.net.counters.cookie_replies > 0,
         "cookie replies under load"
     );
-    assert!(e.net.counters.dropped(Drop::UnknownPeer) > 0);
+    assert!(e.net.counters.dropped(DropReason::UnknownPeer) > 0);
     // Drain; then the legitimate peer completes a handshake by answering the cookie.
     while recv_nonblocking(&sock).is_some() {}
     let mut t = client();

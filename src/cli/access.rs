@@ -110,7 +110,10 @@ pub fn who_can_reach(spec: &Path, target: &str, proto: Proto, format: AccessForm
                     "port": t.port,
                     "sources": answers.iter().map(answer_json).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("string-keyed JSON always serializes")
+                );
             }
             AccessFormat::Text => {
                 let port = t.port.map(|p| format!(" port {p}")).unwrap_or_default();
@@ -178,7 +181,10 @@ pub fn can(spec: &Path, src: &str, dst: &str, proto: Proto, format: AccessFormat
                     "rule": policy_only.clone().flatten(),
                     "answers": answers.iter().map(answer_json).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("string-keyed JSON always serializes")
+                );
             }
             AccessFormat::Text => {
                 println!(

@@ -110,7 +110,7 @@ pub fn service_account(namespace: &str) -> ServiceAccount {
 }
 
 fn json_pretty<T: serde::Serialize>(v: &T) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(v).expect("string-keyed JSON always serializes");
     s.push('\n');
     s
 }

@@ -185,6 +185,6 @@ pub fn policy_value(t: &Tailnet) -> Value {
 
 /// Render as HuJSON text: header comment, then pretty JSON (two-space indent), newline.
 pub fn render(policy: &Value) -> String {
-    let body = serde_json::to_string_pretty(policy).unwrap_or_else(|_| "{}".into());
+    let body = serde_json::to_string_pretty(policy).expect("string-keyed JSON always serializes");
     format!("{HEADER}{body}\n")
 }

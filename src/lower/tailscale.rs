@@ -626,7 +626,8 @@ pub fn role_binding(c: &Cluster, id: &str) -> RoleBinding {
 }
 
 pub fn serve_configmap(namespace: &str, id: &str, config: &Value) -> ConfigMap {
-    let mut text = serde_json::to_string_pretty(config).unwrap_or_default();
+    let mut text =
+        serde_json::to_string_pretty(config).expect("string-keyed JSON always serializes");
     text.push('\n');
     ConfigMap {
         metadata: meta(&serve_configmap_name(id), Some(namespace), Some(id)),
