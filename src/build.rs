@@ -198,6 +198,8 @@ pub struct Compiled {
     pub test_failures: Option<String>,
     /// Warnings (rendered), for stderr; they do not stop the run.
     pub warnings: String,
+    /// How many `type: LoadBalancer` Services the tree holds ([`load_balancer_services`]).
+    pub load_balancers: usize,
 }
 
 /// The one path every command takes from a loaded spec to its output: `check`, `build`,
@@ -210,12 +212,14 @@ pub fn compile(input: &Input, l: Loaded, checks: Checks) -> Result<Compiled, Fai
         .filter(|r| !r.passed())
         .map(|r| render_test_failures(input, &l, r));
     let mut warnings = String::new();
+    let load_balancers = load_balancer_services(&l.tailnet);
     let tree = build_checked(input, l, checks.sources, &mut warnings)?;
     Ok(Compiled {
         tree,
         tests: report,
         test_failures,
         warnings,
+        load_balancers,
     })
 }
 
@@ -457,7 +461,7 @@ fn lower_cluster(
             emit::yaml(&lower::k8s::wireguard_service(
                 c,
                 &c.namespace,
-                id,
+                e,
                 node.listen_port,
             )),
         ];
@@ -490,6 +494,14 @@ fn lower_cluster(
         emit::yaml(&kustomization),
     );
     Ok((tree, secret_diags.items))
+}
+
+/// How many `type: LoadBalancer` Services a build emits: one per node of every tsk8s-runtime
+/// cluster that publishes with `load-balancer` (each is a cloud load balancer).
+pub fn load_balancer_services(t: &Tailnet) -> usize {
+    t.runtime_nodes()
+        .filter(|(c, _)| c.publish == crate::model::Publish::LoadBalancer)
+        .count()
 }
 
 /// `tsk8s test`: the spec's tests against the topology it defines (lock addresses; stand-in

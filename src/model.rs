@@ -59,10 +59,38 @@ pub struct Device {
     pub tags: Vec<String>,
 }
 
+/// How a cluster's nodes publish their WireGuard UDP port (`publish=`). An enum so that more
+/// modes (a shared gateway) can be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Publish {
+    /// One `LoadBalancer` Service per node.
     LoadBalancer,
+    /// One `NodePort` Service per node, `externalTrafficPolicy: Cluster`.
     NodePort,
+}
+
+/// How a sidecar's runtime joins the user's pod (`sidecar-style=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidecarStyle {
+    /// A native sidecar: an init container with `restartPolicy: Always` (Kubernetes 1.29+).
+    /// It starts before the app's containers and is never `kubectl`'s default container.
+    Native,
+    /// A plain container beside the app's (older clusters).
+    Container,
+}
+
+/// The placeholder in a cluster `endpoint` that stands for each node's tailnet name.
+pub const NODE_PLACEHOLDER: &str = "{node}";
+
+/// How the cluster's WireGuard Services are published, beyond the mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// `service-annotations`, in spec order.
+    pub annotations: Vec<(String, String)>,
+    pub load_balancer_class: Option<String>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// MetalLB: the address every LoadBalancer Service of the cluster shares.
+    pub shared_ip: Option<IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +128,12 @@ pub struct Cluster {
     pub namespace: String,
     pub pod_cidr: Option<IpNet>,
     pub service_cidr: Option<IpNet>,
+    /// Host (or IP) devices reach the nodes on; may hold [`NODE_PLACEHOLDER`] (see
+    /// [`Cluster::endpoint_host`]).
     pub endpoint: String,
     pub publish: Publish,
+    pub services: ServiceOptions,
+    pub sidecar_style: SidecarStyle,
     pub image: String,
     pub runtime: RuntimeKind,
     /// `runtime="tailscale"`: the port containerboot serves `/healthz` on in each pod
@@ -115,6 +147,36 @@ pub struct Cluster {
 
 /// containerboot's default `TS_LOCAL_ADDR_PORT` port (cmd/containerboot/settings.go).
 pub const DEFAULT_HEALTH_PORT: u16 = 9002;
+
+impl Cluster {
+    /// The host a node with tailnet name `node` is reached on.
+    pub fn endpoint_host(&self, node: &str) -> String {
+        self.endpoint.replace(NODE_PLACEHOLDER, node)
+    }
+
+    /// Whether `endpoint` names each node's own host (`{node}.…`).
+    pub fn endpoint_per_node(&self) -> bool {
+        self.endpoint.contains(NODE_PLACEHOLDER)
+    }
+
+    /// `externalTrafficPolicy` of the WireGuard Services: `Local` keeps devices' source
+    /// addresses (WireGuard roams on them) where the Service allows it; a NodePort reached on
+    /// any node, and MetalLB address sharing, need `Cluster`.
+    pub fn external_traffic_policy(&self) -> &'static str {
+        match self.publish {
+            Publish::NodePort => "Cluster",
+            Publish::LoadBalancer if self.services.shared_ip.is_some() => "Cluster",
+            Publish::LoadBalancer => "Local",
+        }
+    }
+
+    /// Whether peers reach this cluster's nodes through SNAT (`Cluster` traffic policy): the
+    /// runtime then sees a node's address, and the NAT mapping must be kept alive from the
+    /// peer's side.
+    pub fn needs_keepalive(&self) -> bool {
+        self.external_traffic_policy() == "Cluster"
+    }
+}
 
 /// How Tailscale-image nodes authenticate (ignored for the tsk8s runtime).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1196,9 +1196,25 @@ impl Resolver<'_> {
         };
         let endpoint = match &c.endpoint {
             Some(e) => {
-                let host_ok = e.v.parse::<IpAddr>().is_ok()
-                    || check_subdomain(&e.v.to_ascii_lowercase()).is_ok();
-                if !host_ok {
+                // `{node}` stands for each node's tailnet name (a DNS label); the lengths are
+                // checked per node below.
+                let sample = e.v.replace(NODE_PLACEHOLDER, "n");
+                let host_ok = if e.v.contains(NODE_PLACEHOLDER) {
+                    check_subdomain(&sample.to_ascii_lowercase()).is_ok()
+                } else {
+                    e.v.parse::<IpAddr>().is_ok()
+                        || check_subdomain(&e.v.to_ascii_lowercase()).is_ok()
+                };
+                if !host_ok && (sample.contains('{') || sample.contains('}')) {
+                    self.push(
+                        err(
+                            e.span,
+                            format!("endpoint {:?} has a placeholder other than {{node}}", e.v),
+                        )
+                        .label("unknown placeholder")
+                        .help("{node} stands for each node's tailnet name, e.g. endpoint=\"{node}.wg.example.com\""),
+                    );
+                } else if !host_ok {
                     self.push(
                         err(
                             e.span,
@@ -1231,6 +1247,20 @@ impl Resolver<'_> {
                 Publish::LoadBalancer
             }
         };
+        let sidecar_style = match c.sidecar_style.as_ref().map(|s| s.v.as_str()) {
+            None | Some("native") => SidecarStyle::Native,
+            Some("container") => SidecarStyle::Container,
+            Some(other) => {
+                let at = c.sidecar_style.as_ref().map(|s| s.span).unwrap_or(c.span);
+                self.push(
+                    err(at, format!("unknown sidecar style {other:?}"))
+                        .label("not a sidecar style")
+                        .help("use \"native\" (default: an init container with restartPolicy: Always, Kubernetes 1.29+) or \"container\" (a plain container, for older clusters)"),
+                );
+                SidecarStyle::Native
+            }
+        };
+        let services = self.service_options(c);
         let image = match &c.image {
             Some(i) => {
                 if let Err(e) = check_image(&i.v) {
@@ -1280,16 +1310,21 @@ impl Resolver<'_> {
                 exposures.push(x);
             }
         }
+        if runtime == RuntimeKind::Tsk8s {
+            self.check_publishing(c, publish, &exposures);
+        }
         // A NetworkPolicy sees a packet to a Service address after DNAT, at a pod address: a
         // router into the Service CIDR must be let out to the pods too.
-        if runtime == RuntimeKind::Tsk8s && c.pod_cidr.is_none() {
-            if let Some(svc) = service_cidr {
-                for e in &exposures {
-                    let ExposureKind::SubnetRouter { routes } = &e.kind else {
-                        continue;
-                    };
-                    if let Some(r) = routes.iter().find(|r| r.contains(&svc) || svc.contains(*r)) {
-                        self.push(
+        if runtime == RuntimeKind::Tsk8s
+            && c.pod_cidr.is_none()
+            && let Some(svc) = service_cidr
+        {
+            for e in &exposures {
+                let ExposureKind::SubnetRouter { routes } = &e.kind else {
+                    continue;
+                };
+                if let Some(r) = routes.iter().find(|r| r.contains(&svc) || svc.contains(*r)) {
+                    self.push(
                             err(
                                 c.name.span,
                                 format!(
@@ -1300,7 +1335,6 @@ impl Resolver<'_> {
                             .label("pod-cidr missing")
                             .help("packets to a Service address reach the pod after DNAT, and the router's NetworkPolicy must let them out to the pod CIDR: add pod-cidr=\"10.244.0.0/16\" (your cluster's)"),
                         );
-                    }
                 }
             }
         }
@@ -1311,6 +1345,8 @@ impl Resolver<'_> {
             service_cidr,
             endpoint,
             publish,
+            services,
+            sidecar_style,
             image,
             runtime,
             health_port,
@@ -1319,6 +1355,157 @@ impl Resolver<'_> {
             gitops,
             exposures,
         })
+    }
+
+    /// Whether the cluster's nodes can be reached where `endpoint` says, the way `publish`
+    /// publishes them.
+    fn check_publishing(
+        &mut self,
+        c: &syntax::ClusterDecl,
+        publish: Publish,
+        exposures: &[Exposure],
+    ) {
+        let Some(ep) = &c.endpoint else { return };
+        let per_node = ep.v.contains(NODE_PLACEHOLDER);
+        let plain_ok =
+            ep.v.parse::<IpAddr>().is_ok() || check_subdomain(&ep.v.to_ascii_lowercase()).is_ok();
+        if !per_node && !plain_ok {
+            // Reported where the endpoint is read.
+            return;
+        }
+        if per_node {
+            for e in exposures {
+                let host = ep.v.replace(NODE_PLACEHOLDER, &e.hostname);
+                if let Err(msg) = check_subdomain(&host.to_ascii_lowercase()) {
+                    self.push(
+                        err(
+                            ep.span,
+                            format!(
+                                "endpoint of node {:?} would be {host:?}, which {msg}",
+                                e.hostname
+                            ),
+                        )
+                        .label("too long for this node")
+                        .help("shorten the endpoint template or the node's hostname"),
+                    );
+                }
+            }
+        }
+        match publish {
+            Publish::NodePort => {
+                if per_node {
+                    self.push(
+                        err(ep.span, format!("endpoint {:?} names a host per node, but publish=\"node-port\" publishes every node on every cluster node", ep.v))
+                            .label("a per-node endpoint needs publish=\"load-balancer\"")
+                            .help("with node-port, give any of the cluster's nodes (or a name for all of them): endpoint=\"nodes.wg.example.com\""),
+                    );
+                }
+                let given = [
+                    ("shared-ip", c.shared_ip.as_ref()),
+                    ("load-balancer-class", c.load_balancer_class.as_ref()),
+                    (
+                        "load-balancer-source-ranges",
+                        c.load_balancer_source_ranges.first(),
+                    ),
+                ];
+                for (key, v) in given {
+                    if let Some(v) = v {
+                        self.push(
+                            err(v.span, format!("`{key}` applies to LoadBalancer Services, but this cluster publishes NodePorts"))
+                                .label("only with publish=\"load-balancer\""),
+                        );
+                    }
+                }
+            }
+            Publish::LoadBalancer => {
+                if let (true, Some(ip)) = (per_node, &c.shared_ip) {
+                    self.push(
+                        err(ip.span, "shared-ip gives every node one address, but the endpoint names a host per node")
+                            .label("one of the two")
+                            .help("keep the {node} endpoint (one LoadBalancer address per node) or give one host with shared-ip"),
+                    );
+                }
+                let n = exposures.len();
+                if !per_node && c.shared_ip.is_none() && n > 1 {
+                    self.push(
+                        err(
+                            ep.span,
+                            format!(
+                                "endpoint {:?} is one host, but the cluster's {n} nodes each get their own LoadBalancer Service, and each LoadBalancer gets its own address",
+                                ep.v
+                            ),
+                        )
+                        .label("one host for several load balancers")
+                        .help(format!(
+                            "give each node its own name: endpoint=\"{{node}}.{}\" (each Service carries an external-dns hostname annotation); or, with MetalLB, share one address: shared-ip=\"…\"; or publish=\"node-port\"",
+                            ep.v
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `service-annotations`, `load-balancer-class`, `load-balancer-source-ranges`, `shared-ip`.
+    fn service_options(&mut self, c: &syntax::ClusterDecl) -> ServiceOptions {
+        let mut o = ServiceOptions::default();
+        let mut seen: BTreeMap<&str, SourceSpan> = BTreeMap::new();
+        for (k, v) in &c.service_annotations {
+            if let Err(e) = check_annotation_key(&k.v) {
+                self.push(
+                    err(k.span, format!("annotation key {:?} {e}", k.v))
+                        .label("not an annotation key"),
+                );
+                continue;
+            }
+            if seen.insert(k.v.as_str(), k.span).is_some() {
+                self.push(
+                    err(k.span, format!("annotation {:?} given twice", k.v))
+                        .label("duplicate annotation"),
+                );
+                continue;
+            }
+            o.annotations.push((k.v.clone(), v.v.clone()));
+        }
+        if let Some(class) = &c.load_balancer_class {
+            if let Err(e) = check_annotation_key(&class.v) {
+                self.push(
+                    err(class.span, format!("load-balancer-class {:?} {e}", class.v))
+                        .label("not a class name")
+                        .help("a label-style name such as \"service.k8s.aws/nlb\""),
+                );
+            } else {
+                o.load_balancer_class = Some(class.v.clone());
+            }
+        }
+        for r in &c.load_balancer_source_ranges {
+            match r.v.parse::<IpNet>() {
+                Ok(n) if n.trunc() == n => o.load_balancer_source_ranges.push(n),
+                Ok(n) => self.push(
+                    err(r.span, format!("source range {:?} has host bits set", r.v))
+                        .label("not a network address")
+                        .help(format!("did you mean `{}`?", n.trunc())),
+                ),
+                Err(_) => self.push(
+                    err(
+                        r.span,
+                        format!("invalid CIDR {:?} for load-balancer-source-ranges", r.v),
+                    )
+                    .label("not a CIDR"),
+                ),
+            }
+        }
+        if let Some(ip) = &c.shared_ip {
+            match ip.v.parse::<IpAddr>() {
+                Ok(a) => o.shared_ip = Some(a),
+                Err(_) => self.push(
+                    err(ip.span, format!("shared-ip {:?} is not an IP address", ip.v))
+                        .label("not an IP address")
+                        .help("the address from your MetalLB pool that all of the cluster's LoadBalancer Services share"),
+                ),
+            }
+        }
+        o
     }
 
     /// A Tailscale image whose tag names a version older than the output needs.
@@ -2023,6 +2210,30 @@ pub fn tailscale_image_version(image: &str) -> Option<(u32, u32, u32)> {
 }
 
 /// An image reference pinned by tag or digest.
+/// A Kubernetes annotation (or label) key: an optional DNS-subdomain prefix and `/`, then a
+/// name of at most 63 characters (alphanumerics, `-`, `_`, `.`, alphanumeric at both ends).
+pub fn check_annotation_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        check_subdomain(p).map_err(|e| format!("has a prefix that {e}"))?;
+    }
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !ok_end(name.chars().next())
+        || !ok_end(name.chars().last())
+    {
+        return Err("is not a valid key: a name of at most 63 letters, digits, '-', '_' or '.' (letter or digit at both ends), after an optional DNS prefix and '/'".to_string());
+    }
+    Ok(())
+}
+
 pub fn check_image(image: &str) -> Result<(), String> {
     if image.is_empty() || image.contains(char::is_whitespace) {
         return Err("is not an image reference".into());

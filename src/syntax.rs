@@ -89,6 +89,14 @@ pub struct ClusterDecl {
     pub service_cidr: Option<SpStr>,
     pub endpoint: Option<SpStr>,
     pub publish: Option<SpStr>,
+    /// MetalLB: the one address all of the cluster's LoadBalancer Services share.
+    pub shared_ip: Option<SpStr>,
+    pub load_balancer_class: Option<SpStr>,
+    pub load_balancer_source_ranges: Vec<SpStr>,
+    /// `service-annotations { annotation "key" "value"; }`: on every WireGuard Service.
+    pub service_annotations: Vec<(SpStr, SpStr)>,
+    /// `native` (an init container with `restartPolicy: Always`) or `container`.
+    pub sidecar_style: Option<SpStr>,
     pub image: Option<SpStr>,
     pub runtime: Option<SpStr>,
     /// `runtime="tailscale"`: the port of containerboot's health endpoint in each pod.
@@ -433,6 +441,8 @@ const TOP: &[&str] = &[
 const CLUSTER_CHILDREN: &[&str] = &[
     "secrets",
     "gitops",
+    "service-annotations",
+    "load-balancer-source-ranges",
     "proxy",
     "sidecar",
     "subnet-router",
@@ -865,10 +875,20 @@ impl Parser<'_> {
         let service_cidr = n.prop_str(self.d, "service-cidr");
         let endpoint = n.prop_str(self.d, "endpoint");
         let publish = n.prop_str(self.d, "publish");
+        let shared_ip = n.prop_str(self.d, "shared-ip");
+        let load_balancer_class = n.prop_str(self.d, "load-balancer-class");
+        let mut load_balancer_source_ranges = Vec::new();
+        self.list_prop(
+            &mut n,
+            "load-balancer-source-ranges",
+            &mut load_balancer_source_ranges,
+        );
+        let sidecar_style = n.prop_str(self.d, "sidecar-style");
         let image = n.prop_str(self.d, "image");
         let runtime = n.prop_str(self.d, "runtime");
         let health_port = n.prop_int(self.d, "health-port");
         let span = n.span();
+        let mut service_annotations: Vec<(SpStr, SpStr)> = Vec::new();
         let mut secrets: Option<SecretsDecl> = None;
         let mut gitops: Option<ClusterGitopsDecl> = None;
         let mut exposures = Vec::new();
@@ -912,6 +932,42 @@ impl Parser<'_> {
                     }
                     continue;
                 }
+                "load-balancer-source-ranges" => {
+                    load_balancer_source_ranges.extend(self.list_child(c, "one or more CIDRs"));
+                    continue;
+                }
+                "service-annotations" => {
+                    let cn = Node::new(c);
+                    if cn.args().next().is_some() || c.entries().iter().any(|e| e.name().is_some())
+                    {
+                        self.d.push(
+                            Diagnostic::new(
+                                c.name().span(),
+                                "`service-annotations` takes a block of `annotation \"key\" \"value\"`",
+                            )
+                            .label("unexpected arguments"),
+                        );
+                    }
+                    for a in cn.children() {
+                        if a.name().value() != "annotation" {
+                            unknown_child(self.d, a, "service-annotations", &["annotation"]);
+                            continue;
+                        }
+                        let mut an = Node::new(a);
+                        let key = an.arg_str(self.d, "a key and a value");
+                        let value = if key.is_some() {
+                            an.arg_str(self.d, "a key and a value")
+                        } else {
+                            None
+                        };
+                        an.no_children(self.d);
+                        an.finish(self.d);
+                        if let (Some(k), Some(v)) = (key, value) {
+                            service_annotations.push((k, v));
+                        }
+                    }
+                    continue;
+                }
                 "proxy" => ExposureKind::Proxy,
                 "sidecar" => ExposureKind::Sidecar,
                 "subnet-router" => ExposureKind::SubnetRouter,
@@ -931,6 +987,11 @@ impl Parser<'_> {
             service_cidr,
             endpoint,
             publish,
+            shared_ip,
+            load_balancer_class,
+            load_balancer_source_ranges,
+            service_annotations,
+            sidecar_style,
             image,
             runtime,
             health_port,

@@ -597,3 +597,43 @@ fn missing_spec_names_the_fix() {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("run in the spec's directory"), "{err}");
 }
+
+/// A bad combination of publish, network and sidecar settings is bad input for every command
+/// that reads the spec: exit 2, the same located message, nothing written.
+#[test]
+fn bad_deployment_combinations_exit_2_from_check_lock_and_build() {
+    for case in [
+        "lb-one-host-several-nodes",
+        "router-service-cidr-no-pod-cidr",
+        "sidecar-replicas-3",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::copy(
+            root().join(format!("testdata/bad/spec/{case}/tailnet.kdl")),
+            d.join("tailnet.kdl"),
+        )
+        .unwrap();
+        let mut first: Option<String> = None;
+        for args in [
+            &["check"][..],
+            &["lock", "--keys-dir", "keys"][..],
+            &["build"][..],
+        ] {
+            let o = run(d, args);
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            assert_eq!(o.status.code(), Some(2), "{case}: tsk8s {args:?}: {err}");
+            assert!(
+                err.contains("tailnet.kdl:"),
+                "{case}: {args:?}: not located: {err}"
+            );
+            match &first {
+                None => first = Some(err),
+                Some(f) => assert_eq!(&err, f, "{case}: {args:?} says something else"),
+            }
+        }
+        for written in ["tailnet.lock", "keys", "out"] {
+            assert!(!d.join(written).exists(), "{case}: {written} was written");
+        }
+    }
+}

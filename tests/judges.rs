@@ -4,8 +4,10 @@
 //!
 //! - `kubectl kustomize` renders every dir holding a Kustomization, and every kustomize
 //!   Component through a small generated test app that includes it (a workload named as the
-//!   Component's patch target). The Component must add the runtime container and leave the
-//!   app's pod-level settings alone.
+//!   Component's patch target). The Component must add the runtime container (a plain one or
+//!   a native sidecar, leaving the app's container first) and leave the app's pod-level
+//!   settings alone; a tsk8s-runtime Component pins a Deployment to `replicas: 1` and
+//!   `strategy: Recreate` (the test app starts with 2 replicas and a rolling update).
 //! - `kubernetes-validate --strict` (pinned, `.venv/bin/`, see `scripts/judges-setup.sh`)
 //!   passes on every object of a built-in kind.
 //! - Custom resources (ExternalSecret, SealedSecret, Argo CD Application/ApplicationSet, Flux
@@ -495,8 +497,9 @@ fn raw_resources(
     }
 }
 
-/// A user's workload as the test app has it before the Component is applied.
-fn app_workload(kind: &str, name: &str, namespace: &str) -> Value {
+/// A user's workload as the test app has it before the Component is applied. A Deployment
+/// runs 2 replicas with a rolling update: the tsk8s-runtime Component must pin it to one pod.
+fn app_workload(kind: &str, name: &str, namespace: &str, target: Target) -> Value {
     let labels = json!({ "app.kubernetes.io/name": name });
     let pod = json!({
         "metadata": { "labels": labels },
@@ -538,6 +541,13 @@ fn app_workload(kind: &str, name: &str, namespace: &str) -> Value {
             spec["serviceName"] = json!(name);
             spec["replicas"] = json!(1);
         }
+        "Deployment" if target == Target::Runtime => {
+            spec["replicas"] = json!(2);
+            spec["strategy"] = json!({
+                "type": "RollingUpdate",
+                "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 }
+            });
+        }
         "Deployment" => {
             spec["replicas"] = json!(1);
         }
@@ -552,7 +562,9 @@ fn app_workload(kind: &str, name: &str, namespace: &str) -> Value {
 }
 
 /// Pod-level settings of a workload the Component must leave alone: everything in the pod
-/// spec except containers and volumes, and the workload's own spec minus its template.
+/// spec except containers, init containers and volumes, and the workload's own spec minus its
+/// template (and minus `replicas` and `strategy` of a Deployment, which a tsk8s-runtime
+/// Component pins; checked apart).
 fn pod_level(v: &Value) -> Value {
     let mut spec = v.get("spec").cloned().unwrap_or(Value::Null);
     let mut pod = spec
@@ -562,10 +574,15 @@ fn pod_level(v: &Value) -> Value {
         .unwrap_or(Value::Null);
     if let Some(o) = pod.as_object_mut() {
         o.remove("containers");
+        o.remove("initContainers");
         o.remove("volumes");
     }
     if let Some(o) = spec.as_object_mut() {
         o.remove("template");
+        if kind_of(v).1 == "Deployment" {
+            o.remove("replicas");
+            o.remove("strategy");
+        }
     }
     json!({ "workload": spec, "pod": pod })
 }
@@ -608,7 +625,7 @@ fn render_component(
             .get("namespace")
             .and_then(Value::as_str)
             .unwrap_or("default");
-        workloads.push(app_workload(kind, name, ns));
+        workloads.push(app_workload(kind, name, ns, target));
     }
     // The app's own NetworkPolicy (a user's concern, not the Component's: a policy the
     // Component brought would newly deny the app's other ingress).
@@ -656,18 +673,50 @@ fn render_component(
                 "{spec}: test app for {dir}: {kind} {name} missing from the render"
             ));
         };
-        let containers: Vec<&str> = r["spec"]["template"]["spec"]["containers"]
+        let names = |key: &str| -> Vec<&str> {
+            r["spec"]["template"]["spec"][key]
+                .as_array()
+                .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+                .unwrap_or_default()
+        };
+        let containers = names("containers");
+        // A native sidecar: an init container that keeps running.
+        let native: Vec<&str> = r["spec"]["template"]["spec"]["initContainers"]
             .as_array()
-            .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c["restartPolicy"] == "Always")
+                    .filter_map(|c| c["name"].as_str())
+                    .collect()
+            })
             .unwrap_or_default();
         let added = match target {
-            Target::Runtime => containers.contains(&"tsk8s-runtime"),
-            Target::TailscaleImage => containers.len() > 1,
+            Target::Runtime => {
+                containers.contains(&"tsk8s-runtime") || native.contains(&"tsk8s-runtime")
+            }
+            Target::TailscaleImage => containers.len() > 1 || !native.is_empty(),
         };
         if !containers.contains(&"app") || !added {
             return Err(format!(
-                "{spec}: test app for {dir} ({target:?}): the Component did not add its container beside the app's: {containers:?}"
+                "{spec}: test app for {dir} ({target:?}): the Component did not add its container beside the app's: containers {containers:?}, native sidecars {native:?}"
             ));
+        }
+        if containers.first() != Some(&"app")
+            && target == Target::Runtime
+            && native.contains(&"tsk8s-runtime")
+        {
+            return Err(format!(
+                "{spec}: test app for {dir}: the app's container is not the pod's first (kubectl's default): {containers:?}"
+            ));
+        }
+        if kind == "Deployment" && target == Target::Runtime {
+            let s = &r["spec"];
+            if s["replicas"] != 1 || s["strategy"] != json!({ "type": "Recreate" }) {
+                return Err(format!(
+                    "{spec}: the Component {dir} does not pin Deployment {name} to one pod replaced by Recreate: replicas {}, strategy {}",
+                    s["replicas"], s["strategy"]
+                ));
+            }
         }
         if pod_level(r) != pod_level(w) {
             return Err(format!(

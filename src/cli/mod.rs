@@ -352,7 +352,7 @@ pub fn run(cli: Cli) -> u8 {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            let tree = match l.compile(build::Checks {
+            let (tree, load_balancers) = match l.compile(build::Checks {
                 tests: !no_tests,
                 sources: true,
             }) {
@@ -364,10 +364,12 @@ pub fn run(cli: Cli) -> u8 {
                         );
                         return code;
                     }
-                    c.tree
+                    (c.tree, c.load_balancers)
                 }
                 Err(f) => return report(&f),
             };
+            // One line on stdout: what the output costs in cloud load balancers.
+            println!("{load_balancers} LoadBalancer Service(s)");
             if check {
                 let current = match output::read_tree(&out) {
                     Ok(t) => t,

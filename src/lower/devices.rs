@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::mesh::{hostname_of, peer_entry};
+use super::mesh::{KEEPALIVE_SECONDS, hostname_of, peer_entry};
 use super::net::{Member, Net, Reach, reachable_prefixes};
 use crate::lockfile::Lock;
 use crate::model::{Device, ExposureKind, Tailnet};
@@ -130,8 +130,12 @@ pub fn device_files(
         }
         let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(s, "AllowedIPs = {}", list.join(", "));
-        if reach.admits.get(me).is_some_and(|set| set.contains(&idx)) {
-            s.push_str("PersistentKeepalive = 25\n");
+        // A node that may call this device, or one reached through SNAT (a NodePort or a
+        // shared MetalLB address), needs the device to keep the way open.
+        if reach.admits.get(me).is_some_and(|set| set.contains(&idx))
+            || peer.persistent_keepalive.is_some()
+        {
+            let _ = writeln!(s, "PersistentKeepalive = {KEEPALIVE_SECONDS}");
         }
         sections.push((host, s));
     }

@@ -443,18 +443,57 @@ pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
     }
 }
 
-/// The Service that publishes the node's WireGuard UDP port on the cluster endpoint.
-pub fn wireguard_service(c: &Cluster, namespace: &str, id: &str, port: u16) -> Service {
+/// external-dns's annotation: the DNS name it points at the Service's load balancer.
+pub const EXTERNAL_DNS_HOSTNAME: &str = "external-dns.alpha.kubernetes.io/hostname";
+/// MetalLB (0.14.9+; older releases read the `metallb.universe.tf/` prefix): Services with
+/// the same sharing key may share an address (on distinct ports, all `Cluster` traffic
+/// policy), and the address they ask for.
+pub const METALLB_ALLOW_SHARED_IP: &str = "metallb.io/allow-shared-ip";
+pub const METALLB_LOAD_BALANCER_IPS: &str = "metallb.io/loadBalancerIPs";
+
+/// The Service that publishes node `e`'s WireGuard UDP port where the cluster's endpoint
+/// says: a LoadBalancer (annotated for external-dns with the node's own host when the endpoint
+/// is a `{node}` template, for MetalLB with the shared address when `shared-ip` is given) or a
+/// NodePort. The user's `service-annotations` come first; tsk8s's own keys win.
+pub fn wireguard_service(c: &Cluster, namespace: &str, e: &Exposure, port: u16) -> Service {
+    let id = e.id.as_str();
+    let mut meta = meta(&object_name(id), Some(namespace), Some(id));
+    let mut annotations: BTreeMap<String, String> =
+        c.services.annotations.iter().cloned().collect();
     let (type_, node_port) = match c.publish {
         Publish::LoadBalancer => ("LoadBalancer", None),
         Publish::NodePort => ("NodePort", Some(i32::from(port))),
     };
+    let load_balancer = c.publish == Publish::LoadBalancer;
+    if load_balancer && c.endpoint_per_node() {
+        annotations.insert(EXTERNAL_DNS_HOSTNAME.into(), c.endpoint_host(&e.hostname));
+    }
+    if let (true, Some(ip)) = (load_balancer, c.services.shared_ip) {
+        annotations.insert(METALLB_ALLOW_SHARED_IP.into(), object_name(&c.name));
+        annotations.insert(METALLB_LOAD_BALANCER_IPS.into(), ip.to_string());
+    }
+    if !annotations.is_empty() {
+        meta.annotations = Some(annotations);
+    }
+    let ranges: Vec<String> = c
+        .services
+        .load_balancer_source_ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Service {
-        metadata: meta(&object_name(id), Some(namespace), Some(id)),
+        metadata: meta,
         spec: Some(ServiceSpec {
             type_: Some(type_.into()),
-            // Keep peers' real source addresses: WireGuard learns roaming endpoints from them.
-            external_traffic_policy: Some("Local".into()),
+            // `Local` keeps peers' real source addresses (WireGuard learns roaming endpoints
+            // from them); NodePorts and MetalLB sharing need `Cluster` (see docs/deploying.md).
+            external_traffic_policy: Some(c.external_traffic_policy().into()),
+            load_balancer_class: c
+                .services
+                .load_balancer_class
+                .clone()
+                .filter(|_| load_balancer),
+            load_balancer_source_ranges: (load_balancer && !ranges.is_empty()).then_some(ranges),
             selector: Some(selector(id)),
             ports: Some(vec![ServicePort {
                 name: Some("wireguard".into()),
@@ -616,10 +655,10 @@ pub fn network_policy(
                 net.is_some_and(|n| routes.iter().any(|r| r.contains(&n) || n.contains(r)))
             };
             if into_cluster(c.service_cidr) || into_cluster(c.pod_cidr) {
-                if let Some(pods) = c.pod_cidr {
-                    if !routes.iter().any(|r| r.contains(&pods)) {
-                        to.push(ip_block_peer(&pods));
-                    }
+                if let Some(pods) = c.pod_cidr
+                    && !routes.iter().any(|r| r.contains(&pods))
+                {
+                    to.push(ip_block_peer(&pods));
                 }
                 to.push(NetworkPolicyPeer {
                     namespace_selector: Some(LabelSelector::default()),

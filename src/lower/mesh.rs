@@ -14,6 +14,9 @@ use super::net::{Member, Net, Reach};
 use crate::lockfile::Lock;
 use crate::model::{Cluster, EgressTarget, ExposureKind, Proto, Tailnet};
 
+/// `PersistentKeepalive` towards nodes behind SNAT, and from devices that nodes may call.
+pub const KEEPALIVE_SECONDS: u16 = 25;
+
 /// Port of the runtime's `/healthz` and `/metrics` server inside the pod.
 pub const ADMIN_PORT: u16 = 9901;
 
@@ -79,12 +82,15 @@ pub fn peer_entry(t: &Tailnet, lock: &Lock, net: &Net, reach: &Reach, idx: usize
         Member::Node { cluster, id } => {
             let entry = lock.nodes.get(id)?;
             let c = t.cluster(cluster)?;
+            let name = hostname_of(t, member);
             Some(Peer {
-                name: hostname_of(t, member),
+                endpoint: Some(endpoint(&c.endpoint_host(&name), entry.port)),
+                name,
                 public_key: entry.public_key.clone(),
                 allowed_ips: allowed,
-                endpoint: Some(endpoint(&c.endpoint, entry.port)),
-                persistent_keepalive: None,
+                // Reached through SNAT (NodePort, shared MetalLB address): keep the mapping,
+                // and so the node's way back, alive from this side.
+                persistent_keepalive: c.needs_keepalive().then_some(KEEPALIVE_SECONDS),
             })
         }
         Member::StandIn { .. } => None,

@@ -268,10 +268,11 @@ impl Compiled {
             .unwrap_or_else(|| panic!("{file:?}: Deployment without namespace"))
             .to_string();
         let pod = &deploy["spec"]["template"]["spec"];
-        let container = pod["containers"]
-            .as_array()
-            .expect("containers")
+        // A plain container, or a native sidecar (an init container, restartPolicy: Always).
+        let container = ["containers", "initContainers"]
             .iter()
+            .filter_map(|key| pod[*key].as_array())
+            .flatten()
             .find(|c| c["name"] == "tsk8s-runtime")
             .unwrap_or_else(|| panic!("{file:?}: no container tsk8s-runtime"));
         let id = |key: &str| -> Option<u32> {
