@@ -15,9 +15,9 @@ use tsk8s_policy::policy::Policy;
 
 use crate::lockfile::Lock;
 use crate::lower::devices::device_peers;
-use crate::lower::mesh::{cluster_runtime, hostname_of};
+use crate::lower::mesh::{cluster_runtime, hostname_of, node_mesh};
 use crate::lower::net::{Member, Net, Reach};
-use crate::model::Tailnet;
+use crate::model::{ExposureKind, Tailnet};
 
 /// How a flow crosses the emitted network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,22 +115,31 @@ impl<'a> View<'a> {
                 self.cluster_peers.borrow_mut().insert(key, v.clone());
                 Some(v)
             }
-            Member::Node { cluster, .. } => {
-                if let Some(p) = self.cluster_peers.borrow().get(cluster) {
+            Member::Node { cluster, id } => {
+                let c = self.t.cluster(cluster)?;
+                // A sidecar carries its own mesh; the cluster's other nodes share one.
+                let sidecar = c
+                    .exposures
+                    .iter()
+                    .find(|e| &e.id == id && matches!(e.kind, ExposureKind::Sidecar { .. }));
+                let key = match sidecar {
+                    Some(_) => format!("sidecar {id}"),
+                    None => cluster.clone(),
+                };
+                if let Some(p) = self.cluster_peers.borrow().get(&key) {
                     return Some(p.clone());
                 }
-                let c = self.t.cluster(cluster)?;
-                let rt = cluster_runtime(self.t, c, self.lock, self.net, self.reach);
+                let mesh = match sidecar {
+                    Some(e) => node_mesh(self.t, c, e, self.lock, self.net, self.reach),
+                    None => cluster_runtime(self.t, c, self.lock, self.net, self.reach).mesh,
+                };
                 let v: Peers = Rc::new(
-                    rt.mesh
-                        .peers
+                    mesh.peers
                         .into_iter()
                         .map(|p| (p.name, p.allowed_ips))
                         .collect(),
                 );
-                self.cluster_peers
-                    .borrow_mut()
-                    .insert(cluster.clone(), v.clone());
+                self.cluster_peers.borrow_mut().insert(key, v.clone());
                 Some(v)
             }
             Member::StandIn { .. } => None,

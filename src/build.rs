@@ -357,6 +357,40 @@ fn build_checked(
     }
     lower::gitops::write(&mut tree, t);
     emit::finish(&mut tree);
+    // A Kubernetes object file over 1 MiB would be refused by the API server: an error located
+    // at its exposure (a sidecar's Component) or cluster.
+    let over = emit::large_object_files(&tree, emit::OBJECT_FILE_LIMIT);
+    if !over.is_empty() {
+        let mut diags = Diagnostics::new(input.spec_file, input.spec);
+        for (path, len) in over {
+            let mut parts = path.split('/');
+            let cluster = (parts.next() == Some("clusters"))
+                .then(|| parts.next())
+                .flatten();
+            let exposure = (parts.next() == Some("components"))
+                .then(|| parts.next())
+                .flatten();
+            let span = exposure
+                .and_then(|e| l.spans.exposures.get(e))
+                .or_else(|| cluster.and_then(|c| l.spans.clusters.get(c)))
+                .or(l.spans.tailnet.as_ref())
+                .copied()
+                .unwrap_or_else(|| (0..0).into());
+            diags.push(
+                Diagnostic::new(
+                    span,
+                    format!(
+                        "{path} would be {len} bytes, over Kubernetes' limit of {} bytes (1 MiB) for one ConfigMap or Secret",
+                        emit::OBJECT_FILE_LIMIT
+                    ),
+                )
+                .label("its mesh is too large")
+                .help("a mesh grows with its nodes' peers and rules: narrow the rules that give these nodes peers, or split the cluster (sharding the mesh over several ConfigMaps is not implemented yet)"),
+            );
+        }
+        diags.sort();
+        return Err(Failure::from_diags(&diags));
+    }
     Ok(tree)
 }
 
@@ -423,7 +457,8 @@ fn lower_cluster(
             continue;
         };
         if let ExposureKind::Sidecar { .. } = e.kind {
-            if let Some(mut comp) = lower::sidecar::component(c, e, node, &rt.mesh) {
+            let mesh = lower::mesh::node_mesh(t, c, e, &l.lock, netw, reach);
+            if let Some(mut comp) = lower::sidecar::component(c, e, node, &mesh) {
                 let cdir = format!("{dir}/components/{id}");
                 lower::secrets::write_component_key(
                     &mut tree,

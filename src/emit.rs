@@ -44,6 +44,24 @@ pub fn put(tree: &mut Tree, path: String, text: String) {
     tree.insert(path, text.into_bytes());
 }
 
+/// Kubernetes refuses a ConfigMap or Secret over 1 MiB (etcd's request limit is about the same
+/// for any object): a Kubernetes object file larger than this is an error.
+pub const OBJECT_FILE_LIMIT: usize = 1 << 20;
+
+/// Over this a Kubernetes object file gets a warning: Argo CD's client-side apply keeps the
+/// whole object in an annotation capped at 256 KiB (its Applications from tsk8s use server-side
+/// apply), and such a file is close to [`OBJECT_FILE_LIMIT`].
+pub const OBJECT_FILE_WARN: usize = 200 << 10;
+
+/// Kubernetes object files (every `.yaml` in the tree) over `limit` bytes: (path, bytes), in
+/// path order.
+pub fn large_object_files(tree: &Tree, limit: usize) -> Vec<(&str, usize)> {
+    tree.iter()
+        .filter(|(p, b)| p.ends_with(".yaml") && b.len() > limit)
+        .map(|(p, b)| (p.as_str(), b.len()))
+        .collect()
+}
+
 /// The file listing every path tsk8s wrote; it marks the dir as owned by tsk8s.
 pub const MANIFEST: &str = ".tsk8s-manifest";
 
@@ -58,4 +76,19 @@ pub fn finish(tree: &mut Tree) {
         }
     }
     tree.insert(MANIFEST.to_string(), s.into_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_object_files_are_yaml_over_the_limit() {
+        let mut tree = Tree::new();
+        put(&mut tree, "a/big.yaml".into(), "x".repeat(11));
+        put(&mut tree, "a/small.yaml".into(), "x".repeat(10));
+        put(&mut tree, "devices/d.conf".into(), "x".repeat(100));
+        assert_eq!(large_object_files(&tree, 10), vec![("a/big.yaml", 11)]);
+        assert!(OBJECT_FILE_WARN < OBJECT_FILE_LIMIT && OBJECT_FILE_LIMIT == 1_048_576);
+    }
 }

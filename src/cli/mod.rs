@@ -368,6 +368,12 @@ pub fn run(cli: Cli) -> u8 {
                 }
                 Err(f) => return report(&f),
             };
+            for (path, len) in crate::emit::large_object_files(&tree, crate::emit::OBJECT_FILE_WARN)
+            {
+                eprintln!(
+                    "warning: {path}: {len} bytes, over 200 KiB: close to Kubernetes' 1 MiB limit for one ConfigMap or Secret, and over what a client-side apply can keep in its last-applied annotation (256 KiB; Argo CD Applications from tsk8s use server-side apply)"
+                );
+            }
             // One line on stdout: what the output costs in cloud load balancers.
             println!("{load_balancers} LoadBalancer Service(s)");
             if check {
@@ -795,11 +801,22 @@ impl Stage {
         })
     }
 
-    /// Write every staged file (each atomically, in staging order).
+    /// Write every staged file (each atomically, in staging order). Private files are not
+    /// synced one by one: before the next committed file (the lock comes last) and at the end,
+    /// one `syncfs` per keys dir makes all of them durable (`lock` of 10,000 new nodes waited
+    /// seconds on an fsync per file).
     pub fn commit(self) -> Result<(), String> {
+        let mut unsynced: Vec<PathBuf> = Vec::new();
+        let sync = |unsynced: &mut Vec<PathBuf>| -> Result<(), String> {
+            for dir in unsynced.drain(..) {
+                crate::cli_secrets::sync_private(&dir)?;
+            }
+            Ok(())
+        };
         for f in self.files {
             match &f.how {
                 Target::Plain(mode) => {
+                    sync(&mut unsynced)?;
                     if let Some(dir) = f.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                         fs::create_dir_all(dir)
                             .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
@@ -808,13 +825,16 @@ impl Stage {
                 }
                 Target::Private(dir, sub, name) => {
                     crate::cli_secrets::write_private(dir, sub, name, &f.bytes)?;
+                    if !unsynced.contains(dir) {
+                        unsynced.push(dir.clone());
+                    }
                 }
             }
             if let Some(n) = &f.note {
                 eprintln!("{n}");
             }
         }
-        Ok(())
+        sync(&mut unsynced)
     }
 }
 

@@ -77,8 +77,10 @@ fn argocd_destination(c: &Cluster) -> (&'static str, String) {
 fn sync_policy() -> Value {
     json!({
         "automated": { "prune": true, "selfHeal": true },
-        // tsk8s emits the Namespace itself (with its Pod Security labels).
-        "syncOptions": ["CreateNamespace=false"],
+        // tsk8s emits the Namespace itself (with its Pod Security labels). Server-side apply:
+        // client-side apply keeps a copy of each object in an annotation capped at 256 KiB,
+        // which a cluster's mesh ConfigMap can outgrow.
+        "syncOptions": ["CreateNamespace=false", "ServerSideApply=true"],
     })
 }
 

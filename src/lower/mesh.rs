@@ -105,21 +105,22 @@ fn endpoint(host: &str, port: u16) -> String {
     }
 }
 
-pub fn cluster_runtime(
+/// The mesh of the nodes `own` (topology indexes): the union of their peers, their rules
+/// merged, DNS records for the peers and for `names` (the cluster's own nodes). `egress` are
+/// the exposures whose egress to a host behind a subnet router adds that host to the router
+/// peer.
+fn mesh_of(
     t: &Tailnet,
-    c: &Cluster,
+    egress: &[&crate::model::Exposure],
     lock: &Lock,
     net: &Net,
     reach: &Reach,
-) -> ClusterRuntime {
-    let own: Vec<usize> = c
-        .exposures
-        .iter()
-        .filter_map(|e| reach.index(&e.id))
-        .collect();
+    own: &[usize],
+    names: &[usize],
+) -> MeshConfig {
     let mut peer_idx: BTreeSet<usize> = BTreeSet::new();
     let mut rules = Vec::new();
-    for &n in &own {
+    for &n in own {
         peer_idx.extend(reach.peers(n));
         if let Some(f) = reach.filters.get(n) {
             rules.extend(f.iter().cloned());
@@ -132,7 +133,7 @@ pub fn cluster_runtime(
         .collect();
 
     // Egress to a host behind a subnet router: route that address to the router peer.
-    for e in &c.exposures {
+    for e in egress {
         if let ExposureKind::Egress {
             target: EgressTarget::Host(_, ip),
             ..
@@ -162,8 +163,8 @@ pub fn cluster_runtime(
     peers.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut dns: Vec<DnsRecord> = Vec::new();
-    let mut names_idx: BTreeSet<usize> = peer_idx.clone();
-    names_idx.extend(own.iter().copied());
+    let mut names_idx: BTreeSet<usize> = peer_idx;
+    names_idx.extend(names.iter().copied());
     for i in names_idx {
         let Some(name) = reach.names.get(i) else {
             continue;
@@ -182,6 +183,53 @@ pub fn cluster_runtime(
         });
     }
     dns.sort_by(|a, b| a.name.cmp(&b.name));
+    MeshConfig {
+        domain: t.domain.clone(),
+        peers,
+        filter: merge_rules(rules),
+        dns,
+    }
+}
+
+/// The mesh of one sidecar: only that node's peers and rules, and DNS records for its peers
+/// and the cluster's own nodes (a device told to ask it answers for its neighbours), so a
+/// sidecar's Component grows with its own peers, not with the cluster's.
+pub fn node_mesh(
+    t: &Tailnet,
+    c: &Cluster,
+    e: &crate::model::Exposure,
+    lock: &Lock,
+    net: &Net,
+    reach: &Reach,
+) -> MeshConfig {
+    let own: Vec<usize> = reach.index(&e.id).into_iter().collect();
+    mesh_of(t, &[e], lock, net, reach, &own, &cluster_nodes(c, reach))
+}
+
+fn cluster_nodes(c: &Cluster, reach: &Reach) -> Vec<usize> {
+    c.exposures
+        .iter()
+        .filter_map(|e| reach.index(&e.id))
+        .collect()
+}
+
+/// The cluster's shared mesh (`mesh.yaml`), for the nodes that run in their own pods: their
+/// peers and rules, DNS records for those peers and all the cluster's nodes. A sidecar carries
+/// its own ([`node_mesh`]).
+pub fn cluster_runtime(
+    t: &Tailnet,
+    c: &Cluster,
+    lock: &Lock,
+    net: &Net,
+    reach: &Reach,
+) -> ClusterRuntime {
+    let pods: Vec<&crate::model::Exposure> = c
+        .exposures
+        .iter()
+        .filter(|e| !matches!(e.kind, ExposureKind::Sidecar { .. }))
+        .collect();
+    let own: Vec<usize> = pods.iter().filter_map(|e| reach.index(&e.id)).collect();
+    let mesh = mesh_of(t, &pods, lock, net, reach, &own, &cluster_nodes(c, reach));
 
     let mut nodes = Vec::new();
     for e in &c.exposures {
@@ -238,13 +286,5 @@ pub fn cluster_runtime(
             },
         ));
     }
-    ClusterRuntime {
-        mesh: MeshConfig {
-            domain: t.domain.clone(),
-            peers,
-            filter: merge_rules(rules),
-            dns,
-        },
-        nodes,
-    }
+    ClusterRuntime { mesh, nodes }
 }

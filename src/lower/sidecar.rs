@@ -1,6 +1,8 @@
 //! Sidecars: a kustomize `Component` that the user's own kustomization includes. It adds the
 //! runtime container, its volumes and one pod label to their workload with a strategic-merge
-//! patch, and brings the node's ConfigMap and UDP Service. It never touches pod-level settings
+//! patch, and brings the node's ConfigMap and UDP Service. Its ConfigMap carries the node's own
+//! mesh (`mesh::node_mesh`: only its peers, rules and DNS records), not the cluster's, so a
+//! Component grows with that sidecar's peers. It never touches pod-level settings
 //! (security context, service account): the container carries its own security context.
 //!
 //! The runtime is a native sidecar by default (`sidecar-style="native"`): an init container
