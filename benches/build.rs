@@ -126,7 +126,7 @@ fn cross_spec(clusters: usize) -> String {
     for c in 0..clusters {
         let _ = writeln!(
             s,
-            "cluster \"c{c}\" endpoint=\"wg.c{c}.bench.example\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
+            "cluster \"c{c}\" endpoint=\"wg.c{c}.bench.example\" publish=\"node-port\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
         );
         let _ = writeln!(
             s,
