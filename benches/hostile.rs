@@ -32,7 +32,12 @@ fn base() -> String {
         + "\n"
 }
 
+/// A named generator of one spec.
+type Case<'a> = (&'a str, Box<dyn Fn() -> String + 'a>);
+
 /// Run a child; (wall seconds, peak RSS in MiB, exit code, stderr bytes).
+// The child is reaped by wait4 (for its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> (f64, f64, i32, usize) {
     let start = Instant::now();
     let mut child = cmd
@@ -88,7 +93,7 @@ fn main() {
             &format!("host \"office\" \"192.168.10.0/24\"{extra}\n"),
         )
     };
-    let cases: Vec<(&str, Box<dyn Fn() -> String>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "16 KiB of bad properties, one line",
             Box::new(|| props(16 << 10)),
