@@ -86,7 +86,14 @@ fn check_must_be_policy() {
 #[test]
 fn check_policy_is_not_written_to_the_policy_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = run(&["build", "-o", tmp.path().join("out").to_str().unwrap()]);
+    // The spec's data-plane tests fail on purpose (see `test_fails_what_the_network_cannot_carry`), and a
+    // failing test stops `build`: build past them.
+    let o = run(&[
+        "build",
+        "--no-tests",
+        "-o",
+        tmp.path().join("out").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
     let policy = std::fs::read_to_string(tmp.path().join("out/policy.hujson")).unwrap();
     assert!(!policy.contains("check"), "{policy}");
