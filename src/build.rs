@@ -565,14 +565,17 @@ pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport,
     let (failures, failed, notes) = crate::access::dataplane_tests(&view, &l.policy);
     // An entry already failed by the policy is counted once.
     let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &topo);
-    for k in failed {
+    for &k in &failed {
         if let Some(t) = l.policy.tests.get(k)
             && runner.run_one(t, &mut Vec::new())
         {
             report.failed_entries += 1;
         }
     }
+    // One failure per failed entry, in the same order: each is located at its `test` node.
+    debug_assert_eq!(failures.len(), failed.len());
     report.failures.extend(failures);
+    report.failure_entries.extend(failed);
     (report, notes)
 }
 

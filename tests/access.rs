@@ -87,7 +87,20 @@ fn check_must_be_policy() {
 fn check_policy_is_not_written_to_the_policy_file() {
     let tmp = tempfile::tempdir().unwrap();
     // The spec's data-plane tests fail on purpose (see `test_fails_what_the_network_cannot_carry`), and a
-    // failing test stops `build`: build past them.
+    // failing test stops `build`, each failure located at its own `test` node ...
+    let o = run(&["build", "-o", tmp.path().join("out").to_str().unwrap()]);
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tailnet.kdl:41:1: error: test failed: carol@acme.example"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tailnet.kdl:43:1: error: test failed: tag:ci -> db:5432"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("out").exists());
+    // ... so build past them.
     let o = run(&[
         "build",
         "--no-tests",
