@@ -540,27 +540,24 @@ impl<'a> Compiled<'a> {
             && !own.is_empty()
         {
             let dsts: Vec<String> = own.iter().map(|ip| IpNet::from(*ip).to_string()).collect();
-            out.push(FilterRule {
+            // A capability granted from the user's devices to the node's own addresses.
+            let cap_rule = |cap_map| FilterRule {
                 src_ips: src_s.clone(),
                 dst_ports: Vec::new(),
                 ip_proto: Vec::new(),
                 cap_grant: vec![CapGrant {
                     dsts: dsts.clone(),
-                    cap_map: app.clone(),
+                    cap_map,
                 }],
-            });
+            };
+            out.push(cap_rule(app.clone()));
             // The companion goes back the same way: the user's devices are both ends.
             for (cap, companion) in COMPANION_CAPS {
                 if app.contains_key(cap) {
-                    out.push(FilterRule {
-                        src_ips: src_s.clone(),
-                        dst_ports: Vec::new(),
-                        ip_proto: Vec::new(),
-                        cap_grant: vec![CapGrant {
-                            dsts: dsts.clone(),
-                            cap_map: BTreeMap::from([(companion.to_string(), Vec::new())]),
-                        }],
-                    });
+                    out.push(cap_rule(BTreeMap::from([(
+                        companion.to_string(),
+                        Vec::new(),
+                    )])));
                 }
             }
         }
