@@ -120,3 +120,43 @@ pub struct DnsRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Ipv6Addr>,
 }
+
+/// File name of the per-cluster gateway config inside its mounted ConfigMap (`publish="gateway"`).
+pub const GATEWAY_FILE: &str = "gateway.json";
+/// Directory (inside the gateway pod) under which each terminated node's Secret is mounted as
+/// `<dir>/<node>/private-key` (one projected volume).
+pub const GATEWAY_KEY_DIR: &str = "/var/run/secrets/tsk8s/nodes";
+
+/// `gateway.json`: one runtime process that owns a cluster's single public WireGuard UDP port.
+///
+/// It terminates WireGuard for every node in `nodes` (each keeps its own key, addresses, filter
+/// and lock entry; the cluster's `mesh.json` is shared) and relays the datagrams of every sidecar
+/// in `relays`, unchanged, to that sidecar's pod. A handshake initiation is dispatched by its
+/// MAC1 (keyed by the responder's public key, so no DH per identity); every later message by its
+/// receiver index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct GatewayConfig {
+    /// The one UDP port the gateway binds (the cluster's LoadBalancer Service targets it).
+    pub listen_port: u16,
+    /// Address of the local HTTP server for `/healthz` and `/metrics` (all identities).
+    pub admin_listen: String,
+    /// Nodes terminated in this process. Their `listen_port` is `listen_port` above and their
+    /// private key is `<GATEWAY_KEY_DIR>/<name>/private-key`.
+    pub nodes: Vec<NodeConfig>,
+    /// Sidecars whose WireGuard datagrams the gateway relays to their pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<Relay>,
+}
+
+/// A sidecar node behind the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Relay {
+    /// Tailnet name of the sidecar node.
+    pub name: String,
+    /// Its WireGuard public key (base64): initiations whose MAC1 is keyed by it go to `target`.
+    pub public_key: String,
+    /// `host:port` of the sidecar's WireGuard socket inside the cluster (its per-pod Service).
+    pub target: String,
+}
