@@ -356,7 +356,7 @@ fn build_checked(
         return Err(Failure::from_diags(&secret_diags));
     }
     lower::gitops::write(&mut tree, t);
-    emit::finish(&mut tree);
+    emit::finish(&mut tree, input.spec_file);
     // A Kubernetes object file over 1 MiB would be refused by the API server: an error located
     // at its exposure (a sidecar's Component) or cluster.
     let over = emit::large_object_files(&tree, emit::OBJECT_FILE_LIMIT);

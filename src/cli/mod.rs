@@ -62,6 +62,11 @@ pub enum Command {
             conflicts_with = "check"
         )]
         lock_timeout: u64,
+        /// Refuse (exit 2, nothing written) to replace or remove a file edited by hand since
+        /// tsk8s wrote it (its sha256 no longer matches `.tsk8s-manifest`). Without it such
+        /// files are named on stderr and replaced (exit 0).
+        #[arg(long, conflicts_with = "check")]
+        refuse_edited: bool,
     },
     /// Assign addresses, ports and keys to new nodes in tailnet.lock (the only writer of it).
     Lock {
@@ -347,6 +352,7 @@ pub fn run(cli: Cli) -> u8 {
             no_tests,
             fsync,
             lock_timeout,
+            refuse_edited,
         } => {
             let mut l = match load(&spec) {
                 Ok(l) => l,
@@ -392,13 +398,20 @@ pub fn run(cli: Cli) -> u8 {
                     output::Durability::Atomic
                 },
                 std::time::Duration::from_secs(lock_timeout),
+                refuse_edited,
             );
             match r {
-                Ok(true) => {
+                Ok(w) if w.changed => {
+                    for f in &w.edited {
+                        eprintln!(
+                            "warning: {}: edited by hand since tsk8s wrote it; replaced by the build (change the spec instead)",
+                            crate::diag::escape(&out.join(f).display().to_string())
+                        );
+                    }
                     eprintln!("wrote {} file(s) to {}", tree.len(), out.display());
                     0
                 }
-                Ok(false) => {
+                Ok(_) => {
                     eprintln!("{} is up to date ({} file(s))", out.display(), tree.len());
                     0
                 }

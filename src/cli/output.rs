@@ -179,13 +179,10 @@ pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
                 dir.display()
             ))
         })?;
-    let owned: BTreeSet<&str> = manifest
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .collect();
+    let owned = crate::emit::manifest_entries(&manifest);
     let foreign: Vec<&String> = files
         .iter()
-        .filter(|f| f.as_str() != MANIFEST && !owned.contains(f.as_str()))
+        .filter(|f| f.as_str() != MANIFEST && !owned.contains_key(f.as_str()))
         .collect();
     if !foreign.is_empty() {
         let list: Vec<String> = foreign
@@ -338,7 +335,44 @@ pub enum Durability {
     Flushed,
 }
 
-/// Write `tree` as the new content of `dir`, atomically. Returns false when nothing changed.
+/// What [`write_tree`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// False when the dir already held exactly `tree` (nothing was written).
+    pub changed: bool,
+    /// Files replaced or removed whose content no longer matched the sha256 the manifest
+    /// recorded when tsk8s wrote them: edited by hand since the last build. In path order.
+    pub edited: Vec<String>,
+}
+
+/// Files of `current` (the dir as read) that the new `tree` replaces or removes and whose
+/// bytes differ from what the dir's manifest recorded. A file the manifest records without
+/// a hash (written by an older tsk8s) cannot be judged and is not named.
+pub fn edited_files(current: &Tree, tree: &Tree) -> Vec<String> {
+    let Some(manifest) = current
+        .get(MANIFEST)
+        .and_then(|b| std::str::from_utf8(b).ok())
+    else {
+        return Vec::new();
+    };
+    let recorded = crate::emit::manifest_entries(manifest);
+    current
+        .iter()
+        .filter(|(p, bytes)| p.as_str() != MANIFEST && tree.get(p.as_str()) != Some(*bytes))
+        .filter(|(p, bytes)| {
+            recorded
+                .get(p.as_str())
+                .copied()
+                .flatten()
+                .is_some_and(|h| !h.eq_ignore_ascii_case(&crate::emit::sha256_hex(bytes)))
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// Write `tree` as the new content of `dir`, atomically, and say which replaced or removed
+/// files had been edited by hand ([`edited_files`]). With `refuse_edited`, such files make it
+/// an error (naming them) and nothing is written.
 ///
 /// Runs under the dir's exclusive lock (waiting up to `lock_wait` for another build to
 /// finish): leftovers of interrupted runs are removed first, on every run, then the
@@ -348,7 +382,8 @@ pub fn write_tree(
     tree: &Tree,
     durability: Durability,
     lock_wait: std::time::Duration,
-) -> Result<bool, OutputError> {
+    refuse_edited: bool,
+) -> Result<Written, OutputError> {
     probe_dir(dir)?;
     // The dir's parents are created as needed (the lock file lives in its parent).
     let (parent, _) = sibling_prefix(dir)?;
@@ -357,8 +392,30 @@ pub fn write_tree(
     clean_leftovers(dir)?;
     check_owned(dir)?;
     let exists = probe_dir(dir)?;
-    if exists && read_tree(dir)? == *tree {
-        return Ok(false);
+    let mut edited = Vec::new();
+    if exists {
+        let current = read_tree(dir)?;
+        if current == *tree {
+            return Ok(Written::default());
+        }
+        edited = edited_files(&current, tree);
+        if refuse_edited && !edited.is_empty() {
+            let list: Vec<String> = edited
+                .iter()
+                .map(|f| {
+                    format!(
+                        "  {}",
+                        crate::diag::escape(&dir.join(f).display().to_string())
+                    )
+                })
+                .collect();
+            return Err(OutputError(format!(
+                "{}: {} file(s) edited by hand since tsk8s wrote them would be replaced (--refuse-edited); wrote nothing:\n{}\nmove the change into the spec (or restore the files) and build again",
+                dir.display(),
+                edited.len(),
+                list.join("\n")
+            )));
+        }
     }
     let tmp = temp_sibling(dir, "new")?;
     fs::create_dir(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
@@ -414,7 +471,10 @@ pub fn write_tree(
     if durability == Durability::Flushed {
         fsync_dir(&parent);
     }
-    Ok(true)
+    Ok(Written {
+        changed: true,
+        edited,
+    })
 }
 
 /// Flush everything written under `tmp` (files and directory entries) to disk.
@@ -479,4 +539,41 @@ fn exchange(a: &Path, b: &Path) -> Result<(), OutputError> {
     fs::rename(a, b).map_err(|e| io(b, "cannot rename into place", e))?;
     fs::rename(&aside, a).map_err(|e| io(a, "cannot rename", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edited_files_are_replaced_or_removed_files_off_their_recorded_hash() {
+        let mut old = Tree::new();
+        for p in [
+            "a.yaml",
+            "b.yaml",
+            "gone.yaml",
+            "gone-edited.yaml",
+            "same.yaml",
+        ] {
+            old.insert(p.into(), p.as_bytes().to_vec());
+        }
+        crate::emit::finish(&mut old, "tailnet.kdl");
+        let mut current = old.clone();
+        for p in ["a.yaml", "gone-edited.yaml", "same.yaml"] {
+            current
+                .get_mut(p)
+                .unwrap()
+                .extend_from_slice(b"# hand edit\n");
+        }
+        let mut new = old.clone();
+        new.remove("gone.yaml");
+        new.remove("gone-edited.yaml");
+        new.get_mut("b.yaml").unwrap().push(b'!');
+        // `same.yaml` was edited into exactly what the new build writes: not replaced.
+        new.insert("same.yaml".into(), current["same.yaml"].clone());
+        assert_eq!(edited_files(&current, &new), ["a.yaml", "gone-edited.yaml"]);
+        // A manifest from before hashes were recorded judges nothing.
+        current.insert(MANIFEST.into(), b"a.yaml\ngone-edited.yaml\n".to_vec());
+        assert!(edited_files(&current, &new).is_empty());
+    }
 }
