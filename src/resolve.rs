@@ -14,6 +14,18 @@ use crate::diag::{Diagnostic, Diagnostics, suggest};
 use crate::model::*;
 use crate::syntax::{self, PropValue, Sp, SpStr, Spec};
 
+/// Why a host alias, a device and an exposure may not share a name (said in the clash help).
+const NAMESPACE_NOTE: &str = "host aliases, devices and exposures share one namespace (a device's .hosts file maps each name to one address)";
+
+/// The help of a tailnet name clash: what holds the name first, and how to fix this one.
+fn clash_help(first: &str, line: usize, this: &str, fix: &str) -> String {
+    if first == this {
+        format!("the {first} on line {line} has this name: {fix}")
+    } else {
+        format!("the {first} on line {line} has this name; {NAMESPACE_NOTE}: {fix}")
+    }
+}
+
 /// Prefix of every object tsk8s names after an exposure.
 pub const OBJECT_PREFIX: &str = "tsk8s-";
 /// Longest exposure name: `tsk8s-<name>` must stay a 63-character RFC 1035 label (Services).
@@ -439,9 +451,12 @@ impl Resolver<'_> {
 
         // Tailnet names (hosts, devices and exposures) share one namespace: a device's hosts
         // file maps each name to one address, and the policy reads a name as the host first.
-        let mut tailnet_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        // Each name with where it was first given and what it names (for the clash message).
+        let mut tailnet_names: BTreeMap<String, (SourceSpan, &'static str)> = BTreeMap::new();
         for h in &spec.hosts {
-            tailnet_names.entry(h.name.v.clone()).or_insert(h.name.span);
+            tailnet_names
+                .entry(h.name.v.clone())
+                .or_insert((h.name.span, "host alias"));
         }
 
         // Devices.
@@ -454,7 +469,9 @@ impl Resolver<'_> {
                         .label("not a DNS label"),
                 );
             }
-            if let Some(prev) = tailnet_names.insert(dv.name.v.clone(), dv.name.span) {
+            if let Some((prev, kind)) =
+                tailnet_names.insert(dv.name.v.clone(), (dv.name.span, "device"))
+            {
                 let line = self.d.line(prev.offset());
                 self.push(
                     err(
@@ -462,7 +479,12 @@ impl Resolver<'_> {
                         format!("tailnet name {:?} is already taken", dv.name.v),
                     )
                     .label("duplicate name")
-                    .help(format!("first used on line {line}")),
+                    .help(clash_help(
+                        kind,
+                        line,
+                        "device",
+                        "rename this device",
+                    )),
                 );
             }
             let user = dv.user.as_ref().map(|u| {
@@ -1125,7 +1147,7 @@ impl Resolver<'_> {
         names: &Names,
         cluster_names: &mut BTreeMap<String, SourceSpan>,
         exposure_ids: &mut BTreeMap<String, SourceSpan>,
-        tailnet_names: &mut BTreeMap<String, SourceSpan>,
+        tailnet_names: &mut BTreeMap<String, (SourceSpan, &'static str)>,
         hosts: &[(String, IpNet)],
         devices: &[Device],
     ) -> Option<Cluster> {
@@ -1727,7 +1749,7 @@ impl Resolver<'_> {
         e: &syntax::ExposureDecl,
         names: &Names,
         exposure_ids: &mut BTreeMap<String, SourceSpan>,
-        tailnet_names: &mut BTreeMap<String, SourceSpan>,
+        tailnet_names: &mut BTreeMap<String, (SourceSpan, &'static str)>,
         hosts: &[(String, IpNet)],
         devices: &[Device],
     ) -> Option<Exposure> {
@@ -1768,7 +1790,9 @@ impl Resolver<'_> {
             }
             None => e.name.clone(),
         };
-        if let Some(prev) = tailnet_names.insert(hostname.v.clone(), hostname.span) {
+        if let Some((prev, kind)) =
+            tailnet_names.insert(hostname.v.clone(), (hostname.span, "exposure"))
+        {
             if !duplicate {
                 let line = self.d.line(prev.offset());
                 self.push(
@@ -1776,9 +1800,16 @@ impl Resolver<'_> {
                         hostname.span,
                         format!("tailnet name {:?} is already taken", hostname.v),
                     )
-                    .label("two nodes with one name")
-                    .help(format!(
-                        "first used on line {line}; set hostname=\"…\" to rename this node"
+                    .label(if kind == "exposure" {
+                        "two nodes with one name"
+                    } else {
+                        "name already taken"
+                    })
+                    .help(clash_help(
+                        kind,
+                        line,
+                        "exposure",
+                        "set hostname=\"…\" to give this exposure another name",
                     )),
                 );
                 ok = false;
