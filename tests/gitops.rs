@@ -1448,18 +1448,65 @@ fn github_example_paths_and_steps() {
     let steps = wf["jobs"]["check"]["steps"].as_sequence().unwrap();
     let own = "github.event.pull_request.head.repo.full_name == github.repository";
     let fork = "github.event.pull_request.head.repo.full_name != github.repository";
+    let cond = |s: &serde_yaml_ng::Value| s["if"].as_str().unwrap_or("").to_string();
     assert!(steps.iter().any(|s| {
         s["uses"]
             .as_str()
             .is_some_and(|u| u.starts_with("actions/github-script"))
-            && s["if"].as_str() == Some(own)
+            && cond(s).contains(own)
     }));
     assert!(steps.iter().any(|s| {
-        s["if"].as_str() == Some(fork)
+        cond(s).contains(fork)
             && s["run"]
                 .as_str()
                 .is_some_and(|r| r.contains("GITHUB_STEP_SUMMARY"))
     }));
+    // A failed test or a stale out/ still gets its diff comment (the job still fails): every
+    // step after `check` up to the comment runs unless cancelled, gated on `check` (a valid
+    // spec) or on the diff step, never on the steps between.
+    let check_at = steps
+        .iter()
+        .position(|s| {
+            s["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("tsk8s check "))
+        })
+        .expect("a check step");
+    assert_eq!(steps[check_at]["id"].as_str(), Some("check"));
+    let comment_at = steps
+        .iter()
+        .position(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/github-script"))
+        })
+        .unwrap();
+    for s in &steps[check_at + 1..=comment_at] {
+        let c = cond(s);
+        assert!(
+            c.contains("!cancelled()")
+                && (c.contains("steps.check.outcome == 'success'")
+                    || c.contains("steps.diff.outcome == 'success'")),
+            "step {:?} would not run after a failed test: if: {c:?}",
+            s["name"]
+        );
+    }
+    // GitLab: the note is posted before a failed test or stale output fails the job.
+    let script: Vec<&str> = gl["tsk8s-check"]["script"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    let at = |needle: &str| {
+        script
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("gitlab: no {needle:?} in {script:?}"))
+    };
+    assert!(script[at("tsk8s test ")].contains("|| failed="));
+    assert!(script[at("tsk8s build --check ")].contains("|| failed="));
+    assert!(at("NOTE_SCRIPT") < at("exit 1"));
     for cmd in ["tsk8s check ", "tsk8s test ", "tsk8s build --check "] {
         assert!(runs.iter().any(|r| r.contains(cmd)), "no `{cmd}` step");
     }
