@@ -33,7 +33,6 @@
 //! Besides the object changes, [`Report::files`] lists every path whose bytes differ, which is
 //! what `build --check` needs (a reformatted file is stale even when no object changed).
 
-mod hujson;
 mod mask;
 mod render;
 mod tree;
@@ -43,7 +42,6 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use hujson::{HujsonError, strip_hujson};
 pub use render::{
     MARKER, MAX_COMMENT_BYTES, check_summary, render, render_json, render_markdown,
     render_markdown_with_limit, render_text,

@@ -256,12 +256,11 @@ fn parse_policy(
         column,
         message,
     };
-    let json = crate::hujson::strip_hujson(text).map_err(|e| err(e.line, e.column, e.message))?;
-    if json.trim().is_empty() {
+    let Some(value) =
+        tsk8s_policy::hujson::parse_document(text).map_err(|e| err(e.line, e.column, e.message))?
+    else {
         return Ok(Vec::new());
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(&json).map_err(|e| err(e.line(), e.column(), e.to_string()))?;
+    };
     match value {
         serde_json::Value::Object(m) => Ok(m.into_iter().collect()),
         _ => Err(err(1, 1, "the policy must be a JSON object".to_string())),

@@ -34,6 +34,19 @@ impl std::error::Error for HujsonError {}
 
 /// Parse HuJSON text into a JSON value.
 pub fn parse(text: &str) -> Result<Value, HujsonError> {
+    parse_document(text)?.ok_or_else(|| {
+        let (line, column) = line_col(text, text.len());
+        HujsonError {
+            line,
+            column,
+            message: "unexpected end of input".to_string(),
+        }
+    })
+}
+
+/// Like [`parse`], but a document of nothing but whitespace and comments is `Ok(None)`
+/// (an empty policy file).
+pub fn parse_document(text: &str) -> Result<Option<Value>, HujsonError> {
     let mut p = Parser {
         s: text.as_bytes(),
         text,
@@ -44,6 +57,9 @@ pub fn parse(text: &str) -> Result<Value, HujsonError> {
         p.pos = 3;
     }
     p.skip_ws()?;
+    if p.pos >= p.s.len() {
+        return Ok(None);
+    }
     let v = p.value(0)?;
     p.skip_ws()?;
     if p.pos < p.s.len() {
@@ -52,7 +68,7 @@ pub fn parse(text: &str) -> Result<Value, HujsonError> {
             p.describe_here()
         )));
     }
-    Ok(v)
+    Ok(Some(v))
 }
 
 /// Line and column (1-based, columns in characters) of a byte offset in `text`.
@@ -437,6 +453,17 @@ mod tests {
         let v = parse("// head\n{ /* a */ \"acls\": [1, 2,], // x\n \"b\": {\"c\": \"d\",},\n}\n")
             .unwrap();
         assert_eq!(v, serde_json::json!({"acls": [1, 2], "b": {"c": "d"}}));
+    }
+
+    #[test]
+    fn empty_document() {
+        assert_eq!(parse_document(" // only a comment\n/* and */\n"), Ok(None));
+        let e = parse("\n  ").unwrap_err();
+        assert_eq!(
+            (e.line, e.column, e.message.as_str()),
+            (2, 3, "unexpected end of input")
+        );
+        assert!(parse_document("/* open").is_err());
     }
 
     #[test]
