@@ -431,33 +431,19 @@ pub fn write_tree(
     }
     let per_file_sync = durability == Durability::Flushed && !cfg!(target_os = "linux");
     let files: Vec<(&String, &Vec<u8>)> = tree.iter().collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let write_part = |part: &[(&String, &Vec<u8>)]| -> Result<(), OutputError> {
-        for (rel, bytes) in part {
-            let p = tmp.join(rel);
-            let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
-            f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
-            if per_file_sync {
-                f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
-            }
+    let write_one = |(rel, bytes): &(&String, &Vec<u8>)| -> Result<(), OutputError> {
+        let p = tmp.join(rel);
+        let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
+        f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
+        if per_file_sync {
+            f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
         }
         Ok(())
     };
-    let chunk = files.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || write_part(part)))
-            .collect();
-        // Joined in order, so the error reported is the first by path.
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(OutputError("a writer thread panicked".into())))
-        })
-    })?;
+    // In path order, so the error reported is the first by path.
+    crate::par::map(&files, write_one)
+        .into_iter()
+        .collect::<Result<(), OutputError>>()?;
     if durability == Durability::Flushed {
         flush(&tmp, &dirs)?;
     }
