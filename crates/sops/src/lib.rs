@@ -37,6 +37,7 @@ use serde_yaml_ng::{Mapping, Value};
 use zeroize::Zeroizing;
 
 pub use error::SopsError;
+pub use rfc3339::from_unix_seconds as rfc3339_from_unix_seconds;
 
 /// `encrypted_regex` used for Kubernetes Secrets (the Flux / SOPS
 /// convention): only `data` and `stringData` values are encrypted.

@@ -80,9 +80,43 @@ pub(crate) fn normalize(s: &str) -> Option<String> {
     ))
 }
 
+/// Seconds since the Unix epoch as RFC 3339 UTC, whole seconds (`2026-12-01T17:16:18Z`): the
+/// normal form [`normalize`] returns, so a timestamp written here reads back unchanged.
+pub fn from_unix_seconds(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).expect("u64 seconds / 86400 fits in i64");
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{from_unix_seconds, normalize};
+
+    #[test]
+    fn unix_seconds_round_trip_through_normalize() {
+        assert_eq!(from_unix_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(from_unix_seconds(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(from_unix_seconds(1_795_885_378), "2026-11-28T17:02:58Z");
+        for secs in [0, 68_169_600, 951_868_799, 4_102_444_800] {
+            let s = from_unix_seconds(secs);
+            assert_eq!(normalize(&s).as_deref(), Some(s.as_str()));
+        }
+    }
 
     #[test]
     fn go_rfc3339_normal_form() {
