@@ -90,6 +90,12 @@ fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
 pub fn parse_node(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
     let node: NodeConfig = serde_json::from_str(text)
         .map_err(|e| err(format!("{origin}:{}:{}: {e}", e.line(), e.column())))?;
+    check_node(&node, origin)?;
+    Ok(node)
+}
+
+/// The checks of a node config beyond its JSON shape.
+pub fn check_node(node: &NodeConfig, origin: &str) -> Result<(), ConfigError> {
     if node.mtu < 576 || node.mtu > 9000 {
         return Err(err(format!(
             "{origin}: mtu {} out of range 576..=9000",
@@ -104,7 +110,7 @@ pub fn parse_node(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
         }
         Mode::SubnetRouter { .. } => {}
     }
-    Ok(node)
+    Ok(())
 }
 
 /// Parse `mesh.json` text.
@@ -210,8 +216,14 @@ pub fn own_nets(node: &NodeConfig) -> Vec<IpNet> {
 
 /// A fingerprint of the mounted files, to notice Kubernetes' `..data` swap (or edits).
 pub fn fingerprint(paths: &Paths) -> Vec<String> {
+    fingerprint_files(&[&paths.node, &paths.mesh, &paths.private_key])
+}
+
+/// [`fingerprint`] of any list of mounted files (a gateway watches its config, the mesh and
+/// every node's key).
+pub fn fingerprint_files(files: &[&Path]) -> Vec<String> {
     let mut out = Vec::new();
-    for p in [&paths.node, &paths.mesh, &paths.private_key] {
+    for p in files {
         let mut s = String::new();
         if let Some(dir) = p.parent()
             && let Ok(t) = std::fs::read_link(dir.join("..data"))

@@ -8,8 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -21,9 +22,9 @@ use tsk8s_policy::matcher::Matcher;
 use tsk8s_policy::runtime_config::{Mode, Protocol};
 
 use crate::admin::Shared;
-use crate::config::{self, Loaded, Paths};
+use crate::config::{self, Loaded};
 use crate::dns::Zone;
-use crate::metrics::{self, DropReason};
+use crate::metrics::{self, Counters, DropReason, PeerStats};
 use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 use crate::resolve::{self, Resolver};
 use crate::wire::{self, BUF, Net};
@@ -217,8 +218,25 @@ enum Listener {
     Udp(UdpSocket, SocketAddr),
 }
 
+/// Datagrams for one identity of a gateway (`crate::gateway`): the gateway owns the UDP
+/// socket and hands each identity its datagrams over a channel; the engine sends through a
+/// clone of that socket and returns the buffers for reuse.
+pub struct Feed {
+    pub rx: Receiver<(SocketAddr, Vec<u8>)>,
+    pub ret: SyncSender<Vec<u8>>,
+}
+
+/// What a gateway identity publishes once a second instead of rendering its own metrics.
+pub type Snapshot = (Counters, Vec<(String, PeerStats)>);
+
 pub struct Engine {
     poll: Poll,
+    /// Present when the datagrams come from a gateway instead of our own socket.
+    feed: Option<Feed>,
+    /// Wakes the packet loop (resolver answers, gateway datagrams).
+    waker: Arc<mio::Waker>,
+    /// Where a gateway identity publishes its counters (else rendered into `Shared`).
+    pub stats_sink: Option<Arc<Mutex<Snapshot>>>,
     pub net: Net,
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -262,30 +280,73 @@ fn smol_now(start: Instant, now: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(now.duration_since(start).as_micros() as i64)
 }
 
+/// Bind the WireGuard UDP socket (dual-stack when possible) with large buffers.
+pub fn bind_wire(port: u16, tuning: &Tuning) -> io::Result<std::net::UdpSocket> {
+    let bind: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let std_sock = match std::net::UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(_) => {
+            std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?
+        }
+    };
+    std_sock.set_nonblocking(true)?;
+    wire::set_buffer(std_sock.as_raw_fd(), libc::SO_RCVBUF, tuning.udp_sock_buf);
+    wire::set_buffer(std_sock.as_raw_fd(), libc::SO_SNDBUF, tuning.udp_sock_buf);
+    Ok(std_sock)
+}
+
 impl Engine {
     pub fn new(loaded: Loaded, tuning: Tuning) -> io::Result<Engine> {
+        let std_sock = bind_wire(loaded.node.listen_port, &tuning)?;
+        Engine::build(loaded, tuning, std_sock, None, None)
+    }
+
+    /// An engine for one identity of a gateway: `socket` is a clone of the gateway's socket
+    /// (only sent on), datagrams arrive on `feed`, and its peers get indices in
+    /// `index_base | 1..=index_mask`. The returned waker must be woken after feeding it.
+    pub fn new_fed(
+        loaded: Loaded,
+        tuning: Tuning,
+        socket: std::net::UdpSocket,
+        feed: Feed,
+        index_base: u32,
+        index_mask: u32,
+    ) -> io::Result<(Engine, Arc<mio::Waker>)> {
+        let e = Engine::build(
+            loaded,
+            tuning,
+            socket,
+            Some(feed),
+            Some((index_base, index_mask)),
+        )?;
+        let w = e.waker.clone();
+        Ok((e, w))
+    }
+
+    fn build(
+        loaded: Loaded,
+        tuning: Tuning,
+        std_sock: std::net::UdpSocket,
+        feed: Option<Feed>,
+        index_range: Option<(u32, u32)>,
+    ) -> io::Result<Engine> {
         let node = &loaded.node;
-        let bind: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), node.listen_port);
-        let std_sock = match std::net::UdpSocket::bind(bind) {
-            Ok(s) => s,
-            Err(_) => std::net::UdpSocket::bind(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                node.listen_port,
-            ))?,
-        };
-        std_sock.set_nonblocking(true)?;
-        wire::set_buffer(std_sock.as_raw_fd(), libc::SO_RCVBUF, tuning.udp_sock_buf);
-        wire::set_buffer(std_sock.as_raw_fd(), libc::SO_SNDBUF, tuning.udp_sock_buf);
         let mut socket = UdpSocket::from_std(std_sock);
         let local_udp = socket.local_addr()?;
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut socket, TOKEN_WIRE, Interest::READABLE)?;
-        let waker = mio::Waker::new(poll.registry(), TOKEN_WAKE)?;
+        if feed.is_none() {
+            poll.registry()
+                .register(&mut socket, TOKEN_WIRE, Interest::READABLE)?;
+        }
+        let waker = Arc::new(mio::Waker::new(poll.registry(), TOKEN_WAKE)?);
+        let w = waker.clone();
         let resolver = Resolver::spawn(Arc::new(move || {
-            let _ = waker.wake();
+            let _ = w.wake();
         }))?;
         let mut net = Net::new(socket, loaded.secret.clone(), usize::from(node.mtu));
+        if let Some((base, mask)) = index_range {
+            net.set_index_range(base, mask);
+        }
         net.set_peers(&loaded.peers);
         let start = Instant::now();
         let mut iface = Interface::new(
@@ -304,6 +365,9 @@ impl Engine {
         iface.set_any_ip(true);
         let mut e = Engine {
             poll,
+            feed,
+            waker,
+            stats_sink: None,
             net,
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -451,8 +515,7 @@ impl Engine {
         stop: &AtomicBool,
         reload: &AtomicBool,
         shared: &Arc<Shared>,
-        paths: &Paths,
-        fp: &mut Vec<String>,
+        changed: &mut dyn FnMut() -> bool,
     ) -> io::Result<bool> {
         let mut events = Events::with_capacity(1024);
         let mut last_fp = Instant::now();
@@ -467,9 +530,7 @@ impl Engine {
             let now = Instant::now();
             if now.duration_since(last_fp) >= Duration::from_secs(1) {
                 last_fp = now;
-                let f = config::fingerprint(paths);
-                if f != *fp {
-                    *fp = f;
+                if changed() {
                     return Ok(true);
                 }
             }
@@ -515,6 +576,9 @@ impl Engine {
             }
             if wire_ready {
                 self.read_wire();
+            }
+            if self.feed.is_some() {
+                self.read_feed();
             }
             self.poll_stack();
             self.service_dirty();
@@ -581,6 +645,37 @@ impl Engine {
         self.rx_buf = rx;
         self.dec_buf = dec;
         self.inbox = inbox;
+    }
+
+    /// A gateway identity: take the datagrams the gateway dispatched to us.
+    fn read_feed(&mut self) {
+        let Some(feed) = self.feed.take() else {
+            return;
+        };
+        let mut dec = std::mem::take(&mut self.dec_buf);
+        let mut inbox = std::mem::take(&mut self.inbox);
+        loop {
+            let mut n_read = 0;
+            while n_read < RX_BATCH {
+                let Ok((from, data)) = feed.rx.try_recv() else {
+                    break;
+                };
+                n_read += 1;
+                self.net.handle_datagram(from, &data, &mut dec, &mut inbox);
+                let _ = feed.ret.try_send(data);
+            }
+            for (slot, pkt) in inbox.drain(..) {
+                self.inbound(slot, pkt);
+            }
+            if n_read < RX_BATCH {
+                break;
+            }
+            self.poll_stack();
+            self.service_dirty();
+        }
+        self.dec_buf = dec;
+        self.inbox = inbox;
+        self.feed = Some(feed);
     }
 
     /// Filter and dispatch one decrypted inner packet from peer `slot`.
@@ -1111,6 +1206,12 @@ impl Engine {
     }
 
     fn publish_metrics(&self, shared: &Shared) {
+        if let Some(sink) = &self.stats_sink {
+            if let Ok(mut s) = sink.lock() {
+                *s = (self.net.counters.clone(), self.net.peer_stats());
+            }
+            return;
+        }
         let text = metrics::render(&self.net.counters, &self.net.peer_stats());
         if let Ok(mut m) = shared.metrics.lock() {
             *m = text;
@@ -1452,7 +1553,7 @@ fn ping_socket(v6: bool) -> Option<UdpSocket> {
 }
 
 /// Map IPv4-mapped IPv6 source addresses (dual-stack socket) back to IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod engine;
+pub mod gateway;
 pub mod metrics;
 pub mod packet;
 pub mod resolve;
@@ -57,8 +58,14 @@ pub fn run(paths: Paths) -> Result<(), String> {
             "data plane up"
         );
         loop {
+            let mut changed = || {
+                let f = config::fingerprint(&paths);
+                let c = f != fp;
+                fp = f;
+                c
+            };
             let reload = eng
-                .run(&stop, &hup, &shared, &paths, &mut fp)
+                .run(&stop, &hup, &shared, &mut changed)
                 .map_err(|e| format!("packet loop: {e}"))?;
             if !reload {
                 shared.ready.store(false, Ordering::Relaxed);

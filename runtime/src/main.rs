@@ -32,6 +32,19 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9901")]
         addr: String,
     },
+    /// Terminate WireGuard for every node of a cluster (and relay its sidecars) on one UDP
+    /// port (`publish="gateway"`).
+    Gateway {
+        /// Gateway config (gateway.json from the cluster's gateway ConfigMap).
+        #[arg(long, default_value = "/etc/tsk8s/gateway/gateway.json")]
+        config: PathBuf,
+        /// Mesh config (mesh.json from the cluster's ConfigMap).
+        #[arg(long, default_value = "/etc/tsk8s/mesh/mesh.json")]
+        mesh: PathBuf,
+        /// Directory holding `<node>/private-key` for every node in gateway.json.
+        #[arg(long, default_value = tsk8s_policy::runtime_config::GATEWAY_KEY_DIR)]
+        key_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +101,26 @@ fn main() -> ExitCode {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
+    }
+    if let Some(Cmd::Gateway {
+        config,
+        mesh,
+        key_dir,
+    }) = cli.cmd
+    {
+        let paths = tsk8s_runtime::gateway::GatewayPaths {
+            config,
+            mesh,
+            key_dir,
+        };
+        return match tsk8s_runtime::gateway::run(paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "fatal");
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let paths = tsk8s_runtime::Paths {
         node: cli.node,

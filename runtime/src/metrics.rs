@@ -135,7 +135,7 @@ impl Counters {
     }
 }
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -143,93 +143,125 @@ fn esc(s: &str) -> String {
 
 /// Render Prometheus text exposition.
 pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
-    let mut o = String::with_capacity(2048 + peers.len() * 600);
+    render_nodes(&[("", c, peers)])
+}
+
+/// One node's counters and per-peer stats, labelled `node="<name>"` unless the name is empty.
+pub type NodeMetrics<'a> = (&'a str, &'a Counters, &'a [(String, PeerStats)]);
+
+/// Render Prometheus text for several nodes of one process (a gateway): each family once,
+/// one series per node.
+pub fn render_nodes(nodes: &[NodeMetrics<'_>]) -> String {
+    let peers_total: usize = nodes.iter().map(|n| n.2.len()).sum();
+    let mut o = String::with_capacity(2048 * nodes.len().max(1) + peers_total * 600);
+    // `node="x",` inside other labels, `{node="x"}` alone.
+    let inner = |node: &str| {
+        if node.is_empty() {
+            String::new()
+        } else {
+            format!("node=\"{}\",", esc(node))
+        }
+    };
+    let alone = |node: &str| {
+        if node.is_empty() {
+            String::new()
+        } else {
+            format!("{{node=\"{}\"}}", esc(node))
+        }
+    };
     let _ = writeln!(o, "# HELP tsk8s_drops_total Packets dropped, by reason.");
     let _ = writeln!(o, "# TYPE tsk8s_drops_total counter");
-    for d in ALL_DROPS {
-        let _ = writeln!(
-            o,
-            "tsk8s_drops_total{{reason=\"{}\"}} {}",
-            d.name(),
-            c.dropped(d)
-        );
+    for (node, c, _) in nodes {
+        let l = inner(node);
+        for d in ALL_DROPS {
+            let _ = writeln!(
+                o,
+                "tsk8s_drops_total{{{l}reason=\"{}\"}} {}",
+                d.name(),
+                c.dropped(d)
+            );
+        }
     }
-    let scalars: &[(&str, &str, &str, u64)] = &[
+    type Scalar = fn(&Counters) -> u64;
+    let scalars: &[(&str, &str, &str, Scalar)] = &[
         (
             "tsk8s_udp_rx_datagrams_total",
             "counter",
             "UDP datagrams received.",
-            c.udp_rx_datagrams,
+            |c| c.udp_rx_datagrams,
         ),
         (
             "tsk8s_udp_tx_datagrams_total",
             "counter",
             "UDP datagrams sent.",
-            c.udp_tx_datagrams,
+            |c| c.udp_tx_datagrams,
         ),
         (
             "tsk8s_cookie_replies_total",
             "counter",
             "Cookie replies sent under load.",
-            c.cookie_replies,
+            |c| c.cookie_replies,
         ),
         (
             "tsk8s_handshake_probes_total",
             "counter",
             "Handshake initiations sent to the source of an undecryptable packet.",
-            c.handshake_probes,
+            |c| c.handshake_probes,
         ),
         (
             "tsk8s_memory_budget_bytes",
             "gauge",
             "Memory budget for connection buffers.",
-            c.memory_budget,
+            |c| c.memory_budget,
         ),
         (
             "tsk8s_memory_charged_bytes",
             "gauge",
             "Connection buffers charged to the memory budget.",
-            c.memory_charged,
+            |c| c.memory_charged,
         ),
         (
             "tsk8s_tcp_accepted_total",
             "counter",
             "TCP connections forwarded.",
-            c.tcp_accepted,
+            |c| c.tcp_accepted,
         ),
         (
             "tsk8s_tcp_connections",
             "gauge",
             "Open forwarded TCP connections.",
-            c.tcp_active,
+            |c| c.tcp_active,
         ),
         (
             "tsk8s_udp_sessions",
             "gauge",
             "Open forwarded UDP sessions.",
-            c.udp_sessions,
+            |c| c.udp_sessions,
         ),
         (
             "tsk8s_dns_queries_total",
             "counter",
             "DNS queries answered.",
-            c.dns_queries,
+            |c| c.dns_queries,
         ),
         (
             "tsk8s_config_reloads_total",
             "counter",
             "Successful config reloads.",
-            c.reloads,
+            |c| c.reloads,
         ),
         (
             "tsk8s_config_reload_errors_total",
             "counter",
             "Failed config reloads.",
-            c.reload_errors,
+            |c| c.reload_errors,
         ),
     ];
-    for (name, kind, help, v) in scalars {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    for (name, kind, help, f) in scalars {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (node, c, _) in nodes {
+            let _ = writeln!(o, "{name}{} {}", alone(node), f(c));
+        }
     }
     type Getter = fn(&PeerStats) -> u64;
     let per: [(&str, &str, Getter); 6] = [
@@ -266,8 +298,11 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
     ];
     for (name, help, f) in per {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (peer, s) in peers {
-            let _ = writeln!(o, "{name}{{peer=\"{}\"}} {}", esc(peer), f(s));
+        for (node, _, peers) in nodes {
+            let l = inner(node);
+            for (peer, s) in peers.iter() {
+                let _ = writeln!(o, "{name}{{{l}peer=\"{}\"}} {}", esc(peer), f(s));
+            }
         }
     }
     o

@@ -73,6 +73,10 @@ pub struct Net {
     pub public: PublicKey,
     pub rate_limiter: Arc<RateLimiter>,
     next_index: u32,
+    /// Peer indices are `index_base | n` with `n <= index_mask` (a gateway gives each
+    /// identity its own range, see `crate::gateway`); a standalone node owns all 24 bits.
+    index_base: u32,
+    index_mask: u32,
     /// Flows opened by this node (egress): replies to them pass the filter.
     pub flows: HashMap<FlowKey, Instant>,
     pub counters: Counters,
@@ -102,7 +106,9 @@ impl Net {
             secret,
             public,
             rate_limiter,
-            next_index: 1,
+            next_index: random_index_start(&public),
+            index_base: 0,
+            index_mask: 0x00ff_ffff,
             flows: HashMap::new(),
             counters: Counters::default(),
             rx: VecDeque::new(),
@@ -116,6 +122,26 @@ impl Net {
         }
     }
 
+    /// Give this node's peers the indices `base | n`, `1 <= n <= mask` (before `set_peers`).
+    pub fn set_index_range(&mut self, base: u32, mask: u32) {
+        self.index_base = base & 0x00ff_ffff & !mask;
+        self.index_mask = mask & 0x00ff_ffff;
+        self.next_index = 1;
+    }
+
+    /// A free peer index in this node's range (skipping `used`), if any is left.
+    fn alloc_index(&mut self, used: &std::collections::HashSet<u32>) -> Option<u32> {
+        for _ in 0..=self.index_mask {
+            let n = self.next_index & self.index_mask;
+            self.next_index = self.next_index.wrapping_add(1);
+            let index = self.index_base | n;
+            if n != 0 && !used.contains(&index) {
+                return Some(index);
+            }
+        }
+        None
+    }
+
     /// Install the peer set. Peers whose key and keepalive are unchanged keep their `Tunn`
     /// (and so their sessions); others are created or removed.
     pub fn set_peers(&mut self, specs: &[PeerSpec]) {
@@ -125,6 +151,7 @@ impl Net {
         }
         self.by_key.clear();
         self.by_index.clear();
+        let mut used: std::collections::HashSet<u32> = old.values().map(|p| p.index).collect();
         for spec in specs {
             let peer = match old.remove(&spec.public_key) {
                 Some(mut p) if p.spec.keepalive == spec.keepalive => {
@@ -139,11 +166,13 @@ impl Net {
                     p
                 }
                 prev => {
-                    let index = self.next_index;
-                    self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-                    if self.next_index == 0 {
-                        self.next_index = 1;
-                    }
+                    let Some(index) = self.alloc_index(&used) else {
+                        // Only with more peers than the index range holds (a gateway checks
+                        // the peer count when it loads its config).
+                        self.counters.drop(DropReason::TableFull);
+                        continue;
+                    };
+                    used.insert(index);
                     let tunn = Tunn::new(
                         self.secret.clone(),
                         PublicKey::from(spec.public_key),
@@ -510,8 +539,26 @@ impl Net {
     }
 }
 
+/// Where a standalone node's peer indices start: unpredictable and different per node, like
+/// WireGuard's random indices. A gateway relays several sidecars' datagrams to the same device
+/// and tells them apart by the receiver index; sidecars that all counted from 1 would collide.
+fn random_index_start(public: &PublicKey) -> u32 {
+    use blake2::Digest;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = blake2::Blake2s256::new();
+    h.update(public.as_bytes());
+    h.update(nanos.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    let d = h.finalize();
+    let n = u32::from_le_bytes([d[0], d[1], d[2], 0]);
+    n.max(1)
+}
+
 /// Send a datagram; on a full socket buffer wait briefly (back-pressure) instead of dropping.
-fn send_to(sock: &mio::net::UdpSocket, data: &[u8], to: SocketAddr, c: &mut Counters) {
+pub fn send_to(sock: &mio::net::UdpSocket, data: &[u8], to: SocketAddr, c: &mut Counters) {
     for attempt in 0..3 {
         match sock.send_to(data, to) {
             Ok(_) => {
