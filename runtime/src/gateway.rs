@@ -54,6 +54,13 @@ pub const MAX_PEERS: usize = (1 << PEER_BITS) - 1;
 pub const MAX_RELAY_SOCKETS: usize = 4096;
 /// A relay socket with no datagram either way for this long is closed.
 pub const RELAY_IDLE: Duration = Duration::from_secs(180);
+/// A relay socket the sidecar has not answered on yet is closed after this long idle (so
+/// spoofed sources cannot hold the table).
+pub const RELAY_UNCONFIRMED_IDLE: Duration = Duration::from_secs(10);
+/// Data packets with an unknown index forwarded to the relayed sidecars (see
+/// [`Gateway::probe_relays`]), per second from one source address and in all.
+pub const RELAY_PROBES_PER_SOURCE: u32 = 4;
+pub const RELAY_PROBES_PER_SECOND: u32 = 32;
 /// Learned sidecar indices at most, and how long one lives without use. A session lasts
 /// 180 s at most (WireGuard's reject-after-time); its sidecar re-handshakes before that.
 pub const MAX_RELAY_INDICES: usize = 16_384;
@@ -360,6 +367,8 @@ impl GwDrop {
 #[derive(Clone, Debug, Default)]
 pub struct GwCounters {
     pub drops: [u64; ALL_GW_DROPS.len()],
+    /// Data packets with an unknown index forwarded to relayed sidecars.
+    pub relay_probes: u64,
     pub to_nodes: u64,
     pub to_relays: u64,
     pub from_relays: u64,
@@ -474,7 +483,18 @@ impl Dispatch {
             Some(Msg::Init { sender }) | Some(Msg::Response { sender, .. }) => sender,
             Some(_) => return Ok(()),
         };
-        let key = (device, sender >> 8);
+        self.learn_index(device, sender >> 8, relay, now)
+    }
+
+    /// Route the device's messages with 24-bit index `idx` to `relay`.
+    pub fn learn_index(
+        &mut self,
+        device: SocketAddr,
+        idx: u32,
+        relay: usize,
+        now: Instant,
+    ) -> Result<(), GwDrop> {
+        let key = (device, idx);
         if !self.learned.contains_key(&key) && self.learned.len() >= self.max_learned {
             self.expire(now);
             if self.learned.len() >= self.max_learned {
@@ -482,8 +502,13 @@ impl Dispatch {
             }
         }
         self.learned.insert(key, (relay, now));
-        self.learned_any.insert(sender >> 8, relay);
+        self.learned_any.insert(idx, relay);
         Ok(())
+    }
+
+    /// Are there relayed sidecars?
+    pub fn has_relays(&self) -> bool {
+        self.keys.len() > self.identities
     }
 
     /// Forget indices unused for [`RELAY_INDEX_IDLE`].
@@ -512,6 +537,12 @@ struct RelaySock {
     device: SocketAddr,
     relay: usize,
     last: Instant,
+    /// The sidecar has sent something on it (until then it is closed after
+    /// [`RELAY_UNCONFIRMED_IDLE`]).
+    confirmed: bool,
+    /// Index of a data packet forwarded here as a probe: learned for this sidecar when it
+    /// answers with data.
+    probe: Option<u32>,
 }
 
 /// One UDP socket per (device address, sidecar), bounded, closed when idle.
@@ -582,6 +613,8 @@ impl RelayNat {
             device,
             relay,
             last: now,
+            confirmed: false,
+            probe: None,
         };
         if slot == self.socks.len() {
             self.socks.push(Some(s));
@@ -602,16 +635,20 @@ impl RelayNat {
         }
     }
 
-    /// Close sockets idle for longer than the idle time; returns how many.
+    /// Close sockets idle for longer than the idle time (a short one for sockets the sidecar
+    /// never answered on); returns how many.
     pub fn expire(&mut self, registry: &mio::Registry, now: Instant) -> usize {
         let idle = self.idle;
+        let short = RELAY_UNCONFIRMED_IDLE.min(idle);
         let stale: Vec<usize> = self
             .socks
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
                 s.as_ref()
-                    .filter(|s| now.duration_since(s.last) >= idle)
+                    .filter(|s| {
+                        now.duration_since(s.last) >= if s.confirmed { idle } else { short }
+                    })
                     .map(|_| i)
             })
             .collect();
@@ -764,6 +801,9 @@ struct Gateway {
     buf: Vec<u8>,
     counters: GwCounters,
     tuning: Tuning,
+    /// Relay probes sent this second, per source address and in all.
+    probe_sources: HashMap<IpAddr, u32>,
+    probes_this_second: u32,
 }
 
 enum Outcome {
@@ -805,6 +845,8 @@ impl Gateway {
             buf: vec![0; crate::wire::BUF],
             counters: GwCounters::default(),
             tuning,
+            probe_sources: HashMap::new(),
+            probes_this_second: 0,
         })
     }
 
@@ -913,6 +955,9 @@ impl Gateway {
     fn dispatch_one(&mut self, from: SocketAddr, d: &[u8]) {
         let now = Instant::now();
         match self.dispatch.route(from, d, now) {
+            Route::Drop(GwDrop::UnknownIndex) if self.dispatch.has_relays() => {
+                self.probe_relays(from, d, now);
+            }
             Route::Drop(r) => self.counters.drop(r),
             Route::Local(i) => {
                 let Some(id) = self.identities.get_mut(i) else {
@@ -955,6 +1000,55 @@ impl Gateway {
         }
     }
 
+    /// A data packet whose receiver index nobody knows: after a gateway restart (or when a
+    /// device roamed to a new address) that is most likely a session with a relayed sidecar
+    /// (identities' indices are in their own ranges). Forward it to every relayed sidecar
+    /// through the (device, sidecar) relay socket; the one that owns the session decrypts it,
+    /// takes the relay socket as the device's new address and answers with data there — then
+    /// the index is learned for that sidecar. The others drop it. Limited to
+    /// [`RELAY_PROBES_PER_SOURCE`] per source address and [`RELAY_PROBES_PER_SECOND`] in all
+    /// (each relayed copy counts), and sockets opened this way close after
+    /// [`RELAY_UNCONFIRMED_IDLE`] unless the sidecar answers.
+    fn probe_relays(&mut self, from: SocketAddr, d: &[u8], now: Instant) {
+        let Some(Msg::Data { receiver }) = parse_msg(d) else {
+            self.counters.drop(GwDrop::UnknownIndex);
+            return;
+        };
+        let sent = self.probe_sources.get(&from.ip()).copied().unwrap_or(0);
+        let tracked = self.probe_sources.contains_key(&from.ip());
+        if sent >= RELAY_PROBES_PER_SOURCE
+            || self.probes_this_second >= RELAY_PROBES_PER_SECOND
+            || (!tracked && self.probe_sources.len() >= 4096)
+        {
+            self.counters.drop(GwDrop::UnknownIndex);
+            return;
+        }
+        self.probe_sources.insert(from.ip(), sent + 1);
+        for r in 0..self.relays.len() {
+            if self.probes_this_second >= RELAY_PROBES_PER_SECOND {
+                break;
+            }
+            let Some(target) = self.relay_addr.get(r).copied().flatten() else {
+                continue;
+            };
+            let Ok(slot) = self
+                .nat
+                .get_or_open(self.poll.registry(), from, r, target, now)
+            else {
+                self.counters.drop(GwDrop::RelayFull);
+                break;
+            };
+            if let Some(Some(s)) = self.nat.socks.get_mut(slot) {
+                s.probe = Some(receiver >> 8);
+            }
+            self.probes_this_second += 1;
+            self.counters.relay_probes += 1;
+            if !self.nat.send(slot, d, now) {
+                self.counters.drop(GwDrop::SendError);
+            }
+        }
+    }
+
     fn wake_identities(&mut self) {
         for id in &mut self.identities {
             if id.wake {
@@ -977,8 +1071,18 @@ impl Gateway {
             };
             let now = Instant::now();
             s.last = now;
+            s.confirmed = true;
             let (device, relay) = (s.device, s.relay);
             let Some(d) = buf.get(..n) else { break };
+            if let Some(idx) = s.probe
+                && matches!(parse_msg(d), Some(Msg::Data { .. }))
+            {
+                // The sidecar took the probed packet: its index is this sidecar's.
+                s.probe = None;
+                if let Err(e) = self.dispatch.learn_index(device, idx, relay, now) {
+                    self.counters.drop(e);
+                }
+            }
             if let Err(e) = self.dispatch.learn(device, relay, d, now) {
                 self.counters.drop(e);
                 if e == GwDrop::RelayGarbage {
@@ -997,6 +1101,8 @@ impl Gateway {
         let now = Instant::now();
         self.nat.expire(self.poll.registry(), now);
         self.dispatch.expire(now);
+        self.probe_sources.clear();
+        self.probes_this_second = 0;
         // Buffers come back from the identities; keep the pool from growing past its bound
         // with oversized ones.
     }
@@ -1156,6 +1262,7 @@ fn render_gateway(
         ("to_node", c.to_nodes),
         ("to_relay", c.to_relays),
         ("from_relay", c.from_relays),
+        ("relay_probe", c.relay_probes),
     ] {
         let _ = writeln!(
             o,
@@ -1497,6 +1604,11 @@ mod tests {
             nat.get_or_open(poll.registry(), addr(3), 0, target, now),
             Err(GwDrop::RelayFull)
         );
+        // Sockets the sidecar answered on live RELAY_IDLE, the others RELAY_UNCONFIRMED_IDLE.
+        for s in nat.socks.iter_mut().flatten() {
+            s.confirmed = true;
+        }
+        assert_eq!(nat.expire(poll.registry(), now + RELAY_UNCONFIRMED_IDLE), 0);
         // Use keeps one alive; the idle ones go.
         let later = now + Duration::from_secs(120);
         assert!(nat.send(a, b"x", later));
@@ -1507,6 +1619,12 @@ mod tests {
             .get_or_open(poll.registry(), addr(3), 0, target, much_later)
             .expect("room again");
         assert_ne!(d, a);
+        assert_eq!(
+            nat.expire(poll.registry(), much_later + RELAY_UNCONFIRMED_IDLE),
+            1,
+            "unconfirmed: closed after the short idle"
+        );
+        assert_eq!(nat.len(), 1);
         nat.close_relay(poll.registry(), Some(0));
         assert!(nat.is_empty());
     }

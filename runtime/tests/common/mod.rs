@@ -472,6 +472,40 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Start `tsk8s-runtime <args>` in `ns` as UID/GID 65532 with no capabilities and
+    /// no_new_privs (configs written by hand, not from a workload). Labelled `runtime:<name>`.
+    pub fn start_runtime(&mut self, name: &str, ns: &str, args: &[String]) -> String {
+        let log_path = self.dir.join(format!("runtime-{name}.log"));
+        let log = fs::File::create(&log_path).expect("log");
+        let label = format!("runtime:{name}");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "setpriv",
+                "--reuid=65532",
+                "--regid=65532",
+                "--clear-groups",
+                "--no-new-privs",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+                env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            ])
+            .args(args)
+            .env("TSK8S_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("runtime");
+        self.children.push((label.clone(), child));
+        self.logs.push((label.clone(), log_path));
+        label
+    }
+}
+
 /// Kill a child; for wireguard-go also remove the control socket it cannot clean up after
 /// SIGKILL (`/var/run/wireguard` is shared by all namespaces).
 fn stop(label: &str, child: &mut Child) {
