@@ -928,6 +928,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     Ok(())
 }
 
+/// The spec's test results as the diff's access section shows them.
+pub fn diff_tests(r: &tsk8s_policy::acltest::TestReport) -> tsk8s_diff::TestResults {
+    tsk8s_diff::TestResults {
+        total: r.total,
+        failed: r.failed_entries,
+        failures: r.failures.clone(),
+    }
+}
+
 /// What `diff` compares the fresh build with.
 enum Base {
     /// The output dir in the working tree.
@@ -944,7 +953,8 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         Err(e) => return fail(e),
     };
     // Failed tests are reported, not fatal: diff's exit code says whether the trees differ.
-    let fresh = match l.compile(build::Checks::ALL) {
+    // Their results also go into the access section.
+    let (fresh, tests) = match l.compile(build::Checks::ALL) {
         Ok(c) => {
             if let (Some(_), Some(r)) = (tests_gate(&c), &c.tests) {
                 eprintln!(
@@ -954,7 +964,8 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
                     r.total
                 );
             }
-            c.tree
+            let tests = c.tests.as_ref().map(diff_tests);
+            (c.tree, tests)
         }
         Err(f) => return report(&f),
     };
@@ -971,7 +982,11 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let report = match tsk8s_diff::diff_trees(&old, &fresh) {
+    let opts = tsk8s_diff::Options {
+        access: true,
+        tests,
+    };
+    let report = match tsk8s_diff::diff_trees_with(&old, &fresh, &opts) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

@@ -30,9 +30,17 @@
 //! existing marked comments in place, creates missing ones and deletes surplus ones (a diff that
 //! needed three parts yesterday may need one today).
 //!
+//! [`diff_trees_with`] with [`Options::access`] adds the "Access changes" section (see
+//! `access.rs`): gained and lost access from the access model of each tree
+//! (`tsk8s_policy::access`, the one evaluator), lock entries added, removed or re-keyed, and
+//! the new spec's test results; it comes first in every format and its counts join the
+//! summary line. A hunk repeated in several changed objects (the filter in each cluster's
+//! mesh) is shown once and named in the others; `.tsk8s-manifest` is no entry.
+//!
 //! Besides the object changes, [`Report::files`] lists every path whose bytes differ, which is
 //! what `build --check` needs (a reformatted file is stale even when no object changed).
 
+pub mod access;
 mod mask;
 mod render;
 mod tree;
@@ -42,6 +50,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use access::{AccessChanges, AccessRow, LockLine, TestResults};
 pub use render::{
     MARKER, MAX_COMMENT_BYTES, check_summary, render, render_json, render_markdown,
     render_markdown_with_limit, render_text,
@@ -102,6 +111,13 @@ pub enum DiffError {
         column: usize,
         message: String,
     },
+    /// `policy.hujson` or `topology.json` that the access model cannot read.
+    #[error("{side} tree: {path}: {message}")]
+    Model {
+        side: TreeSide,
+        path: String,
+        message: String,
+    },
 }
 
 impl DiffError {
@@ -110,7 +126,8 @@ impl DiffError {
         match self {
             DiffError::Utf8 { path, .. }
             | DiffError::Yaml { path, .. }
-            | DiffError::Policy { path, .. } => path,
+            | DiffError::Policy { path, .. }
+            | DiffError::Model { path, .. } => path,
         }
     }
 
@@ -313,6 +330,8 @@ pub struct Report {
     pub groups: Vec<Group>,
     /// Paths whose bytes differ, sorted by path.
     pub files: Vec<FileDiff>,
+    /// Who gains or loses access (only when asked for: [`Options::access`]).
+    pub access: Option<AccessChanges>,
 }
 
 impl Report {
@@ -342,6 +361,15 @@ impl Report {
             EXIT_SAME
         } else {
             EXIT_DIFFERENT
+        }
+    }
+
+    /// The summary line: the counts, then the access counts when compared
+    /// (`2 to add, 1 to change, 0 to remove; access: 3 gained, 0 lost`).
+    pub fn summary_line(&self) -> String {
+        match &self.access {
+            Some(a) if a.note.is_none() => format!("{}; {}", self.summary, a.summary()),
+            _ => self.summary.to_string(),
         }
     }
 
@@ -375,14 +403,40 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// Compares two output trees (`old` = base / committed, `new` = fresh build).
+/// What [`diff_trees_with`] adds to the object diff.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Compare the access model of the two trees (the "Access changes" section).
+    pub access: bool,
+    /// The new spec's ACL test results, shown in the access section.
+    pub tests: Option<TestResults>,
+}
+
+/// Compares two output trees (`old` = base / committed, `new` = fresh build): objects only.
 pub fn diff_trees(
     old: &BTreeMap<String, Vec<u8>>,
     new: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Report, DiffError> {
+    diff_trees_with(old, new, &Options::default())
+}
+
+/// [`diff_trees`], plus what `opts` asks for (`tsk8s diff` asks for access changes).
+pub fn diff_trees_with(
+    old: &BTreeMap<String, Vec<u8>>,
+    new: &BTreeMap<String, Vec<u8>>,
+    opts: &Options,
+) -> Result<Report, DiffError> {
     let old_parsed = tree::parse_tree(old, TreeSide::Old)?;
     let new_parsed = tree::parse_tree(new, TreeSide::New)?;
+    let access = if opts.access {
+        let mut a = access::compare(old, new, &old_parsed, &new_parsed)?;
+        a.tests = opts.tests.clone();
+        Some(a)
+    } else {
+        None
+    };
     let mut groups = tree::match_trees(&old_parsed, &new_parsed);
+    tree::dedup_hunks(&mut groups);
     let mut summary = Counts::default();
     for g in &mut groups {
         let mut c = Counts::default();
@@ -421,5 +475,6 @@ pub fn diff_trees(
         summary,
         groups,
         files,
+        access,
     })
 }

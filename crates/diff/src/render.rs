@@ -52,6 +52,16 @@ fn render_tpl(env: &Environment<'_>, name: &str, ctx: minijinja::Value) -> Strin
         .unwrap_or_else(|e| format!("tsk8s-diff: internal template error in {name}: {e}\n"))
 }
 
+/// The markdown table's Status: what happened to the group.
+fn table_status(g: &Group) -> &'static str {
+    match g.status {
+        GroupStatus::Added => "added",
+        GroupStatus::Removed => "removed",
+        GroupStatus::Present if g.counts.total() == 0 => "unchanged",
+        GroupStatus::Present => "changed",
+    }
+}
+
 fn status_str(s: GroupStatus) -> &'static str {
     match s {
         GroupStatus::Present => "present",
@@ -194,14 +204,19 @@ pub fn render_text(report: &Report, color: bool) -> String {
         })
         .collect();
     let summary = if color {
-        format!("{BOLD}{}{RESET}", report.summary)
+        format!("{BOLD}{}{RESET}", report.summary_line())
     } else {
-        report.summary.to_string()
+        report.summary_line()
     };
+    let access = report
+        .access
+        .as_ref()
+        .map(crate::access::render_text)
+        .unwrap_or_default();
     render_tpl(
         &env(),
         "diff.txt.j2",
-        context! { summary, groups => Serde(&groups), changed_groups => Serde(&changed_groups) },
+        context! { summary, access, groups => Serde(&groups), changed_groups => Serde(&changed_groups) },
     )
 }
 
@@ -264,6 +279,7 @@ fn render_frame(
     report: &Report,
     part: Option<(usize, usize)>,
     table: bool,
+    access: &str,
     blocks: &[String],
 ) -> String {
     let rows: Vec<TableRow> = if table {
@@ -272,7 +288,7 @@ fn render_frame(
             .iter()
             .map(|g| TableRow {
                 title: md_group_title(&g.kind),
-                status: status_str(g.status),
+                status: table_status(g),
                 counts: g.counts,
             })
             .collect()
@@ -287,7 +303,8 @@ fn render_frame(
             marker => MARKER,
             part => part,
             parts => parts,
-            summary => report.summary.to_string(),
+            summary => report.summary_line(),
+            access => access,
             table => Serde(&rows),
             empty => report.is_empty(),
             blocks => Serde(blocks),
@@ -327,12 +344,18 @@ pub fn render_markdown(report: &Report) -> Vec<String> {
 /// note saying how many lines were left out.
 pub fn render_markdown_with_limit(report: &Report, limit: usize) -> Vec<String> {
     let env = env();
+    // The access section comes first, in the first part (it is bounded).
+    let access = report
+        .access
+        .as_ref()
+        .map(crate::access::render_markdown)
+        .unwrap_or_default();
     let pairs: Vec<(&Group, &Change)> = report.changes().collect();
     let blocks: Vec<String> = pairs
         .iter()
         .map(|(g, c)| render_block(&env, g, c, &c.diff, 0))
         .collect();
-    let single = render_frame(&env, report, None, true, &blocks);
+    let single = render_frame(&env, report, None, true, &access, &blocks);
     if single.len() < limit {
         return vec![single];
     }
@@ -340,9 +363,9 @@ pub fn render_markdown_with_limit(report: &Report, limit: usize) -> Vec<String> 
     // Sizes of the frames with worst-case part numbers, and what one more block costs beyond
     // its own length (the separator the template puts around it).
     let big = Some((99_999, 99_999));
-    let first_overhead = render_frame(&env, report, big, true, &[]).len();
-    let other_overhead = render_frame(&env, report, big, false, &[]).len();
-    let per_block = render_frame(&env, report, big, false, &[String::new()])
+    let first_overhead = render_frame(&env, report, big, true, &access, &[]).len();
+    let other_overhead = render_frame(&env, report, big, false, "", &[]).len();
+    let per_block = render_frame(&env, report, big, false, "", &[String::new()])
         .len()
         .saturating_sub(other_overhead);
     // A huge table (thousands of clusters) is dropped rather than starving every block.
@@ -350,7 +373,7 @@ pub fn render_markdown_with_limit(report: &Report, limit: usize) -> Vec<String> 
     let first_overhead = if table_in_first {
         first_overhead
     } else {
-        other_overhead
+        render_frame(&env, report, big, false, &access, &[]).len()
     };
 
     let mut parts: Vec<Vec<String>> = Vec::new();
@@ -393,12 +416,20 @@ pub fn render_markdown_with_limit(report: &Report, limit: usize) -> Vec<String> 
                 report,
                 Some((i + 1, n)),
                 i == 0 && table_in_first,
+                if i == 0 { &access } else { "" },
                 blocks,
             )
         })
         .collect();
     if out.is_empty() {
-        out.push(render_frame(&env, report, Some((1, 1)), false, &[]));
+        out.push(render_frame(
+            &env,
+            report,
+            Some((1, 1)),
+            false,
+            &access,
+            &[],
+        ));
     }
     // Last guard (only reachable with absurdly small limits): never exceed the limit.
     for body in &mut out {
@@ -426,14 +457,17 @@ pub fn render_json(report: &Report) -> String {
         summary_line: String,
         empty: bool,
         up_to_date: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        access: Option<&'a crate::AccessChanges>,
         groups: &'a [Group],
         files: &'a [crate::FileDiff],
     }
     let j = J {
         summary: &report.summary,
-        summary_line: report.summary.to_string(),
+        summary_line: report.summary_line(),
         empty: report.is_empty(),
         up_to_date: report.is_up_to_date(),
+        access: report.access.as_ref(),
         groups: &report.groups,
         files: &report.files,
     };

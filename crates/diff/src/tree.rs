@@ -12,6 +12,9 @@ use crate::{
 };
 
 pub(crate) const POLICY_PATH: &str = "policy.hujson";
+/// The list of files a build wrote: it changes with every added or removed file, so it is
+/// no entry of its own (`Report::files` still lists it for `build --check`).
+pub(crate) const MANIFEST_PATH: &str = ".tsk8s-manifest";
 
 /// How many positions ahead a removed list entry looks for a similar added one.
 const SIMILARITY_WINDOW: usize = 8;
@@ -65,6 +68,9 @@ pub(crate) fn parse_tree(
     let mut devices: BTreeMap<String, (DevFile, DevFile)> = BTreeMap::new();
 
     for (path, bytes) in tree {
+        if path == MANIFEST_PATH {
+            continue;
+        }
         if path == POLICY_PATH {
             p.present.insert(GroupKind::Policy);
             p.policy = Some(parse_policy(utf8(bytes, path, side)?, path, side)?);
@@ -308,6 +314,57 @@ pub(crate) fn match_trees(old: &Parsed, new: &Parsed) -> Vec<Group> {
         });
     }
     out
+}
+
+/// A hunk already shown in an earlier change (e.g. the same filter rules in each cluster's
+/// mesh ConfigMap) is replaced by its `@@` line naming where it is shown.
+pub(crate) fn dedup_hunks(groups: &mut [Group]) {
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for g in groups.iter_mut() {
+        let group = g.kind.to_string();
+        for c in &mut g.changes {
+            if c.action != Action::Changed || !c.diff.contains("\n@@") {
+                continue;
+            }
+            let place = format!("{group}: {}", c.label);
+            let mut out = String::with_capacity(c.diff.len());
+            let mut replaced = false;
+            // Header lines, then hunks starting at `@@`.
+            let mut hunks: Vec<(&str, String)> = Vec::new();
+            for line in c.diff.split_inclusive('\n') {
+                if line.starts_with("@@") {
+                    hunks.push((line, String::new()));
+                } else if let Some((_, body)) = hunks.last_mut() {
+                    body.push_str(line);
+                } else {
+                    out.push_str(line);
+                }
+            }
+            for (head, body) in hunks {
+                // Only hunks that change something and are worth naming.
+                if body.lines().count() < 4 {
+                    out.push_str(head);
+                    out.push_str(&body);
+                    continue;
+                }
+                match seen.get(&body) {
+                    Some(first) => {
+                        out.push_str(head.trim_end_matches('\n'));
+                        out.push_str(&format!(" same lines as in {first}\n"));
+                        replaced = true;
+                    }
+                    None => {
+                        seen.insert(body.clone(), place.clone());
+                        out.push_str(head);
+                        out.push_str(&body);
+                    }
+                }
+            }
+            if replaced {
+                c.diff = out;
+            }
+        }
+    }
 }
 
 type Side2<'a> = Option<(&'a str, &'a EntryValue)>;

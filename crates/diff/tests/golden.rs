@@ -347,3 +347,21 @@ fn mutated_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn access_needs_topology_in_both_trees() {
+    let (old, new) = case("changed-acl");
+    let opts = tsk8s_diff::Options {
+        access: true,
+        tests: None,
+    };
+    let r = tsk8s_diff::diff_trees_with(&old, &new, &opts).unwrap();
+    let a = r.access.as_ref().unwrap();
+    let note = a.note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("access not compared: neither tree has"),
+        "{note}"
+    );
+    assert_eq!(r.summary_line(), r.summary.to_string());
+    assert!(render_text(&r, false).contains(note));
+}
