@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::emit::{self, Tree};
 use crate::lockfile::{self, Lock};
 use crate::lower::{self, net};
-use crate::model::{ExposureKind, RuntimeKind, Tailnet};
+use crate::model::{ExposureKind, Publish, RuntimeKind, Tailnet};
 use crate::resolve::{self, Spans};
 use crate::syntax;
 
@@ -452,10 +452,39 @@ fn lower_cluster(
         p.dedup();
         p
     };
+    // `publish="gateway"`: the nodes it terminates, the sidecars it relays to.
+    let mut in_gateway: Vec<(
+        &crate::model::Exposure,
+        &tsk8s_policy::runtime_config::NodeConfig,
+    )> = Vec::new();
+    let mut relays: Vec<tsk8s_policy::runtime_config::Relay> = Vec::new();
+    let mut relay_pods: Vec<lower::k8s::RelayPod> = Vec::new();
     for (id, node) in &rt.nodes {
         let Some(e) = c.exposures.iter().find(|e| &e.id == id) else {
             continue;
         };
+        if let ExposureKind::Sidecar { namespace, .. } = &e.kind
+            && c.publish == Publish::Gateway
+        {
+            relays.push(tsk8s_policy::runtime_config::Relay {
+                name: node.name.clone(),
+                public_key: node.public_key.clone(),
+                target: lower::k8s::relay_target(
+                    &lower::k8s::object_name(id),
+                    namespace,
+                    node.listen_port,
+                ),
+            });
+            relay_pods.push(lower::k8s::RelayPod {
+                namespace,
+                id,
+                port: node.listen_port,
+            });
+        }
+        if c.in_gateway(e) {
+            in_gateway.push((e, node));
+            continue;
+        }
         if let ExposureKind::Sidecar { .. } = e.kind {
             let mesh = lower::mesh::node_mesh(t, c, e, &l.lock, netw, reach);
             if let Some(mut comp) = lower::sidecar::component(c, e, node, &mesh) {
@@ -511,6 +540,31 @@ fn lower_cluster(
         )));
         add(&mut tree, format!("{id}.yaml"), emit::yaml_docs(&docs));
     }
+    if lower::gateway::has_gateway(c) {
+        let nodes: Vec<&crate::model::Exposure> = in_gateway.iter().map(|(e, _)| *e).collect();
+        let cfg = lower::gateway::config(
+            c,
+            in_gateway.iter().map(|(_, n)| (*n).clone()).collect(),
+            relays,
+        );
+        let mut docs = vec![
+            emit::yaml(&lower::gateway::configmap(c, &cfg)),
+            emit::yaml(&lower::gateway::deployment(c, &in_gateway)),
+            emit::yaml(&lower::k8s::gateway_service(c)),
+        ];
+        for e in &nodes {
+            if let Some(s) = lower::k8s::egress_service(c, e) {
+                docs.push(emit::yaml(&s));
+            }
+        }
+        docs.push(emit::yaml(&lower::k8s::gateway_network_policy(
+            c,
+            &nodes,
+            &peer_ports,
+            &relay_pods,
+        )));
+        add(&mut tree, "gateway.yaml".into(), emit::yaml_docs(&docs));
+    }
     let generators = lower::secrets::write_cluster_keys(
         &mut tree,
         &dir,
@@ -531,12 +585,20 @@ fn lower_cluster(
     Ok((tree, secret_diags.items))
 }
 
-/// How many `type: LoadBalancer` Services a build emits: one per node of every tsk8s-runtime
-/// cluster that publishes with `load-balancer` (each is a cloud load balancer).
+/// How many `type: LoadBalancer` Services a build emits (each is a cloud load balancer): one
+/// per node of every tsk8s-runtime cluster that publishes with `load-balancer`, one per
+/// cluster with a gateway.
 pub fn load_balancer_services(t: &Tailnet) -> usize {
-    t.runtime_nodes()
-        .filter(|(c, _)| c.publish == crate::model::Publish::LoadBalancer)
-        .count()
+    let per_node = t
+        .runtime_nodes()
+        .filter(|(c, _)| c.publish == Publish::LoadBalancer)
+        .count();
+    let gateways = t
+        .clusters
+        .iter()
+        .filter(|c| c.runtime == RuntimeKind::Tsk8s && lower::gateway::has_gateway(c))
+        .count();
+    per_node + gateways
 }
 
 /// `tsk8s test`: the spec's tests against the topology it defines (lock addresses; stand-in

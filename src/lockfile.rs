@@ -1053,7 +1053,9 @@ fn next_port(
     used: &mut BTreeSet<(String, u16)>,
 ) -> Result<u16, String> {
     let (first, last) = match publish {
-        Publish::LoadBalancer => (FIRST_LB_PORT, u16::MAX),
+        // Under a gateway only a sidecar binds its port (in its own pod); the others keep one
+        // for the lock's sake (entries never change) and for a later switch of mode.
+        Publish::LoadBalancer | Publish::Gateway => (FIRST_LB_PORT, u16::MAX),
         Publish::NodePort => NODE_PORT_RANGE,
     };
     for p in first..=last {

@@ -59,10 +59,13 @@ pub struct Device {
     pub tags: Vec<String>,
 }
 
-/// How a cluster's nodes publish their WireGuard UDP port (`publish=`). An enum so that more
-/// modes (a shared gateway) can be added.
+/// How a cluster's nodes publish their WireGuard UDP port (`publish=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Publish {
+    /// One runtime Deployment per cluster (`tsk8s-gateway`) terminates WireGuard for every
+    /// proxy, subnet router and egress node and relays sidecars' datagrams to their pods, on one
+    /// UDP port behind one `LoadBalancer` Service.
+    Gateway,
     /// One `LoadBalancer` Service per node.
     LoadBalancer,
     /// One `NodePort` Service per node, `externalTrafficPolicy: Cluster`.
@@ -78,6 +81,14 @@ pub enum SidecarStyle {
     /// A plain container beside the app's (older clusters).
     Container,
 }
+
+/// The gateway's UDP port unless the cluster says otherwise (`gateway-port=`; Tailscale's
+/// default WireGuard port).
+pub const DEFAULT_GATEWAY_PORT: u16 = 41641;
+
+/// The name of a cluster's gateway (objects `tsk8s-gateway`); no exposure of a gateway cluster
+/// may take it.
+pub const GATEWAY_NAME: &str = "gateway";
 
 /// The placeholder in a cluster `endpoint` that stands for each node's tailnet name.
 pub const NODE_PLACEHOLDER: &str = "{node}";
@@ -132,6 +143,8 @@ pub struct Cluster {
     /// [`Cluster::endpoint_host`]).
     pub endpoint: String,
     pub publish: Publish,
+    /// `publish="gateway"`: the one UDP port of the cluster's gateway (and its Service).
+    pub gateway_port: u16,
     pub services: ServiceOptions,
     pub sidecar_style: SidecarStyle,
     pub image: String,
@@ -165,8 +178,26 @@ impl Cluster {
     pub fn external_traffic_policy(&self) -> &'static str {
         match self.publish {
             Publish::NodePort => "Cluster",
-            Publish::LoadBalancer if self.services.shared_ip.is_some() => "Cluster",
-            Publish::LoadBalancer => "Local",
+            Publish::LoadBalancer | Publish::Gateway if self.services.shared_ip.is_some() => {
+                "Cluster"
+            }
+            Publish::LoadBalancer | Publish::Gateway => "Local",
+        }
+    }
+
+    /// Whether node `e` runs inside the cluster's gateway (`publish="gateway"`: every node but
+    /// the sidecars, which keep their own pods and are relayed to).
+    pub fn in_gateway(&self, e: &Exposure) -> bool {
+        self.publish == Publish::Gateway && !matches!(e.kind, ExposureKind::Sidecar { .. })
+    }
+
+    /// The UDP port devices and other clusters reach node `e` on: the gateway's under
+    /// `publish="gateway"` (sidecars included: the gateway relays them), else its own
+    /// (`lock_port`, from the lock).
+    pub fn published_port(&self, lock_port: u16) -> u16 {
+        match self.publish {
+            Publish::Gateway => self.gateway_port,
+            Publish::LoadBalancer | Publish::NodePort => lock_port,
         }
     }
 

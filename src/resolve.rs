@@ -1259,16 +1259,18 @@ impl Resolver<'_> {
         };
         let publish = match c.publish.as_ref().map(|p| p.v.as_str()) {
             None | Some("load-balancer") => Publish::LoadBalancer,
+            Some("gateway") => Publish::Gateway,
             Some("node-port") => Publish::NodePort,
             Some(other) => {
                 let at = c.publish.as_ref().map(|p| p.span).unwrap_or(c.span);
                 self.push(
                     err(at, format!("unknown publish mode {other:?}"))
-                        .help("use \"load-balancer\" or \"node-port\""),
+                        .help("use \"gateway\", \"load-balancer\" or \"node-port\""),
                 );
                 Publish::LoadBalancer
             }
         };
+        let gateway_port = self.gateway_port(c, publish);
         let sidecar_style = match c.sidecar_style.as_ref().map(|s| s.v.as_str()) {
             None | Some("native") => SidecarStyle::Native,
             Some("container") => SidecarStyle::Container,
@@ -1334,6 +1336,9 @@ impl Resolver<'_> {
         }
         if runtime == RuntimeKind::Tsk8s {
             self.check_publishing(c, publish, &exposures);
+            if publish == Publish::Gateway {
+                self.check_gateway(c, gateway_port, &exposures);
+            }
         }
         // A NetworkPolicy sees a packet to a Service address after DNAT, at a pod address: a
         // router into the Service CIDR must be let out to the pods too.
@@ -1367,6 +1372,7 @@ impl Resolver<'_> {
             service_cidr,
             endpoint,
             publish,
+            gateway_port,
             services,
             sidecar_style,
             image,
@@ -1414,6 +1420,18 @@ impl Resolver<'_> {
             }
         }
         match publish {
+            Publish::Gateway => {
+                if per_node {
+                    self.push(
+                        err(ep.span, format!("endpoint {:?} names a host per node, but publish=\"gateway\" publishes every node of the cluster on one address", ep.v))
+                            .label("one host for the gateway")
+                            .help(format!(
+                                "give the gateway's host: endpoint=\"{}\"; or publish=\"load-balancer\" (one LoadBalancer Service per node)",
+                                ep.v.replace(&format!("{NODE_PLACEHOLDER}."), "")
+                            )),
+                    );
+                }
+            }
             Publish::NodePort => {
                 if per_node {
                     self.push(
@@ -1434,7 +1452,7 @@ impl Resolver<'_> {
                     if let Some(v) = v {
                         self.push(
                             err(v.span, format!("`{key}` applies to LoadBalancer Services, but this cluster publishes NodePorts"))
-                                .label("only with publish=\"load-balancer\""),
+                                .label("only with publish=\"gateway\" or \"load-balancer\""),
                         );
                     }
                 }
@@ -1463,6 +1481,98 @@ impl Resolver<'_> {
                             ep.v
                         )),
                     );
+                }
+            }
+        }
+    }
+
+    /// `gateway-port=`: only under `publish="gateway"`, 1-65535.
+    fn gateway_port(&mut self, c: &syntax::ClusterDecl, publish: Publish) -> u16 {
+        let Some(p) = &c.gateway_port else {
+            return DEFAULT_GATEWAY_PORT;
+        };
+        if publish != Publish::Gateway {
+            self.push(
+                err(p.span, "gateway-port is the port of publish=\"gateway\"")
+                    .label("no gateway in this cluster")
+                    .help("remove it, or set publish=\"gateway\" (`tsk8s lock` gives each node of the other modes its own port)"),
+            );
+            return DEFAULT_GATEWAY_PORT;
+        }
+        match u16::try_from(p.v) {
+            Ok(v) if v > 0 => v,
+            _ => {
+                self.push(
+                    err(
+                        p.span,
+                        format!("gateway-port {} is out of range (1-65535)", p.v),
+                    )
+                    .label("bad port"),
+                );
+                DEFAULT_GATEWAY_PORT
+            }
+        }
+    }
+
+    /// The nodes a gateway terminates share one pod: its WireGuard port, its admin port and
+    /// every egress node's listeners must not collide, and no exposure may take the gateway's
+    /// object names.
+    fn check_gateway(&mut self, c: &syntax::ClusterDecl, port: u16, exposures: &[Exposure]) {
+        let wg_at = c
+            .gateway_port
+            .as_ref()
+            .map(|p| p.span)
+            .or(c.publish.as_ref().map(|p| p.span))
+            .unwrap_or(c.name.span);
+        let mut taken: BTreeMap<(Proto, u16), String> = BTreeMap::new();
+        taken.insert(
+            (Proto::Udp, port),
+            format!("the gateway's WireGuard port (gateway-port={port})"),
+        );
+        taken.insert(
+            (Proto::Tcp, crate::lower::mesh::ADMIN_PORT),
+            format!(
+                "the gateway's admin server ({})",
+                crate::lower::mesh::ADMIN_PORT
+            ),
+        );
+        let decls = |id: &str| c.exposures.iter().find(|d| d.name.v == id);
+        for e in exposures {
+            if e.id == GATEWAY_NAME {
+                let at = decls(&e.id).map(|d| d.name.span).unwrap_or(c.name.span);
+                self.push(
+                    err(at, format!("exposure name {GATEWAY_NAME:?} is taken by the cluster's gateway (its objects are named tsk8s-{GATEWAY_NAME})"))
+                        .label("reserved under publish=\"gateway\"")
+                        .help("rename the exposure (hostname=\"gateway\" keeps its tailnet name)"),
+                );
+            }
+            let ExposureKind::Egress { ports, .. } = &e.kind else {
+                continue;
+            };
+            for p in ports {
+                let what = format!(
+                    "port {}/{} of egress {:?}",
+                    p.port,
+                    p.protocol.as_str(),
+                    e.id
+                );
+                if let Some(prev) = taken.get(&(p.protocol, p.port)) {
+                    let at = decls(&e.id)
+                        .and_then(|d| d.ports.iter().find(|pd| pd.port.v == i128::from(p.port)))
+                        .map(|pd| pd.port.span)
+                        .unwrap_or(wg_at);
+                    self.push(
+                        err(
+                            at,
+                            format!(
+                                "{what} collides with {prev}: under publish=\"gateway\" they listen in one pod"
+                            ),
+                        )
+                        .label("port taken in the gateway")
+                        .help("give this egress another port, or move the gateway (gateway-port=<a free port> on the cluster)"),
+                    );
+                } else {
+                    taken.insert((p.protocol, p.port), what);
                 }
             }
         }

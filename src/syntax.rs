@@ -89,6 +89,8 @@ pub struct ClusterDecl {
     pub service_cidr: Option<SpStr>,
     pub endpoint: Option<SpStr>,
     pub publish: Option<SpStr>,
+    /// `publish="gateway"`: the gateway's one UDP port.
+    pub gateway_port: Option<Sp<i128>>,
     /// MetalLB: the one address all of the cluster's LoadBalancer Services share.
     pub shared_ip: Option<SpStr>,
     pub load_balancer_class: Option<SpStr>,
@@ -875,6 +877,7 @@ impl Parser<'_> {
         let service_cidr = n.prop_str(self.d, "service-cidr");
         let endpoint = n.prop_str(self.d, "endpoint");
         let publish = n.prop_str(self.d, "publish");
+        let gateway_port = n.prop_int(self.d, "gateway-port");
         let shared_ip = n.prop_str(self.d, "shared-ip");
         let load_balancer_class = n.prop_str(self.d, "load-balancer-class");
         let mut load_balancer_source_ranges = Vec::new();
@@ -987,6 +990,7 @@ impl Parser<'_> {
             service_cidr,
             endpoint,
             publish,
+            gateway_port,
             shared_ip,
             load_balancer_class,
             load_balancer_source_ranges,

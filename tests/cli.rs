@@ -656,6 +656,10 @@ fn bad_deployment_combinations_exit_2_from_check_lock_and_build() {
         "lb-one-host-several-nodes",
         "router-service-cidr-no-pod-cidr",
         "sidecar-replicas-3",
+        "gateway-port-clash",
+        "gateway-node-endpoint",
+        "gateway-port-without-gateway",
+        "gateway-name-taken",
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
@@ -685,5 +689,40 @@ fn bad_deployment_combinations_exit_2_from_check_lock_and_build() {
         for written in ["tailnet.lock", "keys", "out"] {
             assert!(!d.join(written).exists(), "{case}: {written} was written");
         }
+    }
+}
+
+/// `build` prints how many LoadBalancer Services it emitted, and that is what the tree holds:
+/// one per cluster under `publish="gateway"`, one per node under `load-balancer`.
+#[test]
+fn build_counts_the_load_balancers_it_writes() {
+    for (spec, expected) in [("testdata/specs/gateway", 2), ("testdata/specs/publish", 4)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        copy_spec(spec, d);
+        let o = run(d, &["build", "--no-tests", "-o", "out"]);
+        assert_eq!(o.status.code(), Some(0), "{spec}: {o:?}");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.contains(&format!("{expected} LoadBalancer Service(s)")),
+            "{spec}: {stdout}"
+        );
+        let mut written = 0;
+        let mut stack = vec![d.join("out")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "yaml") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    written += text.matches("\n  type: LoadBalancer\n").count();
+                }
+            }
+        }
+        assert_eq!(
+            written, expected,
+            "{spec}: LoadBalancer Services in the tree"
+        );
     }
 }

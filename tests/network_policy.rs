@@ -12,7 +12,11 @@
 //!   admitted, and the same packet to a pod of another namespace is not;
 //! - a router's packet to an address of each route is admitted; where a route covers the
 //!   Service CIDR, so is its packet to a pod (the Service's DNAT target) at any port;
-//!   a packet to an address outside its routes and the cluster is not.
+//!   a packet to an address outside its routes and the cluster is not;
+//! - under `publish="gateway"` the gateway's pod is the source of every node it terminates
+//!   (its egress is their union: a proxy's other-namespace check is left out, and counted,
+//!   where a router of the same gateway reaches every pod), it may send UDP to each relayed
+//!   sidecar's pod at its relay port, and that pod admits it from the gateway's pod only.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tsk8s::build::{self, Input};
-use tsk8s::model::{Cluster, ExposureKind, Proto, RuntimeKind};
+use tsk8s::model::{Cluster, ExposureKind, Proto, Publish, RuntimeKind};
 
 // ---------------------------------------------------------------------------------------------
 // The evaluator
@@ -197,6 +201,50 @@ fn egress_admitted(policies: &[Value], src: &Pod, pkt: &Packet, flavour: Flavour
                     Some(ports) => ports.iter().any(|p| port_matches(p, pkt)),
                 };
                 to_ok && ports_ok
+            })
+    })
+}
+
+/// Is `pkt` (from `src`, to pod `dst` at `pkt.port`) let in by `policies`?
+fn ingress_admitted(
+    policies: &[Value],
+    dst: &Pod,
+    src: &Dest,
+    pkt: &Packet,
+    flavour: Flavour,
+) -> bool {
+    let selecting: Vec<&Value> = policies
+        .iter()
+        .filter(|p| p["metadata"]["namespace"].as_str() == Some(dst.namespace.as_str()))
+        .filter(|p| selects(&p["spec"]["podSelector"], &dst.labels))
+        .filter(|p| match p["spec"]["policyTypes"].as_array() {
+            Some(t) => t.iter().any(|t| t == "Ingress"),
+            None => true,
+        })
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    selecting.iter().any(|p| {
+        let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+        p["spec"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|rule| {
+                let from_ok = match rule["from"].as_array() {
+                    None => true,
+                    Some(peers) if peers.is_empty() => true,
+                    Some(peers) => peers
+                        .iter()
+                        .any(|peer| peer_matches(peer, ns, src, flavour)),
+                };
+                let ports_ok = match rule["ports"].as_array() {
+                    None => true,
+                    Some(ports) if ports.is_empty() => true,
+                    Some(ports) => ports.iter().any(|p| port_matches(p, pkt)),
+                };
+                from_ok && ports_ok
             })
     })
 }
@@ -403,6 +451,10 @@ struct Covered {
     proxies_with_other_pod_port: usize,
     routers: usize,
     routers_over_service_cidr: usize,
+    /// Sidecars relayed by a gateway (judged both ways).
+    relays: usize,
+    /// Proxy checks skipped: in a gateway with a router into the cluster.
+    proxies_sharing_a_router: usize,
 }
 
 fn judge_spec(dir: &Path, covered: &mut Covered) {
@@ -449,9 +501,22 @@ fn judge_spec(dir: &Path, covered: &mut Covered) {
                 e.kind.keyword(),
                 e.id
             );
-            let deployment = docs.iter().find(|d| {
-                d["kind"] == "Deployment" && d["metadata"]["name"] == format!("tsk8s-{}", e.id)
-            });
+            // Under publish="gateway" the gateway's pod carries every node but the sidecars.
+            let workload = if c.in_gateway(e) {
+                "tsk8s-gateway".to_string()
+            } else {
+                format!("tsk8s-{}", e.id)
+            };
+            let deployment = docs
+                .iter()
+                .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == workload);
+            if let ExposureKind::Sidecar { namespace, .. } = &e.kind
+                && c.publish == Publish::Gateway
+            {
+                judge_relay(&at, c, &docs, &policies, &e.id, namespace);
+                covered.relays += 1;
+                continue;
+            }
             let src = match (&e.kind, deployment) {
                 (ExposureKind::Proxy { .. } | ExposureKind::SubnetRouter { .. }, Some(d)) => Pod {
                     namespace: d["metadata"]["namespace"].as_str().unwrap().to_string(),
@@ -504,6 +569,12 @@ fn judge_spec(dir: &Path, covered: &mut Covered) {
                                     },
                                     ..to_target.clone()
                                 };
+                                // A gateway's pod may go where any of its nodes may: a router
+                                // into the cluster lets it reach every pod.
+                                if c.in_gateway(e) && gateway_reaches_pods(c) {
+                                    covered.proxies_sharing_a_router += 1;
+                                    continue;
+                                }
                                 assert!(
                                     !admitted(&elsewhere, f),
                                     "{at}: a packet to a pod of another namespace is let out ({f:?})"
@@ -582,6 +653,87 @@ fn judge_spec(dir: &Path, covered: &mut Covered) {
     }
 }
 
+/// Whether a router inside the cluster's gateway routes into the cluster (its pod or Service
+/// CIDR): the gateway's pod may then reach every pod, whichever node sends.
+fn gateway_reaches_pods(c: &Cluster) -> bool {
+    c.exposures.iter().any(|e| {
+        let ExposureKind::SubnetRouter { routes } = &e.kind else {
+            return false;
+        };
+        c.in_gateway(e)
+            && routes.iter().any(|r| {
+                [c.service_cidr, c.pod_cidr]
+                    .into_iter()
+                    .flatten()
+                    .any(|n| r.contains(&n) || n.contains(r))
+            })
+    })
+}
+
+/// A sidecar the gateway relays to: the gateway's pod may send UDP to the sidecar's pod at the
+/// port of its relay Service, and the sidecar's pod admits it from the gateway's pod only.
+fn judge_relay(at: &str, c: &Cluster, docs: &[Value], policies: &[Value], id: &str, ns: &str) {
+    let svc = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Service"
+                && d["metadata"]["name"] == format!("tsk8s-{id}")
+                && d["metadata"]["namespace"] == ns
+        })
+        .unwrap_or_else(|| panic!("{at}: no relay Service"));
+    assert_eq!(svc["spec"]["type"], "ClusterIP", "{at}: relay Service type");
+    let port = u16::try_from(svc["spec"]["ports"][0]["targetPort"].as_u64().unwrap()).unwrap();
+    let gateway = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "tsk8s-gateway")
+        .unwrap_or_else(|| panic!("{at}: no gateway Deployment"));
+    let gw_pod = Pod {
+        namespace: c.namespace.clone(),
+        labels: labels_of(&gateway["spec"]["template"]["metadata"]["labels"]),
+    };
+    let side_labels = BTreeMap::from([
+        ("tsk8s.dev/node".to_string(), id.to_string()),
+        ("app".to_string(), "user-app".to_string()),
+    ]);
+    let side_pod = Pod {
+        namespace: ns.to_string(),
+        labels: side_labels.clone(),
+    };
+    let pkt = Packet {
+        dest: Dest::Pod {
+            ip: pod_ip(c),
+            namespace: ns.to_string(),
+            labels: side_labels,
+        },
+        protocol: "UDP",
+        port,
+    };
+    let gw_src = Dest::Pod {
+        ip: pod_ip(c),
+        namespace: gw_pod.namespace.clone(),
+        labels: gw_pod.labels.clone(),
+    };
+    let other_src = Dest::Pod {
+        ip: pod_ip(c),
+        namespace: c.namespace.clone(),
+        labels: BTreeMap::from([("app".to_string(), "other".to_string())]),
+    };
+    for f in FLAVOURS {
+        assert!(
+            egress_admitted(policies, &gw_pod, &pkt, f),
+            "{at}: the gateway may not send to the sidecar's pod at {port}/udp ({f:?})"
+        );
+        assert!(
+            ingress_admitted(policies, &side_pod, &gw_src, &pkt, f),
+            "{at}: the sidecar's pod does not admit the gateway at {port}/udp ({f:?})"
+        );
+        assert!(
+            !ingress_admitted(policies, &side_pod, &other_src, &pkt, f),
+            "{at}: the sidecar's pod admits another pod at {port}/udp ({f:?})"
+        );
+    }
+}
+
 #[test]
 fn proxies_and_routers_reach_their_pods_after_dnat() {
     let mut covered = Covered::default();
@@ -597,11 +749,17 @@ fn proxies_and_routers_reach_their_pods_after_dnat() {
         covered.routers_over_service_cidr > 0,
         "no router over a Service CIDR was judged"
     );
+    assert!(
+        covered.relays > 0,
+        "no sidecar relayed by a gateway was judged"
+    );
     eprintln!(
-        "judged {} proxies ({} with a pod port other than the Service's) and {} routers ({} routes over a Service CIDR)",
+        "judged {} proxies ({} with a pod port other than the Service's; {} other-namespace checks left out for sharing a gateway with a router into the cluster), {} routers ({} routes over a Service CIDR) and {} relayed sidecars",
         covered.proxies,
         covered.proxies_with_other_pod_port,
+        covered.proxies_sharing_a_router,
         covered.routers,
-        covered.routers_over_service_cidr
+        covered.routers_over_service_cidr,
+        covered.relays
     );
 }

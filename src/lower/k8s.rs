@@ -29,7 +29,7 @@ use tsk8s_policy::runtime_config::{
 };
 
 use super::mesh::ADMIN_PORT;
-use crate::model::{Cluster, Exposure, ExposureKind, Port, Proto, Publish};
+use crate::model::{Cluster, Exposure, ExposureKind, GATEWAY_NAME, Port, Proto, Publish};
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tsk8s");
 pub const NODE_LABEL: &str = "tsk8s.dev/node";
@@ -197,7 +197,7 @@ pub fn sidecar_patch(
     })
 }
 
-fn probe(path: &str, period: i32) -> Probe {
+pub fn http_probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
@@ -310,8 +310,8 @@ pub fn runtime_container(
             }),
             ..Default::default()
         }]),
-        readiness_probe: Some(probe("/healthz", 5)),
-        liveness_probe: Some(probe("/healthz", 20)),
+        readiness_probe: Some(http_probe("/healthz", 5)),
+        liveness_probe: Some(http_probe("/healthz", 20)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("50m".into())),
@@ -454,19 +454,56 @@ pub const METALLB_LOAD_BALANCER_IPS: &str = "metallb.io/loadBalancerIPs";
 /// The Service that publishes node `e`'s WireGuard UDP port where the cluster's endpoint
 /// says: a LoadBalancer (annotated for external-dns with the node's own host when the endpoint
 /// is a `{node}` template, for MetalLB with the shared address when `shared-ip` is given) or a
-/// NodePort. The user's `service-annotations` come first; tsk8s's own keys win.
+/// NodePort. The user's `service-annotations` come first; tsk8s's own keys win. Under
+/// `publish="gateway"` only sidecars have one: a ClusterIP Service the gateway relays to
+/// ([`relay_service`]).
 pub fn wireguard_service(c: &Cluster, namespace: &str, e: &Exposure, port: u16) -> Service {
     let id = e.id.as_str();
-    let mut meta = meta(&object_name(id), Some(namespace), Some(id));
+    let meta = meta(&object_name(id), Some(namespace), Some(id));
+    match c.publish {
+        Publish::Gateway => relay_service(meta, selector(id), port),
+        Publish::LoadBalancer | Publish::NodePort => {
+            let host = c.endpoint_per_node().then(|| c.endpoint_host(&e.hostname));
+            published_service(c, meta, selector(id), port, host)
+        }
+    }
+}
+
+/// The cluster's one published Service under `publish="gateway"`: a LoadBalancer on the
+/// gateway's port (annotated for external-dns with the endpoint when it is a host name).
+pub fn gateway_service(c: &Cluster) -> Service {
+    let meta = meta(
+        &object_name(GATEWAY_NAME),
+        Some(&c.namespace),
+        Some(GATEWAY_NAME),
+    );
+    let host = c
+        .endpoint
+        .parse::<std::net::IpAddr>()
+        .is_err()
+        .then(|| c.endpoint.clone());
+    published_service(c, meta, selector(GATEWAY_NAME), c.gateway_port, host)
+}
+
+/// A UDP Service published outside the cluster the cluster's way (`publish`, the
+/// `service-annotations`, class, source ranges, shared address), on `port`; `host` is the name
+/// external-dns should point at it.
+fn published_service(
+    c: &Cluster,
+    mut meta: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    port: u16,
+    host: Option<String>,
+) -> Service {
     let mut annotations: BTreeMap<String, String> =
         c.services.annotations.iter().cloned().collect();
     let (type_, node_port) = match c.publish {
-        Publish::LoadBalancer => ("LoadBalancer", None),
+        Publish::LoadBalancer | Publish::Gateway => ("LoadBalancer", None),
         Publish::NodePort => ("NodePort", Some(i32::from(port))),
     };
-    let load_balancer = c.publish == Publish::LoadBalancer;
-    if load_balancer && c.endpoint_per_node() {
-        annotations.insert(EXTERNAL_DNS_HOSTNAME.into(), c.endpoint_host(&e.hostname));
+    let load_balancer = type_ == "LoadBalancer";
+    if let (true, Some(host)) = (load_balancer, host) {
+        annotations.insert(EXTERNAL_DNS_HOSTNAME.into(), host);
     }
     if let (true, Some(ip)) = (load_balancer, c.services.shared_ip) {
         annotations.insert(METALLB_ALLOW_SHARED_IP.into(), object_name(&c.name));
@@ -494,7 +531,7 @@ pub fn wireguard_service(c: &Cluster, namespace: &str, e: &Exposure, port: u16) 
                 .clone()
                 .filter(|_| load_balancer),
             load_balancer_source_ranges: (load_balancer && !ranges.is_empty()).then_some(ranges),
-            selector: Some(selector(id)),
+            selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("wireguard".into()),
                 port: i32::from(port),
@@ -509,6 +546,32 @@ pub fn wireguard_service(c: &Cluster, namespace: &str, e: &Exposure, port: u16) 
     }
 }
 
+/// The ClusterIP Service the gateway relays a sidecar's WireGuard datagrams to (the relay's
+/// `target`), on the sidecar's own port.
+pub fn relay_service(meta: ObjectMeta, selector: BTreeMap<String, String>, port: u16) -> Service {
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("wireguard".into()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::Int(i32::from(port))),
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `host:port` of a sidecar's relay Service, as the gateway dials it.
+pub fn relay_target(service: &str, namespace: &str, port: u16) -> String {
+    format!("{service}.{namespace}.svc:{port}")
+}
+
 /// For egress nodes: the in-cluster Service other workloads connect to (the runtime listens on
 /// each `port` itself).
 pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
@@ -516,9 +579,11 @@ pub fn egress_service(c: &Cluster, e: &Exposure) -> Option<Service> {
         return None;
     };
     let meta = meta(&e.id, Some(&c.namespace), Some(&e.id));
+    // Under a gateway the egress node's listeners are in the gateway's pod.
+    let pod = if c.in_gateway(e) { GATEWAY_NAME } else { &e.id };
     Some(cluster_ip_service(
         meta,
-        &e.id,
+        pod,
         ports.iter().map(|p| (p.protocol, p.port, p.port)),
     ))
 }
@@ -606,19 +671,9 @@ fn proxy_pod_ports(ports: &[Port]) -> Vec<NetworkPolicyPort> {
         .collect()
 }
 
-/// Admit the node's UDP port; let it reach only its targets, its peers' endpoints and DNS.
-pub fn network_policy(
-    c: &Cluster,
-    e: &Exposure,
-    node: &NodeConfig,
-    peer_ports: &[u16],
-) -> NetworkPolicy {
-    let id = e.id.as_str();
-    let mut ingress = vec![NetworkPolicyIngressRule {
-        ports: Some(vec![np_port("UDP", Some(node.listen_port))]),
-        ..Default::default()
-    }];
-    let dns = NetworkPolicyEgressRule {
+/// Egress to the cluster's DNS.
+fn dns_egress() -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
                 match_labels: Some(BTreeMap::from([(
@@ -634,8 +689,18 @@ pub fn network_policy(
             ..Default::default()
         }]),
         ports: Some(vec![np_port("UDP", Some(53)), np_port("TCP", Some(53))]),
-    };
-    let mut egress = vec![dns];
+    }
+}
+
+/// What node `e` needs besides its WireGuard port and DNS: (ingress, egress) rules. Egress is
+/// written for packets after Service DNAT (a proxy's target pods at their pod port; a router
+/// over the Service CIDR to the pod CIDR).
+fn node_rules(
+    c: &Cluster,
+    e: &Exposure,
+) -> (Vec<NetworkPolicyIngressRule>, Vec<NetworkPolicyEgressRule>) {
+    let mut ingress = Vec::new();
+    let mut egress = Vec::new();
     match &e.kind {
         ExposureKind::Proxy {
             namespace, ports, ..
@@ -686,34 +751,48 @@ pub fn network_policy(
         }
         ExposureKind::Sidecar { .. } => {}
     }
-    if !peer_ports.is_empty() {
-        egress.push(NetworkPolicyEgressRule {
-            to: Some(vec![
-                NetworkPolicyPeer {
-                    ip_block: Some(IPBlock {
-                        cidr: "0.0.0.0/0".into(),
-                        except: None,
-                    }),
-                    ..Default::default()
-                },
-                NetworkPolicyPeer {
-                    ip_block: Some(IPBlock {
-                        cidr: "::/0".into(),
-                        except: None,
-                    }),
-                    ..Default::default()
-                },
-            ]),
-            ports: Some(
-                peer_ports
-                    .iter()
-                    .map(|p| np_port("UDP", Some(*p)))
-                    .collect(),
-            ),
-        });
+    (ingress, egress)
+}
+
+/// Egress to peers' published WireGuard ports, anywhere.
+fn peers_egress(peer_ports: &[u16]) -> Option<NetworkPolicyEgressRule> {
+    if peer_ports.is_empty() {
+        return None;
     }
+    Some(NetworkPolicyEgressRule {
+        to: Some(vec![
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: "0.0.0.0/0".into(),
+                    except: None,
+                }),
+                ..Default::default()
+            },
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: "::/0".into(),
+                    except: None,
+                }),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(
+            peer_ports
+                .iter()
+                .map(|p| np_port("UDP", Some(*p)))
+                .collect(),
+        ),
+    })
+}
+
+fn node_policy(
+    namespace: &str,
+    id: &str,
+    ingress: Vec<NetworkPolicyIngressRule>,
+    egress: Vec<NetworkPolicyEgressRule>,
+) -> NetworkPolicy {
     NetworkPolicy {
-        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
+        metadata: meta(&object_name(id), Some(namespace), Some(id)),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(selector(id)),
@@ -724,4 +803,97 @@ pub fn network_policy(
             egress: Some(egress),
         }),
     }
+}
+
+/// Admit the node's UDP port; let it reach only its targets, its peers' endpoints and DNS.
+pub fn network_policy(
+    c: &Cluster,
+    e: &Exposure,
+    node: &NodeConfig,
+    peer_ports: &[u16],
+) -> NetworkPolicy {
+    let (extra_in, extra_out) = node_rules(c, e);
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![np_port("UDP", Some(node.listen_port))]),
+        ..Default::default()
+    }];
+    ingress.extend(extra_in);
+    let mut egress = vec![dns_egress()];
+    egress.extend(extra_out);
+    egress.extend(peers_egress(peer_ports));
+    node_policy(&c.namespace, &e.id, ingress, egress)
+}
+
+/// A sidecar the gateway relays to: its namespace, node id and WireGuard port.
+pub struct RelayPod<'a> {
+    pub namespace: &'a str,
+    pub id: &'a str,
+    pub port: u16,
+}
+
+/// The gateway's pod: its one UDP port in (and its egress nodes' listeners); out, the union of
+/// what its nodes need (each rule once), DNS, peers' endpoints and each relayed sidecar's pod
+/// at its WireGuard port.
+pub fn gateway_network_policy(
+    c: &Cluster,
+    nodes: &[&Exposure],
+    peer_ports: &[u16],
+    relays: &[RelayPod],
+) -> NetworkPolicy {
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![np_port("UDP", Some(c.gateway_port))]),
+        ..Default::default()
+    }];
+    let mut egress = vec![dns_egress()];
+    for e in nodes {
+        let (i, o) = node_rules(c, e);
+        for r in i {
+            if !ingress.contains(&r) {
+                ingress.push(r);
+            }
+        }
+        for r in o {
+            if !egress.contains(&r) {
+                egress.push(r);
+            }
+        }
+    }
+    for r in relays {
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                namespace_selector: ns_peer(r.namespace).namespace_selector,
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector(r.id)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![np_port("UDP", Some(r.port))]),
+        });
+    }
+    egress.extend(peers_egress(peer_ports));
+    node_policy(&c.namespace, GATEWAY_NAME, ingress, egress)
+}
+
+/// A relayed sidecar's pod (Ingress only): its WireGuard port from the gateway's pod. Policies
+/// add up, but the first one selecting a pod isolates it: any other ingress the app takes
+/// needs a policy of its own (docs/deploying.md).
+pub fn sidecar_network_policy(c: &Cluster, namespace: &str, id: &str, port: u16) -> NetworkPolicy {
+    let mut np = node_policy(namespace, id, Vec::new(), Vec::new());
+    if let Some(spec) = np.spec.as_mut() {
+        spec.policy_types = Some(vec!["Ingress".into()]);
+        spec.egress = None;
+        spec.ingress = Some(vec![NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: ns_peer(&c.namespace).namespace_selector,
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector(GATEWAY_NAME)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![np_port("UDP", Some(port))]),
+        }]);
+    }
+    np
 }

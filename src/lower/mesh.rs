@@ -84,7 +84,12 @@ pub fn peer_entry(t: &Tailnet, lock: &Lock, net: &Net, reach: &Reach, idx: usize
             let c = t.cluster(cluster)?;
             let name = hostname_of(t, member);
             Some(Peer {
-                endpoint: Some(endpoint(&c.endpoint_host(&name), entry.port)),
+                // Under `publish="gateway"` every node of the cluster, sidecars included, is
+                // reached on the gateway's one port.
+                endpoint: Some(endpoint(
+                    &c.endpoint_host(&name),
+                    c.published_port(entry.port),
+                )),
                 name,
                 public_key: entry.public_key.clone(),
                 allowed_ips: allowed,
@@ -273,7 +278,13 @@ pub fn cluster_runtime(
                 public_key: entry.public_key.clone(),
                 ipv4: entry.ipv4,
                 ipv6: entry.ipv6,
-                listen_port: entry.port,
+                // A node inside the gateway binds nothing itself: the gateway's port is its
+                // port. A sidecar (relayed under a gateway) binds its own in its pod.
+                listen_port: if c.in_gateway(e) {
+                    c.gateway_port
+                } else {
+                    entry.port
+                },
                 mtu: DEFAULT_MTU,
                 // A sidecar shares the app's pod: its admin port stays on loopback (probed by
                 // an `exec` probe); the runtime's own pods answer httpGet probes on the pod IP.

@@ -2,6 +2,7 @@
 //! device configs. Pure functions over [`crate::model::Tailnet`] and the lock.
 
 pub mod devices;
+pub mod gateway;
 pub mod gitops;
 pub mod k8s;
 pub mod mesh;

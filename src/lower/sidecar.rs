@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tsk8s_policy::runtime_config::{MeshConfig, NodeConfig};
 
 use super::k8s::{self, NODE_DIR, RUNTIME_UID};
-use crate::model::{Cluster, Exposure, ExposureKind, SidecarStyle};
+use crate::model::{Cluster, Exposure, ExposureKind, Publish, SidecarStyle};
 
 pub struct SidecarComponent {
     pub kustomization: Value,
@@ -72,6 +72,9 @@ pub fn component(
     }
     let configmap = k8s::node_configmap(namespace, &e.id, node, Some(mesh));
     let service = k8s::wireguard_service(c, namespace, e, node.listen_port);
+    // Relayed by the gateway: its WireGuard port from the gateway's pod.
+    let policy = (c.publish == Publish::Gateway)
+        .then(|| k8s::sidecar_network_policy(c, namespace, &e.id, node.listen_port));
     let mut patch = k8s::sidecar_patch(
         workload_kind,
         workload,
@@ -115,10 +118,14 @@ pub fn component(
     });
     Some(SidecarComponent {
         kustomization,
-        resources: vec![
-            serde_json::to_value(&configmap).unwrap_or(Value::Null),
-            serde_json::to_value(&service).unwrap_or(Value::Null),
-        ],
+        resources: [
+            serde_json::to_value(&configmap),
+            serde_json::to_value(&service),
+        ]
+        .into_iter()
+        .chain(policy.iter().map(serde_json::to_value))
+        .map(|v| v.unwrap_or(Value::Null))
+        .collect(),
         patch,
     })
 }

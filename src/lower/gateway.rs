@@ -1,0 +1,249 @@
+//! `publish="gateway"`: per cluster one runtime Deployment, `tsk8s-gateway`, that owns the
+//! cluster's single public WireGuard UDP port behind one `LoadBalancer` Service. It terminates
+//! WireGuard for every proxy, subnet router and egress node of the cluster (each keeps its own
+//! key, addresses, filter and lock entry) and relays the datagrams of every sidecar, unchanged,
+//! to the sidecar's pod through a ClusterIP Service (its `relay` target). The contract is
+//! `tsk8s_policy::runtime_config::GatewayConfig`: ConfigMap `tsk8s-gateway` holds
+//! `gateway.json`, every terminated node's key Secret is projected into one volume at
+//! `GATEWAY_KEY_DIR/<node>/private-key`, and the cluster's mesh is mounted as for the per-node
+//! pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, ResourceFieldSelector,
+    ResourceRequirements, SecretProjection, Sysctl, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use tsk8s_policy::runtime_config::{
+    GATEWAY_FILE, GATEWAY_KEY_DIR, GatewayConfig, MESH_FILE, NodeConfig, PRIVATE_KEY_FILE, Relay,
+};
+
+use super::k8s::{
+    self, CONTAINER_NAME, MESH_CONFIGMAP, MESH_DIR, RUNTIME_UID, SERVICE_ACCOUNT, key_secret_name,
+    meta, object_name, selector,
+};
+use super::mesh::ADMIN_PORT;
+use crate::model::{Cluster, Exposure, ExposureKind, GATEWAY_NAME};
+
+/// Where `gateway.json` is mounted in the gateway's pod.
+pub const GATEWAY_DIR: &str = "/etc/tsk8s/gateway";
+
+/// `gateway.json`: the terminated nodes (`nodes`: their `node.json`, listen port already the
+/// gateway's) and the relayed sidecars.
+pub fn config(c: &Cluster, nodes: Vec<NodeConfig>, relays: Vec<Relay>) -> GatewayConfig {
+    GatewayConfig {
+        listen_port: c.gateway_port,
+        admin_listen: format!("0.0.0.0:{ADMIN_PORT}"),
+        nodes,
+        relays,
+    }
+}
+
+pub fn configmap(c: &Cluster, cfg: &GatewayConfig) -> ConfigMap {
+    let mut text = serde_json::to_string_pretty(cfg).expect("string-keyed JSON always serializes");
+    text.push('\n');
+    ConfigMap {
+        metadata: meta(
+            &object_name(GATEWAY_NAME),
+            Some(&c.namespace),
+            Some(GATEWAY_NAME),
+        ),
+        data: Some(BTreeMap::from([(GATEWAY_FILE.to_string(), text)])),
+        ..Default::default()
+    }
+}
+
+/// The gateway's Deployment: one replica (two would fight over the keys' sessions),
+/// `Recreate`, the runtime pods' hardening (non-root, read-only root, no capabilities, seccomp
+/// RuntimeDefault, no service account token, httpGet probes on the admin port).
+pub fn deployment(c: &Cluster, nodes: &[(&Exposure, &NodeConfig)]) -> Deployment {
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("wireguard".into()),
+            container_port: i32::from(c.gateway_port),
+            protocol: Some("UDP".into()),
+            ..Default::default()
+        },
+        ContainerPort {
+            name: Some("admin".into()),
+            container_port: i32::from(ADMIN_PORT),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        },
+    ];
+    for (e, _) in nodes {
+        if let ExposureKind::Egress { ports: eps, .. } = &e.kind {
+            ports.extend(eps.iter().map(|p| ContainerPort {
+                container_port: i32::from(p.port),
+                protocol: Some(k8s::proto_name(p.protocol).into()),
+                ..Default::default()
+            }));
+        }
+    }
+    let keys: Vec<VolumeProjection> = nodes
+        .iter()
+        .map(|(e, n)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: key_secret_name(&e.id),
+                items: Some(vec![KeyToPath {
+                    key: PRIVATE_KEY_FILE.into(),
+                    path: format!("{}/{PRIVATE_KEY_FILE}", n.name),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let relays_only = keys.is_empty();
+    let mut volumes = vec![
+        Volume {
+            name: "tsk8s-gateway".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: object_name(GATEWAY_NAME),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tsk8s-mesh".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: MESH_CONFIGMAP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tsk8s-keys".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(keys),
+                // Readable by the runtime's group only (fsGroup), never world-readable.
+                default_mode: Some(0o440),
+            }),
+            ..Default::default()
+        },
+    ];
+    if relays_only {
+        volumes.retain(|v| v.name != "tsk8s-keys");
+    }
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(c.image.clone()),
+        image_pull_policy: Some("Always".into()),
+        args: Some(vec![
+            "gateway".into(),
+            "--config".into(),
+            format!("{GATEWAY_DIR}/{GATEWAY_FILE}"),
+            "--mesh".into(),
+            format!("{MESH_DIR}/{MESH_FILE}"),
+        ]),
+        ports: Some(ports),
+        // The runtime budgets its connection buffers to half of its memory limit.
+        env: Some(vec![EnvVar {
+            name: "TSK8S_MEMORY_LIMIT".into(),
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: Some(CONTAINER_NAME.into()),
+                    resource: "limits.memory".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(k8s::http_probe("/healthz", 5)),
+        liveness_probe: Some(k8s::http_probe("/healthz", 20)),
+        // One process for all of the cluster's nodes: more room than one node's pod.
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("100m".into())),
+                ("memory".into(), Quantity("64Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("2".into())),
+                ("memory".into(), Quantity("512Mi".into())),
+            ])),
+            ..Default::default()
+        }),
+        security_context: Some(k8s::restricted_security(RUNTIME_UID)),
+        volume_mounts: Some(
+            [
+                mount("tsk8s-gateway", GATEWAY_DIR),
+                mount("tsk8s-mesh", MESH_DIR),
+                mount("tsk8s-keys", GATEWAY_KEY_DIR),
+            ]
+            .into_iter()
+            .filter(|m| !(relays_only && m.name == "tsk8s-keys"))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    // Subnet routers answer ICMP echo through unprivileged ping sockets.
+    let routes = nodes
+        .iter()
+        .any(|(e, _)| matches!(e.kind, ExposureKind::SubnetRouter { .. }));
+    let sysctls = routes.then(|| {
+        vec![Sysctl {
+            name: "net.ipv4.ping_group_range".into(),
+            value: format!("{RUNTIME_UID} {RUNTIME_UID}"),
+        }]
+    });
+    Deployment {
+        metadata: meta(
+            &object_name(GATEWAY_NAME),
+            Some(&c.namespace),
+            Some(GATEWAY_NAME),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(GATEWAY_NAME)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(k8s::labels_for(CONTAINER_NAME, Some(GATEWAY_NAME))),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(SERVICE_ACCOUNT.into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUNTIME_UID),
+                        run_as_group: Some(RUNTIME_UID),
+                        fs_group: Some(RUNTIME_UID),
+                        seccomp_profile: Some(k8s::runtime_default_seccomp()),
+                        sysctls,
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether the cluster runs a gateway: `publish="gateway"` and at least one node.
+pub fn has_gateway(c: &Cluster) -> bool {
+    c.publish == crate::model::Publish::Gateway && !c.exposures.is_empty()
+}
