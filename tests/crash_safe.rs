@@ -19,24 +19,7 @@ const KILLS: usize = 40;
 
 type Tree = BTreeMap<String, Vec<u8>>;
 
-/// xorshift64*: small, deterministic, good enough for picking kill times.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, n).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
+use tsk8s_test_support::Rng;
 
 fn spec(image_tag: &str) -> String {
     let mut s = String::from(
@@ -58,29 +41,7 @@ fn spec(image_tag: &str) -> String {
 }
 
 fn read_tree(dir: &Path) -> Option<Tree> {
-    if !dir.exists() {
-        return None;
-    }
-    let mut out = Tree::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, prefix)) = stack.pop() {
-        let rd = fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if e.path().is_dir() {
-                stack.push((e.path(), rel));
-            } else {
-                let b = fs::read(e.path()).unwrap_or_else(|err| panic!("{rel}: {err}"));
-                out.insert(rel, b);
-            }
-        }
-    }
-    Some(out)
+    tsk8s_test_support::read_tree(dir)
 }
 
 fn build(spec: &Path, out: &Path) {
@@ -172,7 +133,7 @@ fn sigkill_during_build_leaves_old_or_new_tree() {
     let (mut saw_old, mut saw_new) = (0, 0);
     for round in 0..KILLS {
         let next = current.map_or(0, |c| 1 - c);
-        let delay = Duration::from_micros(rng.below(window_us));
+        let delay = Duration::from_micros(rng.next_u64() % window_us.max(1));
         let mut child = Command::new(BIN)
             .arg("build")
             .arg(&specs[next])

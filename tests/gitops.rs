@@ -159,16 +159,8 @@ cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
 
 /// Spec dirs (examples, examples/*, testdata/specs/*) with at least one Tailscale-image cluster.
 fn tailscale_specs() -> Vec<(PathBuf, Vec<String>)> {
-    let mut dirs = vec![root().join("examples")];
-    for parent in ["examples", "testdata/specs"] {
-        if let Ok(rd) = std::fs::read_dir(root().join(parent)) {
-            let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-            v.sort();
-            dirs.extend(v);
-        }
-    }
     let mut out = Vec::new();
-    for d in dirs {
+    for d in tsk8s_test_support::spec_dirs(&root()) {
         let Ok(text) = std::fs::read_to_string(d.join("tailnet.kdl")) else {
             continue;
         };

@@ -47,17 +47,7 @@ fn round_trip(policy: &str) -> (String, Value) {
 }
 
 fn spec_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![root().join("examples")];
-    for parent in ["examples", "testdata/specs"] {
-        if let Ok(rd) = std::fs::read_dir(root().join(parent)) {
-            let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-            v.sort();
-            dirs.extend(v);
-        }
-    }
-    dirs.into_iter()
-        .filter(|d| d.join("tailnet.kdl").is_file())
-        .collect()
+    tsk8s_test_support::spec_dirs(&root())
 }
 
 /// Build a spec dir with the real binary (which also reads the secret sources beside the spec).

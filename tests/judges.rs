@@ -104,20 +104,8 @@ struct SpecDir {
 
 fn spec_dirs() -> Vec<SpecDir> {
     let root = Path::new(ROOT);
-    let mut dirs = vec![root.join("examples")];
-    for parent in ["examples", "testdata/specs"] {
-        if let Ok(rd) = fs::read_dir(root.join(parent)) {
-            let mut sub: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect();
-            sub.sort();
-            dirs.extend(sub);
-        }
-    }
-    dirs.into_iter()
-        .filter(|d| d.join("tailnet.kdl").is_file())
+    tsk8s_test_support::spec_dirs(root)
+        .into_iter()
         .map(|d| SpecDir {
             name: d
                 .strip_prefix(root)

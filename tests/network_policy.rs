@@ -400,18 +400,7 @@ fn root() -> PathBuf {
 }
 
 fn spec_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![root().join("examples")];
-    for parent in ["examples", "testdata/specs"] {
-        let mut sub: Vec<PathBuf> = std::fs::read_dir(root().join(parent))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("tailnet.kdl").is_file())
-            .collect();
-        sub.sort();
-        dirs.extend(sub);
-    }
-    dirs
+    tsk8s_test_support::spec_dirs(&root())
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {

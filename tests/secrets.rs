@@ -149,18 +149,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Every spec dir: `examples/`, `examples/*/`, `testdata/specs/*/`.
 fn spec_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![root().join("examples")];
-    for parent in ["examples", "testdata/specs"] {
-        let mut sub: Vec<PathBuf> = fs::read_dir(root().join(parent))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("tailnet.kdl").is_file())
-            .collect();
-        sub.sort();
-        dirs.extend(sub);
-    }
-    dirs
+    tsk8s_test_support::spec_dirs(&root())
 }
 
 fn lock_public_keys(lock_text: &str) -> BTreeSet<String> {

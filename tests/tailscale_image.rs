@@ -61,32 +61,10 @@ fn cannot_run() -> Option<String> {
 
 /// Returns false (and says why) when the test should be skipped; panics when it must run.
 fn should_run(test: &str) -> bool {
-    match cannot_run() {
-        None => true,
-        Some(reason) => {
-            if std::env::var("TSK8S_REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-                panic!("{test}: privileged test cannot run: {reason}");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping {test}: {reason} (set TSK8S_REQUIRE_PRIVILEGED_TESTS=1 to fail instead)"
-            );
-            false
-        }
-    }
+    tsk8s_test_support::should_run(test, cannot_run())
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use tsk8s_test_support::sh;
 
 /// The iptables binaries that can add a nat rule in a fresh namespace.
 fn backends() -> Vec<&'static str> {

@@ -6,19 +6,7 @@ use tsk8s_policy::cli::{policy_check, policy_filter};
 use tsk8s_policy::hujson;
 use tsk8s_policy::policy::Policy;
 
-/// xorshift, deterministic
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use tsk8s_test_support::Rng;
 
 const PIECES: [&str; 24] = [
     "{",

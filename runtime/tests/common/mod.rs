@@ -89,34 +89,10 @@ pub fn cannot_run() -> Option<String> {
 
 /// Returns false (and prints why) when the test should be skipped; panics in CI.
 pub fn should_run(test: &str) -> bool {
-    match cannot_run() {
-        None => true,
-        Some(reason) => {
-            if std::env::var("TSK8S_REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-                panic!("{test}: privileged test cannot run: {reason}");
-            }
-            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping {test}: {reason} (set TSK8S_REQUIRE_PRIVILEGED_TESTS=1 to fail instead)"
-            );
-            false
-        }
-    }
+    tsk8s_test_support::should_run(test, cannot_run())
 }
 
-pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use tsk8s_test_support::sh;
 
 pub fn sh_out(args: &[&str], stdin: &str) -> String {
     let mut c = Command::new(args[0])
