@@ -12,6 +12,9 @@
 //! rusage), the output's bytes and its largest Kubernetes object file (bytes and path).
 //!
 //! Run: `cargo bench --bench build` (builds the release binary first).
+//! Besides the build it measures, per size, the access matrix (in process) and `tsk8s diff` of
+//! a one-rule change against the built tree (`--base-dir`, child process, best of the runs).
+//!
 //! `TSK8S_BENCH_SHAPES=own,cross` picks shapes; `TSK8S_BENCH_SIZES=10,100` picks sizes
 //! (default 10, 100, 1000 for `own`; 10, 100 for `cross` unless TSK8S_BENCH_SIZES is set:
 //! its 1,000 is large); `TSK8S_BENCH_RUNS` the runs per size (default 3, best reported).
@@ -386,6 +389,72 @@ fn main() {
                     m.len(),
                     t.elapsed().as_secs_f64()
                 );
+            }
+            {
+                // `tsk8s diff` of a one-rule change against the tree just built (the whole
+                // command: load, compile, read the base dir, object and access diff).
+                let edited = dir.join("one-rule");
+                std::fs::create_dir_all(&edited).unwrap();
+                let changed = text.replacen(
+                    "acl {\n",
+                    "acl {\n    accept src=\"group:team0\" dst=\"tag:app1:443\"\n",
+                    1,
+                );
+                assert_ne!(changed, text);
+                std::fs::write(edited.join("tailnet.kdl"), &changed).unwrap();
+                std::fs::copy(dir.join("tailnet.lock"), edited.join("tailnet.lock")).unwrap();
+                let mut best_diff = (f64::MAX, 0.0, 0);
+                for _ in 0..runs {
+                    let (wall, rss, code) = measure(
+                        Command::new(&bin)
+                            .arg("diff")
+                            .arg(edited.join("tailnet.kdl"))
+                            .arg("--base-dir")
+                            .arg(&out)
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null()),
+                    );
+                    if wall < best_diff.0 {
+                        best_diff = (wall, rss, code);
+                    }
+                }
+                // Exit 1: the trees differ (0 or 2 would mean the bench measured nothing).
+                assert_eq!(best_diff.2, 1, "tsk8s diff exit code");
+                eprintln!(
+                    "  diff (one rule): {:.3}s, peak RSS {:.1} MiB",
+                    best_diff.0, best_diff.1
+                );
+                if std::env::var_os("TSK8S_BENCH_PHASES").is_some() {
+                    // The diff's own parts, in process.
+                    let old_tree = tsk8s::cli::output::read_tree(&out).unwrap();
+                    let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
+                    let input = tsk8s::build::Input {
+                        spec_file: "tailnet.kdl",
+                        spec: &changed,
+                        lock_file: "tailnet.lock",
+                        lock: Some(&lock_text),
+                        sources: Default::default(),
+                    };
+                    let t = Instant::now();
+                    let new_tree = tsk8s::build::build(&input).expect("build");
+                    let build = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let _ = tsk8s_diff::diff_trees(&old_tree, &new_tree).unwrap();
+                    let objects = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let opts = tsk8s_diff::Options {
+                        access: true,
+                        tests: None,
+                    };
+                    let r = tsk8s_diff::diff_trees_with(&old_tree, &new_tree, &opts).unwrap();
+                    let with_access = t.elapsed().as_secs_f64();
+                    let a = r.access.unwrap_or_default();
+                    eprintln!(
+                        "  diff in-process: build {build:.3}s, objects {objects:.3}s, objects + access {with_access:.3}s ({} gained, {} lost)",
+                        a.gained.len(),
+                        a.lost.len()
+                    );
+                }
             }
             if std::env::var_os("TSK8S_BENCH_PHASES").is_some() {
                 let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();

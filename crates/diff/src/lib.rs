@@ -426,16 +426,30 @@ pub fn diff_trees_with(
     new: &BTreeMap<String, Vec<u8>>,
     opts: &Options,
 ) -> Result<Report, DiffError> {
-    let old_parsed = tree::parse_tree(old, TreeSide::Old)?;
-    let new_parsed = tree::parse_tree(new, TreeSide::New)?;
-    let access = if opts.access {
-        let mut a = access::compare(old, new, &old_parsed, &new_parsed)?;
-        a.tests = opts.tests.clone();
-        Some(a)
-    } else {
-        None
-    };
-    let mut groups = tree::match_trees(&old_parsed, &new_parsed);
+    // The two trees parse independently, and the access model is independent of the object
+    // matching: each pair runs on two threads.
+    let (old_parsed, new_parsed) = std::thread::scope(|s| {
+        let o = s.spawn(|| tree::parse_tree(old, TreeSide::Old));
+        let n = tree::parse_tree(new, TreeSide::New);
+        let o = o.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (o, n)
+    });
+    let (old_parsed, new_parsed) = (old_parsed?, new_parsed?);
+    let (access, mut groups) = std::thread::scope(|s| {
+        let access = opts.access.then(|| {
+            s.spawn(|| {
+                let mut a = access::compare(old, new, &old_parsed, &new_parsed)?;
+                a.tests = opts.tests.clone();
+                Ok::<_, DiffError>(a)
+            })
+        });
+        let groups = tree::match_trees(&old_parsed, &new_parsed);
+        let access = access
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .transpose();
+        (access, groups)
+    });
+    let access = access?;
     tree::dedup_hunks(&mut groups);
     let mut summary = Counts::default();
     for g in &mut groups {
