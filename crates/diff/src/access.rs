@@ -416,7 +416,7 @@ use tsk8s_policy::text;
 /// Rows of the markdown table at most (gained first, then lost), and its bytes at most.
 pub const MD_MAX_ROWS: usize = 60;
 const MD_MAX_TABLE_BYTES: usize = 12 * 1024;
-/// Edges of the markdown mermaid graph at most; beyond, the graph is left out.
+/// Edges of the markdown mermaid graph at most; beyond, a note counts the others.
 pub const MD_MAX_EDGES: usize = 40;
 /// Test failures and lock lines listed in markdown at most.
 const MD_MAX_LINES: usize = 30;
@@ -557,26 +557,29 @@ fn mermaid(a: &AccessChanges) -> String {
     };
     let mut lost_links = Vec::new();
     let mut link = 0usize;
-    for (lost, rows) in [(false, &a.gained), (true, &a.lost)] {
-        for r in rows.iter() {
-            let from = id(&r.who, &mut nodes);
-            let to = id(&r.what, &mut nodes);
-            let label = match &r.route {
-                Some(route) => format!("{route} {}", r.ports),
-                None => r.ports.clone(),
-            };
-            if lost {
-                let _ = writeln!(
-                    edges,
-                    "  n{from} -.->|{}| n{to}",
-                    mermaid_label(&format!("lost {label}"))
-                );
-                lost_links.push(link.to_string());
-            } else {
-                let _ = writeln!(edges, "  n{from} -->|{}| n{to}", mermaid_label(&label));
-            }
-            link += 1;
+    let rows = [(false, &a.gained), (true, &a.lost)];
+    let edges_in = rows
+        .iter()
+        .flat_map(|(lost, rows)| rows.iter().map(move |r| (*lost, r)))
+        .take(MD_MAX_EDGES);
+    for (lost, r) in edges_in {
+        let from = id(&r.who, &mut nodes);
+        let to = id(&r.what, &mut nodes);
+        let label = match &r.route {
+            Some(route) => format!("{route} {}", r.ports),
+            None => r.ports.clone(),
+        };
+        if lost {
+            let _ = writeln!(
+                edges,
+                "  n{from} -.->|{}| n{to}",
+                mermaid_label(&format!("lost {label}"))
+            );
+            lost_links.push(link.to_string());
+        } else {
+            let _ = writeln!(edges, "  n{from} -->|{}| n{to}", mermaid_label(&label));
         }
+        link += 1;
     }
     let mut s = String::from("```mermaid\ngraph LR\n");
     s.push_str(&nodes);
@@ -589,7 +592,7 @@ fn mermaid(a: &AccessChanges) -> String {
 }
 
 /// The section for a markdown comment, bounded: at most [`MD_MAX_ROWS`] rows (and
-/// `MD_MAX_TABLE_BYTES`), the graph only up to [`MD_MAX_EDGES`] edges; beyond, it says so
+/// `MD_MAX_TABLE_BYTES`), the graph cut at [`MD_MAX_EDGES`] edges; beyond, it says so
 /// and gives the counts.
 pub fn render_markdown(a: &AccessChanges) -> String {
     let mut s = String::from("#### Access changes\n\n");
@@ -644,12 +647,12 @@ pub fn render_markdown(a: &AccessChanges) -> String {
             );
         }
         s.push('\n');
-        if total <= MD_MAX_EDGES {
-            s.push_str(&mermaid(a));
-        } else {
+        s.push_str(&mermaid(a));
+        if total > MD_MAX_EDGES {
             let _ = writeln!(
                 s,
-                "_Graph left out: {total} changed edges ({} gained, {} lost) are more than the {MD_MAX_EDGES} a comment shows._",
+                "\n_Graph cut at {MD_MAX_EDGES} edges: {} more changed edges not drawn ({} gained, {} lost in all)._",
+                total - MD_MAX_EDGES,
                 a.gained.len(),
                 a.lost.len()
             );
@@ -749,8 +752,9 @@ mod tests {
         };
         let m = render_markdown(&a);
         assert!(m.contains("40 more rows not shown"), "{m}");
-        assert!(m.contains("Graph left out: 100 changed edges"));
-        assert!(!m.contains("```mermaid"));
+        assert!(m.contains("Graph cut at 40 edges: 60 more changed edges not drawn"));
+        let graph = m.split("```mermaid").nth(1).unwrap_or_default();
+        assert_eq!(graph.matches("-->").count(), 40);
         assert!(m.len() < 16 * 1024);
         let small = AccessChanges {
             gained: (0..3).map(row).collect(),
