@@ -168,3 +168,24 @@ fn five_hundred_rules_hit_the_budget() {
         .unwrap()
     );
 }
+
+/// Publishing a cluster through its gateway moves its nodes' configs into `gateway.json`:
+/// no access changes, and the nodes are still found (their UDP port is now the gateway's).
+#[test]
+fn gateway_publish_changes_no_access() {
+    let r = diff(|s| {
+        s.replace(
+            "cluster \"eu\" namespace=\"tailscale\" endpoint=\"{node}.wg.eu.acme.example\"",
+            "cluster \"eu\" namespace=\"tailscale\" endpoint=\"wg.eu.acme.example\" publish=\"gateway\"",
+        )
+    });
+    let a = r.access.as_ref().unwrap();
+    assert_eq!((a.gained.len(), a.lost.len()), (0, 0), "{a:?}");
+    assert!(
+        a.lock
+            .iter()
+            .all(|l| l.action == tsk8s_diff::Action::Changed && !l.detail.contains("re-keyed")),
+        "{:?}",
+        a.lock
+    );
+}

@@ -237,7 +237,8 @@ fn rows(these: &Flows, other: &Flows, a: &Access<'_>, topo: &Topology) -> Vec<Ac
 /// (kind, cluster, facts) of every lock-backed node and device a tree shows.
 type Facts = BTreeMap<String, (&'static str, Option<String>, Vec<(&'static str, String)>)>;
 
-/// Nodes from their `node.json` ConfigMaps (addresses, port, public key); devices from the
+/// Nodes from their `node.json` ConfigMaps or their gateway's `gateway.json` (addresses,
+/// UDP port, public key); devices from the
 /// topology (untagged nodes with an owner; their keys stay with them).
 fn facts(p: &Parsed, topo: Option<&Topology>) -> Facts {
     let mut out = Facts::new();
@@ -255,35 +256,43 @@ fn facts(p: &Parsed, topo: Option<&Topology>) -> Facts {
             if kind != "ConfigMap" {
                 continue;
             }
-            let Some(json) = v
-                .get("data")
-                .and_then(|d| d.get("node.json"))
-                .and_then(Yaml::as_str)
-            else {
-                continue;
+            let data = |key: &str| {
+                v.get("data")
+                    .and_then(|d| d.get(key))
+                    .and_then(Yaml::as_str)
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             };
-            let Ok(j) = serde_json::from_str::<serde_json::Value>(json) else {
-                continue;
-            };
-            let Some(name) = j.get("name").and_then(|n| n.as_str()) else {
-                continue;
-            };
-            let s = |k: &str| {
-                j.get(k)
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-            };
-            let mut f = Vec::new();
-            for (k, label) in [
-                ("ipv4", "ipv4"),
-                ("ipv6", "ipv6"),
-                ("listen_port", "port"),
-                ("public_key", "key"),
-            ] {
-                if let Some(v) = s(k) {
-                    f.push((label, v));
-                }
+            // A node's own config, or the nodes a cluster's gateway terminates.
+            let mut configs = Vec::new();
+            if let Some(j) = data("node.json") {
+                configs.push(j);
             }
-            out.insert(name.to_string(), ("node", Some(cluster.clone()), f));
+            if let Some(serde_json::Value::Array(nodes)) =
+                data("gateway.json").and_then(|mut g| g.get_mut("nodes").map(|n| n.take()))
+            {
+                configs.extend(nodes);
+            }
+            for j in configs {
+                let Some(name) = j.get("name").and_then(|n| n.as_str()) else {
+                    continue;
+                };
+                let s = |k: &str| {
+                    j.get(k)
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                };
+                let mut f = Vec::new();
+                for (k, label) in [
+                    ("ipv4", "ipv4"),
+                    ("ipv6", "ipv6"),
+                    ("listen_port", "port"),
+                    ("public_key", "key"),
+                ] {
+                    if let Some(v) = s(k) {
+                        f.push((label, v));
+                    }
+                }
+                out.insert(name.to_string(), ("node", Some(cluster.clone()), f));
+            }
         }
     }
     if let Some(t) = topo {
