@@ -508,8 +508,12 @@ pub fn sync_private(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// After `lock` wrote the lock: what must be re-applied for rotated keys and removed nodes.
-pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate) {
+/// After `lock` wrote the lock: what must be re-applied for rotated keys and removed nodes,
+/// appended to `out` (which the caller prints through `tsk8s_policy::text::neutralize`; user
+/// values are escaped with `tsk8s_policy::text::escape`, so none can break a line).
+pub fn reapply(out: &mut String, spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate) {
+    use std::fmt::Write as _;
+    use tsk8s_policy::text::escape;
     let rotated: Vec<&NewKey> = upd.new_keys.iter().filter(|k| k.rotated).collect();
     let removed: Vec<(&String, &crate::lockfile::NodeEntry)> = old
         .nodes
@@ -519,7 +523,7 @@ pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate)
     if rotated.is_empty() && removed.is_empty() {
         return;
     }
-    eprintln!("to re-apply:");
+    let _ = writeln!(out, "to re-apply:");
     for k in &rotated {
         let Some((c, r)) = node_ref(t, &k.cluster, &k.node) else {
             continue;
@@ -551,10 +555,11 @@ pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate)
                 secrets::source_file(&c, &r.remote).unwrap_or_default()
             ),
         };
-        eprintln!("  rotated {:?}: {how}.", k.node);
-        eprintln!(
-            "    Then `tsk8s build`: peers' configs change only in {:?}'s public key (`tsk8s diff` lists them); re-import devices/<device>.conf on devices that reach it. The runtime reloads the key when the Secret volume updates.",
-            k.node
+        let _ = writeln!(out, "  rotated \"{}\": {}.", escape(&k.node), escape(&how));
+        let _ = writeln!(
+            out,
+            "    Then `tsk8s build`: peers' configs change only in \"{}\"'s public key (`tsk8s diff` lists them); re-import devices/<device>.conf on devices that reach it. The runtime reloads the key when the Secret volume updates.",
+            escape(&k.node)
         );
     }
     for (node, entry) in removed {
@@ -584,9 +589,12 @@ pub fn print_reapply(spec_dir: &Path, t: &Tailnet, old: &Lock, upd: &LockUpdate)
                 crate::lower::k8s::key_secret_name(node)
             ),
         };
-        eprintln!(
-            "  removed {node:?} (cluster {:?}): {how}. Then `tsk8s build`: its workload and every peer entry for it go away; re-import devices/<device>.conf on devices that reached it.",
-            entry.cluster
+        let _ = writeln!(
+            out,
+            "  removed \"{}\" (cluster \"{}\"): {}. Then `tsk8s build`: its workload and every peer entry for it go away; re-import devices/<device>.conf on devices that reached it.",
+            escape(node),
+            escape(&entry.cluster),
+            escape(&how)
         );
     }
 }

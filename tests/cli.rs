@@ -726,3 +726,89 @@ fn build_counts_the_load_balancers_it_writes() {
         );
     }
 }
+
+/// No raw control character, ESC, GitHub Actions command (`::` at a line start after blanks)
+/// or `##[` in `text`.
+fn assert_log_safe(what: &str, text: &str) {
+    for (i, line) in text.lines().enumerate() {
+        assert!(
+            !line.trim_start().starts_with("::"),
+            "{what}: line {} starts a workflow command: {line:?}",
+            i + 1
+        );
+        assert!(!line.contains("##["), "{what}: line {}: {line:?}", i + 1);
+        assert!(
+            !line.chars().any(|c| c != '\t' && c.is_control()),
+            "{what}: line {} holds a control character: {line:?}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn lock_instructions_escape_user_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let spec = std::fs::read_to_string(root().join("testdata/specs/secrets-external/tailnet.kdl"))
+        .unwrap()
+        .replace(
+            "key-prefix=\"wireguard/\"",
+            r#"key-prefix="wg\u{1b}[31m\n::error::pwned\n##[group]x\u{0}/""#,
+        );
+    assert!(spec.contains("pwned"));
+    std::fs::write(d.join("tailnet.kdl"), spec).unwrap();
+    // A keys dir whose name holds an escape sequence and a workflow command.
+    let keys = "k\x1b]0;title\x07\n::warning::x";
+    let o = run(d, &["lock", "--keys-dir", keys]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("pwned"), "the prefix is shown, escaped: {err}");
+    assert!(err.contains("\\u{1b}[31m"), "{err}");
+    assert_log_safe("lock", &err);
+    assert_log_safe("lock stdout", &String::from_utf8_lossy(&o.stdout));
+    // Rotation prints the re-apply steps, with the same values.
+    let o = run(d, &["lock", "--keys-dir", keys, "--rotate", "grafana"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("to re-apply"), "{err}");
+    assert_log_safe("lock --rotate", &err);
+}
+
+#[test]
+fn diff_output_escapes_user_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/proxy-basic", d);
+    assert_eq!(run(d, &["build"]).status.code(), Some(0));
+    // A base tree (as a pull request could shape it) with hostile contents: a ConfigMap whose
+    // name and data hold ESC, NUL, OSC and workflow commands, and a raw text file.
+    let base = d.join("base");
+    std::fs::create_dir_all(base.join("clusters/lab")).unwrap();
+    std::fs::create_dir_all(base.join("devices")).unwrap();
+    std::fs::write(
+        base.join("clusters/lab/evil.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"evil\\e[31m\\n::error::name\"\n  namespace: lab\ndata:\n  x: \"a\\n::error::pwned\\n  ::add-mask::y\\n##[group]z\\n\\e]0;title\\a\\0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("devices/ana-laptop.conf"),
+        "[Interface]\n::error file=x::raw\n\x1b[2J\x1b]8;;http://x\x07link\n##[warning]w\n",
+    )
+    .unwrap();
+    for format in ["text", "markdown", "json"] {
+        let o = run(d, &["diff", "--base-dir", "base", "--format", format]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{format}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            out.contains("pwned") || format == "text" && out.contains("evil"),
+            "{format}: {out}"
+        );
+        assert_log_safe(format, &out);
+        assert_log_safe(format, &String::from_utf8_lossy(&o.stderr));
+    }
+}

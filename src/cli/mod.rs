@@ -707,14 +707,24 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
     if let Err(e) = stage.commit() {
         return fail(e);
     }
+    // Everything printed from here holds user text (names, paths, store keys): one text,
+    // each value escaped where it is put in, the whole neutralized.
+    let mut said = String::new();
     for (k, key, json) in &delivered {
-        print_key_instructions(t, k, key, json.as_deref());
+        key_instructions(&mut said, t, k, key, json.as_deref());
     }
     for c in &upd.changes {
-        eprintln!("  {c}");
+        said.push_str(&format!(
+            "  {}\n",
+            tsk8s_policy::text::escape(&c.to_string())
+        ));
     }
-    eprintln!("wrote {}; run `tsk8s build` and commit both", l.lock_name);
-    crate::cli_secrets::print_reapply(&l.spec_dir, t, &old, &upd);
+    said.push_str(&format!(
+        "wrote {}; run `tsk8s build` and commit both\n",
+        crate::diag::escape(&l.lock_name)
+    ));
+    crate::cli_secrets::reapply(&mut said, &l.spec_dir, t, &old, &upd);
+    let _ = std::io::stderr().write_all(tsk8s_policy::text::neutralize(&said).as_bytes());
     let _ = &l.spec_path;
     0
 }
@@ -851,50 +861,64 @@ impl Stage {
     }
 }
 
-fn print_key_instructions(t: &Tailnet, k: &NewKey, path: &Path, json: Option<&Path>) {
-    let ns = key_namespace(t, &k.cluster, &k.node);
+/// How to load a delivered key, appended to `out` (printed through
+/// `tsk8s_policy::text::neutralize`; every user-provided value is escaped with
+/// `tsk8s_policy::text::escape`, so none can break a line or start a CI command).
+fn key_instructions(out: &mut String, t: &Tailnet, k: &NewKey, path: &Path, json: Option<&Path>) {
+    use std::fmt::Write as _;
+    use tsk8s_policy::text::escape;
+    let shown = |p: &Path| escape(&p.display().to_string()).into_owned();
+    let path_shown = shown(path);
+    let ns = escape(&key_namespace(t, &k.cluster, &k.node)).into_owned();
     let secret = crate::lower::k8s::key_secret_name(&k.node);
     let what = if k.rotated { "rotated key" } else { "new key" };
     let backend = t.cluster(&k.cluster).map(|c| c.secrets.clone());
-    eprintln!(
-        "{what} for {:?} (cluster {:?}) written to {}",
-        k.node,
-        k.cluster,
-        path.display()
+    let _ = writeln!(
+        out,
+        "{what} for \"{}\" (cluster \"{}\") written to {path_shown}",
+        escape(&k.node),
+        escape(&k.cluster),
     );
     match backend {
         Some(SecretBackend::ExternalSecrets { key_prefix, .. }) => {
-            let remote = format!("{key_prefix}{}/{}", k.cluster, k.node);
-            eprintln!(
-                "  load it into your secret store under key {remote:?}, property \"private-key\", e.g.:"
+            let remote = escape(&format!("{key_prefix}{}/{}", k.cluster, k.node)).into_owned();
+            let _ = writeln!(
+                out,
+                "  load it into your secret store under key \"{remote}\", property \"private-key\", e.g.:"
             );
-            eprintln!(
+            let _ = writeln!(
+                out,
                 "    vault kv put -mount=<the store's KV mount (spec.provider.vault.path)> {remote} private-key=@{}",
-                path.display()
+                path_shown
             );
             if let Some(json) = json {
-                eprintln!(
+                let _ = writeln!(
+                    out,
                     "    aws secretsmanager create-secret --name {remote} --secret-string file://{}   (put-secret-value --secret-id {remote} … for an existing secret)",
-                    json.display()
+                    shown(json)
                 );
             }
         }
         Some(SecretBackend::SealedSecrets { source_dir }) => {
-            eprintln!(
+            let source_dir = escape(&source_dir);
+            let _ = writeln!(
+                out,
                 "  seal it (strict scope) into {source_dir}/{}.yaml:",
-                k.node
+                escape(&k.node)
             );
-            eprintln!(
+            let _ = writeln!(
+                out,
                 "    kubectl -n {ns} create secret generic {secret} --from-file=private-key={} --dry-run=client -o yaml | kubeseal --scope strict -o yaml > {source_dir}/{}.yaml",
-                path.display(),
-                k.node
+                path_shown,
+                escape(&k.node)
             );
         }
         _ => {
-            eprintln!("  load it into the cluster (then delete the file):");
-            eprintln!(
+            let _ = writeln!(out, "  load it into the cluster (then delete the file):");
+            let _ = writeln!(
+                out,
                 "    kubectl -n {ns} create secret generic {secret} --from-file=private-key={}",
-                path.display()
+                path_shown
             );
         }
     }
@@ -986,7 +1010,7 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         access: true,
         tests,
     };
-    let report = match tsk8s_diff::diff_trees_with(&old, &fresh, &opts) {
+    let mut report = match tsk8s_diff::diff_trees_with(&old, &fresh, &opts) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -995,7 +1019,22 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         Format::Markdown => tsk8s_diff::Format::Markdown,
         Format::Json => tsk8s_diff::Format::Json,
     };
-    let parts = tsk8s_diff::render(&report, fmt, std::io::stdout().is_terminal());
+    if fmt != tsk8s_diff::Format::Json {
+        neutralize_report(&mut report);
+    }
+    let color = std::io::stdout().is_terminal();
+    let mut parts = tsk8s_diff::render(&report, fmt, color);
+    for p in &mut parts {
+        *p = match fmt {
+            // serde_json already escapes control characters; `##[` is all that is left.
+            tsk8s_diff::Format::Json => tsk8s_policy::text::neutralize_json(p).into_owned(),
+            // Escaped values the renderer put at a line start (`::…`); the user text is
+            // already free of control characters, so only the renderer's colours (on a
+            // terminal) would be touched: they are kept there.
+            _ if !color => tsk8s_policy::text::neutralize(p).into_owned(),
+            _ => std::mem::take(p),
+        };
+    }
     let mut stdout = std::io::stdout().lock();
     for p in &parts {
         let _ = stdout.write_all(p.as_bytes());
@@ -1004,6 +1043,52 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         }
     }
     report.exit_code()
+}
+
+/// User text in a diff report (object contents, names, descriptions come from the spec, the
+/// lock and the trees compared) made safe for a terminal, a CI log and a PR comment before it
+/// is rendered: labels and descriptions escaped (one line each), diff text neutralized (no
+/// control characters or ESC, no line starting with a GitHub Actions `::command::`, no `##[`).
+/// The renderer's own colours are added after, so they survive.
+fn neutralize_report(report: &mut tsk8s_diff::Report) {
+    use tsk8s_policy::text::{escape, neutralize};
+    for g in &mut report.groups {
+        for c in &mut g.changes {
+            c.label = escape(&c.label).into_owned();
+            c.description = escape(&c.description).into_owned();
+            c.diff = neutralize(&c.diff).into_owned();
+        }
+    }
+    // The access section reads names, rules and test results from both trees (the base one
+    // may come from a pull request).
+    if let Some(a) = &mut report.access {
+        let e = |s: &mut String| *s = escape(s).into_owned();
+        if let Some(x) = a.note.as_mut() {
+            e(x);
+        }
+        for r in a.gained.iter_mut().chain(a.lost.iter_mut()) {
+            e(&mut r.who);
+            e(&mut r.identity);
+            e(&mut r.what);
+            if let Some(x) = r.route.as_mut() {
+                e(x);
+            }
+            e(&mut r.ports);
+            if let Some(x) = r.rule.as_mut() {
+                e(x);
+            }
+        }
+        for l in &mut a.lock {
+            e(&mut l.name);
+            if let Some(x) = l.cluster.as_mut() {
+                e(x);
+            }
+            e(&mut l.detail);
+        }
+        if let Some(t) = &mut a.tests {
+            t.failures.iter_mut().for_each(e);
+        }
+    }
 }
 
 /// The output dir as committed at a git ref, read through `git` (no checkout). `rev` is a
