@@ -377,7 +377,24 @@ pub(crate) fn compare(
     new_p: &Parsed,
 ) -> Result<AccessChanges, DiffError> {
     let om = model(old, TreeSide::Old)?;
-    let nm = model(new, TreeSide::New)?;
+    // The same policy and topology: the same access (only lock lines can differ).
+    let same = [POLICY_PATH, TOPOLOGY_PATH]
+        .iter()
+        .all(|f| old.get(*f).is_some() && old.get(*f) == new.get(*f));
+    let nm = if same {
+        None
+    } else {
+        model(new, TreeSide::New)?
+    };
+    if same {
+        return Ok(AccessChanges {
+            lock: lock_lines(
+                &facts(old_p, om.as_ref().map(|m| &m.1)),
+                &facts(new_p, om.as_ref().map(|m| &m.1)),
+            ),
+            ..AccessChanges::default()
+        });
+    }
     let mut out = AccessChanges {
         lock: lock_lines(
             &facts(old_p, om.as_ref().map(|m| &m.1)),

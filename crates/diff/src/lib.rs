@@ -429,8 +429,8 @@ pub fn diff_trees_with(
     // The two trees parse independently, and the access model is independent of the object
     // matching: each pair runs on two threads.
     let (old_parsed, new_parsed) = std::thread::scope(|s| {
-        let o = s.spawn(|| tree::parse_tree(old, TreeSide::Old));
-        let n = tree::parse_tree(new, TreeSide::New);
+        let o = s.spawn(|| tree::parse_tree(old, TreeSide::Old, new));
+        let n = tree::parse_tree(new, TreeSide::New, old);
         let o = o.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (o, n)
     });

@@ -58,9 +58,13 @@ fn is_yaml(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
 }
 
+/// Parses `tree` into entries. A policy or Kubernetes YAML file byte-identical in `other`
+/// yields identical entries on both sides, so both sides skip it (only its group is noted):
+/// the cost of a diff follows the files that changed, not the size of the trees.
 pub(crate) fn parse_tree(
     tree: &BTreeMap<String, Vec<u8>>,
     side: TreeSide,
+    other: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Parsed, DiffError> {
     let mut p = Parsed::default();
     // device name -> (conf, hosts)
@@ -71,14 +75,20 @@ pub(crate) fn parse_tree(
         if path == MANIFEST_PATH {
             continue;
         }
+        let same = other.get(path) == Some(bytes);
         if path == POLICY_PATH {
             p.present.insert(GroupKind::Policy);
-            p.policy = Some(parse_policy(utf8(bytes, path, side)?, path, side)?);
+            if !same {
+                p.policy = Some(parse_policy(utf8(bytes, path, side)?, path, side)?);
+            }
             continue;
         }
         let (group, rest) = classify(path);
         p.present.insert(group.clone());
         let entries = p.groups.entry(group.clone()).or_default();
+        if same && matches!(group, GroupKind::Cluster(_) | GroupKind::Gitops) && is_yaml(path) {
+            continue;
+        }
         match group {
             GroupKind::Cluster(_) | GroupKind::Gitops if is_yaml(path) => {
                 add_yaml_docs(entries, utf8(bytes, path, side)?, path, side)?;
