@@ -40,7 +40,7 @@ fn spec(clusters: usize) -> String {
     for c in 0..clusters {
         let _ = writeln!(
             s,
-            "cluster \"c{c}\" endpoint=\"{{node}}.wg.c{c}.bench.example\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
+            "cluster \"c{c}\" publish=\"load-balancer\" endpoint=\"{{node}}.wg.c{c}.bench.example\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
         );
         for p in 0..6 {
             let _ = writeln!(

@@ -1258,8 +1258,8 @@ impl Resolver<'_> {
             None => String::new(),
         };
         let publish = match c.publish.as_ref().map(|p| p.v.as_str()) {
-            None | Some("load-balancer") => Publish::LoadBalancer,
-            Some("gateway") => Publish::Gateway,
+            None | Some("gateway") => Publish::Gateway,
+            Some("load-balancer") => Publish::LoadBalancer,
             Some("node-port") => Publish::NodePort,
             Some(other) => {
                 let at = c.publish.as_ref().map(|p| p.span).unwrap_or(c.span);

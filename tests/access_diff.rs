@@ -175,7 +175,7 @@ fn five_hundred_rules_hit_the_budget() {
 fn gateway_publish_changes_no_access() {
     let r = diff(|s| {
         s.replace(
-            "cluster \"eu\" namespace=\"tailscale\" endpoint=\"{node}.wg.eu.acme.example\"",
+            "cluster \"eu\" namespace=\"tailscale\" endpoint=\"{node}.wg.eu.acme.example\" publish=\"load-balancer\"",
             "cluster \"eu\" namespace=\"tailscale\" endpoint=\"wg.eu.acme.example\" publish=\"gateway\"",
         )
     });

@@ -29,7 +29,7 @@ fn spec(image_tag: &str) -> String {
          device \"alice-laptop\" user=\"alice@bulk.example\" public-key=\"5+xckeyTJiqAoa4VHxEMZncZon9+ESGIAPov5rj2owo=\"\n",
     );
     s.push_str(&format!(
-        "cluster \"prod\" namespace=\"tailscale\" pod-cidr=\"10.244.0.0/16\" service-cidr=\"10.96.0.0/12\" endpoint=\"{{node}}.wg.prod.bulk.example\" image=\"ghcr.io/bulk/tsk8s-runtime:{image_tag}\" {{\n    secrets \"existing\"\n"
+        "cluster \"prod\" namespace=\"tailscale\" pod-cidr=\"10.244.0.0/16\" service-cidr=\"10.96.0.0/12\" publish=\"load-balancer\" endpoint=\"{{node}}.wg.prod.bulk.example\" image=\"ghcr.io/bulk/tsk8s-runtime:{image_tag}\" {{\n    secrets \"existing\"\n"
     ));
     for i in 0..EXPOSURES {
         s.push_str(&format!(

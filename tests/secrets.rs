@@ -310,7 +310,7 @@ tag "router" owner="group:sre"
 {more}
 device "alice-laptop" user="alice@acme.example" public-key="5+xckeyTJiqAoa4VHxEMZncZon9+ESGIAPov5rj2owo="
 {gitops}
-cluster "prod" namespace="tailscale" service-cidr="10.96.0.0/12" pod-cidr="10.244.0.0/16" endpoint="{{node}}.wg.prod.acme.example" image="ghcr.io/acme/tsk8s-runtime:0.1.0" {{
+cluster "prod" namespace="tailscale" service-cidr="10.96.0.0/12" pod-cidr="10.244.0.0/16" endpoint="wg.prod.acme.example" image="ghcr.io/acme/tsk8s-runtime:0.1.0" {{
     secrets "{backend}"{props} {extra}
     proxy "grafana" service="monitoring/grafana" port=80 tag="monitoring"
     sidecar "shop-web" workload="shop/web" port=8080 tag="web"
