@@ -7,6 +7,8 @@
 #   (c) onetun -> wireguard-go -> server                            (closest Rust peer)
 #   (d) tsk8s-runtime egress -> wireguard-go -> server              (same job as c)
 #   (e) tsk8s-runtime egress -> tsk8s-runtime proxy -> server
+#   (g) wireguard-go client -> tsk8s-runtime gateway (the proxy of (b) and 2 more nodes
+#       behind one port) -> server
 #
 # Env: SECONDS_PER_RUN (default 5), RUNTIME_MTU (default 1280), SKIP_ONETUN=1, ONETUN=/path,
 #      ONLY=abde (subset of paths), DEBUG=1 (dump runtime metrics).
@@ -147,7 +149,7 @@ KC=$(key); KS=$(key); KN=$(key); KE=$(key)
 PC=$(pub "$KC"); PS=$(pub "$KS"); PN=$(pub "$KN"); PE=$(pub "$KE")
 
 want() { [ -z "${ONLY:-}" ] || [[ "$ONLY" == *"$1"* ]]; }
-GA=n/a GB=n/a GC=n/a GD=n/a GE=n/a LA=0 LB=0 LD=0 LE=0 IDLE_RSS=n/a RSS_AFTER_IPERF=n/a RSS_1000=n/a CONNS=0
+GA=n/a GB=n/a GC=n/a GD=n/a GE=n/a GG=n/a LA=0 LB=0 LD=0 LE=0 LG=0 IDLE_RSS=n/a RSS_AFTER_IPERF=n/a RSS_1000=n/a CONNS=0
 # ---------- (a) wireguard-go <-> wireguard-go ----------
 if want a; then
 A1=$(ns a1); A2=$(ns a2)
@@ -251,6 +253,42 @@ say "(e) runtime egress -> runtime proxy: $GE Gbit/s, p50 rtt ${LE} us"
 
 fi
 
+# ---------- (g) wireguard-go -> runtime gateway (3 nodes, one port) -> server ----------
+if want g; then
+G1=$(ns g1); G2=$(ns g2); G3=$(ns g3)
+link "$G1" 10.98.8.2/24 "$G2" 10.98.8.1/24 h
+link "$G2" 10.98.9.1/24 "$G3" 10.98.9.2/24 i
+iperf_server "$G3" 10.98.9.2 5201
+echo_server "$G3" 10.98.9.2 7000
+d="$work/gw"; mkdir -p "$d/keys"; chmod 755 "$d" "$d/keys"
+K2=$(key); K3=$(key)
+nodes=""
+n=0
+for k in "$K2" "$K3" "$KN"; do
+  n=$((n+1)); name="node$n"; mkdir -p "$d/keys/$name"; chmod 755 "$d/keys/$name"
+  echo "$k" > "$d/keys/$name/private-key"; chown 65532:65532 "$d/keys/$name/private-key"; chmod 400 "$d/keys/$name/private-key"
+  [ -n "$nodes" ] && nodes="$nodes,"
+  nodes="$nodes{\"name\":\"$name\",\"public_key\":\"$(pub "$k")\",\"ipv4\":\"100.64.1.$n\",\"ipv6\":\"fd7a:115c:a1e0::1:$n\",\"listen_port\":51820,\"mtu\":$MTU,\"admin_listen\":\"\",\"mode\":{\"kind\":\"proxy\",\"target_host\":\"10.98.9.2\",\"ports\":[{\"protocol\":\"tcp\",\"listen\":5201,\"target\":5201},{\"protocol\":\"tcp\",\"listen\":7000,\"target\":7000}]}}"
+done
+echo "{\"listen_port\":51820,\"admin_listen\":\"127.0.0.1:9094\",\"nodes\":[$nodes]}" > "$d/gateway.json"
+cat > "$d/mesh.json" <<J
+{"domain":"bench.example","peers":[{"name":"dev","public_key":"$PC","allowed_ips":["100.64.0.2/32"]}],
+ "filter":[{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.1.0/24","Ports":{"First":0,"Last":65535}}]}],"dns":[]}
+J
+chmod 644 "$d/gateway.json" "$d/mesh.json"
+ip netns exec "$G2" setpriv --reuid 65532 --regid 65532 --clear-groups -- \
+  "$BIN" gateway --config "$d/gateway.json" --mesh "$d/mesh.json" --key-dir "$d/keys" 2>"$d/log" &
+pids+=($!)
+for _ in $(seq 50); do
+  ip netns exec "$G2" curl -fs "http://127.0.0.1:9094/healthz" >/dev/null 2>&1 && break; sleep 0.1
+done
+wg_dev "$G1" "wg${id}" "$KC" 100.64.0.2 51821 "$PN" 100.64.1.3/32 10.98.8.1:51820
+GG=$(iperf "$G1" 100.64.1.3 5201); LG=$(rtt "$G1" 100.64.1.3 7000)
+[ -n "${DEBUG:-}" ] && ip netns exec "$G2" curl -s http://127.0.0.1:9094/metrics | grep -v '^#' | grep -v ' 0$' >&2
+say "(g) wireguard-go -> runtime gateway: $GG Gbit/s, p50 rtt ${LG} us"
+
+fi
+
 ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if 'n/a' in (a,b) or float(b)==0 else '%.2f' % (float(a)/float(b)))" "$1" "$2"; }
 diff_us() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if 'n/a' in (a,b) else '%.1f' % (float(a)-float(b)))" "$1" "$2"; }
 
@@ -262,6 +300,7 @@ tsk8s-runtime benchmark (iperf3 single TCP stream, ${T}s each, runtime MTU $MTU,
   (c) onetun -> wireguard-go                 $GC Gbit/s
   (d) runtime egress -> wireguard-go         $GD Gbit/s    d/c = $(ratio "$GD" "$GC")   d/a = $(ratio "$GD" "$GA")
   (e) runtime egress -> runtime proxy        $GE Gbit/s    e/a = $(ratio "$GE" "$GA")
-  p50 TCP echo RTT: (a) ${LA} us  (b) ${LB} us [+$(diff_us "$LB" "$LA")]  (d) ${LD} us [+$(diff_us "$LD" "$LA")]  (e) ${LE} us [+$(diff_us "$LE" "$LA")]
+  (g) wireguard-go -> runtime gateway        $GG Gbit/s    g/b = $(ratio "$GG" "$GB")
+  p50 TCP echo RTT: (a) ${LA} us  (b) ${LB} us [+$(diff_us "$LB" "$LA")]  (d) ${LD} us [+$(diff_us "$LD" "$LA")]  (e) ${LE} us [+$(diff_us "$LE" "$LA")]  (g) ${LG} us [+$(diff_us "$LG" "$LA")]
   runtime RSS: idle ${IDLE_RSS} kB, after iperf ${RSS_AFTER_IPERF} kB, with ${CONNS} open connections ${RSS_1000} kB
 R

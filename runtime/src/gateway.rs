@@ -1542,6 +1542,38 @@ mod tests {
         );
     }
 
+    /// Cost of dispatching one initiation by MAC1 (the last key matches: the worst case) and
+    /// one data packet by index. A measurement, not a test: run with
+    /// `cargo test --release -p tsk8s-runtime --lib -- --ignored --nocapture dispatch_cost`.
+    #[test]
+    #[ignore]
+    fn dispatch_cost() {
+        for n in [1usize, 4, 16, 64, 200] {
+            let ids: Vec<[u8; 32]> = (0..n).map(|i| public((i % 250) as u8 + 1)).collect();
+            let mut d = Dispatch::new(&ids, &[], 16);
+            let m = initiation(255, ((n - 1) % 250) as u8 + 1, 7);
+            let now = Instant::now();
+            let rounds = 20_000 / n.max(1) + 200;
+            let t = Instant::now();
+            for _ in 0..rounds {
+                assert_ne!(d.route(addr(1), &m, now), Route::Drop(GwDrop::UnknownKey));
+            }
+            let init_ns = t.elapsed().as_nanos() as f64 / rounds as f64;
+            let mut data = vec![0u8; 1312];
+            data[0] = 4;
+            data[4..8].copy_from_slice(&((index_base(n - 1) | 5) << 8).to_le_bytes());
+            let t = Instant::now();
+            for _ in 0..1_000_000 {
+                assert_eq!(d.route(addr(1), &data, now), Route::Local(n - 1));
+            }
+            let data_ns = t.elapsed().as_nanos() as f64 / 1e6;
+            eprintln!(
+                "{n:>4} keys: initiation (last key) {:>8.0} ns, data packet {data_ns:>5.1} ns",
+                init_ns
+            );
+        }
+    }
+
     #[test]
     fn junk_datagrams_are_dropped() {
         let ids = [public(1)];
