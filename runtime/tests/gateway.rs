@@ -546,3 +546,135 @@ fn sh_capture(args: &[&str]) -> String {
     assert!(out.status.success(), "{args:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The same from the compiler's output: `testdata/runtime/e2e/tailnet.kdl` with
+/// `publish="gateway"`, locked and built by the real `tsk8s`; the gateway started exactly as
+/// its emitted Deployment says (args, the gateway/mesh ConfigMaps and the projected node keys
+/// mounted at their paths, UID, no capabilities), the sidecar from its Component in its own
+/// pod namespace, the devices from their generated configs (one endpoint for everything).
+#[test]
+fn gateway_from_emitted_manifests() {
+    use common::compiled::{Compiled, Source, fixture_dir};
+    if !should_run("gateway_from_emitted_manifests") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let c = Compiled::new(&lab.dir);
+    c.edit(|s| s.replace("publish=\"node-port\"", "publish=\"gateway\""));
+    let k = lab.ns("k");
+    lab.bridge(&k, "10.99.0.1/24");
+    let s = lab.ns("s");
+    lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+    http_server(&s, "10.99.3.2:8080", "hello from web:8080");
+    http_server(&s, "10.99.3.2:8443", "hello from web:8443");
+    // The sidecar's pod.
+    let p = lab.ns("p");
+    lab.link(&k, "10.99.5.1/24", &p, "10.99.5.2/24", "kp");
+    http_server(&p, "127.0.0.1:8081", "hello from the sidecar");
+
+    let gw = c.workload("lab", "gateway");
+    let gateway_json: GatewayConfig = gw
+        .mounts
+        .iter()
+        .find_map(|m| match &m.source {
+            Source::ConfigMap { data, .. } => data.get("gateway.json"),
+            _ => None,
+        })
+        .map(|v| serde_json::from_slice(v).expect("gateway.json"))
+        .expect("gateway.json mounted");
+    let relay = gateway_json
+        .relays
+        .iter()
+        .find(|r| r.name == "side")
+        .expect("side is relayed");
+    let (relay_host, relay_port) = relay.target.rsplit_once(':').expect("host:port");
+    let side = c.workload("lab", "side");
+    assert_eq!(
+        side.node_json()["listen_port"].as_u64(),
+        relay_port.parse::<u64>().ok(),
+        "the relay target's port is the sidecar's WireGuard port (no kube-proxy here)"
+    );
+    lab.ns_hosts(
+        &k,
+        &[("10.99.3.2", "web.shop.svc"), ("10.99.5.2", relay_host)],
+    );
+    let side_run = lab.start_workload(&p, &side);
+    assert!(
+        wait_for(Duration::from_secs(15), || healthz(&p, &side_run.admin())).is_some(),
+        "sidecar healthy:\n{}",
+        lab.runtime_log()
+    );
+    let gw_run = lab.start_workload(&k, &gw);
+    if wait_for(Duration::from_secs(15), || health(&k)).is_none() {
+        panic!("gateway never became healthy:\n{}", lab.runtime_log());
+    }
+    let pid = lab.pid(&gw_run.label).expect("gateway pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(argv.get(1..), Some(gw.args.as_slice()), "gateway argv");
+    assert_eq!(argv.get(1).map(String::as_str), Some("gateway"));
+
+    let key = |d: &str| fixture_dir().join(format!("TEST-ONLY-private-keys/{d}.TEST-ONLY.key"));
+    let mut device = |d: &str, role: &str, addr: &str| {
+        let ns = lab.ns(role);
+        lab.attach(&ns, addr, &k, role);
+        let conf = c.device_conf(d);
+        lab.wg_device(&ns, role, &conf, &key(d));
+        (ns, conf)
+    };
+    let (a, a_conf) = device("alice", "a", "10.99.0.2/24");
+    let (m, _) = device("mallory", "m", "10.99.0.3/24");
+    let endpoints: std::collections::BTreeSet<String> = a_conf
+        .peers
+        .iter()
+        .filter_map(|(_, p)| {
+            p.iter()
+                .find(|(k, _)| k == "Endpoint")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(
+        endpoints.into_iter().collect::<Vec<_>>(),
+        vec![format!("10.99.0.1:{}", gateway_json.listen_port)],
+        "one endpoint per cluster, sidecar included:\n{}",
+        a_conf.text
+    );
+    let ip = |node: &str| -> String {
+        if node == "side" {
+            return side.node_json()["ipv4"].as_str().expect("ipv4").to_string();
+        }
+        gateway_json
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.ipv4.to_string())
+            .unwrap_or_else(|| panic!("{node} not in gateway.json"))
+    };
+    let web = ip("web");
+    let get = |ns: &str, addr: String| http_get_retry(ns, &addr, Duration::from_secs(20));
+    assert_eq!(
+        get(&a, format!("{web}:80")).as_deref(),
+        Ok("hello from web:8080")
+    );
+    assert_eq!(
+        get(&a, format!("{}:8081", ip("side"))).as_deref(),
+        Ok("hello from the sidecar"),
+        "alice → relayed sidecar"
+    );
+    assert_eq!(
+        get(&m, format!("{web}:443")).as_deref(),
+        Ok("hello from web:8443")
+    );
+    let denied = http_get(&m, &format!("{web}:80"), Duration::from_secs(3));
+    assert!(denied.is_err(), "mallory reached web:80: {denied:?}");
+    let mt = metrics(&k, ADMIN);
+    assert!(
+        metric(&mt, "tsk8s_drops_total{node=\"web\",reason=\"policy\"}").unwrap_or(0) > 0,
+        "{mt}"
+    );
+    assert!(healthz(&k, ADMIN));
+}

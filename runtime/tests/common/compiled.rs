@@ -339,6 +339,31 @@ impl Compiled {
                     data,
                     mode,
                 }
+            } else if let Some(sources) = vol["projected"]["sources"].as_array() {
+                // The gateway's keys: one Secret per terminated node, projected at
+                // `<node>/private-key`.
+                let mut data = BTreeMap::new();
+                for src in sources {
+                    let secret = src["secret"]["name"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{file:?}: projected source {src}"));
+                    let owner = secret
+                        .strip_prefix("tsk8s-")
+                        .and_then(|s| s.strip_suffix("-key"))
+                        .unwrap_or_else(|| panic!("{file:?}: Secret {secret} is not a node key"));
+                    let key = fs::read(self.node_key_file(cluster, owner)).expect("node key");
+                    for item in src["secret"]["items"].as_array().expect("items") {
+                        assert_eq!(item["key"], "private-key", "{file:?}: {item}");
+                        let path = item["path"].as_str().expect("item path");
+                        data.insert(path.to_string(), key.clone());
+                    }
+                }
+                let mode = vol["projected"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+                Source::Secret {
+                    name: name.to_string(),
+                    data,
+                    mode,
+                }
             } else {
                 panic!("{file:?}: volume {name}: unsupported source {vol}");
             };
@@ -439,6 +464,13 @@ pub fn atomic_write(dir: &Path, data: &BTreeMap<String, Vec<u8>>, mode: u32, gid
     fs::set_permissions(&ts_dir, fs::Permissions::from_mode(0o755)).expect("chmod");
     for (k, v) in data {
         let p = ts_dir.join(k);
+        // A projected item's path may have directories (`<node>/private-key`).
+        if let Some(parent) = p.parent()
+            && parent != ts_dir
+        {
+            fs::create_dir_all(parent).expect("mkdir item dir");
+            fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
         fs::write(&p, v).expect("write volume file");
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
         if let Some(g) = gid {
@@ -450,7 +482,12 @@ pub fn atomic_write(dir: &Path, data: &BTreeMap<String, Vec<u8>>, mode: u32, gid
     let _ = fs::remove_file(&tmp);
     symlink(&ts, &tmp).expect("symlink ..data_tmp");
     fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    for k in data.keys() {
+    // One symlink per top-level entry (a key, or the first directory of an item's path).
+    let tops: std::collections::BTreeSet<&str> = data
+        .keys()
+        .map(|k| k.split('/').next().unwrap_or(k))
+        .collect();
+    for k in &tops {
         let link = dir.join(k);
         if fs::symlink_metadata(&link).is_err() {
             symlink(Path::new("..data").join(k), &link).expect("key symlink");
@@ -459,7 +496,7 @@ pub fn atomic_write(dir: &Path, data: &BTreeMap<String, Vec<u8>>, mode: u32, gid
     // Keys that went away.
     for e in fs::read_dir(dir).expect("read volume").flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("..") && !data.contains_key(&name) {
+        if !name.starts_with("..") && !tops.contains(name.as_str()) {
             let _ = fs::remove_file(e.path());
         }
     }
