@@ -137,6 +137,11 @@ fn replay_datagram() {
 }
 
 #[test]
+fn replay_gateway() {
+    replay("gateway", entry::gateway, &[("fuzz/seeds/datagram", "")]);
+}
+
+#[test]
 fn replay_inner_packet() {
     replay("inner_packet", entry::inner_packet, &[]);
 }

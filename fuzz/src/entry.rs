@@ -170,6 +170,12 @@ pub fn datagram(data: &[u8]) {
     tsk8s_runtime::fuzz_datagram(data);
 }
 
+/// Gateway dispatch: one datagram routed (MAC1, receiver index, learned sidecar indices) and
+/// learned from as if a relayed sidecar sent it.
+pub fn gateway(data: &[u8]) {
+    tsk8s_runtime::fuzz_gateway_datagram(data);
+}
+
 /// Runtime receive path: one decrypted IP packet from a peer into the filter and the stack.
 pub fn inner_packet(data: &[u8]) {
     tsk8s_runtime::fuzz_inner_packet(data);

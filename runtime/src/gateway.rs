@@ -1421,6 +1421,15 @@ mod tests {
         assert!(rl.verify_packet(None, &m, &mut dst).is_ok());
     }
 
+    /// The fuzz seed's initiation was built with Python's hashlib (an independent BLAKE2s):
+    /// it routes to the identity whose key its MAC1 names.
+    #[test]
+    fn mac1_matches_an_independent_implementation() {
+        let seed = include_bytes!("../../fuzz/seeds/gateway/initiation-to-identity-1");
+        let mut d = Dispatch::new(&[public(1), public(2)], &[public(3)], 16);
+        assert_eq!(d.route(addr(1), seed, Instant::now()), Route::Local(0));
+    }
+
     #[test]
     fn index_routing_by_identity_range() {
         let ids = [public(1), public(2), public(3)];

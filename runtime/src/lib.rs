@@ -198,6 +198,35 @@ pub mod fuzz {
     pub fn fuzz_inner_packet(bytes: &[u8]) {
         with_engine(|e| e.fuzz_inner(bytes));
     }
+
+    thread_local! {
+        static DISPATCH: RefCell<Option<gateway::Dispatch>> = const { RefCell::new(None) };
+    }
+
+    /// Feed one datagram through the gateway's dispatch: as if from the network (route), then
+    /// as if a relayed sidecar sent it to a device (learn), then once more from the network.
+    pub fn fuzz_gateway_datagram(bytes: &[u8]) {
+        DISPATCH.with(|d| {
+            let mut d = d.borrow_mut();
+            let keys = |r: std::ops::Range<u8>| -> Vec<[u8; 32]> {
+                r.map(|i| {
+                    *boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(
+                        [i; 32],
+                    ))
+                    .as_bytes()
+                })
+                .collect()
+            };
+            let disp =
+                d.get_or_insert_with(|| gateway::Dispatch::new(&keys(1..4), &keys(7..9), 64));
+            let src =
+                std::net::SocketAddr::from(([192, 0, 2, bytes.first().copied().unwrap_or(0)], 9));
+            let now = std::time::Instant::now();
+            let _ = disp.route(src, bytes, now);
+            let _ = disp.learn(src, usize::from(bytes.len() % 2), bytes, now);
+            let _ = disp.route(src, bytes, now);
+        });
+    }
 }
 
-pub use fuzz::{fuzz_datagram, fuzz_inner_packet};
+pub use fuzz::{fuzz_datagram, fuzz_gateway_datagram, fuzz_inner_packet};
