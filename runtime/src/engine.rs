@@ -224,7 +224,12 @@ enum Listener {
 pub struct Feed {
     pub rx: Receiver<(SocketAddr, Vec<u8>)>,
     pub ret: SyncSender<Vec<u8>>,
+    /// Bytes queued on `rx` (the gateway adds, the engine subtracts).
+    pub queued: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Buffers larger than this are not returned to the gateway's pool.
+const FEED_POOL_BUF: usize = 2048;
 
 /// What a gateway identity publishes once a second instead of rendering its own metrics.
 pub type Snapshot = (Counters, Vec<(String, PeerStats)>);
@@ -661,8 +666,11 @@ impl Engine {
                     break;
                 };
                 n_read += 1;
+                feed.queued.fetch_sub(data.len(), Ordering::Relaxed);
                 self.net.handle_datagram(from, &data, &mut dec, &mut inbox);
-                let _ = feed.ret.try_send(data);
+                if data.capacity() <= FEED_POOL_BUF {
+                    let _ = feed.ret.try_send(data);
+                }
             }
             for (slot, pkt) in inbox.drain(..) {
                 self.inbound(slot, pkt);

@@ -65,10 +65,15 @@ pub const RELAY_PROBES_PER_SECOND: u32 = 32;
 /// 180 s at most (WireGuard's reject-after-time); its sidecar re-handshakes before that.
 pub const MAX_RELAY_INDICES: usize = 16_384;
 pub const RELAY_INDEX_IDLE: Duration = Duration::from_secs(300);
-/// Datagrams queued for one identity before new ones are dropped (`queue_full`).
-pub const FEED_QUEUE: usize = 4096;
-/// Datagram buffers kept for reuse.
-const POOL: usize = 4096;
+/// Datagrams, and bytes, queued for one identity before new ones are dropped (`queue_full`).
+pub const FEED_QUEUE: usize = 1024;
+pub const FEED_QUEUE_BYTES: usize = 1024 * 1024;
+/// Datagram buffers kept for reuse (each at most 2 KiB; larger ones are freed).
+const POOL: usize = 1024;
+/// The largest data message queued for a node (`too_big` beyond): the largest MTU a node may
+/// have (9000) plus WireGuard's header and tag (32) and padding (16). IP-fragmented UDP could
+/// carry 64 KiB.
+pub const MAX_DATAGRAM: usize = 9000 + 32 + 16;
 const RX_BATCH: usize = 128;
 const TOKEN_SHARED: Token = Token(0);
 const TOKEN_WAKE: Token = Token(1);
@@ -333,9 +338,12 @@ pub enum GwDrop {
     SendError,
     /// What a relayed sidecar sent is not a WireGuard message.
     RelayGarbage,
+    /// A data message larger than any terminated node's MTU allows (IP-fragmented UDP can
+    /// carry 64 KiB; never queued for a node).
+    TooBig,
 }
 
-pub const ALL_GW_DROPS: [GwDrop; 9] = [
+pub const ALL_GW_DROPS: [GwDrop; 10] = [
     GwDrop::Garbage,
     GwDrop::UnknownKey,
     GwDrop::UnknownIndex,
@@ -345,6 +353,7 @@ pub const ALL_GW_DROPS: [GwDrop; 9] = [
     GwDrop::IndexFull,
     GwDrop::SendError,
     GwDrop::RelayGarbage,
+    GwDrop::TooBig,
 ];
 
 impl GwDrop {
@@ -359,6 +368,7 @@ impl GwDrop {
             GwDrop::IndexFull => "index_full",
             GwDrop::SendError => "send_error",
             GwDrop::RelayGarbage => "relay_garbage",
+            GwDrop::TooBig => "too_big",
         }
     }
 }
@@ -690,6 +700,7 @@ impl RelayNat {
 
 struct Identity {
     name: String,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     tx: SyncSender<(SocketAddr, Vec<u8>)>,
     waker: Arc<mio::Waker>,
     reload: Arc<AtomicBool>,
@@ -710,6 +721,8 @@ fn spawn_identity(
 ) -> Result<Identity, String> {
     let name = loaded.node.name.clone();
     let (tx, rx) = mpsc::sync_channel(FEED_QUEUE);
+    let queued: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let q2 = queued.clone();
     let reload = Arc::new(AtomicBool::new(false));
     let pending: Arc<Mutex<Option<Loaded>>> = Arc::new(Mutex::new(None));
     let stats: Arc<Mutex<Snapshot>> = Arc::default();
@@ -724,7 +737,11 @@ fn spawn_identity(
     let thread = std::thread::Builder::new()
         .name(format!("node-{i}"))
         .spawn(move || {
-            let feed = Feed { rx, ret };
+            let feed = Feed {
+                rx,
+                ret,
+                queued: q2,
+            };
             let mut eng =
                 match Engine::new_fed(loaded, tuning, sock, feed, index_base(i), INDEX_MASK) {
                     Ok((e, w)) => {
@@ -770,6 +787,7 @@ fn spawn_identity(
     };
     Ok(Identity {
         name,
+        queued,
         tx,
         waker,
         reload,
@@ -959,20 +977,30 @@ impl Gateway {
                 self.probe_relays(from, d, now);
             }
             Route::Drop(r) => self.counters.drop(r),
+            Route::Local(_) if d.len() > MAX_DATAGRAM => {
+                self.counters.drop(GwDrop::TooBig);
+            }
             Route::Local(i) => {
                 let Some(id) = self.identities.get_mut(i) else {
                     self.counters.drop(GwDrop::UnknownIndex);
                     return;
                 };
+                if id.queued.load(Ordering::Relaxed) + d.len() > FEED_QUEUE_BYTES {
+                    self.counters.drop(GwDrop::QueueFull);
+                    return;
+                }
                 let mut v = self.pool_rx.try_recv().unwrap_or_default();
                 v.clear();
                 v.extend_from_slice(d);
+                // Counted before the send: the identity subtracts as soon as it takes it.
+                id.queued.fetch_add(d.len(), Ordering::Relaxed);
                 match id.tx.try_send((from, v)) {
                     Ok(()) => {
                         self.counters.to_nodes += 1;
                         id.wake = true;
                     }
                     Err(TrySendError::Full((_, v))) | Err(TrySendError::Disconnected((_, v))) => {
+                        id.queued.fetch_sub(d.len(), Ordering::Relaxed);
                         self.counters.drop(GwDrop::QueueFull);
                         let _ = self.pool_tx.try_send(v);
                     }
@@ -1103,8 +1131,6 @@ impl Gateway {
         self.dispatch.expire(now);
         self.probe_sources.clear();
         self.probes_this_second = 0;
-        // Buffers come back from the identities; keep the pool from growing past its bound
-        // with oversized ones.
     }
 
     /// The first identity that failed, if any.
@@ -1135,9 +1161,8 @@ impl Gateway {
             .map(|(n, (c, p))| (n.as_str(), c, p.as_slice()))
             .collect();
         let mut o = metrics::render_nodes(&nodes);
-        render_gateway(&mut o, &self.counters, self.nat.len(), &self.dispatch, {
-            self.identities.len()
-        });
+        let n = self.identities.len();
+        render_gateway(&mut o, &self.counters, self.nat.len(), &self.dispatch, n);
         o
     }
 

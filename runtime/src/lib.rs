@@ -223,7 +223,7 @@ pub mod fuzz {
                 std::net::SocketAddr::from(([192, 0, 2, bytes.first().copied().unwrap_or(0)], 9));
             let now = std::time::Instant::now();
             let _ = disp.route(src, bytes, now);
-            let _ = disp.learn(src, usize::from(bytes.len() % 2), bytes, now);
+            let _ = disp.learn(src, bytes.len() % 2, bytes, now);
             let _ = disp.route(src, bytes, now);
         });
     }
