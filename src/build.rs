@@ -477,7 +477,7 @@ fn lower_cluster(
             });
             relay_pods.push(lower::k8s::RelayPod {
                 namespace,
-                id,
+                pods: lower::k8s::pod_selector(e),
                 port: node.listen_port,
             });
         }
@@ -485,21 +485,51 @@ fn lower_cluster(
             in_gateway.push((e, node));
             continue;
         }
-        if let ExposureKind::Sidecar { .. } = e.kind {
-            let mesh = lower::mesh::node_mesh(t, c, e, &l.lock, netw, reach);
-            if let Some(mut comp) = lower::sidecar::component(c, e, node, &mesh) {
-                let cdir = format!("{dir}/components/{id}");
-                lower::secrets::write_component_key(
-                    &mut tree,
-                    &cdir,
-                    t,
-                    c,
-                    e,
-                    &mut comp.kustomization,
-                    &input.sources,
-                    &mut secret_diags,
-                    &l.spans,
-                );
+        if let ExposureKind::Sidecar { set, .. } = &e.kind {
+            // A StatefulSet sidecar with replicas=N: one Component for its N nodes, written
+            // at the first.
+            if set.as_ref().is_some_and(|s| s.ordinal != 0) {
+                continue;
+            }
+            let members: Vec<(
+                &crate::model::Exposure,
+                &tsk8s_policy::runtime_config::NodeConfig,
+            )> = match set {
+                None => vec![(e, node)],
+                Some(s) => rt
+                    .nodes
+                    .iter()
+                    .filter_map(|(mid, mnode)| {
+                        let me = c.exposures.iter().find(|x| &x.id == mid)?;
+                        match &me.kind {
+                            ExposureKind::Sidecar { set: Some(ms), .. } if ms.base == s.base => {
+                                Some((me, mnode))
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect(),
+            };
+            let meshes: Vec<_> = members
+                .iter()
+                .map(|(me, _)| lower::mesh::node_mesh(t, c, me, &l.lock, netw, reach))
+                .collect();
+            if let Some(mut comp) = lower::sidecar::component(c, &members, &meshes) {
+                let name = set.as_ref().map_or(id.as_str(), |s| s.base.as_str());
+                let cdir = format!("{dir}/components/{name}");
+                for (me, _) in &members {
+                    lower::secrets::write_component_key(
+                        &mut tree,
+                        &cdir,
+                        t,
+                        c,
+                        me,
+                        &mut comp.kustomization,
+                        &input.sources,
+                        &mut secret_diags,
+                        &l.spans,
+                    );
+                }
                 emit::put(
                     &mut tree,
                     format!("{cdir}/kustomization.yaml"),

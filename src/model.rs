@@ -286,6 +286,20 @@ pub struct Port {
     pub pod_port: Option<u16>,
 }
 
+/// The most pods a StatefulSet sidecar may run (`replicas=`): each is a node with its own key,
+/// addresses, lock entry and Service, and every pod mounts all of them.
+pub const MAX_SIDECAR_REPLICAS: u32 = 64;
+
+/// One pod's node of a StatefulSet sidecar with `replicas=N`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarSet {
+    /// The sidecar's name in the spec (`<base>-<ordinal>` is this node's id).
+    pub base: String,
+    /// The pod's ordinal (`apps.kubernetes.io/pod-index`).
+    pub ordinal: u32,
+    pub replicas: u32,
+}
+
 #[derive(Clone, Debug)]
 pub enum EgressTarget {
     Device(String),
@@ -305,6 +319,9 @@ pub enum ExposureKind {
         workload: String,
         workload_kind: String,
         ports: Vec<Port>,
+        /// A StatefulSet sidecar with `replicas=N` (N ≥ 2) is N nodes `<name>-0` …
+        /// `<name>-N-1`, one per pod: which one this is.
+        set: Option<SidecarSet>,
     },
     SubnetRouter {
         routes: Vec<IpNet>,

@@ -1331,7 +1331,7 @@ impl Resolver<'_> {
                 hosts,
                 devices,
             ) {
-                exposures.push(x);
+                exposures.extend(self.expand_set(x, e, runtime, exposure_ids, tailnet_names));
             }
         }
         if runtime == RuntimeKind::Tsk8s {
@@ -1484,6 +1484,92 @@ impl Resolver<'_> {
                 }
             }
         }
+    }
+
+    /// A StatefulSet sidecar with `replicas=N` (N ≥ 2) becomes N nodes `<name>-0` …
+    /// `<name>-N-1` (hostnames `<hostname>-<i>`), each checked as a name of its own.
+    fn expand_set(
+        &mut self,
+        x: Exposure,
+        decl: &syntax::ExposureDecl,
+        runtime: RuntimeKind,
+        exposure_ids: &mut BTreeMap<String, SourceSpan>,
+        tailnet_names: &mut BTreeMap<String, (SourceSpan, &'static str)>,
+    ) -> Vec<Exposure> {
+        let ExposureKind::Sidecar { set: Some(set), .. } = &x.kind else {
+            return vec![x];
+        };
+        let at = decl
+            .replicas
+            .as_ref()
+            .map(|r| r.span)
+            .unwrap_or(decl.name.span);
+        if runtime == RuntimeKind::Tailscale {
+            self.push(
+                err(at, "replicas on a StatefulSet sidecar needs the tsk8s runtime")
+                    .label("runtime=\"tailscale\" cluster")
+                    .help("on the Tailscale image each pod needs a state Secret of its own; give the workload one replica or use a proxy"),
+            );
+            return Vec::new();
+        }
+        let n = set.replicas;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let id = format!("{}-{i}", x.id);
+            let hostname = format!("{}-{i}", x.hostname);
+            let mut bad = false;
+            if let Err(msg) = check_exposure_name(&id) {
+                self.push(
+                    err(at, format!("sidecar {:?} with {n} replicas names node {id:?}, which {msg}", x.id))
+                        .label("names too long")
+                        .help(format!("each pod is node `<name>-<ordinal>`; it names Services `{OBJECT_PREFIX}<name>-<ordinal>`: shorten the name")),
+                );
+                bad = true;
+            } else if let Err(msg) = check_label(&hostname, 63) {
+                self.push(
+                    err(
+                        at,
+                        format!(
+                            "sidecar {:?} with {n} replicas names node {hostname:?}, which {msg}",
+                            x.id
+                        ),
+                    )
+                    .label("hostname too long"),
+                );
+                bad = true;
+            }
+            let taken = [
+                exposure_ids
+                    .insert(id.clone(), decl.name.span)
+                    .map(|p| (p, &id)),
+                tailnet_names
+                    .insert(hostname.clone(), (decl.name.span, "exposure"))
+                    .map(|(p, _)| (p, &hostname)),
+            ];
+            for (prev, what) in taken.into_iter().flatten() {
+                {
+                    let line = self.d.line(prev.offset());
+                    self.push(
+                        err(at, format!("sidecar {:?} with {n} replicas names node {what:?}, which is already taken", x.id))
+                            .label("one node per pod")
+                            .help(format!("first used on line {line}; rename one of them")),
+                    );
+                    bad = true;
+                }
+            }
+            if bad {
+                return Vec::new();
+            }
+            self.spans.exposures.insert(id.clone(), decl.name.span);
+            let mut e = x.clone();
+            e.id = id;
+            e.hostname = hostname;
+            if let ExposureKind::Sidecar { set: Some(s), .. } = &mut e.kind {
+                s.ordinal = i;
+            }
+            out.push(e);
+        }
+        out
     }
 
     /// `gateway-port=`: only under `publish="gateway"`, 1-65535.
@@ -1988,12 +2074,25 @@ impl Resolver<'_> {
                         String::new()
                     }
                 };
+                let mut replicas = 1;
                 if let Some(r) = &e.replicas {
-                    if r.v != 1 {
+                    if workload_kind == "StatefulSet" {
+                        match u32::try_from(r.v) {
+                            Ok(n) if (1..=MAX_SIDECAR_REPLICAS).contains(&n) => replicas = n,
+                            _ => {
+                                self.push(
+                                    err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
+                                        .label(format!("1 to {MAX_SIDECAR_REPLICAS}"))
+                                        .help(format!("each pod of a StatefulSet sidecar is a node of its own (key, addresses, lock entry, Service) and every pod mounts all of them: give 1 to {MAX_SIDECAR_REPLICAS} replicas")),
+                                );
+                                ok = false;
+                            }
+                        }
+                    } else if r.v != 1 {
                         self.push(
                             err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
                                 .label("one key, one pod")
-                                .help("a sidecar node has one WireGuard key and one address, so its workload must run exactly one replica; use a proxy for replicated workloads"),
+                                .help("a Deployment's pods are interchangeable, so its sidecar has one WireGuard key and one address and the Component pins replicas: 1; use kind=\"StatefulSet\" (one node per pod) or a proxy for replicated workloads"),
                         );
                         ok = false;
                     }
@@ -2003,6 +2102,11 @@ impl Resolver<'_> {
                     workload,
                     workload_kind,
                     ports,
+                    set: (replicas > 1).then(|| SidecarSet {
+                        base: e.name.v.clone(),
+                        ordinal: 0,
+                        replicas,
+                    }),
                 }
             }
             syntax::ExposureKind::SubnetRouter => {

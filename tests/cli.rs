@@ -660,6 +660,9 @@ fn bad_deployment_combinations_exit_2_from_check_lock_and_build() {
         "gateway-node-endpoint",
         "gateway-port-without-gateway",
         "gateway-name-taken",
+        "sidecar-replicas-zero",
+        "sidecar-replicas-huge",
+        "sidecar-replicas-name-taken",
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();

@@ -442,6 +442,8 @@ struct Covered {
     routers_over_service_cidr: usize,
     /// Sidecars relayed by a gateway (judged both ways).
     relays: usize,
+    /// Of those, pods of a StatefulSet sidecar with replicas.
+    relayed_set_pods: usize,
     /// Proxy checks skipped: in a gateway with a router into the cluster.
     proxies_sharing_a_router: usize,
 }
@@ -499,10 +501,31 @@ fn judge_spec(dir: &Path, covered: &mut Covered) {
             let deployment = docs
                 .iter()
                 .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == workload);
-            if let ExposureKind::Sidecar { namespace, .. } = &e.kind
+            if let ExposureKind::Sidecar {
+                namespace,
+                workload,
+                set,
+                ..
+            } = &e.kind
                 && c.publish == Publish::Gateway
             {
-                judge_relay(&at, c, &docs, &policies, &e.id, namespace);
+                // The sidecar's pod: the Component's label (the set's for a StatefulSet with
+                // replicas, with Kubernetes' pod-name label) and the app's own.
+                let mut labels = BTreeMap::from([("app".to_string(), "user-app".to_string())]);
+                match set {
+                    Some(s) => {
+                        labels.insert("tsk8s.dev/node".into(), s.base.clone());
+                        labels.insert(
+                            "statefulset.kubernetes.io/pod-name".into(),
+                            format!("{workload}-{}", s.ordinal),
+                        );
+                        covered.relayed_set_pods += 1;
+                    }
+                    None => {
+                        labels.insert("tsk8s.dev/node".into(), e.id.clone());
+                    }
+                }
+                judge_relay(&at, c, &docs, &policies, &e.id, namespace, labels);
                 covered.relays += 1;
                 continue;
             }
@@ -661,7 +684,15 @@ fn gateway_reaches_pods(c: &Cluster) -> bool {
 
 /// A sidecar the gateway relays to: the gateway's pod may send UDP to the sidecar's pod at the
 /// port of its relay Service, and the sidecar's pod admits it from the gateway's pod only.
-fn judge_relay(at: &str, c: &Cluster, docs: &[Value], policies: &[Value], id: &str, ns: &str) {
+fn judge_relay(
+    at: &str,
+    c: &Cluster,
+    docs: &[Value],
+    policies: &[Value],
+    id: &str,
+    ns: &str,
+    side_labels: BTreeMap<String, String>,
+) {
     let svc = docs
         .iter()
         .find(|d| {
@@ -680,10 +711,6 @@ fn judge_relay(at: &str, c: &Cluster, docs: &[Value], policies: &[Value], id: &s
         namespace: c.namespace.clone(),
         labels: labels_of(&gateway["spec"]["template"]["metadata"]["labels"]),
     };
-    let side_labels = BTreeMap::from([
-        ("tsk8s.dev/node".to_string(), id.to_string()),
-        ("app".to_string(), "user-app".to_string()),
-    ]);
     let side_pod = Pod {
         namespace: ns.to_string(),
         labels: side_labels.clone(),
@@ -741,6 +768,10 @@ fn proxies_and_routers_reach_their_pods_after_dnat() {
     assert!(
         covered.relays > 0,
         "no sidecar relayed by a gateway was judged"
+    );
+    assert!(
+        covered.relayed_set_pods > 1,
+        "no StatefulSet sidecar with replicas relayed by a gateway was judged"
     );
     eprintln!(
         "judged {} proxies ({} with a pod port other than the Service's; {} other-namespace checks left out for sharing a gateway with a router into the cluster), {} routers ({} routes over a Service CIDR) and {} relayed sidecars",

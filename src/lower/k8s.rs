@@ -461,11 +461,30 @@ pub fn wireguard_service(c: &Cluster, namespace: &str, e: &Exposure, port: u16) 
     let id = e.id.as_str();
     let meta = meta(&object_name(id), Some(namespace), Some(id));
     match c.publish {
-        Publish::Gateway => relay_service(meta, selector(id), port),
+        Publish::Gateway => relay_service(meta, pod_selector(e), port),
         Publish::LoadBalancer | Publish::NodePort => {
             let host = c.endpoint_per_node().then(|| c.endpoint_host(&e.hostname));
-            published_service(c, meta, selector(id), port, host)
+            published_service(c, meta, pod_selector(e), port, host)
         }
+    }
+}
+
+/// Kubernetes' label on each pod of a StatefulSet naming it (`<workload>-<ordinal>`).
+pub const STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+
+/// The pods of node `e`: its own label, or for one pod of a StatefulSet sidecar with
+/// `replicas=N` that pod by name (they share the template, so one label for all).
+pub fn pod_selector(e: &Exposure) -> BTreeMap<String, String> {
+    match &e.kind {
+        ExposureKind::Sidecar {
+            workload,
+            set: Some(s),
+            ..
+        } => BTreeMap::from([(
+            STATEFULSET_POD_NAME.to_string(),
+            format!("{workload}-{}", s.ordinal),
+        )]),
+        _ => selector(&e.id),
     }
 }
 
@@ -824,10 +843,10 @@ pub fn network_policy(
     node_policy(&c.namespace, &e.id, ingress, egress)
 }
 
-/// A sidecar the gateway relays to: its namespace, node id and WireGuard port.
+/// A sidecar the gateway relays to: its namespace, pod selector and WireGuard port.
 pub struct RelayPod<'a> {
     pub namespace: &'a str,
-    pub id: &'a str,
+    pub pods: BTreeMap<String, String>,
     pub port: u16,
 }
 
@@ -863,7 +882,7 @@ pub fn gateway_network_policy(
             to: Some(vec![NetworkPolicyPeer {
                 namespace_selector: ns_peer(r.namespace).namespace_selector,
                 pod_selector: Some(LabelSelector {
-                    match_labels: Some(selector(r.id)),
+                    match_labels: Some(r.pods.clone()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -878,9 +897,18 @@ pub fn gateway_network_policy(
 /// A relayed sidecar's pod (Ingress only): its WireGuard port from the gateway's pod. Policies
 /// add up, but the first one selecting a pod isolates it: any other ingress the app takes
 /// needs a policy of its own (docs/deploying.md).
-pub fn sidecar_network_policy(c: &Cluster, namespace: &str, id: &str, port: u16) -> NetworkPolicy {
-    let mut np = node_policy(namespace, id, Vec::new(), Vec::new());
+pub fn sidecar_network_policy(
+    c: &Cluster,
+    namespace: &str,
+    e: &Exposure,
+    port: u16,
+) -> NetworkPolicy {
+    let mut np = node_policy(namespace, &e.id, Vec::new(), Vec::new());
     if let Some(spec) = np.spec.as_mut() {
+        spec.pod_selector = Some(LabelSelector {
+            match_labels: Some(pod_selector(e)),
+            ..Default::default()
+        });
         spec.policy_types = Some(vec!["Ingress".into()]);
         spec.egress = None;
         spec.ingress = Some(vec![NetworkPolicyIngressRule {

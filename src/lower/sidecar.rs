@@ -17,7 +17,13 @@
 use serde_json::{Value, json};
 use tsk8s_policy::runtime_config::{MeshConfig, NodeConfig};
 
-use super::k8s::{self, NODE_DIR, RUNTIME_UID};
+use k8s_openapi::api::core::v1::{
+    ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
+    ObjectFieldSelector, ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
+};
+use tsk8s_policy::runtime_config::{MESH_FILE, NODE_FILE, PRIVATE_KEY_FILE};
+
+use super::k8s::{self, KEY_DIR, NODE_DIR, RUNTIME_UID};
 use crate::model::{Cluster, Exposure, ExposureKind, Publish, SidecarStyle};
 
 pub struct SidecarComponent {
@@ -26,16 +32,22 @@ pub struct SidecarComponent {
     pub patch: Value,
 }
 
+/// The Component of one sidecar node, or of the N nodes of a StatefulSet sidecar with
+/// `replicas=N` (`members` in ordinal order, `meshes` beside them): then every pod mounts all N
+/// node configs and keys (projected volumes, `<ordinal>/…`) and picks its own by its ordinal,
+/// `apps.kubernetes.io/pod-index` through the downward API and `$(TSK8S_POD_INDEX)` in the
+/// container's args; each node gets a Service selecting its pod by name.
 pub fn component(
     c: &Cluster,
-    e: &Exposure,
-    node: &NodeConfig,
-    mesh: &MeshConfig,
+    members: &[(&Exposure, &NodeConfig)],
+    meshes: &[MeshConfig],
 ) -> Option<SidecarComponent> {
+    let (e, node) = *members.first()?;
     let ExposureKind::Sidecar {
         namespace,
         workload,
         workload_kind,
+        set,
         ..
     } = &e.kind
     else {
@@ -70,16 +82,47 @@ pub fn component(
             s.default_mode = Some(0o444);
         }
     }
-    let configmap = k8s::node_configmap(namespace, &e.id, node, Some(mesh));
-    let service = k8s::wireguard_service(c, namespace, e, node.listen_port);
-    // Relayed by the gateway: its WireGuard port from the gateway's pod.
-    let policy = (c.publish == Publish::Gateway)
-        .then(|| k8s::sidecar_network_policy(c, namespace, &e.id, node.listen_port));
+    let label = match set {
+        Some(s) => {
+            pick_by_ordinal(&mut container, &mut volumes, members);
+            s.base.clone()
+        }
+        None => e.id.clone(),
+    };
+    let mut resources = Vec::new();
+    for ((me, mnode), mesh) in members.iter().zip(meshes) {
+        resources.push(serde_json::to_value(k8s::node_configmap(
+            namespace,
+            &me.id,
+            mnode,
+            Some(mesh),
+        )));
+        resources.push(serde_json::to_value(k8s::wireguard_service(
+            c,
+            namespace,
+            me,
+            mnode.listen_port,
+        )));
+        // Relayed by the gateway: its WireGuard port from the gateway's pod.
+        if c.publish == Publish::Gateway {
+            resources.push(serde_json::to_value(k8s::sidecar_network_policy(
+                c,
+                namespace,
+                me,
+                mnode.listen_port,
+            )));
+        }
+    }
+    let resources: Vec<Value> = resources
+        .into_iter()
+        .map(|v| v.unwrap_or(Value::Null))
+        .collect();
+    let e_id = label;
     let mut patch = k8s::sidecar_patch(
         workload_kind,
         workload,
         namespace,
-        &e.id,
+        &e_id,
         &container,
         &volumes,
     );
@@ -118,14 +161,106 @@ pub fn component(
     });
     Some(SidecarComponent {
         kustomization,
-        resources: [
-            serde_json::to_value(&configmap),
-            serde_json::to_value(&service),
-        ]
-        .into_iter()
-        .chain(policy.iter().map(serde_json::to_value))
-        .map(|v| v.unwrap_or(Value::Null))
-        .collect(),
+        resources,
         patch,
     })
+}
+
+/// Environment variable holding the pod's ordinal in a StatefulSet sidecar's container.
+pub const POD_INDEX_ENV: &str = "TSK8S_POD_INDEX";
+/// The label Kubernetes (1.28+) puts on each StatefulSet pod with its ordinal.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// Every node of the set in the pod (configs and keys under `<ordinal>/`); the container's
+/// args pick its own through `$(TSK8S_POD_INDEX)`, which the kubelet expands.
+fn pick_by_ordinal(
+    container: &mut Container,
+    volumes: &mut Vec<Volume>,
+    members: &[(&Exposure, &NodeConfig)],
+) {
+    let ordinal = |e: &Exposure| match &e.kind {
+        ExposureKind::Sidecar { set: Some(s), .. } => s.ordinal,
+        _ => 0,
+    };
+    let own = format!("$({POD_INDEX_ENV})");
+    container.args = Some(vec![
+        "--node".into(),
+        format!("{NODE_DIR}/{own}/{NODE_FILE}"),
+        "--mesh".into(),
+        format!("{NODE_DIR}/{own}/{MESH_FILE}"),
+        "--private-key-file".into(),
+        format!("{KEY_DIR}/{own}/{PRIVATE_KEY_FILE}"),
+    ]);
+    container.env.get_or_insert_with(Vec::new).push(EnvVar {
+        name: POD_INDEX_ENV.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: format!("metadata.labels['{POD_INDEX_LABEL}']"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // Each pod binds only its own node's port; all are listed.
+    container.ports = Some(
+        members
+            .iter()
+            .map(|(e, n)| ContainerPort {
+                name: Some(format!("wireguard-{}", ordinal(e))),
+                container_port: i32::from(n.listen_port),
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            })
+            .collect(),
+    );
+    let item = |key: &str, path: String| KeyToPath {
+        key: key.into(),
+        path,
+        ..Default::default()
+    };
+    let configs: Vec<VolumeProjection> = members
+        .iter()
+        .map(|(e, _)| VolumeProjection {
+            config_map: Some(ConfigMapProjection {
+                name: k8s::object_name(&e.id),
+                items: Some(vec![
+                    item(NODE_FILE, format!("{}/{NODE_FILE}", ordinal(e))),
+                    item(MESH_FILE, format!("{}/{MESH_FILE}", ordinal(e))),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let keys: Vec<VolumeProjection> = members
+        .iter()
+        .map(|(e, _)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: k8s::key_secret_name(&e.id),
+                items: Some(vec![item(
+                    PRIVATE_KEY_FILE,
+                    format!("{}/{PRIVATE_KEY_FILE}", ordinal(e)),
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    for v in volumes.iter_mut() {
+        if v.config_map.is_some() {
+            v.config_map = None;
+            v.projected = Some(ProjectedVolumeSource {
+                sources: Some(configs.clone()),
+                default_mode: None,
+            });
+        } else if v.secret.is_some() {
+            v.secret = None;
+            v.projected = Some(ProjectedVolumeSource {
+                sources: Some(keys.clone()),
+                // Readable by our UID without an fsGroup of ours (only our container mounts it).
+                default_mode: Some(0o444),
+            });
+        }
+    }
 }

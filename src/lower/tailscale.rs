@@ -679,6 +679,7 @@ fn sidecar_component(
         workload,
         workload_kind,
         ports,
+        ..
     } = &e.kind
     else {
         return Dir::default();
