@@ -815,3 +815,37 @@ fn diff_output_escapes_user_text() {
         assert_log_safe(format, &String::from_utf8_lossy(&o.stderr));
     }
 }
+
+#[test]
+fn lock_refuses_a_lock_file_that_is_a_symlink() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::copy(
+        root().join("testdata/specs/proxy-basic/tailnet.kdl"),
+        d.join("tailnet.kdl"),
+    )
+    .unwrap();
+    // A dangling link: the lock reads as missing, and writing it would create the target.
+    let victim = d.join("elsewhere.lock");
+    symlink(&victim, d.join("tailnet.lock")).unwrap();
+    let o = run(d, &["lock", "--keys-dir", "keys"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("tailnet.lock: is a symbolic link"), "{err}");
+    assert!(!victim.exists());
+    assert!(
+        std::fs::symlink_metadata(d.join("tailnet.lock"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // Nothing written: no keys delivered, no temp file left.
+    assert!(!d.join("keys").join("lab").exists());
+    let names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("tmp")), "{names:?}");
+}

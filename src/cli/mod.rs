@@ -829,6 +829,13 @@ impl Stage {
     /// one `syncfs` per keys dir makes all of them durable (`lock` of 10,000 new nodes waited
     /// seconds on an fsync per file).
     pub fn commit(self) -> Result<(), String> {
+        // A committed file's path that is a symbolic link is refused before anything is
+        // written (a failed command writes nothing).
+        for f in &self.files {
+            if matches!(f.how, Target::Plain(_)) {
+                check_write_target(&f.path)?;
+            }
+        }
         let mut unsynced: Vec<PathBuf> = Vec::new();
         let sync = |unsynced: &mut Vec<PathBuf>| -> Result<(), String> {
             for dir in unsynced.drain(..) {
@@ -924,9 +931,34 @@ fn key_instructions(out: &mut String, t: &Tailnet, k: &NewKey, path: &Path, json
     }
 }
 
-/// Write a file atomically (temp + rename), optionally with a mode.
+/// Refuse to write `path` when it is a symbolic link (tsk8s neither writes through nor
+/// replaces one) or something other than a regular file.
+pub fn check_write_target(path: &Path) -> Result<(), String> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: cannot stat: {e}", path.display())),
+        Ok(m) if m.file_type().is_symlink() => Err(format!(
+            "{}: is a symbolic link; tsk8s neither writes through nor replaces one: make it a regular file (or remove it) and run again",
+            path.display()
+        )),
+        Ok(m) if !m.is_file() => Err(format!(
+            "{}: exists and is not a regular file",
+            path.display()
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Write a file atomically, optionally with a mode: a new temp file beside it
+/// (`.<name>.tsk8s-tmp-<pid>-<n>`, created with `O_CREAT|O_EXCL|O_NOFOLLOW`, so a file or
+/// link already at that name is never opened; the next `n` is tried instead), written,
+/// fsynced, renamed over `path`, and the directory fsynced. A `path` that is a symbolic link
+/// is refused ([`check_write_target`]); the temp file is removed on any failure.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    check_write_target(path)?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -934,21 +966,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    if let Some(m) = mode {
-        opts.mode(m);
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let mut attempts = 0;
+    let (tmp, mut f) = loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tsk8s-tmp-{}-{n}", std::process::id()));
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        opts.mode(mode.unwrap_or(0o644));
+        match opts.open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 100 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(format!("{}: cannot create: {e}", tmp.display())),
+        }
+    };
+    let result = (|| {
+        if let Some(m) = mode {
+            // The umask may have narrowed the mode given at creation; set it exactly.
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(fs::Permissions::from_mode(m))
+                .map_err(|e| format!("{}: cannot set mode: {e}", tmp.display()))?;
+        }
+        f.write_all(bytes)
+            .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("{}: cannot sync: {e}", tmp.display()))?;
+        // Checked again just before the rename: a link put there meanwhile is refused too
+        // (the rename itself would replace the link, never write through it).
+        check_write_target(path)?;
+        fs::rename(&tmp, path).map_err(|e| format!("{}: cannot rename: {e}", path.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
     }
-    let mut f = opts
-        .open(&tmp)
-        .map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
-    f.write_all(bytes)
-        .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("{}: cannot sync: {e}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| format!("{}: cannot rename: {e}", path.display()))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -1278,4 +1336,72 @@ fn cat_blobs(top: &Path, oids: &[&str]) -> Result<Vec<Vec<u8>>, String> {
         return Err(format!("git cat-file --batch: {status}"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_never_follows_a_link() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let victim = d.join("victim");
+        fs::write(&victim, "keep\n").unwrap();
+        // Links at the temp names this process would try first (a predictable-name attack):
+        // each is skipped, never opened.
+        for n in 0..20 {
+            symlink(
+                &victim,
+                d.join(format!(".f.tsk8s-tmp-{}-{n}", std::process::id())),
+            )
+            .unwrap();
+        }
+        let target = d.join("f");
+        write_atomic(&target, b"one\n", Some(0o600)).unwrap();
+        write_atomic(&target, b"two\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "two\n");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+        assert!(
+            !fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        write_atomic(&target, b"three\n", Some(0o640)).unwrap();
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        // The target itself a link: refused, located, the link and its target unchanged.
+        let link = d.join("link");
+        symlink(&victim, &link).unwrap();
+        let e = write_atomic(&link, b"x\n", None).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}: is a symbolic link", link.display())),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // No temp file is left behind (the planted links are still there, untouched).
+        let left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.contains("tsk8s-tmp")
+                    && !fs::symlink_metadata(d.join(n))
+                        .unwrap()
+                        .file_type()
+                        .is_symlink()
+            })
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
