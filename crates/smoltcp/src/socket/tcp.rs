@@ -6,6 +6,7 @@ use core::fmt::Display;
 #[cfg(feature = "async")]
 use core::task::Waker;
 use core::{fmt, mem};
+use managed::ManagedSlice;
 
 use crate::phy::PacketMeta;
 #[cfg(feature = "async")]
@@ -173,6 +174,8 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// tsk8s patch: the floor of the computed RTO in ms (`Socket::set_min_rto`).
+    min_rto: u32,
 }
 
 impl Default for RttEstimator {
@@ -185,6 +188,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            min_rto: RTTE_MIN_RTO,
         }
     }
 }
@@ -214,7 +218,7 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
@@ -523,6 +527,40 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// tsk8s patch (RFC 6582 NewReno): highest sequence number sent when fast retransmit
+    /// started; ACKs below it are partial and retransmit the next unacknowledged segment.
+    recover: Option<TcpSeqNumber>,
+    /// tsk8s patch: the window scale is chosen for a receive buffer of at least this many
+    /// octets (`set_recv_window_scale_capacity`), so a buffer grown later is advertised whole.
+    rx_scale_capacity: usize,
+    /// tsk8s patch: more than half the receive buffer arrived within one receiver-side RTT
+    /// (`take_recv_window_limited`).
+    rx_window_limited: bool,
+    /// Receiver-side RTT (Linux's `tcp_rcv_rtt_measure`): when an ACK opened the window to a
+    /// new right edge, and that edge; the time until data reaches it is at least one RTT.
+    rx_rtt_probe: Option<(Instant, TcpSeqNumber)>,
+    /// Highest right edge of the receive window advertised so far.
+    rx_edge_max: Option<TcpSeqNumber>,
+    /// Smallest such sample, in microseconds (0: none yet).
+    rx_rtt_min_us: u64,
+    /// Start (time, next expected sequence number) of the current receive-rate interval.
+    rx_rate_start: Option<(Instant, TcpSeqNumber)>,
+    /// tsk8s patch: pacing (`set_pacing_enabled`). Credit in octets, refilled at the pacing
+    /// rate since `pace_stamp`, capped at a small burst; data waits while it is negative.
+    pacing: bool,
+    pace_credit: i64,
+    pace_stamp: Instant,
+    /// tsk8s patch: SACK scoreboard (RFC 2018/6675, simplified): ranges above the
+    /// cumulative ACK the remote holds, sorted, merged, at most `SACK_SCOREBOARD` of them.
+    sacked: [(TcpSeqNumber, TcpSeqNumber); SACK_SCOREBOARD],
+    sacked_len: usize,
+    /// Next sequence number a hole retransmission may start at (this recovery episode).
+    rtx_next: TcpSeqNumber,
+    /// Hole retransmissions allowed now: one per ACK that arrives during recovery (each
+    /// tells that a segment left the network), so repairs are ACK-clocked.
+    rtx_credit: u8,
+    /// tsk8s patch: retransmission counters (`Socket::retransmissions`).
+    stats: Retransmissions,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -556,6 +594,23 @@ pub struct Socket<'a> {
 }
 
 const DEFAULT_MSS: usize = 536;
+
+/// tsk8s patch: how often a socket retransmitted, by cause.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Retransmissions {
+    /// Retransmission timeouts.
+    pub timeouts: u32,
+    /// Fast retransmits (three duplicate ACKs, or a NewReno partial ACK).
+    pub fast: u32,
+    /// Holes retransmitted from the SACK scoreboard.
+    pub sack: u32,
+}
+
+/// tsk8s patch: SACK ranges remembered per socket.
+const SACK_SCOREBOARD: usize = 16;
+/// tsk8s patch: most hole retransmissions one ACK may release.
+const RTX_CREDIT_MAX: u8 = 4;
 
 /// Minimum MSS we accept from the remote, same value as Linux's `TCP_MIN_SND_MSS`.
 /// Without it, a peer advertising a tiny MSS could force segments to carry little
@@ -614,6 +669,21 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            recover: None,
+            rx_scale_capacity: 0,
+            rx_window_limited: false,
+            rx_rtt_probe: None,
+            rx_edge_max: None,
+            rx_rtt_min_us: 0,
+            rx_rate_start: None,
+            pacing: false,
+            pace_credit: 0,
+            pace_stamp: Instant::from_secs(0),
+            sacked: [(TcpSeqNumber::default(), TcpSeqNumber::default()); SACK_SCOREBOARD],
+            sacked_len: 0,
+            rtx_next: TcpSeqNumber::default(),
+            rtx_credit: 0,
+            stats: Retransmissions::default(),
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -902,12 +972,27 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
+        let rx_cap_log2 = mem::size_of::<usize>() * 8
+            - self
+                .rx_buffer
+                .capacity()
+                .max(self.rx_scale_capacity)
+                .leading_zeros() as usize;
 
         self.state = State::Closed;
         self.timer = Timer::new();
-        self.rtte = RttEstimator::default();
+        self.rtte = RttEstimator {
+            min_rto: self.rtte.min_rto,
+            ..RttEstimator::default()
+        };
+        self.rx_window_limited = false;
+        self.rx_rtt_probe = None;
+        self.rx_edge_max = None;
+        self.rx_rtt_min_us = 0;
+        self.rx_rate_start = None;
+        self.pace_credit = 0;
+        self.sacked_len = 0;
+        self.rtx_credit = 0;
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -921,9 +1006,10 @@ impl<'a> Socket<'a> {
         self.remote_last_win = 0;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
-        self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
+        self.remote_win_shift = rx_cap_log2.saturating_sub(16).min(14) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.recover = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1384,6 +1470,240 @@ impl<'a> Socket<'a> {
     /// This function otherwise behaves identically to [recv_slice](#method.recv_slice).
     pub fn peek_slice(&mut self, data: &mut [u8]) -> Result<usize, RecvError> {
         Ok(self.rx_buffer.read_allocated(0, data))
+    }
+
+    /// tsk8s patch: set the floor of the retransmission timeout (RFC 6298 (2.4) says 1 s,
+    /// the default; Linux uses 200 ms). Takes effect at the next RTT sample.
+    pub fn set_min_rto(&mut self, min_rto: Duration) {
+        self.rtte.min_rto = (min_rto.total_millis() as u32).clamp(1, RTTE_MAX_RTO);
+    }
+
+    /// tsk8s patch: choose the window scale (RFC 7323) as if the receive buffer held
+    /// `capacity` octets, so a buffer grown later with [`Self::replace_recv_buffer`] can be
+    /// advertised whole. Call it before `listen` or `connect`.
+    pub fn set_recv_window_scale_capacity(&mut self, capacity: usize) {
+        self.rx_scale_capacity = capacity.min(1 << 30);
+        if matches!(self.state, State::Closed | State::Listen) {
+            let cap = self.rx_buffer.capacity().max(self.rx_scale_capacity);
+            let log2 = mem::size_of::<usize>() * 8 - cap.leading_zeros() as usize;
+            self.remote_win_shift = log2.saturating_sub(16).min(14) as u8;
+        }
+    }
+
+    /// tsk8s patch: replace the receive buffer by a larger one, keeping its contents
+    /// (including out-of-order data). Returns the old buffer, or the given one back when it
+    /// is smaller than the current one. The advertised window grows with it (up to what the
+    /// window scale allows, see [`Self::set_recv_window_scale_capacity`]).
+    pub fn replace_recv_buffer<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, u8>, ManagedSlice<'a, u8>>
+    where
+        S: Into<ManagedSlice<'a, u8>>,
+    {
+        self.rx_buffer.replace_storage(storage)
+    }
+
+    /// tsk8s patch: replace the transmit buffer by a larger one, keeping its contents (sent
+    /// and unacknowledged, then unsent). Returns the old buffer, or the given one back when
+    /// it is smaller than the current one.
+    pub fn replace_send_buffer<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, u8>, ManagedSlice<'a, u8>>
+    where
+        S: Into<ManagedSlice<'a, u8>>,
+    {
+        self.tx_buffer.replace_storage(storage)
+    }
+
+    /// tsk8s patch: whether, since the last call, more than half the receive buffer arrived
+    /// within one receiver-side RTT (measured like Linux's `tcp_rcv_rtt_measure`: from an
+    /// ACK that opens the window to a new edge until data reaches that edge). Linux's
+    /// receive-buffer auto-tuning keeps the buffer at twice what arrives per RTT; this is
+    /// the cue to grow it. Clears the flag.
+    pub fn take_recv_window_limited(&mut self) -> bool {
+        core::mem::replace(&mut self.rx_window_limited, false)
+    }
+
+    /// tsk8s patch: how often this socket retransmitted since it was created.
+    pub fn retransmissions(&self) -> Retransmissions {
+        self.stats
+    }
+
+    /// tsk8s patch: the congestion window in octets (`usize::MAX` without congestion control).
+    pub fn congestion_window(&self) -> usize {
+        self.congestion_controller.inner().window()
+    }
+
+    /// tsk8s patch: the smoothed round-trip time, if measured (millisecond resolution).
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        self.rtte
+            .have_measurement
+            .then(|| Duration::from_millis(self.rtte.srtt as u64))
+    }
+
+    /// tsk8s patch: pace new data at a multiple of cwnd / SRTT (2x in slow start, 1.25x
+    /// after, like Linux's `tcp_pacing_ss_ratio`/`tcp_pacing_ca_ratio`) with bursts of at
+    /// most 2 ms worth (at least 10 segments), instead of sending a whole window back to
+    /// back. Off by default; no effect without congestion control or below 1 ms SRTT.
+    pub fn set_pacing_enabled(&mut self, enabled: bool) {
+        self.pacing = enabled;
+    }
+
+    /// tsk8s patch: remember the SACK blocks of an incoming ACK and forget what the
+    /// cumulative ACK covers.
+    fn update_scoreboard(&mut self, ack: TcpSeqNumber, blocks: &[Option<(u32, u32)>; 3]) -> bool {
+        // Drop (or trim) ranges at or below the cumulative ACK.
+        let mut n = 0;
+        for i in 0..self.sacked_len {
+            let (l, r) = self.sacked[i];
+            if r > ack {
+                self.sacked[n] = (l.max(ack), r);
+                n += 1;
+            }
+        }
+        self.sacked_len = n;
+        // Highest sequence number ever sent (a timeout rewinds `remote_last_seq`).
+        let high = match self.rtte.max_seq_sent {
+            Some(m) => m.max(self.remote_last_seq),
+            None => self.remote_last_seq,
+        };
+        let before = self.sacked_bytes();
+        for &(l, r) in blocks.iter().flatten() {
+            let (l, r) = (TcpSeqNumber(l as i32), TcpSeqNumber(r as i32));
+            // Ignore D-SACKs and blocks outside what was sent.
+            if r <= l || r <= ack || r > high {
+                continue;
+            }
+            self.sack_insert(l.max(ack), r);
+        }
+        self.sacked_bytes() > before
+    }
+
+    /// Octets the scoreboard holds.
+    fn sacked_bytes(&self) -> usize {
+        self.sacked[..self.sacked_len]
+            .iter()
+            .map(|&(l, r)| r - l)
+            .sum()
+    }
+
+    fn sack_insert(&mut self, l: TcpSeqNumber, r: TcpSeqNumber) {
+        let (mut l, mut r) = (l, r);
+        // Merge every overlapping or adjacent range into (l, r), keep the others in order.
+        let mut out = [(TcpSeqNumber::default(), TcpSeqNumber::default()); SACK_SCOREBOARD];
+        let mut n = 0;
+        let mut placed = false;
+        for i in 0..self.sacked_len {
+            let (a, b) = self.sacked[i];
+            if b < l {
+                out[n] = (a, b);
+                n += 1;
+            } else if a > r {
+                if !placed {
+                    if n < SACK_SCOREBOARD {
+                        out[n] = (l, r);
+                        n += 1;
+                    }
+                    placed = true;
+                }
+                if n < SACK_SCOREBOARD {
+                    out[n] = (a, b);
+                    n += 1;
+                }
+            } else {
+                l = l.min(a);
+                r = r.max(b);
+            }
+        }
+        if !placed && n < SACK_SCOREBOARD {
+            out[n] = (l, r);
+            n += 1;
+        }
+        self.sacked = out;
+        self.sacked_len = n;
+    }
+
+    /// tsk8s patch: the next hole to retransmit during SACK recovery: the first octets at
+    /// or after `rtx_next` (and the cumulative ACK) that the remote has not SACKed and that
+    /// lie below a SACKed range (so they are known to be missing). Returns (start, length).
+    fn next_hole(&self) -> Option<(TcpSeqNumber, usize)> {
+        if self.recover.is_none() || self.sacked_len == 0 {
+            return None;
+        }
+        let mut seq = self.rtx_next.max(self.local_seq_no);
+        for i in 0..self.sacked_len {
+            let (l, r) = self.sacked[i];
+            // Octets not sent since a timeout's rewind go out as new data anyway.
+            let end = l.min(self.remote_last_seq);
+            if seq < end {
+                return Some((seq, end - seq));
+            }
+            seq = seq.max(r);
+        }
+        None
+    }
+
+    /// tsk8s patch: receiver-side RTT and receive rate, after in-order data was queued.
+    fn measure_recv_rate(&mut self, now: Instant) {
+        let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
+        if let Some((t0, edge)) = self.rx_rtt_probe
+            && rcv_nxt >= edge
+        {
+            let us = (now - t0).total_micros().max(1);
+            self.rx_rtt_min_us = match self.rx_rtt_min_us {
+                0 => us,
+                m => m.min(us),
+            };
+            self.rx_rtt_probe = None;
+        }
+        if self.rx_rtt_min_us == 0 {
+            return;
+        }
+        match self.rx_rate_start {
+            Some((t0, _)) if (now - t0).total_micros() < self.rx_rtt_min_us => {}
+            Some((_, s0)) if rcv_nxt >= s0 => {
+                if (rcv_nxt - s0) * 2 > self.rx_buffer.capacity() {
+                    self.rx_window_limited = true;
+                }
+                self.rx_rate_start = Some((now, rcv_nxt));
+            }
+            _ => self.rx_rate_start = Some((now, rcv_nxt)),
+        }
+    }
+
+    /// Pacing rate in octets per second, when pacing applies.
+    fn pacing_rate(&self) -> Option<u64> {
+        if !self.pacing || !self.rtte.have_measurement || self.rtte.srtt == 0 {
+            return None;
+        }
+        let cc = self.congestion_controller.inner();
+        let cwnd = cc.window();
+        if cwnd == usize::MAX {
+            return None;
+        }
+        let gain_permille: u64 = if cc.in_slow_start() { 2000 } else { 1250 };
+        Some((cwnd as u64).saturating_mul(gain_permille) / u64::from(self.rtte.srtt))
+    }
+
+    /// Pacing credit at `now`, with the largest burst allowed for `rate`.
+    fn pace_credit_at(&self, now: Instant, rate: u64) -> i64 {
+        let burst = (rate / 500).max(10 * self.remote_mss as u64) as i64;
+        let elapsed = (now - self.pace_stamp).total_micros();
+        let refill = (u128::from(elapsed) * u128::from(rate) / 1_000_000).min(i64::MAX as u128);
+        self.pace_credit.saturating_add(refill as i64).min(burst)
+    }
+
+    /// When pacing holds new data back, the instant it may go.
+    fn paced_until(&self, now: Instant) -> Option<Instant> {
+        let rate = self.pacing_rate()?;
+        let credit = self.pace_credit_at(now, rate);
+        if credit > 0 || rate == 0 {
+            return None;
+        }
+        let wait_us = ((-credit) as u64 + 1).saturating_mul(1_000_000) / rate;
+        Some(now + Duration::from_micros(wait_us.max(1)))
     }
 
     /// Return the amount of octets queued in the transmit buffer.
@@ -2089,6 +2409,30 @@ impl<'a> Socket<'a> {
         }
 
         if let Some(ack_number) = repr.ack_number {
+            // tsk8s patch: SACK scoreboard, and one hole retransmission per ACK during
+            // recovery.
+            let sack_news =
+                self.remote_has_sack && self.update_scoreboard(ack_number, &repr.sack_ranges);
+            if self.recover.is_some() && self.sacked_len > 0 {
+                self.rtx_credit = (self.rtx_credit + 1).min(RTX_CREDIT_MAX);
+            } else if self.recover.is_none()
+                && self.sacked_bytes() >= 3 * self.remote_mss
+                && ack_number < self.remote_last_seq
+            {
+                // RFC 6675: three segments' worth SACKed above the cumulative ACK means the
+                // octets at the ACK are lost; enter recovery now (the duplicate-ACK count may
+                // never get there: window updates reset it).
+                net_debug!("SACK loss detection, entering recovery");
+                self.recover = Some(self.remote_last_seq);
+                self.rtx_next = ack_number;
+                self.rtx_credit = 2;
+                let in_flight = self.flight_size();
+                self.congestion_controller
+                    .inner_mut()
+                    .on_loss(cx.now(), in_flight);
+                self.stats.fast = self.stats.fast.wrapping_add(1);
+            }
+
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
@@ -2100,7 +2444,9 @@ impl<'a> Socket<'a> {
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        // tsk8s patch (RFC 6675): new SACK information makes it a duplicate
+                        // even when the window moved.
+                        && (!is_window_update || sack_news) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -2116,8 +2462,11 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    if self.local_rx_dup_acks == 3 && self.recover.is_none() {
                         self.timer.set_for_fast_retransmit();
+                        self.recover = Some(self.remote_last_seq);
+                        self.rtx_next = self.local_seq_no;
+                        self.rtx_credit = 1;
                         net_debug!("started fast retransmit");
                     }
 
@@ -2138,6 +2487,26 @@ impl<'a> Socket<'a> {
                         net_debug!("reset duplicate ACK count");
                     }
                     self.local_rx_last_ack = Some(ack_number);
+
+                    // tsk8s patch (RFC 6582): a partial ACK during fast recovery means the
+                    // next segment was lost too; retransmit it now instead of waiting for
+                    // three more duplicate ACKs (which never come) or the RTO.
+                    // With SACK the scoreboard knows the holes: retransmit them (above), not
+                    // blindly the next segment.
+                    if let Some(recover) = self.recover {
+                        if ack_len > 0 && ack_number < recover {
+                            if self.sacked_len == 0 || ack_number >= self.rtx_next {
+                                net_debug!(
+                                    "partial ACK {}, retransmitting next segment",
+                                    ack_number
+                                );
+                                self.pending_fast_retransmit = true;
+                            }
+                        } else if ack_number >= recover {
+                            self.recover = None;
+                            self.rtx_credit = 0;
+                        }
+                    }
 
                     // Notify of fresh ACK
                     self.rtte.on_ack(cx.now(), ack_number);
@@ -2240,6 +2609,7 @@ impl<'a> Socket<'a> {
                 self.rx_buffer.len() + contig_len
             );
             self.rx_buffer.enqueue_unallocated(contig_len);
+            self.measure_recv_rate(cx.now());
 
             // There's new data in rx_buffer, notify waiting task if any.
             #[cfg(feature = "async")]
@@ -2297,8 +2667,16 @@ impl<'a> Socket<'a> {
     }
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
+        self.seq_to_transmit_paced(cx, true)
+    }
+
+    fn seq_to_transmit_paced(&self, cx: &mut Context, paced: bool) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
         if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+            return true;
+        }
+        // tsk8s patch: so do SACK hole retransmissions, one per ACK received in recovery.
+        if self.rtx_credit > 0 && self.next_hole().is_some() {
             return true;
         }
 
@@ -2360,6 +2738,11 @@ impl<'a> Socket<'a> {
         // * We can send a full packet
         // * We have all the data we'll ever send (we're closing send)
         if self.nagle && data_in_flight && !can_send_full && !want_fin {
+            can_send = false;
+        }
+
+        // tsk8s patch: pacing holds new data until its credit is back.
+        if can_send && paced && self.paced_until(cx.now()).is_some() {
             can_send = false;
         }
 
@@ -2489,6 +2872,15 @@ impl<'a> Socket<'a> {
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
+                self.stats.timeouts = self.stats.timeouts.wrapping_add(1);
+                self.recover = None;
+                self.pending_fast_retransmit = false;
+                self.rtx_credit = 0;
+                // Keep what the remote SACKed (not resent below), unless timeouts repeat
+                // (a remote that reneged on its SACKs must get everything again).
+                if self.rtte.rto_count > 1 {
+                    self.sacked_len = 0;
+                }
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
@@ -2515,6 +2907,14 @@ impl<'a> Socket<'a> {
         #[cfg(feature = "socket-tcp-pause-synack")]
         if matches!(self.state, State::SynReceived) && self.synack_paused {
             return Ok(());
+        }
+
+        // tsk8s patch: after a timeout's rewind, do not send again what the remote SACKed.
+        for i in 0..self.sacked_len {
+            let (l, r) = self.sacked[i];
+            if l <= self.remote_last_seq && self.remote_last_seq < r {
+                self.remote_last_seq = r;
+            }
         }
 
         // Decide whether we're sending a packet.
@@ -2631,14 +3031,38 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
+                let hole = if self.pending_fast_retransmit || self.rtx_credit == 0 {
+                    None
+                } else {
+                    self.next_hole()
+                };
                 let offset = if self.pending_fast_retransmit {
                     let size = effective_mss.min(self.tx_buffer.len());
                     repr.seq_number = self.local_seq_no;
                     repr.payload = self.tx_buffer.get_allocated(0, size);
 
                     self.pending_fast_retransmit = false;
+                    self.stats.fast = self.stats.fast.wrapping_add(1);
+                    // tsk8s patch (Karn): a partial-ACK retransmission does not go through
+                    // the timer path above either; no RTT sample may span it.
+                    self.rtte.on_retransmit();
+                    // tsk8s patch: SACK recovery continues after this segment.
+                    self.rtx_next = self.rtx_next.max(self.local_seq_no + size);
 
                     0
+                } else if let Some((start, len)) = hole {
+                    // tsk8s patch: retransmit (part of) a hole the remote's SACKs revealed.
+                    let offset = start - self.local_seq_no;
+                    let size = effective_mss.min(len);
+                    repr.seq_number = start;
+                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    self.rtx_next = start + repr.payload.len();
+                    self.rtx_credit -= 1;
+                    self.stats.sack = self.stats.sack.wrapping_add(1);
+                    // Karn: an RTT sample spanning a recovery would inflate SRTT (and with
+                    // it the RTO, and slow the pacing rate down).
+                    self.rtte.on_retransmit();
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -2827,6 +3251,32 @@ impl<'a> Socket<'a> {
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
 
+        // tsk8s patch: start a receiver-side RTT sample when this ACK opens the window to a
+        // new right edge (the remote cannot send up to it sooner than one RTT from now).
+        if let Some(ack) = repr.ack_number
+            && repr.control != TcpControl::Syn
+        {
+            let edge = ack + ((repr.window_len as usize) << self.remote_win_shift);
+            if self.rx_edge_max.is_none_or(|m| edge > m) {
+                self.rx_edge_max = Some(edge);
+                if self.rx_rtt_probe.is_none() {
+                    self.rx_rtt_probe = Some((cx.now(), edge));
+                }
+            }
+        }
+
+        if !repr.payload.is_empty()
+            && let Some(rate) = self.pacing_rate()
+        {
+            // tsk8s patch: every data segment (retransmissions too) spends pacing credit;
+            // the debt is capped at one burst, so a recovery's retransmissions (which do not
+            // wait for credit) delay new data by at most that.
+            let burst = (rate / 500).max(10 * self.remote_mss as u64) as i64;
+            self.pace_credit =
+                (self.pace_credit_at(cx.now(), rate) - repr.payload.len() as i64).max(-burst);
+            self.pace_stamp = cx.now();
+        }
+
         if repr.segment_len() > 0 {
             self.rtte
                 .on_send(cx.now(), repr.seq_number + repr.segment_len());
@@ -2892,11 +3342,22 @@ impl<'a> Socket<'a> {
                 (_, _) => PollAt::Ingress,
             };
 
+            // tsk8s patch: data held back by pacing goes when its credit is back.
+            let pacing_poll_at = match self.paced_until(cx.now()) {
+                Some(at) if self.seq_to_transmit_paced(cx, false) => PollAt::Time(at),
+                _ => PollAt::Ingress,
+            };
+
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                pacing_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }

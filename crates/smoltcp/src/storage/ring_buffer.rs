@@ -56,6 +56,32 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         self.storage.len()
     }
 
+    /// tsk8s patch: move everything into `storage` (which must be at least as large), keeping
+    /// the whole ring in order from the read position: the allocated part and what was written
+    /// past it (a TCP receive buffer keeps out-of-order data there). Returns the old storage,
+    /// or `storage` itself when it is smaller than the current capacity.
+    pub fn replace_storage<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, T>, ManagedSlice<'a, T>>
+    where
+        S: Into<ManagedSlice<'a, T>>,
+        T: Copy,
+    {
+        let mut storage = storage.into();
+        let cap = self.capacity();
+        if storage.len() < cap {
+            return Err(storage);
+        }
+        if cap > 0 {
+            let (head, tail) = self.storage.split_at(self.read_at);
+            storage[..tail.len()].copy_from_slice(tail);
+            storage[tail.len()..cap].copy_from_slice(head);
+        }
+        self.read_at = 0;
+        Ok(core::mem::replace(&mut self.storage, storage))
+    }
+
     /// Clear the ring buffer, and reset every element.
     pub fn reset(&mut self)
     where
@@ -768,6 +794,27 @@ mod test {
         let mut data = [0; 6];
         assert_eq!(ring.read_allocated(6, &mut data[..]), 3);
         assert_eq!(&data[..], b"mno\x00\x00\x00");
+    }
+
+    #[test]
+    fn test_buffer_replace_storage() {
+        let mut ring = RingBuffer::new(vec![0u8; 8]);
+        ring.enqueue_slice(b"abcdef");
+        ring.dequeue_many(4);
+        ring.enqueue_slice(b"ghij");
+        // Unallocated bytes past the data are kept too (out-of-order TCP data).
+        ring.write_unallocated(0, b"kl");
+        assert!(ring.replace_storage(vec![0u8; 4]).is_err());
+        assert!(ring.replace_storage(vec![0u8; 16]).is_ok());
+        assert_eq!(ring.capacity(), 16);
+        assert_eq!(ring.len(), 6);
+        let mut out = [0u8; 8];
+        ring.write_unallocated(2, b"mn");
+        ring.enqueue_unallocated(4);
+        assert_eq!(ring.dequeue_slice(&mut out), 8);
+        assert_eq!(&out, b"efghijkl");
+        assert_eq!(ring.dequeue_slice(&mut out), 2);
+        assert_eq!(&out[..2], b"mn");
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub(super) trait Controller {
 
     /// Set the maximum segment size.
     fn set_mss(&mut self, mss: usize) {}
+
+    /// tsk8s patch: whether the window is still in slow start (paced faster).
+    fn in_slow_start(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug)]
