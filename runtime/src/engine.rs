@@ -49,6 +49,14 @@ const SMALL_BUF: usize = 16 * 1024;
 const DNS_RX_BUF: usize = 4096;
 const DNS_TX_BUF: usize = 8192;
 const DNS_MSG_MAX: usize = 2 + 65_535;
+/// Largest receive or send buffer a TCP connection grows to (auto-tuning, see
+/// `Engine::grow_buffers`), unless `TSK8S_TCP_BUF_MAX` says otherwise: a window of 4 MiB
+/// fills about 640 Mbit/s at 50 ms.
+pub const TCP_BUF_MAX: usize = 4 * 1024 * 1024;
+/// SRTT from which a connection is paced instead of capped at `Tuning::tcp_tx_window`.
+const PACED_SRTT: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(2);
+/// Floor of smoltcp's retransmission timeout (Linux's `TCP_RTO_MIN`; RFC 6298 says 1 s).
+const TCP_MIN_RTO: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(200);
 /// Connections one peer (or the cluster side of egress) may hold open.
 pub const MAX_CONNS_PER_OWNER: usize = 1024;
 /// UDP sessions (kernel sockets) one peer (or the cluster side of egress) may hold open.
@@ -97,6 +105,29 @@ impl Budget {
         true
     }
 
+    /// Charge `bytes` more to `owner` (a connection's buffers growing) if its usage stays
+    /// within `cap` (at most its share) and the budget within its limit.
+    fn try_grow_within(&mut self, owner: Owner, bytes: usize, cap: usize) -> bool {
+        let cap = cap.min(self.share());
+        let Some((_, used)) = self.accounts.get_mut(&owner) else {
+            return false;
+        };
+        if *used + bytes > cap || self.used + bytes > self.limit {
+            return false;
+        }
+        *used += bytes;
+        self.used += bytes;
+        true
+    }
+
+    /// Give back `bytes` of a growth that did not happen (the connection stays).
+    fn release_bytes(&mut self, owner: Owner, bytes: usize) {
+        self.used = self.used.saturating_sub(bytes);
+        if let Some((_, used)) = self.accounts.get_mut(&owner) {
+            *used = used.saturating_sub(bytes);
+        }
+    }
+
     fn release(&mut self, owner: Owner, bytes: usize) {
         self.used = self.used.saturating_sub(bytes);
         if let Some((conns, used)) = self.accounts.get_mut(&owner) {
@@ -114,9 +145,15 @@ impl Budget {
 pub struct Tuning {
     pub tcp_rx_buf: usize,
     pub tcp_tx_buf: usize,
+    /// Largest size either buffer of a connection grows to (auto-tuning).
+    pub tcp_buf_max: usize,
     /// Most bytes a connection keeps queued for the tunnel (sent but unacknowledged plus not
-    /// yet sent). Bounds the burst a peer's UDP receive buffer must absorb; see README.
+    /// yet sent) while its SRTT is under `PACED_SRTT` (smoltcp measures RTT in ms and does
+    /// not pace below 1 ms; a whole window back to back overflows a peer's UDP buffer). On
+    /// slower paths pacing bounds the bursts and only the buffer limits; see README.
     pub tcp_tx_window: usize,
+    /// Pace segments at a multiple of cwnd / SRTT (`TSK8S_TCP_PACING=0` turns it off).
+    pub tcp_pacing: bool,
     pub udp_sock_buf: usize,
     pub congestion: tcp::CongestionControl,
     /// Bytes all per-connection buffers together may take (see [`Budget`]).
@@ -134,7 +171,9 @@ impl Default for Tuning {
         Tuning {
             tcp_rx_buf: env("TSK8S_TCP_RX_BUF", 512 * 1024),
             tcp_tx_buf: env("TSK8S_TCP_TX_BUF", 256 * 1024),
+            tcp_buf_max: env("TSK8S_TCP_BUF_MAX", TCP_BUF_MAX).min(1 << 30),
             tcp_tx_window: env("TSK8S_TCP_TX_WINDOW", 64 * 1024).max(4096),
+            tcp_pacing: std::env::var("TSK8S_TCP_PACING").as_deref() != Ok("0"),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
             // The container's memory limit comes from the Downward API (limits.memory, bytes);
             // half of it is for connection buffers, the rest for everything else.
@@ -151,8 +190,8 @@ impl Default for Tuning {
                 .max(1024 * 1024),
             congestion: match std::env::var("TSK8S_TCP_CC").as_deref() {
                 Ok("none") => tcp::CongestionControl::None,
-                Ok("cubic") => tcp::CongestionControl::Cubic,
-                _ => tcp::CongestionControl::Reno,
+                Ok("reno") => tcp::CongestionControl::Reno,
+                _ => tcp::CongestionControl::Cubic,
             },
         }
     }
@@ -193,6 +232,9 @@ struct Conn {
     owner: Owner,
     /// Bytes charged to the budget for this connection.
     charge: usize,
+    /// Current sizes of its smoltcp receive and send buffers (they grow, see `grow_buffers`).
+    rx_cap: usize,
+    tx_cap: usize,
 }
 
 enum UdpKind {
@@ -835,13 +877,19 @@ impl Engine {
         None
     }
 
-    fn tcp_socket(&self, rx: usize, tx: usize) -> tcp::Socket<'static> {
+    fn tcp_socket(&self, rx: usize, tx: usize, dns: bool) -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; rx]),
             tcp::SocketBuffer::new(vec![0u8; tx]),
         );
         s.set_nagle_enabled(false);
         s.set_congestion_control(self.tuning.congestion);
+        s.set_min_rto(TCP_MIN_RTO);
+        s.set_pacing_enabled(self.tuning.tcp_pacing);
+        if !dns {
+            // The window scale is sent in the SYN: choose it for the largest buffer.
+            s.set_recv_window_scale_capacity(self.tuning.tcp_buf_max);
+        }
         s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
         s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
         s
@@ -880,8 +928,9 @@ impl Engine {
             self.net.counters.drop(DropReason::TableFull);
             return None;
         }
-        let (rx, tx, charge) = self.charge_conn(owner, matches!(kind, Kind::Dns))?;
-        let mut s = self.tcp_socket(rx, tx);
+        let dns = matches!(kind, Kind::Dns);
+        let (rx, tx, charge) = self.charge_conn(owner, dns)?;
+        let mut s = self.tcp_socket(rx, tx, dns);
         if s.listen(IpListenEndpoint::from(key.1)).is_err() {
             self.uncharge(owner, charge);
             return None;
@@ -903,6 +952,8 @@ impl Engine {
             dns_buf: Vec::new(),
             owner,
             charge,
+            rx_cap: rx,
+            tx_cap: tx,
         };
         let slot = self.alloc_conn(c);
         if slot.is_none() {
@@ -1008,7 +1059,7 @@ impl Engine {
             self.used_ports.remove(&port);
             return;
         };
-        let mut s = self.tcp_socket(rx, tx);
+        let mut s = self.tcp_socket(rx, tx, false);
         if s.connect(
             self.iface.context(),
             IpEndpoint::from(target),
@@ -1053,6 +1104,8 @@ impl Engine {
             dns_buf: Vec::new(),
             owner,
             charge,
+            rx_cap: rx,
+            tx_cap: tx,
         };
         match self.alloc_conn(c) {
             Some(slot) => {
@@ -1154,12 +1207,80 @@ impl Engine {
             if matches!(c.kind, Kind::Dns) {
                 remove = dns_tcp(c, sock, &self.zone, &mut self.net.counters);
             } else {
-                remove = pump(c, sock, self.tuning.tcp_tx_window);
+                // Sub-millisecond paths (or no RTT sample yet): a short queue, as smoltcp
+                // cannot pace there; it moves 64 KiB per 0.3 ms round trip (> 1.5 Gbit/s).
+                let paced =
+                    self.tuning.tcp_pacing && sock.smoothed_rtt().is_some_and(|r| r >= PACED_SRTT);
+                let window = if paced {
+                    usize::MAX
+                } else {
+                    self.tuning.tcp_tx_window
+                };
+                remove = pump(c, sock, window);
             }
         }
         if remove {
             self.remove_conn(slot);
+        } else if self.grow_buffers(slot) {
+            self.service(slot);
         }
+    }
+
+    /// Receive/send buffer auto-tuning: a buffer that limits the transfer doubles, up to
+    /// `tcp_buf_max`, while its owner's charge stays within the full-size tier (half its
+    /// share) and the budget allows. The receive buffer grows when the peer filled a window
+    /// of at least half of it (smoltcp flags that; our reader is not the limit: the window
+    /// is below the bandwidth-delay product); the send buffer when it is full, the kernel side
+    /// has more, and the congestion window already covers three quarters of it (cwnd, not
+    /// the buffer, would otherwise be the limit). Returns true when the send buffer grew (the
+    /// connection has room to fill now).
+    fn grow_buffers(&mut self, slot: usize) -> bool {
+        let max = self.tuning.tcp_buf_max;
+        let Some(Some(c)) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if c.phase != Phase::Open || matches!(c.kind, Kind::Dns) {
+            return false;
+        }
+        let sock = self.sockets.get_mut::<tcp::Socket>(c.handle);
+        let grow_rx = sock.take_recv_window_limited() && c.rx_cap < max;
+        let grow_tx = c.tx_cap < max
+            && c.k_readable
+            && !c.k_eof
+            && !sock.can_send()
+            && sock.may_send()
+            && sock.congestion_window() >= c.tx_cap / 4 * 3;
+        let cap = self.budget.share() / 2;
+        let mut grew_tx = false;
+        if grow_rx {
+            let new = (c.rx_cap * 2).min(max);
+            if self.budget.try_grow_within(c.owner, new - c.rx_cap, cap) {
+                if sock.replace_recv_buffer(vec![0u8; new]).is_ok() {
+                    c.charge += new - c.rx_cap;
+                    c.rx_cap = new;
+                    self.net.counters.tcp_buffer_grown += 1;
+                } else {
+                    self.budget.release_bytes(c.owner, new - c.rx_cap);
+                }
+            }
+        }
+        if grow_tx {
+            let new = (c.tx_cap * 2).min(max);
+            if self.budget.try_grow_within(c.owner, new - c.tx_cap, cap) {
+                if sock.replace_send_buffer(vec![0u8; new]).is_ok() {
+                    c.charge += new - c.tx_cap;
+                    c.tx_cap = new;
+                    grew_tx = true;
+                    self.net.counters.tcp_buffer_grown += 1;
+                } else {
+                    self.budget.release_bytes(c.owner, new - c.tx_cap);
+                }
+            }
+        }
+        if grow_rx || grew_tx {
+            self.net.counters.memory_charged = self.budget.used as u64;
+        }
+        grew_tx
     }
 
     fn remove_conn(&mut self, slot: usize) {
@@ -1173,6 +1294,10 @@ impl Engine {
             let _ = self.poll.registry().deregister(&mut s);
         }
         let sock = self.sockets.get_mut::<tcp::Socket>(c.handle);
+        let r = sock.retransmissions();
+        self.net.counters.tcp_rto += u64::from(r.timeouts);
+        self.net.counters.tcp_fast_retransmits += u64::from(r.fast);
+        self.net.counters.tcp_sack_retransmits += u64::from(r.sack);
         if !matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
             sock.abort();
             // Let the RST go out before the socket disappears.
@@ -1195,6 +1320,21 @@ impl Engine {
         self.net.expire_flows();
         // Sweep connections for state changes driven by smoltcp timers.
         for slot in 0..self.conns.len() {
+            if tracing::enabled!(tracing::Level::DEBUG)
+                && let Some(Some(c)) = self.conns.get(slot)
+            {
+                let s = self.sockets.get::<tcp::Socket>(c.handle);
+                tracing::debug!(
+                    slot,
+                    cwnd = s.congestion_window(),
+                    srtt_ms = s.smoothed_rtt().map(|d| d.total_millis()),
+                    send_queue = s.send_queue(),
+                    rx_cap = c.rx_cap,
+                    tx_cap = c.tx_cap,
+                    retransmissions = ?s.retransmissions(),
+                    "tcp"
+                );
+            }
             self.service(slot);
         }
         let now = Instant::now();
@@ -1607,11 +1747,12 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'static>, window: usize) -> bool {
         c.shut_wr = true;
     }
     // Kernel → tunnel.
-    // At most `window` bytes queued: a sender that bursts its whole buffer overflows a slow
-    // peer's UDP receive buffer, and smoltcp recovers from burst loss only by its 1 s RTO.
+    // At most `window` bytes queued (unlimited on paced connections: smoltcp paces what it
+    // sends, so a full buffer no longer leaves as one burst that overflows a peer's UDP
+    // receive buffer; 64 KiB on sub-millisecond ones).
     // Serviced again when an ACK for this connection arrives.
     while c.k_readable && !c.k_eof && sock.can_send() && sock.send_queue() < window {
-        let room = window - sock.send_queue();
+        let room = window.saturating_sub(sock.send_queue());
         let r = sock.send(|buf| {
             let n = buf.len().min(room);
             match buf.get_mut(..n).map(|b| stream.read(b)) {

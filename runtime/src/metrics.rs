@@ -116,6 +116,12 @@ pub struct Counters {
     pub memory_budget: u64,
     pub memory_charged: u64,
     pub tcp_accepted: u64,
+    /// TCP buffers grown by auto-tuning (each doubling counts once).
+    pub tcp_buffer_grown: u64,
+    /// Retransmissions of closed TCP connections, by cause (timeout, fast, SACK hole).
+    pub tcp_rto: u64,
+    pub tcp_fast_retransmits: u64,
+    pub tcp_sack_retransmits: u64,
     pub tcp_active: u64,
     pub udp_sessions: u64,
     pub dns_queries: u64,
@@ -225,6 +231,30 @@ pub fn render_nodes(nodes: &[NodeMetrics<'_>]) -> String {
             "counter",
             "TCP connections forwarded.",
             |c| c.tcp_accepted,
+        ),
+        (
+            "tsk8s_tcp_buffer_grown_total",
+            "counter",
+            "TCP receive/send buffers doubled by auto-tuning.",
+            |c| c.tcp_buffer_grown,
+        ),
+        (
+            "tsk8s_tcp_timeouts_total",
+            "counter",
+            "Retransmission timeouts of closed TCP connections.",
+            |c| c.tcp_rto,
+        ),
+        (
+            "tsk8s_tcp_fast_retransmits_total",
+            "counter",
+            "Fast retransmits (duplicate or partial ACKs) of closed TCP connections.",
+            |c| c.tcp_fast_retransmits,
+        ),
+        (
+            "tsk8s_tcp_sack_retransmits_total",
+            "counter",
+            "Segments retransmitted from the SACK scoreboard by closed TCP connections.",
+            |c| c.tcp_sack_retransmits,
         ),
         (
             "tsk8s_tcp_connections",
