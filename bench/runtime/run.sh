@@ -10,8 +10,22 @@
 #   (g) wireguard-go client -> tsk8s-runtime gateway (the proxy of (b) and 2 more nodes
 #       behind one port) -> server
 #
+#   (r) long fat pipes, only with ONLY containing r (e.g. ONLY=r): a delay relay
+#       (runtime/examples/delay_relay.rs, in a namespace of its own) holds every WireGuard
+#       datagram RTT/2 in each direction. Its own ceiling first (UDP blast through it at 0 ms),
+#       then for RTT 0, 20, 50 ms (RTTS), 1 and 4 streams (iperf3 -P), both directions (-R):
+#         W  wireguard-go -> relay -> wireguard-go                     (stock reference)
+#         P  wireguard-go -> relay -> runtime proxy -> iperf3 on its loopback
+#         E  iperf3 -> runtime egress -> relay -> wireguard-go
+#       P and E run once per binary: this tree's, and BEFORE=/path/to/tsk8s-runtime if given
+#       (same run, same machine). REPEAT=n repeats the matrix; medians are printed, with the
+#       load average (uptime) before each repetition and UDP receive-buffer drops
+#       (RcvbufErrors) of the wireguard-go namespaces.
+#
 # Env: SECONDS_PER_RUN (default 5), RUNTIME_MTU (default 1280), SKIP_ONETUN=1, ONETUN=/path,
-#      ONLY=abde (subset of paths), DEBUG=1 (dump runtime metrics).
+#      ONLY=abde (subset of paths; default all but r), DEBUG=1 (dump runtime metrics),
+#      RTTS="0 20 50", STREAMS="1 4", DIRS="up down", RPATHS=regex (of W, P-new, E-old, …),
+#      REPEAT=1, BEFORE=/path/to/old/tsk8s-runtime.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +60,8 @@ for t in wireguard-go wg iperf3 ip setpriv python3; do
 done
 
 say "building tsk8s-runtime (release)…"
-(cd "$repo" && cargo build --release -q -p tsk8s-runtime)
+(cd "$repo" && cargo build --release -q -p tsk8s-runtime --bin tsk8s-runtime --example delay_relay)
+RELAY=$CARGO_TARGET_DIR/release/examples/delay_relay
 BIN=$CARGO_TARGET_DIR/release/tsk8s-runtime
 cp "$BIN" "$work/tsk8s-runtime"; chmod 755 "$work/tsk8s-runtime"; BIN=$work/tsk8s-runtime
 
@@ -86,7 +101,7 @@ J
   echo "$3" > "$d/private-key"; chown 65532:65532 "$d/private-key"; chmod 400 "$d/private-key"
   chmod 644 "$d/node.json" "$d/mesh.json"
   ip netns exec "$1" setpriv --reuid 65532 --regid 65532 --clear-groups -- \
-    "$BIN" --node "$d/node.json" --mesh "$d/mesh.json" --private-key-file "$d/private-key" \
+    "${RT_BIN:-$BIN}" --node "$d/node.json" --mesh "$d/mesh.json" --private-key-file "$d/private-key" \
     2>"$d/log" &
   pids+=($!)
   echo $! > "$d/pid"
@@ -148,7 +163,7 @@ rtt() { ip netns exec "$1" python3 "$work/rtt.py" "$2" "$3" 2000; }
 KC=$(key); KS=$(key); KN=$(key); KE=$(key)
 PC=$(pub "$KC"); PS=$(pub "$KS"); PN=$(pub "$KN"); PE=$(pub "$KE")
 
-want() { [ -z "${ONLY:-}" ] || [[ "$ONLY" == *"$1"* ]]; }
+want() { if [ -z "${ONLY:-}" ]; then [ "$1" != r ]; else [[ "$ONLY" == *"$1"* ]]; fi; }
 GA=n/a GB=n/a GC=n/a GD=n/a GE=n/a GG=n/a LA=0 LB=0 LD=0 LE=0 LG=0 IDLE_RSS=n/a RSS_AFTER_IPERF=n/a RSS_1000=n/a CONNS=0
 # ---------- (a) wireguard-go <-> wireguard-go ----------
 if want a; then
@@ -287,6 +302,147 @@ GG=$(iperf "$G1" 100.64.1.3 5201); LG=$(rtt "$G1" 100.64.1.3 7000)
 [ -n "${DEBUG:-}" ] && ip netns exec "$G2" curl -s http://127.0.0.1:9094/metrics | grep -v '^#' | grep -v ' 0$' >&2
 say "(g) wireguard-go -> runtime gateway: $GG Gbit/s, p50 rtt ${LG} us"
 
+fi
+# ---------- (r) long fat pipes: delay relay, RTT 0/20/50 ms ----------
+if want r; then
+RTTS=${RTTS:-0 20 50}; STREAMS=${STREAMS:-1 4}; REPEAT=${REPEAT:-1}
+bins=("new:$BIN")
+if [ -n "${BEFORE:-}" ]; then
+  cp "$BEFORE" "$work/tsk8s-runtime-before"; chmod 755 "$work/tsk8s-runtime-before"
+  bins=("old:$work/tsk8s-runtime-before" "${bins[@]}")
+fi
+relay_pids=()
+relay() { # ns listen forward delay_ms
+  ip netns exec "$1" "$RELAY" "$2" "$3" "$4" >/dev/null 2>&1 &
+  relay_pids+=($!); pids+=($!)
+}
+stop_relays() { for p in "${relay_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; relay_pids=(); }
+mbps() { # ns host port extra-args... -> Mbit/s received
+  local n=$1 h=$2 p=$3 out; shift 3
+  out=$(ip netns exec "$n" timeout $((T + 20)) iperf3 -c "$h" -p "$p" -t "$T" -O 1 -J "$@" 2>/dev/null) || { echo 0; return; }
+  python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.0f" % (d["end"]["sum_received"]["bits_per_second"]/1e6))' <<<"$out" 2>/dev/null || echo 0
+}
+rcvbuf_errors() { # comma-separated namespaces -> their UDP RcvbufErrors, summed
+  local s=0 n
+  for n in ${1//,/ }; do
+    s=$((s + $(ip netns exec "$n" awk '/^Udp:/ {if (h) {print $6; exit} h=1}' /proc/net/snmp)))
+  done
+  echo "$s"
+}
+# Paths: "<name> <client ns> <iperf host> <port> <relay ns> <relay listen> <relay forward> <wg-go ns>"
+paths=()
+# W: wireguard-go <-> wireguard-go through the relay.
+RW1=$(ns rw1); RW2=$(ns rw2); RW3=$(ns rw3)
+link "$RW1" 10.98.20.1/24 "$RW2" 10.98.20.2/24 rwa
+link "$RW2" 10.98.21.1/24 "$RW3" 10.98.21.2/24 rwb
+wg_dev "$RW1" "rwc${id}" "$KC" 100.64.0.2 51821 "$PS" 100.64.0.1/32 10.98.20.2:40000
+wg_dev "$RW3" "rws${id}" "$KS" 100.64.0.1 51822 "$PC" 100.64.0.2/32
+iperf_server "$RW3" 100.64.0.1 5201
+paths+=("W $RW1 100.64.0.1 5201 $RW2 10.98.20.2:40000 10.98.21.2:51822 $RW1,$RW3")
+# The relay's own ceiling: 1,232-byte datagrams blasted through it (0 ms) into a sink.
+relay "$RW2" 10.98.20.2:40001 10.98.21.2:9999 0
+sleep 0.3
+ip netns exec "$RW3" "$RELAY" sink 10.98.21.2:9999 "$T" > "$work/sink.out" &
+sinkpid=$!; sleep 0.3
+SENT=$(ip netns exec "$RW1" "$RELAY" blast 10.98.20.2:40001 "$T" | awk '{print $2}')
+wait "$sinkpid" || true
+RELAY_CEIL=$(cat "$work/sink.out" 2>/dev/null || echo n/a)
+BLAST=$(python3 -c "print('%.0f' % (${SENT:-0}*1232*8/$T/1e6))")
+stop_relays
+say "(r) relay ceiling at 0 ms: $RELAY_CEIL Mbit/s delivered (blaster sent $BLAST Mbit/s)"
+sub=30
+for b in "${bins[@]}"; do
+  tag=${b%%:*}; bin=${b#*:}
+  # P: wireguard-go device -> relay -> runtime proxy -> iperf3 on the proxy's loopback.
+  P1=$(ns "p${tag}1"); P2=$(ns "p${tag}2"); P3=$(ns "p${tag}3")
+  link "$P1" "10.98.$sub.1/24" "$P2" "10.98.$sub.2/24" "p${tag}a"
+  link "$P2" "10.98.$((sub + 1)).1/24" "$P3" "10.98.$((sub + 1)).2/24" "p${tag}b"
+  iperf_server "$P3" 127.0.0.1 5201
+  RT_BIN=$bin runtime "$P3" "proxy-$tag" "$KN" 100.64.0.1 51820 \
+    '{"kind":"proxy","target_host":"127.0.0.1","ports":[{"protocol":"tcp","listen":5201,"target":5201}]}' \
+    "[{\"name\":\"dev\",\"public_key\":\"$PC\",\"allowed_ips\":[\"100.64.0.2/32\"]}]" \
+    '[{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}]' 9190
+  wg_dev "$P1" "rp${tag}${id}" "$KC" 100.64.0.2 51821 "$PN" 100.64.0.1/32 "10.98.$sub.2:40000"
+  paths+=("P-$tag $P1 100.64.0.1 5201 $P2 10.98.$sub.2:40000 10.98.$((sub + 1)).2:51820 $P1")
+  # E: iperf3 -> runtime egress -> relay -> wireguard-go device.
+  E1=$(ns "e${tag}1"); E2=$(ns "e${tag}2"); E3=$(ns "e${tag}3")
+  link "$E1" "10.98.$((sub + 2)).1/24" "$E2" "10.98.$((sub + 2)).2/24" "e${tag}a"
+  link "$E2" "10.98.$((sub + 3)).1/24" "$E3" "10.98.$((sub + 3)).2/24" "e${tag}b"
+  wg_dev "$E3" "re${tag}${id}" "$KS" 100.64.0.2 51822 "$PE" 100.64.0.3/32
+  iperf_server "$E3" 100.64.0.2 5201
+  RT_BIN=$bin runtime "$E1" "egress-$tag" "$KE" 100.64.0.3 51823 \
+    '{"kind":"egress","target_ip":"100.64.0.2","ports":[{"protocol":"tcp","listen":5201,"target":5201}]}' \
+    "[{\"name\":\"srv\",\"public_key\":\"$PS\",\"allowed_ips\":[\"100.64.0.2/32\"],\"endpoint\":\"10.98.$((sub + 2)).2:40000\"}]" \
+    '[]' 9191
+  paths+=("E-$tag $E1 127.0.0.1 5201 $E2 10.98.$((sub + 2)).2:40000 10.98.$((sub + 3)).2:51822 $E3")
+  sub=$((sub + 4))
+done
+sleep 1
+for b in "${bins[@]}"; do
+  tag=${b%%:*}
+  say "(r) runtime $tag idle RSS: proxy $(rss_kb "$(cat "$work/rt-proxy-$tag/pid")") kB, egress $(rss_kb "$(cat "$work/rt-egress-$tag/pid")") kB"
+done
+: > "$work/r.tsv"
+for rep_i in $(seq "$REPEAT"); do
+  say "(r) repetition $rep_i: $(uptime)"
+  for rtt_ms in $RTTS; do
+    for p in "${paths[@]}"; do
+      read -r _ _ _ _ rns listen fwd _ <<<"$p"
+      relay "$rns" "$listen" "$fwd" $((rtt_ms / 2))
+    done
+    sleep 0.5
+    for st in $STREAMS; do
+      for dir in ${DIRS:-up down}; do
+        for p in "${paths[@]}"; do
+          read -r name cns host port _ _ _ wns <<<"$p"
+          [[ "$name" =~ ${RPATHS:-.} ]] || continue
+          extra=(-P "$st"); [ "$dir" = down ] && extra+=(-R)
+          before_drops=$(rcvbuf_errors "$wns")
+          v=$(mbps "$cns" "$host" "$port" "${extra[@]}")
+          drops=$(( $(rcvbuf_errors "$wns") - before_drops ))
+          printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep_i" "$rtt_ms" "$st" "$dir" "$name" "$v $drops" >> "$work/r.tsv"
+          say "(r) rep $rep_i rtt ${rtt_ms}ms P$st $dir $name: $v Mbit/s, wireguard-go UDP drops $drops"
+        done
+      done
+    done
+    stop_relays
+  done
+done
+say "(r) after: $(uptime)"
+for b in "${bins[@]}"; do
+  tag=${b%%:*}
+  say "(r) runtime $tag RSS after: proxy $(rss_kb "$(cat "$work/rt-proxy-$tag/pid")") kB, egress $(rss_kb "$(cat "$work/rt-egress-$tag/pid")") kB"
+  if [ -n "${DEBUG:-}" ]; then
+    for pe in "p${tag}3 9190" "e${tag}1 9191"; do
+      set -- $pe
+      ip netns exec "tb${id}$1" curl -s "http://127.0.0.1:$2/metrics" | grep -E '^tsk8s_(tcp_buffer|tcp_timeouts|tcp_fast|tcp_sack|memory_charged)' | sed "s/^/$1: /" >&2
+    done
+  fi
+done
+python3 - "$work/r.tsv" "$RELAY_CEIL" <<'PY'
+import sys, statistics, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+vals = collections.defaultdict(list); drops = collections.defaultdict(list); names = []
+for rep, rtt, st, d, name, v in rows:
+    mb, dr = v.split()
+    vals[(rtt, st, d, name)].append(float(mb)); drops[(rtt, st, d, name)].append(int(dr))
+    if name not in names: names.append(name)
+med = lambda k: statistics.median(vals[k]) if vals.get(k) else None
+print("\n(r) delay relay: Mbit/s, median of %d (relay ceiling at 0 ms: %s Mbit/s)" % (max(int(r[0]) for r in rows), sys.argv[2]))
+print("up = client -> server side (device/cluster client sends), down = -R")
+hdr = ["RTT", "streams", "dir"] + names + ["%s/W" % n for n in names if n != "W"]
+print("| " + " | ".join(hdr) + " |"); print("|" + " --- |" * len(hdr))
+for (rtt, st, d) in sorted({k[:3] for k in vals}, key=lambda k: (int(k[0]), int(k[1]), k[2] != "up")):
+    w = med((rtt, st, d, "W"))
+    cells = [rtt + " ms", st, d]
+    for n in names:
+        m = med((rtt, st, d, n)); dr = statistics.median(drops[(rtt, st, d, n)])
+        cells.append("%.0f" % m + (" (%d drops)" % dr if dr else ""))
+    for n in names:
+        if n == "W": continue
+        m = med((rtt, st, d, n)); cells.append("%.2f" % (m / w) if w else "n/a")
+    print("| " + " | ".join(cells) + " |")
+PY
 fi
 
 ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if 'n/a' in (a,b) or float(b)==0 else '%.2f' % (float(a)/float(b)))" "$1" "$2"; }
