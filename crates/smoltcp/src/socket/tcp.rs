@@ -559,6 +559,9 @@ pub struct Socket<'a> {
     /// Hole retransmissions allowed now: one per ACK that arrives during recovery (each
     /// tells that a segment left the network), so repairs are ACK-clocked.
     rtx_credit: u8,
+    /// When the last hole was retransmitted: a hole still missing one RTT later was lost
+    /// again, and the holes are scanned from the cumulative ACK once more.
+    rtx_last: Instant,
     /// tsk8s patch: retransmission counters (`Socket::retransmissions`).
     stats: Retransmissions,
 
@@ -683,6 +686,7 @@ impl<'a> Socket<'a> {
             sacked_len: 0,
             rtx_next: TcpSeqNumber::default(),
             rtx_credit: 0,
+            rtx_last: Instant::from_secs(0),
             stats: Retransmissions::default(),
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
@@ -2415,6 +2419,20 @@ impl<'a> Socket<'a> {
                 self.remote_has_sack && self.update_scoreboard(ack_number, &repr.sack_ranges);
             if self.recover.is_some() && self.sacked_len > 0 {
                 self.rtx_credit = (self.rtx_credit + 1).min(RTX_CREDIT_MAX);
+                // A retransmitted hole that is not repaired one RTT (and a quarter) later
+                // was lost again: scan the holes from the cumulative ACK once more rather
+                // than wait for the retransmission timeout (what Linux's RACK does).
+                let rtt_us = u64::from(self.rtte.srtt.max(1)) * 1250;
+                if self.rtx_next > ack_number
+                    && (cx.now() - self.rtx_last).total_micros() > rtt_us.max(10_000)
+                {
+                    net_debug!(
+                        "retransmitted hole lost again, rescanning from {}",
+                        ack_number
+                    );
+                    self.rtx_next = ack_number;
+                    self.rtx_last = cx.now();
+                }
             } else if self.recover.is_none()
                 && self.sacked_bytes() >= 3 * self.remote_mss
                 && ack_number < self.remote_last_seq
@@ -2426,6 +2444,7 @@ impl<'a> Socket<'a> {
                 self.recover = Some(self.remote_last_seq);
                 self.rtx_next = ack_number;
                 self.rtx_credit = 2;
+                self.rtx_last = cx.now();
                 let in_flight = self.flight_size();
                 self.congestion_controller
                     .inner_mut()
@@ -3042,6 +3061,7 @@ impl<'a> Socket<'a> {
                     repr.payload = self.tx_buffer.get_allocated(0, size);
 
                     self.pending_fast_retransmit = false;
+                    self.rtx_last = cx.now();
                     self.stats.fast = self.stats.fast.wrapping_add(1);
                     // tsk8s patch (Karn): a partial-ACK retransmission does not go through
                     // the timer path above either; no RTT sample may span it.
@@ -3058,6 +3078,7 @@ impl<'a> Socket<'a> {
                     repr.payload = self.tx_buffer.get_allocated(offset, size);
                     self.rtx_next = start + repr.payload.len();
                     self.rtx_credit -= 1;
+                    self.rtx_last = cx.now();
                     self.stats.sack = self.stats.sack.wrapping_add(1);
                     // Karn: an RTT sample spanning a recovery would inflate SRTT (and with
                     // it the RTO, and slow the pacing rate down).
