@@ -51,6 +51,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 2' INT TERM
 
 say() { printf '%s\n' "$*" >&2; }
 

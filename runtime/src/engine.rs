@@ -1890,6 +1890,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn budget_growth_stays_within_the_tier() {
+        let mut b = Budget {
+            limit: 64 << 20,
+            ..Budget::default()
+        };
+        let o = Owner::Local;
+        assert!(b.try_charge(o, 1 << 20));
+        // Buffers grow while the owner stays within half its share (8 MiB here).
+        assert!(b.try_grow_within(o, 6 << 20, b.share() / 2));
+        assert!(!b.try_grow_within(o, 2 << 20, b.share() / 2));
+        b.release_bytes(o, 6 << 20);
+        assert_eq!(b.used, 1 << 20);
+        // Nothing grows for an owner without a connection.
+        assert!(!b.try_grow_within(Owner::Peer([1; 32]), 1, b.share()));
+        b.release(o, 1 << 20);
+        assert_eq!(b.used, 0);
+        assert!(b.accounts.is_empty());
+    }
+
+    #[test]
     fn budget_shares_and_refusals() {
         let mut b = Budget {
             limit: 4_000,
