@@ -238,6 +238,24 @@ impl Compiled {
     /// The workload that runs node `node` of `cluster`: its own Deployment, or the sidecar
     /// Component's patch; with the data of the ConfigMaps and the key its volumes name.
     pub fn workload(&self, cluster: &str, node: &str) -> Workload {
+        self.workload_of(cluster, node, node, None)
+    }
+
+    /// Pod `ordinal` of the StatefulSet sidecar `base` declared with `replicas=N`: its
+    /// Component's patch, every node's config and key mounted (projected), and the args with
+    /// `$(TSK8S_POD_INDEX)` expanded the way the kubelet does from the pod's
+    /// `apps.kubernetes.io/pod-index` label (the env var must say so).
+    pub fn statefulset_pod(&self, cluster: &str, base: &str, ordinal: u32) -> Workload {
+        self.workload_of(cluster, base, &format!("{base}-{ordinal}"), Some(ordinal))
+    }
+
+    fn workload_of(
+        &self,
+        cluster: &str,
+        file_node: &str,
+        node: &str,
+        ordinal: Option<u32>,
+    ) -> Workload {
         let docs = self.documents(cluster);
         // (namespace, name) → data: a pod mounts ConfigMaps of its own namespace only.
         let mut config_maps: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
@@ -257,11 +275,16 @@ impl Compiled {
             }
         }
         let cluster_dir = self.out.join("clusters").join(cluster);
-        let own = cluster_dir.join(format!("{node}.yaml"));
-        let patch = cluster_dir.join(format!("components/{node}/patch.yaml"));
+        let own = cluster_dir.join(format!("{file_node}.yaml"));
+        let patch = cluster_dir.join(format!("components/{file_node}/patch.yaml"));
+        let kind = if ordinal.is_some() {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        };
         let (file, deploy) = docs
             .iter()
-            .find(|(f, d)| (*f == own || *f == patch) && d["kind"] == "Deployment")
+            .find(|(f, d)| (*f == own || *f == patch) && d["kind"] == kind)
             .unwrap_or_else(|| panic!("no Deployment for node {node} in {own:?} or {patch:?}"));
         let pod_ns = deploy["metadata"]["namespace"]
             .as_str()
@@ -343,7 +366,25 @@ impl Compiled {
                 // The gateway's keys: one Secret per terminated node, projected at
                 // `<node>/private-key`.
                 let mut data = BTreeMap::new();
+                let mut config_data = BTreeMap::new();
                 for src in sources {
+                    // A StatefulSet sidecar's node configs: `<ordinal>/node.json`, … .
+                    if let Some(cm) = src["configMap"]["name"].as_str() {
+                        let cm_data = config_maps
+                            .get(&(pod_ns.clone(), cm.to_string()))
+                            .unwrap_or_else(|| {
+                                panic!("{file:?}: ConfigMap {pod_ns}/{cm} not in the output")
+                            });
+                        for item in src["configMap"]["items"].as_array().expect("items") {
+                            let key = item["key"].as_str().expect("item key");
+                            let path = item["path"].as_str().expect("item path");
+                            let v = cm_data
+                                .get(key)
+                                .unwrap_or_else(|| panic!("{file:?}: {cm} has no {key}"));
+                            config_data.insert(path.to_string(), v.clone().into_bytes());
+                        }
+                        continue;
+                    }
                     let secret = src["secret"]["name"]
                         .as_str()
                         .unwrap_or_else(|| panic!("{file:?}: projected source {src}"));
@@ -359,10 +400,19 @@ impl Compiled {
                     }
                 }
                 let mode = vol["projected"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-                Source::Secret {
-                    name: name.to_string(),
-                    data,
-                    mode,
+                if !config_data.is_empty() {
+                    assert!(data.is_empty(), "{file:?}: a volume of configs and keys");
+                    Source::ConfigMap {
+                        name: name.to_string(),
+                        data: config_data,
+                        mode,
+                    }
+                } else {
+                    Source::Secret {
+                        name: name.to_string(),
+                        data,
+                        mode,
+                    }
                 }
             } else {
                 panic!("{file:?}: volume {name}: unsupported source {vol}");
@@ -373,6 +423,22 @@ impl Compiled {
                 volume: name.to_string(),
                 source,
             });
+        }
+        let mut args = args;
+        if let Some(i) = ordinal {
+            let env = container["env"].as_array().expect("env");
+            let index = env
+                .iter()
+                .find(|e| e["name"] == "TSK8S_POD_INDEX")
+                .unwrap_or_else(|| panic!("{file:?}: no TSK8S_POD_INDEX env"));
+            assert_eq!(
+                index["valueFrom"]["fieldRef"]["fieldPath"],
+                "metadata.labels['apps.kubernetes.io/pod-index']",
+                "{file:?}: the ordinal comes from the pod-index label"
+            );
+            for a in &mut args {
+                *a = a.replace("$(TSK8S_POD_INDEX)", &i.to_string());
+            }
         }
         Workload {
             node: node.to_string(),
@@ -402,9 +468,18 @@ pub struct Workload {
 impl Workload {
     /// The parsed `node.json` this workload mounts.
     pub fn node_json(&self) -> Value {
+        // The file `--node` names, inside the volume mounted above it.
+        let node_arg = self
+            .args
+            .iter()
+            .position(|a| a == "--node")
+            .and_then(|i| self.args.get(i + 1));
         for m in &self.mounts {
+            let key = node_arg
+                .and_then(|a| a.strip_prefix(&format!("{}/", m.path)))
+                .unwrap_or("node.json");
             if let Source::ConfigMap { data, .. } = &m.source
-                && let Some(v) = data.get("node.json")
+                && let Some(v) = data.get(key)
             {
                 return serde_json::from_slice(v).expect("node.json");
             }
