@@ -3,7 +3,8 @@
 //! contract. Shared by `tsk8s` (validate, test, build) and `tsk8s-runtime` (enforce).
 //!
 //! - [`hujson`]: JWCC parser (comments, trailing commas, duplicate keys rejected).
-//! - [`policy`]: typed model and validation ([`policy::Policy::parse`]).
+//! - [`policy`]: typed model, decoding, validation and Go durations, one file each
+//!   ([`policy::Policy::parse`]).
 //! - [`topology`]: `TOPOLOGY.json` (users and nodes).
 //! - [`compile`]: per-node / per-cluster filters ([`compile::compile_filter`],
 //!   [`compile::compile_all`], [`compile::compile_for_nodes`]).

@@ -1,0 +1,55 @@
+//! The Tailscale policy file as a typed model, parsed from HuJSON and validated with Tailscale's
+//! semantics and wording.
+//!
+//! Messages are Tailscale's own where known (captured from its API, as recorded in headscale's
+//! compatibility tables); where Tailscale's wording is not known, headscale's
+//! (`hscontrol/policy/v2`) is used. Only the first problem is reported, as Tailscale does.
+//!
+//! Validation happens in two passes, like Tailscale/headscale: first the document is decoded in
+//! key order (syntax of each value: actions, aliases, ports, protocols, group recursion, tag
+//! names), then references and combinations are checked section by section (`acls`, `ssh`,
+//! `grants`, `nodeAttrs`, `tagOwners`, `autoApprovers`).
+//!
+//! Malformed `tests` entries do not make the policy invalid: Tailscale answers them with
+//! `test(s) failed`, so they are kept (with [`AclTest::problem`]) and reported by the test run.
+
+use std::fmt;
+
+mod decode;
+#[path = "duration.rs"]
+pub mod go_duration;
+mod model;
+mod validate;
+
+pub use decode::*;
+pub use model::*;
+pub use validate::*;
+
+/// Why a policy is invalid. `Display` is the message alone (Tailscale's wording).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub message: String,
+    /// 1-based line and column, for HuJSON syntax errors.
+    pub position: Option<(usize, usize)>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((l, c)) => write!(f, "line {l}, column {c}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+fn err<T>(message: impl Into<String>) -> Result<T, PolicyError> {
+    Err(PolicyError {
+        message: message.into(),
+        position: None,
+    })
+}
+
+#[cfg(test)]
+mod tests;
