@@ -384,8 +384,16 @@ fn build_checked(
                         emit::OBJECT_FILE_LIMIT
                     ),
                 )
-                .label("its mesh is too large")
-                .help("a mesh grows with its nodes' peers and rules: narrow the rules that give these nodes peers, or split the cluster (sharding the mesh over several ConfigMaps is not implemented yet)"),
+                .label(if path.ends_with("/gateway.yaml") {
+                    "its gateway config is too large"
+                } else {
+                    "its mesh is too large"
+                })
+                .help(if path.ends_with("/gateway.yaml") {
+                    "the gateway's ConfigMap holds the config of every node it terminates: split the cluster, or publish=\"load-balancer\" (a ConfigMap per node)"
+                } else {
+                    "a mesh grows with its nodes' peers and rules: narrow the rules that give these nodes peers, or split the cluster (sharding the mesh over several ConfigMaps is not implemented yet)"
+                }),
             );
         }
         diags.sort();

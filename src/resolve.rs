@@ -1506,7 +1506,13 @@ impl Resolver<'_> {
             .unwrap_or(decl.name.span);
         if runtime == RuntimeKind::Tailscale {
             self.push(
-                err(at, "replicas on a StatefulSet sidecar needs the tsk8s runtime")
+                err(
+                    at,
+                    format!(
+                        "replicas={} on a StatefulSet sidecar needs the tsk8s runtime",
+                        set.replicas
+                    ),
+                )
                     .label("runtime=\"tailscale\" cluster")
                     .help("on the Tailscale image each pod needs a state Secret of its own; give the workload one replica or use a proxy"),
             );

@@ -663,6 +663,7 @@ fn bad_deployment_combinations_exit_2_from_check_lock_and_build() {
         "sidecar-replicas-zero",
         "sidecar-replicas-huge",
         "sidecar-replicas-name-taken",
+        "sidecar-replicas-tailscale",
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
