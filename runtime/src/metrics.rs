@@ -155,30 +155,179 @@ pub fn render(c: &Counters, peers: &[(String, PeerStats)]) -> String {
 /// One node's counters and per-peer stats, labelled `node="<name>"` unless the name is empty.
 pub type NodeMetrics<'a> = (&'a str, &'a Counters, &'a [(String, PeerStats)]);
 
+type Scalar = fn(&Counters) -> u64;
+
+/// The per-node families: name, Prometheus type, help, value.
+const SCALARS: &[(&str, &str, &str, Scalar)] = &[
+    (
+        "tsk8s_udp_rx_datagrams_total",
+        "counter",
+        "UDP datagrams received.",
+        |c| c.udp_rx_datagrams,
+    ),
+    (
+        "tsk8s_udp_tx_datagrams_total",
+        "counter",
+        "UDP datagrams sent.",
+        |c| c.udp_tx_datagrams,
+    ),
+    (
+        "tsk8s_cookie_replies_total",
+        "counter",
+        "Cookie replies sent under load.",
+        |c| c.cookie_replies,
+    ),
+    (
+        "tsk8s_handshake_probes_total",
+        "counter",
+        "Handshake initiations sent to the source of an undecryptable packet.",
+        |c| c.handshake_probes,
+    ),
+    (
+        "tsk8s_memory_budget_bytes",
+        "gauge",
+        "Memory budget for connection buffers.",
+        |c| c.memory_budget,
+    ),
+    (
+        "tsk8s_memory_charged_bytes",
+        "gauge",
+        "Connection buffers charged to the memory budget.",
+        |c| c.memory_charged,
+    ),
+    (
+        "tsk8s_tcp_accepted_total",
+        "counter",
+        "TCP connections forwarded.",
+        |c| c.tcp_accepted,
+    ),
+    (
+        "tsk8s_tcp_buffer_grown_total",
+        "counter",
+        "TCP receive/send buffers doubled by auto-tuning.",
+        |c| c.tcp_buffer_grown,
+    ),
+    (
+        "tsk8s_tcp_timeouts_total",
+        "counter",
+        "Retransmission timeouts of closed TCP connections.",
+        |c| c.tcp_rto,
+    ),
+    (
+        "tsk8s_tcp_fast_retransmits_total",
+        "counter",
+        "Fast retransmits (duplicate or partial ACKs) of closed TCP connections.",
+        |c| c.tcp_fast_retransmits,
+    ),
+    (
+        "tsk8s_tcp_sack_retransmits_total",
+        "counter",
+        "Segments retransmitted from the SACK scoreboard by closed TCP connections.",
+        |c| c.tcp_sack_retransmits,
+    ),
+    (
+        "tsk8s_tcp_connections",
+        "gauge",
+        "Open forwarded TCP connections.",
+        |c| c.tcp_active,
+    ),
+    (
+        "tsk8s_udp_sessions",
+        "gauge",
+        "Open forwarded UDP sessions.",
+        |c| c.udp_sessions,
+    ),
+    (
+        "tsk8s_dns_queries_total",
+        "counter",
+        "DNS queries answered.",
+        |c| c.dns_queries,
+    ),
+    (
+        "tsk8s_config_reloads_total",
+        "counter",
+        "Successful config reloads.",
+        |c| c.reloads,
+    ),
+    (
+        "tsk8s_config_reload_errors_total",
+        "counter",
+        "Failed config reloads.",
+        |c| c.reload_errors,
+    ),
+];
+
+type Getter = fn(&PeerStats) -> u64;
+
+/// The per-peer counter families: name, help, value.
+const PEER_COUNTERS: [(&str, &str, Getter); 6] = [
+    (
+        "tsk8s_peer_rx_bytes_total",
+        "Inner bytes received from the peer.",
+        |p| p.rx_bytes,
+    ),
+    (
+        "tsk8s_peer_tx_bytes_total",
+        "Inner bytes sent to the peer.",
+        |p| p.tx_bytes,
+    ),
+    (
+        "tsk8s_peer_rx_packets_total",
+        "Inner packets received from the peer.",
+        |p| p.rx_packets,
+    ),
+    (
+        "tsk8s_peer_tx_packets_total",
+        "Inner packets sent to the peer.",
+        |p| p.tx_packets,
+    ),
+    (
+        "tsk8s_peer_handshakes_total",
+        "Completed handshakes with the peer.",
+        |p| p.handshakes,
+    ),
+    (
+        "tsk8s_peer_conns_refused_total",
+        "New connections from the peer refused over its limits.",
+        |p| p.conns_refused,
+    ),
+];
+
+/// `node="x",` to go inside other labels (empty for an unnamed node).
+fn node_label_inner(node: &str) -> String {
+    if node.is_empty() {
+        String::new()
+    } else {
+        format!("node=\"{}\",", esc(node))
+    }
+}
+
+/// `{node="x"}` alone (empty for an unnamed node).
+fn node_label_alone(node: &str) -> String {
+    if node.is_empty() {
+        String::new()
+    } else {
+        format!("{{node=\"{}\"}}", esc(node))
+    }
+}
+
 /// Render Prometheus text for several nodes of one process (a gateway): each family once,
 /// one series per node.
 pub fn render_nodes(nodes: &[NodeMetrics<'_>]) -> String {
     let peers_total: usize = nodes.iter().map(|n| n.2.len()).sum();
     let mut o = String::with_capacity(2048 * nodes.len().max(1) + peers_total * 600);
-    // `node="x",` inside other labels, `{node="x"}` alone.
-    let inner = |node: &str| {
-        if node.is_empty() {
-            String::new()
-        } else {
-            format!("node=\"{}\",", esc(node))
-        }
-    };
-    let alone = |node: &str| {
-        if node.is_empty() {
-            String::new()
-        } else {
-            format!("{{node=\"{}\"}}", esc(node))
-        }
-    };
+    render_drops(&mut o, nodes);
+    render_scalars(&mut o, nodes);
+    render_peer_counters(&mut o, nodes);
+    o
+}
+
+/// `tsk8s_drops_total`, one series per node and reason.
+fn render_drops(o: &mut String, nodes: &[NodeMetrics<'_>]) {
     let _ = writeln!(o, "# HELP tsk8s_drops_total Packets dropped, by reason.");
     let _ = writeln!(o, "# TYPE tsk8s_drops_total counter");
     for (node, c, _) in nodes {
-        let l = inner(node);
+        let l = node_label_inner(node);
         for d in ALL_DROPS {
             let _ = writeln!(
                 o,
@@ -188,152 +337,27 @@ pub fn render_nodes(nodes: &[NodeMetrics<'_>]) -> String {
             );
         }
     }
-    type Scalar = fn(&Counters) -> u64;
-    let scalars: &[(&str, &str, &str, Scalar)] = &[
-        (
-            "tsk8s_udp_rx_datagrams_total",
-            "counter",
-            "UDP datagrams received.",
-            |c| c.udp_rx_datagrams,
-        ),
-        (
-            "tsk8s_udp_tx_datagrams_total",
-            "counter",
-            "UDP datagrams sent.",
-            |c| c.udp_tx_datagrams,
-        ),
-        (
-            "tsk8s_cookie_replies_total",
-            "counter",
-            "Cookie replies sent under load.",
-            |c| c.cookie_replies,
-        ),
-        (
-            "tsk8s_handshake_probes_total",
-            "counter",
-            "Handshake initiations sent to the source of an undecryptable packet.",
-            |c| c.handshake_probes,
-        ),
-        (
-            "tsk8s_memory_budget_bytes",
-            "gauge",
-            "Memory budget for connection buffers.",
-            |c| c.memory_budget,
-        ),
-        (
-            "tsk8s_memory_charged_bytes",
-            "gauge",
-            "Connection buffers charged to the memory budget.",
-            |c| c.memory_charged,
-        ),
-        (
-            "tsk8s_tcp_accepted_total",
-            "counter",
-            "TCP connections forwarded.",
-            |c| c.tcp_accepted,
-        ),
-        (
-            "tsk8s_tcp_buffer_grown_total",
-            "counter",
-            "TCP receive/send buffers doubled by auto-tuning.",
-            |c| c.tcp_buffer_grown,
-        ),
-        (
-            "tsk8s_tcp_timeouts_total",
-            "counter",
-            "Retransmission timeouts of closed TCP connections.",
-            |c| c.tcp_rto,
-        ),
-        (
-            "tsk8s_tcp_fast_retransmits_total",
-            "counter",
-            "Fast retransmits (duplicate or partial ACKs) of closed TCP connections.",
-            |c| c.tcp_fast_retransmits,
-        ),
-        (
-            "tsk8s_tcp_sack_retransmits_total",
-            "counter",
-            "Segments retransmitted from the SACK scoreboard by closed TCP connections.",
-            |c| c.tcp_sack_retransmits,
-        ),
-        (
-            "tsk8s_tcp_connections",
-            "gauge",
-            "Open forwarded TCP connections.",
-            |c| c.tcp_active,
-        ),
-        (
-            "tsk8s_udp_sessions",
-            "gauge",
-            "Open forwarded UDP sessions.",
-            |c| c.udp_sessions,
-        ),
-        (
-            "tsk8s_dns_queries_total",
-            "counter",
-            "DNS queries answered.",
-            |c| c.dns_queries,
-        ),
-        (
-            "tsk8s_config_reloads_total",
-            "counter",
-            "Successful config reloads.",
-            |c| c.reloads,
-        ),
-        (
-            "tsk8s_config_reload_errors_total",
-            "counter",
-            "Failed config reloads.",
-            |c| c.reload_errors,
-        ),
-    ];
-    for (name, kind, help, f) in scalars {
+}
+
+/// The [`SCALARS`] families, one series per node.
+fn render_scalars(o: &mut String, nodes: &[NodeMetrics<'_>]) {
+    for (name, kind, help, f) in SCALARS {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (node, c, _) in nodes {
-            let _ = writeln!(o, "{name}{} {}", alone(node), f(c));
+            let _ = writeln!(o, "{name}{} {}", node_label_alone(node), f(c));
         }
     }
-    type Getter = fn(&PeerStats) -> u64;
-    let per: [(&str, &str, Getter); 6] = [
-        (
-            "tsk8s_peer_rx_bytes_total",
-            "Inner bytes received from the peer.",
-            |p| p.rx_bytes,
-        ),
-        (
-            "tsk8s_peer_tx_bytes_total",
-            "Inner bytes sent to the peer.",
-            |p| p.tx_bytes,
-        ),
-        (
-            "tsk8s_peer_rx_packets_total",
-            "Inner packets received from the peer.",
-            |p| p.rx_packets,
-        ),
-        (
-            "tsk8s_peer_tx_packets_total",
-            "Inner packets sent to the peer.",
-            |p| p.tx_packets,
-        ),
-        (
-            "tsk8s_peer_handshakes_total",
-            "Completed handshakes with the peer.",
-            |p| p.handshakes,
-        ),
-        (
-            "tsk8s_peer_conns_refused_total",
-            "New connections from the peer refused over its limits.",
-            |p| p.conns_refused,
-        ),
-    ];
-    for (name, help, f) in per {
+}
+
+/// The [`PEER_COUNTERS`] families, one series per node and peer.
+fn render_peer_counters(o: &mut String, nodes: &[NodeMetrics<'_>]) {
+    for (name, help, f) in PEER_COUNTERS {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for (node, _, peers) in nodes {
-            let l = inner(node);
+            let l = node_label_inner(node);
             for (peer, s) in peers.iter() {
                 let _ = writeln!(o, "{name}{{{l}peer=\"{}\"}} {}", esc(peer), f(s));
             }
         }
     }
-    o
 }
