@@ -62,6 +62,10 @@ pub struct Diagnostics {
     /// Diagnostics dropped (beyond the earliest [`MAX_PRINTED`]) to bound memory; counted in
     /// the summary.
     dropped: usize,
+    /// Once trimmed: the offset of the last diagnostic kept. One that starts past it can never
+    /// be printed (at least [`MAX_PRINTED`] come before it), so [`Diagnostics::beyond_cap`]
+    /// counts it without its being built.
+    cutoff: Option<usize>,
     lines: LineIndex,
 }
 
@@ -72,6 +76,7 @@ impl Diagnostics {
             source: source.to_string(),
             items: Vec::new(),
             dropped: 0,
+            cutoff: None,
             lines: LineIndex::default(),
         }
     }
@@ -89,6 +94,19 @@ impl Diagnostics {
         if self.items.len() > MAX_PRINTED {
             self.dropped += self.items.len() - MAX_PRINTED;
             self.items.truncate(MAX_PRINTED);
+            self.cutoff = self.items.last().map(|d| d.span.offset());
+        }
+    }
+
+    /// For checks that may fire millions of times on hostile input: true (and the problem
+    /// counted) when a diagnostic at `span` could not be printed, so the caller need not build
+    /// it (its message, its did-you-mean).
+    pub fn beyond_cap(&mut self, span: SourceSpan) -> bool {
+        if self.cutoff.is_some_and(|c| span.offset() > c) {
+            self.dropped += 1;
+            true
+        } else {
+            false
         }
     }
 

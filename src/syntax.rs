@@ -552,6 +552,9 @@ impl<'a> Node<'a> {
                 Some(n) => {
                     let key = n.value();
                     if !known.contains(&key) {
+                        if d.beyond_cap(e.span()) {
+                            continue;
+                        }
                         let mut diag = Diagnostic::new(
                             e.span(),
                             format!("unknown property `{key}` on `{}`", self.name()),
@@ -666,6 +669,9 @@ fn prop_value(d: &mut Diagnostics, e: &kdl::KdlEntry) -> Option<Sp<PropValue>> {
 }
 
 fn unknown_child(d: &mut Diagnostics, node: &KdlNode, parent: &str, known: &[&str]) {
+    if d.beyond_cap(node.name().span()) {
+        return;
+    }
     let name = node.name().value();
     let mut diag = Diagnostic::new(
         node.name().span(),

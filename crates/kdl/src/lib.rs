@@ -48,8 +48,35 @@ pub const MAX_DEPTH: u32 = 128;
 /// Parse `text` as KDL v2. `Some(doc)` only when the result is identical to what
 /// `kdl::KdlDocument::parse_v2(text)` returns (`Ok`), spans included (formatting excluded);
 /// `None` when the input is invalid or uses anything the fast path does not handle — the caller
-/// then calls `parse_v2` itself (for its diagnostics). Never panics on any input.
+/// then calls `parse_v2` itself (for its diagnostics) — or is over one of the [`Limits`]. Never
+/// panics on any input.
 pub fn parse_fast(text: &str) -> Option<KdlDocument> {
+    parse_fast_checked(text).ok()
+}
+
+/// Most nodes (children and slashdashed ones included) the fast path builds for one text.
+/// A tsk8s spec or lock has a few per exposure, and a node costs about half a kilobyte in
+/// `kdl`'s document.
+pub const MAX_NODES: usize = 250_000;
+/// Most entries (arguments and properties) of one node.
+pub const MAX_NODE_ENTRIES: usize = 100_000;
+/// Most entries in all (about 300 bytes each in `kdl`'s document).
+pub const MAX_ENTRIES: usize = 1_000_000;
+
+/// Why [`parse_fast_checked`] did not give a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Over a limit ([`MAX_NODES`], [`MAX_NODE_ENTRIES`], [`MAX_ENTRIES`]): `what` is the
+    /// message, `at` the byte offset of the node or entry that went over.
+    Limit { what: &'static str, at: usize },
+    /// Invalid, or outside the fast path's subset. `far` is the furthest byte the parser looked
+    /// at (where the problem is, or just past it); `top` the end of the last complete top-level
+    /// node before it (a place where a document may start).
+    Syntax { far: usize, top: usize },
+}
+
+/// [`parse_fast`], saying why not.
+pub fn parse_fast_checked(text: &str) -> Result<KdlDocument, Rejected> {
     let mut blank = KdlNode::new("");
     blank.clear_format();
     let mut p = Parser {
@@ -59,9 +86,29 @@ pub fn parse_fast(text: &str) -> Option<KdlDocument> {
         blank,
         entries: Vec::with_capacity(32),
         nodes: Vec::with_capacity(64),
+        far: std::cell::Cell::new(0),
+        top: 0,
+        node_count: 0,
+        entry_count: 0,
+        over: None,
     };
-    p.document().ok()
+    match p.document() {
+        Ok(doc) => Ok(doc),
+        Err(_) => Err(match p.over {
+            Some((what, at)) => Rejected::Limit { what, at },
+            None => Rejected::Syntax {
+                far: p.far.get().min(text.len()),
+                top: p.top,
+            },
+        }),
+    }
 }
+
+/// Texts the fast path rejects up to this size go to `parse_v2` whole (about 1.2 µs per byte:
+/// about a second); larger ones only in a window around the fast path's error.
+pub const FALLBACK_WHOLE: usize = 1 << 20;
+/// The window's reach before and after the line of the error, for larger texts.
+pub const FALLBACK_WINDOW: usize = 128 << 10;
 
 /// Slashdashes (`/-`) in a text the fast path rejected beyond which [`parse`] does not hand the
 /// text to `parse_v2` as is. See [`parse`].
@@ -87,10 +134,113 @@ pub const SLASHDASH_LIMIT: usize = 8;
 ///      passes), and that slashdash is reported.
 ///   3. Otherwise (the copy is valid but uses syntax outside the fast path: floats, multi-line
 ///      strings, …) `text` goes to `parse_v2` as is.
+///
+/// Bounded at any size: a text over one of the [`Limits`](MAX_NODES) is refused at the node or
+/// entry that goes over (one diagnostic, `parse_v2` not called), and a rejected text over
+/// [`FALLBACK_WHOLE`] goes to `parse_v2` only in a window (see [`parse_window`]).
 pub fn parse(text: &str) -> Result<KdlDocument, KdlError> {
-    if let Some(doc) = parse_fast(text) {
-        return Ok(doc);
+    match parse_fast_checked(text) {
+        Ok(doc) => Ok(doc),
+        Err(Rejected::Limit { what, at }) => Err(one_error(
+            text,
+            at,
+            what.to_string(),
+            "over the limit",
+            "a tsk8s spec or lock file holds a few nodes per exposure; this does not look like one",
+        )),
+        Err(Rejected::Syntax { far, top }) if text.len() > FALLBACK_WHOLE => {
+            Err(parse_window(text, far, top))
+        }
+        Err(Rejected::Syntax { .. }) => parse_small(text),
     }
+}
+
+/// One error at byte `at` of `text`.
+fn one_error(text: &str, at: usize, message: String, label: &str, help: &str) -> KdlError {
+    let input = std::sync::Arc::new(text.to_owned());
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let len = text[at..].chars().next().map_or(0, char::len_utf8);
+    KdlError {
+        input: input.clone(),
+        diagnostics: vec![kdl::KdlDiagnostic {
+            input,
+            span: (at, len).into(),
+            message: Some(message),
+            label: Some(label.into()),
+            help: Some(help.into()),
+            severity: miette::Severity::Error,
+        }],
+    }
+}
+
+/// The errors of a rejected text over [`FALLBACK_WHOLE`], in bounded time: `parse_v2` reads
+/// only `text[start..end]`, from the end of the last complete top-level node before the fast
+/// path's furthest point `far` (or [`FALLBACK_WINDOW`] before `far`'s line, at a line start,
+/// when that node is longer) to [`FALLBACK_WINDOW`] past `far`'s line (at a line end). Its
+/// errors up to the end of `far`'s line are reported, moved to their place in `text` (errors
+/// further on may come from cutting the text). If it reports none there (the window is valid, or
+/// uses syntax the fast path leaves to `parse_v2`: floats, multi-line strings, `\` line
+/// continuations), one error at `far` says so.
+pub fn parse_window(text: &str, far: usize, top: usize) -> KdlError {
+    let b = text.as_bytes();
+    let far = far.min(text.len());
+    let line_start = |p: usize| {
+        b[..p]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |i| i + 1)
+    };
+    let line_end = |p: usize| {
+        b[p..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(text.len(), |i| p + i + 1)
+    };
+    let far_line = line_start(far);
+    let far_end = line_end(far);
+    let mut start = top.min(far_line);
+    if far_line - start > FALLBACK_WINDOW {
+        start = line_start(far_line - FALLBACK_WINDOW);
+    }
+    let end = line_end((far_end + FALLBACK_WINDOW).min(text.len()));
+    // Line starts and ends are ASCII boundaries; `top` is the end of a node: char boundaries.
+    let window = text.get(start..end).unwrap_or_default();
+    let cut = end < text.len();
+    let mut kept = Vec::new();
+    if let Err(err) = parse_small(window) {
+        for mut d in err.diagnostics {
+            let at = start + d.span.offset();
+            if cut && at >= far_end {
+                continue;
+            }
+            d.span = (at, d.span.len()).into();
+            kept.push(d);
+        }
+    }
+    if kept.is_empty() {
+        return one_error(
+            text,
+            far,
+            "invalid KDL, or KDL that files over 1 MiB may not use".into(),
+            "here",
+            "files over 1 MiB are read by tsk8s's own KDL parser only: no floats, multi-line strings or `\\` line continuations",
+        );
+    }
+    let input = std::sync::Arc::new(text.to_owned());
+    for d in &mut kept {
+        d.input = input.clone();
+    }
+    KdlError {
+        input,
+        diagnostics: kept,
+    }
+}
+
+/// `parse_v2` for a text the fast path rejected (with the slashdash guard; see [`parse`]).
+fn parse_small(text: &str) -> Result<KdlDocument, KdlError> {
     let dashes: Vec<usize> = text.match_indices("/-").map(|(i, _)| i).collect();
     let result = if dashes.len() > SLASHDASH_LIMIT {
         parse_many_slashdashes(text, &dashes)
@@ -246,23 +396,47 @@ struct Parser<'a> {
     /// their node or document is complete (kdl's entries and nodes are large structs).
     entries: Vec<KdlEntry>,
     nodes: Vec<KdlNode>,
+    /// The furthest byte looked at (for locating a rejection).
+    far: std::cell::Cell<usize>,
+    /// End of the last complete top-level node.
+    top: usize,
+    node_count: usize,
+    entry_count: usize,
+    /// The limit that stopped the parse, and where.
+    over: Option<(&'static str, usize)>,
 }
 
 impl Parser<'_> {
     #[inline]
+    fn look(&self, p: usize) {
+        if p > self.far.get() {
+            self.far.set(p);
+        }
+    }
+
+    #[inline]
     fn at(&self, p: usize) -> Option<u8> {
+        self.look(p);
         self.b.get(p).copied()
     }
 
     #[inline]
     fn starts(&self, p: usize, pat: &[u8]) -> bool {
+        self.look(p);
         self.b.get(p..).is_some_and(|r| r.starts_with(pat))
     }
 
     /// The char at byte `p` (None at the end or off a char boundary).
     #[inline]
     fn ch(&self, p: usize) -> Option<char> {
+        self.look(p);
         self.s.get(p..)?.chars().next()
+    }
+
+    /// Stop at a limit (the parse bails; [`parse_fast_checked`] reports it).
+    fn over(&mut self, what: &'static str, at: usize) -> Fail {
+        self.over.get_or_insert((what, at));
+        Bail
     }
 
     fn is_digit(&self, p: usize) -> bool {
@@ -471,9 +645,17 @@ impl Parser<'_> {
         match self.node(start) {
             Ok(q) => {
                 end = q;
+                if self.depth == 0 {
+                    self.top = end;
+                }
                 while let Some(q) = self.node_terminator(end) {
                     match self.node(q) {
-                        Ok(q) => end = q,
+                        Ok(q) => {
+                            end = q;
+                            if self.depth == 0 {
+                                self.top = end;
+                            }
+                        }
                         Err(Back) => break,
                         Err(Bail) => return Err(Bail),
                     }
@@ -533,6 +715,10 @@ impl Parser<'_> {
         p = self.node_space0(p)?;
         let (name, q) = self.identifier(p).map_err(|_| Bail)?;
         p = q;
+        self.node_count += 1;
+        if self.node_count > MAX_NODES {
+            return Err(self.over("more than 250,000 nodes", start));
+        }
         let mut node = self.blank.clone();
         node.set_name(name);
         if let Some(t) = ty {
@@ -546,7 +732,16 @@ impl Parser<'_> {
                 break;
             }
             match self.node_entry(q, true) {
-                Ok(q) => p = q,
+                Ok(r) => {
+                    self.entry_count += 1;
+                    if self.entries.len() - mark > MAX_NODE_ENTRIES {
+                        return Err(self.over("more than 100,000 entries in one node", q));
+                    }
+                    if self.entry_count > MAX_ENTRIES {
+                        return Err(self.over("more than 1,000,000 entries", q));
+                    }
+                    p = r
+                }
                 Err(Back) => break,
                 Err(Bail) => return Err(Bail),
             }
@@ -1009,5 +1204,101 @@ impl Parser<'_> {
             return Err(Bail);
         }
         Ok((value.to_string(), j + 1 + hashes))
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn limits_stop_the_parse_where_they_are_passed() {
+        let many = "n\n".repeat(MAX_NODES + 1);
+        assert_eq!(
+            parse_fast_checked(&many).unwrap_err(),
+            Rejected::Limit {
+                what: "more than 250,000 nodes",
+                at: 2 * MAX_NODES
+            }
+        );
+        let e = parse(&many).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1);
+        assert_eq!(e.diagnostics[0].span.offset(), 2 * MAX_NODES);
+        assert!(parse_fast(&"n\n".repeat(MAX_NODES)).is_some());
+        let wide = format!("n{}\n", " a=1".repeat(MAX_NODE_ENTRIES + 1));
+        assert_eq!(
+            parse_fast_checked(&wide).unwrap_err(),
+            Rejected::Limit {
+                what: "more than 100,000 entries in one node",
+                at: 1 + 4 * MAX_NODE_ENTRIES + 1
+            }
+        );
+        assert!(parse_fast(&format!("n{}\n", " a=1".repeat(MAX_NODE_ENTRIES))).is_some());
+        let per = MAX_NODE_ENTRIES / 2;
+        let total = format!("n{}\n", " 1".repeat(per)).repeat(MAX_ENTRIES / per + 1);
+        assert!(matches!(
+            parse_fast_checked(&total),
+            Err(Rejected::Limit {
+                what: "more than 1,000,000 entries",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn large_rejected_texts_are_reparsed_in_a_window() {
+        let line = "tag \"t\" owner=\"group:sre\"\n";
+        let n = FALLBACK_WHOLE / line.len() + 10;
+        // An unclosed string on the last line; the text is over FALLBACK_WHOLE.
+        let text = format!("{}tag \"unclosed\n", line.repeat(n));
+        let Err(Rejected::Syntax { far, top }) = parse_fast_checked(&text) else {
+            panic!("rejected");
+        };
+        assert!(far >= line.len() * n, "{far}");
+        assert_eq!(top, line.len() * n - 1);
+        let e = parse(&text).unwrap_err();
+        assert!(!e.diagnostics.is_empty());
+        for d in &e.diagnostics {
+            assert!(d.span.offset() >= line.len() * n, "{:?}", d);
+        }
+        // The same errors as `parse_v2` on the last line alone, moved.
+        let alone = KdlDocument::parse_v2("tag \"unclosed\n").unwrap_err();
+        assert_eq!(
+            e.diagnostics[0].message, alone.diagnostics[0].message,
+            "{e:?}"
+        );
+        assert_eq!(
+            e.diagnostics[0].span.offset(),
+            line.len() * n + alone.diagnostics[0].span.offset()
+        );
+        // An error in the middle: errors past its line (from cutting) are not reported.
+        let mid = format!(
+            "{}a {{\n  b \"x\n}}\n{}",
+            line.repeat(n),
+            line.repeat(FALLBACK_WINDOW / line.len() * 3)
+        );
+        let e = parse(&mid).unwrap_err();
+        let at = line.len() * n;
+        assert!(!e.diagnostics.is_empty());
+        for d in &e.diagnostics {
+            assert!(
+                (at..at + 16).contains(&d.span.offset()),
+                "{d:?} (error line at {at})"
+            );
+        }
+        // Valid KDL the fast path leaves to `parse_v2` (a float) is an error over the size.
+        let float = format!("{}n 1.5\n", line.repeat(n));
+        let e = parse(&float).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1);
+        assert!(
+            e.diagnostics[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("files over 1 MiB"),
+            "{e:?}"
+        );
+        // Under the size the same text parses.
+        assert!(parse(&format!("{line}n 1.5\n")).is_ok());
     }
 }
