@@ -175,7 +175,7 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// args pick its own through `$(TSK8S_POD_INDEX)`, which the kubelet expands.
 fn pick_by_ordinal(
     container: &mut Container,
-    volumes: &mut Vec<Volume>,
+    volumes: &mut [Volume],
     members: &[(&Exposure, &NodeConfig)],
 ) {
     let ordinal = |e: &Exposure| match &e.kind {
