@@ -299,32 +299,9 @@ impl Diagnostics {
             if a > 0 {
                 text.push('…');
             }
-            let mut pos = ls;
-            let mut prev = '\0';
-            for (i, c) in content.chars().enumerate() {
-                if i >= b {
-                    break;
-                }
-                if i >= a {
-                    if pos == start && line == l1 {
-                        s_at = Some(text.len());
-                    }
-                    if pos == end && line == l2 {
-                        e_at = Some(text.len());
-                    }
-                    if c != '\t' && tsk8s_policy::text::is_unsafe(c) {
-                        tsk8s_policy::text::push_escaped(&mut text, c);
-                    } else if c == '#' && prev == '#' && src.as_bytes().get(pos + 1) == Some(&b'[')
-                    {
-                        // `##[`: a CI log command anywhere in a line (see `text::neutralize`).
-                        tsk8s_policy::text::push_escaped(&mut text, c);
-                    } else {
-                        text.push(c);
-                    }
-                }
-                prev = c;
-                pos += c.len_utf8();
-            }
+            let ends = ((line == l1).then_some(start), (line == l2).then_some(end));
+            let marks = (&mut s_at, &mut e_at);
+            let pos = push_window(src, &mut text, (content, ls), a..b, ends, marks);
             // Offsets at the end of the window or of the content.
             if s_at.is_none() && line == l1 && start <= pos {
                 s_at = Some(text.len());
@@ -370,6 +347,46 @@ impl Diagnostics {
         };
         report
     }
+}
+
+/// Push the chars `window` (char indices) of one source line, `content`, starting at byte `ls`
+/// of `src`, to `text`, escaped for a terminal; record in `marks` where the span's `ends` (byte
+/// offsets, `None` when not on this line) land in `text`. Returns the byte offset after the
+/// last char read.
+fn push_window(
+    src: &str,
+    text: &mut String,
+    (content, ls): (&str, usize),
+    window: std::ops::Range<usize>,
+    ends: (Option<usize>, Option<usize>),
+    marks: (&mut Option<usize>, &mut Option<usize>),
+) -> usize {
+    let mut pos = ls;
+    let mut prev = '\0';
+    for (i, c) in content.chars().enumerate() {
+        if i >= window.end {
+            break;
+        }
+        if i >= window.start {
+            if ends.0 == Some(pos) {
+                *marks.0 = Some(text.len());
+            }
+            if ends.1 == Some(pos) {
+                *marks.1 = Some(text.len());
+            }
+            if c != '\t' && tsk8s_policy::text::is_unsafe(c) {
+                tsk8s_policy::text::push_escaped(text, c);
+            } else if c == '#' && prev == '#' && src.as_bytes().get(pos + 1) == Some(&b'[') {
+                // `##[`: a CI log command anywhere in a line (see `text::neutralize`).
+                tsk8s_policy::text::push_escaped(text, c);
+            } else {
+                text.push(c);
+            }
+        }
+        prev = c;
+        pos += c.len_utf8();
+    }
+    pos
 }
 
 /// Byte offsets of line starts, built on first use (inputs are at most 64 MB, so `u32`).
