@@ -387,12 +387,12 @@ fn build_checked(
                 .label(if path.ends_with("/gateway.yaml") {
                     "its gateway config is too large"
                 } else {
-                    "its mesh is too large"
+                    "an object too large to apply"
                 })
                 .help(if path.ends_with("/gateway.yaml") {
                     "the gateway's ConfigMap holds the config of every node it terminates: split the cluster, or publish=\"load-balancer\" (a ConfigMap per node)"
                 } else {
-                    "a mesh grows with its nodes' peers and rules: narrow the rules that give these nodes peers, or split the cluster (sharding the mesh over several ConfigMaps is not implemented yet)"
+                    "meshes are sharded over ConfigMaps of about 192 KiB each; this file is another object: narrow what it lists, or split the cluster"
                 }),
             );
         }
@@ -439,16 +439,14 @@ fn lower_cluster(
         "serviceaccount.yaml".into(),
         emit::yaml(&lower::k8s::service_account(&c.namespace)),
     );
-    add(
-        &mut tree,
-        "mesh.yaml".into(),
-        emit::yaml(&lower::k8s::mesh_configmap(
-            lower::k8s::MESH_CONFIGMAP,
-            &c.namespace,
-            &rt.mesh,
-            None,
-        )),
-    );
+    let mesh_shards = lower::mesh::shards(&rt.mesh);
+    for (n, cm) in
+        lower::k8s::mesh_configmaps(lower::k8s::MESH_CONFIGMAP, &c.namespace, &mesh_shards, None)
+            .iter()
+            .enumerate()
+    {
+        add(&mut tree, format!("mesh-{n}.yaml"), emit::yaml(cm));
+    }
     let peer_ports: Vec<u16> = {
         let mut p: Vec<u16> = rt
             .mesh
@@ -520,7 +518,9 @@ fn lower_cluster(
             };
             let meshes: Vec<_> = members
                 .iter()
-                .map(|(me, _)| lower::mesh::node_mesh(t, c, me, &l.lock, netw, reach))
+                .map(|(me, _)| {
+                    lower::mesh::shards(&lower::mesh::node_mesh(t, c, me, &l.lock, netw, reach))
+                })
                 .collect();
             if let Some(mut comp) = lower::sidecar::component(c, &members, &meshes) {
                 let name = set.as_ref().map_or(id.as_str(), |s| s.base.as_str());
@@ -554,12 +554,15 @@ fn lower_cluster(
                     format!("{cdir}/patch.yaml"),
                     emit::yaml(&comp.patch),
                 );
+                for (file, cm) in &comp.mesh {
+                    emit::put(&mut tree, format!("{cdir}/{file}"), emit::yaml(cm));
+                }
             }
             continue;
         }
         let mut docs = vec![
-            emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node, None)),
-            emit::yaml(&lower::k8s::deployment(c, e, node)),
+            emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node)),
+            emit::yaml(&lower::k8s::deployment(c, e, node, mesh_shards.len())),
             emit::yaml(&lower::k8s::wireguard_service(
                 c,
                 &c.namespace,
@@ -587,7 +590,11 @@ fn lower_cluster(
         );
         let mut docs = vec![
             emit::yaml(&lower::gateway::configmap(c, &cfg)),
-            emit::yaml(&lower::gateway::deployment(c, &in_gateway)),
+            emit::yaml(&lower::gateway::deployment(
+                c,
+                &in_gateway,
+                mesh_shards.len(),
+            )),
             emit::yaml(&lower::k8s::gateway_service(c)),
         ];
         for e in &nodes {

@@ -240,7 +240,7 @@ fn adding_one_exposure_changes_only_what_it_touches() {
         vec![
             ".tsk8s-manifest",
             "clusters/lab/kustomization.yaml",
-            "clusters/lab/mesh.yaml",
+            "clusters/lab/mesh-0.yaml",
             "clusters/lab/metrics.yaml",
             "devices/ana-laptop.conf",
             "devices/ana-laptop.hosts",

@@ -89,20 +89,19 @@ wg_dev() { # ns ifname privkey addr listenport peerpub peerallowed [endpoint]
   for r in ${7//,/ }; do ip -n "$ns" route replace "$r" dev "$ifn"; done
 }
 
-runtime() { # ns name privkey ipv4 listen_port mode_json peers_json filter_json admin_port
+runtime() { # ns name privkey ipv4 listen_port mode_json peer_lines rule_lines admin_port
   local d="$work/rt-$2"; mkdir -p "$d"; chmod 755 "$d"
   local pk; pk=$(pub "$3")
   cat > "$d/node.json" <<J
 {"name":"$2","public_key":"$pk","ipv4":"$4","ipv6":"fd7a:115c:a1e0::${4##*.}","listen_port":$5,"mtu":$MTU,
  "admin_listen":"127.0.0.1:$9","mode":$6}
 J
-  cat > "$d/mesh.json" <<J
-{"domain":"bench.example","peers":$7,"filter":$8,"dns":[]}
-J
+  # The mesh as one JSON Lines shard (crates/policy/src/runtime_config.rs).
+  { echo '{"mesh":"bench.example","shard":0,"shards":1}'; echo "$7"; if [ -n "$8" ]; then echo "$8"; fi; } > "$d/mesh-0.jsonl"
   echo "$3" > "$d/private-key"; chown 65532:65532 "$d/private-key"; chmod 400 "$d/private-key"
-  chmod 644 "$d/node.json" "$d/mesh.json"
+  chmod 644 "$d/node.json" "$d/mesh-0.jsonl"
   ip netns exec "$1" setpriv --reuid 65532 --regid 65532 --clear-groups -- \
-    "${RT_BIN:-$BIN}" --node "$d/node.json" --mesh "$d/mesh.json" --private-key-file "$d/private-key" \
+    "${RT_BIN:-$BIN}" --node "$d/node.json" --mesh "$d/mesh-0.jsonl" --private-key-file "$d/private-key" \
     2>"$d/log" &
   pids+=($!)
   echo $! > "$d/pid"
@@ -189,8 +188,8 @@ iperf_server "$B3" 10.98.3.2 5201
 echo_server "$B3" 10.98.3.2 7000
 runtime "$B2" proxy "$KN" 100.64.0.1 51820 \
   '{"kind":"proxy","target_host":"10.98.3.2","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
-  "[{\"name\":\"dev\",\"public_key\":\"$PC\",\"allowed_ips\":[\"100.64.0.2/32\"]}]" \
-  '[{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}]' 9090
+  "{\"peer\":\"dev\",\"key\":\"$PC\",\"ips\":[\"100.64.0.2\"]}" \
+  '{"rule":{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}}' 9090
 PIDB=$(cat "$work/rt-proxy/pid")
 sleep 1
 IDLE_RSS=$(rss_kb "$PIDB")
@@ -240,8 +239,8 @@ iperf_server "$D2" 100.64.0.2 5201
 echo_server "$D2" 100.64.0.2 7000
 runtime "$D1" egress "$KE" 100.64.0.3 51823 \
   '{"kind":"egress","target_ip":"100.64.0.2","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
-  "[{\"name\":\"srv\",\"public_key\":\"$PS\",\"allowed_ips\":[\"100.64.0.2/32\"],\"endpoint\":\"10.98.5.2:51822\"}]" \
-  '[]' 9091
+  "{\"peer\":\"srv\",\"key\":\"$PS\",\"ips\":[\"100.64.0.2\"],\"endpoint\":\"10.98.5.2:51822\"}" \
+  '' 9091
 GD=$(iperf "$D1" 127.0.0.1 5201); LD=$(rtt "$D1" 127.0.0.1 7000)
 [ -n "${DEBUG:-}" ] && ip netns exec "$D1" curl -s http://127.0.0.1:9091/metrics | grep -v '^#' | grep -v ' 0$' >&2
 [ -n "${DEBUG:-}" ] && ip netns exec "$D2" ss -tin >&2
@@ -258,12 +257,12 @@ iperf_server "$E3" 10.98.7.2 5201
 echo_server "$E3" 10.98.7.2 7000
 runtime "$E2" proxy2 "$KN" 100.64.0.1 51820 \
   '{"kind":"proxy","target_host":"10.98.7.2","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
-  "[{\"name\":\"egress\",\"public_key\":\"$PE\",\"allowed_ips\":[\"100.64.0.3/32\"]}]" \
-  '[{"SrcIPs":["100.64.0.3"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}]' 9092
+  "{\"peer\":\"egress\",\"key\":\"$PE\",\"ips\":[\"100.64.0.3\"]}" \
+  '{"rule":{"SrcIPs":["100.64.0.3"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}}' 9092
 runtime "$E1" egress2 "$KE" 100.64.0.3 51823 \
   '{"kind":"egress","target_ip":"100.64.0.1","ports":[{"protocol":"tcp","listen":5201,"target":5201},{"protocol":"tcp","listen":7000,"target":7000}]}' \
-  "[{\"name\":\"proxy\",\"public_key\":\"$PN\",\"allowed_ips\":[\"100.64.0.1/32\"],\"endpoint\":\"10.98.6.2:51820\"}]" \
-  '[]' 9093
+  "{\"peer\":\"proxy\",\"key\":\"$PN\",\"ips\":[\"100.64.0.1\"],\"endpoint\":\"10.98.6.2:51820\"}" \
+  '' 9093
 GE=$(iperf "$E1" 127.0.0.1 5201); LE=$(rtt "$E1" 127.0.0.1 7000)
 say "(e) runtime egress -> runtime proxy: $GE Gbit/s, p50 rtt ${LE} us"
 
@@ -287,13 +286,14 @@ for k in "$K2" "$K3" "$KN"; do
   nodes="$nodes{\"name\":\"$name\",\"public_key\":\"$(pub "$k")\",\"ipv4\":\"100.64.1.$n\",\"ipv6\":\"fd7a:115c:a1e0::1:$n\",\"listen_port\":51820,\"mtu\":$MTU,\"admin_listen\":\"\",\"mode\":{\"kind\":\"proxy\",\"target_host\":\"10.98.9.2\",\"ports\":[{\"protocol\":\"tcp\",\"listen\":5201,\"target\":5201},{\"protocol\":\"tcp\",\"listen\":7000,\"target\":7000}]}}"
 done
 echo "{\"listen_port\":51820,\"admin_listen\":\"127.0.0.1:9094\",\"nodes\":[$nodes]}" > "$d/gateway.json"
-cat > "$d/mesh.json" <<J
-{"domain":"bench.example","peers":[{"name":"dev","public_key":"$PC","allowed_ips":["100.64.0.2/32"]}],
- "filter":[{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.1.0/24","Ports":{"First":0,"Last":65535}}]}],"dns":[]}
+cat > "$d/mesh-0.jsonl" <<J
+{"mesh":"bench.example","shard":0,"shards":1}
+{"peer":"dev","key":"$PC","ips":["100.64.0.2"]}
+{"rule":{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.1.0/24","Ports":{"First":0,"Last":65535}}]}}
 J
-chmod 644 "$d/gateway.json" "$d/mesh.json"
+chmod 644 "$d/gateway.json" "$d/mesh-0.jsonl"
 ip netns exec "$G2" setpriv --reuid 65532 --regid 65532 --clear-groups -- \
-  "$BIN" gateway --config "$d/gateway.json" --mesh "$d/mesh.json" --key-dir "$d/keys" 2>"$d/log" &
+  "$BIN" gateway --config "$d/gateway.json" --mesh "$d/mesh-0.jsonl" --key-dir "$d/keys" 2>"$d/log" &
 pids+=($!)
 for _ in $(seq 50); do
   ip netns exec "$G2" curl -fs "http://127.0.0.1:9094/healthz" >/dev/null 2>&1 && break; sleep 0.1
@@ -361,8 +361,8 @@ for b in "${bins[@]}"; do
   iperf_server "$P3" 127.0.0.1 5201
   RT_BIN=$bin runtime "$P3" "proxy-$tag" "$KN" 100.64.0.1 51820 \
     '{"kind":"proxy","target_host":"127.0.0.1","ports":[{"protocol":"tcp","listen":5201,"target":5201}]}' \
-    "[{\"name\":\"dev\",\"public_key\":\"$PC\",\"allowed_ips\":[\"100.64.0.2/32\"]}]" \
-    '[{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}]' 9190
+    "{\"peer\":\"dev\",\"key\":\"$PC\",\"ips\":[\"100.64.0.2\"]}" \
+    '{"rule":{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":0,"Last":65535}}]}}' 9190
   wg_dev "$P1" "rp${tag}${id}" "$KC" 100.64.0.2 51821 "$PN" 100.64.0.1/32 "10.98.$sub.2:40000"
   paths+=("P-$tag $P1 100.64.0.1 5201 $P2 10.98.$sub.2:40000 10.98.$((sub + 1)).2:51820 $P1")
   # E: iperf3 -> runtime egress -> relay -> wireguard-go device.

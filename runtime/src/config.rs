@@ -1,4 +1,5 @@
-//! Loading and validating the mounted config files (`node.json`, `mesh.json`, private key).
+//! Loading and validating the mounted config files (`node.json`, the mesh's shards
+//! `mesh-<n>.jsonl`, private key). The one loader of the mesh for every runtime mode.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -6,12 +7,15 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
-use tsk8s_policy::runtime_config::{MeshConfig, Mode, NodeConfig};
+use tsk8s_policy::runtime_config::{
+    MeshConfig, Mode, NodeConfig, merge_shards, mesh_shard_index, parse_shard,
+};
 
 /// Where the three inputs live.
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub node: PathBuf,
+    /// The mesh: a directory of shards `mesh-<n>.jsonl` (the projected volume), or one shard.
     pub mesh: PathBuf,
     pub private_key: PathBuf,
 }
@@ -113,10 +117,55 @@ pub fn check_node(node: &NodeConfig, origin: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Parse `mesh.json` text.
+/// Parse the text of a mesh held in one shard file (`shards` 1).
 pub fn parse_mesh(text: &str, origin: &str) -> Result<MeshConfig, ConfigError> {
-    serde_json::from_str(text)
-        .map_err(|e| err(format!("{origin}:{}:{}: {e}", e.line(), e.column())))
+    let shard = parse_shard(text, origin).map_err(err)?;
+    merge_shards(vec![(origin.to_string(), shard)]).map_err(|e| err(format!("{origin}: {e}")))
+}
+
+/// At most this many shard files are read from a mesh directory.
+const MAX_SHARDS: usize = 4096;
+
+/// The shard files of a mesh directory (`mesh-<n>.jsonl`, by number), or the one file `path`.
+fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let rd = std::fs::read_dir(path)
+        .map_err(|e| err(format!("reading mesh dir {}: {e}", path.display())))?;
+    let mut files = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| err(format!("reading mesh dir {}: {e}", path.display())))?;
+        let name = entry.file_name();
+        if let Some(n) = name.to_str().and_then(mesh_shard_index) {
+            files.push((n, entry.path()));
+            if files.len() > MAX_SHARDS {
+                return Err(err(format!(
+                    "{}: more than {MAX_SHARDS} mesh shards",
+                    path.display()
+                )));
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(err(format!(
+            "{}: no mesh shard (mesh-<n>.jsonl)",
+            path.display()
+        )));
+    }
+    files.sort();
+    Ok(files.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Read and merge a mesh: every shard of the directory `path` (or the one file `path`).
+pub fn load_mesh(path: &Path) -> Result<MeshConfig, ConfigError> {
+    let mut shards = Vec::new();
+    for f in shard_files(path)? {
+        let origin = f.display().to_string();
+        let text = read(&f, "reading mesh shard")?;
+        shards.push((origin.clone(), parse_shard(&text, &origin).map_err(err)?));
+    }
+    merge_shards(shards).map_err(|e| err(format!("{}: {e}", path.display())))
 }
 
 /// Load and cross-check all inputs.
@@ -124,7 +173,7 @@ pub fn load(paths: &Paths) -> Result<Loaded, ConfigError> {
     let node_origin = paths.node.display().to_string();
     let mesh_origin = paths.mesh.display().to_string();
     let node = parse_node(&read(&paths.node, "reading node config")?, &node_origin)?;
-    let mesh = parse_mesh(&read(&paths.mesh, "reading mesh config")?, &mesh_origin)?;
+    let mesh = load_mesh(&paths.mesh)?;
     let key_text = read(&paths.private_key, "reading private key")?;
     let key = decode_key(&key_text).ok_or_else(|| {
         err(format!(
@@ -160,10 +209,10 @@ pub fn assemble(
     }
     let mut peers = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for (i, p) in mesh.peers.iter().enumerate() {
+    for p in &mesh.peers {
         let k = decode_key(&p.public_key).ok_or_else(|| {
             err(format!(
-                "{mesh_origin}: peers[{i}] ({}): public_key is not a base64 WireGuard key",
+                "{mesh_origin}: peer {:?}: public_key is not a base64 WireGuard key",
                 p.name
             ))
         })?;
@@ -172,7 +221,7 @@ pub fn assemble(
         }
         if !seen.insert(k) {
             return Err(err(format!(
-                "{mesh_origin}: peers[{i}] ({}): duplicate public_key",
+                "{mesh_origin}: peer {:?}: duplicate public_key",
                 p.name
             )));
         }
@@ -214,24 +263,19 @@ pub fn own_nets(node: &NodeConfig) -> Vec<IpNet> {
     v
 }
 
-/// A fingerprint of the mounted files, to notice Kubernetes' `..data` swap (or edits).
+/// A fingerprint of the mounted files, to notice Kubernetes' `..data` swap (or edits): for each
+/// input its volume's `..data` target and its files' inode, size and mtime (for the mesh
+/// directory, every shard file's).
 pub fn fingerprint(paths: &Paths) -> Vec<String> {
     fingerprint_files(&[&paths.node, &paths.mesh, &paths.private_key])
 }
 
-/// [`fingerprint`] of any list of mounted files (a gateway watches its config, the mesh and
-/// every node's key).
+/// [`fingerprint`] of any list of mounted files or mesh directories (a gateway watches its
+/// config, the mesh and every node's key).
 pub fn fingerprint_files(files: &[&Path]) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in files {
-        let mut s = String::new();
-        if let Some(dir) = p.parent()
-            && let Ok(t) = std::fs::read_link(dir.join("..data"))
-        {
-            s.push_str(&t.display().to_string());
-        }
+    use std::os::unix::fs::MetadataExt;
+    let stat = |s: &mut String, p: &Path| {
         if let Ok(md) = std::fs::metadata(p) {
-            use std::os::unix::fs::MetadataExt;
             s.push_str(&format!(
                 "|{}|{}|{}|{}",
                 md.ino(),
@@ -239,6 +283,30 @@ pub fn fingerprint_files(files: &[&Path]) -> Vec<String> {
                 md.mtime(),
                 md.mtime_nsec()
             ));
+        }
+    };
+    let mut out = Vec::new();
+    for p in files {
+        let mut s = String::new();
+        let is_dir = p.is_dir();
+        let volume = if is_dir { Some(*p) } else { p.parent() };
+        if let Some(dir) = volume
+            && let Ok(t) = std::fs::read_link(dir.join("..data"))
+        {
+            s.push_str(&t.display().to_string());
+        }
+        if is_dir {
+            match shard_files(p) {
+                Ok(files) => {
+                    for f in files {
+                        s.push_str(&format!("|{}", f.display()));
+                        stat(&mut s, &f);
+                    }
+                }
+                Err(e) => s.push_str(&e.0),
+            }
+        } else {
+            stat(&mut s, p);
         }
         out.push(s);
     }

@@ -95,7 +95,7 @@ impl Default for GatewayPaths {
     fn default() -> Self {
         GatewayPaths {
             config: PathBuf::from("/etc/tsk8s/gateway/gateway.json"),
-            mesh: PathBuf::from("/etc/tsk8s/mesh/mesh.json"),
+            mesh: PathBuf::from("/etc/tsk8s/mesh"),
             key_dir: PathBuf::from(GATEWAY_KEY_DIR),
         }
     }
@@ -162,7 +162,8 @@ pub fn key_path(key_dir: &Path, name: &str) -> PathBuf {
     key_dir.join(name).join(PRIVATE_KEY_FILE)
 }
 
-/// Load and cross-check `gateway.json`, `mesh.json` and every node's key.
+/// Load and cross-check `gateway.json`, the mesh (every shard, `config::load_mesh`) and every
+/// node's key.
 pub fn load(paths: &GatewayPaths) -> Result<LoadedGateway, ConfigError> {
     let origin = paths.config.display().to_string();
     let mesh_origin = paths.mesh.display().to_string();
@@ -170,7 +171,7 @@ pub fn load(paths: &GatewayPaths) -> Result<LoadedGateway, ConfigError> {
         std::fs::read_to_string(p).map_err(|e| err(format!("{what} {}: {e}", p.display())))
     };
     let cfg = parse_gateway(&read(&paths.config, "reading gateway config")?, &origin)?;
-    let mesh = config::parse_mesh(&read(&paths.mesh, "reading mesh config")?, &mesh_origin)?;
+    let mesh = config::load_mesh(&paths.mesh)?;
     if cfg.nodes.is_empty() && cfg.relays.is_empty() {
         return Err(err(format!("{origin}: no nodes and no relays")));
     }
@@ -1702,14 +1703,10 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let paths = GatewayPaths {
             config: dir.join("gateway.json"),
-            mesh: dir.join("mesh.json"),
+            mesh: dir.join("mesh-0.jsonl"),
             key_dir: dir.join("keys"),
         };
-        std::fs::write(
-            &paths.mesh,
-            r#"{"domain":"x","peers":[],"filter":[],"dns":[]}"#,
-        )
-        .expect("mesh");
+        std::fs::write(&paths.mesh, "{\"mesh\":\"x\",\"shard\":0,\"shards\":1}\n").expect("mesh");
         std::fs::write(&paths.config, "{\n  \"listen_port\": 1,\n  \"bogus\": 2\n}").expect("cfg");
         let e = load(&paths).expect_err("unknown field").0;
         assert!(e.contains("gateway.json:3:"), "{e}");

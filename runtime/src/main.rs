@@ -11,8 +11,9 @@ struct Cli {
     /// Node config (node.json from the node's ConfigMap).
     #[arg(long, default_value = "/etc/tsk8s/node/node.json")]
     node: PathBuf,
-    /// Mesh config (mesh.json from the cluster's ConfigMap).
-    #[arg(long, default_value = "/etc/tsk8s/mesh/mesh.json")]
+    /// Mesh: the directory of its shards `mesh-<n>.jsonl` (the projected volume of the mesh's
+    /// ConfigMaps), or one shard file.
+    #[arg(long, default_value = "/etc/tsk8s/mesh")]
     mesh: PathBuf,
     /// File holding the base64 WireGuard private key (from the node's Secret).
     #[arg(long, default_value = "/var/run/secrets/tsk8s/private-key")]
@@ -38,8 +39,8 @@ enum Cmd {
         /// Gateway config (gateway.json from the cluster's gateway ConfigMap).
         #[arg(long, default_value = "/etc/tsk8s/gateway/gateway.json")]
         config: PathBuf,
-        /// Mesh config (mesh.json from the cluster's ConfigMap).
-        #[arg(long, default_value = "/etc/tsk8s/mesh/mesh.json")]
+        /// Mesh: the directory of its shards `mesh-<n>.jsonl`, or one shard file.
+        #[arg(long, default_value = "/etc/tsk8s/mesh")]
         mesh: PathBuf,
         /// Directory holding `<node>/private-key` for every node in gateway.json.
         #[arg(long, default_value = tsk8s_policy::runtime_config::GATEWAY_KEY_DIR)]

@@ -35,8 +35,13 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with_env(&[])
+    }
+
+    /// A world whose `tsk8s` runs under `env`.
+    fn with_env(env: &[(&str, &str)]) -> World {
         let mut lab = Lab::new();
-        let c = Compiled::new(&lab.dir);
+        let c = Compiled::new_with_env(&lab.dir, env);
         let k = lab.ns("k");
         lab.bridge(&k, ENDPOINT_CIDR);
         World { lab, c, k }
@@ -369,6 +374,114 @@ fn sidecar_and_reload() {
         .is_err(),
         "DNS answered to a peer with no grant on the node"
     );
+    let mt = metrics(&k, &admin);
+    assert_eq!(
+        metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}"),
+        Some(1),
+        "session of the unchanged peer kept:\n{mt}"
+    );
+}
+
+/// A sharded mesh: `TSK8S_MESH_SHARD_BYTES` (for tests) makes the small spec's cluster mesh
+/// several ConfigMaps `tsk8s-mesh-<n>`, which the web node's Deployment mounts through one
+/// projected volume; the runtime merges them and traffic works. Then mallory's device key
+/// changes in the spec: exactly one shard changes, the kubelet-style `..data` swap delivers it,
+/// and the runtime reloads live: mallory's old key gets nothing, alice's session is kept.
+#[test]
+fn sharded_mesh_reload() {
+    if !should_run("sharded_mesh_reload") {
+        return;
+    }
+    let mut w = World::with_env(&[("TSK8S_MESH_SHARD_BYTES", "1536")]);
+    let k = w.k.clone();
+    let cluster_dir = w.c.out.join("clusters").join(CLUSTER);
+    let shard_files: Vec<String> = std::fs::read_dir(&cluster_dir)
+        .expect("cluster dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("mesh-") && n.ends_with(".yaml"))
+        .collect();
+    assert!(shard_files.len() >= 3, "shards: {shard_files:?}");
+    let s = w.lab.ns("s");
+    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    http_server(&s, "10.99.3.2:8080", "hello from web:8080");
+    http_server(&s, "10.99.3.2:8443", "hello from web:8443");
+
+    let web = w.runtime("web");
+    let admin = web.admin();
+    let mesh = web
+        .workload
+        .mounts
+        .iter()
+        .find(|m| m.path == "/etc/tsk8s/mesh")
+        .expect("mesh mount");
+    assert_eq!(
+        mesh.source.data().len(),
+        shard_files.len(),
+        "one projected volume holds every shard: {:?}",
+        mesh.source.data().keys()
+    );
+    let web4 = w.ip_of("web");
+    let (a, _, _) = w.device("alice", "a", "10.99.0.2/24");
+    let (m, _, _) = w.device("mallory", "m", "10.99.0.3/24");
+    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(15))
+        .expect("alice reaches web:80");
+    assert_eq!(body, "hello from web:8080");
+    let body = http_get_retry(&m, &format!("{web4}:443"), Duration::from_secs(15))
+        .expect("mallory reaches web:443");
+    assert_eq!(body, "hello from web:8443");
+
+    let before = w.c.workload(CLUSTER, "web");
+    // mallory's device gets a new key: her peer line changes in place (same name, same
+    // length), so exactly one shard changes and the shard count stays.
+    w.c.edit(|s| {
+        s.replace(
+            "9N9mPy8k48lfhY2TfeSD3pp4iAUqAOI/uq1CCin8ETk=",
+            "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        )
+    });
+    let after = w.c.workload(CLUSTER, "web");
+    let old = &before
+        .mounts
+        .iter()
+        .find(|m| m.volume == mesh.volume)
+        .expect("mesh")
+        .source;
+    let new = &after
+        .mounts
+        .iter()
+        .find(|m| m.volume == mesh.volume)
+        .expect("mesh")
+        .source;
+    assert_eq!(old.data().len(), new.data().len(), "same shard count");
+    let changed = old
+        .data()
+        .iter()
+        .filter(|(k, v)| new.data().get(*k) != Some(*v))
+        .count();
+    assert_eq!(
+        changed,
+        1,
+        "{changed} of {} shards changed",
+        old.data().len()
+    );
+    web.update_volume(&mesh.volume, new.data());
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        metric(&metrics(&k, &admin), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
+    });
+    assert!(
+        reloaded.is_some(),
+        "reload noticed:\n{}",
+        w.lab.runtime_log()
+    );
+    assert!(
+        http_get(&m, &format!("{web4}:443"), Duration::from_secs(3)).is_err(),
+        "mallory's old key is no longer a peer"
+    );
+    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(5))
+        .expect("alice still reaches web:80");
+    assert_eq!(body, "hello from web:8080");
     let mt = metrics(&k, &admin);
     assert_eq!(
         metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}"),

@@ -20,7 +20,8 @@ use common::compiled::DeviceConf;
 use common::*;
 use tsk8s_policy::filter::{FilterRule, NetPortRange, PortRange};
 use tsk8s_policy::runtime_config::{
-    GatewayConfig, MeshConfig, Mode, NodeConfig, Peer, PortMap, Protocol, Relay,
+    GatewayConfig, MESH_SHARD_BYTES, MeshConfig, Mode, NodeConfig, Peer, PortMap, Protocol, Relay,
+    shard_mesh,
 };
 use tsk8s_runtime::config::{encode_key, public_from_private};
 
@@ -191,7 +192,8 @@ struct Files {
     keys: PathBuf,
 }
 
-/// gateway.json (web, api, lan terminated; side relayed to its pod by name), mesh.json, keys.
+/// gateway.json (web, api, lan terminated; side relayed to its pod by name), the mesh (a dir of
+/// JSON Lines shards), keys.
 fn write_gateway(dir: &Path) -> Files {
     let all = nodes();
     let gw = GatewayConfig {
@@ -210,7 +212,7 @@ fn write_gateway(dir: &Path) -> Files {
     };
     let f = Files {
         gateway: dir.join("gw/gateway.json"),
-        mesh: dir.join("mesh/mesh.json"),
+        mesh: dir.join("mesh"),
         keys: dir.join("keys"),
     };
     write(
@@ -218,11 +220,7 @@ fn write_gateway(dir: &Path) -> Files {
         &serde_json::to_string_pretty(&gw).expect("json"),
         0o644,
     );
-    write(
-        &f.mesh,
-        &serde_json::to_string_pretty(&mesh()).expect("json"),
-        0o644,
-    );
+    write_mesh(&f.mesh, &mesh());
     for n in all.iter().filter(|n| n.name != "side") {
         // Readable by the runtime's UID (test only; the pod mounts a Secret with fsGroup).
         write(
@@ -232,6 +230,13 @@ fn write_gateway(dir: &Path) -> Files {
         );
     }
     f
+}
+
+/// The mesh's shards (`mesh-<n>.jsonl`) into `dir`.
+fn write_mesh(dir: &Path, m: &MeshConfig) {
+    for (n, text) in shard_mesh(m, MESH_SHARD_BYTES).iter().enumerate() {
+        write(&dir.join(format!("mesh-{n}.jsonl")), text, 0o644);
+    }
 }
 
 fn health(ns: &str) -> bool {
@@ -495,13 +500,11 @@ fn gateway_one_port_nodes_and_relayed_sidecar() {
     let mut m = mesh();
     m.filter
         .retain(|r| r.src_ips != vec!["100.100.0.3".to_string()]);
-    let tmp = files.mesh.with_extension("new");
-    write(
-        &tmp,
-        &serde_json::to_string_pretty(&m).expect("json"),
-        0o644,
-    );
-    std::fs::rename(&tmp, &files.mesh).expect("rename");
+    let tmp = files.mesh.join("mesh-0.new");
+    let shards = shard_mesh(&m, MESH_SHARD_BYTES);
+    assert_eq!(shards.len(), 1);
+    write(&tmp, &shards[0], 0o644);
+    std::fs::rename(&tmp, files.mesh.join("mesh-0.jsonl")).expect("rename");
     assert!(
         wait_for(Duration::from_secs(5), || {
             metric(&metrics(&g, ADMIN), "tsk8s_gateway_reloads_total").unwrap_or(0) >= 1

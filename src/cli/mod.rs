@@ -173,6 +173,14 @@ pub enum Format {
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
+    // For tests only (undocumented in `--help`; see docs/deploying.md): shard meshes within
+    // this many bytes per ConfigMap so a small spec yields several shards.
+    if let Some(n) = std::env::var("TSK8S_MESH_SHARD_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        crate::lower::mesh::set_shard_bytes(n.max(1024));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

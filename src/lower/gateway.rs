@@ -5,8 +5,8 @@
 //! to the sidecar's pod through a ClusterIP Service (its `relay` target). The contract is
 //! `tsk8s_policy::runtime_config::GatewayConfig`: ConfigMap `tsk8s-gateway` holds
 //! `gateway.json`, every terminated node's key Secret is projected into one volume at
-//! `GATEWAY_KEY_DIR/<node>/private-key`, and the cluster's mesh is mounted as for the per-node
-//! pods.
+//! `GATEWAY_KEY_DIR/<node>/private-key`, and the cluster's mesh shards are mounted as for the
+//! per-node pods (one projected volume, `k8s::mesh_volume`).
 
 use std::collections::BTreeMap;
 
@@ -19,12 +19,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tsk8s_policy::runtime_config::{
-    GATEWAY_FILE, GATEWAY_KEY_DIR, GatewayConfig, MESH_FILE, NodeConfig, PRIVATE_KEY_FILE, Relay,
+    GATEWAY_FILE, GATEWAY_KEY_DIR, GatewayConfig, NodeConfig, PRIVATE_KEY_FILE, Relay,
 };
 
 use super::k8s::{
-    self, CONTAINER_NAME, MESH_CONFIGMAP, MESH_DIR, RUNTIME_UID, SERVICE_ACCOUNT, key_secret_name,
-    meta, object_name, selector,
+    self, CONTAINER_NAME, MESH_CONFIGMAP, MESH_DIR, MESH_VOLUME, RUNTIME_UID, SERVICE_ACCOUNT,
+    key_secret_name, meta, object_name, selector,
 };
 use super::mesh::ADMIN_PORT;
 use crate::model::{Cluster, Exposure, ExposureKind, GATEWAY_NAME};
@@ -59,8 +59,13 @@ pub fn configmap(c: &Cluster, cfg: &GatewayConfig) -> ConfigMap {
 
 /// The gateway's Deployment: one replica (two would fight over the keys' sessions),
 /// `Recreate`, the runtime pods' hardening (non-root, read-only root, no capabilities, seccomp
-/// RuntimeDefault, no service account token, httpGet probes on the admin port).
-pub fn deployment(c: &Cluster, nodes: &[(&Exposure, &NodeConfig)]) -> Deployment {
+/// RuntimeDefault, no service account token, httpGet probes on the admin port); `mesh_shards` is
+/// how many shards the cluster's mesh has.
+pub fn deployment(
+    c: &Cluster,
+    nodes: &[(&Exposure, &NodeConfig)],
+    mesh_shards: usize,
+) -> Deployment {
     let mut ports = vec![
         ContainerPort {
             name: Some("wireguard".into()),
@@ -109,14 +114,7 @@ pub fn deployment(c: &Cluster, nodes: &[(&Exposure, &NodeConfig)]) -> Deployment
             }),
             ..Default::default()
         },
-        Volume {
-            name: "tsk8s-mesh".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: MESH_CONFIGMAP.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        k8s::mesh_volume(MESH_CONFIGMAP, mesh_shards),
         Volume {
             name: "tsk8s-keys".into(),
             projected: Some(ProjectedVolumeSource {
@@ -145,7 +143,7 @@ pub fn deployment(c: &Cluster, nodes: &[(&Exposure, &NodeConfig)]) -> Deployment
             "--config".into(),
             format!("{GATEWAY_DIR}/{GATEWAY_FILE}"),
             "--mesh".into(),
-            format!("{MESH_DIR}/{MESH_FILE}"),
+            MESH_DIR.into(),
         ]),
         ports: Some(ports),
         // The runtime budgets its connection buffers to half of its memory limit.
@@ -179,7 +177,7 @@ pub fn deployment(c: &Cluster, nodes: &[(&Exposure, &NodeConfig)]) -> Deployment
         volume_mounts: Some(
             [
                 mount("tsk8s-gateway", GATEWAY_DIR),
-                mount("tsk8s-mesh", MESH_DIR),
+                mount(MESH_VOLUME, MESH_DIR),
                 mount("tsk8s-keys", GATEWAY_KEY_DIR),
             ]
             .into_iter()

@@ -1,7 +1,8 @@
 //! Kubernetes objects for a cluster on the tsk8s runtime, as typed `k8s-openapi` values.
 //!
 //! Per cluster: Namespace (Pod Security `restricted`), ServiceAccount (no token), the shared
-//! mesh ConfigMap. Per node: its ConfigMap, a one-replica `Recreate` Deployment running
+//! mesh as ConfigMaps `tsk8s-mesh-<n>` (one per shard, mounted through one projected volume).
+//! Per node: its ConfigMap, a one-replica `Recreate` Deployment running
 //! tsk8s-runtime (non-root, read-only root filesystem, no capabilities, seccomp
 //! RuntimeDefault, probes, requests and limits, config mounted as whole volumes so updates
 //! arrive), its UDP Service and a NetworkPolicy. Per sidecar: a kustomize Component.
@@ -11,11 +12,11 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    ExecAction, HTTPGetAction, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume,
-    VolumeMount,
+    Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Namespace, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Sysctl, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -24,9 +25,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tsk8s_policy::runtime_config::{
-    MESH_FILE, MeshConfig, NODE_FILE, NodeConfig, PRIVATE_KEY_FILE,
-};
+use tsk8s_policy::runtime_config::{NODE_FILE, NodeConfig, PRIVATE_KEY_FILE, mesh_shard_file};
 
 use super::mesh::ADMIN_PORT;
 use crate::model::{Cluster, Exposure, ExposureKind, GATEWAY_NAME, Port, Proto, Publish};
@@ -35,7 +34,10 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tsk8s");
 pub const NODE_LABEL: &str = "tsk8s.dev/node";
 pub const RUNTIME_UID: i64 = 65532;
 pub const SERVICE_ACCOUNT: &str = "tsk8s";
+/// The cluster's mesh ConfigMaps are `tsk8s-mesh-<n>`, one per shard.
 pub const MESH_CONFIGMAP: &str = "tsk8s-mesh";
+/// The projected volume that brings every mesh shard into [`MESH_DIR`].
+pub const MESH_VOLUME: &str = "tsk8s-mesh";
 pub const CONTAINER_NAME: &str = "tsk8s-runtime";
 pub const NODE_DIR: &str = "/etc/tsk8s/node";
 pub const MESH_DIR: &str = "/etc/tsk8s/mesh";
@@ -115,32 +117,37 @@ fn json_pretty<T: serde::Serialize>(v: &T) -> String {
     s
 }
 
-pub fn mesh_configmap(
-    name: &str,
-    namespace: &str,
-    mesh: &MeshConfig,
-    id: Option<&str>,
-) -> ConfigMap {
-    ConfigMap {
-        metadata: meta(name, Some(namespace), id),
-        data: Some(BTreeMap::from([(MESH_FILE.to_string(), json_pretty(mesh))])),
-        ..Default::default()
-    }
+/// The name of shard `n`'s ConfigMap of the mesh whose ConfigMaps are `<prefix>-<n>`.
+pub fn mesh_shard_name(prefix: &str, n: usize) -> String {
+    format!("{prefix}-{n}")
 }
 
-pub fn node_configmap(
+/// The ConfigMaps of a mesh's shards (`tsk8s_policy::runtime_config::shard_mesh`): shard `n`
+/// is ConfigMap `<prefix>-<n>` holding the file `mesh-<n>.jsonl`.
+pub fn mesh_configmaps(
+    prefix: &str,
     namespace: &str,
-    id: &str,
-    node: &NodeConfig,
-    mesh: Option<&MeshConfig>,
-) -> ConfigMap {
-    let mut data = BTreeMap::from([(NODE_FILE.to_string(), json_pretty(node))]);
-    if let Some(m) = mesh {
-        data.insert(MESH_FILE.to_string(), json_pretty(m));
-    }
+    shards: &[String],
+    id: Option<&str>,
+) -> Vec<ConfigMap> {
+    shards
+        .iter()
+        .enumerate()
+        .map(|(n, text)| ConfigMap {
+            metadata: meta(&mesh_shard_name(prefix, n), Some(namespace), id),
+            data: Some(BTreeMap::from([(
+                mesh_shard_file(u32::try_from(n).unwrap_or(u32::MAX)),
+                text.clone(),
+            )])),
+            ..Default::default()
+        })
+        .collect()
+}
+
+pub fn node_configmap(namespace: &str, id: &str, node: &NodeConfig) -> ConfigMap {
     ConfigMap {
         metadata: meta(&object_name(id), Some(namespace), Some(id)),
-        data: Some(data),
+        data: Some(BTreeMap::from([(NODE_FILE.to_string(), json_pretty(node))])),
         ..Default::default()
     }
 }
@@ -236,12 +243,11 @@ pub fn exec_probe(period: i32) -> Probe {
 /// The runtime binary inside its image (`runtime/Dockerfile`).
 pub const RUNTIME_BINARY: &str = "/tsk8s-runtime";
 
-/// The runtime container. `mesh_dir` is where mesh.json is mounted (its own ConfigMap for
-/// cluster workloads, the node's ConfigMap for sidecars).
+/// The runtime container: node.json at [`NODE_DIR`], the mesh's shards at [`MESH_DIR`] (one
+/// projected volume, [`runtime_volumes`]), the private key at [`KEY_DIR`].
 pub fn runtime_container(
     image: &str,
     node: &NodeConfig,
-    mesh_dir: &str,
     extra_ports: &[ContainerPort],
 ) -> Container {
     let mut ports = vec![
@@ -259,10 +265,16 @@ pub fn runtime_container(
         },
     ];
     ports.extend(extra_ports.iter().cloned());
-    let mut mounts = vec![
+    let mounts = vec![
         VolumeMount {
             name: "tsk8s-node".into(),
             mount_path: NODE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: MESH_VOLUME.into(),
+            mount_path: MESH_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         },
@@ -273,17 +285,6 @@ pub fn runtime_container(
             ..Default::default()
         },
     ];
-    if mesh_dir != NODE_DIR {
-        mounts.insert(
-            1,
-            VolumeMount {
-                name: "tsk8s-mesh".into(),
-                mount_path: mesh_dir.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        );
-    }
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(image.to_string()),
@@ -292,7 +293,7 @@ pub fn runtime_container(
             "--node".into(),
             format!("{NODE_DIR}/{NODE_FILE}"),
             "--mesh".into(),
-            format!("{mesh_dir}/{MESH_FILE}"),
+            MESH_DIR.into(),
             "--private-key-file".into(),
             format!("{KEY_DIR}/{PRIVATE_KEY_FILE}"),
         ]),
@@ -329,8 +330,32 @@ pub fn runtime_container(
     }
 }
 
-pub fn runtime_volumes(id: &str, separate_mesh: bool) -> Vec<Volume> {
-    let mut v = vec![
+/// The mesh's projected volume: its `shards` ConfigMaps `<mesh_prefix>-<n>` in one directory,
+/// which the kubelet updates atomically (one `..data` swap for all shards).
+pub fn mesh_volume(mesh_prefix: &str, shards: usize) -> Volume {
+    Volume {
+        name: MESH_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(
+                (0..shards.max(1))
+                    .map(|n| VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: mesh_shard_name(mesh_prefix, n),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The runtime's volumes: its node ConfigMap, the mesh ([`mesh_volume`]), its key Secret.
+pub fn runtime_volumes(id: &str, mesh_prefix: &str, shards: usize) -> Vec<Volume> {
+    vec![
         Volume {
             name: "tsk8s-node".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -339,6 +364,7 @@ pub fn runtime_volumes(id: &str, separate_mesh: bool) -> Vec<Volume> {
             }),
             ..Default::default()
         },
+        mesh_volume(mesh_prefix, shards),
         Volume {
             name: "tsk8s-key".into(),
             secret: Some(SecretVolumeSource {
@@ -349,21 +375,7 @@ pub fn runtime_volumes(id: &str, separate_mesh: bool) -> Vec<Volume> {
             }),
             ..Default::default()
         },
-    ];
-    if separate_mesh {
-        v.insert(
-            1,
-            Volume {
-                name: "tsk8s-mesh".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: MESH_CONFIGMAP.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        );
-    }
-    v
+    ]
 }
 
 /// Kubernetes' spelling of a protocol.
@@ -386,7 +398,9 @@ fn ping_sysctls(e: &Exposure) -> Option<Vec<Sysctl>> {
     })
 }
 
-pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
+/// The Deployment of a node in its own pod; `mesh_shards` is how many shards the cluster's mesh
+/// has.
+pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig, mesh_shards: usize) -> Deployment {
     let id = e.id.as_str();
     let extra_ports: Vec<ContainerPort> = match &e.kind {
         ExposureKind::Egress { ports, .. } => ports
@@ -432,8 +446,8 @@ pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig) -> Deployment {
                         sysctls: ping_sysctls(e),
                         ..Default::default()
                     }),
-                    containers: vec![runtime_container(&c.image, node, MESH_DIR, &extra_ports)],
-                    volumes: Some(runtime_volumes(id, true)),
+                    containers: vec![runtime_container(&c.image, node, &extra_ports)],
+                    volumes: Some(runtime_volumes(id, MESH_CONFIGMAP, mesh_shards)),
                     ..Default::default()
                 }),
             },

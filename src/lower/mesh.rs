@@ -1,4 +1,4 @@
-//! Runtime configuration: one `mesh.json` per cluster and one `node.json` per node
+//! Runtime configuration: one mesh (JSON Lines shards) per cluster and one `node.json` per node
 //! (the contract in `tsk8s_policy::runtime_config`).
 
 use std::collections::BTreeSet;
@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use tsk8s_policy::compile::merge_rules;
 use tsk8s_policy::runtime_config::{
-    DEFAULT_MTU, DnsRecord, MeshConfig, Mode, NodeConfig, Peer, PortMap, Protocol,
+    DEFAULT_MTU, DnsRecord, MESH_SHARD_BYTES, MeshConfig, Mode, NodeConfig, Peer, PortMap,
+    Protocol, shard_mesh,
 };
 
 use super::net::{Member, Net, Reach};
@@ -19,6 +20,29 @@ pub const KEEPALIVE_SECONDS: u16 = 25;
 
 /// Port of the runtime's `/healthz` and `/metrics` server inside the pod.
 pub const ADMIN_PORT: u16 = 9901;
+
+/// The shard budget [`shard_bytes`] returns instead of the default, when set (0: unset).
+static SHARD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// For tests only: shard every mesh within about `bytes` per ConfigMap object file instead of
+/// [`MESH_SHARD_BYTES`], so a small spec yields several shards. The CLI sets it from the hidden
+/// environment variable `TSK8S_MESH_SHARD_BYTES`; the setting is process-wide.
+pub fn set_shard_bytes(bytes: usize) {
+    SHARD_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The budget of one mesh shard's ConfigMap object file.
+pub fn shard_bytes() -> usize {
+    match SHARD_BYTES.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => MESH_SHARD_BYTES,
+        n => n,
+    }
+}
+
+/// A mesh as the texts of its shards (`mesh-<n>.jsonl`).
+pub fn shards(mesh: &MeshConfig) -> Vec<String> {
+    shard_mesh(mesh, shard_bytes())
+}
 
 pub struct ClusterRuntime {
     pub mesh: MeshConfig,
@@ -218,7 +242,7 @@ fn cluster_nodes(c: &Cluster, reach: &Reach) -> Vec<usize> {
         .collect()
 }
 
-/// The cluster's shared mesh (`mesh.yaml`), for the nodes that run in their own pods: their
+/// The cluster's shared mesh (`mesh-<n>.yaml`), for the nodes that run in their own pods: their
 /// peers and rules, DNS records for those peers and all the cluster's nodes. A sidecar carries
 /// its own ([`node_mesh`]).
 pub fn cluster_runtime(

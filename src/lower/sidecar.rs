@@ -1,8 +1,9 @@
 //! Sidecars: a kustomize `Component` that the user's own kustomization includes. It adds the
 //! runtime container, its volumes and one pod label to their workload with a strategic-merge
-//! patch, and brings the node's ConfigMap and UDP Service. Its ConfigMap carries the node's own
-//! mesh (`mesh::node_mesh`: only its peers, rules and DNS records), not the cluster's, so a
-//! Component grows with that sidecar's peers. It never touches pod-level settings
+//! patch, and brings the node's ConfigMap and UDP Service (`resources.yaml`) and the node's own
+//! mesh (`mesh::node_mesh`: only its peers, rules and DNS records), not the cluster's, as shard
+//! ConfigMaps `tsk8s-<node>-mesh-<n>` (`mesh-<n>.yaml`, one per file, mounted through one
+//! projected volume), so a Component grows with that sidecar's peers. It never touches pod-level settings
 //! (security context, service account): the container carries its own security context.
 //!
 //! The runtime is a native sidecar by default (`sidecar-style="native"`): an init container
@@ -15,32 +16,39 @@
 //! with one key for a while).
 
 use serde_json::{Value, json};
-use tsk8s_policy::runtime_config::{MeshConfig, NodeConfig};
+use tsk8s_policy::runtime_config::NodeConfig;
 
 use k8s_openapi::api::core::v1::{
     ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
     ObjectFieldSelector, ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
 };
-use tsk8s_policy::runtime_config::{MESH_FILE, NODE_FILE, PRIVATE_KEY_FILE};
+use tsk8s_policy::runtime_config::{NODE_FILE, PRIVATE_KEY_FILE, mesh_shard_file};
 
-use super::k8s::{self, KEY_DIR, NODE_DIR, RUNTIME_UID};
+use super::k8s::{self, KEY_DIR, MESH_DIR, MESH_VOLUME, NODE_DIR, RUNTIME_UID};
 use crate::model::{Cluster, Exposure, ExposureKind, Publish, SidecarStyle};
 
 pub struct SidecarComponent {
     pub kustomization: Value,
     pub resources: Vec<Value>,
+    /// The shard ConfigMaps of the nodes' meshes, one per file: (file name, object).
+    pub mesh: Vec<(String, Value)>,
     pub patch: Value,
 }
 
+/// The name prefix of a sidecar node's mesh ConfigMaps (`tsk8s-<node>-mesh-<n>`).
+pub fn mesh_prefix(id: &str) -> String {
+    format!("{}-mesh", k8s::object_name(id))
+}
+
 /// The Component of one sidecar node, or of the N nodes of a StatefulSet sidecar with
-/// `replicas=N` (`members` in ordinal order, `meshes` beside them): then every pod mounts all N
+/// `replicas=N` (`members` in ordinal order, their meshes' shards beside them): then every pod mounts all N
 /// node configs and keys (projected volumes, `<ordinal>/…`) and picks its own by its ordinal,
 /// `apps.kubernetes.io/pod-index` through the downward API and `$(TSK8S_POD_INDEX)` in the
 /// container's args; each node gets a Service selecting its pod by name.
 pub fn component(
     c: &Cluster,
     members: &[(&Exposure, &NodeConfig)],
-    meshes: &[MeshConfig],
+    meshes: &[Vec<String>],
 ) -> Option<SidecarComponent> {
     let (e, node) = *members.first()?;
     let ExposureKind::Sidecar {
@@ -53,7 +61,7 @@ pub fn component(
     else {
         return None;
     };
-    let mut container = k8s::runtime_container(&c.image, node, NODE_DIR, &[]);
+    let mut container = k8s::runtime_container(&c.image, node, &[]);
     // Its admin server listens on 127.0.0.1 only (any pod may reach the app pod's IP): no
     // admin port, probes run the binary's own health check inside the container.
     if let Some(ports) = container.ports.as_mut() {
@@ -74,7 +82,11 @@ pub fn component(
         sc.run_as_user = Some(RUNTIME_UID);
         sc.run_as_group = Some(RUNTIME_UID);
     }
-    let mut volumes = k8s::runtime_volumes(&e.id, false);
+    let mut volumes = k8s::runtime_volumes(
+        &e.id,
+        &mesh_prefix(&e.id),
+        meshes.first().map_or(1, Vec::len),
+    );
     // No fsGroup of ours in their pod: the key file must be readable by our UID without it.
     // Only our container mounts this volume.
     for v in &mut volumes {
@@ -84,19 +96,29 @@ pub fn component(
     }
     let label = match set {
         Some(s) => {
-            pick_by_ordinal(&mut container, &mut volumes, members);
+            pick_by_ordinal(&mut container, &mut volumes, members, meshes);
             s.base.clone()
         }
         None => e.id.clone(),
     };
     let mut resources = Vec::new();
-    for ((me, mnode), mesh) in members.iter().zip(meshes) {
+    let mut mesh = Vec::new();
+    for ((me, mnode), shards) in members.iter().zip(meshes) {
         resources.push(serde_json::to_value(k8s::node_configmap(
-            namespace,
-            &me.id,
-            mnode,
-            Some(mesh),
+            namespace, &me.id, mnode,
         )));
+        for (n, cm) in k8s::mesh_configmaps(&mesh_prefix(&me.id), namespace, shards, Some(&me.id))
+            .iter()
+            .enumerate()
+        {
+            let file = match &me.kind {
+                ExposureKind::Sidecar { set: Some(s), .. } => {
+                    format!("mesh-{}-{n}.yaml", s.ordinal)
+                }
+                _ => format!("mesh-{n}.yaml"),
+            };
+            mesh.push((file, serde_json::to_value(cm).unwrap_or(Value::Null)));
+        }
         resources.push(serde_json::to_value(k8s::wireguard_service(
             c,
             namespace,
@@ -156,12 +178,15 @@ pub fn component(
     let kustomization = json!({
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
-        "resources": ["resources.yaml"],
+        "resources": std::iter::once("resources.yaml")
+            .chain(mesh.iter().map(|(f, _)| f.as_str()))
+            .collect::<std::collections::BTreeSet<_>>(),
         "patches": [{ "path": "patch.yaml", "target": { "kind": workload_kind, "name": workload, "namespace": namespace } }],
     });
     Some(SidecarComponent {
         kustomization,
         resources,
+        mesh,
         patch,
     })
 }
@@ -177,6 +202,7 @@ fn pick_by_ordinal(
     container: &mut Container,
     volumes: &mut [Volume],
     members: &[(&Exposure, &NodeConfig)],
+    meshes: &[Vec<String>],
 ) {
     let ordinal = |e: &Exposure| match &e.kind {
         ExposureKind::Sidecar { set: Some(s), .. } => s.ordinal,
@@ -187,7 +213,7 @@ fn pick_by_ordinal(
         "--node".into(),
         format!("{NODE_DIR}/{own}/{NODE_FILE}"),
         "--mesh".into(),
-        format!("{NODE_DIR}/{own}/{MESH_FILE}"),
+        format!("{MESH_DIR}/{own}"),
         "--private-key-file".into(),
         format!("{KEY_DIR}/{own}/{PRIVATE_KEY_FILE}"),
     ]);
@@ -224,10 +250,7 @@ fn pick_by_ordinal(
         .map(|(e, _)| VolumeProjection {
             config_map: Some(ConfigMapProjection {
                 name: k8s::object_name(&e.id),
-                items: Some(vec![
-                    item(NODE_FILE, format!("{}/{NODE_FILE}", ordinal(e))),
-                    item(MESH_FILE, format!("{}/{MESH_FILE}", ordinal(e))),
-                ]),
+                items: Some(vec![item(NODE_FILE, format!("{}/{NODE_FILE}", ordinal(e)))]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -247,8 +270,28 @@ fn pick_by_ordinal(
             ..Default::default()
         })
         .collect();
+    // Every node's mesh shards under `<ordinal>/mesh-<n>.jsonl`, in the one mesh volume.
+    let mut shards: Vec<VolumeProjection> = Vec::new();
+    for ((e, _), texts) in members.iter().zip(meshes) {
+        for n in 0..texts.len() {
+            let file = mesh_shard_file(u32::try_from(n).unwrap_or(u32::MAX));
+            shards.push(VolumeProjection {
+                config_map: Some(ConfigMapProjection {
+                    name: k8s::mesh_shard_name(&mesh_prefix(&e.id), n),
+                    items: Some(vec![item(&file, format!("{}/{file}", ordinal(e)))]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
     for v in volumes.iter_mut() {
-        if v.config_map.is_some() {
+        if v.name == MESH_VOLUME {
+            v.projected = Some(ProjectedVolumeSource {
+                sources: Some(shards.clone()),
+                default_mode: None,
+            });
+        } else if v.config_map.is_some() {
             v.config_map = None;
             v.projected = Some(ProjectedVolumeSource {
                 sources: Some(configs.clone()),

@@ -134,11 +134,12 @@ fn find_tsk8s_bin() -> PathBuf {
     panic!("cargo build did not report the tsk8s executable");
 }
 
-fn run_tsk8s(args: &[&str], paths: &[&Path]) -> String {
+fn run_tsk8s(args: &[&str], paths: &[&Path], env: &[(String, String)]) -> String {
     let bin = tsk8s_bin();
     let out = Command::new(&bin)
         .args(args)
         .args(paths)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run tsk8s");
     assert!(
@@ -157,11 +158,18 @@ pub struct Compiled {
     pub spec: PathBuf,
     pub out: PathBuf,
     pub keys: PathBuf,
+    /// Environment of every `tsk8s` run (e.g. `TSK8S_MESH_SHARD_BYTES`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Compiled {
     /// Copy the fixture spec into `work`, run `tsk8s lock --keys-dir` and `tsk8s build`.
     pub fn new(work: &Path) -> Compiled {
+        Compiled::new_with_env(work, &[])
+    }
+
+    /// [`Compiled::new`] with `tsk8s` run under `env`.
+    pub fn new_with_env(work: &Path, env: &[(&str, &str)]) -> Compiled {
         let dir = work.join("spec");
         fs::create_dir_all(&dir).expect("mkdir spec");
         let spec = dir.join("tailnet.kdl");
@@ -170,15 +178,19 @@ impl Compiled {
             spec,
             out: work.join("out"),
             keys: work.join("keys"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        run_tsk8s(&["lock", "--keys-dir"], &[&c.keys, &c.spec]);
+        run_tsk8s(&["lock", "--keys-dir"], &[&c.keys, &c.spec], &c.env);
         c.build();
         c
     }
 
     /// `tsk8s build SPEC -o OUT`.
     pub fn build(&self) {
-        run_tsk8s(&["build", "-o"], &[&self.out, &self.spec]);
+        run_tsk8s(&["build", "-o"], &[&self.out, &self.spec], &self.env);
     }
 
     /// Edit the spec text, then lock (no-op unless nodes changed) and build again.
@@ -187,7 +199,11 @@ impl Compiled {
         let new = f(text.clone());
         assert_ne!(text, new, "the edit changed the spec");
         fs::write(&self.spec, new).expect("write spec");
-        run_tsk8s(&["lock", "--keys-dir"], &[&self.keys, &self.spec]);
+        run_tsk8s(
+            &["lock", "--keys-dir"],
+            &[&self.keys, &self.spec],
+            &self.env,
+        );
         self.build();
     }
 
@@ -332,15 +348,40 @@ impl Compiled {
                 .iter()
                 .find(|v| v["name"] == name)
                 .unwrap_or_else(|| panic!("{file:?}: volume {name} not declared"));
-            let source = if let Some(cm) = vol["configMap"]["name"].as_str() {
-                let data = config_maps
+            let cm_data = |cm: &str| -> BTreeMap<String, Vec<u8>> {
+                config_maps
                     .get(&(pod_ns.clone(), cm.to_string()))
                     .unwrap_or_else(|| {
                         panic!("{file:?}: ConfigMap {pod_ns}/{cm} not in the output")
                     })
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                    .collect();
+                    .collect()
+            };
+            let source = if let Some(sources) = vol["projected"]["sources"].as_array() {
+                // One directory holding every source's keys (ConfigMaps only here).
+                let mut data = BTreeMap::new();
+                let mut names = Vec::new();
+                for src in sources {
+                    let cm = src["configMap"]["name"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{file:?}: projected source {src}"));
+                    for (k, v) in cm_data(cm) {
+                        assert!(
+                            data.insert(k.clone(), v).is_none(),
+                            "{file:?}: key {k} twice in projected volume {name}"
+                        );
+                    }
+                    names.push(cm.to_string());
+                }
+                let mode = vol["projected"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+                Source::ConfigMap {
+                    name: names.join(","),
+                    data,
+                    mode,
+                }
+            } else if let Some(cm) = vol["configMap"]["name"].as_str() {
+                let data = cm_data(cm);
                 let mode = vol["configMap"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
                 Source::ConfigMap {
                     name: cm.to_string(),
