@@ -358,8 +358,11 @@ impl Compiled {
                     .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
                     .collect()
             };
-            let source = if let Some(sources) = vol["projected"]["sources"].as_array() {
-                // One directory holding every source's keys (ConfigMaps only here).
+            let source = if let Some(sources) = vol["projected"]["sources"]
+                .as_array()
+                .filter(|s| s.iter().all(|x| x["configMap"].is_object()))
+            {
+                // One directory holding every ConfigMap's keys (the mesh's shards).
                 let mut data = BTreeMap::new();
                 let mut names = Vec::new();
                 for src in sources {
