@@ -369,7 +369,23 @@ impl Compiled {
                     let cm = src["configMap"]["name"]
                         .as_str()
                         .unwrap_or_else(|| panic!("{file:?}: projected source {src}"));
-                    for (k, v) in cm_data(cm) {
+                    let all = cm_data(cm);
+                    // Items (a StatefulSet sidecar's `<ordinal>/…`), or every key as a file.
+                    let files: Vec<(String, Vec<u8>)> = match src["configMap"]["items"].as_array() {
+                        Some(items) => items
+                            .iter()
+                            .map(|item| {
+                                let key = item["key"].as_str().expect("item key");
+                                let path = item["path"].as_str().expect("item path");
+                                let v = all
+                                    .get(key)
+                                    .unwrap_or_else(|| panic!("{file:?}: {cm} has no {key}"));
+                                (path.to_string(), v.clone())
+                            })
+                            .collect(),
+                        None => all.into_iter().collect(),
+                    };
+                    for (k, v) in files {
                         assert!(
                             data.insert(k.clone(), v).is_none(),
                             "{file:?}: key {k} twice in projected volume {name}"
