@@ -677,25 +677,7 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
     }
     let (src_set, danger) = r.sources(&g.src);
     if !g.via.is_empty() {
-        if g.ip.is_empty() || (src_set.is_empty() && !danger) {
-            return;
-        }
-        let mut dsts = Vec::new();
-        let mut internet = false;
-        for d in &g.dst {
-            if *d == Alias::AutoGroup(AUTOGROUP_INTERNET.into()) {
-                internet = true;
-                continue;
-            }
-            dsts.extend(r.resolve(d).prefixes());
-        }
-        items.push(Item::Via(ViaGrant {
-            tags: g.via.clone(),
-            dsts,
-            internet,
-            ip: g.ip.clone(),
-            src: src_strings(&src_set, danger),
-        }));
+        compile_via_grant(r, g, (&src_set, danger), items);
         return;
     }
     let is_self = |a: &Alias| *a == Alias::AutoGroup(AUTOGROUP_SELF.into());
@@ -718,84 +700,12 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
             })
             .collect();
         for ipp in &g.ip {
-            let mut dsts = Vec::new();
-            for (set, _) in &resolved {
-                match set {
-                    None => {
-                        for p in &ipp.ports {
-                            dsts.push(Dst {
-                                set: None,
-                                npr: NetPortRange {
-                                    ip: "*".into(),
-                                    ports: *p,
-                                },
-                            });
-                        }
-                    }
-                    Some(s) => {
-                        for pref in s.prefixes() {
-                            let pset = IpSet::from_nets([&pref]);
-                            for p in &ipp.ports {
-                                dsts.push(Dst {
-                                    set: Some(pset.clone()),
-                                    npr: NetPortRange {
-                                        ip: net_string(&pref),
-                                        ports: *p,
-                                    },
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-            if !dsts.is_empty() {
-                items.push(Item::Rule(Rule {
-                    src: src.clone(),
-                    protos: ipp.protos.clone(),
-                    dsts,
-                }));
-            }
+            push_network_rule(ipp, &resolved, &src, items);
         }
         if let Some(app) = &g.app
             && !app.is_empty()
         {
-            let mut grants = Vec::new();
-            let mut dst_union = IpSet::new();
-            let mut dst_wild = false;
-            for (set, a) in &resolved {
-                let s = match set {
-                    Some(s) => s.clone(),
-                    None => {
-                        dst_wild = true;
-                        r.resolve(a)
-                    }
-                };
-                dst_union.add_set(&s);
-                if !s.is_empty() {
-                    grants.push((s, app.clone()));
-                }
-            }
-            if !grants.is_empty() {
-                items.push(Item::Cap(CapRule {
-                    src: src.clone(),
-                    grants,
-                    own_only: false,
-                }));
-                if dst_wild {
-                    dst_union.add_set(&r.approved_routes().clone());
-                }
-                for (cap, companion) in COMPANION_CAPS {
-                    if app.contains_key(cap) {
-                        let mut m = BTreeMap::new();
-                        m.insert(companion.to_string(), Vec::new());
-                        items.push(Item::Cap(CapRule {
-                            src: dst_union.to_strings(),
-                            grants: vec![(src_set.clone(), m)],
-                            own_only: true,
-                        }));
-                    }
-                }
-            }
+            compile_app_grant(r, app, &resolved, (&src, &src_set), items);
         }
     }
     if has_self {
@@ -804,6 +714,131 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
             ip: g.ip.clone(),
             app: g.app.clone(),
         }));
+    }
+}
+
+/// A grant with `via`: its destinations (`autogroup:internet` as a flag) for the tagged
+/// routers. `src` is the resolved source set and whether it holds `autogroup:danger-all`.
+fn compile_via_grant(
+    r: &mut Resolver<'_>,
+    g: &Grant,
+    (src_set, danger): (&IpSet, bool),
+    items: &mut Vec<Item>,
+) {
+    if g.ip.is_empty() || (src_set.is_empty() && !danger) {
+        return;
+    }
+    let mut dsts = Vec::new();
+    let mut internet = false;
+    for d in &g.dst {
+        if *d == Alias::AutoGroup(AUTOGROUP_INTERNET.into()) {
+            internet = true;
+            continue;
+        }
+        dsts.extend(r.resolve(d).prefixes());
+    }
+    items.push(Item::Via(ViaGrant {
+        tags: g.via.clone(),
+        dsts,
+        internet,
+        ip: g.ip.clone(),
+        src: src_strings(src_set, danger),
+    }));
+}
+
+/// The network rule of one `ip` entry over the resolved destinations (`None`: `*`).
+fn push_network_rule(
+    ipp: &ProtoPorts,
+    resolved: &[(Option<IpSet>, &Alias)],
+    src: &[String],
+    items: &mut Vec<Item>,
+) {
+    let mut dsts = Vec::new();
+    for (set, _) in resolved {
+        match set {
+            None => {
+                for p in &ipp.ports {
+                    dsts.push(Dst {
+                        set: None,
+                        npr: NetPortRange {
+                            ip: "*".into(),
+                            ports: *p,
+                        },
+                    });
+                }
+            }
+            Some(s) => {
+                for pref in s.prefixes() {
+                    let pset = IpSet::from_nets([&pref]);
+                    for p in &ipp.ports {
+                        dsts.push(Dst {
+                            set: Some(pset.clone()),
+                            npr: NetPortRange {
+                                ip: net_string(&pref),
+                                ports: *p,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if !dsts.is_empty() {
+        items.push(Item::Rule(Rule {
+            src: src.to_vec(),
+            protos: ipp.protos.clone(),
+            dsts,
+        }));
+    }
+}
+
+/// The capability rules of a grant's `app` over the resolved destinations (`None`: `*`, which
+/// also covers approved routes for companion capabilities), then the companion capabilities.
+/// `src` is the source strings and the source set.
+fn compile_app_grant(
+    r: &mut Resolver<'_>,
+    app: &BTreeMap<String, Vec<Value>>,
+    resolved: &[(Option<IpSet>, &Alias)],
+    (src, src_set): (&[String], &IpSet),
+    items: &mut Vec<Item>,
+) {
+    let mut grants = Vec::new();
+    let mut dst_union = IpSet::new();
+    let mut dst_wild = false;
+    for (set, a) in resolved {
+        let s = match set {
+            Some(s) => s.clone(),
+            None => {
+                dst_wild = true;
+                r.resolve(a)
+            }
+        };
+        dst_union.add_set(&s);
+        if !s.is_empty() {
+            grants.push((s, app.clone()));
+        }
+    }
+    if grants.is_empty() {
+        return;
+    }
+    items.push(Item::Cap(CapRule {
+        src: src.to_vec(),
+        grants,
+        own_only: false,
+    }));
+    if dst_wild {
+        dst_union.add_set(&r.approved_routes().clone());
+    }
+    for (cap, companion) in COMPANION_CAPS {
+        if app.contains_key(cap) {
+            let mut m = BTreeMap::new();
+            m.insert(companion.to_string(), Vec::new());
+            items.push(Item::Cap(CapRule {
+                src: dst_union.to_strings(),
+                grants: vec![(src_set.clone(), m)],
+                own_only: true,
+            }));
+        }
     }
 }
 
