@@ -16,7 +16,7 @@
 //! - under `publish="gateway"` the gateway's pod is the source of every node it terminates
 //!   (its egress is their union: a proxy's other-namespace check is left out, and counted,
 //!   where a router of the same gateway reaches every pod), it may send UDP to each relayed
-//!   sidecar's pod at its relay port, and that pod admits it from the gateway's pod only.
+//!   sidecar's pod at its relay port, and that pod admits it (tsk8s never isolates an app's pod).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -683,7 +683,8 @@ fn gateway_reaches_pods(c: &Cluster) -> bool {
 }
 
 /// A sidecar the gateway relays to: the gateway's pod may send UDP to the sidecar's pod at the
-/// port of its relay Service, and the sidecar's pod admits it from the gateway's pod only.
+/// port of its relay Service, and the sidecar's pod admits it (no tsk8s policy isolates the
+/// app's pod).
 fn judge_relay(
     at: &str,
     c: &Cluster,
@@ -743,9 +744,11 @@ fn judge_relay(
             ingress_admitted(policies, &side_pod, &gw_src, &pkt, f),
             "{at}: the sidecar's pod does not admit the gateway at {port}/udp ({f:?})"
         );
+        // No tsk8s policy selects the app's pod: the first one would isolate it for all
+        // ingress (its ingress controller included).
         assert!(
-            !ingress_admitted(policies, &side_pod, &other_src, &pkt, f),
-            "{at}: the sidecar's pod admits another pod at {port}/udp ({f:?})"
+            ingress_admitted(policies, &side_pod, &other_src, &pkt, f),
+            "{at}: the sidecar's Component isolates the app's pod ({f:?})"
         );
     }
 }

@@ -907,35 +907,3 @@ pub fn gateway_network_policy(
     egress.extend(peers_egress(peer_ports));
     node_policy(&c.namespace, GATEWAY_NAME, ingress, egress)
 }
-
-/// A relayed sidecar's pod (Ingress only): its WireGuard port from the gateway's pod. Policies
-/// add up, but the first one selecting a pod isolates it: any other ingress the app takes
-/// needs a policy of its own (docs/deploying.md).
-pub fn sidecar_network_policy(
-    c: &Cluster,
-    namespace: &str,
-    e: &Exposure,
-    port: u16,
-) -> NetworkPolicy {
-    let mut np = node_policy(namespace, &e.id, Vec::new(), Vec::new());
-    if let Some(spec) = np.spec.as_mut() {
-        spec.pod_selector = Some(LabelSelector {
-            match_labels: Some(pod_selector(e)),
-            ..Default::default()
-        });
-        spec.policy_types = Some(vec!["Ingress".into()]);
-        spec.egress = None;
-        spec.ingress = Some(vec![NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                namespace_selector: ns_peer(&c.namespace).namespace_selector,
-                pod_selector: Some(LabelSelector {
-                    match_labels: Some(selector(GATEWAY_NAME)),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
-            ports: Some(vec![np_port("UDP", Some(port))]),
-        }]);
-    }
-    np
-}

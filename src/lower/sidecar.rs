@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{
 use tsk8s_policy::runtime_config::{NODE_FILE, PRIVATE_KEY_FILE, mesh_shard_file};
 
 use super::k8s::{self, KEY_DIR, MESH_DIR, MESH_VOLUME, NODE_DIR, RUNTIME_UID};
-use crate::model::{Cluster, Exposure, ExposureKind, Publish, SidecarStyle};
+use crate::model::{Cluster, Exposure, ExposureKind, SidecarStyle};
 
 pub struct SidecarComponent {
     pub kustomization: Value,
@@ -125,15 +125,10 @@ pub fn component(
             me,
             mnode.listen_port,
         )));
-        // Relayed by the gateway: its WireGuard port from the gateway's pod.
-        if c.publish == Publish::Gateway {
-            resources.push(serde_json::to_value(k8s::sidecar_network_policy(
-                c,
-                namespace,
-                me,
-                mnode.listen_port,
-            )));
-        }
+        // Relayed by the gateway. No NetworkPolicy selects the app's pod: the first one would
+        // isolate it for all ingress (its ingress controller included). WireGuard on this
+        // port admits only peers with a key; docs/deploying.md says what to add in a
+        // default-deny namespace.
     }
     let resources: Vec<Value> = resources
         .into_iter()
