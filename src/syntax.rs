@@ -916,29 +916,7 @@ impl Parser<'_> {
                     continue;
                 }
                 "gitops" => {
-                    let props = self.kv_props(c);
-                    let cn = Node::new(c);
-                    cn.no_children(self.d);
-                    if Node::new(c).args().next().is_some() {
-                        self.d.push(
-                            Diagnostic::new(
-                                c.name().span(),
-                                "`gitops` in a cluster takes only properties",
-                            )
-                            .label("unexpected argument"),
-                        );
-                    }
-                    if gitops.is_some() {
-                        self.d.push(
-                            Diagnostic::new(c.name().span(), "`gitops` given twice in a cluster")
-                                .label("second declaration"),
-                        );
-                    } else {
-                        gitops = Some(ClusterGitopsDecl {
-                            props,
-                            span: c.span(),
-                        });
-                    }
+                    self.cluster_gitops(c, &mut gitops);
                     continue;
                 }
                 "load-balancer-source-ranges" => {
@@ -946,35 +924,7 @@ impl Parser<'_> {
                     continue;
                 }
                 "service-annotations" => {
-                    let cn = Node::new(c);
-                    if cn.args().next().is_some() || c.entries().iter().any(|e| e.name().is_some())
-                    {
-                        self.d.push(
-                            Diagnostic::new(
-                                c.name().span(),
-                                "`service-annotations` takes a block of `annotation \"key\" \"value\"`",
-                            )
-                            .label("unexpected arguments"),
-                        );
-                    }
-                    for a in cn.children() {
-                        if a.name().value() != "annotation" {
-                            unknown_child(self.d, a, "service-annotations", &["annotation"]);
-                            continue;
-                        }
-                        let mut an = Node::new(a);
-                        let key = an.arg_str(self.d, "a key and a value");
-                        let value = if key.is_some() {
-                            an.arg_str(self.d, "a key and a value")
-                        } else {
-                            None
-                        };
-                        an.no_children(self.d);
-                        an.finish(self.d);
-                        if let (Some(k), Some(v)) = (key, value) {
-                            service_annotations.push((k, v));
-                        }
-                    }
+                    self.service_annotations(c, &mut service_annotations);
                     continue;
                 }
                 "proxy" => ExposureKind::Proxy,
@@ -1010,6 +960,65 @@ impl Parser<'_> {
             exposures,
             span,
         })
+    }
+
+    /// A cluster's `gitops { … }` (properties only; once per cluster) into `gitops`.
+    fn cluster_gitops(&mut self, c: &KdlNode, gitops: &mut Option<ClusterGitopsDecl>) {
+        let props = self.kv_props(c);
+        let cn = Node::new(c);
+        cn.no_children(self.d);
+        if Node::new(c).args().next().is_some() {
+            self.d.push(
+                Diagnostic::new(
+                    c.name().span(),
+                    "`gitops` in a cluster takes only properties",
+                )
+                .label("unexpected argument"),
+            );
+        }
+        if gitops.is_some() {
+            self.d.push(
+                Diagnostic::new(c.name().span(), "`gitops` given twice in a cluster")
+                    .label("second declaration"),
+            );
+        } else {
+            *gitops = Some(ClusterGitopsDecl {
+                props,
+                span: c.span(),
+            });
+        }
+    }
+
+    /// A cluster's `service-annotations { annotation "key" "value" … }`, appended to `out`.
+    fn service_annotations(&mut self, c: &KdlNode, out: &mut Vec<(SpStr, SpStr)>) {
+        let cn = Node::new(c);
+        if cn.args().next().is_some() || c.entries().iter().any(|e| e.name().is_some()) {
+            self.d.push(
+                Diagnostic::new(
+                    c.name().span(),
+                    "`service-annotations` takes a block of `annotation \"key\" \"value\"`",
+                )
+                .label("unexpected arguments"),
+            );
+        }
+        for a in cn.children() {
+            if a.name().value() != "annotation" {
+                unknown_child(self.d, a, "service-annotations", &["annotation"]);
+                continue;
+            }
+            let mut an = Node::new(a);
+            let key = an.arg_str(self.d, "a key and a value");
+            let value = if key.is_some() {
+                an.arg_str(self.d, "a key and a value")
+            } else {
+                None
+            };
+            an.no_children(self.d);
+            an.finish(self.d);
+            if let (Some(k), Some(v)) = (key, value) {
+                out.push((k, v));
+            }
+        }
     }
 
     fn secrets(&mut self, node: &KdlNode) -> Option<SecretsDecl> {
