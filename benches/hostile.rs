@@ -4,6 +4,9 @@
 //! - 16 KiB, 64 KiB and 20 MiB of unknown properties on one line (`bad=1 bad=1 …`),
 //! - a million lines of an unknown node,
 //! - a 60 MiB spec with one syntax error at its end (the largest accepted size, rejected),
+//! - under the node limit: 240,000 unknown nodes, 99 nodes of 9,999 unknown properties, and
+//!   syntax errors at the end of 60 MiB of comments and of 240,000 valid nodes (parsed by
+//!   `kdl` in a window),
 //! - a 100 MiB spec (refused by its size before it is read).
 //!
 //! Each runs the release binary as a child; wall time and peak RSS come from wait4's rusage.
@@ -121,6 +124,37 @@ fn main() {
                 let line = "tag \"t\" owner=\"group:sre\"\n";
                 let mut s = base.clone();
                 s.push_str(&line.repeat((60 << 20) / line.len()));
+                s.push_str("tag \"unclosed\n");
+                s
+            }),
+        ),
+        (
+            "240,000 lines of an unknown node",
+            Box::new(|| base.replace(host, &format!("{}{host}", "bogus \"x\"\n".repeat(240_000)))),
+        ),
+        (
+            "99 nodes x 9,999 unknown properties",
+            Box::new(|| {
+                let nodes: String = (0..99)
+                    .map(|i| format!("host \"h{i}\" \"10.0.0.1\"{}\n", " bad=1".repeat(9_999)))
+                    .collect();
+                base.replace(host, &format!("{nodes}{host}"))
+            }),
+        ),
+        (
+            "60 MiB of comments, then an unclosed string",
+            Box::new(|| {
+                let mut s = base.clone();
+                s.push_str(&"// padding\n".repeat((60 << 20) / 11));
+                s.push_str("tag \"unclosed\n");
+                s
+            }),
+        ),
+        (
+            "240,000 valid nodes, then an unclosed string",
+            Box::new(|| {
+                let mut s = base.clone();
+                s.push_str(&"tag \"t\" owner=\"group:sre\"\n".repeat(240_000));
                 s.push_str("tag \"unclosed\n");
                 s
             }),
