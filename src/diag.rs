@@ -65,7 +65,8 @@ pub struct Diagnostics {
     /// Once trimmed: the offset of the last diagnostic kept. One that starts past it can never
     /// be printed (at least [`MAX_PRINTED`] come before it), so [`Diagnostics::beyond_cap`]
     /// counts it without its being built.
-    cutoff: Option<usize>,
+    /// (`usize::MAX` until then).
+    cutoff: usize,
     lines: LineIndex,
 }
 
@@ -76,7 +77,7 @@ impl Diagnostics {
             source: source.to_string(),
             items: Vec::new(),
             dropped: 0,
-            cutoff: None,
+            cutoff: usize::MAX,
             lines: LineIndex::default(),
         }
     }
@@ -94,7 +95,7 @@ impl Diagnostics {
         if self.items.len() > MAX_PRINTED {
             self.dropped += self.items.len() - MAX_PRINTED;
             self.items.truncate(MAX_PRINTED);
-            self.cutoff = self.items.last().map(|d| d.span.offset());
+            self.cutoff = self.items.last().map_or(usize::MAX, |d| d.span.offset());
         }
     }
 
@@ -102,7 +103,7 @@ impl Diagnostics {
     /// counted) when a diagnostic at `span` could not be printed, so the caller need not build
     /// it (its message, its did-you-mean).
     pub fn beyond_cap(&mut self, span: SourceSpan) -> bool {
-        if self.cutoff.is_some_and(|c| span.offset() > c) {
+        if span.offset() > self.cutoff {
             self.dropped += 1;
             true
         } else {
