@@ -268,10 +268,28 @@ fn render_block(
             label => html_escape(&c.label),
             group => html_escape(&g.kind.to_string()),
             description => html_escape(&c.description),
+            fence => code_fence(diff),
             diff => diff,
             omitted => omitted,
         },
     )
+}
+
+/// A backtick fence longer than any run of backticks in `body`, so no line of a diff (which
+/// comes from the spec and from the pull request's tree) can close the block and inject
+/// markdown into the comment (CommonMark: a closing fence is at least as long as the opening).
+fn code_fence(body: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in body.chars() {
+        if c == '`' {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    "`".repeat(longest.max(2) + 1)
 }
 
 fn render_frame(
@@ -556,6 +574,27 @@ mod tests {
         assert_eq!((k.as_str(), o), ("aaa\nbbb\n", 1));
         let (k, o) = truncate_lines("aaaaaaaaaa\n", 3);
         assert_eq!((k.as_str(), o), ("", 1));
+    }
+
+    #[test]
+    fn a_diff_line_cannot_close_its_code_fence() {
+        assert_eq!(code_fence("+a\n-b\n"), "```");
+        assert_eq!(code_fence(" ```\n+ ````x\n"), "`````");
+        let env = env();
+        let body = " ```\n+<img src=x onerror=alert(1)>\n";
+        let g_fence = code_fence(body);
+        let out = env
+            .get_template("diff_object.md.j2")
+            .unwrap()
+            .render(context! {
+                sign => "~", action => "changed", label => "l", group => "g",
+                description => "", fence => g_fence.clone(), diff => body, omitted => 0,
+            })
+            .unwrap();
+        // The block opens and closes with the long fence, and the body's ``` is inside it.
+        let open = out.find(&format!("{g_fence}diff\n")).unwrap();
+        let close = out.rfind(&format!("\n{g_fence}\n")).unwrap();
+        assert!(open < out.find(" ```\n").unwrap() && out.find(" ```\n").unwrap() < close);
     }
 
     #[test]
