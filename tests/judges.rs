@@ -285,26 +285,10 @@ fn yaml_docs(text: &str) -> Result<Vec<Value>, String> {
 }
 
 fn all_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, prefix)) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if e.path().is_dir() {
-                stack.push((e.path(), rel));
-            } else {
-                out.push(rel);
-            }
-        }
-    }
-    out.sort();
-    out
+    // Sorted: read_tree's map is ordered by path.
+    tsk8s_test_support::read_tree(dir)
+        .map(|t| t.into_keys().collect())
+        .unwrap_or_default()
 }
 
 fn is_yaml(rel: &str) -> bool {

@@ -66,20 +66,7 @@ pub fn deployment(
     nodes: &[(&Exposure, &NodeConfig)],
     mesh_shards: usize,
 ) -> Deployment {
-    let mut ports = vec![
-        ContainerPort {
-            name: Some("wireguard".into()),
-            container_port: i32::from(c.gateway_port),
-            protocol: Some("UDP".into()),
-            ..Default::default()
-        },
-        ContainerPort {
-            name: Some("admin".into()),
-            container_port: i32::from(ADMIN_PORT),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
-    ];
+    let mut ports = k8s::runtime_ports(c.gateway_port);
     for (e, _) in nodes {
         if let ExposureKind::Egress { ports: eps, .. } = &e.kind {
             ports.extend(eps.iter().map(|p| ContainerPort {

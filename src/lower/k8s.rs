@@ -243,17 +243,12 @@ pub fn exec_probe(period: i32) -> Probe {
 /// The runtime binary inside its image (`runtime/Dockerfile`).
 pub const RUNTIME_BINARY: &str = "/tsk8s-runtime";
 
-/// The runtime container: node.json at [`NODE_DIR`], the mesh's shards at [`MESH_DIR`] (one
-/// projected volume, [`runtime_volumes`]), the private key at [`KEY_DIR`].
-pub fn runtime_container(
-    image: &str,
-    node: &NodeConfig,
-    extra_ports: &[ContainerPort],
-) -> Container {
-    let mut ports = vec![
+/// The ports every runtime container declares: its WireGuard UDP port and the admin port.
+pub fn runtime_ports(wireguard: u16) -> Vec<ContainerPort> {
+    vec![
         ContainerPort {
             name: Some("wireguard".into()),
-            container_port: i32::from(node.listen_port),
+            container_port: i32::from(wireguard),
             protocol: Some("UDP".into()),
             ..Default::default()
         },
@@ -263,7 +258,17 @@ pub fn runtime_container(
             protocol: Some("TCP".into()),
             ..Default::default()
         },
-    ];
+    ]
+}
+
+/// The runtime container: node.json at [`NODE_DIR`], the mesh's shards at [`MESH_DIR`] (one
+/// projected volume, [`runtime_volumes`]), the private key at [`KEY_DIR`].
+pub fn runtime_container(
+    image: &str,
+    node: &NodeConfig,
+    extra_ports: &[ContainerPort],
+) -> Container {
+    let mut ports = runtime_ports(node.listen_port);
     ports.extend(extra_ports.iter().cloned());
     let mounts = vec![
         VolumeMount {
