@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, ResourceFieldSelector,
-    ResourceRequirements, SecretProjection, Sysctl, Volume, VolumeMount, VolumeProjection,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, KeyToPath, PodSpec,
+    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SecretProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -133,19 +133,7 @@ pub fn deployment(
             MESH_DIR.into(),
         ]),
         ports: Some(ports),
-        // The runtime budgets its connection buffers to half of its memory limit.
-        env: Some(vec![EnvVar {
-            name: "TSK8S_MEMORY_LIMIT".into(),
-            value_from: Some(EnvVarSource {
-                resource_field_ref: Some(ResourceFieldSelector {
-                    container_name: Some(CONTAINER_NAME.into()),
-                    resource: "limits.memory".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(vec![k8s::memory_limit_env()]),
         readiness_probe: Some(k8s::http_probe("/healthz", 5)),
         liveness_probe: Some(k8s::http_probe("/healthz", 20)),
         // One process for all of the cluster's nodes: more room than one node's pod.
@@ -177,12 +165,6 @@ pub fn deployment(
     let routes = nodes
         .iter()
         .any(|(e, _)| matches!(e.kind, ExposureKind::SubnetRouter { .. }));
-    let sysctls = routes.then(|| {
-        vec![Sysctl {
-            name: "net.ipv4.ping_group_range".into(),
-            value: format!("{RUNTIME_UID} {RUNTIME_UID}"),
-        }]
-    });
     Deployment {
         metadata: meta(
             &object_name(GATEWAY_NAME),
@@ -208,15 +190,7 @@ pub fn deployment(
                     service_account_name: Some(SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUNTIME_UID),
-                        run_as_group: Some(RUNTIME_UID),
-                        fs_group: Some(RUNTIME_UID),
-                        seccomp_profile: Some(k8s::runtime_default_seccomp()),
-                        sysctls,
-                        ..Default::default()
-                    }),
+                    security_context: Some(k8s::runtime_pod_security(routes)),
                     containers: vec![container],
                     volumes: Some(volumes),
                     ..Default::default()

@@ -303,19 +303,7 @@ pub fn runtime_container(
             format!("{KEY_DIR}/{PRIVATE_KEY_FILE}"),
         ]),
         ports: Some(ports),
-        // The runtime budgets its connection buffers to half of its memory limit.
-        env: Some(vec![EnvVar {
-            name: "TSK8S_MEMORY_LIMIT".into(),
-            value_from: Some(EnvVarSource {
-                resource_field_ref: Some(ResourceFieldSelector {
-                    container_name: Some(CONTAINER_NAME.into()),
-                    resource: "limits.memory".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(vec![memory_limit_env()]),
         readiness_probe: Some(http_probe("/healthz", 5)),
         liveness_probe: Some(http_probe("/healthz", 20)),
         resources: Some(ResourceRequirements {
@@ -391,16 +379,43 @@ pub fn proto_name(p: Proto) -> &'static str {
     }
 }
 
-/// Subnet routers answer ICMP echo through unprivileged ping sockets; let the runtime's group
-/// open them. `net.ipv4.ping_group_range` is a safe sysctl (allowed under Pod Security
-/// `restricted`); without it ping depends on the container runtime's default.
-fn ping_sysctls(e: &Exposure) -> Option<Vec<Sysctl>> {
-    matches!(e.kind, ExposureKind::SubnetRouter { .. }).then(|| {
-        vec![Sysctl {
-            name: "net.ipv4.ping_group_range".into(),
-            value: format!("{RUNTIME_UID} {RUNTIME_UID}"),
-        }]
-    })
+/// The security context of a pod running `tsk8s-runtime` (per-node pods and the gateway):
+/// non-root as [`RUNTIME_UID`], seccomp `RuntimeDefault`. With `pings` (a subnet router in
+/// the pod), `net.ipv4.ping_group_range` lets it answer ICMP echo through unprivileged ping
+/// sockets (without it, ping depends on the container runtime's default); that sysctl is safe
+/// (allowed under Pod Security `restricted`).
+pub fn runtime_pod_security(pings: bool) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUNTIME_UID),
+        run_as_group: Some(RUNTIME_UID),
+        fs_group: Some(RUNTIME_UID),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        sysctls: pings.then(|| {
+            vec![Sysctl {
+                name: "net.ipv4.ping_group_range".into(),
+                value: format!("{RUNTIME_UID} {RUNTIME_UID}"),
+            }]
+        }),
+        ..Default::default()
+    }
+}
+
+/// `TSK8S_MEMORY_LIMIT` from the runtime container's own memory limit: the runtime budgets its
+/// connection buffers to half of it.
+pub fn memory_limit_env() -> EnvVar {
+    EnvVar {
+        name: "TSK8S_MEMORY_LIMIT".into(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some(CONTAINER_NAME.into()),
+                resource: "limits.memory".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The Deployment of a node in its own pod; `mesh_shards` is how many shards the cluster's mesh
@@ -439,18 +454,10 @@ pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig, mesh_shards: usi
                     service_account_name: Some(SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUNTIME_UID),
-                        run_as_group: Some(RUNTIME_UID),
-                        fs_group: Some(RUNTIME_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        sysctls: ping_sysctls(e),
-                        ..Default::default()
-                    }),
+                    security_context: Some(runtime_pod_security(matches!(
+                        e.kind,
+                        ExposureKind::SubnetRouter { .. }
+                    ))),
                     containers: vec![runtime_container(&c.image, node, &extra_ports)],
                     volumes: Some(runtime_volumes(id, MESH_CONFIGMAP, mesh_shards)),
                     ..Default::default()
