@@ -1334,14 +1334,7 @@ fn render_gateway(
 
 /// Run the gateway until SIGTERM/SIGINT. Errors are for the caller to print (exit 2).
 pub fn run(paths: GatewayPaths) -> Result<(), String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("signal handler: {e}"))?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
-        .map_err(|e| format!("signal handler: {e}"))?;
+    let (stop, hup) = crate::signal_flags()?;
     let mut g = load(&paths).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::default());
     let admin_addr = admin::spawn(&g.cfg.admin_listen, shared.clone())

@@ -23,8 +23,9 @@ use tracing::{info, warn};
 
 pub use config::Paths;
 
-/// Run the data plane until SIGTERM/SIGINT. Errors are for the caller to print (exit 2).
-pub fn run(paths: Paths) -> Result<(), String> {
+/// Flags raised by signals: `stop` on SIGTERM or SIGINT, `hup` on SIGHUP (reload). Used by
+/// the single-node runtime and the gateway alike.
+pub(crate) fn signal_flags() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -33,6 +34,12 @@ pub fn run(paths: Paths) -> Result<(), String> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .map_err(|e| format!("signal handler: {e}"))?;
+    Ok((stop, hup))
+}
+
+/// Run the data plane until SIGTERM/SIGINT. Errors are for the caller to print (exit 2).
+pub fn run(paths: Paths) -> Result<(), String> {
+    let (stop, hup) = signal_flags()?;
 
     let mut fp = config::fingerprint(&paths);
     let mut loaded = config::load(&paths).map_err(|e| e.to_string())?;
