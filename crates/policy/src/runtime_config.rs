@@ -155,7 +155,7 @@ pub const GATEWAY_KEY_DIR: &str = "/var/run/secrets/tsk8s/nodes";
 /// `gateway.json`: one runtime process that owns a cluster's single public WireGuard UDP port.
 ///
 /// It terminates WireGuard for every node in `nodes` (each keeps its own key, addresses, filter
-/// and lock entry; the cluster's `mesh.json` is shared) and relays the datagrams of every sidecar
+/// and lock entry; the cluster's mesh shards are shared) and relays the datagrams of every sidecar
 /// in `relays`, unchanged, to that sidecar's pod. A handshake initiation is dispatched by its
 /// MAC1 (keyed by the responder's public key, so no DH per identity); every later message by its
 /// receiver index.
