@@ -81,6 +81,7 @@ pub fn resolve(spec: &Spec, d: &mut Diagnostics) -> (Option<Tailnet>, Spans) {
     let mut r = Resolver {
         d,
         spans: Spans::default(),
+        seen: Seen::default(),
     };
     let t = r.tailnet(spec);
     (t, r.spans)
@@ -89,6 +90,26 @@ pub fn resolve(spec: &Spec, d: &mut Diagnostics) -> (Option<Tailnet>, Spans) {
 struct Resolver<'d> {
     d: &'d mut Diagnostics,
     spans: Spans,
+    seen: Seen,
+}
+
+/// Names given so far, each with where it was first given (for duplicate and clash messages).
+#[derive(Default)]
+struct Seen {
+    clusters: BTreeMap<String, SourceSpan>,
+    /// Exposure ids (one per node: a StatefulSet sidecar's pods each have one).
+    exposures: BTreeMap<String, SourceSpan>,
+    /// Tailnet names (hosts, devices and exposures) share one namespace: a device's hosts
+    /// file maps each name to one address, and the policy reads a name as the host first.
+    /// Each name with where it was first given and what it names (for the clash message).
+    tailnet: BTreeMap<String, (SourceSpan, &'static str)>,
+}
+
+/// What a cluster's exposures may refer to: rule names, host aliases and devices.
+struct Known<'a> {
+    names: &'a Names,
+    hosts: &'a [(String, IpNet)],
+    devices: &'a [Device],
 }
 
 /// The names a rule may refer to.
@@ -249,62 +270,9 @@ impl Resolver<'_> {
         let (name, domain, ipv4_pool, magicdns_suffix) = match &spec.tailnet {
             Some(t) => {
                 self.spans.tailnet = Some(t.span);
-                let domain =
-                    match &t.domain {
-                        Some(dm) => {
-                            if let Err(e) = check_subdomain(&dm.v) {
-                                self.push(
-                                    err(dm.span, format!("domain {:?} {e}", dm.v))
-                                        .label("not a DNS name"),
-                                );
-                            }
-                            dm.v.clone()
-                        }
-                        None => {
-                            self.push(err(t.name.span, "the tailnet needs a DNS suffix").help(
-                                "add domain=\"example.com\": nodes are named <name>.<domain>",
-                            ));
-                            String::new()
-                        }
-                    };
-                let cgnat = CGNAT;
-                let pool = match &t.ipv4_pool {
-                    Some(p) => match p.v.parse::<Ipv4Net>() {
-                        Ok(net) if cgnat.contains(&net) && net.trunc() == net => net,
-                        Ok(_) => {
-                            self.push(
-                                err(
-                                    p.span,
-                                    format!(
-                                        "ipv4-pool {:?} must be a network inside 100.64.0.0/10",
-                                        p.v
-                                    ),
-                                )
-                                .label("outside the tailnet range"),
-                            );
-                            cgnat
-                        }
-                        Err(_) => {
-                            self.push(
-                                err(p.span, format!("invalid CIDR {:?}", p.v)).label("not a CIDR"),
-                            );
-                            cgnat
-                        }
-                    },
-                    None => cgnat,
-                };
-                let suffix = t.magicdns_suffix.as_ref().map(|m| {
-                    // A trailing dot is how MagicDNS writes names; the suffix is kept without.
-                    let v = m.v.strip_suffix('.').unwrap_or(&m.v).to_string();
-                    if let Err(e) = check_subdomain(&v) {
-                        self.push(
-                            err(m.span, format!("magicdns-suffix {:?} {e}", m.v))
-                                .label("not a DNS name")
-                                .help("the tailnet's MagicDNS suffix, e.g. \"tail1234.ts.net\" (Tailscale admin console → DNS) or headscale's base_domain"),
-                        );
-                    }
-                    v
-                });
+                let domain = self.domain(t);
+                let pool = self.ipv4_pool(t);
+                let suffix = self.magicdns_suffix(t);
                 (t.name.v.clone(), domain, pool, suffix)
             }
             None => {
@@ -317,7 +285,161 @@ impl Resolver<'_> {
             }
         };
 
-        // Users: declared, group members, device owners.
+        let users = self.users(spec);
+        let (groups, group_names) = self.groups(spec);
+        let tag_names = self.tag_names(spec);
+        let (hosts, host_names) = self.hosts(spec);
+        let names = Names {
+            users: users.clone(),
+            groups: group_names,
+            tags: tag_names,
+            hosts: host_names,
+        };
+        let tags = self.tag_owners(spec, &names);
+
+        // Host aliases come first in the tailnet namespace (see [`Seen::tailnet`]).
+        for h in &spec.hosts {
+            self.seen
+                .tailnet
+                .entry(h.name.v.clone())
+                .or_insert((h.name.span, "host alias"));
+        }
+        let devices: Vec<Device> = spec
+            .devices
+            .iter()
+            .map(|dv| self.device(dv, &names))
+            .collect();
+
+        // Clusters and exposures.
+        let known = Known {
+            names: &names,
+            hosts: &hosts,
+            devices: &devices,
+        };
+        let mut clusters = Vec::new();
+        for c in &spec.clusters {
+            if let Some(cl) = self.cluster(c, &known) {
+                clusters.push(cl);
+            } else {
+                ok = false;
+            }
+        }
+        self.check_egress_targets(spec, &clusters, &known, magicdns_suffix.as_deref());
+
+        let acls = spec
+            .acls
+            .iter()
+            .filter_map(|a| self.acl(&names, a))
+            .collect();
+        let grants = spec
+            .grants
+            .iter()
+            .filter_map(|g| self.grant(&names, g))
+            .collect();
+        let tests = spec
+            .tests
+            .iter()
+            .filter_map(|t| self.test(&names, t))
+            .collect();
+        let ssh = spec
+            .ssh
+            .iter()
+            .filter_map(|s| self.ssh(&names, s))
+            .collect();
+        let gitops = spec.gitops.as_ref().and_then(|g| self.gitops(g));
+        if gitops.is_none() {
+            self.check_no_cluster_gitops(spec);
+        }
+
+        let verbatim = crate::import::resolve_verbatim(&spec.verbatim, self.d);
+        if !ok {
+            return None;
+        }
+        Some(Tailnet {
+            name,
+            domain,
+            magicdns_suffix,
+            ipv4_pool,
+            users: users.into_iter().collect(),
+            groups,
+            tags,
+            hosts,
+            devices,
+            clusters,
+            acls,
+            grants,
+            tests,
+            ssh,
+            gitops,
+            verbatim,
+            lookup: Default::default(),
+        })
+    }
+
+    /// The tailnet's `domain=` (nodes are named `<name>.<domain>`).
+    fn domain(&mut self, t: &syntax::TailnetDecl) -> String {
+        match &t.domain {
+            Some(dm) => {
+                if let Err(e) = check_subdomain(&dm.v) {
+                    self.push(
+                        err(dm.span, format!("domain {:?} {e}", dm.v)).label("not a DNS name"),
+                    );
+                }
+                dm.v.clone()
+            }
+            None => {
+                self.push(
+                    err(t.name.span, "the tailnet needs a DNS suffix")
+                        .help("add domain=\"example.com\": nodes are named <name>.<domain>"),
+                );
+                String::new()
+            }
+        }
+    }
+
+    /// The tailnet's `ipv4-pool=`: a network inside 100.64.0.0/10, the whole range by default.
+    fn ipv4_pool(&mut self, t: &syntax::TailnetDecl) -> Ipv4Net {
+        let cgnat = CGNAT;
+        match &t.ipv4_pool {
+            Some(p) => match p.v.parse::<Ipv4Net>() {
+                Ok(net) if cgnat.contains(&net) && net.trunc() == net => net,
+                Ok(_) => {
+                    self.push(
+                        err(
+                            p.span,
+                            format!("ipv4-pool {:?} must be a network inside 100.64.0.0/10", p.v),
+                        )
+                        .label("outside the tailnet range"),
+                    );
+                    cgnat
+                }
+                Err(_) => {
+                    self.push(err(p.span, format!("invalid CIDR {:?}", p.v)).label("not a CIDR"));
+                    cgnat
+                }
+            },
+            None => cgnat,
+        }
+    }
+
+    /// The tailnet's `magicdns-suffix=`, if given.
+    fn magicdns_suffix(&mut self, t: &syntax::TailnetDecl) -> Option<String> {
+        t.magicdns_suffix.as_ref().map(|m| {
+            // A trailing dot is how MagicDNS writes names; the suffix is kept without.
+            let v = m.v.strip_suffix('.').unwrap_or(&m.v).to_string();
+            if let Err(e) = check_subdomain(&v) {
+                self.push(
+                    err(m.span, format!("magicdns-suffix {:?} {e}", m.v))
+                        .label("not a DNS name")
+                        .help("the tailnet's MagicDNS suffix, e.g. \"tail1234.ts.net\" (Tailscale admin console → DNS) or headscale's base_domain"),
+                );
+            }
+            v
+        })
+    }
+
+    /// Users: declared, group members, device owners.
+    fn users(&mut self, spec: &Spec) -> BTreeSet<String> {
         let mut users: BTreeSet<String> = BTreeSet::new();
         let mut seen_users: BTreeMap<String, SourceSpan> = BTreeMap::new();
         for u in &spec.users {
@@ -341,8 +463,12 @@ impl Resolver<'_> {
                 }
             }
         }
+        users
+    }
 
-        // Groups.
+    /// Groups with their members, and the set of group names.
+    #[allow(clippy::type_complexity)]
+    fn groups(&mut self, spec: &Spec) -> (Vec<(String, Vec<String>)>, BTreeSet<String>) {
         let mut groups = Vec::new();
         let mut group_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
         for g in &spec.groups {
@@ -363,30 +489,37 @@ impl Resolver<'_> {
                     err(g.name.span, format!("group {name:?} declared twice")).label("duplicate"),
                 );
             }
-            let mut members = Vec::new();
-            for m in &g.members {
-                if m.v.starts_with("group:") {
-                    self.push(
-                        err(m.span, format!("{:?}: groups cannot contain groups", m.v))
-                            .label("nested group")
-                            .help(
-                                "list the users themselves; Tailscale does not allow nested groups",
-                            ),
-                    );
-                } else if m.v.starts_with("tag:") || m.v.starts_with("autogroup:") {
-                    self.push(
-                        err(m.span, format!("{:?}: a group member must be a user", m.v))
-                            .label("not a user"),
-                    );
-                } else {
-                    self.check_email(m);
-                    members.push(m.v.clone());
-                }
-            }
+            let members = self.group_members(g);
             groups.push((name, members));
         }
+        (groups, group_names.into_keys().collect())
+    }
 
-        // Tags (names first, owners after all are known).
+    /// A group's members: users only (no nested groups, tags or autogroups).
+    fn group_members(&mut self, g: &syntax::GroupDecl) -> Vec<String> {
+        let mut members = Vec::new();
+        for m in &g.members {
+            if m.v.starts_with("group:") {
+                self.push(
+                    err(m.span, format!("{:?}: groups cannot contain groups", m.v))
+                        .label("nested group")
+                        .help("list the users themselves; Tailscale does not allow nested groups"),
+                );
+            } else if m.v.starts_with("tag:") || m.v.starts_with("autogroup:") {
+                self.push(
+                    err(m.span, format!("{:?}: a group member must be a user", m.v))
+                        .label("not a user"),
+                );
+            } else {
+                self.check_email(m);
+                members.push(m.v.clone());
+            }
+        }
+        members
+    }
+
+    /// Tag names (owners are resolved by [`Self::tag_owners`] once all names are known).
+    fn tag_names(&mut self, spec: &Spec) -> BTreeSet<String> {
         let mut tag_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
         for t in &spec.tags {
             let name = norm("tag:", &t.name.v);
@@ -401,8 +534,11 @@ impl Resolver<'_> {
                 );
             }
         }
+        tag_names.into_keys().collect()
+    }
 
-        // Hosts.
+    /// Host aliases with their networks, and the set of host names.
+    fn hosts(&mut self, spec: &Spec) -> (Vec<(String, IpNet)>, BTreeSet<String>) {
         let mut hosts = Vec::new();
         let mut host_names: BTreeSet<String> = BTreeSet::new();
         for h in &spec.hosts {
@@ -429,144 +565,126 @@ impl Resolver<'_> {
                 ),
             }
         }
+        (hosts, host_names)
+    }
 
-        let names = Names {
-            users: users.clone(),
-            groups: group_names.keys().cloned().collect(),
-            tags: tag_names.keys().cloned().collect(),
-            hosts: host_names.clone(),
-        };
-
+    /// Each tag with its owners (checked against all names).
+    fn tag_owners(&mut self, spec: &Spec, names: &Names) -> Vec<(String, Vec<String>)> {
         let mut tags = Vec::new();
         for t in &spec.tags {
             let name = norm("tag:", &t.name.v);
             let mut owners = Vec::new();
             for o in &t.owners {
-                if self.check_alias(&names, o, &o.v, Side::Owner) {
+                if self.check_alias(names, o, &o.v, Side::Owner) {
                     owners.push(o.v.clone());
                 }
             }
             tags.push((name, owners));
         }
+        tags
+    }
 
-        // Tailnet names (hosts, devices and exposures) share one namespace: a device's hosts
-        // file maps each name to one address, and the policy reads a name as the host first.
-        // Each name with where it was first given and what it names (for the clash message).
-        let mut tailnet_names: BTreeMap<String, (SourceSpan, &'static str)> = BTreeMap::new();
-        for h in &spec.hosts {
-            tailnet_names
-                .entry(h.name.v.clone())
-                .or_insert((h.name.span, "host alias"));
+    /// One device: its name (in the tailnet namespace), owner, key and key path.
+    fn device(&mut self, dv: &syntax::DeviceDecl, names: &Names) -> Device {
+        self.spans.devices.insert(dv.name.v.clone(), dv.name.span);
+        if let Err(e) = check_device_name(&dv.name.v) {
+            self.push(
+                err(dv.name.span, format!("device name {:?} {e}", dv.name.v))
+                    .label("not a DNS label"),
+            );
         }
-
-        // Devices.
-        let mut devices = Vec::new();
-        for dv in &spec.devices {
-            self.spans.devices.insert(dv.name.v.clone(), dv.name.span);
-            if let Err(e) = check_device_name(&dv.name.v) {
-                self.push(
-                    err(dv.name.span, format!("device name {:?} {e}", dv.name.v))
-                        .label("not a DNS label"),
-                );
+        if let Some((prev, kind)) = self
+            .seen
+            .tailnet
+            .insert(dv.name.v.clone(), (dv.name.span, "device"))
+        {
+            let line = self.d.line(prev.offset());
+            self.push(
+                err(
+                    dv.name.span,
+                    format!("tailnet name {:?} is already taken", dv.name.v),
+                )
+                .label("duplicate name")
+                .help(clash_help(kind, line, "device", "rename this device")),
+            );
+        }
+        let user = dv.user.as_ref().map(|u| {
+            self.check_email(u);
+            u.v.clone()
+        });
+        let mut dtags = Vec::new();
+        for t in &dv.tags {
+            let tag = norm("tag:", &t.v);
+            if self.check_tag_ref(names, t, &tag) {
+                dtags.push(tag);
             }
-            if let Some((prev, kind)) =
-                tailnet_names.insert(dv.name.v.clone(), (dv.name.span, "device"))
-            {
-                let line = self.d.line(prev.offset());
+        }
+        if user.is_none() && dtags.is_empty() {
+            self.push(
+                err(
+                    dv.name.span,
+                    format!("device {:?} needs an owner", dv.name.v),
+                )
+                .help("give user=\"…\" or a tag"),
+            );
+        }
+        let public_key = self.device_public_key(dv);
+        let key_path = self.device_key_path(dv);
+        Device {
+            name: dv.name.v.clone(),
+            user,
+            public_key,
+            key_path,
+            tags: dtags,
+        }
+    }
+
+    /// A device's `public-key=`: required, a WireGuard key.
+    fn device_public_key(&mut self, dv: &syntax::DeviceDecl) -> String {
+        match &dv.public_key {
+            Some(k) if parse_wg_key(&k.v) => k.v.trim().to_string(),
+            Some(k) => {
+                self.push(
+                    err(k.span, "public-key is not a WireGuard key")
+                        .label("expected 44 characters of base64 (32 bytes)")
+                        .help("print it on the device with: wg pubkey < private.key"),
+                );
+                String::new()
+            }
+            None => {
                 self.push(
                     err(
                         dv.name.span,
-                        format!("tailnet name {:?} is already taken", dv.name.v),
+                        format!("device {:?} needs public-key", dv.name.v),
                     )
-                    .label("duplicate name")
-                    .help(clash_help(
-                        kind,
-                        line,
-                        "device",
-                        "rename this device",
-                    )),
+                    .help("the device keeps its private key; put its public key here"),
                 );
+                String::new()
             }
-            let user = dv.user.as_ref().map(|u| {
-                self.check_email(u);
-                u.v.clone()
-            });
-            let mut dtags = Vec::new();
-            for t in &dv.tags {
-                let tag = norm("tag:", &t.v);
-                if self.check_tag_ref(&names, t, &tag) {
-                    dtags.push(tag);
-                }
-            }
-            if user.is_none() && dtags.is_empty() {
-                self.push(
-                    err(
-                        dv.name.span,
-                        format!("device {:?} needs an owner", dv.name.v),
-                    )
-                    .help("give user=\"…\" or a tag"),
-                );
-            }
-            let public_key = match &dv.public_key {
-                Some(k) if parse_wg_key(&k.v) => k.v.trim().to_string(),
-                Some(k) => {
-                    self.push(
-                        err(k.span, "public-key is not a WireGuard key")
-                            .label("expected 44 characters of base64 (32 bytes)")
-                            .help("print it on the device with: wg pubkey < private.key"),
-                    );
-                    String::new()
-                }
-                None => {
-                    self.push(
-                        err(
-                            dv.name.span,
-                            format!("device {:?} needs public-key", dv.name.v),
-                        )
-                        .help("the device keeps its private key; put its public key here"),
-                    );
-                    String::new()
-                }
-            };
-            let key_path = match &dv.key_path {
-                Some(p) if !p.v.is_empty() && !p.v.contains(char::is_whitespace) => p.v.clone(),
-                Some(p) => {
-                    self.push(
-                        err(p.span, "key-path must be a path without spaces").label("bad path"),
-                    );
-                    String::new()
-                }
-                None => format!("/etc/wireguard/{}.key", dv.name.v),
-            };
-            devices.push(Device {
-                name: dv.name.v.clone(),
-                user,
-                public_key,
-                key_path,
-                tags: dtags,
-            });
         }
+    }
 
-        // Clusters and exposures.
-        let mut clusters = Vec::new();
-        let mut cluster_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
-        let mut exposure_ids: BTreeMap<String, SourceSpan> = BTreeMap::new();
-        for c in &spec.clusters {
-            if let Some(cl) = self.cluster(
-                c,
-                &names,
-                &mut cluster_names,
-                &mut exposure_ids,
-                &mut tailnet_names,
-                &hosts,
-                &devices,
-            ) {
-                clusters.push(cl);
-            } else {
-                ok = false;
+    /// A device's `key-path=`, `/etc/wireguard/<name>.key` by default.
+    fn device_key_path(&mut self, dv: &syntax::DeviceDecl) -> String {
+        match &dv.key_path {
+            Some(p) if !p.v.is_empty() && !p.v.contains(char::is_whitespace) => p.v.clone(),
+            Some(p) => {
+                self.push(err(p.span, "key-path must be a path without spaces").label("bad path"));
+                String::new()
             }
+            None => format!("/etc/wireguard/{}.key", dv.name.v),
         }
-        // Egress targets that name an exposure.
+    }
+
+    /// Egress targets that name an exposure (known once all clusters are resolved).
+    fn check_egress_targets(
+        &mut self,
+        spec: &Spec,
+        clusters: &[Cluster],
+        known: &Known,
+        magicdns_suffix: Option<&str>,
+    ) {
+        let (devices, hosts) = (known.devices, known.hosts);
         let exposure_set: BTreeSet<String> = clusters
             .iter()
             .flat_map(|c| c.exposures.iter().map(|e| e.id.clone()))
@@ -610,65 +728,21 @@ impl Resolver<'_> {
                 }
             }
         }
+    }
 
-        let acls = spec
-            .acls
-            .iter()
-            .filter_map(|a| self.acl(&names, a))
-            .collect();
-        let grants = spec
-            .grants
-            .iter()
-            .filter_map(|g| self.grant(&names, g))
-            .collect();
-        let tests = spec
-            .tests
-            .iter()
-            .filter_map(|t| self.test(&names, t))
-            .collect();
-        let ssh = spec
-            .ssh
-            .iter()
-            .filter_map(|s| self.ssh(&names, s))
-            .collect();
-        let gitops = spec.gitops.as_ref().and_then(|g| self.gitops(g));
-        if gitops.is_none() {
-            for c in &spec.clusters {
-                if let Some(g) = &c.gitops {
-                    self.push(
-                        err(
-                            g.span,
-                            "cluster gitops settings need a top-level `gitops` node",
-                        )
-                        .help("add: gitops \"argocd\" repo=\"…\" path=\"…\""),
-                    );
-                }
+    /// Without a top-level `gitops` node, no cluster may carry gitops settings.
+    fn check_no_cluster_gitops(&mut self, spec: &Spec) {
+        for c in &spec.clusters {
+            if let Some(g) = &c.gitops {
+                self.push(
+                    err(
+                        g.span,
+                        "cluster gitops settings need a top-level `gitops` node",
+                    )
+                    .help("add: gitops \"argocd\" repo=\"…\" path=\"…\""),
+                );
             }
         }
-
-        let verbatim = crate::import::resolve_verbatim(&spec.verbatim, self.d);
-        if !ok {
-            return None;
-        }
-        Some(Tailnet {
-            name,
-            domain,
-            magicdns_suffix,
-            ipv4_pool,
-            users: users.into_iter().collect(),
-            groups,
-            tags,
-            hosts,
-            devices,
-            clusters,
-            acls,
-            grants,
-            tests,
-            ssh,
-            gitops,
-            verbatim,
-            lookup: Default::default(),
-        })
     }
 
     fn check_email(&mut self, u: &SpStr) {
@@ -1140,17 +1214,65 @@ impl Resolver<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn cluster(
-        &mut self,
-        c: &syntax::ClusterDecl,
-        names: &Names,
-        cluster_names: &mut BTreeMap<String, SourceSpan>,
-        exposure_ids: &mut BTreeMap<String, SourceSpan>,
-        tailnet_names: &mut BTreeMap<String, (SourceSpan, &'static str)>,
-        hosts: &[(String, IpNet)],
-        devices: &[Device],
-    ) -> Option<Cluster> {
+    fn cluster(&mut self, c: &syntax::ClusterDecl, known: &Known) -> Option<Cluster> {
+        self.cluster_name(c);
+        let namespace = self.cluster_namespace(c);
+        let pod_cidr = self.cluster_cidr(&c.pod_cidr, "pod-cidr");
+        let service_cidr = self.cluster_cidr(&c.service_cidr, "service-cidr");
+        let runtime = self.runtime_kind(c);
+        let endpoint = self.endpoint(c, runtime);
+        let publish = self.publish(c);
+        let gateway_port = self.gateway_port(c, publish);
+        let sidecar_style = self.sidecar_style(c);
+        let services = self.service_options(c);
+        let image = self.cluster_image(c, runtime);
+        let health_port = self.health_port(c, runtime);
+        let (secrets, auth) = self.secrets(c, runtime);
+        let gitops = c
+            .gitops
+            .as_ref()
+            .map(|g| self.cluster_gitops(g))
+            .unwrap_or_default();
+
+        let mut exposures = Vec::new();
+        for e in &c.exposures {
+            if let Some(x) = self.exposure(e, known) {
+                exposures.extend(self.expand_set(x, e, runtime));
+            }
+        }
+        if runtime == RuntimeKind::Tsk8s {
+            self.check_publishing(c, publish, &exposures);
+            if publish == Publish::Gateway {
+                self.check_gateway(c, gateway_port, &exposures);
+            }
+            if c.pod_cidr.is_none()
+                && let Some(svc) = service_cidr
+            {
+                self.check_router_pod_cidr(c, svc, &exposures);
+            }
+        }
+        Some(Cluster {
+            name: c.name.v.clone(),
+            namespace,
+            pod_cidr,
+            service_cidr,
+            endpoint,
+            publish,
+            gateway_port,
+            services,
+            sidecar_style,
+            image,
+            runtime,
+            health_port,
+            secrets,
+            auth,
+            gitops,
+            exposures,
+        })
+    }
+
+    /// A cluster's name: a DNS-1123 label, unique.
+    fn cluster_name(&mut self, c: &syntax::ClusterDecl) {
         self.spans.clusters.insert(c.name.v.clone(), c.name.span);
         if let Err(e) = check_cluster_name(&c.name.v) {
             self.push(
@@ -1158,7 +1280,7 @@ impl Resolver<'_> {
                     .label("not a DNS-1123 label"),
             );
         }
-        if let Some(prev) = cluster_names.insert(c.name.v.clone(), c.name.span) {
+        if let Some(prev) = self.seen.clusters.insert(c.name.v.clone(), c.name.span) {
             let line = self.d.line_col(prev.offset()).0;
             self.push(
                 err(
@@ -1169,7 +1291,11 @@ impl Resolver<'_> {
                 .help(format!("first declared on line {line}")),
             );
         }
-        let namespace = match &c.namespace {
+    }
+
+    /// A cluster's `namespace=`, `tailscale` by default.
+    fn cluster_namespace(&mut self, c: &syntax::ClusterDecl) -> String {
+        match &c.namespace {
             Some(ns) => {
                 if let Err(e) = check_label(&ns.v, 63) {
                     self.push(
@@ -1180,31 +1306,34 @@ impl Resolver<'_> {
                 ns.v.clone()
             }
             None => "tailscale".to_string(),
-        };
-        let cidr = |r: &mut Self, v: &Option<SpStr>, what: &str| -> Option<IpNet> {
-            let v = v.as_ref()?;
-            match v.v.parse::<IpNet>() {
-                Ok(n) if n.trunc() == n => Some(n),
-                Ok(n) => {
-                    r.push(
-                        err(v.span, format!("{what} {:?} has host bits set", v.v))
-                            .label("not a network address")
-                            .help(format!("did you mean `{}`?", n.trunc())),
-                    );
-                    None
-                }
-                Err(_) => {
-                    r.push(
-                        err(v.span, format!("invalid CIDR {:?} for {what}", v.v))
-                            .label("not a CIDR"),
-                    );
-                    None
-                }
+        }
+    }
+
+    /// A cluster's `pod-cidr=` or `service-cidr=` (`what`): a network address.
+    fn cluster_cidr(&mut self, v: &Option<SpStr>, what: &str) -> Option<IpNet> {
+        let v = v.as_ref()?;
+        match v.v.parse::<IpNet>() {
+            Ok(n) if n.trunc() == n => Some(n),
+            Ok(n) => {
+                self.push(
+                    err(v.span, format!("{what} {:?} has host bits set", v.v))
+                        .label("not a network address")
+                        .help(format!("did you mean `{}`?", n.trunc())),
+                );
+                None
             }
-        };
-        let pod_cidr = cidr(self, &c.pod_cidr, "pod-cidr");
-        let service_cidr = cidr(self, &c.service_cidr, "service-cidr");
-        let runtime = match c.runtime.as_ref().map(|r| r.v.as_str()) {
+            Err(_) => {
+                self.push(
+                    err(v.span, format!("invalid CIDR {:?} for {what}", v.v)).label("not a CIDR"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A cluster's `runtime=`: tsk8s (default) or tailscale.
+    fn runtime_kind(&mut self, c: &syntax::ClusterDecl) -> RuntimeKind {
+        match c.runtime.as_ref().map(|r| r.v.as_str()) {
             None | Some("tsk8s") => RuntimeKind::Tsk8s,
             Some("tailscale") => RuntimeKind::Tailscale,
             Some(other) => {
@@ -1215,8 +1344,12 @@ impl Resolver<'_> {
                 );
                 RuntimeKind::Tsk8s
             }
-        };
-        let endpoint = match &c.endpoint {
+        }
+    }
+
+    /// A cluster's `endpoint=`: a host name or IP address, `{node}` standing for each node.
+    fn endpoint(&mut self, c: &syntax::ClusterDecl, runtime: RuntimeKind) -> String {
+        match &c.endpoint {
             Some(e) => {
                 // `{node}` stands for each node's tailnet name (a DNS label); the lengths are
                 // checked per node below.
@@ -1256,8 +1389,12 @@ impl Resolver<'_> {
                 String::new()
             }
             None => String::new(),
-        };
-        let publish = match c.publish.as_ref().map(|p| p.v.as_str()) {
+        }
+    }
+
+    /// A cluster's `publish=`: gateway (default), load-balancer or node-port.
+    fn publish(&mut self, c: &syntax::ClusterDecl) -> Publish {
+        match c.publish.as_ref().map(|p| p.v.as_str()) {
             None | Some("gateway") => Publish::Gateway,
             Some("load-balancer") => Publish::LoadBalancer,
             Some("node-port") => Publish::NodePort,
@@ -1269,9 +1406,12 @@ impl Resolver<'_> {
                 );
                 Publish::LoadBalancer
             }
-        };
-        let gateway_port = self.gateway_port(c, publish);
-        let sidecar_style = match c.sidecar_style.as_ref().map(|s| s.v.as_str()) {
+        }
+    }
+
+    /// A cluster's `sidecar-style=`: native (default) or container.
+    fn sidecar_style(&mut self, c: &syntax::ClusterDecl) -> SidecarStyle {
+        match c.sidecar_style.as_ref().map(|s| s.v.as_str()) {
             None | Some("native") => SidecarStyle::Native,
             Some("container") => SidecarStyle::Container,
             Some(other) => {
@@ -1283,8 +1423,11 @@ impl Resolver<'_> {
                 );
                 SidecarStyle::Native
             }
-        };
-        let services = self.service_options(c);
+        }
+    }
+
+    /// A cluster's `image=`: required and pinned.
+    fn cluster_image(&mut self, c: &syntax::ClusterDecl, runtime: RuntimeKind) -> String {
         let image = match &c.image {
             Some(i) => {
                 if let Err(e) = check_image(&i.v) {
@@ -1312,77 +1455,36 @@ impl Resolver<'_> {
         {
             self.check_tailscale_image(i);
         }
-        let health_port = self.health_port(c, runtime);
-        let (secrets, auth) = self.secrets(c, runtime);
-        let gitops = c
-            .gitops
-            .as_ref()
-            .map(|g| self.cluster_gitops(g))
-            .unwrap_or_default();
+        image
+    }
 
-        let mut exposures = Vec::new();
-        for e in &c.exposures {
-            if let Some(x) = self.exposure(
-                &c.name.v,
-                e,
-                names,
-                exposure_ids,
-                tailnet_names,
-                hosts,
-                devices,
-            ) {
-                exposures.extend(self.expand_set(x, e, runtime, exposure_ids, tailnet_names));
+    /// A NetworkPolicy sees a packet to a Service address after DNAT, at a pod address: a
+    /// router into the Service CIDR must be let out to the pods too, so the cluster needs its
+    /// pod CIDR.
+    fn check_router_pod_cidr(
+        &mut self,
+        c: &syntax::ClusterDecl,
+        svc: IpNet,
+        exposures: &[Exposure],
+    ) {
+        for e in exposures {
+            let ExposureKind::SubnetRouter { routes } = &e.kind else {
+                continue;
+            };
+            if let Some(r) = routes.iter().find(|r| r.contains(&svc) || svc.contains(*r)) {
+                self.push(
+                    err(
+                        c.name.span,
+                        format!(
+                            "cluster {:?} needs pod-cidr=\"…\": subnet router {:?} routes {r}, which covers its service-cidr {svc}",
+                            c.name.v, e.id
+                        ),
+                    )
+                    .label("pod-cidr missing")
+                    .help("packets to a Service address reach the pod after DNAT, and the router's NetworkPolicy must let them out to the pod CIDR: add pod-cidr=\"10.244.0.0/16\" (your cluster's)"),
+                );
             }
         }
-        if runtime == RuntimeKind::Tsk8s {
-            self.check_publishing(c, publish, &exposures);
-            if publish == Publish::Gateway {
-                self.check_gateway(c, gateway_port, &exposures);
-            }
-        }
-        // A NetworkPolicy sees a packet to a Service address after DNAT, at a pod address: a
-        // router into the Service CIDR must be let out to the pods too.
-        if runtime == RuntimeKind::Tsk8s
-            && c.pod_cidr.is_none()
-            && let Some(svc) = service_cidr
-        {
-            for e in &exposures {
-                let ExposureKind::SubnetRouter { routes } = &e.kind else {
-                    continue;
-                };
-                if let Some(r) = routes.iter().find(|r| r.contains(&svc) || svc.contains(*r)) {
-                    self.push(
-                            err(
-                                c.name.span,
-                                format!(
-                                    "cluster {:?} needs pod-cidr=\"…\": subnet router {:?} routes {r}, which covers its service-cidr {svc}",
-                                    c.name.v, e.id
-                                ),
-                            )
-                            .label("pod-cidr missing")
-                            .help("packets to a Service address reach the pod after DNAT, and the router's NetworkPolicy must let them out to the pod CIDR: add pod-cidr=\"10.244.0.0/16\" (your cluster's)"),
-                        );
-                }
-            }
-        }
-        Some(Cluster {
-            name: c.name.v.clone(),
-            namespace,
-            pod_cidr,
-            service_cidr,
-            endpoint,
-            publish,
-            gateway_port,
-            services,
-            sidecar_style,
-            image,
-            runtime,
-            health_port,
-            secrets,
-            auth,
-            gitops,
-            exposures,
-        })
     }
 
     /// Whether the cluster's nodes can be reached where `endpoint` says, the way `publish`
@@ -1493,8 +1595,6 @@ impl Resolver<'_> {
         x: Exposure,
         decl: &syntax::ExposureDecl,
         runtime: RuntimeKind,
-        exposure_ids: &mut BTreeMap<String, SourceSpan>,
-        tailnet_names: &mut BTreeMap<String, (SourceSpan, &'static str)>,
     ) -> Vec<Exposure> {
         let ExposureKind::Sidecar { set: Some(set), .. } = &x.kind else {
             return vec![x];
@@ -1545,10 +1645,12 @@ impl Resolver<'_> {
                 bad = true;
             }
             let taken = [
-                exposure_ids
+                self.seen
+                    .exposures
                     .insert(id.clone(), decl.name.span)
                     .map(|p| (p, &id)),
-                tailnet_names
+                self.seen
+                    .tailnet
                     .insert(hostname.clone(), (decl.name.span, "exposure"))
                     .map(|(p, _)| (p, &hostname)),
             ];
@@ -1944,18 +2046,27 @@ impl Resolver<'_> {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn exposure(
-        &mut self,
-        cluster: &str,
-        e: &syntax::ExposureDecl,
-        names: &Names,
-        exposure_ids: &mut BTreeMap<String, SourceSpan>,
-        tailnet_names: &mut BTreeMap<String, (SourceSpan, &'static str)>,
-        hosts: &[(String, IpNet)],
-        devices: &[Device],
-    ) -> Option<Exposure> {
+    fn exposure(&mut self, e: &syntax::ExposureDecl, known: &Known) -> Option<Exposure> {
         let mut ok = true;
+        let hostname = self.exposure_name(e, &mut ok);
+        let tags = self.exposure_tags(e, known.names, &mut ok);
+        let ports = self.ports(e, &mut ok);
+        let kind = match e.kind {
+            syntax::ExposureKind::Proxy => self.proxy(e, ports, &mut ok),
+            syntax::ExposureKind::Sidecar => self.sidecar(e, ports, &mut ok),
+            syntax::ExposureKind::SubnetRouter => self.subnet_router(e, &mut ok),
+            syntax::ExposureKind::Egress => self.egress(e, known, ports, &mut ok),
+        };
+        ok.then(|| Exposure {
+            id: e.name.v.clone(),
+            hostname: hostname.v,
+            tags,
+            kind,
+        })
+    }
+
+    /// An exposure's id and tailnet name (`hostname=`, the id by default): valid and unique.
+    fn exposure_name(&mut self, e: &syntax::ExposureDecl, ok: &mut bool) -> SpStr {
         self.spans.exposures.insert(e.name.v.clone(), e.name.span);
         if let Err(msg) = check_exposure_name(&e.name.v) {
             self.push(
@@ -1963,10 +2074,10 @@ impl Resolver<'_> {
                     .label("bad name")
                     .help(format!("it names Services `{OBJECT_PREFIX}<name>` (RFC 1035, at most 63 characters), so at most {MAX_EXPOSURE_NAME} characters")),
             );
-            ok = false;
+            *ok = false;
         }
-        let duplicate = exposure_ids.contains_key(&e.name.v);
-        if let Some(prev) = exposure_ids.insert(e.name.v.clone(), e.name.span) {
+        let duplicate = self.seen.exposures.contains_key(&e.name.v);
+        if let Some(prev) = self.seen.exposures.insert(e.name.v.clone(), e.name.span) {
             let line = self.d.line(prev.offset());
             self.push(
                 err(
@@ -1978,7 +2089,7 @@ impl Resolver<'_> {
                     "first declared on line {line}; exposure names are unique across all clusters"
                 )),
             );
-            ok = false;
+            *ok = false;
         }
         let hostname = match &e.hostname {
             Some(h) => {
@@ -1986,14 +2097,16 @@ impl Resolver<'_> {
                     self.push(
                         err(h.span, format!("hostname {:?} {msg}", h.v)).label("not a DNS label"),
                     );
-                    ok = false;
+                    *ok = false;
                 }
                 h.clone()
             }
             None => e.name.clone(),
         };
-        if let Some((prev, kind)) =
-            tailnet_names.insert(hostname.v.clone(), (hostname.span, "exposure"))
+        if let Some((prev, kind)) = self
+            .seen
+            .tailnet
+            .insert(hostname.v.clone(), (hostname.span, "exposure"))
         {
             if !duplicate {
                 let line = self.d.line(prev.offset());
@@ -2014,9 +2127,19 @@ impl Resolver<'_> {
                         "set hostname=\"…\" to give this exposure another name",
                     )),
                 );
-                ok = false;
+                *ok = false;
             }
         }
+        hostname
+    }
+
+    /// An exposure's tags (at least one; declared; each once).
+    fn exposure_tags(
+        &mut self,
+        e: &syntax::ExposureDecl,
+        names: &Names,
+        ok: &mut bool,
+    ) -> Vec<String> {
         let mut tags = Vec::new();
         for t in &e.tags {
             let tag = norm("tag:", &t.v);
@@ -2025,7 +2148,7 @@ impl Resolver<'_> {
                     tags.push(tag);
                 }
             } else {
-                ok = false;
+                *ok = false;
             }
         }
         if e.tags.is_empty() {
@@ -2036,200 +2159,205 @@ impl Resolver<'_> {
                 )
                 .help("nodes in clusters are tagged devices: add tag=\"…\""),
             );
-            ok = false;
+            *ok = false;
         }
-        let ports = self.ports(e, &mut ok);
-        let kind = match e.kind {
-            syntax::ExposureKind::Proxy => {
-                let (namespace, service) = self.ns_name(
-                    e.service.as_ref(),
-                    e,
-                    "service",
-                    "\"monitoring/grafana\"",
-                    true,
-                    &mut ok,
+        tags
+    }
+
+    /// A proxy: the Service it forwards to.
+    fn proxy(&mut self, e: &syntax::ExposureDecl, ports: Vec<Port>, ok: &mut bool) -> ExposureKind {
+        let (namespace, service) = self.ns_name(
+            e.service.as_ref(),
+            e,
+            "service",
+            "\"monitoring/grafana\"",
+            true,
+            ok,
+        );
+        ExposureKind::Proxy {
+            namespace,
+            service,
+            ports,
+        }
+    }
+
+    /// A sidecar: the workload it joins (a Deployment, or a StatefulSet with a node per pod).
+    fn sidecar(
+        &mut self,
+        e: &syntax::ExposureDecl,
+        ports: Vec<Port>,
+        ok: &mut bool,
+    ) -> ExposureKind {
+        let (namespace, workload) = self.ns_name(
+            e.workload.as_ref(),
+            e,
+            "workload",
+            "\"shop/web\"",
+            false,
+            ok,
+        );
+        let workload_kind = match e.workload_kind.as_ref().map(|k| k.v.as_str()) {
+            None | Some("Deployment") => "Deployment".to_string(),
+            Some("StatefulSet") => "StatefulSet".to_string(),
+            Some(other) => {
+                let at = e.workload_kind.as_ref().map(|k| k.span).unwrap_or(e.span);
+                self.push(
+                    err(
+                        at,
+                        format!("sidecar kind {other:?} must be Deployment or StatefulSet"),
+                    )
+                    .label("unsupported kind"),
                 );
-                ExposureKind::Proxy {
-                    namespace,
-                    service,
-                    ports,
-                }
-            }
-            syntax::ExposureKind::Sidecar => {
-                let (namespace, workload) = self.ns_name(
-                    e.workload.as_ref(),
-                    e,
-                    "workload",
-                    "\"shop/web\"",
-                    false,
-                    &mut ok,
-                );
-                let workload_kind = match e.workload_kind.as_ref().map(|k| k.v.as_str()) {
-                    None | Some("Deployment") => "Deployment".to_string(),
-                    Some("StatefulSet") => "StatefulSet".to_string(),
-                    Some(other) => {
-                        let at = e.workload_kind.as_ref().map(|k| k.span).unwrap_or(e.span);
-                        self.push(
-                            err(
-                                at,
-                                format!("sidecar kind {other:?} must be Deployment or StatefulSet"),
-                            )
-                            .label("unsupported kind"),
-                        );
-                        ok = false;
-                        String::new()
-                    }
-                };
-                let mut replicas = 1;
-                if let Some(r) = &e.replicas {
-                    if workload_kind == "StatefulSet" {
-                        match u32::try_from(r.v) {
-                            Ok(n) if (1..=MAX_SIDECAR_REPLICAS).contains(&n) => replicas = n,
-                            _ => {
-                                self.push(
-                                    err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
-                                        .label(format!("1 to {MAX_SIDECAR_REPLICAS}"))
-                                        .help(format!("each pod of a StatefulSet sidecar is a node of its own (key, addresses, lock entry, Service) and every pod mounts all of them: give 1 to {MAX_SIDECAR_REPLICAS} replicas")),
-                                );
-                                ok = false;
-                            }
-                        }
-                    } else if r.v != 1 {
-                        self.push(
-                            err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
-                                .label("one key, one pod")
-                                .help("a Deployment's pods are interchangeable, so its sidecar has one WireGuard key and one address and the Component pins replicas: 1; use kind=\"StatefulSet\" (one node per pod) or a proxy for replicated workloads"),
-                        );
-                        ok = false;
-                    }
-                }
-                ExposureKind::Sidecar {
-                    namespace,
-                    workload,
-                    workload_kind,
-                    ports,
-                    set: (replicas > 1).then(|| SidecarSet {
-                        base: e.name.v.clone(),
-                        ordinal: 0,
-                        replicas,
-                    }),
-                }
-            }
-            syntax::ExposureKind::SubnetRouter => {
-                let mut routes = Vec::new();
-                if e.routes.is_empty() {
-                    self.push(
-                        err(e.name.span, "a subnet router needs at least one route")
-                            .help("route=\"10.96.0.0/12\""),
-                    );
-                    ok = false;
-                }
-                for r in &e.routes {
-                    match r.v.parse::<IpNet>() {
-                        Ok(n) if n.trunc() == n => {
-                            if n.prefix_len() == 0 {
-                                self.push(
-                                    err(r.span, "a subnet router cannot advertise a default route")
-                                        .label("use an exit node instead"),
-                                );
-                                ok = false;
-                            } else if overlaps_tailnet(&n) {
-                                self.push(
-                                    err(
-                                        r.span,
-                                        format!(
-                                            "route {n} overlaps the tailnet's own address range"
-                                        ),
-                                    )
-                                    .label("overlaps 100.64.0.0/10 or fd7a:115c:a1e0::/48"),
-                                );
-                                ok = false;
-                            } else if let Some((range, what)) = unroutable(&n) {
-                                self.push(
-                                    err(
-                                        r.span,
-                                        if range.contains(&n) {
-                                            format!("route {n} lies in the {what} range {range}")
-                                        } else {
-                                            format!("route {n} covers the {what} range {range}")
-                                        },
-                                    )
-                                    .label("not routable through a subnet router")
-                                    .help(UNROUTABLE_HELP),
-                                );
-                                ok = false;
-                            } else {
-                                self.spans.routes.insert((e.name.v.clone(), n), r.span);
-                                routes.push(n);
-                            }
-                        }
-                        Ok(n) => {
-                            self.push(
-                                err(r.span, format!("route {:?} has host bits set", r.v))
-                                    .label("not a network address")
-                                    .help(format!("did you mean `{}`?", n.trunc())),
-                            );
-                            ok = false;
-                        }
-                        Err(_) => {
-                            self.push(
-                                err(r.span, format!("invalid CIDR {:?}", r.v)).label("not a CIDR"),
-                            );
-                            ok = false;
-                        }
-                    }
-                }
-                ExposureKind::SubnetRouter { routes }
-            }
-            syntax::ExposureKind::Egress => {
-                let target = match &e.target {
-                    Some(t) => {
-                        if devices.iter().any(|d| d.name == t.v) {
-                            EgressTarget::Device(t.v.clone())
-                        } else if let Some((h, net)) = hosts.iter().find(|(h, _)| *h == t.v) {
-                            let single =
-                                (net.prefix_len() == net.max_prefix_len()).then(|| net.addr());
-                            match single {
-                                Some(ip) => EgressTarget::Host(h.clone(), ip),
-                                None => {
-                                    self.push(
-                                        err(
-                                            t.span,
-                                            format!("host {:?} is a network, not one address", t.v),
-                                        )
-                                        .label("egress needs one address"),
-                                    );
-                                    ok = false;
-                                    EgressTarget::Node(String::new())
-                                }
-                            }
-                        } else {
-                            // An exposure (checked once all clusters are known).
-                            EgressTarget::Node(t.v.clone())
-                        }
-                    }
-                    None => {
-                        self.push(
-                            err(
-                                e.name.span,
-                                "egress needs target=\"<device, host or exposure>\"",
-                            )
-                            .label("target missing"),
-                        );
-                        ok = false;
-                        EgressTarget::Node(String::new())
-                    }
-                };
-                ExposureKind::Egress { target, ports }
+                *ok = false;
+                String::new()
             }
         };
-        let _ = cluster;
-        ok.then(|| Exposure {
-            id: e.name.v.clone(),
-            hostname: hostname.v,
-            tags,
-            kind,
-        })
+        let mut replicas = 1;
+        if let Some(r) = &e.replicas {
+            if workload_kind == "StatefulSet" {
+                match u32::try_from(r.v) {
+                    Ok(n) if (1..=MAX_SIDECAR_REPLICAS).contains(&n) => replicas = n,
+                    _ => {
+                        self.push(
+                            err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
+                                .label(format!("1 to {MAX_SIDECAR_REPLICAS}"))
+                                .help(format!("each pod of a StatefulSet sidecar is a node of its own (key, addresses, lock entry, Service) and every pod mounts all of them: give 1 to {MAX_SIDECAR_REPLICAS} replicas")),
+                        );
+                        *ok = false;
+                    }
+                }
+            } else if r.v != 1 {
+                self.push(
+                    err(r.span, format!("sidecar {:?} is declared with {} replicas", e.name.v, r.v))
+                        .label("one key, one pod")
+                        .help("a Deployment's pods are interchangeable, so its sidecar has one WireGuard key and one address and the Component pins replicas: 1; use kind=\"StatefulSet\" (one node per pod) or a proxy for replicated workloads"),
+                );
+                *ok = false;
+            }
+        }
+        ExposureKind::Sidecar {
+            namespace,
+            workload,
+            workload_kind,
+            ports,
+            set: (replicas > 1).then(|| SidecarSet {
+                base: e.name.v.clone(),
+                ordinal: 0,
+                replicas,
+            }),
+        }
+    }
+
+    /// A subnet router: its routes, each a routable network outside the tailnet's range.
+    fn subnet_router(&mut self, e: &syntax::ExposureDecl, ok: &mut bool) -> ExposureKind {
+        let mut routes = Vec::new();
+        if e.routes.is_empty() {
+            self.push(
+                err(e.name.span, "a subnet router needs at least one route")
+                    .help("route=\"10.96.0.0/12\""),
+            );
+            *ok = false;
+        }
+        for r in &e.routes {
+            match r.v.parse::<IpNet>() {
+                Ok(n) if n.trunc() == n => {
+                    if n.prefix_len() == 0 {
+                        self.push(
+                            err(r.span, "a subnet router cannot advertise a default route")
+                                .label("use an exit node instead"),
+                        );
+                        *ok = false;
+                    } else if overlaps_tailnet(&n) {
+                        self.push(
+                            err(
+                                r.span,
+                                format!("route {n} overlaps the tailnet's own address range"),
+                            )
+                            .label("overlaps 100.64.0.0/10 or fd7a:115c:a1e0::/48"),
+                        );
+                        *ok = false;
+                    } else if let Some((range, what)) = unroutable(&n) {
+                        self.push(
+                            err(
+                                r.span,
+                                if range.contains(&n) {
+                                    format!("route {n} lies in the {what} range {range}")
+                                } else {
+                                    format!("route {n} covers the {what} range {range}")
+                                },
+                            )
+                            .label("not routable through a subnet router")
+                            .help(UNROUTABLE_HELP),
+                        );
+                        *ok = false;
+                    } else {
+                        self.spans.routes.insert((e.name.v.clone(), n), r.span);
+                        routes.push(n);
+                    }
+                }
+                Ok(n) => {
+                    self.push(
+                        err(r.span, format!("route {:?} has host bits set", r.v))
+                            .label("not a network address")
+                            .help(format!("did you mean `{}`?", n.trunc())),
+                    );
+                    *ok = false;
+                }
+                Err(_) => {
+                    self.push(err(r.span, format!("invalid CIDR {:?}", r.v)).label("not a CIDR"));
+                    *ok = false;
+                }
+            }
+        }
+        ExposureKind::SubnetRouter { routes }
+    }
+
+    /// An egress: its target, a device, a host alias with one address, or an exposure.
+    fn egress(
+        &mut self,
+        e: &syntax::ExposureDecl,
+        known: &Known,
+        ports: Vec<Port>,
+        ok: &mut bool,
+    ) -> ExposureKind {
+        let target = match &e.target {
+            Some(t) => {
+                if known.devices.iter().any(|d| d.name == t.v) {
+                    EgressTarget::Device(t.v.clone())
+                } else if let Some((h, net)) = known.hosts.iter().find(|(h, _)| *h == t.v) {
+                    let single = (net.prefix_len() == net.max_prefix_len()).then(|| net.addr());
+                    match single {
+                        Some(ip) => EgressTarget::Host(h.clone(), ip),
+                        None => {
+                            self.push(
+                                err(
+                                    t.span,
+                                    format!("host {:?} is a network, not one address", t.v),
+                                )
+                                .label("egress needs one address"),
+                            );
+                            *ok = false;
+                            EgressTarget::Node(String::new())
+                        }
+                    }
+                } else {
+                    // An exposure (checked once all clusters are known).
+                    EgressTarget::Node(t.v.clone())
+                }
+            }
+            None => {
+                self.push(
+                    err(
+                        e.name.span,
+                        "egress needs target=\"<device, host or exposure>\"",
+                    )
+                    .label("target missing"),
+                );
+                *ok = false;
+                EgressTarget::Node(String::new())
+            }
+        };
+        ExposureKind::Egress { target, ports }
     }
 
     fn ports(&mut self, e: &syntax::ExposureDecl, ok: &mut bool) -> Vec<Port> {
