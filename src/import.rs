@@ -365,144 +365,181 @@ pub fn import(policy_text: &str, opts: &ImportOptions) -> Result<Imported, Impor
             "the policy is not a JSON object".into(),
         ));
     };
-    let mut bad: Vec<String> = Vec::new();
-    let mut users: BTreeSet<String> = BTreeSet::new();
-    let mut body = String::new();
+    let mut w = SpecWriter::default();
+    if let Some(v) = root.get("groups") {
+        w.groups(v);
+    }
+    if let Some(v) = root.get("tagOwners") {
+        w.tag_owners(v);
+    }
+    if let Some(v) = root.get("hosts") {
+        w.hosts(v);
+    }
+    w.acls(root.get("acls"), root.get("grants").is_some());
+    if let Some(v) = root.get("grants") {
+        w.grants(v);
+    }
+    if let Some(v) = root.get("ssh") {
+        w.ssh(v);
+    }
+    if let Some(v) = root.get("tests") {
+        w.tests(v);
+    }
+    let verbatim = verbatim_nodes(root);
+    if !w.bad.is_empty() {
+        return Err(ImportError::Unsupported(w.bad));
+    }
+    let spec = render_spec(opts, &w.users, &w.body, &verbatim);
+    let warnings = self_check(&spec, &value)?;
+    Ok(Imported { spec, warnings })
+}
 
-    // groups
-    if let Some(g) = root.get("groups") {
-        match g {
+/// The spec being written from the policy's generated sections.
+#[derive(Default)]
+struct SpecWriter {
+    /// What the spec cannot express, by JSON path.
+    bad: Vec<String>,
+    /// Every email referenced (a `user` node each).
+    users: BTreeSet<String>,
+    /// The spec nodes after the `tailnet` and `user` lines.
+    body: String,
+}
+
+impl SpecWriter {
+    /// `groups` → `group` nodes.
+    fn groups(&mut self, v: &Value) {
+        match v {
             Value::Object(m) => {
                 for (name, members) in m {
                     let bare = name.strip_prefix("group:").unwrap_or(name);
-                    let ms = strings(members, &format!("groups.{name}"), &mut bad);
+                    let ms = strings(members, &format!("groups.{name}"), &mut self.bad);
                     for u in &ms {
-                        note_user(u, &mut users);
+                        note_user(u, &mut self.users);
                     }
-                    let _ = write!(body, "group {}", kdl_str(bare));
+                    let _ = write!(self.body, "group {}", kdl_str(bare));
                     if ms.is_empty() {
-                        body.push('\n');
+                        self.body.push('\n');
                     } else {
                         let vals: Vec<String> = ms.iter().map(|s| kdl_str(s)).collect();
-                        let _ = writeln!(body, " {{\n    member {}\n}}", vals.join(" "));
+                        let _ = writeln!(self.body, " {{\n    member {}\n}}", vals.join(" "));
                     }
                 }
-                body.push('\n');
+                self.body.push('\n');
             }
-            _ => bad.push("groups (not an object)".into()),
+            _ => self.bad.push("groups (not an object)".into()),
         }
     }
 
-    // tagOwners
-    if let Some(t) = root.get("tagOwners") {
-        match t {
+    /// `tagOwners` → `tag` nodes.
+    fn tag_owners(&mut self, v: &Value) {
+        match v {
             Value::Object(m) => {
                 for (name, owners) in m {
                     let bare = name.strip_prefix("tag:").unwrap_or(name);
-                    let os = strings(owners, &format!("tagOwners.{name}"), &mut bad);
+                    let os = strings(owners, &format!("tagOwners.{name}"), &mut self.bad);
                     for o in &os {
-                        note_user(o, &mut users);
+                        note_user(o, &mut self.users);
                     }
                     let mut f = Fields::new();
                     f.list("owner", &os);
-                    f.render(&mut body, "", &format!("tag {}", kdl_str(bare)));
+                    f.render(&mut self.body, "", &format!("tag {}", kdl_str(bare)));
                 }
-                body.push('\n');
+                self.body.push('\n');
             }
-            _ => bad.push("tagOwners (not an object)".into()),
+            _ => self.bad.push("tagOwners (not an object)".into()),
         }
     }
 
-    // hosts
-    if let Some(h) = root.get("hosts") {
-        match h {
+    /// `hosts` → `host` nodes.
+    fn hosts(&mut self, v: &Value) {
+        match v {
             Value::Object(m) => {
                 for (name, addr) in m {
                     match addr {
                         Value::String(a) => {
-                            let _ = writeln!(body, "host {} {}", kdl_str(name), kdl_str(a));
+                            let _ = writeln!(self.body, "host {} {}", kdl_str(name), kdl_str(a));
                         }
-                        _ => bad.push(format!("hosts.{name} (not a string)")),
+                        _ => self.bad.push(format!("hosts.{name} (not a string)")),
                     }
                 }
-                body.push('\n');
+                self.body.push('\n');
             }
-            _ => bad.push("hosts (not an object)".into()),
+            _ => self.bad.push("hosts (not an object)".into()),
         }
     }
 
-    // acls (always written: an absent `acls` with no grants means allow-all in Tailscale,
-    // while a spec without rules denies everything)
-    let acls = root.get("acls");
-    let has_grants = root.get("grants").is_some();
-    match acls {
-        Some(v) => {
-            let list = entries(v, "acls", &mut bad);
-            if !list.is_empty() {
-                body.push_str("acl {\n");
-                for (i, m) in list.iter().enumerate() {
-                    let path = format!("acls[{i}]");
-                    check_keys(
-                        m,
-                        &["action", "src", "dst", "proto", "users", "ports"],
-                        &path,
-                        &mut bad,
-                    );
-                    let action = opt_str(m, "action", &path, &mut bad).unwrap_or_default();
-                    if action != "accept" {
-                        bad.push(format!(
-                            "{path}.action ({action:?}, only \"accept\" exists)"
-                        ));
-                    }
-                    let mut src = Vec::new();
-                    let mut dst = Vec::new();
-                    for k in ["src", "users"] {
-                        if let Some(v) = m.get(k) {
-                            src.extend(strings(v, &format!("{path}.{k}"), &mut bad));
+    /// `acls` → an `acl` node of `accept` lines. Always written: an absent `acls` with no
+    /// grants means allow-all in Tailscale, while a spec without rules denies everything.
+    fn acls(&mut self, acls: Option<&Value>, has_grants: bool) {
+        match acls {
+            Some(v) => {
+                let list = entries(v, "acls", &mut self.bad);
+                if !list.is_empty() {
+                    self.body.push_str("acl {\n");
+                    for (i, m) in list.iter().enumerate() {
+                        let path = format!("acls[{i}]");
+                        check_keys(
+                            m,
+                            &["action", "src", "dst", "proto", "users", "ports"],
+                            &path,
+                            &mut self.bad,
+                        );
+                        let action = opt_str(m, "action", &path, &mut self.bad).unwrap_or_default();
+                        if action != "accept" {
+                            self.bad.push(format!(
+                                "{path}.action ({action:?}, only \"accept\" exists)"
+                            ));
                         }
-                    }
-                    for k in ["dst", "ports"] {
-                        if let Some(v) = m.get(k) {
-                            dst.extend(strings(v, &format!("{path}.{k}"), &mut bad));
+                        let mut src = Vec::new();
+                        let mut dst = Vec::new();
+                        for k in ["src", "users"] {
+                            if let Some(v) = m.get(k) {
+                                src.extend(strings(v, &format!("{path}.{k}"), &mut self.bad));
+                            }
                         }
+                        for k in ["dst", "ports"] {
+                            if let Some(v) = m.get(k) {
+                                dst.extend(strings(v, &format!("{path}.{k}"), &mut self.bad));
+                            }
+                        }
+                        for a in &src {
+                            note_user(a, &mut self.users);
+                        }
+                        for a in &dst {
+                            note_user(alias_part(a), &mut self.users);
+                        }
+                        let mut f = Fields::new();
+                        f.list("src", &src);
+                        f.list("dst", &dst);
+                        if let Some(p) = opt_str(m, "proto", &path, &mut self.bad) {
+                            f.scalar("proto", &p);
+                        }
+                        f.render(&mut self.body, "    ", "accept");
                     }
-                    for a in &src {
-                        note_user(a, &mut users);
-                    }
-                    for a in &dst {
-                        note_user(alias_part(a), &mut users);
-                    }
-                    let mut f = Fields::new();
-                    f.list("src", &src);
-                    f.list("dst", &dst);
-                    if let Some(p) = opt_str(m, "proto", &path, &mut bad) {
-                        f.scalar("proto", &p);
-                    }
-                    f.render(&mut body, "    ", "accept");
+                    self.body.push_str("}\n\n");
                 }
-                body.push_str("}\n\n");
             }
+            None if !has_grants => {
+                self.body.push_str(
+                    "// The policy had no `acls` and no `grants`, which Tailscale reads as allow-all.\nacl {\n    accept src=\"*\" dst=\"*:*\"\n}\n\n",
+                );
+            }
+            None => {}
         }
-        None if !has_grants => {
-            body.push_str(
-                "// The policy had no `acls` and no `grants`, which Tailscale reads as allow-all.\nacl {\n    accept src=\"*\" dst=\"*:*\"\n}\n\n",
-            );
-        }
-        None => {}
     }
 
-    // grants
-    if let Some(v) = root.get("grants") {
-        for (i, m) in entries(v, "grants", &mut bad).iter().enumerate() {
+    /// `grants` → `grant` nodes.
+    fn grants(&mut self, v: &Value) {
+        for (i, m) in entries(v, "grants", &mut self.bad).iter().enumerate() {
             let path = format!("grants[{i}]");
-            check_keys(m, &["src", "dst", "ip", "via", "app"], &path, &mut bad);
+            check_keys(m, &["src", "dst", "ip", "via", "app"], &path, &mut self.bad);
             let mut f = Fields::new();
             for k in ["src", "dst", "ip", "via"] {
                 if let Some(v) = m.get(k) {
-                    let vals = strings(v, &format!("{path}.{k}"), &mut bad);
+                    let vals = strings(v, &format!("{path}.{k}"), &mut self.bad);
                     if k == "src" || k == "dst" {
                         for a in &vals {
-                            note_user(a, &mut users);
+                            note_user(a, &mut self.users);
                         }
                     }
                     // Always the child form: grants read better one field per line.
@@ -523,82 +560,85 @@ pub fn import(policy_text: &str, opts: &ImportOptions) -> Result<Imported, Impor
                                         let json = serde_json::to_string(x).unwrap_or_default();
                                         f.child(format!("app {} {}", kdl_str(cap), kdl_str(&json)));
                                     } else {
-                                        bad.push(format!("{path}.app.{cap}[{j}] (not an object)"));
+                                        self.bad
+                                            .push(format!("{path}.app.{cap}[{j}] (not an object)"));
                                     }
                                 }
                             }
-                            _ => bad.push(format!("{path}.app.{cap} (not a list)")),
+                            _ => self.bad.push(format!("{path}.app.{cap} (not a list)")),
                         }
                     }
                 }
-                Some(_) => bad.push(format!("{path}.app (not an object)")),
+                Some(_) => self.bad.push(format!("{path}.app (not an object)")),
             }
-            f.render(&mut body, "", "grant");
+            f.render(&mut self.body, "", "grant");
         }
-        body.push('\n');
+        self.body.push('\n');
     }
 
-    // ssh
-    if let Some(v) = root.get("ssh") {
-        for (i, m) in entries(v, "ssh", &mut bad).iter().enumerate() {
+    /// `ssh` → `ssh` nodes.
+    fn ssh(&mut self, v: &Value) {
+        for (i, m) in entries(v, "ssh", &mut self.bad).iter().enumerate() {
             let path = format!("ssh[{i}]");
             check_keys(
                 m,
                 &["action", "src", "dst", "users", "checkPeriod"],
                 &path,
-                &mut bad,
+                &mut self.bad,
             );
             let mut f = Fields::new();
-            if let Some(a) = opt_str(m, "action", &path, &mut bad) {
+            if let Some(a) = opt_str(m, "action", &path, &mut self.bad) {
                 f.scalar("action", &a);
             }
             for k in ["src", "dst", "users"] {
                 if let Some(v) = m.get(k) {
-                    let vals = strings(v, &format!("{path}.{k}"), &mut bad);
+                    let vals = strings(v, &format!("{path}.{k}"), &mut self.bad);
                     if k != "users" {
                         for a in &vals {
-                            note_user(a, &mut users);
+                            note_user(a, &mut self.users);
                         }
                     }
                     f.list(k, &vals);
                 }
             }
-            if let Some(p) = opt_str(m, "checkPeriod", &path, &mut bad) {
+            if let Some(p) = opt_str(m, "checkPeriod", &path, &mut self.bad) {
                 f.scalar("check-period", &p);
             }
-            f.render(&mut body, "", "ssh");
+            f.render(&mut self.body, "", "ssh");
         }
-        body.push('\n');
+        self.body.push('\n');
     }
 
-    // tests
-    if let Some(v) = root.get("tests") {
-        for (i, m) in entries(v, "tests", &mut bad).iter().enumerate() {
+    /// `tests` → `test` nodes.
+    fn tests(&mut self, v: &Value) {
+        for (i, m) in entries(v, "tests", &mut self.bad).iter().enumerate() {
             let path = format!("tests[{i}]");
-            check_keys(m, &["src", "proto", "accept", "deny"], &path, &mut bad);
+            check_keys(m, &["src", "proto", "accept", "deny"], &path, &mut self.bad);
             let mut f = Fields::new();
-            if let Some(s) = opt_str(m, "src", &path, &mut bad) {
-                note_user(&s, &mut users);
+            if let Some(s) = opt_str(m, "src", &path, &mut self.bad) {
+                note_user(&s, &mut self.users);
                 f.scalar("src", &s);
             }
-            if let Some(p) = opt_str(m, "proto", &path, &mut bad) {
+            if let Some(p) = opt_str(m, "proto", &path, &mut self.bad) {
                 f.scalar("proto", &p);
             }
             for k in ["accept", "deny"] {
                 if let Some(v) = m.get(k) {
-                    let vals = strings(v, &format!("{path}.{k}"), &mut bad);
+                    let vals = strings(v, &format!("{path}.{k}"), &mut self.bad);
                     for a in &vals {
-                        note_user(alias_part(a), &mut users);
+                        note_user(alias_part(a), &mut self.users);
                     }
                     f.list(k, &vals);
                 }
             }
-            f.render(&mut body, "", "test");
+            f.render(&mut self.body, "", "test");
         }
-        body.push('\n');
+        self.body.push('\n');
     }
+}
 
-    // Everything else, verbatim.
+/// Every section the spec does not generate, as `verbatim` nodes.
+fn verbatim_nodes(root: &Map<String, Value>) -> String {
     let mut verbatim = String::new();
     for (k, v) in root {
         if GENERATED.contains(&k.as_str()) {
@@ -607,11 +647,16 @@ pub fn import(policy_text: &str, opts: &ImportOptions) -> Result<Imported, Impor
         let json = serde_json::to_string(v).unwrap_or_default();
         let _ = writeln!(verbatim, "verbatim {} {}", kdl_str(k), kdl_str(&json));
     }
+    verbatim
+}
 
-    if !bad.is_empty() {
-        return Err(ImportError::Unsupported(bad));
-    }
-
+/// The spec text: header, `tailnet` line, users, the generated nodes, then the verbatim ones.
+fn render_spec(
+    opts: &ImportOptions,
+    users: &BTreeSet<String>,
+    body: &str,
+    verbatim: &str,
+) -> String {
     let mut spec = String::new();
     let _ = writeln!(
         spec,
@@ -625,39 +670,41 @@ pub fn import(policy_text: &str, opts: &ImportOptions) -> Result<Imported, Impor
         kdl_str(&opts.domain)
     );
     if !users.is_empty() {
-        for u in &users {
+        for u in users {
             let _ = writeln!(spec, "user {}", kdl_str(u));
         }
         spec.push('\n');
     }
-    spec.push_str(&body);
+    spec.push_str(body);
     if !verbatim.is_empty() {
         spec.push_str(
             "// Policy sections the spec language does not model, carried through unchanged.\n",
         );
-        spec.push_str(&verbatim);
+        spec.push_str(verbatim);
     }
     while spec.ends_with("\n\n") {
         spec.pop();
     }
 
-    // Self-check: build the spec and compare its policy with the input, section by section.
-    let warnings = match crate::build::load(&crate::build::Input {
+    spec
+}
+
+/// Build the spec and compare its policy with the input, section by section: the names of
+/// the sections that differ.
+fn self_check(spec: &str, value: &Value) -> Result<Vec<String>, ImportError> {
+    match crate::build::load(&crate::build::Input {
         spec_file: "tailnet.kdl",
-        spec: &spec,
+        spec,
         lock_file: "tailnet.lock",
         lock: None,
         sources: Default::default(),
     }) {
-        Ok(l) => compare(&value, &l.policy_value),
-        Err(f) => {
-            return Err(ImportError::Invalid(format!(
-                "the imported spec does not build:\n{}",
-                f.text
-            )));
-        }
-    };
-    Ok(Imported { spec, warnings })
+        Ok(l) => Ok(compare(value, &l.policy_value)),
+        Err(f) => Err(ImportError::Invalid(format!(
+            "the imported spec does not build:\n{}",
+            f.text
+        ))),
+    }
 }
 
 /// Names of the top-level sections in which two policies differ.

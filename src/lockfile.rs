@@ -205,235 +205,36 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
     let mut tombstones: Vec<(Tombstone, EntrySpans)> = Vec::new();
     let mut version_seen = false;
     for node in doc.nodes() {
-        let kind = node.name().value();
-        let arg = node.entries().iter().find(|e| e.name().is_none());
-        let prop = |key: &str| {
-            node.entries()
-                .iter()
-                .find(|e| e.name().is_some_and(|n| n.value() == key))
-        };
-        let mut bad = |span: SourceSpan, msg: String| d.push(Diagnostic::new(span, msg));
-        for e in node.entries() {
-            if let Some(n) = e.name() {
-                let allowed: &[&str] = match kind {
-                    "node" => &["cluster", "ipv4", "ipv6", "port", "public-key"],
-                    "device" => &["ipv4", "ipv6"],
-                    "tombstone" => &["cluster", "ipv4", "ipv6", "port"],
-                    _ => &[],
-                };
-                if !allowed.contains(&n.value()) {
-                    bad(
-                        e.span(),
-                        format!("unknown property `{}` on `{kind}`", n.value()),
-                    );
-                }
-                if node
-                    .entries()
-                    .iter()
-                    .filter(|x| x.name().is_some_and(|m| m.value() == n.value()))
-                    .count()
-                    > 1
-                {
-                    bad(e.span(), format!("property `{}` given twice", n.value()));
-                }
-            }
-        }
-        if node.children().is_some() {
-            bad(node.span(), format!("`{kind}` takes no children"));
-        }
-        let str_prop = |key: &str, bad: &mut dyn FnMut(SourceSpan, String)| -> Option<String> {
-            match prop(key) {
-                Some(e) => match e.value() {
-                    KdlValue::String(s) => Some(s.clone()),
-                    _ => {
-                        bad(e.span(), format!("`{key}` must be a string"));
-                        None
-                    }
-                },
-                None => {
-                    bad(node.name().span(), format!("`{kind}` needs `{key}`"));
-                    None
-                }
-            }
-        };
-        let port_prop = |bad: &mut dyn FnMut(SourceSpan, String)| -> Option<u16> {
-            let e = prop("port")?;
-            match e.value() {
-                KdlValue::Integer(i) => match u16::try_from(*i) {
-                    Ok(p) if p > 0 => Some(p),
-                    _ => {
-                        bad(e.span(), format!("port {i} is out of range (1-65535)"));
-                        None
-                    }
-                },
-                _ => {
-                    bad(e.span(), "`port` must be an integer".into());
-                    None
-                }
-            }
-        };
-        match kind {
+        let entry = LockLine::new(node);
+        entry.check_shape(&mut d);
+        match entry.kind {
             "version" => {
                 version_seen = true;
-                match arg.map(|a| a.value()) {
-                    Some(KdlValue::Integer(v)) if *v == LOCK_VERSION => {}
-                    _ => bad(
-                        node.span(),
-                        format!(
-                            "unsupported lock version (this tsk8s reads version {LOCK_VERSION})"
-                        ),
-                    ),
-                }
+                entry.check_version(&mut d);
                 continue;
             }
             "node" | "device" | "tombstone" => {}
             other => {
                 bad(
+                    &mut d,
                     node.name().span(),
                     format!("unknown entry `{other}` in the lock"),
                 );
                 continue;
             }
         }
-        let name = match arg.map(|a| a.value()) {
-            Some(KdlValue::String(s)) => s.clone(),
-            _ => {
-                bad(node.name().span(), format!("`{kind}` needs a name"));
-                continue;
-            }
+        let Some(name) = entry.name(&mut d) else {
+            continue;
         };
-        // Lock names become file names (`<dir>/<node>.sops.yaml`), object names and DNS
-        // names, so they follow the spec's rules (one owner: `resolve`). A tombstone is of a
-        // node or a device: the wider device rule.
-        let name_span = arg.map(|a| a.span()).unwrap_or(node.span());
-        let name_rule = match kind {
-            "node" => crate::resolve::check_exposure_name(&name),
-            _ => crate::resolve::check_device_name(&name),
-        };
-        if let Err(e) = name_rule {
-            bad(
-                name_span,
-                format!(
-                    "{kind} name {name:?} {e}; names in tailnet.lock follow the spec's rules (`tsk8s lock` never writes this): restore tailnet.lock from version control"
-                ),
-            );
-        }
-        let cluster_ok = |e: &kdl::KdlEntry, bad: &mut dyn FnMut(SourceSpan, String)| {
-            if let KdlValue::String(c) = e.value()
-                && let Err(msg) = crate::resolve::check_cluster_name(c)
-            {
-                bad(
-                    e.span(),
-                    format!(
-                        "cluster name {c:?} {msg}; names in tailnet.lock follow the spec's rules (`tsk8s lock` never writes this): restore tailnet.lock from version control"
-                    ),
-                );
-            }
-        };
-        if let Some(e) = prop("cluster") {
-            cluster_ok(e, &mut bad);
-        }
-        let spans = EntrySpans {
-            name: name_span,
-            ipv4: prop("ipv4").map(|e| e.span()).unwrap_or(node.span()),
-            ipv6: prop("ipv6").map(|e| e.span()).unwrap_or(node.span()),
-            port: prop("port").map(|e| e.span()).unwrap_or(node.span()),
-            public_key: prop("public-key").map(|e| e.span()).unwrap_or(node.span()),
-        };
-        let ipv4 = str_prop("ipv4", &mut bad).and_then(|s| match s.parse::<Ipv4Addr>() {
-            Ok(ip) if reserved_v4(ip) => {
-                bad(
-                    prop("ipv4").map(|e| e.span()).unwrap_or(node.span()),
-                    format!(
-                        "{ip} is reserved (100.100.100.100 and 100.115.92.0/23 are never assigned); delete this entry and run `tsk8s lock`"
-                    ),
-                );
-                None
-            }
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                bad(
-                    prop("ipv4").map(|e| e.span()).unwrap_or(node.span()),
-                    format!("invalid IPv4 address {s:?}"),
-                );
-                None
-            }
-        });
-        let ipv6 = str_prop("ipv6", &mut bad).and_then(|s| match s.parse::<Ipv6Addr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                bad(
-                    prop("ipv6").map(|e| e.span()).unwrap_or(node.span()),
-                    format!("invalid IPv6 address {s:?}"),
-                );
-                None
-            }
-        });
-        // Every address pairs as `tsk8s lock` gives them out: fd7a:115c:a1e0:: + the IPv4 bits
-        // (so IPv6 stays inside the tailnet's range and is unique exactly when IPv4 is).
-        if let (Some(v4), Some(v6)) = (ipv4, ipv6) {
-            let want = ipv6_for(v4);
-            if v6 != want {
-                let fix = if kind == "tombstone" {
-                    "restore the entry from version control"
-                } else {
-                    "restore the entry from version control, or delete it and run `tsk8s lock` to give it new addresses"
-                };
-                let range = crate::model::TAILNET_V6;
-                let what = if range.contains(&v6) {
-                    format!("{v6} does not pair with ipv4 {v4}")
-                } else {
-                    format!("{v6} is outside the tailnet's IPv6 range {range}")
-                };
-                bad(
-                    spans.ipv6,
-                    format!(
-                        "{what}: the ipv6 of an entry is fd7a:115c:a1e0:: + the 32 bits of its ipv4 ({want}); {fix}"
-                    ),
-                );
-            }
-        }
-        match kind {
+        let spans = entry.spans();
+        let (ipv4, ipv6) = entry.addresses(&spans, &mut d);
+        match entry.kind {
             "node" => {
-                let cluster = str_prop("cluster", &mut bad);
-                let key = str_prop("public-key", &mut bad).filter(|k| {
-                    use base64::Engine as _;
-                    let ok = base64::engine::general_purpose::STANDARD
-                        .decode(k)
-                        .is_ok_and(|b| b.len() == 32);
-                    if !ok {
-                        bad(
-                            prop("public-key").map(|e| e.span()).unwrap_or(node.span()),
-                            format!(
-                                "invalid WireGuard public key {k:?} (expected 32 bytes in base64); restore the entry from version control, or delete it and run `tsk8s lock` to give {name:?} a new key"
-                            ),
-                        );
-                    }
-                    ok
-                });
-                let port = port_prop(&mut bad);
-                if port.is_none() && prop("port").is_none() {
-                    bad(node.name().span(), "`node` needs `port`".into());
-                }
-                if let (Some(cluster), Some(ipv4), Some(ipv6), Some(port), Some(public_key)) =
-                    (cluster, ipv4, ipv6, port, key)
-                {
+                if let Some(e) = entry.node_entry(&name, ipv4, ipv6, &mut d) {
                     lock.spans.nodes.entry(name.clone()).or_insert(spans);
-                    if lock
-                        .nodes
-                        .insert(
-                            name.clone(),
-                            NodeEntry {
-                                cluster,
-                                ipv4,
-                                ipv6,
-                                port,
-                                public_key,
-                            },
-                        )
-                        .is_some()
-                    {
+                    if lock.nodes.insert(name.clone(), e).is_some() {
                         bad(
+                            &mut d,
                             node.span(),
                             format!(
                                 "node {name:?} appears twice; run `tsk8s lock` to repair the lock"
@@ -451,6 +252,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                         .is_some()
                     {
                         bad(
+                            &mut d,
                             node.span(),
                             format!(
                                 "device {name:?} appears twice; run `tsk8s lock` to repair the lock"
@@ -460,28 +262,8 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
                 }
             }
             _ => {
-                let cluster = match prop("cluster") {
-                    None => None,
-                    Some(e) => match e.value() {
-                        KdlValue::String(c) => Some(c.clone()),
-                        _ => {
-                            bad(e.span(), "`cluster` must be a string".into());
-                            None
-                        }
-                    },
-                };
-                let port = port_prop(&mut bad);
-                if let (Some(ipv4), Some(ipv6)) = (ipv4, ipv6) {
-                    tombstones.push((
-                        Tombstone {
-                            ipv4,
-                            ipv6,
-                            name,
-                            cluster,
-                            port,
-                        },
-                        spans,
-                    ));
+                if let Some(t) = entry.tombstone(name, ipv4, ipv6, &mut d) {
+                    tombstones.push((t, spans));
                 }
             }
         }
@@ -499,6 +281,316 @@ pub fn parse(file: &str, text: &str) -> Result<Lock, Diagnostics> {
         Ok(lock)
     } else {
         Err(d)
+    }
+}
+
+/// Report a problem at `span` of the lock.
+fn bad(d: &mut Diagnostics, span: SourceSpan, msg: String) {
+    d.push(Diagnostic::new(span, msg));
+}
+
+/// One line of the lock being parsed (`version`, `node`, `device` or `tombstone`).
+struct LockLine<'a> {
+    node: &'a kdl::KdlNode,
+    kind: &'a str,
+    arg: Option<&'a kdl::KdlEntry>,
+}
+
+impl<'a> LockLine<'a> {
+    fn new(node: &'a kdl::KdlNode) -> Self {
+        LockLine {
+            node,
+            kind: node.name().value(),
+            arg: node.entries().iter().find(|e| e.name().is_none()),
+        }
+    }
+
+    fn prop(&self, key: &str) -> Option<&'a kdl::KdlEntry> {
+        self.node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == key))
+    }
+
+    /// Where property `key` is, or the whole line without it.
+    fn span_of(&self, key: &str) -> SourceSpan {
+        self.prop(key).map(|e| e.span()).unwrap_or(self.node.span())
+    }
+
+    /// Only the kind's properties, each once, and no children.
+    fn check_shape(&self, d: &mut Diagnostics) {
+        let (node, kind) = (self.node, self.kind);
+        for e in node.entries() {
+            if let Some(n) = e.name() {
+                let allowed: &[&str] = match kind {
+                    "node" => &["cluster", "ipv4", "ipv6", "port", "public-key"],
+                    "device" => &["ipv4", "ipv6"],
+                    "tombstone" => &["cluster", "ipv4", "ipv6", "port"],
+                    _ => &[],
+                };
+                if !allowed.contains(&n.value()) {
+                    bad(
+                        d,
+                        e.span(),
+                        format!("unknown property `{}` on `{kind}`", n.value()),
+                    );
+                }
+                if node
+                    .entries()
+                    .iter()
+                    .filter(|x| x.name().is_some_and(|m| m.value() == n.value()))
+                    .count()
+                    > 1
+                {
+                    bad(d, e.span(), format!("property `{}` given twice", n.value()));
+                }
+            }
+        }
+        if node.children().is_some() {
+            bad(d, node.span(), format!("`{kind}` takes no children"));
+        }
+    }
+
+    fn check_version(&self, d: &mut Diagnostics) {
+        match self.arg.map(|a| a.value()) {
+            Some(KdlValue::Integer(v)) if *v == LOCK_VERSION => {}
+            _ => bad(
+                d,
+                self.node.span(),
+                format!("unsupported lock version (this tsk8s reads version {LOCK_VERSION})"),
+            ),
+        }
+    }
+
+    /// A required string property.
+    fn str_prop(&self, key: &str, d: &mut Diagnostics) -> Option<String> {
+        match self.prop(key) {
+            Some(e) => match e.value() {
+                KdlValue::String(s) => Some(s.clone()),
+                _ => {
+                    bad(d, e.span(), format!("`{key}` must be a string"));
+                    None
+                }
+            },
+            None => {
+                bad(
+                    d,
+                    self.node.name().span(),
+                    format!("`{}` needs `{key}`", self.kind),
+                );
+                None
+            }
+        }
+    }
+
+    /// The `port` property, if any: 1-65535.
+    fn port_prop(&self, d: &mut Diagnostics) -> Option<u16> {
+        let e = self.prop("port")?;
+        match e.value() {
+            KdlValue::Integer(i) => match u16::try_from(*i) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    bad(d, e.span(), format!("port {i} is out of range (1-65535)"));
+                    None
+                }
+            },
+            _ => {
+                bad(d, e.span(), "`port` must be an integer".into());
+                None
+            }
+        }
+    }
+
+    /// The entry's name (reported as bad but still returned if it breaks the spec's rules),
+    /// its `cluster` property checked by the same rules.
+    fn name(&self, d: &mut Diagnostics) -> Option<String> {
+        let kind = self.kind;
+        let name = match self.arg.map(|a| a.value()) {
+            Some(KdlValue::String(s)) => s.clone(),
+            _ => {
+                bad(d, self.node.name().span(), format!("`{kind}` needs a name"));
+                return None;
+            }
+        };
+        // Lock names become file names (`<dir>/<node>.sops.yaml`), object names and DNS
+        // names, so they follow the spec's rules (one owner: `resolve`). A tombstone is of a
+        // node or a device: the wider device rule.
+        let name_rule = match kind {
+            "node" => crate::resolve::check_exposure_name(&name),
+            _ => crate::resolve::check_device_name(&name),
+        };
+        if let Err(e) = name_rule {
+            bad(
+                d,
+                self.name_span(),
+                format!(
+                    "{kind} name {name:?} {e}; names in tailnet.lock follow the spec's rules (`tsk8s lock` never writes this): restore tailnet.lock from version control"
+                ),
+            );
+        }
+        if let Some(e) = self.prop("cluster")
+            && let KdlValue::String(c) = e.value()
+            && let Err(msg) = crate::resolve::check_cluster_name(c)
+        {
+            bad(
+                d,
+                e.span(),
+                format!(
+                    "cluster name {c:?} {msg}; names in tailnet.lock follow the spec's rules (`tsk8s lock` never writes this): restore tailnet.lock from version control"
+                ),
+            );
+        }
+        Some(name)
+    }
+
+    fn name_span(&self) -> SourceSpan {
+        self.arg.map(|a| a.span()).unwrap_or(self.node.span())
+    }
+
+    fn spans(&self) -> EntrySpans {
+        EntrySpans {
+            name: self.name_span(),
+            ipv4: self.span_of("ipv4"),
+            ipv6: self.span_of("ipv6"),
+            port: self.span_of("port"),
+            public_key: self.span_of("public-key"),
+        }
+    }
+
+    /// The entry's IPv4 and IPv6 addresses, each valid, and paired as `tsk8s lock` gives them.
+    fn addresses(
+        &self,
+        spans: &EntrySpans,
+        d: &mut Diagnostics,
+    ) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        let ipv4 = self
+            .str_prop("ipv4", d)
+            .and_then(|s| match s.parse::<Ipv4Addr>() {
+                Ok(ip) if reserved_v4(ip) => {
+                    bad(
+                        d,
+                        self.span_of("ipv4"),
+                        format!(
+                            "{ip} is reserved (100.100.100.100 and 100.115.92.0/23 are never assigned); delete this entry and run `tsk8s lock`"
+                        ),
+                    );
+                    None
+                }
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    bad(
+                        d,
+                        self.span_of("ipv4"),
+                        format!("invalid IPv4 address {s:?}"),
+                    );
+                    None
+                }
+            });
+        let ipv6 = self
+            .str_prop("ipv6", d)
+            .and_then(|s| match s.parse::<Ipv6Addr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    bad(
+                        d,
+                        self.span_of("ipv6"),
+                        format!("invalid IPv6 address {s:?}"),
+                    );
+                    None
+                }
+            });
+        // Every address pairs as `tsk8s lock` gives them out: fd7a:115c:a1e0:: + the IPv4 bits
+        // (so IPv6 stays inside the tailnet's range and is unique exactly when IPv4 is).
+        if let (Some(v4), Some(v6)) = (ipv4, ipv6) {
+            let want = ipv6_for(v4);
+            if v6 != want {
+                let fix = if self.kind == "tombstone" {
+                    "restore the entry from version control"
+                } else {
+                    "restore the entry from version control, or delete it and run `tsk8s lock` to give it new addresses"
+                };
+                let range = crate::model::TAILNET_V6;
+                let what = if range.contains(&v6) {
+                    format!("{v6} does not pair with ipv4 {v4}")
+                } else {
+                    format!("{v6} is outside the tailnet's IPv6 range {range}")
+                };
+                bad(
+                    d,
+                    spans.ipv6,
+                    format!(
+                        "{what}: the ipv6 of an entry is fd7a:115c:a1e0:: + the 32 bits of its ipv4 ({want}); {fix}"
+                    ),
+                );
+            }
+        }
+        (ipv4, ipv6)
+    }
+
+    /// A `node` line: its cluster, key and port besides the addresses.
+    fn node_entry(
+        &self,
+        name: &str,
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+        d: &mut Diagnostics,
+    ) -> Option<NodeEntry> {
+        let cluster = self.str_prop("cluster", d);
+        let key = self.str_prop("public-key", d).filter(|k| {
+            use base64::Engine as _;
+            let ok = base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .is_ok_and(|b| b.len() == 32);
+            if !ok {
+                bad(
+                    d,
+                    self.span_of("public-key"),
+                    format!(
+                        "invalid WireGuard public key {k:?} (expected 32 bytes in base64); restore the entry from version control, or delete it and run `tsk8s lock` to give {name:?} a new key"
+                    ),
+                );
+            }
+            ok
+        });
+        let port = self.port_prop(d);
+        if port.is_none() && self.prop("port").is_none() {
+            bad(d, self.node.name().span(), "`node` needs `port`".into());
+        }
+        Some(NodeEntry {
+            cluster: cluster?,
+            ipv4: ipv4?,
+            ipv6: ipv6?,
+            port: port?,
+            public_key: key?,
+        })
+    }
+
+    /// A `tombstone` line: the addresses, and the cluster and port it had, if a node's.
+    fn tombstone(
+        &self,
+        name: String,
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+        d: &mut Diagnostics,
+    ) -> Option<Tombstone> {
+        let cluster = match self.prop("cluster") {
+            None => None,
+            Some(e) => match e.value() {
+                KdlValue::String(c) => Some(c.clone()),
+                _ => {
+                    bad(d, e.span(), "`cluster` must be a string".into());
+                    None
+                }
+            },
+        };
+        let port = self.port_prop(d);
+        Some(Tombstone {
+            ipv4: ipv4?,
+            ipv6: ipv6?,
+            name,
+            cluster,
+            port,
+        })
     }
 }
 
@@ -783,14 +875,69 @@ pub fn update(
     opts: &LockOptions,
     keygen: &mut dyn FnMut() -> (String, String),
 ) -> Result<LockUpdate, String> {
-    let mut lock = old.clone();
-    let mut changes = Vec::new();
-    let mut new_keys = Vec::new();
-
     let wanted: BTreeMap<String, (String, Publish)> = t
         .runtime_nodes()
         .map(|(c, e)| (e.id.clone(), (c.name.clone(), c.publish)))
         .collect();
+    check_options(t, old, opts, &wanted)?;
+    let mut u = LockUpdater {
+        t,
+        wanted,
+        lock: old.clone(),
+        changes: Vec::new(),
+        new_keys: Vec::new(),
+        alloc: Allocator {
+            assignable: Assignable::new(t),
+            next: 1,
+            used: BTreeSet::new(),
+        },
+        used_ports: BTreeSet::new(),
+    };
+
+    // 1. Tombstone what the spec no longer has (and nodes that moved cluster).
+    u.tombstone_nodes();
+    u.tombstone_devices();
+    // 2. Undo conflicts: keep the first holder (sorted by name), reassign the others.
+    let rekey = u.undo_conflicts()?;
+    // 3. New devices and nodes, in spec order.
+    u.add_devices()?;
+    u.add_nodes(keygen)?;
+    // 4. Rotations (explicit, and keys shared by two nodes).
+    let mut to_rotate: Vec<String> = opts.rotate.clone();
+    to_rotate.extend(rekey);
+    to_rotate.sort();
+    to_rotate.dedup();
+    u.rotate(to_rotate, keygen);
+
+    let LockUpdater {
+        mut lock,
+        mut changes,
+        new_keys,
+        ..
+    } = u;
+    for r in &opts.remove {
+        // Already tombstoned in step 1 (it is not in the spec).
+        changes.push(format!(
+            "removed {r:?}: its peers lose it on the next build"
+        ));
+    }
+    lock.tombstones.sort();
+    lock.tombstones.dedup();
+    let _ = RuntimeKind::Tsk8s;
+    Ok(LockUpdate {
+        lock,
+        new_keys,
+        changes,
+    })
+}
+
+/// `--rotate` names a runtime node of the spec; `--remove` one in the lock but not the spec.
+fn check_options(
+    t: &Tailnet,
+    lock: &Lock,
+    opts: &LockOptions,
+    wanted: &BTreeMap<String, (String, Publish)>,
+) -> Result<(), String> {
     for r in &opts.rotate {
         if !wanted.contains_key(r) {
             return Err(format!(
@@ -808,211 +955,241 @@ pub fn update(
             return Err(format!("--remove {r:?}: not in tailnet.lock"));
         }
     }
+    Ok(())
+}
 
-    // 1. Tombstone what the spec no longer has (and nodes that moved cluster).
-    let names: Vec<String> = lock.nodes.keys().cloned().collect();
-    for name in names {
-        let moved = match (wanted.get(&name), lock.nodes.get(&name)) {
-            (Some((c, _)), Some(n)) => *c != n.cluster,
-            (None, _) => true,
-            _ => false,
-        };
-        if moved {
-            if let Some(n) = lock.nodes.remove(&name) {
-                changes.push(format!(
-                    "tombstoned node {name:?} ({}, {}, cluster {:?} port {})",
-                    n.ipv4, n.ipv6, n.cluster, n.port
-                ));
-                lock.tombstones.push(Tombstone {
-                    ipv4: n.ipv4,
-                    ipv6: n.ipv6,
-                    name,
-                    cluster: Some(n.cluster),
-                    port: Some(n.port),
-                });
+/// The lock being updated, with what [`update`] reports and what it has handed out.
+struct LockUpdater<'a> {
+    t: &'a Tailnet,
+    /// Each runtime node of the spec: its cluster and how the cluster publishes it.
+    wanted: BTreeMap<String, (String, Publish)>,
+    lock: Lock,
+    changes: Vec<String>,
+    new_keys: Vec<NewKey>,
+    /// Addresses in use (filled by [`LockUpdater::undo_conflicts`]).
+    alloc: Allocator,
+    /// `(cluster, port)` in use (filled by [`LockUpdater::undo_conflicts`]).
+    used_ports: BTreeSet<(String, u16)>,
+}
+
+impl LockUpdater<'_> {
+    /// Nodes the spec no longer has, or that moved cluster, become tombstones.
+    fn tombstone_nodes(&mut self) {
+        let lock = &mut self.lock;
+        let names: Vec<String> = lock.nodes.keys().cloned().collect();
+        for name in names {
+            let moved = match (self.wanted.get(&name), lock.nodes.get(&name)) {
+                (Some((c, _)), Some(n)) => *c != n.cluster,
+                (None, _) => true,
+                _ => false,
+            };
+            if moved {
+                if let Some(n) = lock.nodes.remove(&name) {
+                    self.changes.push(format!(
+                        "tombstoned node {name:?} ({}, {}, cluster {:?} port {})",
+                        n.ipv4, n.ipv6, n.cluster, n.port
+                    ));
+                    lock.tombstones.push(Tombstone {
+                        ipv4: n.ipv4,
+                        ipv6: n.ipv6,
+                        name,
+                        cluster: Some(n.cluster),
+                        port: Some(n.port),
+                    });
+                }
             }
         }
     }
-    let dnames: Vec<String> = lock.devices.keys().cloned().collect();
-    for name in dnames {
-        if !t.devices.iter().any(|d| d.name == name) {
-            if let Some(dv) = lock.devices.remove(&name) {
-                changes.push(format!(
-                    "tombstoned device {name:?} ({}, {})",
-                    dv.ipv4, dv.ipv6
-                ));
-                lock.tombstones.push(Tombstone {
-                    ipv4: dv.ipv4,
-                    ipv6: dv.ipv6,
-                    name,
-                    cluster: None,
-                    port: None,
-                });
+
+    /// Devices the spec no longer has become tombstones.
+    fn tombstone_devices(&mut self) {
+        let lock = &mut self.lock;
+        let dnames: Vec<String> = lock.devices.keys().cloned().collect();
+        for name in dnames {
+            if !self.t.devices.iter().any(|d| d.name == name) {
+                if let Some(dv) = lock.devices.remove(&name) {
+                    self.changes.push(format!(
+                        "tombstoned device {name:?} ({}, {})",
+                        dv.ipv4, dv.ipv6
+                    ));
+                    lock.tombstones.push(Tombstone {
+                        ipv4: dv.ipv4,
+                        ipv6: dv.ipv6,
+                        name,
+                        cluster: None,
+                        port: None,
+                    });
+                }
             }
         }
     }
 
-    // 2. Undo conflicts: keep the first holder (sorted by name), reassign the others.
-    let mut used_v4: BTreeSet<Ipv4Addr> = lock.tombstones.iter().map(|t| t.ipv4).collect();
-    let mut used_ports: BTreeSet<(String, u16)> = lock
-        .tombstones
-        .iter()
-        .filter_map(|t| Some((t.cluster.clone()?, t.port?)))
-        .collect();
-    let mut used_keys: BTreeSet<String> = BTreeSet::new();
-    let mut reassign_addr: Vec<String> = Vec::new();
-    let mut reassign_dev: Vec<String> = Vec::new();
-    let mut reassign_port: Vec<String> = Vec::new();
-    let mut rekey: Vec<String> = Vec::new();
-    let assignable = Assignable::new(t);
-    for (name, d) in &lock.devices {
-        if !used_v4.insert(d.ipv4) || !assignable.fits(d.ipv4, d.ipv6) {
-            reassign_dev.push(name.clone());
+    /// Record every address and port in use; give entries that share one (or hold an address
+    /// no longer assignable) new ones. Returns the nodes that share a key, to rotate.
+    fn undo_conflicts(&mut self) -> Result<Vec<String>, String> {
+        let lock = &self.lock;
+        let used_v4 = &mut self.alloc.used;
+        used_v4.extend(lock.tombstones.iter().map(|t| t.ipv4));
+        self.used_ports.extend(
+            lock.tombstones
+                .iter()
+                .filter_map(|t| Some((t.cluster.clone()?, t.port?))),
+        );
+        let mut used_keys: BTreeSet<String> = BTreeSet::new();
+        let mut reassign_addr: Vec<String> = Vec::new();
+        let mut reassign_dev: Vec<String> = Vec::new();
+        let mut reassign_port: Vec<String> = Vec::new();
+        let mut rekey: Vec<String> = Vec::new();
+        let assignable = &self.alloc.assignable;
+        for (name, d) in &lock.devices {
+            if !used_v4.insert(d.ipv4) || !assignable.fits(d.ipv4, d.ipv6) {
+                reassign_dev.push(name.clone());
+            }
         }
-    }
-    for (name, n) in &lock.nodes {
-        if !used_v4.insert(n.ipv4) || !assignable.fits(n.ipv4, n.ipv6) {
-            reassign_addr.push(name.clone());
+        for (name, n) in &lock.nodes {
+            if !used_v4.insert(n.ipv4) || !assignable.fits(n.ipv4, n.ipv6) {
+                reassign_addr.push(name.clone());
+            }
+            if !self.used_ports.insert((n.cluster.clone(), n.port)) {
+                reassign_port.push(name.clone());
+            }
+            if !used_keys.insert(n.public_key.clone()) {
+                rekey.push(name.clone());
+            }
         }
-        if !used_ports.insert((n.cluster.clone(), n.port)) {
-            reassign_port.push(name.clone());
-        }
-        if !used_keys.insert(n.public_key.clone()) {
-            rekey.push(name.clone());
-        }
+        self.reassign(reassign_dev, reassign_addr, reassign_port)?;
+        Ok(rekey)
     }
 
-    let mut alloc = Allocator {
-        assignable,
-        next: 1,
-        used: used_v4,
-    };
-    for name in reassign_dev {
-        let ip = alloc.next_v4()?;
-        if let Some(d) = lock.devices.get_mut(&name) {
-            changes.push(format!(
-                "reassigned device {name:?}: {} → {ip} (conflict)",
-                d.ipv4
-            ));
-            d.ipv4 = ip;
-            d.ipv6 = ipv6_for(ip);
+    /// New addresses for the `devices` and `nodes`, new ports for the `ports` nodes.
+    fn reassign(
+        &mut self,
+        devices: Vec<String>,
+        nodes: Vec<String>,
+        ports: Vec<String>,
+    ) -> Result<(), String> {
+        let lock = &mut self.lock;
+        for name in devices {
+            let ip = self.alloc.next_v4()?;
+            if let Some(d) = lock.devices.get_mut(&name) {
+                self.changes.push(format!(
+                    "reassigned device {name:?}: {} → {ip} (conflict)",
+                    d.ipv4
+                ));
+                d.ipv4 = ip;
+                d.ipv6 = ipv6_for(ip);
+            }
         }
-    }
-    for name in reassign_addr {
-        let ip = alloc.next_v4()?;
-        if let Some(n) = lock.nodes.get_mut(&name) {
-            changes.push(format!(
-                "reassigned node {name:?}: {} → {ip} (conflict)",
-                n.ipv4
-            ));
-            n.ipv4 = ip;
-            n.ipv6 = ipv6_for(ip);
-        }
-    }
-    for name in reassign_port {
-        if let Some(n) = lock.nodes.get(&name) {
-            let publish = wanted
-                .get(&name)
-                .map(|(_, p)| *p)
-                .unwrap_or(Publish::LoadBalancer);
-            let port = next_port(&n.cluster, publish, &mut used_ports)?;
-            let old = n.port;
+        for name in nodes {
+            let ip = self.alloc.next_v4()?;
             if let Some(n) = lock.nodes.get_mut(&name) {
-                n.port = port;
+                self.changes.push(format!(
+                    "reassigned node {name:?}: {} → {ip} (conflict)",
+                    n.ipv4
+                ));
+                n.ipv4 = ip;
+                n.ipv6 = ipv6_for(ip);
             }
-            changes.push(format!(
-                "reassigned node {name:?}: port {old} → {port} (conflict)"
-            ));
         }
+        for name in ports {
+            if let Some(n) = lock.nodes.get(&name) {
+                let publish = self
+                    .wanted
+                    .get(&name)
+                    .map(|(_, p)| *p)
+                    .unwrap_or(Publish::LoadBalancer);
+                let port = next_port(&n.cluster, publish, &mut self.used_ports)?;
+                let old = n.port;
+                if let Some(n) = lock.nodes.get_mut(&name) {
+                    n.port = port;
+                }
+                self.changes.push(format!(
+                    "reassigned node {name:?}: port {old} → {port} (conflict)"
+                ));
+            }
+        }
+        Ok(())
     }
 
-    // 3. New devices and nodes, in spec order.
-    for dv in &t.devices {
-        if !lock.devices.contains_key(&dv.name) {
-            let ip = alloc.next_v4()?;
-            changes.push(format!(
-                "added device {:?}: {ip}, {}",
-                dv.name,
+    /// Devices of the spec not in the lock yet, in spec order.
+    fn add_devices(&mut self) -> Result<(), String> {
+        for dv in &self.t.devices {
+            if !self.lock.devices.contains_key(&dv.name) {
+                let ip = self.alloc.next_v4()?;
+                self.changes.push(format!(
+                    "added device {:?}: {ip}, {}",
+                    dv.name,
+                    ipv6_for(ip)
+                ));
+                self.lock.devices.insert(
+                    dv.name.clone(),
+                    DeviceEntry {
+                        ipv4: ip,
+                        ipv6: ipv6_for(ip),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Runtime nodes of the spec not in the lock yet, in spec order, each with a new key.
+    fn add_nodes(&mut self, keygen: &mut dyn FnMut() -> (String, String)) -> Result<(), String> {
+        for (c, e) in self.t.runtime_nodes() {
+            if self.lock.nodes.contains_key(&e.id) {
+                continue;
+            }
+            let ip = self.alloc.next_v4()?;
+            let port = next_port(&c.name, c.publish, &mut self.used_ports)?;
+            let (private_key, public_key) = keygen();
+            self.changes.push(format!(
+                "added {} {:?} in cluster {:?}: {ip}, {}, port {port}",
+                e.kind.keyword(),
+                e.id,
+                c.name,
                 ipv6_for(ip)
             ));
-            lock.devices.insert(
-                dv.name.clone(),
-                DeviceEntry {
+            self.new_keys.push(NewKey {
+                cluster: c.name.clone(),
+                node: e.id.clone(),
+                private_key,
+                public_key: public_key.clone(),
+                rotated: false,
+            });
+            self.lock.nodes.insert(
+                e.id.clone(),
+                NodeEntry {
+                    cluster: c.name.clone(),
                     ipv4: ip,
                     ipv6: ipv6_for(ip),
+                    port,
+                    public_key,
                 },
             );
         }
-    }
-    for (c, e) in t.runtime_nodes() {
-        if lock.nodes.contains_key(&e.id) {
-            continue;
-        }
-        let ip = alloc.next_v4()?;
-        let port = next_port(&c.name, c.publish, &mut used_ports)?;
-        let (private_key, public_key) = keygen();
-        changes.push(format!(
-            "added {} {:?} in cluster {:?}: {ip}, {}, port {port}",
-            e.kind.keyword(),
-            e.id,
-            c.name,
-            ipv6_for(ip)
-        ));
-        new_keys.push(NewKey {
-            cluster: c.name.clone(),
-            node: e.id.clone(),
-            private_key,
-            public_key: public_key.clone(),
-            rotated: false,
-        });
-        lock.nodes.insert(
-            e.id.clone(),
-            NodeEntry {
-                cluster: c.name.clone(),
-                ipv4: ip,
-                ipv6: ipv6_for(ip),
-                port,
-                public_key,
-            },
-        );
+        Ok(())
     }
 
-    // 4. Rotations (explicit, and keys shared by two nodes).
-    let mut to_rotate: Vec<String> = opts.rotate.clone();
-    to_rotate.extend(rekey);
-    to_rotate.sort();
-    to_rotate.dedup();
-    for name in to_rotate {
-        if let Some(n) = lock.nodes.get_mut(&name) {
-            let (private_key, public_key) = keygen();
-            changes.push(format!(
-                "rotated the key of {name:?} (cluster {:?})",
-                n.cluster
-            ));
-            n.public_key = public_key.clone();
-            new_keys.push(NewKey {
-                cluster: n.cluster.clone(),
-                node: name.clone(),
-                private_key,
-                public_key,
-                rotated: true,
-            });
+    /// A new key for each node of `to_rotate` (sorted, once each).
+    fn rotate(&mut self, to_rotate: Vec<String>, keygen: &mut dyn FnMut() -> (String, String)) {
+        for name in to_rotate {
+            if let Some(n) = self.lock.nodes.get_mut(&name) {
+                let (private_key, public_key) = keygen();
+                self.changes.push(format!(
+                    "rotated the key of {name:?} (cluster {:?})",
+                    n.cluster
+                ));
+                n.public_key = public_key.clone();
+                self.new_keys.push(NewKey {
+                    cluster: n.cluster.clone(),
+                    node: name.clone(),
+                    private_key,
+                    public_key,
+                    rotated: true,
+                });
+            }
         }
     }
-    for r in &opts.remove {
-        // Already tombstoned in step 1 (it is not in the spec).
-        changes.push(format!(
-            "removed {r:?}: its peers lose it on the next build"
-        ));
-    }
-    lock.tombstones.sort();
-    lock.tombstones.dedup();
-    let _ = RuntimeKind::Tsk8s;
-    Ok(LockUpdate {
-        lock,
-        new_keys,
-        changes,
-    })
 }
 
 struct Allocator {
