@@ -467,7 +467,6 @@ impl Resolver<'_> {
     }
 
     /// Groups with their members, and the set of group names.
-    #[allow(clippy::type_complexity)]
     fn groups(&mut self, spec: &Spec) -> (Vec<(String, Vec<String>)>, BTreeSet<String>) {
         let mut groups = Vec::new();
         let mut group_names: BTreeMap<String, SourceSpan> = BTreeMap::new();

@@ -326,33 +326,7 @@ fn tests_gate(c: &build::Compiled) -> Option<u8> {
 
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Check { spec } => {
-            let mut l = match load(&spec) {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            };
-            let (clusters, nodes, devices) = match &l.front {
-                Some(Ok(f)) => (
-                    f.tailnet.clusters.len(),
-                    f.tailnet.exposures().count(),
-                    f.tailnet.devices.len(),
-                ),
-                _ => (0, 0, 0),
-            };
-            match l.compile(build::Checks::ALL) {
-                Ok(c) => {
-                    if let Some(code) = tests_gate(&c) {
-                        return code;
-                    }
-                    eprintln!(
-                        "{}: ok ({clusters} cluster(s), {nodes} exposure(s), {devices} device(s))",
-                        crate::diag::escape(&l.spec_name),
-                    );
-                    0
-                }
-                Err(f) => report(&f),
-            }
-        }
+        Command::Check { spec } => check(&spec),
         Command::Build {
             spec,
             out,
@@ -361,71 +335,17 @@ pub fn run(cli: Cli) -> u8 {
             fsync,
             lock_timeout,
             refuse_edited,
-        } => {
-            let mut l = match load(&spec) {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            };
-            let (tree, load_balancers) = match l.compile(build::Checks {
-                tests: !no_tests,
-                sources: true,
-            }) {
-                Ok(c) => {
-                    if let Some(code) = tests_gate(&c) {
-                        eprintln!(
-                            "{}: wrote nothing (tests failed)",
-                            crate::diag::escape(&out.display().to_string())
-                        );
-                        return code;
-                    }
-                    (c.tree, c.load_balancers)
-                }
-                Err(f) => return report(&f),
-            };
-            for (path, len) in crate::emit::large_object_files(&tree, crate::emit::OBJECT_FILE_WARN)
-            {
-                eprintln!(
-                    "warning: {path}: {len} bytes, over 200 KiB: close to Kubernetes' 1 MiB limit for one ConfigMap or Secret, and over what a client-side apply can keep in its last-applied annotation (256 KiB; Argo CD Applications from tsk8s use server-side apply)"
-                );
-            }
-            // One line on stdout: what the output costs in cloud load balancers.
-            println!("{load_balancers} LoadBalancer Service(s)");
-            if check {
-                let current = match output::read_tree(&out) {
-                    Ok(t) => t,
-                    Err(e) => return fail(e),
-                };
-                return check_tree(&out, &current, &tree);
-            }
-            let r = output::write_tree(
-                &out,
-                &tree,
-                if fsync {
-                    output::Durability::Flushed
-                } else {
-                    output::Durability::Atomic
-                },
-                std::time::Duration::from_secs(lock_timeout),
+        } => build(
+            &spec,
+            &out,
+            &BuildFlags {
+                check,
+                no_tests,
+                fsync,
+                lock_timeout,
                 refuse_edited,
-            );
-            match r {
-                Ok(w) if w.changed => {
-                    for f in &w.edited {
-                        eprintln!(
-                            "warning: {}: edited by hand since tsk8s wrote it; replaced by the build (change the spec instead)",
-                            crate::diag::escape(&out.join(f).display().to_string())
-                        );
-                    }
-                    eprintln!("wrote {} file(s) to {}", tree.len(), out.display());
-                    0
-                }
-                Ok(_) => {
-                    eprintln!("{} is up to date ({} file(s))", out.display(), tree.len());
-                    0
-                }
-                Err(e) => fail(e),
-            }
-        }
+            },
+        ),
         Command::Diff {
             spec,
             out,
@@ -446,45 +366,7 @@ pub fn run(cli: Cli) -> u8 {
             rotate,
             remove,
         } => lock(&spec, keys_dir.as_deref(), rotate, remove),
-        Command::Test { spec } => {
-            let mut l = match load(&spec) {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            };
-            match l
-                .loaded()
-                .map(|loaded| build::test_loaded_with_notes(&loaded))
-            {
-                Ok((r, notes)) => {
-                    for n in &notes {
-                        eprintln!("note: {n}");
-                    }
-                    if r.passed() {
-                        eprintln!(
-                            "{}: {} test(s) passed",
-                            crate::diag::escape(&l.spec_name),
-                            r.total
-                        );
-                        0
-                    } else {
-                        let mut text = String::new();
-                        for f in &r.failures {
-                            text.push_str(&crate::diag::escape(f));
-                            text.push('\n');
-                        }
-                        let text = tsk8s_policy::text::neutralize(&text);
-                        let _ = std::io::stdout().write_all(text.as_bytes());
-                        eprintln!(
-                            "{}: {}",
-                            crate::diag::escape(&l.spec_name),
-                            tsk8s_policy::acltest::TESTS_FAILED
-                        );
-                        1
-                    }
-                }
-                Err(f) => report(&f),
-            }
-        }
+        Command::Test { spec } => test(&spec),
         Command::Import {
             policy,
             out,
@@ -504,32 +386,185 @@ pub fn run(cli: Cli) -> u8 {
             proto,
             format,
         } => access::can(&spec, &src, &dst, proto, format),
-        Command::Policy { command } => {
-            let (outcome, _) = match command {
-                PolicyCommand::Check { policy, nodes } => {
-                    let p = match read_text(&policy) {
-                        Ok(p) => p,
-                        Err(e) => return fail(e),
-                    };
-                    let n = match nodes.as_deref().map(read_text).transpose() {
-                        Ok(n) => n,
-                        Err(e) => return fail(e),
-                    };
-                    (tsk8s_policy::cli::policy_check(&p, n.as_deref()), ())
-                }
-                PolicyCommand::Filter { policy, nodes } => {
-                    let (p, n) = match (read_text(&policy), read_text(&nodes)) {
-                        (Ok(p), Ok(n)) => (p, n),
-                        (Err(e), _) | (_, Err(e)) => return fail(e),
-                    };
-                    (tsk8s_policy::cli::policy_filter(&p, &n), ())
-                }
-            };
-            let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
-            let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
-            u8::try_from(outcome.code).unwrap_or(2)
-        }
+        Command::Policy { command } => policy(command),
     }
+}
+
+/// `tsk8s check`: compile with every check; one summary line.
+fn check(spec: &Path) -> u8 {
+    let mut l = match load(spec) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let (clusters, nodes, devices) = match &l.front {
+        Some(Ok(f)) => (
+            f.tailnet.clusters.len(),
+            f.tailnet.exposures().count(),
+            f.tailnet.devices.len(),
+        ),
+        _ => (0, 0, 0),
+    };
+    match l.compile(build::Checks::ALL) {
+        Ok(c) => {
+            if let Some(code) = tests_gate(&c) {
+                return code;
+            }
+            eprintln!(
+                "{}: ok ({clusters} cluster(s), {nodes} exposure(s), {devices} device(s))",
+                crate::diag::escape(&l.spec_name),
+            );
+            0
+        }
+        Err(f) => report(&f),
+    }
+}
+
+/// `tsk8s build`'s flags.
+struct BuildFlags {
+    check: bool,
+    no_tests: bool,
+    fsync: bool,
+    lock_timeout: u64,
+    refuse_edited: bool,
+}
+
+/// `tsk8s build`: compile, then compare with (`--check`) or write the output dir.
+fn build(spec: &Path, out: &Path, flags: &BuildFlags) -> u8 {
+    let mut l = match load(spec) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let (tree, load_balancers) = match l.compile(build::Checks {
+        tests: !flags.no_tests,
+        sources: true,
+    }) {
+        Ok(c) => {
+            if let Some(code) = tests_gate(&c) {
+                eprintln!(
+                    "{}: wrote nothing (tests failed)",
+                    crate::diag::escape(&out.display().to_string())
+                );
+                return code;
+            }
+            (c.tree, c.load_balancers)
+        }
+        Err(f) => return report(&f),
+    };
+    for (path, len) in crate::emit::large_object_files(&tree, crate::emit::OBJECT_FILE_WARN) {
+        eprintln!(
+            "warning: {path}: {len} bytes, over 200 KiB: close to Kubernetes' 1 MiB limit for one ConfigMap or Secret, and over what a client-side apply can keep in its last-applied annotation (256 KiB; Argo CD Applications from tsk8s use server-side apply)"
+        );
+    }
+    // One line on stdout: what the output costs in cloud load balancers.
+    println!("{load_balancers} LoadBalancer Service(s)");
+    if flags.check {
+        let current = match output::read_tree(out) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        return check_tree(out, &current, &tree);
+    }
+    write_output(out, &tree, flags)
+}
+
+/// Write the built tree to `out` and say what changed.
+fn write_output(out: &Path, tree: &crate::emit::Tree, flags: &BuildFlags) -> u8 {
+    let r = output::write_tree(
+        out,
+        tree,
+        if flags.fsync {
+            output::Durability::Flushed
+        } else {
+            output::Durability::Atomic
+        },
+        std::time::Duration::from_secs(flags.lock_timeout),
+        flags.refuse_edited,
+    );
+    match r {
+        Ok(w) if w.changed => {
+            for f in &w.edited {
+                eprintln!(
+                    "warning: {}: edited by hand since tsk8s wrote it; replaced by the build (change the spec instead)",
+                    crate::diag::escape(&out.join(f).display().to_string())
+                );
+            }
+            eprintln!("wrote {} file(s) to {}", tree.len(), out.display());
+            0
+        }
+        Ok(_) => {
+            eprintln!("{} is up to date ({} file(s))", out.display(), tree.len());
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `tsk8s test`: run the spec's tests.
+fn test(spec: &Path) -> u8 {
+    let mut l = match load(spec) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    match l
+        .loaded()
+        .map(|loaded| build::test_loaded_with_notes(&loaded))
+    {
+        Ok((r, notes)) => {
+            for n in &notes {
+                eprintln!("note: {n}");
+            }
+            if r.passed() {
+                eprintln!(
+                    "{}: {} test(s) passed",
+                    crate::diag::escape(&l.spec_name),
+                    r.total
+                );
+                0
+            } else {
+                let mut text = String::new();
+                for f in &r.failures {
+                    text.push_str(&crate::diag::escape(f));
+                    text.push('\n');
+                }
+                let text = tsk8s_policy::text::neutralize(&text);
+                let _ = std::io::stdout().write_all(text.as_bytes());
+                eprintln!(
+                    "{}: {}",
+                    crate::diag::escape(&l.spec_name),
+                    tsk8s_policy::acltest::TESTS_FAILED
+                );
+                1
+            }
+        }
+        Err(f) => report(&f),
+    }
+}
+
+/// `tsk8s policy check|filter`: the policy crate's commands on files.
+fn policy(command: PolicyCommand) -> u8 {
+    let (outcome, _) = match command {
+        PolicyCommand::Check { policy, nodes } => {
+            let p = match read_text(&policy) {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            let n = match nodes.as_deref().map(read_text).transpose() {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            };
+            (tsk8s_policy::cli::policy_check(&p, n.as_deref()), ())
+        }
+        PolicyCommand::Filter { policy, nodes } => {
+            let (p, n) = match (read_text(&policy), read_text(&nodes)) {
+                (Ok(p), Ok(n)) => (p, n),
+                (Err(e), _) | (_, Err(e)) => return fail(e),
+            };
+            (tsk8s_policy::cli::policy_filter(&p, &n), ())
+        }
+    };
+    let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
+    u8::try_from(outcome.code).unwrap_or(2)
 }
 
 fn check_tree(out: &Path, current: &crate::emit::Tree, fresh: &crate::emit::Tree) -> u8 {
@@ -587,134 +622,36 @@ fn key_namespace(t: &Tailnet, cluster: &str, node: &str) -> String {
 }
 
 fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<String>) -> u8 {
-    let mut l = match load(spec) {
-        Ok(l) => l,
-        Err(e) => return fail(e),
-    };
+    match lock_steps(spec, keys_dir, LockOptions { rotate, remove }) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+/// `tsk8s lock`; `Err` is the exit code of a failed step.
+fn lock_steps(spec: &Path, keys_dir: Option<&Path>, opts: LockOptions) -> Result<u8, u8> {
+    let mut l = load(spec).map_err(fail)?;
     let front = match l.front.take() {
         Some(Ok(f)) => f,
-        Some(Err(f)) => return report(&f),
-        None => match build::front(&l.spec_name, &l.spec) {
-            Ok(f) => f,
-            Err(f) => return report(&f),
-        },
+        Some(Err(f)) => return Err(report(&f)),
+        None => build::front(&l.spec_name, &l.spec).map_err(|f| report(&f))?,
     };
-    let old = match build::parse_lock(&l.input()) {
-        Ok(o) => o,
-        Err(f) => return report(&f),
-    };
-    let upd = match lockfile::update(
-        &front.tailnet,
-        &old,
-        &LockOptions { rotate, remove },
-        &mut keygen,
-    ) {
-        Ok(u) => u,
-        Err(e) => return fail(e),
-    };
+    let old = build::parse_lock(&l.input()).map_err(|f| report(&f))?;
+    let upd = lockfile::update(&front.tailnet, &old, &opts, &mut keygen).map_err(fail)?;
     let t = &front.tailnet;
-    // Keys that go to --keys-dir (every backend but sops). The dir is checked before anything
-    // is written.
-    let needs_dir: Vec<&NewKey> = upd
-        .new_keys
-        .iter()
-        .filter(|k| {
-            !matches!(
-                t.cluster(&k.cluster).map(|c| &c.secrets),
-                Some(SecretBackend::Sops { .. })
-            )
-        })
-        .collect();
-    let keys_dir = match (needs_dir.is_empty(), keys_dir) {
-        (true, _) => None,
-        (false, None) => {
-            return fail(format!(
-                "{} new private key(s) to deliver; pass --keys-dir DIR (outside the output dir, never committed) to receive them",
-                needs_dir.len()
-            ));
-        }
-        (false, Some(dir)) => {
-            let clusters: std::collections::BTreeSet<&str> =
-                needs_dir.iter().map(|k| k.cluster.as_str()).collect();
-            let clusters: Vec<&str> = clusters.into_iter().collect();
-            if let Err(e) = crate::cli_secrets::check_keys_dir(dir, &clusters) {
-                return fail(e);
-            }
-            Some(dir)
-        }
-    };
     // Every write is staged and made only once all of them are known and the new lock passes
     // the checks `build` runs: a failed `lock` changes no file.
     let mut stage = Stage::default();
-    if let Err(e) = crate::cli_secrets::sops_upkeep(&l.spec_dir, t, &old, &upd.new_keys, &mut stage)
-    {
-        return fail(e);
-    }
-    let mut delivered: Vec<(&NewKey, PathBuf, Option<PathBuf>)> = Vec::new();
-    if let Some(dir) = keys_dir {
-        for k in &needs_dir {
-            let (key, json) = stage_key(&mut stage, dir, t, k);
-            delivered.push((k, key, json));
-        }
-    }
-    for k in upd.new_keys.iter().filter(|k| {
-        matches!(
-            t.cluster(&k.cluster).map(|c| &c.secrets),
-            Some(SecretBackend::Sops { .. })
-        )
-    }) {
-        if let Err(e) = crate::cli_secrets::deliver_sops(&l.spec_dir, t, k, &mut stage) {
-            return fail(e);
-        }
-    }
+    let delivered = stage_new_keys(&l, t, &old, &upd, keys_dir, &mut stage)?;
     let text = lockfile::render(&upd.lock);
-    // The checks of `build`, against the new lock and the staged SOPS files (secret sources
-    // are lock's to write or the user's to add after it, so they are not checked here).
-    let mut sources = l.sources.clone();
-    for (path, bytes) in stage.under(&l.spec_dir) {
-        sources.insert(path, bytes.to_vec());
-    }
-    let input = Input {
-        spec_file: &l.spec_name,
-        spec: &l.spec,
-        lock_file: &l.lock_name,
-        lock: Some(&text),
-        sources,
-    };
-    let checked = build::front(&l.spec_name, &l.spec)
-        .and_then(|f| build::load_from(&input, f))
-        .and_then(|loaded| {
-            build::compile(
-                &input,
-                loaded,
-                build::Checks {
-                    tests: false,
-                    sources: false,
-                },
-            )
-        });
-    match checked {
-        Ok(c) => {
-            let _ = std::io::stderr().write_all(c.warnings.as_bytes());
-        }
-        Err(f) => {
-            eprintln!(
-                "{}: not changed (the spec would not build)",
-                crate::diag::escape(&l.lock_name)
-            );
-            return report(&f);
-        }
-    }
+    check_new_lock(&l, &stage, &text)?;
     if l.lock.as_deref() != Some(text.as_str()) {
         stage.write(&l.lock_path, text.into_bytes(), 0o644, None);
     } else if stage.is_empty() {
         eprintln!("{} is up to date", l.lock_name);
-        return 0;
+        return Ok(0);
     }
     // Keys and SOPS files first, the lock last: if a write fails, the lock is as it was.
-    if let Err(e) = stage.commit() {
-        return fail(e);
-    }
+    stage.commit().map_err(fail)?;
     // Everything printed from here holds user text (names, paths, store keys): one text,
     // each value escaped where it is put in, the whole neutralized.
     let mut said = String::new();
@@ -734,7 +671,98 @@ fn lock(spec: &Path, keys_dir: Option<&Path>, rotate: Vec<String>, remove: Vec<S
     crate::cli_secrets::reapply(&mut said, &l.spec_dir, t, &old, &upd);
     let _ = std::io::stderr().write_all(tsk8s_policy::text::neutralize(&said).as_bytes());
     let _ = &l.spec_path;
-    0
+    Ok(0)
+}
+
+/// A key delivered to `--keys-dir`: the key file, and for external-secrets the store's JSON.
+type Delivered<'a> = (&'a NewKey, PathBuf, Option<PathBuf>);
+
+/// Stage the new keys: to `--keys-dir` (every backend but sops, the dir checked before
+/// anything is written) or into the SOPS files, with the SOPS files' upkeep.
+fn stage_new_keys<'a>(
+    l: &Loaded,
+    t: &Tailnet,
+    old: &lockfile::Lock,
+    upd: &'a lockfile::LockUpdate,
+    keys_dir: Option<&Path>,
+    stage: &mut Stage,
+) -> Result<Vec<Delivered<'a>>, u8> {
+    let is_sops = |k: &NewKey| {
+        matches!(
+            t.cluster(&k.cluster).map(|c| &c.secrets),
+            Some(SecretBackend::Sops { .. })
+        )
+    };
+    let needs_dir: Vec<&NewKey> = upd.new_keys.iter().filter(|k| !is_sops(k)).collect();
+    let keys_dir = match (needs_dir.is_empty(), keys_dir) {
+        (true, _) => None,
+        (false, None) => {
+            return Err(fail(format!(
+                "{} new private key(s) to deliver; pass --keys-dir DIR (outside the output dir, never committed) to receive them",
+                needs_dir.len()
+            )));
+        }
+        (false, Some(dir)) => {
+            let clusters: std::collections::BTreeSet<&str> =
+                needs_dir.iter().map(|k| k.cluster.as_str()).collect();
+            let clusters: Vec<&str> = clusters.into_iter().collect();
+            crate::cli_secrets::check_keys_dir(dir, &clusters).map_err(fail)?;
+            Some(dir)
+        }
+    };
+    crate::cli_secrets::sops_upkeep(&l.spec_dir, t, old, &upd.new_keys, stage).map_err(fail)?;
+    let mut delivered: Vec<Delivered> = Vec::new();
+    if let Some(dir) = keys_dir {
+        for k in needs_dir {
+            let (key, json) = stage_key(stage, dir, t, k);
+            delivered.push((k, key, json));
+        }
+    }
+    for k in upd.new_keys.iter().filter(|k| is_sops(k)) {
+        crate::cli_secrets::deliver_sops(&l.spec_dir, t, k, stage).map_err(fail)?;
+    }
+    Ok(delivered)
+}
+
+/// The checks of `build`, against the new lock and the staged SOPS files (secret sources
+/// are lock's to write or the user's to add after it, so they are not checked here).
+fn check_new_lock(l: &Loaded, stage: &Stage, text: &str) -> Result<(), u8> {
+    let mut sources = l.sources.clone();
+    for (path, bytes) in stage.under(&l.spec_dir) {
+        sources.insert(path, bytes.to_vec());
+    }
+    let input = Input {
+        spec_file: &l.spec_name,
+        spec: &l.spec,
+        lock_file: &l.lock_name,
+        lock: Some(text),
+        sources,
+    };
+    let checked = build::front(&l.spec_name, &l.spec)
+        .and_then(|f| build::load_from(&input, f))
+        .and_then(|loaded| {
+            build::compile(
+                &input,
+                loaded,
+                build::Checks {
+                    tests: false,
+                    sources: false,
+                },
+            )
+        });
+    match checked {
+        Ok(c) => {
+            let _ = std::io::stderr().write_all(c.warnings.as_bytes());
+            Ok(())
+        }
+        Err(f) => {
+            eprintln!(
+                "{}: not changed (the spec would not build)",
+                crate::diag::escape(&l.lock_name)
+            );
+            Err(report(&f))
+        }
+    }
 }
 
 /// Stage a node's private key as `DIR/<cluster>/<node>.key`, and for external-secrets the
@@ -1162,36 +1190,81 @@ fn neutralize_report(report: &mut tsk8s_diff::Report) {
 /// so is a symbolic link or a submodule in the tree. Blobs are read raw (`cat-file`, no
 /// textconv or filters).
 fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
-    use std::process::Command as Proc;
-    let git = |args: &[&str], cwd: &Path| -> Result<Vec<u8>, String> {
-        let o = Proc::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .map_err(|e| format!("cannot run git: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "git {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        Ok(o.stdout)
-    };
-    let not_a_ref = || {
-        let mut m = format!(
-            "--base {rev:?}: not a commit in the git repository (--base takes a git ref only)"
-        );
-        if Path::new(rev).is_dir() {
-            m.push_str(&format!(
-                "; to compare with the directory {rev:?}, pass --base-dir {rev:?}"
-            ));
-        }
-        m
-    };
     if rev.starts_with('-') || rev.is_empty() {
-        return Err(not_a_ref());
+        return Err(not_a_ref(rev));
     }
+    let (top_path, rel) = git_dir(out)?;
+    let spec = format!("{rev}^{{commit}}");
+    let commit = run_git(
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ],
+        &top_path,
+    )
+    .map_err(|_| not_a_ref(rev))?;
+    let commit = String::from_utf8_lossy(&commit).trim().to_string();
+    let mut ls = vec![
+        "--literal-pathspecs",
+        "ls-tree",
+        "-r",
+        "-z",
+        "--full-tree",
+        &commit,
+    ];
+    if !rel.is_empty() {
+        ls.extend(["--", rel.as_str()]);
+    }
+    let listing = run_git(&ls, &top_path)?;
+    let blobs = ls_tree_blobs(rev, &listing)?;
+    let oids: Vec<&str> = blobs.iter().map(|(_, o)| o.as_str()).collect();
+    let contents = cat_blobs(&top_path, &oids)?;
+    let mut tree = crate::emit::Tree::new();
+    for ((path, _), bytes) in blobs.into_iter().zip(contents) {
+        let key = match path.strip_prefix(&format!("{rel}/")) {
+            Some(k) => k.to_string(),
+            None if rel.is_empty() => path,
+            None => continue,
+        };
+        tree.insert(key, bytes);
+    }
+    Ok(tree)
+}
+
+/// Run `git ARGS` in `cwd`: its stdout, or an error with its stderr.
+fn run_git(args: &[&str], cwd: &Path) -> Result<Vec<u8>, String> {
+    let o = std::process::Command::new("git")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(o.stdout)
+}
+
+/// The message for a `--base` that names no commit.
+fn not_a_ref(rev: &str) -> String {
+    let mut m =
+        format!("--base {rev:?}: not a commit in the git repository (--base takes a git ref only)");
+    if Path::new(rev).is_dir() {
+        m.push_str(&format!(
+            "; to compare with the directory {rev:?}, pass --base-dir {rev:?}"
+        ));
+    }
+    m
+}
+
+/// The top of the git repository holding the output dir `out`, and `out` relative to it.
+fn git_dir(out: &Path) -> Result<(PathBuf, String), String> {
     // `-o` naming a link is refused here too (it would locate the dir through the link).
     output::probe_dir(out).map_err(|e| e.to_string())?;
     let out_abs = if out.is_absolute() {
@@ -1208,7 +1281,7 @@ fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
             return Err(format!("{}: no such directory", out.display()));
         }
     }
-    let top = String::from_utf8_lossy(&git(&["rev-parse", "--show-toplevel"], &cwd)?)
+    let top = String::from_utf8_lossy(&run_git(&["rev-parse", "--show-toplevel"], &cwd)?)
         .trim()
         .to_string();
     let top_path = Path::new(&top).canonicalize().map_err(|e| e.to_string())?;
@@ -1219,31 +1292,12 @@ fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
         .map_err(|_| format!("{}: not inside the git repository", out.display()))?
         .join(rest);
     let rel = rel_dir.to_string_lossy().trim_end_matches('/').to_string();
-    let spec = format!("{rev}^{{commit}}");
-    let commit = git(
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            "--end-of-options",
-            &spec,
-        ],
-        &top_path,
-    )
-    .map_err(|_| not_a_ref())?;
-    let commit = String::from_utf8_lossy(&commit).trim().to_string();
-    let mut ls = vec![
-        "--literal-pathspecs",
-        "ls-tree",
-        "-r",
-        "-z",
-        "--full-tree",
-        &commit,
-    ];
-    if !rel.is_empty() {
-        ls.extend(["--", rel.as_str()]);
-    }
-    let listing = git(&ls, &top_path)?;
+    Ok((top_path, rel))
+}
+
+/// `(path, object id)` of each blob in `git ls-tree -z` output; a link or a submodule is an
+/// error.
+fn ls_tree_blobs(rev: &str, listing: &[u8]) -> Result<Vec<(String, String)>, String> {
     // `<mode> <type> <object>\t<path>` per entry.
     let mut blobs: Vec<(String, String)> = Vec::new();
     for entry in listing.split(|b| *b == 0).filter(|p| !p.is_empty()) {
@@ -1270,18 +1324,7 @@ fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
             }
         }
     }
-    let oids: Vec<&str> = blobs.iter().map(|(_, o)| o.as_str()).collect();
-    let contents = cat_blobs(&top_path, &oids)?;
-    let mut tree = crate::emit::Tree::new();
-    for ((path, _), bytes) in blobs.into_iter().zip(contents) {
-        let key = match path.strip_prefix(&format!("{rel}/")) {
-            Some(k) => k.to_string(),
-            None if rel.is_empty() => path,
-            None => continue,
-        };
-        tree.insert(key, bytes);
-    }
-    Ok(tree)
+    Ok(blobs)
 }
 
 /// The raw contents of `oids` (blobs), in order, through one `git cat-file --batch`.

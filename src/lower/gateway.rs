@@ -66,6 +66,53 @@ pub fn deployment(
     nodes: &[(&Exposure, &NodeConfig)],
     mesh_shards: usize,
 ) -> Deployment {
+    let ports = gateway_ports(c, nodes);
+    let volumes = gateway_volumes(nodes, mesh_shards);
+    let relays_only = nodes.is_empty();
+    let container = gateway_container(c, ports, relays_only);
+    // Subnet routers answer ICMP echo through unprivileged ping sockets.
+    let routes = nodes
+        .iter()
+        .any(|(e, _)| matches!(e.kind, ExposureKind::SubnetRouter { .. }));
+    Deployment {
+        metadata: meta(
+            &object_name(GATEWAY_NAME),
+            Some(&c.namespace),
+            Some(GATEWAY_NAME),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(GATEWAY_NAME)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(k8s::labels_for(CONTAINER_NAME, Some(GATEWAY_NAME))),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(SERVICE_ACCOUNT.into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(k8s::runtime_pod_security(routes)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The gateway's ports: the runtime's, and every egress node's.
+fn gateway_ports(c: &Cluster, nodes: &[(&Exposure, &NodeConfig)]) -> Vec<ContainerPort> {
     let mut ports = k8s::runtime_ports(c.gateway_port);
     for (e, _) in nodes {
         if let ExposureKind::Egress { ports: eps, .. } = &e.kind {
@@ -76,6 +123,11 @@ pub fn deployment(
             }));
         }
     }
+    ports
+}
+
+/// `gateway.json`, the mesh shards and (unless it only relays) the terminated nodes' keys.
+fn gateway_volumes(nodes: &[(&Exposure, &NodeConfig)], mesh_shards: usize) -> Vec<Volume> {
     let keys: Vec<VolumeProjection> = nodes
         .iter()
         .map(|(e, n)| VolumeProjection {
@@ -115,13 +167,18 @@ pub fn deployment(
     if relays_only {
         volumes.retain(|v| v.name != "tsk8s-keys");
     }
+    volumes
+}
+
+/// The gateway's runtime container; `relays_only`: no keys to mount.
+fn gateway_container(c: &Cluster, ports: Vec<ContainerPort>, relays_only: bool) -> Container {
     let mount = |name: &str, path: &str| VolumeMount {
         name: name.into(),
         mount_path: path.into(),
         read_only: Some(true),
         ..Default::default()
     };
-    let container = Container {
+    Container {
         name: CONTAINER_NAME.into(),
         image: Some(c.image.clone()),
         image_pull_policy: Some("Always".into()),
@@ -159,45 +216,6 @@ pub fn deployment(
             .filter(|m| !(relays_only && m.name == "tsk8s-keys"))
             .collect(),
         ),
-        ..Default::default()
-    };
-    // Subnet routers answer ICMP echo through unprivileged ping sockets.
-    let routes = nodes
-        .iter()
-        .any(|(e, _)| matches!(e.kind, ExposureKind::SubnetRouter { .. }));
-    Deployment {
-        metadata: meta(
-            &object_name(GATEWAY_NAME),
-            Some(&c.namespace),
-            Some(GATEWAY_NAME),
-        ),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..Default::default()
-            }),
-            selector: LabelSelector {
-                match_labels: Some(selector(GATEWAY_NAME)),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(k8s::labels_for(CONTAINER_NAME, Some(GATEWAY_NAME))),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(SERVICE_ACCOUNT.into()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(k8s::runtime_pod_security(routes)),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }

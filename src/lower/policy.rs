@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::model::{ExposureKind, RuntimeKind, Tailnet};
+use crate::model::{Acl, AclTest, ExposureKind, Grant, RuntimeKind, SshRule, Tailnet};
 
 /// Tags the official Tailscale image's nodes need (tailscale docs/k8s, the operator's policy).
 pub const OPERATOR_TAG: &str = "tag:k8s-operator";
@@ -26,6 +26,47 @@ pub fn policy_value(t: &Tailnet) -> Value {
         }
         root.insert("groups".into(), Value::Object(g));
     }
+    let owners = tag_owners(t);
+    if !owners.is_empty() {
+        root.insert("tagOwners".into(), Value::Object(owners));
+    }
+    if !t.hosts.is_empty() {
+        root.insert("hosts".into(), Value::Object(hosts(t)));
+    }
+    let routes = route_approvers(t);
+    if !routes.is_empty() {
+        root.insert(
+            "autoApprovers".into(),
+            json!({ "routes": Value::Object(routes) }),
+        );
+    }
+    root.insert(
+        "acls".into(),
+        Value::Array(t.acls.iter().map(acl).collect()),
+    );
+    if !t.grants.is_empty() {
+        root.insert(
+            "grants".into(),
+            Value::Array(t.grants.iter().map(grant).collect()),
+        );
+    }
+    if !t.ssh.is_empty() {
+        root.insert(
+            "ssh".into(),
+            Value::Array(t.ssh.iter().map(ssh_rule).collect()),
+        );
+    }
+    if !t.tests.is_empty() {
+        root.insert(
+            "tests".into(),
+            Value::Array(t.tests.iter().map(acl_test).collect()),
+        );
+    }
+    Value::Object(root)
+}
+
+/// `tagOwners`: the spec's tags, and with Tailscale-image clusters the operator's tags.
+fn tag_owners(t: &Tailnet) -> Map<String, Value> {
     let mut owners = Map::new();
     for (name, o) in &t.tags {
         owners.insert(name.clone(), strings(o));
@@ -64,21 +105,25 @@ pub fn policy_value(t: &Tailnet) -> Value {
             }
         }
     }
-    if !owners.is_empty() {
-        root.insert("tagOwners".into(), Value::Object(owners));
+    owners
+}
+
+/// `hosts`: one address written bare, a network as a CIDR.
+fn hosts(t: &Tailnet) -> Map<String, Value> {
+    let mut h = Map::new();
+    for (name, net) in &t.hosts {
+        let s = if net.prefix_len() == net.max_prefix_len() {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        h.insert(name.clone(), Value::String(s));
     }
-    if !t.hosts.is_empty() {
-        let mut h = Map::new();
-        for (name, net) in &t.hosts {
-            let s = if net.prefix_len() == net.max_prefix_len() {
-                net.addr().to_string()
-            } else {
-                net.to_string()
-            };
-            h.insert(name.clone(), Value::String(s));
-        }
-        root.insert("hosts".into(), Value::Object(h));
-    }
+    h
+}
+
+/// `autoApprovers.routes`: each subnet router's routes, approved for its tags.
+fn route_approvers(t: &Tailnet) -> Map<String, Value> {
     let mut routes = Map::new();
     for (_, e) in t.exposures() {
         if let ExposureKind::SubnetRouter { routes: rs } = &e.kind {
@@ -94,93 +139,65 @@ pub fn policy_value(t: &Tailnet) -> Value {
             }
         }
     }
-    if !routes.is_empty() {
-        root.insert(
-            "autoApprovers".into(),
-            json!({ "routes": Value::Object(routes) }),
-        );
+    routes
+}
+
+fn acl(a: &Acl) -> Value {
+    let mut m = Map::new();
+    m.insert("action".into(), json!("accept"));
+    m.insert("src".into(), strings(&a.src));
+    m.insert("dst".into(), strings(&a.dst));
+    if let Some(p) = &a.proto {
+        m.insert("proto".into(), json!(p));
     }
-    let acls: Vec<Value> = t
-        .acls
-        .iter()
-        .map(|a| {
-            let mut m = Map::new();
-            m.insert("action".into(), json!("accept"));
-            m.insert("src".into(), strings(&a.src));
-            m.insert("dst".into(), strings(&a.dst));
-            if let Some(p) = &a.proto {
-                m.insert("proto".into(), json!(p));
-            }
-            Value::Object(m)
-        })
-        .collect();
-    root.insert("acls".into(), Value::Array(acls));
-    if !t.grants.is_empty() {
-        let grants: Vec<Value> = t
-            .grants
-            .iter()
-            .map(|g| {
-                let mut m = Map::new();
-                m.insert("src".into(), strings(&g.src));
-                m.insert("dst".into(), strings(&g.dst));
-                if !g.ip.is_empty() {
-                    m.insert("ip".into(), strings(&g.ip));
-                }
-                if !g.via.is_empty() {
-                    m.insert("via".into(), strings(&g.via));
-                }
-                if !g.app.is_empty() {
-                    let mut app = Map::new();
-                    for (cap, vals) in &g.app {
-                        app.insert(cap.clone(), Value::Array(vals.clone()));
-                    }
-                    m.insert("app".into(), Value::Object(app));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("grants".into(), Value::Array(grants));
+    Value::Object(m)
+}
+
+fn grant(g: &Grant) -> Value {
+    let mut m = Map::new();
+    m.insert("src".into(), strings(&g.src));
+    m.insert("dst".into(), strings(&g.dst));
+    if !g.ip.is_empty() {
+        m.insert("ip".into(), strings(&g.ip));
     }
-    if !t.ssh.is_empty() {
-        let ssh: Vec<Value> = t
-            .ssh
-            .iter()
-            .map(|s| {
-                let mut m = Map::new();
-                m.insert("action".into(), json!(s.action));
-                m.insert("src".into(), strings(&s.src));
-                m.insert("dst".into(), strings(&s.dst));
-                m.insert("users".into(), strings(&s.users));
-                if let Some(p) = &s.check_period {
-                    m.insert("checkPeriod".into(), json!(p));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("ssh".into(), Value::Array(ssh));
+    if !g.via.is_empty() {
+        m.insert("via".into(), strings(&g.via));
     }
-    if !t.tests.is_empty() {
-        let tests: Vec<Value> = t
-            .tests
-            .iter()
-            .map(|x| {
-                let mut m = Map::new();
-                m.insert("src".into(), json!(x.src));
-                if let Some(p) = &x.proto {
-                    m.insert("proto".into(), json!(p));
-                }
-                if !x.accept.is_empty() {
-                    m.insert("accept".into(), strings(&x.accept));
-                }
-                if !x.deny.is_empty() {
-                    m.insert("deny".into(), strings(&x.deny));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("tests".into(), Value::Array(tests));
+    if !g.app.is_empty() {
+        let mut app = Map::new();
+        for (cap, vals) in &g.app {
+            app.insert(cap.clone(), Value::Array(vals.clone()));
+        }
+        m.insert("app".into(), Value::Object(app));
     }
-    Value::Object(root)
+    Value::Object(m)
+}
+
+fn ssh_rule(s: &SshRule) -> Value {
+    let mut m = Map::new();
+    m.insert("action".into(), json!(s.action));
+    m.insert("src".into(), strings(&s.src));
+    m.insert("dst".into(), strings(&s.dst));
+    m.insert("users".into(), strings(&s.users));
+    if let Some(p) = &s.check_period {
+        m.insert("checkPeriod".into(), json!(p));
+    }
+    Value::Object(m)
+}
+
+fn acl_test(x: &AclTest) -> Value {
+    let mut m = Map::new();
+    m.insert("src".into(), json!(x.src));
+    if let Some(p) = &x.proto {
+        m.insert("proto".into(), json!(p));
+    }
+    if !x.accept.is_empty() {
+        m.insert("accept".into(), strings(&x.accept));
+    }
+    if !x.deny.is_empty() {
+        m.insert("deny".into(), strings(&x.deny));
+    }
+    Value::Object(m)
 }
 
 /// Render as HuJSON text: header comment, then pretty JSON (two-space indent), newline.

@@ -61,7 +61,52 @@ pub fn component(
     else {
         return None;
     };
-    let mut container = k8s::runtime_container(&c.image, node, &[]);
+    let native = c.sidecar_style == SidecarStyle::Native;
+    let mut container = sidecar_container(&c.image, node, native);
+    let mut volumes = sidecar_volumes(e, meshes);
+    let label = match set {
+        Some(s) => {
+            pick_by_ordinal(&mut container, &mut volumes, members, meshes);
+            s.base.clone()
+        }
+        None => e.id.clone(),
+    };
+    let (resources, mesh) = node_objects(c, namespace, members, meshes);
+    let e_id = label;
+    let mut patch = k8s::sidecar_patch(
+        workload_kind,
+        workload,
+        namespace,
+        &e_id,
+        &container,
+        &volumes,
+    );
+    if native {
+        as_init_containers(&mut patch);
+    }
+    if workload_kind == "Deployment" {
+        pin_one_replica(&mut patch);
+    }
+    let kustomization = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "resources": std::iter::once("resources.yaml")
+            .chain(mesh.iter().map(|(f, _)| f.as_str()))
+            .collect::<std::collections::BTreeSet<_>>(),
+        "patches": [{ "path": "patch.yaml", "target": { "kind": workload_kind, "name": workload, "namespace": namespace } }],
+    });
+    Some(SidecarComponent {
+        kustomization,
+        resources,
+        mesh,
+        patch,
+    })
+}
+
+/// The runtime container of a sidecar: no admin port, exec probes, our UID; a native
+/// sidecar restarts always and has a startup probe.
+fn sidecar_container(image: &str, node: &NodeConfig, native: bool) -> Container {
+    let mut container = k8s::runtime_container(image, node, &[]);
     // Its admin server listens on 127.0.0.1 only (any pod may reach the app pod's IP): no
     // admin port, probes run the binary's own health check inside the container.
     if let Some(ports) = container.ports.as_mut() {
@@ -69,7 +114,6 @@ pub fn component(
     }
     container.readiness_probe = Some(k8s::exec_probe(5));
     container.liveness_probe = Some(k8s::exec_probe(20));
-    let native = c.sidecar_style == SidecarStyle::Native;
     if native {
         container.restart_policy = Some("Always".into());
         // The app's containers start once this succeeds (the runtime's config is loaded and
@@ -82,6 +126,11 @@ pub fn component(
         sc.run_as_user = Some(RUNTIME_UID);
         sc.run_as_group = Some(RUNTIME_UID);
     }
+    container
+}
+
+/// The runtime's volumes in the user's pod, the key readable without an fsGroup.
+fn sidecar_volumes(e: &Exposure, meshes: &[Vec<String>]) -> Vec<Volume> {
     let mut volumes = k8s::runtime_volumes(
         &e.id,
         &mesh_prefix(&e.id),
@@ -94,13 +143,17 @@ pub fn component(
             s.default_mode = Some(0o444);
         }
     }
-    let label = match set {
-        Some(s) => {
-            pick_by_ordinal(&mut container, &mut volumes, members, meshes);
-            s.base.clone()
-        }
-        None => e.id.clone(),
-    };
+    volumes
+}
+
+/// Each node's ConfigMap and UDP Service (`resources.yaml`), and its mesh shard ConfigMaps
+/// with their file names.
+fn node_objects(
+    c: &Cluster,
+    namespace: &str,
+    members: &[(&Exposure, &NodeConfig)],
+    meshes: &[Vec<String>],
+) -> (Vec<Value>, Vec<(String, Value)>) {
     let mut resources = Vec::new();
     let mut mesh = Vec::new();
     for ((me, mnode), shards) in members.iter().zip(meshes) {
@@ -134,19 +187,14 @@ pub fn component(
         .into_iter()
         .map(|v| v.unwrap_or(Value::Null))
         .collect();
-    let e_id = label;
-    let mut patch = k8s::sidecar_patch(
-        workload_kind,
-        workload,
-        namespace,
-        &e_id,
-        &container,
-        &volumes,
-    );
-    if native
-        && let Some(pod) = patch
-            .pointer_mut("/spec/template/spec")
-            .and_then(Value::as_object_mut)
+    (resources, mesh)
+}
+
+/// A native sidecar: the patch's container goes under `initContainers`.
+fn as_init_containers(patch: &mut Value) {
+    if let Some(pod) = patch
+        .pointer_mut("/spec/template/spec")
+        .and_then(Value::as_object_mut)
     {
         *pod = std::mem::take(pod)
             .into_iter()
@@ -156,9 +204,11 @@ pub fn component(
             })
             .collect();
     }
-    if workload_kind == "Deployment"
-        && let Some(spec) = patch.pointer_mut("/spec").and_then(Value::as_object_mut)
-    {
+}
+
+/// A Deployment's sidecar node has one key: the patch pins one pod, replaced (not rolled).
+fn pin_one_replica(patch: &mut Value) {
+    if let Some(spec) = patch.pointer_mut("/spec").and_then(Value::as_object_mut) {
         let mut pinned = serde_json::Map::new();
         pinned.insert("replicas".into(), json!(1));
         // `rollingUpdate: null` deletes the user's rolling-update settings, which the API
@@ -170,20 +220,6 @@ pub fn component(
         pinned.extend(std::mem::take(spec));
         *spec = pinned;
     }
-    let kustomization = json!({
-        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
-        "kind": "Component",
-        "resources": std::iter::once("resources.yaml")
-            .chain(mesh.iter().map(|(f, _)| f.as_str()))
-            .collect::<std::collections::BTreeSet<_>>(),
-        "patches": [{ "path": "patch.yaml", "target": { "kind": workload_kind, "name": workload, "namespace": namespace } }],
-    });
-    Some(SidecarComponent {
-        kustomization,
-        resources,
-        mesh,
-        patch,
-    })
 }
 
 /// Environment variable holding the pod's ordinal in a StatefulSet sidecar's container.
