@@ -347,7 +347,25 @@ impl Net {
             self.counters.drop(DropReason::Garbage);
             return;
         };
-        let (slot, kind) = match parsed {
+        let Some((slot, kind)) = self.datagram_peer(src, parsed, data, dec) else {
+            return;
+        };
+        if self.decapsulate(slot, kind, src, data, dec, inbox) {
+            self.probe_unknown(src);
+        }
+    }
+
+    /// The slot of the peer a datagram is for, and its kind (1 handshake initiation, 2
+    /// response, 3 cookie reply, 4 data); `None` when it is dropped (counted) or answered with
+    /// a cookie under load.
+    fn datagram_peer(
+        &mut self,
+        src: SocketAddr,
+        parsed: Packet<'_>,
+        data: &[u8],
+        dec: &mut [u8],
+    ) -> Option<(usize, u8)> {
+        let found = match parsed {
             Packet::HandshakeInit(ref p) => {
                 match self.rate_limiter.verify_packet(Some(src.ip()), data, dec) {
                     Ok(_) => {}
@@ -355,11 +373,11 @@ impl Net {
                         self.counters.cookie_replies += 1;
                         self.counters.drop(DropReason::UnderLoad);
                         send_to(&self.socket, cookie, src, &mut self.counters);
-                        return;
+                        return None;
                     }
                     Err(_) => {
                         self.counters.drop(DropReason::HandshakeInvalid);
-                        return;
+                        return None;
                     }
                 }
                 match parse_handshake_anon(&self.secret, &self.public, p) {
@@ -367,12 +385,12 @@ impl Net {
                         Some(s) => (*s, 1u8),
                         None => {
                             self.counters.drop(DropReason::UnknownPeer);
-                            return;
+                            return None;
                         }
                     },
                     Err(_) => {
                         self.counters.drop(DropReason::HandshakeInvalid);
-                        return;
+                        return None;
                     }
                 }
             }
@@ -380,14 +398,14 @@ impl Net {
                 Some(s) => (*s, 2),
                 None => {
                     self.counters.drop(DropReason::UnknownIndex);
-                    return;
+                    return None;
                 }
             },
             Packet::PacketCookieReply(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
                 Some(s) => (*s, 3),
                 None => {
                     self.counters.drop(DropReason::UnknownIndex);
-                    return;
+                    return None;
                 }
             },
             Packet::PacketData(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
@@ -395,12 +413,27 @@ impl Net {
                 None => {
                     self.counters.drop(DropReason::UnknownIndex);
                     self.probe_unknown(src);
-                    return;
+                    return None;
                 }
             },
         };
+        Some(found)
+    }
+
+    /// Run a datagram for the peer in `slot` through its tunnel: replies go to the network,
+    /// inner packets to `inbox`. Whether `src` should be probed (a data packet of a session
+    /// this process does not have).
+    fn decapsulate(
+        &mut self,
+        slot: usize,
+        kind: u8,
+        src: SocketAddr,
+        data: &[u8],
+        dec: &mut [u8],
+        inbox: &mut Vec<(usize, Vec<u8>)>,
+    ) -> bool {
         let Some(Some(peer)) = self.peers.get_mut(slot) else {
-            return;
+            return false;
         };
         let mut first = true;
         let mut probe = false;
@@ -454,9 +487,7 @@ impl Net {
                 }
             }
         }
-        if probe {
-            self.probe_unknown(src);
-        }
+        probe
     }
 
     /// A data packet nobody can decrypt (unknown receiver index, or a session this process does
