@@ -10,7 +10,6 @@
 pub mod access;
 pub mod build;
 pub mod cli;
-pub mod cli_secrets;
 pub mod diag;
 pub mod emit;
 pub mod import;
@@ -20,4 +19,5 @@ pub mod model;
 mod par;
 pub mod resolve;
 pub mod syntax;
+pub mod verbatim;
 pub mod yaml;

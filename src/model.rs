@@ -161,6 +161,9 @@ pub struct Cluster {
 /// containerboot's default `TS_LOCAL_ADDR_PORT` port (cmd/containerboot/settings.go).
 pub const DEFAULT_HEALTH_PORT: u16 = 9002;
 
+/// Port of the runtime's `/healthz` and `/metrics` server inside the pod.
+pub const ADMIN_PORT: u16 = 9901;
+
 impl Cluster {
     /// The host a node with tailnet name `node` is reached on.
     pub fn endpoint_host(&self, node: &str) -> String {

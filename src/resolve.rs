@@ -351,7 +351,7 @@ impl Resolver<'_> {
             self.check_no_cluster_gitops(spec);
         }
 
-        let verbatim = crate::import::resolve_verbatim(&spec.verbatim, self.d);
+        let verbatim = crate::verbatim::resolve_verbatim(&spec.verbatim, self.d);
         if !ok {
             return None;
         }
@@ -1723,11 +1723,8 @@ impl Resolver<'_> {
             format!("the gateway's WireGuard port (gateway-port={port})"),
         );
         taken.insert(
-            (Proto::Tcp, crate::lower::mesh::ADMIN_PORT),
-            format!(
-                "the gateway's admin server ({})",
-                crate::lower::mesh::ADMIN_PORT
-            ),
+            (Proto::Tcp, ADMIN_PORT),
+            format!("the gateway's admin server ({})", ADMIN_PORT),
         );
         let decls = |id: &str| c.exposures.iter().find(|d| d.name.v == id);
         for e in exposures {

@@ -41,7 +41,7 @@ fn build_dir(dir: &Path) -> Result<Tree, build::Failure> {
     let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
     let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
     // The committed SOPS / SealedSecret sources beside the spec, read as the CLI reads them.
-    let sources = tsk8s::cli_secrets::read_sources(dir, "tailnet.kdl", &spec);
+    let sources = tsk8s::cli::secrets::read_sources(dir, "tailnet.kdl", &spec);
     build::build(&Input {
         spec_file: "tailnet.kdl",
         spec: &spec,

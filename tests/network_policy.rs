@@ -461,7 +461,7 @@ fn judge_spec(dir: &Path, covered: &mut Covered) {
     let Ok(lock) = std::fs::read_to_string(dir.join("tailnet.lock")) else {
         return;
     };
-    let sources = tsk8s::cli_secrets::read_sources(dir, "tailnet.kdl", &spec);
+    let sources = tsk8s::cli::secrets::read_sources(dir, "tailnet.kdl", &spec);
     let tree = build::build(&Input {
         spec_file: "tailnet.kdl",
         spec: &spec,

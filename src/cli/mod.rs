@@ -2,7 +2,9 @@
 //! clock or randomness. Exit codes: 0 ok, 1 differences or failed tests, 2 bad input or error.
 
 pub mod access;
+pub mod import;
 pub mod output;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -265,7 +267,7 @@ fn load(spec: &Path) -> Result<Loaded, String> {
     };
     let front = build::front(&spec.display().to_string(), &text);
     let sources = match &front {
-        Ok(f) => crate::cli_secrets::read_sources_for(&spec_dir, &f.tailnet),
+        Ok(f) => crate::cli::secrets::read_sources_for(&spec_dir, &f.tailnet),
         Err(_) => BTreeMap::new(),
     };
     Ok(Loaded {
@@ -372,7 +374,7 @@ pub fn run(cli: Cli) -> u8 {
             out,
             name,
             domain,
-        } => crate::import::run_cli(&policy, out.as_deref(), &name, &domain),
+        } => import::run(&policy, out.as_deref(), &name, &domain),
         Command::WhoCanReach {
             target,
             spec,
@@ -668,7 +670,7 @@ fn lock_steps(spec: &Path, keys_dir: Option<&Path>, opts: LockOptions) -> Result
         "wrote {}; run `tsk8s build` and commit both\n",
         crate::diag::escape(&l.lock_name)
     ));
-    crate::cli_secrets::reapply(&mut said, &l.spec_dir, t, &old, &upd);
+    crate::cli::secrets::reapply(&mut said, &l.spec_dir, t, &old, &upd);
     let _ = std::io::stderr().write_all(tsk8s_policy::text::neutralize(&said).as_bytes());
     let _ = &l.spec_path;
     Ok(0)
@@ -706,11 +708,11 @@ fn stage_new_keys<'a>(
             let clusters: std::collections::BTreeSet<&str> =
                 needs_dir.iter().map(|k| k.cluster.as_str()).collect();
             let clusters: Vec<&str> = clusters.into_iter().collect();
-            crate::cli_secrets::check_keys_dir(dir, &clusters).map_err(fail)?;
+            crate::cli::secrets::check_keys_dir(dir, &clusters).map_err(fail)?;
             Some(dir)
         }
     };
-    crate::cli_secrets::sops_upkeep(&l.spec_dir, t, old, &upd.new_keys, stage).map_err(fail)?;
+    crate::cli::secrets::sops_upkeep(&l.spec_dir, t, old, &upd.new_keys, stage).map_err(fail)?;
     let mut delivered: Vec<Delivered> = Vec::new();
     if let Some(dir) = keys_dir {
         for k in needs_dir {
@@ -719,7 +721,7 @@ fn stage_new_keys<'a>(
         }
     }
     for k in upd.new_keys.iter().filter(|k| is_sops(k)) {
-        crate::cli_secrets::deliver_sops(&l.spec_dir, t, k, stage).map_err(fail)?;
+        crate::cli::secrets::deliver_sops(&l.spec_dir, t, k, stage).map_err(fail)?;
     }
     Ok(delivered)
 }
@@ -767,7 +769,7 @@ fn check_new_lock(l: &Loaded, stage: &Stage, text: &str) -> Result<(), u8> {
 
 /// Stage a node's private key as `DIR/<cluster>/<node>.key`, and for external-secrets the
 /// store's JSON `DIR/<cluster>/<node>.json`; both are written at commit through the one
-/// private-file writer ([`crate::cli_secrets::write_private`]).
+/// private-file writer ([`crate::cli::secrets::write_private`]).
 fn stage_key(stage: &mut Stage, dir: &Path, t: &Tailnet, k: &NewKey) -> (PathBuf, Option<PathBuf>) {
     let key = stage.write_private(
         dir,
@@ -780,7 +782,7 @@ fn stage_key(stage: &mut Stage, dir: &Path, t: &Tailnet, k: &NewKey) -> (PathBuf
             dir,
             &k.cluster,
             &format!("{}.json", k.node),
-            crate::cli_secrets::store_json(k).into_bytes(),
+            crate::cli::secrets::store_json(k).into_bytes(),
         )),
         _ => None,
     };
@@ -875,7 +877,7 @@ impl Stage {
         let mut unsynced: Vec<PathBuf> = Vec::new();
         let sync = |unsynced: &mut Vec<PathBuf>| -> Result<(), String> {
             for dir in unsynced.drain(..) {
-                crate::cli_secrets::sync_private(&dir)?;
+                crate::cli::secrets::sync_private(&dir)?;
             }
             Ok(())
         };
@@ -890,7 +892,7 @@ impl Stage {
                     write_atomic(&f.path, &f.bytes, Some(*mode))?;
                 }
                 Target::Private(dir, sub, name) => {
-                    crate::cli_secrets::write_private(dir, sub, name, &f.bytes)?;
+                    crate::cli::secrets::write_private(dir, sub, name, &f.bytes)?;
                     if !unsynced.contains(dir) {
                         unsynced.push(dir.clone());
                     }

@@ -18,8 +18,9 @@ use crate::model::{Cluster, EgressTarget, ExposureKind, Proto, Tailnet};
 /// `PersistentKeepalive` towards nodes behind SNAT, and from devices that nodes may call.
 pub const KEEPALIVE_SECONDS: u16 = 25;
 
-/// Port of the runtime's `/healthz` and `/metrics` server inside the pod.
-pub const ADMIN_PORT: u16 = 9901;
+/// Port of the runtime's `/healthz` and `/metrics` server inside the pod (the model owns it:
+/// `resolve` checks ports against it).
+pub use crate::model::ADMIN_PORT;
 
 /// The shard budget [`shard_bytes`] returns instead of the default, when set (0: unset).
 static SHARD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
