@@ -108,11 +108,18 @@ pub fn manifest_entries(text: &str) -> BTreeMap<&str, Option<&str>> {
         .collect()
 }
 
+/// Files of the tree that are committed files copied byte for byte (a SOPS file, whose MAC
+/// and comments belong to `sops`, and a SealedSecret; `lower::secrets` names them so): [`finish`]
+/// adds no header to them.
+pub fn is_verbatim(path: &str) -> bool {
+    path.ends_with(".sops.yaml") || path.ends_with(".sealedsecret.yaml")
+}
+
 /// Finish a tree: the header on every generated YAML file, then the manifest.
 pub fn finish(tree: &mut Tree, spec_file: &str) {
     let header = yaml_header(spec_file);
     for (p, bytes) in tree.iter_mut() {
-        if p.ends_with(".yaml") && !crate::lower::secrets::is_verbatim(p) {
+        if p.ends_with(".yaml") && !is_verbatim(p) {
             bytes.splice(0..0, header.bytes());
         }
     }

@@ -158,12 +158,6 @@ pub fn uses_ksops(t: &Tailnet, c: &Cluster) -> bool {
         )
 }
 
-/// Files of the tree that are committed files copied byte for byte (a SOPS file, whose MAC
-/// and comments belong to `sops`, and a SealedSecret): `emit::finish` adds no header to them.
-pub fn is_verbatim(path: &str) -> bool {
-    path.ends_with(".sops.yaml") || path.ends_with(".sealedsecret.yaml")
-}
-
 /// The backend objects for `secrets`, all in one kustomization dir; their files go under
 /// `subdir` (e.g. `"secrets/"`, or `""`). Every problem is reported, not just the first.
 ///
