@@ -373,8 +373,8 @@ for b in "${bins[@]}"; do
   iperf_server "$E3" 100.64.0.2 5201
   RT_BIN=$bin runtime "$E1" "egress-$tag" "$KE" 100.64.0.3 51823 \
     '{"kind":"egress","target_ip":"100.64.0.2","ports":[{"protocol":"tcp","listen":5201,"target":5201}]}' \
-    "[{\"name\":\"srv\",\"public_key\":\"$PS\",\"allowed_ips\":[\"100.64.0.2/32\"],\"endpoint\":\"10.98.$((sub + 2)).2:40000\"}]" \
-    '[]' 9191
+    "{\"peer\":\"srv\",\"key\":\"$PS\",\"ips\":[\"100.64.0.2\"],\"endpoint\":\"10.98.$((sub + 2)).2:40000\"}" \
+    '' 9191
   paths+=("E-$tag $E1 127.0.0.1 5201 $E2 10.98.$((sub + 2)).2:40000 10.98.$((sub + 3)).2:51822 $E3")
   sub=$((sub + 4))
 done
