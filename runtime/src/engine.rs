@@ -191,7 +191,8 @@ impl Default for Tuning {
             congestion: match std::env::var("TSK8S_TCP_CC").as_deref() {
                 Ok("none") => tcp::CongestionControl::None,
                 Ok("reno") => tcp::CongestionControl::Reno,
-                _ => tcp::CongestionControl::Cubic,
+                Ok("cubic") => tcp::CongestionControl::Cubic,
+                _ => tcp::CongestionControl::Bbr,
             },
         }
     }
@@ -1327,6 +1328,7 @@ impl Engine {
                 tracing::debug!(
                     slot,
                     cwnd = s.congestion_window(),
+                    pacing_mbit = s.pacing_rate_now().map(|r| r * 8 / 1_000_000),
                     srtt_ms = s.smoothed_rtt().map(|d| d.total_millis()),
                     send_queue = s.send_queue(),
                     rx_cap = c.rx_cap,

@@ -176,6 +176,8 @@ struct RttEstimator {
     rto_count: u8,
     /// tsk8s patch: the floor of the computed RTO in ms (`Socket::set_min_rto`).
     min_rto: u32,
+    /// tsk8s patch: the last RTT sample in microseconds, until taken.
+    last_sample_us: Option<u64>,
 }
 
 impl Default for RttEstimator {
@@ -189,6 +191,7 @@ impl Default for RttEstimator {
             max_seq_sent: None,
             rto_count: 0,
             min_rto: RTTE_MIN_RTO,
+            last_sample_us: None,
         }
     }
 }
@@ -250,6 +253,7 @@ impl RttEstimator {
             && seq >= sent_seq
         {
             self.sample((timestamp - sent_timestamp).total_millis() as u32);
+            self.last_sample_us = Some((timestamp - sent_timestamp).total_micros());
             self.timestamp = None;
         }
     }
@@ -462,6 +466,10 @@ pub enum CongestionControl {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
+
+    /// tsk8s patch: model-based (after BBR v1): paces at the measured bottleneck bandwidth
+    /// and keeps about two bandwidth-delay products in flight; loss does not shrink it.
+    Bbr,
 }
 
 /// A Transmission Control Protocol socket.
@@ -564,6 +572,9 @@ pub struct Socket<'a> {
     rtx_last: Instant,
     /// tsk8s patch: retransmission counters (`Socket::retransmissions`).
     stats: Retransmissions,
+    /// tsk8s patch: octets cumulatively acknowledged so far (with the SACKed ones: what the
+    /// remote received, for the congestion controller's delivery rate).
+    acked_total: u64,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -611,7 +622,7 @@ pub struct Retransmissions {
 }
 
 /// tsk8s patch: SACK ranges remembered per socket.
-const SACK_SCOREBOARD: usize = 16;
+const SACK_SCOREBOARD: usize = 32;
 /// tsk8s patch: most hole retransmissions one ACK may release.
 const RTX_CREDIT_MAX: u8 = 4;
 
@@ -688,6 +699,7 @@ impl<'a> Socket<'a> {
             rtx_credit: 0,
             rtx_last: Instant::from_secs(0),
             stats: Retransmissions::default(),
+            acked_total: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -747,6 +759,8 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
+
+            CongestionControl::Bbr => AnyController::Bbr(bbr::Bbr::new()),
         }
     }
 
@@ -762,6 +776,8 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
+
+            AnyController::Bbr(_) => CongestionControl::Bbr,
         }
     }
 
@@ -1540,6 +1556,11 @@ impl<'a> Socket<'a> {
         self.congestion_controller.inner().window()
     }
 
+    /// tsk8s patch: the rate (octets per second) new data is paced at, if it is paced.
+    pub fn pacing_rate_now(&self) -> Option<u64> {
+        self.pacing_rate()
+    }
+
     /// tsk8s patch: the smoothed round-trip time, if measured (millisecond resolution).
     pub fn smoothed_rtt(&self) -> Option<Duration> {
         self.rtte
@@ -1649,6 +1670,19 @@ impl<'a> Socket<'a> {
         None
     }
 
+    /// tsk8s patch: how long a retransmitted hole may stay unrepaired before it is deemed lost
+    /// again: 1.25 SRTT, at least 10 ms.
+    fn rescan_after(&self) -> Duration {
+        Duration::from_micros((u64::from(self.rtte.srtt.max(1)) * 1250).max(10_000))
+    }
+
+    /// tsk8s patch: when the holes retransmitted in this recovery are deemed lost again, if
+    /// some are outstanding.
+    fn rescan_at(&self) -> Option<Instant> {
+        (self.recover.is_some() && self.sacked_len > 0 && self.rtx_next > self.local_seq_no)
+            .then(|| self.rtx_last + self.rescan_after())
+    }
+
     /// tsk8s patch: receiver-side RTT and receive rate, after in-order data was queued.
     fn measure_recv_rate(&mut self, now: Instant) {
         let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
@@ -1679,10 +1713,16 @@ impl<'a> Socket<'a> {
 
     /// Pacing rate in octets per second, when pacing applies.
     fn pacing_rate(&self) -> Option<u64> {
-        if !self.pacing || !self.rtte.have_measurement || self.rtte.srtt == 0 {
+        if !self.pacing {
             return None;
         }
         let cc = self.congestion_controller.inner();
+        if let Some(rate) = cc.pacing_rate() {
+            return Some(rate.max(1));
+        }
+        if !self.rtte.have_measurement || self.rtte.srtt == 0 {
+            return None;
+        }
         let cwnd = cc.window();
         if cwnd == usize::MAX {
             return None;
@@ -1726,7 +1766,41 @@ impl<'a> Socket<'a> {
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.pipe())
+    }
+
+    /// tsk8s patch: octets in the network (RFC 6675's "pipe", simplified): what was sent and
+    /// not acknowledged, less what the remote SACKed and, during recovery, less the holes
+    /// below the highest SACKed octet (lost) that have not been retransmitted yet.
+    fn pipe(&self) -> usize {
+        let flight = self.flight_size();
+        if self.sacked_len == 0 {
+            return flight;
+        }
+        if self.recover.is_none() {
+            return flight.saturating_sub(self.sacked_bytes());
+        }
+        let high = self.sacked[self.sacked_len - 1].1;
+        let above = if self.remote_last_seq > high {
+            self.remote_last_seq - high
+        } else {
+            0
+        };
+        // Hole octets retransmitted in this recovery (below `rtx_next`) are in flight again.
+        let rtx_end = self.rtx_next.min(high);
+        let mut retransmitted = 0;
+        let mut seq = self.local_seq_no;
+        for &(l, r) in &self.sacked[..self.sacked_len] {
+            if seq >= rtx_end {
+                break;
+            }
+            let end = l.min(rtx_end);
+            if end > seq {
+                retransmitted += end - seq;
+            }
+            seq = seq.max(r);
+        }
+        (above + retransmitted).min(flight)
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -2422,10 +2496,7 @@ impl<'a> Socket<'a> {
                 // A retransmitted hole that is not repaired one RTT (and a quarter) later
                 // was lost again: scan the holes from the cumulative ACK once more rather
                 // than wait for the retransmission timeout (what Linux's RACK does).
-                let rtt_us = u64::from(self.rtte.srtt.max(1)) * 1250;
-                if self.rtx_next > ack_number
-                    && (cx.now() - self.rtx_last).total_micros() > rtt_us.max(10_000)
-                {
+                if self.rtx_next > ack_number && cx.now() >= self.rtx_last + self.rescan_after() {
                     net_debug!(
                         "retransmitted hole lost again, rescanning from {}",
                         ack_number
@@ -2551,6 +2622,26 @@ impl<'a> Socket<'a> {
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
             }
+
+            // tsk8s patch: what the remote holds now, for a model-based controller.
+            self.acked_total = self.acked_total.wrapping_add(ack_len as u64);
+            let delivered = self.acked_total + self.sacked_bytes() as u64;
+            let in_flight = self.pipe();
+            let unsent = self.tx_buffer.len().saturating_sub(self.flight_size());
+            let high = match self.rtte.max_seq_sent {
+                Some(m) => m.max(self.remote_last_seq),
+                None => self.remote_last_seq,
+            };
+            let sent_high = self.acked_total + (high - self.local_seq_no) as u64;
+            let rtt_us = self.rtte.last_sample_us.take();
+            self.congestion_controller.inner_mut().on_delivered(
+                cx.now(),
+                delivered,
+                sent_high,
+                in_flight,
+                rtt_us,
+                unsent == 0,
+            );
         }
 
         // update last remote tsval
@@ -2694,8 +2785,12 @@ impl<'a> Socket<'a> {
         if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
             return true;
         }
-        // tsk8s patch: so do SACK hole retransmissions, one per ACK received in recovery.
-        if self.rtx_credit > 0 && self.next_hole().is_some() {
+        // tsk8s patch: so do SACK hole retransmissions, one per ACK received in recovery;
+        // more when the window has room (paced like new data).
+        if self.next_hole().is_some()
+            && (self.rtx_credit > 0
+                || (self.cwnd_remaining() > 0 && !(paced && self.paced_until(cx.now()).is_some())))
+        {
             return true;
         }
 
@@ -2897,7 +2992,7 @@ impl<'a> Socket<'a> {
                 self.rtx_credit = 0;
                 // Keep what the remote SACKed (not resent below), unless timeouts repeat
                 // (a remote that reneged on its SACKs must get everything again).
-                if self.rtte.rto_count > 1 {
+                if self.rtte.rto_count > 2 {
                     self.sacked_len = 0;
                 }
             } else {
@@ -2926,6 +3021,17 @@ impl<'a> Socket<'a> {
         #[cfg(feature = "socket-tcp-pause-synack")]
         if matches!(self.state, State::SynReceived) && self.synack_paused {
             return Ok(());
+        }
+
+        // tsk8s patch: the same rescan when no ACK comes to trigger it (the send buffer or
+        // window is stuck behind the hole, so nothing new leaves to be SACKed).
+        if let Some(at) = self.rescan_at()
+            && cx.now() >= at
+        {
+            net_debug!("retransmitted hole lost again (no ACK since), rescanning");
+            self.rtx_next = self.local_seq_no;
+            self.rtx_last = cx.now();
+            self.rtx_credit = self.rtx_credit.max(1);
         }
 
         // tsk8s patch: after a timeout's rewind, do not send again what the remote SACKed.
@@ -3050,7 +3156,9 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let hole = if self.pending_fast_retransmit || self.rtx_credit == 0 {
+                let hole = if self.pending_fast_retransmit
+                    || (self.rtx_credit == 0 && self.cwnd_remaining() == 0)
+                {
                     None
                 } else {
                     self.next_hole()
@@ -3077,7 +3185,7 @@ impl<'a> Socket<'a> {
                     repr.seq_number = start;
                     repr.payload = self.tx_buffer.get_allocated(offset, size);
                     self.rtx_next = start + repr.payload.len();
-                    self.rtx_credit -= 1;
+                    self.rtx_credit = self.rtx_credit.saturating_sub(1);
                     self.rtx_last = cx.now();
                     self.stats.sack = self.stats.sack.wrapping_add(1);
                     // Karn: an RTT sample spanning a recovery would inflate SRTT (and with
@@ -3363,11 +3471,13 @@ impl<'a> Socket<'a> {
                 (_, _) => PollAt::Ingress,
             };
 
-            // tsk8s patch: data held back by pacing goes when its credit is back.
+            // tsk8s patch: data held back by pacing goes when its credit is back; a hole
+            // retransmission is deemed lost when its rescan is due.
             let pacing_poll_at = match self.paced_until(cx.now()) {
                 Some(at) if self.seq_to_transmit_paced(cx, false) => PollAt::Time(at),
                 _ => PollAt::Ingress,
             };
+            let rescan_poll_at = self.rescan_at().map_or(PollAt::Ingress, PollAt::Time);
 
             // We wait for the earliest of our timers to fire.
             *[
@@ -3375,6 +3485,7 @@ impl<'a> Socket<'a> {
                 timeout_poll_at,
                 delayed_ack_poll_at,
                 pacing_poll_at,
+                rescan_poll_at,
             ]
             .iter()
             .min()

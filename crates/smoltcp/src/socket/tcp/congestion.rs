@@ -4,6 +4,9 @@ use super::RttEstimator;
 
 pub(super) mod no_control;
 
+// tsk8s patch: BBR-like model-based control (no feature flag: integer arithmetic only).
+pub(super) mod bbr;
+
 #[cfg(feature = "socket-tcp-cubic")]
 pub(super) mod cubic;
 
@@ -40,6 +43,28 @@ pub(super) trait Controller {
     fn in_slow_start(&self) -> bool {
         false
     }
+
+    /// tsk8s patch: called after every ACK with the octets the remote has acknowledged so
+    /// far, cumulatively or by SACK (`delivered`), the highest octet sent so far on the same
+    /// scale (`sent_high`), the octets still in flight, the RTT sample this ACK gave
+    /// (microseconds), and whether the sender had no unsent data.
+    #[allow(clippy::too_many_arguments)]
+    fn on_delivered(
+        &mut self,
+        now: Instant,
+        delivered: u64,
+        sent_high: u64,
+        in_flight: usize,
+        rtt_us: Option<u64>,
+        app_limited: bool,
+    ) {
+    }
+
+    /// tsk8s patch: the pacing rate (octets per second) the controller asks for; `None`
+    /// lets the socket derive one from the window and the smoothed RTT.
+    fn pacing_rate(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -52,6 +77,8 @@ pub(super) enum AnyController {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic(cubic::Cubic),
+
+    Bbr(bbr::Bbr),
 }
 
 impl AnyController {
@@ -93,6 +120,8 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+
+            AnyController::Bbr(b) => b,
         }
     }
 
@@ -106,6 +135,8 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+
+            AnyController::Bbr(b) => b,
         }
     }
 }
