@@ -152,8 +152,10 @@ fn user_of(alias: &str) -> Option<&str> {
     .then_some(a)
 }
 
-fn alias_part(dst: &str) -> &str {
-    crate::resolve::split_dst(dst).map_or(dst, |(a, _)| a)
+/// The alias of a destination `alias:ports` (the destination itself when it has no ports).
+fn alias_part(dst: &str) -> String {
+    tsk8s_policy::policy::split_destination_and_port(dst)
+        .map_or_else(|_| dst.to_string(), |(a, _)| a)
 }
 
 fn note_user(a: &str, users: &mut BTreeSet<String>) {
@@ -382,7 +384,7 @@ impl SpecWriter {
                             note_user(a, &mut self.users);
                         }
                         for a in &dst {
-                            note_user(alias_part(a), &mut self.users);
+                            note_user(&alias_part(a), &mut self.users);
                         }
                         let mut f = Fields::new();
                         f.list("src", &src);
@@ -502,7 +504,7 @@ impl SpecWriter {
                 if let Some(v) = m.get(k) {
                     let vals = strings(v, &format!("{path}.{k}"), &mut self.bad);
                     for a in &vals {
-                        note_user(alias_part(a), &mut self.users);
+                        note_user(&alias_part(a), &mut self.users);
                     }
                     f.list(k, &vals);
                 }

@@ -13,6 +13,10 @@ use miette::SourceSpan;
 use crate::diag::{Diagnostic, Diagnostics, suggest};
 use crate::model::*;
 use crate::syntax::{self, PropValue, Sp, SpStr, Spec};
+use tsk8s_policy::policy::{
+    DST_AUTOGROUPS, OWNER_AUTOGROUPS, SRC_AUTOGROUPS, check_tag, parse_ports,
+    split_destination_and_port,
+};
 
 /// Why a host alias, a device and an exposure may not share a name (said in the clash help).
 const NAMESPACE_NOTE: &str = "host aliases, devices and exposures share one namespace (a device's .hosts file maps each name to one address)";
@@ -41,41 +45,6 @@ pub struct Spans {
     pub clusters: BTreeMap<String, SourceSpan>,
     pub tests: Vec<SourceSpan>,
 }
-
-pub const SRC_AUTOGROUPS: &[&str] = &[
-    "autogroup:member",
-    "autogroup:tagged",
-    "autogroup:admin",
-    "autogroup:owner",
-    "autogroup:auditor",
-    "autogroup:billing-admin",
-    "autogroup:it-admin",
-    "autogroup:network-admin",
-    "autogroup:shared",
-    "autogroup:danger-all",
-];
-pub const DST_AUTOGROUPS: &[&str] = &[
-    "autogroup:member",
-    "autogroup:tagged",
-    "autogroup:self",
-    "autogroup:internet",
-    "autogroup:admin",
-    "autogroup:owner",
-    "autogroup:auditor",
-    "autogroup:billing-admin",
-    "autogroup:it-admin",
-    "autogroup:network-admin",
-];
-pub const OWNER_AUTOGROUPS: &[&str] = &[
-    "autogroup:member",
-    "autogroup:tagged",
-    "autogroup:admin",
-    "autogroup:owner",
-    "autogroup:auditor",
-    "autogroup:billing-admin",
-    "autogroup:it-admin",
-    "autogroup:network-admin",
-];
 
 pub fn resolve(spec: &Spec, d: &mut Diagnostics) -> (Option<Tailnet>, Spans) {
     let mut r = Resolver {
@@ -190,23 +159,6 @@ pub fn check_cluster_name(s: &str) -> Result<(), String> {
     check_label(s, 63)
 }
 
-/// Tailscale's tag syntax (tailcfg.CheckTag wording).
-pub fn check_tag_syntax(tag: &str) -> Result<(), String> {
-    let Some(name) = tag.strip_prefix("tag:") else {
-        return Err("tags must start with 'tag:'".into());
-    };
-    if name.is_empty() {
-        return Err("tag names must not be empty".into());
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err("tag names must start with a letter, after 'tag:'".into());
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err("tag names can only contain numbers, letters, or dashes".into());
-    }
-    Ok(())
-}
-
 /// `tag:x` from `x` or `tag:x`.
 fn norm(prefix: &str, s: &str) -> String {
     if s.starts_with(prefix) {
@@ -216,43 +168,10 @@ fn norm(prefix: &str, s: &str) -> String {
     }
 }
 
-/// Parse Tailscale port syntax: `*`, `22`, `80,443`, `1000-2000`.
-pub fn check_ports(ports: &str) -> Result<(), String> {
-    if ports == "*" {
-        return Ok(());
-    }
-    for part in ports.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let first: u32 = a
-            .parse()
-            .map_err(|_| format!("port range {part:?}: invalid port"))?;
-        let last: u32 = b
-            .parse()
-            .map_err(|_| format!("port range {part:?}: invalid port"))?;
-        if first == 0 {
-            return Err(format!(
-                "port range {part:?}: first port must be >0, or use '*' for wildcard"
-            ));
-        }
-        if first > 65535 || last > 65535 {
-            return Err(format!("port range {part:?}: port out of range (1-65535)"));
-        }
-        if last < first {
-            return Err(format!(
-                "port range {part:?}: last port must be >= first port"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Split `alias:ports` (IPv6 written `[addr]:ports`).
-pub fn split_dst(s: &str) -> Option<(&str, &str)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (addr, ports) = rest.split_once("]:")?;
-        return Some((addr, ports));
-    }
-    s.rsplit_once(':')
+/// Tailscale's port syntax (`*`, `22`, `80,443`, `1000-2000`), checked by the policy crate's
+/// grammar; the message is Tailscale's `port range "<part>": <reason>`.
+fn check_ports(ports: &str) -> Result<(), String> {
+    parse_ports(ports).map(drop).map_err(|e| e.to_string())
 }
 
 fn parse_wg_key(s: &str) -> bool {
@@ -522,7 +441,7 @@ impl Resolver<'_> {
         let mut tag_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
         for t in &spec.tags {
             let name = norm("tag:", &t.name.v);
-            if let Err(e) = check_tag_syntax(&name) {
+            if let Err(e) = check_tag(&name) {
                 self.push(
                     err(t.name.span, format!("invalid tag {:?}: {e}", t.name.v)).label("bad tag"),
                 );
@@ -763,7 +682,7 @@ impl Resolver<'_> {
     }
 
     fn check_tag_ref(&mut self, names: &Names, at: &SpStr, tag: &str) -> bool {
-        if let Err(e) = check_tag_syntax(tag) {
+        if let Err(e) = check_tag(tag) {
             self.push(err(at.span, format!("invalid tag {:?}: {e}", at.v)).label("bad tag"));
             return false;
         }
@@ -793,20 +712,17 @@ impl Resolver<'_> {
             return true;
         }
         if alias.starts_with("autogroup:") {
-            let allowed = match side {
-                Side::Src => SRC_AUTOGROUPS,
-                Side::Dst => DST_AUTOGROUPS,
-                Side::Owner => OWNER_AUTOGROUPS,
+            let allowed: &[&str] = match side {
+                Side::Src => &SRC_AUTOGROUPS,
+                Side::Dst => &DST_AUTOGROUPS,
+                Side::Owner => &OWNER_AUTOGROUPS,
             };
             if allowed.contains(&alias) {
                 return true;
             }
             let msg = if alias == "autogroup:self" && side == Side::Src {
                 "\"autogroup:self\" not valid on the src side of a rule".to_string()
-            } else if [SRC_AUTOGROUPS, DST_AUTOGROUPS]
-                .iter()
-                .any(|l| l.contains(&alias))
-            {
+            } else if SRC_AUTOGROUPS.contains(&alias) || DST_AUTOGROUPS.contains(&alias) {
                 let where_ = match side {
                     Side::Src => "the src side of a rule",
                     Side::Dst => "the dst side of a rule",
@@ -882,8 +798,9 @@ impl Resolver<'_> {
 
     /// A destination `alias:ports`.
     fn check_dst(&mut self, names: &Names, at: &SpStr) -> bool {
-        let split =
-            split_dst(&at.v).filter(|(alias, _)| !matches!(*alias, "tag" | "group" | "autogroup"));
+        let split = split_destination_and_port(&at.v)
+            .ok()
+            .filter(|(alias, _)| !matches!(alias.as_str(), "tag" | "group" | "autogroup"));
         let Some((alias, ports)) = split else {
             self.push(
                 err(at.span, format!("dst {:?} needs ports", at.v))
@@ -892,8 +809,8 @@ impl Resolver<'_> {
             );
             return false;
         };
-        let ok = self.check_alias(names, at, alias, Side::Dst);
-        if let Err(e) = check_ports(ports) {
+        let ok = self.check_alias(names, at, &alias, Side::Dst);
+        if let Err(e) = check_ports(&ports) {
             self.push(err(at.span, e).label("bad ports"));
             return false;
         }
@@ -1076,9 +993,9 @@ impl Resolver<'_> {
             ok = false;
         }
         for d in t.accept.iter().chain(&t.deny) {
-            match split_dst(&d.v) {
-                Some((alias, port)) => {
-                    ok &= self.check_alias(names, d, alias, Side::Dst);
+            match split_destination_and_port(&d.v) {
+                Ok((alias, port)) => {
+                    ok &= self.check_alias(names, d, &alias, Side::Dst);
                     if port.parse::<u16>().map_or(true, |p| p == 0) {
                         self.push(
                             err(
@@ -1090,7 +1007,7 @@ impl Resolver<'_> {
                         ok = false;
                     }
                 }
-                None => {
+                Err(_) => {
                     self.push(
                         err(d.span, format!("test destination {:?} needs a port", d.v))
                             .label("missing :port"),

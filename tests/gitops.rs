@@ -596,7 +596,7 @@ const RULES: &[(&str, fn(&Pod) -> bool)] = &[
         tags.is_empty()
             || tags
                 .split(',')
-                .any(|t| tsk8s::resolve::check_tag_syntax(t).is_err())
+                .any(|t| tsk8s_policy::policy::check_tag(t).is_err())
     }),
     (
         "TS_AUTH_ONCE=true (log in only when the state holds no login)",

@@ -15,7 +15,7 @@ use crate::compile::{Compiled, Resolver};
 use crate::ipset::IpSet;
 use crate::matcher::{Matcher, PROTO_TCP, PROTO_UDP};
 use crate::policy::{
-    AUTOGROUP_SELF, AclTest, Alias, Policy, ROLE_AUTOGROUPS, check_test_destination, parse_alias,
+    AUTOGROUP_SELF, AclTest, Alias, OWNER_AUTOGROUPS, Policy, check_test_destination, parse_alias,
 };
 use crate::topology::Topology;
 
@@ -67,8 +67,7 @@ fn check_defined(policy: &Policy, alias: &Alias) -> Result<(), String> {
             Err(format!("ipset not defined in policy: {s:?}"))
         }
         Alias::AutoGroup(ag) => match ag.as_str() {
-            crate::policy::AUTOGROUP_MEMBER | crate::policy::AUTOGROUP_TAGGED => Ok(()),
-            a if ROLE_AUTOGROUPS.contains(&a) => Ok(()),
+            a if OWNER_AUTOGROUPS.contains(&a) => Ok(()),
             a => Err(format!("autogroup {a:?} not valid in tests")),
         },
         _ => Ok(()),

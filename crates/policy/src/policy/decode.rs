@@ -165,36 +165,59 @@ fn want_bool(v: &Value, what: &str) -> Result<bool, PolicyError> {
 // ---------------------------------------------------------------------------------------------
 // ports and protocols
 
-/// Parse a port list: `*`, `22`, `80,443`, `1000-2000`.
-pub fn parse_ports(def: &str) -> Result<Vec<PortRange>, String> {
+/// A port list that does not parse: the comma-separated part at fault and why. `Display` is
+/// Tailscale's `port range "<part>": <reason>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortsError {
+    pub part: String,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for PortsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "port range {:?}: {}", self.part, self.reason)
+    }
+}
+
+/// Parse a port list: `*`, `22`, `80,443`, `1000-2000`. The one owner of Tailscale's port
+/// grammar (the spec's `dst` and `ip` values are checked through it too). As in Tailscale, the
+/// first port of every part must be >0, ranges included (`0-10` is refused).
+pub fn parse_ports(def: &str) -> Result<Vec<PortRange>, PortsError> {
     if def == "*" {
         return Ok(vec![PortRange::ANY]);
     }
-    let mut out = Vec::new();
-    for part in def.split(',') {
-        if part.contains('-') {
-            let pieces: Vec<&str> = part.split('-').filter(|p| !p.is_empty()).collect();
-            let [a, b] = pieces.as_slice() else {
-                return Err("invalid port range format".into());
-            };
-            let first = parse_port(a)?;
-            let last = parse_port(b)?;
-            if first > last {
-                return Err("invalid port range: first port is greater than last port".into());
-            }
-            out.push(PortRange { first, last });
-        } else {
-            let p = parse_port(part)?;
-            if p < 1 {
-                return Err("first port must be >0, or use '*' for wildcard".into());
-            }
-            out.push(PortRange { first: p, last: p });
-        }
-    }
-    Ok(out)
+    def.split(',')
+        .map(|part| {
+            parse_port_range(part).map_err(|reason| PortsError {
+                part: part.to_string(),
+                reason,
+            })
+        })
+        .collect()
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+/// One part of a port list: `22` or `1000-2000`.
+fn parse_port_range(part: &str) -> Result<PortRange, &'static str> {
+    let (first, last) = if part.contains('-') {
+        let pieces: Vec<&str> = part.split('-').filter(|p| !p.is_empty()).collect();
+        let [a, b] = pieces.as_slice() else {
+            return Err("invalid port range format");
+        };
+        (parse_port(a)?, parse_port(b)?)
+    } else {
+        let p = parse_port(part)?;
+        (p, p)
+    };
+    if first < 1 {
+        return Err("first port must be >0, or use '*' for wildcard");
+    }
+    if first > last {
+        return Err("invalid port range: first port is greater than last port");
+    }
+    Ok(PortRange { first, last })
+}
+
+fn parse_port(s: &str) -> Result<u16, &'static str> {
     // Go's strconv.Atoi: optional sign, decimal digits.
     let digits = s.strip_prefix('+').unwrap_or(s);
     let (neg, digits) = match digits.strip_prefix('-') {
@@ -202,16 +225,16 @@ fn parse_port(s: &str) -> Result<u16, String> {
         _ => (false, digits),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("invalid first integer".into());
+        return Err("invalid first integer");
     }
     let v: u64 = match digits.parse() {
         Ok(v) => v,
-        Err(_) => return Err("port number out of range".into()),
+        Err(_) => return Err("port number out of range"),
     };
     if neg && v > 0 {
-        return Err("port number out of range".into());
+        return Err("port number out of range");
     }
-    u16::try_from(v).map_err(|_| "port number out of range".into())
+    u16::try_from(v).map_err(|_| "port number out of range")
 }
 
 /// Split `host:ports` at the last colon; `[v6]:ports` for IPv6 addresses.
@@ -259,8 +282,8 @@ pub fn parse_alias_with_ports(s: &str) -> Result<AliasWithPorts, PolicyError> {
         message: m,
         position: None,
     })?;
-    let ports = parse_ports(&ports).map_err(|m| PolicyError {
-        message: format!("dst={s:?}: port range {ports:?}: {m}"),
+    let ports = parse_ports(&ports).map_err(|e| PolicyError {
+        message: format!("dst={s:?}: {e}"),
         position: None,
     })?;
     let alias = parse_alias(&host)?;
@@ -327,8 +350,8 @@ pub fn parse_ip_entry(s: &str) -> Result<ProtoPorts, PolicyError> {
         });
     }
     if !s.contains(':') {
-        let ports = parse_ports(s).map_err(|m| PolicyError {
-            message: format!("port range {s:?}: {m}"),
+        let ports = parse_ports(s).map_err(|e| PolicyError {
+            message: e.to_string(),
             position: None,
         })?;
         return Ok(ProtoPorts {
@@ -355,8 +378,8 @@ pub fn parse_ip_entry(s: &str) -> Result<ProtoPorts, PolicyError> {
             proto
         ));
     }
-    let ports = parse_ports(ports).map_err(|m| PolicyError {
-        message: format!("port range {ports:?}: {m}"),
+    let ports = parse_ports(ports).map_err(|e| PolicyError {
+        message: e.to_string(),
         position: None,
     })?;
     Ok(ProtoPorts { protos, ports })

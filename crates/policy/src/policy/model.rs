@@ -53,9 +53,28 @@ pub const AUTOGROUP_DANGER_ALL: &str = "autogroup:danger-all";
 pub const AUTOGROUP_NONROOT: &str = "autogroup:nonroot";
 pub const AUTOGROUP_SHARED: &str = "autogroup:shared";
 
-/// Role autogroups: valid in src/dst/tagOwners/autoApprovers; a topology has no roles, so they
-/// resolve to no addresses.
-pub const ROLE_AUTOGROUPS: [&str; 6] = [
+/// Every autogroup valid in a source (`src` of acls and grants): the one owner of this list.
+/// The role autogroups (admin … network-admin) are valid in sources, destinations and
+/// tagOwners; a topology has no roles, so they resolve to no addresses.
+pub const SRC_AUTOGROUPS: [&str; 10] = [
+    AUTOGROUP_MEMBER,
+    AUTOGROUP_TAGGED,
+    "autogroup:admin",
+    "autogroup:owner",
+    "autogroup:auditor",
+    "autogroup:billing-admin",
+    "autogroup:it-admin",
+    "autogroup:network-admin",
+    AUTOGROUP_SHARED,
+    AUTOGROUP_DANGER_ALL,
+];
+
+/// Every autogroup valid in a destination (`dst` of acls and grants).
+pub const DST_AUTOGROUPS: [&str; 10] = [
+    AUTOGROUP_MEMBER,
+    AUTOGROUP_TAGGED,
+    AUTOGROUP_SELF,
+    AUTOGROUP_INTERNET,
     "autogroup:admin",
     "autogroup:owner",
     "autogroup:auditor",
@@ -64,9 +83,18 @@ pub const ROLE_AUTOGROUPS: [&str; 6] = [
     "autogroup:network-admin",
 ];
 
-pub(super) fn is_role_autogroup(s: &str) -> bool {
-    ROLE_AUTOGROUPS.contains(&s)
-}
+/// Every autogroup valid as a tag owner (`tagOwners`), an SSH source, a `nodeAttrs` target or
+/// the source of an ACL test: member, tagged and the roles.
+pub const OWNER_AUTOGROUPS: [&str; 8] = [
+    AUTOGROUP_MEMBER,
+    AUTOGROUP_TAGGED,
+    "autogroup:admin",
+    "autogroup:owner",
+    "autogroup:auditor",
+    "autogroup:billing-admin",
+    "autogroup:it-admin",
+    "autogroup:network-admin",
+];
 
 /// A destination with its ports (`tag:web:80,443`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,20 +27,36 @@ fn ports() {
         ]
     );
     assert_eq!(
-        parse_ports("0").unwrap_err(),
+        parse_ports("0").unwrap_err().reason,
         "first port must be >0, or use '*' for wildcard"
     );
-    assert_eq!(parse_ports("ssh").unwrap_err(), "invalid first integer");
     assert_eq!(
-        parse_ports("99999").unwrap_err(),
+        parse_ports("ssh").unwrap_err().reason,
+        "invalid first integer"
+    );
+    assert_eq!(
+        parse_ports("99999").unwrap_err().reason,
         "port number out of range"
     );
-    assert_eq!(parse_ports("-1").unwrap_err(), "invalid port range format");
     assert_eq!(
-        parse_ports("90-80").unwrap_err(),
+        parse_ports("-1").unwrap_err().reason,
+        "invalid port range format"
+    );
+    assert_eq!(
+        parse_ports("90-80").unwrap_err().reason,
         "invalid port range: first port is greater than last port"
     );
-    assert_eq!(parse_ports("").unwrap_err(), "invalid first integer");
+    assert_eq!(parse_ports("").unwrap_err().reason, "invalid first integer");
+    // Tailscale checks the first port of a range too.
+    assert_eq!(
+        parse_ports("0-10").unwrap_err().reason,
+        "first port must be >0, or use '*' for wildcard"
+    );
+    // The message names the part at fault, as Tailscale's does.
+    assert_eq!(
+        parse_ports("80,90-80").unwrap_err().to_string(),
+        "port range \"90-80\": invalid port range: first port is greater than last port"
+    );
 }
 
 #[test]

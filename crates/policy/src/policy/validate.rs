@@ -11,8 +11,11 @@ use super::model::*;
 use super::{PolicyError, err};
 use crate::filter::PortRange;
 
-const SRC_AUTOGROUPS: [&str; 3] = [AUTOGROUP_MEMBER, AUTOGROUP_TAGGED, AUTOGROUP_DANGER_ALL];
-const DST_AUTOGROUPS: [&str; 4] = [
+/// The autogroups Tailscale's message names for a source (the valid ones are [`SRC_AUTOGROUPS`]).
+const SRC_AUTOGROUPS_NAMED: [&str; 3] = [AUTOGROUP_MEMBER, AUTOGROUP_TAGGED, AUTOGROUP_DANGER_ALL];
+/// The autogroups Tailscale's message names for a destination (the valid ones are
+/// [`DST_AUTOGROUPS`]).
+const DST_AUTOGROUPS_NAMED: [&str; 4] = [
     AUTOGROUP_INTERNET,
     AUTOGROUP_MEMBER,
     AUTOGROUP_TAGGED,
@@ -26,12 +29,12 @@ fn check_src_autogroup(ag: &str) -> Result<(), PolicyError> {
     if ag == AUTOGROUP_SELF {
         return err("\"autogroup:self\" not valid on the src side of a rule");
     }
-    if SRC_AUTOGROUPS.contains(&ag) || is_role_autogroup(ag) || ag == AUTOGROUP_SHARED {
+    if SRC_AUTOGROUPS.contains(&ag) {
         return Ok(());
     }
     err(format!(
         "autogroup not supported for ACL sources: {ag:?}, can be [{}]",
-        SRC_AUTOGROUPS.join(" ")
+        SRC_AUTOGROUPS_NAMED.join(" ")
     ))
 }
 
@@ -39,12 +42,12 @@ fn check_dst_autogroup(ag: &str) -> Result<(), PolicyError> {
     if ag == AUTOGROUP_DANGER_ALL {
         return err("cannot use autogroup:danger-all as a dst");
     }
-    if DST_AUTOGROUPS.contains(&ag) || is_role_autogroup(ag) {
+    if DST_AUTOGROUPS.contains(&ag) {
         return Ok(());
     }
     err(format!(
         "autogroup not supported for ACL destinations: {ag:?}, can be [{}]",
-        DST_AUTOGROUPS.join(" ")
+        DST_AUTOGROUPS_NAMED.join(" ")
     ))
 }
 
@@ -228,7 +231,7 @@ impl Policy {
                         // Tailscale's API answers exactly this.
                         return err("internal server error");
                     }
-                    if ag != AUTOGROUP_MEMBER && ag != AUTOGROUP_TAGGED && !is_role_autogroup(ag) {
+                    if !OWNER_AUTOGROUPS.contains(&ag.as_str()) {
                         return err(format!(
                             "nodeAttrs target does not support this autogroup: {ag:?}, can be [autogroup:member autogroup:tagged]"
                         ));
@@ -415,7 +418,7 @@ impl Policy {
                     if ag == AUTOGROUP_INTERNET {
                         return err("autogroup:internet can only be used in ACL destinations");
                     }
-                    if ag != AUTOGROUP_MEMBER && ag != AUTOGROUP_TAGGED && !is_role_autogroup(ag) {
+                    if !OWNER_AUTOGROUPS.contains(&ag.as_str()) {
                         return err(format!(
                             "autogroup not supported for SSH sources: {ag:?}, can be [autogroup:member autogroup:tagged]"
                         ));
