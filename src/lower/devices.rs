@@ -195,8 +195,7 @@ pub fn device_peers(
         if let Some(ExposureKind::SubnetRouter { routes }) = exposure.map(|e| &e.kind) {
             within.extend(routes.iter().copied());
         }
-        let filter = reach.filters.get(idx).map(Vec::as_slice).unwrap_or(&[]);
-        let mut allowed = reachable_prefixes(filter, my_ips, &within);
+        let mut allowed = reachable_prefixes(reach, idx, my_ips, &within);
         // A node that may open connections to this device needs its address routed back.
         if reach.admits.get(me).is_some_and(|s| s.contains(&idx)) {
             for a in &peer.allowed_ips {

@@ -8,10 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 
 use ipnet::IpNet;
 use tsk8s_policy::compile::Compiled;
 use tsk8s_policy::filter::FilterRule;
+use tsk8s_policy::matcher::Matcher;
 use tsk8s_policy::policy::Policy;
 use tsk8s_policy::topology::{Node as TopoNode, Topology, User};
 
@@ -193,11 +195,19 @@ pub struct Reach {
     pub admits: Vec<BTreeSet<usize>>,
     /// admitted_by[n] = nodes whose filters accept n.
     pub admitted_by: Vec<BTreeSet<usize>>,
+    /// filters[n] indexed for lookups, built on first use.
+    matchers: Vec<OnceLock<Matcher>>,
 }
 
 impl Reach {
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
+    }
+
+    /// Node `n`'s filter, indexed (built on first use).
+    pub fn matcher(&self, n: usize) -> Option<&Matcher> {
+        let f = self.filters.get(n)?;
+        Some(self.matchers.get(n)?.get_or_init(|| Matcher::new(f)))
     }
 
     /// Peers of node `n`: nodes it admits or that admit it, itself excluded.
@@ -246,6 +256,7 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
         }
     }
     Reach {
+        matchers: (0..names.len()).map(|_| OnceLock::new()).collect(),
         names,
         filters,
         admits,
@@ -253,58 +264,12 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
     }
 }
 
-/// The prefixes of `within` that `filter` lets `src` reach (for device AllowedIPs).
-pub fn reachable_prefixes(filter: &[FilterRule], src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
-    let mut out: Vec<IpNet> = Vec::new();
-    let admits = |rule: &FilterRule| {
-        rule.src_ips.iter().any(|s| {
-            let s = s.trim();
-            if s == "*" {
-                return true;
-            }
-            if let Some((a, b)) = s.split_once('-') {
-                return match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
-                    (Ok(a), Ok(b)) => src
-                        .iter()
-                        .any(|ip| a <= *ip && *ip <= b && ip.is_ipv4() == a.is_ipv4()),
-                    _ => false,
-                };
-            }
-            let net = s
-                .parse::<IpNet>()
-                .ok()
-                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
-            net.is_some_and(|n| src.iter().any(|ip| n.contains(ip)))
-        })
-    };
-    for rule in filter.iter().filter(|r| admits(r)) {
-        for dp in &rule.dst_ports {
-            let dst: Option<IpNet> = if dp.ip == "*" {
-                None
-            } else {
-                dp.ip
-                    .parse::<IpNet>()
-                    .ok()
-                    .or_else(|| dp.ip.parse::<IpAddr>().ok().map(IpNet::from))
-            };
-            for w in within {
-                let hit = match dst {
-                    None => Some(*w),
-                    Some(d) if w.contains(&d) => Some(d),
-                    Some(d) if d.contains(w) => Some(*w),
-                    _ => None,
-                };
-                if let Some(h) = hit {
-                    if !out.contains(&h) {
-                        out.push(h);
-                    }
-                }
-            }
-        }
+/// The prefixes of `within` that node `n`'s filter lets `src` reach (for device AllowedIPs).
+pub fn reachable_prefixes(reach: &Reach, n: usize, src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
+    match reach.matcher(n) {
+        Some(m) => m.reachable_within(src, within),
+        None => Vec::new(),
     }
-    out = IpNet::aggregate(&out);
-    out.sort();
-    out
 }
 
 pub fn host_net(ip: IpAddr) -> IpNet {

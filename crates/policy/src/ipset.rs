@@ -224,6 +224,17 @@ impl IpSet {
         s
     }
 
+    /// A set of inclusive ranges, built in one pass (a range whose ends differ in family or
+    /// are reversed is ignored).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (IpAddr, IpAddr)>) -> IpSet {
+        let mut s = IpSet::new();
+        for (lo, hi) in ranges {
+            s.push_range(lo, hi);
+        }
+        s.normalize();
+        s
+    }
+
     /// Only the IPv4 (`v6 == false`) or IPv6 part.
     pub fn family(&self, v6: bool) -> IpSet {
         if v6 {
@@ -291,6 +302,17 @@ impl IpSet {
         self.v4.extend_from_slice(&other.v4);
         self.v6.extend_from_slice(&other.v6);
         self.normalize();
+    }
+
+    /// The union of many sets, normalized once (adding them one by one re-sorts each time).
+    pub fn union_all<'a>(sets: impl IntoIterator<Item = &'a IpSet>) -> IpSet {
+        let mut s = IpSet::new();
+        for o in sets {
+            s.v4.extend_from_slice(&o.v4);
+            s.v6.extend_from_slice(&o.v6);
+        }
+        s.normalize();
+        s
     }
 
     fn normalize(&mut self) {

@@ -48,15 +48,15 @@ impl AddrSet {
             .map(|ip| AddrSet::Net(IpNet::from(ip)))
     }
 
-    fn to_set(&self) -> IpSet {
+    /// Inclusive address ranges (`*` is both families).
+    fn bounds(&self) -> Vec<(IpAddr, IpAddr)> {
         match self {
-            AddrSet::Any => IpSet::all(),
-            AddrSet::Net(n) => IpSet::from_nets([n]),
-            AddrSet::Range(a, b) => {
-                let mut s = IpSet::new();
-                s.add_range(*a, *b);
-                s
-            }
+            AddrSet::Any => vec![
+                (IpAddr::V4(0.into()), IpAddr::V4(u32::MAX.into())),
+                (IpAddr::V6(0.into()), IpAddr::V6(u128::MAX.into())),
+            ],
+            AddrSet::Net(n) => vec![net_bounds(n)],
+            AddrSet::Range(a, b) => vec![(*a, *b)],
         }
     }
 
@@ -79,23 +79,28 @@ fn key(ip: IpAddr) -> (bool, u128) {
     }
 }
 
-/// Entries of one destination segment: distinct port ranges with the sources they admit.
-type Entries = Vec<(PortRange, IpSet)>;
-
-fn add_entry(entries: &mut Entries, ports: PortRange, src: &IpSet) {
-    if let Some((_, s)) = entries.iter_mut().find(|(p, _)| *p == ports) {
-        s.add_set(src);
+/// The inverse of [`key`].
+fn addr(v6: bool, k: u128) -> IpAddr {
+    if v6 {
+        IpAddr::V6(k.into())
     } else {
-        entries.push((ports, src.clone()));
+        IpAddr::V4((k as u32).into())
     }
 }
 
-/// Disjoint destination segments of one address family.
+/// Entries of one destination segment: distinct port ranges with the sources they admit.
+type Entries = Vec<(PortRange, IpSet)>;
+
+/// Disjoint destination segments of one address family. Segments covered by the same rules
+/// share one [`Entries`] (`pool`): in a dense policy (every web node → every database) a
+/// thousand destination segments hold the same thousand sources, built once.
 #[derive(Clone, Debug, Default)]
 struct Segments {
     starts: Vec<u128>,
     ends: Vec<u128>,
-    entries: Vec<Entries>,
+    /// Index into `pool`, per segment.
+    entries: Vec<u32>,
+    pool: Vec<Entries>,
 }
 
 impl Segments {
@@ -112,25 +117,37 @@ impl Segments {
         }
         bounds.sort_unstable();
         bounds.dedup();
-        // segment i = [bounds[i], bounds[i+1]-1] (last one to u128::MAX)
+        // segment i = [bounds[i], bounds[i+1]-1] (last one to u128::MAX); per segment the
+        // (ports, source) pairs that cover it.
         let nseg = bounds.len();
-        let mut entries: Vec<Entries> = vec![Vec::new(); nseg];
+        let mut covers: Vec<Vec<(PortRange, u32)>> = vec![Vec::new(); nseg];
         for &(lo, hi, ports, si) in ranges {
-            let Some(src) = srcs.get(si) else { continue };
+            if si >= srcs.len() {
+                continue;
+            }
             let first = bounds.partition_point(|&b| b < lo);
             let last_excl = match hi.checked_add(1) {
                 Some(n) => bounds.partition_point(|&b| b < n),
                 None => nseg,
             };
-            for e in entries.iter_mut().take(last_excl).skip(first) {
-                add_entry(e, ports, src);
+            for c in covers.iter_mut().take(last_excl).skip(first) {
+                c.push((ports, si as u32));
             }
         }
         let mut seg = Segments::default();
-        for (i, e) in entries.into_iter().enumerate() {
-            if e.is_empty() {
+        let mut interned: std::collections::HashMap<Vec<(PortRange, u32)>, u32> =
+            std::collections::HashMap::new();
+        for (i, mut c) in covers.into_iter().enumerate() {
+            if c.is_empty() {
                 continue;
             }
+            c.sort_unstable();
+            c.dedup();
+            let next = seg.pool.len() as u32;
+            let at = *interned.entry(c).or_insert_with_key(|c| {
+                seg.pool.push(entries_of(c, srcs));
+                next
+            });
             let start = bounds.get(i).copied().unwrap_or(0);
             let end = match bounds.get(i + 1) {
                 Some(n) => n.saturating_sub(1),
@@ -138,7 +155,7 @@ impl Segments {
             };
             seg.starts.push(start);
             seg.ends.push(end);
-            seg.entries.push(e);
+            seg.entries.push(at);
         }
         seg
     }
@@ -150,11 +167,24 @@ impl Segments {
         }
         let i = i - 1;
         if self.ends.get(i).is_some_and(|&e| x <= e) {
-            self.entries.get(i)
+            self.pool.get(*self.entries.get(i)? as usize)
         } else {
             None
         }
     }
+}
+
+/// The entries of a segment covered by `covers` (sorted by port range): per distinct port
+/// range, the union of its sources, normalized once.
+fn entries_of(covers: &[(PortRange, u32)], srcs: &[IpSet]) -> Entries {
+    covers
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter_map(|group| {
+            let ports = group.first()?.0;
+            let union = IpSet::union_all(group.iter().filter_map(|(_, si)| srcs.get(*si as usize)));
+            Some((ports, union))
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -183,12 +213,12 @@ fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
         .iter()
         .filter(|r| r.cap_grant.is_empty() || !r.dst_ports.is_empty())
         .map(|r| {
-            let mut src = IpSet::new();
-            for s in &r.src_ips {
-                if let Some(a) = AddrSet::parse(s) {
-                    src.add_set(&a.to_set());
-                }
-            }
+            let src = IpSet::from_ranges(
+                r.src_ips
+                    .iter()
+                    .filter_map(|s| AddrSet::parse(s))
+                    .flat_map(|a| a.bounds()),
+            );
             Rule {
                 src,
                 dsts: r
@@ -317,6 +347,35 @@ impl Matcher {
             }
         }
         out
+    }
+
+    /// The addresses of `within` that some rule lets one of `src` reach (any protocol or
+    /// port), as prefixes: a device's AllowedIPs towards a node. Cost: a binary search per
+    /// protocol and prefix of `within`, plus the segments inside it.
+    pub fn reachable_within(&self, src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
+        let mut out = IpSet::new();
+        let admits = |e: &Entries| e.iter().any(|(_, s)| src.iter().any(|ip| s.contains(*ip)));
+        for w in within {
+            let (lo, hi) = net_bounds(w);
+            let ((v6, lo), (_, hi)) = (key(lo), key(hi));
+            for idx in self.protos.values() {
+                let seg = if v6 { &idx.v6 } else { &idx.v4 };
+                let first = seg.ends.partition_point(|&e| e < lo);
+                for i in first..seg.starts.len() {
+                    let (Some(&s), Some(&e)) = (seg.starts.get(i), seg.ends.get(i)) else {
+                        break;
+                    };
+                    if s > hi {
+                        break;
+                    }
+                    let entries = seg.entries.get(i).and_then(|&p| seg.pool.get(p as usize));
+                    if entries.is_some_and(admits) {
+                        out.add_range(addr(v6, s.max(lo)), addr(v6, e.min(hi)));
+                    }
+                }
+            }
+        }
+        out.prefixes()
     }
 
     /// Does any rule admit traffic from `src` (to any destination, port or protocol)?
