@@ -206,14 +206,17 @@ pub struct Compiled {
 /// `diff` and `lock` (with the new lock) all call it, so they refuse the same inputs with
 /// the same diagnostics.
 pub fn compile(input: &Input, l: Loaded, checks: Checks) -> Result<Compiled, Failure> {
-    let report = checks.tests.then(|| test_loaded(&l));
+    // The network and who reaches whom are computed once, for the tests and the output.
+    let netw = net::build_net(&l.tailnet, &l.lock);
+    let reach = net::reach(&l.policy, &netw);
+    let report = checks.tests.then(|| test_with_notes(&l, &netw, &reach).0);
     let test_failures = report
         .as_ref()
         .filter(|r| !r.passed())
         .map(|r| render_test_failures(input, &l, r));
     let mut warnings = String::new();
     let load_balancers = load_balancer_services(&l.tailnet);
-    let tree = build_checked(input, l, checks.sources, &mut warnings)?;
+    let tree = build_checked(input, &l, &netw, &reach, checks.sources, &mut warnings)?;
     Ok(Compiled {
         tree,
         tests: report,
@@ -251,21 +254,22 @@ fn render_test_failures(
 
 /// [`build`] from an already loaded input (every check but the tests).
 pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
-    build_checked(input, l, true, &mut String::new())
+    let netw = net::build_net(&l.tailnet, &l.lock);
+    let reach = net::reach(&l.policy, &netw);
+    build_checked(input, &l, &netw, &reach, true, &mut String::new())
 }
 
 fn build_checked(
     input: &Input,
-    l: Loaded,
+    l: &Loaded,
+    netw: &net::Net,
+    reach: &net::Reach,
     sources: bool,
     warnings: &mut String,
 ) -> Result<Tree, Failure> {
     let t = &l.tailnet;
     let mut tree = Tree::new();
     emit::put(&mut tree, "policy.hujson".into(), l.policy_text.clone());
-
-    let netw = net::build_net(t, &l.lock);
-    let reach = net::reach(&l.policy, &netw);
     // The topology the policy is compiled against, as `tsk8s policy filter --nodes` reads it.
     emit::put(
         &mut tree,
@@ -287,7 +291,7 @@ fn build_checked(
             .unwrap_or_else(|| (0..0).into())
     };
     let device_files = crate::par::map(&t.devices, |d| {
-        lower::devices::device_files(t, d, &l.lock, &netw, &reach)
+        lower::devices::device_files(t, d, &l.lock, netw, reach)
     });
     for (d, files) in t.devices.iter().zip(device_files) {
         match files {
@@ -340,7 +344,7 @@ fn build_checked(
     // Clusters are independent: lower them on all cores, then merge in spec order (the tree
     // is sorted by path and diagnostics by position, so the result does not depend on timing).
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
-    for r in crate::par::map(&t.clusters, |c| lower_cluster(input, &l, c, &netw, &reach)) {
+    for r in crate::par::map(&t.clusters, |c| lower_cluster(input, l, c, netw, reach)) {
         match r {
             Ok((files, diags)) => {
                 tree.extend(files);
@@ -662,21 +666,32 @@ pub fn test_loaded(l: &Loaded) -> tsk8s_policy::acltest::TestReport {
 /// emitted network cannot carry (unless it says `check="policy"`).
 pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let netw = net::build_net(&l.tailnet, &l.lock);
+    let reach = net::reach(&l.policy, &netw);
+    test_with_notes(l, &netw, &reach)
+}
+
+/// [`test_loaded_with_notes`] on a network already built.
+fn test_with_notes(
+    l: &Loaded,
+    netw: &net::Net,
+    reach: &net::Reach,
+) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let topo = test_topology(l, &netw.topology);
     let mut report = tsk8s_policy::acltest::run_tests(&l.policy, &topo);
     if l.tailnet.tests.is_empty() {
         return (report, Vec::new());
     }
-    let reach = net::reach(&l.policy, &netw);
-    let view = crate::access::View::new(&l.tailnet, &l.lock, &l.policy, &netw, &reach);
+    let view = crate::access::View::new(&l.tailnet, &l.lock, &l.policy, netw, reach);
     let (failures, failed, notes) = crate::access::dataplane_tests(&view, &l.policy);
     // An entry already failed by the policy is counted once.
-    let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &topo);
-    for &k in &failed {
-        if let Some(t) = l.policy.tests.get(k)
-            && runner.run_one(t, &mut Vec::new())
-        {
-            report.failed_entries += 1;
+    if !failed.is_empty() {
+        let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &topo);
+        for &k in &failed {
+            if let Some(t) = l.policy.tests.get(k)
+                && runner.run_one(t, &mut Vec::new())
+            {
+                report.failed_entries += 1;
+            }
         }
     }
     // One failure per failed entry, in the same order: each is located at its `test` node.

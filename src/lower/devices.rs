@@ -28,6 +28,68 @@ pub struct Overlap {
     pub second: (String, IpNet),
 }
 
+/// The AllowedIPs given to a device's peers so far, indexed so that the prefixes overlapping a
+/// new one (holding it or held by it) are found without a scan: a device with thousands of
+/// peers would otherwise cost peers² comparisons.
+#[derive(Default)]
+struct Taken {
+    /// (peer id, prefix), in the order given.
+    list: Vec<(String, IpNet)>,
+    /// (IPv6?, network, prefix length) → positions in `list`.
+    by_net: std::collections::BTreeMap<(bool, u128, u8), Vec<usize>>,
+    /// Prefix lengths present, per family.
+    lens: [std::collections::BTreeSet<u8>; 2],
+}
+
+fn net_key(n: &IpNet) -> (bool, u128, u8) {
+    match n.trunc() {
+        IpNet::V4(v) => (false, u128::from(u32::from(v.network())), v.prefix_len()),
+        IpNet::V6(v) => (true, u128::from(v.network()), v.prefix_len()),
+    }
+}
+
+impl Taken {
+    fn push(&mut self, id: &str, net: IpNet) {
+        let k = net_key(&net);
+        self.by_net.entry(k).or_default().push(self.list.len());
+        self.lens[usize::from(k.0)].insert(k.2);
+        self.list.push((id.to_string(), net));
+    }
+
+    /// Entries holding `a` or held by it, in the order they were given.
+    fn overlapping(&self, a: &IpNet) -> Vec<&(String, IpNet)> {
+        let (v6, net, len) = net_key(a);
+        let bits: u8 = if v6 { 128 } else { 32 };
+        let mut at: Vec<usize> = Vec::new();
+        // Holding `a` (or equal): the prefix of `a` at each length present.
+        for &l in self.lens[usize::from(v6)].range(..=len) {
+            let shift = u32::from(bits - l);
+            let masked = if shift >= 128 {
+                0
+            } else {
+                (net >> shift) << shift
+            };
+            if let Some(v) = self.by_net.get(&(v6, masked, l)) {
+                at.extend(v);
+            }
+        }
+        // Held by `a`: longer prefixes whose network lies inside it.
+        if len < bits {
+            let size = u32::from(bits - len);
+            let last = if size >= 128 {
+                u128::MAX
+            } else {
+                net | ((1u128 << size) - 1)
+            };
+            for (_, v) in self.by_net.range((v6, net, len + 1)..=(v6, last, u8::MAX)) {
+                at.extend(v);
+            }
+        }
+        at.sort_unstable();
+        at.iter().filter_map(|&i| self.list.get(i)).collect()
+    }
+}
+
 pub fn device_files(
     t: &Tailnet,
     d: &Device,
@@ -71,7 +133,7 @@ pub fn device_files(
     );
 
     let mut sections: Vec<(String, String)> = Vec::new();
-    let mut taken: Vec<(String, IpNet)> = Vec::new();
+    let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
     for p in device_peers(t, lock, net, reach, me, &my_ips) {
@@ -95,7 +157,7 @@ pub fn device_files(
             .cluster(&cluster)
             .and_then(|c| c.exposures.iter().find(|e| e.id == id));
         for a in &allowed {
-            for (other, net2) in taken.iter().filter(|(_, n)| n.contains(a) || a.contains(n)) {
+            for (other, net2) in taken.overlapping(a) {
                 let o = Overlap {
                     device: d.name.clone(),
                     first: (other.clone(), *net2),
@@ -107,7 +169,9 @@ pub fn device_files(
                 nested.push(o);
             }
         }
-        taken.extend(allowed.iter().map(|a| (id.clone(), *a)));
+        for a in &allowed {
+            taken.push(&id, *a);
+        }
         let host = hostname_of(t, member);
         let reaches_node = node
             .ipv4

@@ -195,7 +195,7 @@ pub struct Reach {
     pub admits: Vec<BTreeSet<usize>>,
     /// admitted_by[n] = nodes whose filters accept n.
     pub admitted_by: Vec<BTreeSet<usize>>,
-    /// filters[n] indexed for lookups, built on first use.
+    /// filters[n] indexed for "may this source send anything there", built on first use.
     matchers: Vec<OnceLock<Matcher>>,
 }
 
@@ -204,10 +204,15 @@ impl Reach {
         self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
     }
 
-    /// Node `n`'s filter, indexed (built on first use).
-    pub fn matcher(&self, n: usize) -> Option<&Matcher> {
+    /// Node `n`'s filter indexed by destination, protocols and ports ignored
+    /// ([`Matcher::any_traffic`]; built on first use).
+    pub fn any_traffic(&self, n: usize) -> Option<&Matcher> {
         let f = self.filters.get(n)?;
-        Some(self.matchers.get(n)?.get_or_init(|| Matcher::new(f)))
+        Some(
+            self.matchers
+                .get(n)?
+                .get_or_init(|| Matcher::any_traffic(f)),
+        )
     }
 
     /// Peers of node `n`: nodes it admits or that admit it, itself excluded.
@@ -266,7 +271,7 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
 
 /// The prefixes of `within` that node `n`'s filter lets `src` reach (for device AllowedIPs).
 pub fn reachable_prefixes(reach: &Reach, n: usize, src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
-    match reach.matcher(n) {
+    match reach.any_traffic(n) {
         Some(m) => m.reachable_within(src, within),
         None => Vec::new(),
     }

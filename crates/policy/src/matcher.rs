@@ -248,10 +248,7 @@ impl Matcher {
             .filter(|r| !r.dsts.is_empty() && !r.src.is_empty())
             .collect();
         let srcs: Vec<IpSet> = rules.iter().map(|r| r.src.clone()).collect();
-        let mut all_sources = IpSet::new();
-        for s in &srcs {
-            all_sources.add_set(s);
-        }
+        let all_sources = IpSet::union_all(&srcs);
         // per proto, per family: (lo, hi, ports, src index)
         type Ranges = Vec<(u128, u128, PortRange, usize)>;
         let mut per: BTreeMap<u8, (Ranges, Ranges)> = BTreeMap::new();
@@ -303,6 +300,21 @@ impl Matcher {
             protos,
             all_sources,
         }
+    }
+
+    /// A matcher that ignores protocols and ports: one index of who may send anything to
+    /// where (query it with [`Matcher::reachable_within`]; for `allows`, protocol 0, any port).
+    /// A device's AllowedIPs towards a node need only this, and one index is a quarter of the
+    /// lookups of four protocols.
+    pub fn any_traffic(rules: &[FilterRule]) -> Matcher {
+        let mut parsed = parse_rules(rules);
+        for r in &mut parsed {
+            r.protos = vec![0];
+            for d in &mut r.dsts {
+                d.1 = PortRange::ANY;
+            }
+        }
+        Matcher::build(parsed)
     }
 
     /// Keep only the destinations that cover one of `own` (a node's own addresses and routes);

@@ -230,9 +230,9 @@ fn run_case(case: &Value, score: &mut Score) {
             if first == *ours {
                 score.excluded.push(format!("{id}: recorded {msg:?}"));
             } else {
-                score
-                    .misses
-                    .push(format!("{id}: message: want (ours, pinned) {ours:?}, got {first:?}"));
+                score.misses.push(format!(
+                    "{id}: message: want (ours, pinned) {ours:?}, got {first:?}"
+                ));
                 score.messages.1 += 1;
             }
             return;
