@@ -435,7 +435,8 @@ impl SpecWriter {
                             Value::Array(a) => {
                                 for (j, x) in a.iter().enumerate() {
                                     if x.is_object() {
-                                        let json = serde_json::to_string(x).unwrap_or_default();
+                                        let json = serde_json::to_string(x)
+                                            .expect("a JSON value always serializes (string keys, finite numbers)");
                                         f.child(format!("app {} {}", kdl_str(cap), kdl_str(&json)));
                                     } else {
                                         self.bad
@@ -522,7 +523,8 @@ fn verbatim_nodes(root: &Map<String, Value>) -> String {
         if GENERATED.contains(&k.as_str()) {
             continue;
         }
-        let json = serde_json::to_string(v).unwrap_or_default();
+        let json = serde_json::to_string(v)
+            .expect("a JSON value always serializes (string keys, finite numbers)");
         let _ = writeln!(verbatim, "verbatim {} {}", kdl_str(k), kdl_str(&json));
     }
     verbatim

@@ -156,7 +156,11 @@ pub mod fuzz {
             peers: vec![Peer {
                 name: "dev".into(),
                 public_key: pubkey(PEER_KEY),
-                allowed_ips: vec!["100.64.0.2/32".parse().unwrap_or_default()],
+                allowed_ips: vec![
+                    "100.64.0.2/32"
+                        .parse()
+                        .expect("a literal /32 network parses"),
+                ],
                 endpoint: Some("127.0.0.1:9".into()),
                 persistent_keepalive: None,
             }],

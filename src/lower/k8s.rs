@@ -111,6 +111,12 @@ pub fn service_account(namespace: &str) -> ServiceAccount {
     }
 }
 
+/// A Kubernetes object (or a part of one) as a JSON value. Every k8s-openapi type serializes:
+/// string keys, no non-finite floats (a `Null` was put in its place before).
+pub fn json_value<T: serde::Serialize + ?Sized>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("k8s-openapi objects always serialize to JSON (string keys)")
+}
+
 fn json_pretty<T: serde::Serialize>(v: &T) -> String {
     let mut s = serde_json::to_string_pretty(v).expect("string-keyed JSON always serializes");
     s.push('\n');
@@ -189,7 +195,6 @@ pub fn sidecar_patch(
     container: &Container,
     volumes: &[Volume],
 ) -> serde_json::Value {
-    let to_value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": kind,
@@ -197,8 +202,8 @@ pub fn sidecar_patch(
         "spec": { "template": {
             "metadata": { "labels": { NODE_LABEL: id } },
             "spec": {
-                "containers": [to_value(serde_json::to_value(container))],
-                "volumes": to_value(serde_json::to_value(volumes)),
+                "containers": [json_value(container)],
+                "volumes": json_value(volumes),
             }
         }}
     })

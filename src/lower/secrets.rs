@@ -280,8 +280,7 @@ fn external_secret(
     key: &str,
     refresh_interval: &str,
 ) -> Value {
-    let meta = serde_json::to_value(k8s::meta(&s.name, Some(&s.namespace), s.node.as_deref()))
-        .unwrap_or(Value::Null);
+    let meta = k8s::json_value(&k8s::meta(&s.name, Some(&s.namespace), s.node.as_deref()));
     let data: Vec<Value> = s
         .keys
         .iter()
@@ -558,10 +557,19 @@ fn sealed_plaintext(v: &Yaml) -> Option<String> {
                 Yaml::Null => {}
                 Yaml::Mapping(entries) => {
                     if let Some((key, _)) = entries.iter().next() {
-                        let key = key
-                            .as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| serde_yaml_ng::to_string(key).unwrap_or_default());
+                        // A key that is no string is named by its YAML; one that does not
+                        // even serialize is said to be so rather than named "".
+                        let key = match key.as_str() {
+                            Some(k) => k.to_string(),
+                            None => match serde_yaml_ng::to_string(key) {
+                                Ok(k) => k,
+                                Err(_) => {
+                                    return Some(format!(
+                                        "{prefix}{field} (a key that is not a string)"
+                                    ));
+                                }
+                            },
+                        };
                         return Some(format!("{prefix}{field} key {:?}", key.trim_end()));
                     }
                 }

@@ -157,7 +157,7 @@ fn node_objects(
     let mut resources = Vec::new();
     let mut mesh = Vec::new();
     for ((me, mnode), shards) in members.iter().zip(meshes) {
-        resources.push(serde_json::to_value(k8s::node_configmap(
+        resources.push(k8s::json_value(&k8s::node_configmap(
             namespace, &me.id, mnode,
         )));
         for (n, cm) in k8s::mesh_configmaps(&mesh_prefix(&me.id), namespace, shards, Some(&me.id))
@@ -170,9 +170,9 @@ fn node_objects(
                 }
                 _ => format!("mesh-{n}.yaml"),
             };
-            mesh.push((file, serde_json::to_value(cm).unwrap_or(Value::Null)));
+            mesh.push((file, k8s::json_value(cm)));
         }
-        resources.push(serde_json::to_value(k8s::wireguard_service(
+        resources.push(k8s::json_value(&k8s::wireguard_service(
             c,
             namespace,
             me,
@@ -183,10 +183,6 @@ fn node_objects(
         // port admits only peers with a key; docs/deploying.md says what to add in a
         // default-deny namespace.
     }
-    let resources: Vec<Value> = resources
-        .into_iter()
-        .map(|v| v.unwrap_or(Value::Null))
-        .collect();
     (resources, mesh)
 }
 

@@ -263,8 +263,7 @@ fn blank_slashdashes(text: &str, dashes: &[usize], keep: usize) -> String {
             d.copy_from_slice(b"  ");
         }
     }
-    // Only ASCII `/-` became ASCII spaces: still UTF-8.
-    String::from_utf8(bytes).unwrap_or_default()
+    String::from_utf8(bytes).expect("only ASCII `/-` became ASCII spaces: still UTF-8")
 }
 
 /// Steps 1–3 of [`parse`] for a rejected text with many slashdashes at `dashes`.

@@ -109,13 +109,14 @@ fn double_quoted(s: &str) -> String {
 }
 
 /// Write a mapping whose values are strings or nested mappings (what a
-/// Secret needs), at `indent` spaces.
+/// Secret needs), at `indent` spaces. Its keys are strings (the caller checked with
+/// `writable`).
 pub(crate) fn mapping(out: &mut String, m: &serde_yaml_ng::Mapping, indent: usize) {
     for (k, v) in m {
-        let key = match k {
-            Value::String(s) => scalar(s),
-            other => scalar(&serde_yaml_ng::to_string(other).unwrap_or_default()),
+        let Value::String(k) = k else {
+            unreachable!("encrypt writes only documents writable() accepted: string keys");
         };
+        let key = scalar(k);
         push_indent(out, indent);
         out.push_str(&key);
         out.push(':');
