@@ -23,7 +23,7 @@
 //! `Report` never holds a raw secret value.
 //!
 //! Rendering ([`render_text`], [`render_markdown`], [`render_json`], [`check_summary`]) uses the
-//! minijinja templates in the workspace `templates/` directory (`diff.txt.j2`, `diff.md.j2`,
+//! minijinja templates in the crate's `templates/` directory (`diff.txt.j2`, `diff.md.j2`,
 //! `diff_object.md.j2`, `check.txt.j2`), compiled in. Markdown comes as one or more comment
 //! bodies, each below [`MAX_COMMENT_BYTES`]; every body starts with the line [`MARKER`], and split
 //! bodies carry `<!-- tsk8s-diff-part N/M -->` on their second line. A CI job updates the

@@ -1,5 +1,5 @@
 //! Renderers: text (optionally ANSI-coloured), markdown (PR comments, split into parts), JSON,
-//! and the `build --check` summary. Templates live in the workspace `templates/` directory.
+//! and the `build --check` summary. Templates live in the crate's `templates/` directory.
 
 use minijinja::value::Serde;
 use minijinja::{Environment, context};
@@ -15,10 +15,10 @@ pub const MAX_COMMENT_BYTES: usize = 65_536;
 /// Concatenated parts can be split again at lines equal to this marker.
 pub const MARKER: &str = "<!-- tsk8s-diff -->";
 
-const TXT: &str = include_str!("../../../templates/diff.txt.j2");
-const MD: &str = include_str!("../../../templates/diff.md.j2");
-const MD_OBJECT: &str = include_str!("../../../templates/diff_object.md.j2");
-const CHECK: &str = include_str!("../../../templates/check.txt.j2");
+const TXT: &str = include_str!("../templates/diff.txt.j2");
+const MD: &str = include_str!("../templates/diff.md.j2");
+const MD_OBJECT: &str = include_str!("../templates/diff_object.md.j2");
+const CHECK: &str = include_str!("../templates/check.txt.j2");
 
 /// Room left for differences between the size estimate and the real part.
 const SAFETY_MARGIN: usize = 256;
