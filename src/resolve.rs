@@ -1609,19 +1609,8 @@ impl Resolver<'_> {
             );
             return DEFAULT_GATEWAY_PORT;
         }
-        match u16::try_from(p.v) {
-            Ok(v) if v > 0 => v,
-            _ => {
-                self.push(
-                    err(
-                        p.span,
-                        format!("gateway-port {} is out of range (1-65535)", p.v),
-                    )
-                    .label("bad port"),
-                );
-                DEFAULT_GATEWAY_PORT
-            }
-        }
+        self.port_number(p, "gateway-port")
+            .unwrap_or(DEFAULT_GATEWAY_PORT)
     }
 
     /// The nodes a gateway terminates share one pod: its WireGuard port, its admin port and
@@ -1787,18 +1776,9 @@ impl Resolver<'_> {
                 );
                 return DEFAULT_HEALTH_PORT;
             }
-            Some(p) => match u16::try_from(p.v) {
-                Ok(v) if v > 0 => v,
-                _ => {
-                    self.push(
-                        err(
-                            p.span,
-                            format!("health-port {} is out of range (1-65535)", p.v),
-                        )
-                        .label("bad port"),
-                    );
-                    return DEFAULT_HEALTH_PORT;
-                }
+            Some(p) => match self.port_number(p, "health-port") {
+                Some(v) => v,
+                None => return DEFAULT_HEALTH_PORT,
             },
         };
         if runtime != RuntimeKind::Tailscale {
@@ -2273,6 +2253,21 @@ impl Resolver<'_> {
         ExposureKind::Egress { target, ports }
     }
 
+    /// A port number (1-65535), or a located error naming it as `what` ("port", "target
+    /// port", "pod port").
+    fn port_number(&mut self, n: &Sp<i128>, what: &str) -> Option<u16> {
+        match u16::try_from(n.v) {
+            Ok(v) if v > 0 => Some(v),
+            _ => {
+                self.push(
+                    err(n.span, format!("{what} {} is out of range (1-65535)", n.v))
+                        .label("bad port"),
+                );
+                None
+            }
+        }
+    }
+
     fn ports(&mut self, e: &syntax::ExposureDecl, ok: &mut bool) -> Vec<Port> {
         let mut out: Vec<Port> = Vec::new();
         if e.kind != syntax::ExposureKind::SubnetRouter && e.ports.is_empty() {
@@ -2286,31 +2281,14 @@ impl Resolver<'_> {
             *ok = false;
         }
         for p in &e.ports {
-            let port = match u16::try_from(p.port.v) {
-                Ok(v) if v > 0 => v,
-                _ => {
-                    self.push(
-                        err(
-                            p.port.span,
-                            format!("port {} is out of range (1-65535)", p.port.v),
-                        )
-                        .label("bad port"),
-                    );
-                    *ok = false;
-                    continue;
-                }
+            let Some(port) = self.port_number(&p.port, "port") else {
+                *ok = false;
+                continue;
             };
             let target = match &p.target {
-                Some(t) => match u16::try_from(t.v) {
-                    Ok(v) if v > 0 => v,
-                    _ => {
-                        self.push(
-                            err(
-                                t.span,
-                                format!("target port {} is out of range (1-65535)", t.v),
-                            )
-                            .label("bad port"),
-                        );
+                Some(t) => match self.port_number(t, "target port") {
+                    Some(v) => v,
+                    None => {
                         *ok = false;
                         continue;
                     }
@@ -2354,16 +2332,9 @@ impl Resolver<'_> {
                 continue;
             }
             let pod_port = match &p.pod_port {
-                Some(pp) => match u16::try_from(pp.v) {
-                    Ok(v) if v > 0 => Some(v),
-                    _ => {
-                        self.push(
-                            err(
-                                pp.span,
-                                format!("pod port {} is out of range (1-65535)", pp.v),
-                            )
-                            .label("bad port"),
-                        );
+                Some(pp) => match self.port_number(pp, "pod port") {
+                    Some(v) => Some(v),
+                    None => {
                         *ok = false;
                         continue;
                     }

@@ -10,21 +10,20 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, KeyToPath, PodSpec,
-    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SecretProjection, Volume,
-    VolumeMount, VolumeProjection,
+    ProjectedVolumeSource, ResourceRequirements, SecretProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tsk8s_policy::runtime_config::{
     GATEWAY_FILE, GATEWAY_KEY_DIR, GatewayConfig, NodeConfig, PRIVATE_KEY_FILE, Relay,
 };
 
 use super::k8s::{
     self, CONTAINER_NAME, MESH_CONFIGMAP, MESH_DIR, MESH_VOLUME, RUNTIME_UID, SERVICE_ACCOUNT,
-    key_secret_name, meta, object_name, selector,
+    key_secret_name, meta, object_name,
 };
 use super::mesh::ADMIN_PORT;
 use crate::model::{Cluster, Exposure, ExposureKind, GATEWAY_NAME};
@@ -74,41 +73,24 @@ pub fn deployment(
     let routes = nodes
         .iter()
         .any(|(e, _)| matches!(e.kind, ExposureKind::SubnetRouter { .. }));
-    Deployment {
-        metadata: meta(
+    k8s::single_pod_deployment(
+        meta(
             &object_name(GATEWAY_NAME),
             Some(&c.namespace),
             Some(GATEWAY_NAME),
         ),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..Default::default()
-            }),
-            selector: LabelSelector {
-                match_labels: Some(selector(GATEWAY_NAME)),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(k8s::labels_for(CONTAINER_NAME, Some(GATEWAY_NAME))),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(SERVICE_ACCOUNT.into()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(k8s::runtime_pod_security(routes)),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..Default::default()
-                }),
-            },
+        GATEWAY_NAME,
+        k8s::labels_for(CONTAINER_NAME, Some(GATEWAY_NAME)),
+        PodSpec {
+            service_account_name: Some(SERVICE_ACCOUNT.into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(k8s::runtime_pod_security(routes)),
+            containers: vec![container],
+            volumes: Some(volumes),
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// The gateway's ports: the runtime's, and every egress node's.

@@ -423,6 +423,40 @@ pub fn memory_limit_env() -> EnvVar {
     }
 }
 
+/// A Deployment of exactly one pod, replaced rather than doubled on an update (`Recreate`,
+/// one replica): a tailnet node's key and state must never be live in two pods. `id` selects
+/// the pod, whose labels are `pod_labels` (they include the selector's).
+pub fn single_pod_deployment(
+    metadata: ObjectMeta,
+    id: &str,
+    pod_labels: BTreeMap<String, String>,
+    pod: PodSpec,
+) -> Deployment {
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(id)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The Deployment of a node in its own pod; `mesh_shards` is how many shards the cluster's mesh
 /// has.
 pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig, mesh_shards: usize) -> Deployment {
@@ -438,40 +472,23 @@ pub fn deployment(c: &Cluster, e: &Exposure, node: &NodeConfig, mesh_shards: usi
             .collect(),
         _ => vec![],
     };
-    Deployment {
-        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..Default::default()
-            }),
-            selector: LabelSelector {
-                match_labels: Some(selector(id)),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(Some(id))),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(SERVICE_ACCOUNT.into()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(runtime_pod_security(matches!(
-                        e.kind,
-                        ExposureKind::SubnetRouter { .. }
-                    ))),
-                    containers: vec![runtime_container(&c.image, node, &extra_ports)],
-                    volumes: Some(runtime_volumes(id, MESH_CONFIGMAP, mesh_shards)),
-                    ..Default::default()
-                }),
-            },
+    single_pod_deployment(
+        meta(&object_name(id), Some(&c.namespace), Some(id)),
+        id,
+        labels(Some(id)),
+        PodSpec {
+            service_account_name: Some(SERVICE_ACCOUNT.into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(runtime_pod_security(matches!(
+                e.kind,
+                ExposureKind::SubnetRouter { .. }
+            ))),
+            containers: vec![runtime_container(&c.image, node, &extra_ports)],
+            volumes: Some(runtime_volumes(id, MESH_CONFIGMAP, mesh_shards)),
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// external-dns's annotation: the DNS name it points at the Service's load balancer.

@@ -29,20 +29,20 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::k8s::{self, object_name, proto_name, selector};
+use super::k8s::{self, object_name, proto_name};
 use super::secrets::{self, SecretRef};
 use crate::emit;
 use crate::model::{Cluster, EgressTarget, Exposure, ExposureKind, Proto, Tailnet};
@@ -534,40 +534,23 @@ pub fn deployment(t: &Tailnet, c: &Cluster, e: &Exposure) -> Deployment {
             ..Default::default()
         }
     };
-    Deployment {
-        metadata: meta(&object_name(id), Some(&c.namespace), Some(id)),
-        spec: Some(DeploymentSpec {
-            // One state Secret, one pod.
-            replicas: Some(1),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..Default::default()
-            }),
-            selector: LabelSelector {
-                match_labels: Some(selector(id)),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(node_labels(id)),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(object_name(id)),
-                    // containerboot reads and writes its state Secret through the API.
-                    automount_service_account_token: Some(true),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security),
-                    init_containers: kernel.then(|| vec![sysctler(&c.image)]),
-                    containers: vec![container(t, c, e, true)],
-                    volumes: Some(volumes(e)),
-                    ..Default::default()
-                }),
-            },
+    // One state Secret, one pod.
+    k8s::single_pod_deployment(
+        meta(&object_name(id), Some(&c.namespace), Some(id)),
+        id,
+        node_labels(id),
+        PodSpec {
+            service_account_name: Some(object_name(id)),
+            // containerboot reads and writes its state Secret through the API.
+            automount_service_account_token: Some(true),
+            enable_service_links: Some(false),
+            security_context: Some(pod_security),
+            init_containers: kernel.then(|| vec![sysctler(&c.image)]),
+            containers: vec![container(t, c, e, true)],
+            volumes: Some(volumes(e)),
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// The node's state Secret, created empty by tsk8s and then owned by containerboot.

@@ -138,8 +138,11 @@ pub(crate) fn mapping(out: &mut String, m: &serde_yaml_ng::Mapping, indent: usiz
                 out.push_str(&n.to_string());
                 out.push('\n');
             }
-            // Not produced by encrypt_secret.
-            Value::Sequence(_) | Value::Tagged(_) => out.push_str(" null\n"),
+            Value::Sequence(_) | Value::Tagged(_) => {
+                unreachable!(
+                    "encrypt writes only documents writable() accepted: no sequences or tags"
+                )
+            }
         }
     }
 }

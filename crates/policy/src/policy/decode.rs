@@ -741,7 +741,9 @@ fn decode_hosts(v: &Value) -> Result<BTreeMap<String, IpNet>, PolicyError> {
     Ok(out)
 }
 
-fn parse_owner(s: &str) -> Result<Alias, PolicyError> {
+/// A tag owner or an auto-approver: a user, group, tag or autogroup; `what` names the
+/// position in the message ("owner", "auto approver").
+fn parse_principal(s: &str, what: &str) -> Result<Alias, PolicyError> {
     let s = s.trim();
     if s.contains('@') {
         return Ok(Alias::User(s.to_string()));
@@ -755,7 +757,7 @@ fn parse_owner(s: &str) -> Result<Alias, PolicyError> {
     if s.starts_with("autogroup:") {
         return Ok(Alias::AutoGroup(s.to_string()));
     }
-    err(format!("invalid owner format: {s:?}"))
+    err(format!("invalid {what} format: {s:?}"))
 }
 
 fn decode_tag_owners(v: &Value) -> Result<BTreeMap<String, Vec<Alias>>, PolicyError> {
@@ -770,28 +772,11 @@ fn decode_tag_owners(v: &Value) -> Result<BTreeMap<String, Vec<Alias>>, PolicyEr
         })?;
         let owners = string_list(val, "tagOwners")?
             .iter()
-            .map(|s| parse_owner(s))
+            .map(|s| parse_principal(s, "owner"))
             .collect::<Result<Vec<_>, _>>()?;
         out.insert(k.clone(), owners);
     }
     Ok(out)
-}
-
-fn parse_approver(s: &str) -> Result<Alias, PolicyError> {
-    let s = s.trim();
-    if s.contains('@') {
-        return Ok(Alias::User(s.to_string()));
-    }
-    if s.starts_with("group:") {
-        return Ok(Alias::Group(s.to_string()));
-    }
-    if s.starts_with("tag:") {
-        return Ok(Alias::Tag(s.to_string()));
-    }
-    if s.starts_with("autogroup:") {
-        return Ok(Alias::AutoGroup(s.to_string()));
-    }
-    err(format!("invalid auto approver format: {s:?}"))
 }
 
 fn decode_auto_approvers(v: &Value) -> Result<AutoApprovers, PolicyError> {
@@ -806,7 +791,7 @@ fn decode_auto_approvers(v: &Value) -> Result<AutoApprovers, PolicyError> {
                         };
                         let list = string_list(approvers, "routes")?
                             .iter()
-                            .map(|s| parse_approver(s))
+                            .map(|s| parse_principal(s, "auto approver"))
                             .collect::<Result<Vec<_>, _>>()?;
                         out.routes.push((net, list));
                     }
@@ -815,7 +800,7 @@ fn decode_auto_approvers(v: &Value) -> Result<AutoApprovers, PolicyError> {
             "exitNode" => {
                 out.exit_node = string_list(val, "exitNode")?
                     .iter()
-                    .map(|s| parse_approver(s))
+                    .map(|s| parse_principal(s, "auto approver"))
                     .collect::<Result<Vec<_>, _>>()?;
             }
             "services" => {
