@@ -145,7 +145,7 @@ pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
         return Err(Failure { text });
     }
     let mut policy_value = lower::policy::policy_value(&front.tailnet);
-    crate::import::apply_verbatim(&mut policy_value, &front.tailnet.verbatim);
+    crate::verbatim::apply_verbatim(&mut policy_value, &front.tailnet.verbatim);
     let policy_text = lower::policy::render(&policy_value);
     let policy = Policy::parse(&policy_text).map_err(|e| {
         let mut d = Diagnostics::new(input.spec_file, input.spec);
@@ -277,6 +277,43 @@ fn build_checked(
         topology_json(&netw.topology),
     );
 
+    lower_devices(input, l, netw, reach, &mut tree, warnings)?;
+
+    // Clusters are independent: lower them on all cores, then merge in spec order (the tree
+    // is sorted by path and diagnostics by position, so the result does not depend on timing).
+    let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
+    for r in crate::par::map(&t.clusters, |c| lower_cluster(input, l, c, netw, reach)) {
+        match r {
+            Ok((files, diags)) => {
+                tree.extend(files);
+                secret_diags.items.extend(diags);
+            }
+            // Only Tailscale-image clusters fail here; `lock` assigns them nothing.
+            Err(_) if !sources => {}
+            Err(f) => return Err(f),
+        }
+    }
+    if !secret_diags.is_empty() && sources {
+        secret_diags.sort();
+        return Err(Failure::from_diags(&secret_diags));
+    }
+    lower::gitops::write(&mut tree, t);
+    emit::finish(&mut tree, input.spec_file);
+    check_object_sizes(input, l, &tree)?;
+    Ok(tree)
+}
+
+/// Every device's wg-quick config and hosts snippet into `tree`. The same prefix routed to
+/// two peers of one device is an error; a nested one a warning (in `warnings`).
+fn lower_devices(
+    input: &Input,
+    l: &Loaded,
+    netw: &net::Net,
+    reach: &net::Reach,
+    tree: &mut Tree,
+    warnings: &mut String,
+) -> Result<(), Failure> {
+    let t = &l.tailnet;
     let mut diags = Diagnostics::new(input.spec_file, input.spec);
     let mut nested = Diagnostics::new(input.spec_file, input.spec);
     let route_span = |o: &lower::devices::Overlap| {
@@ -296,8 +333,8 @@ fn build_checked(
     for (d, files) in t.devices.iter().zip(device_files) {
         match files {
             Ok(files) => {
-                emit::put(&mut tree, format!("devices/{}.conf", d.name), files.conf);
-                emit::put(&mut tree, format!("devices/{}.hosts", d.name), files.hosts);
+                emit::put(tree, format!("devices/{}.conf", d.name), files.conf);
+                emit::put(tree, format!("devices/{}.hosts", d.name), files.hosts);
                 for o in &files.nested {
                     let (wide, narrow) = if o.first.1.contains(&o.second.1) {
                         (&o.first, &o.second)
@@ -340,30 +377,13 @@ fn build_checked(
         nested.sort();
         warnings.push_str(&nested.render_warnings());
     }
+    Ok(())
+}
 
-    // Clusters are independent: lower them on all cores, then merge in spec order (the tree
-    // is sorted by path and diagnostics by position, so the result does not depend on timing).
-    let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
-    for r in crate::par::map(&t.clusters, |c| lower_cluster(input, l, c, netw, reach)) {
-        match r {
-            Ok((files, diags)) => {
-                tree.extend(files);
-                secret_diags.items.extend(diags);
-            }
-            // Only Tailscale-image clusters fail here; `lock` assigns them nothing.
-            Err(_) if !sources => {}
-            Err(f) => return Err(f),
-        }
-    }
-    if !secret_diags.is_empty() && sources {
-        secret_diags.sort();
-        return Err(Failure::from_diags(&secret_diags));
-    }
-    lower::gitops::write(&mut tree, t);
-    emit::finish(&mut tree, input.spec_file);
-    // A Kubernetes object file over 1 MiB would be refused by the API server: an error located
-    // at its exposure (a sidecar's Component) or cluster.
-    let over = emit::large_object_files(&tree, emit::OBJECT_FILE_LIMIT);
+/// A Kubernetes object file over 1 MiB would be refused by the API server: an error located
+/// at its exposure (a sidecar's Component) or cluster.
+fn check_object_sizes(input: &Input, l: &Loaded, tree: &Tree) -> Result<(), Failure> {
+    let over = emit::large_object_files(tree, emit::OBJECT_FILE_LIMIT);
     if !over.is_empty() {
         let mut diags = Diagnostics::new(input.spec_file, input.spec);
         for (path, len) in over {
@@ -403,7 +423,7 @@ fn build_checked(
         diags.sort();
         return Err(Failure::from_diags(&diags));
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// `topology.json`: pretty JSON, nodes sorted, one trailing newline.
@@ -423,7 +443,15 @@ fn lower_cluster(
     let mut tree = Tree::new();
     let mut secret_diags = Diagnostics::new(input.spec_file, "");
     if c.runtime == RuntimeKind::Tailscale {
-        lower::tailscale::write(&mut tree, t, c, &l.spans, input)?;
+        lower::tailscale::write(
+            &mut tree,
+            t,
+            c,
+            &l.spans,
+            &input.sources,
+            (input.spec_file, input.spec),
+        )
+        .map_err(|d| Failure::from_diags(&d))?;
         return Ok((tree, secret_diags.items));
     }
     let dir = format!("clusters/{}", c.name);
@@ -451,24 +479,9 @@ fn lower_cluster(
     {
         add(&mut tree, format!("mesh-{n}.yaml"), emit::yaml(cm));
     }
-    let peer_ports: Vec<u16> = {
-        let mut p: Vec<u16> = rt
-            .mesh
-            .peers
-            .iter()
-            .filter_map(|p| p.endpoint.as_ref()?.rsplit(':').next()?.parse().ok())
-            .collect();
-        p.sort();
-        p.dedup();
-        p
-    };
+    let peer_ports = peer_ports(&rt.mesh);
     // `publish="gateway"`: the nodes it terminates, the sidecars it relays to.
-    let mut in_gateway: Vec<(
-        &crate::model::Exposure,
-        &tsk8s_policy::runtime_config::NodeConfig,
-    )> = Vec::new();
-    let mut relays: Vec<tsk8s_policy::runtime_config::Relay> = Vec::new();
-    let mut relay_pods: Vec<lower::k8s::RelayPod> = Vec::new();
+    let mut gateway = GatewayParts::default();
     for (id, node) in &rt.nodes {
         let Some(e) = c.exposures.iter().find(|e| &e.id == id) else {
             continue;
@@ -476,23 +489,10 @@ fn lower_cluster(
         if let ExposureKind::Sidecar { namespace, .. } = &e.kind
             && c.publish == Publish::Gateway
         {
-            relays.push(tsk8s_policy::runtime_config::Relay {
-                name: node.name.clone(),
-                public_key: node.public_key.clone(),
-                target: lower::k8s::relay_target(
-                    &lower::k8s::object_name(id),
-                    namespace,
-                    node.listen_port,
-                ),
-            });
-            relay_pods.push(lower::k8s::RelayPod {
-                namespace,
-                pods: lower::k8s::pod_selector(e),
-                port: node.listen_port,
-            });
+            gateway.relay(e, id, namespace, node);
         }
         if c.in_gateway(e) {
-            in_gateway.push((e, node));
+            gateway.nodes.push((e, node));
             continue;
         }
         if let ExposureKind::Sidecar { set, .. } = &e.kind {
@@ -501,118 +501,23 @@ fn lower_cluster(
             if set.as_ref().is_some_and(|s| s.ordinal != 0) {
                 continue;
             }
-            let members: Vec<(
-                &crate::model::Exposure,
-                &tsk8s_policy::runtime_config::NodeConfig,
-            )> = match set {
-                None => vec![(e, node)],
-                Some(s) => rt
-                    .nodes
-                    .iter()
-                    .filter_map(|(mid, mnode)| {
-                        let me = c.exposures.iter().find(|x| &x.id == mid)?;
-                        match &me.kind {
-                            ExposureKind::Sidecar { set: Some(ms), .. } if ms.base == s.base => {
-                                Some((me, mnode))
-                            }
-                            _ => None,
-                        }
-                    })
-                    .collect(),
+            let cx = SidecarCx {
+                input,
+                l,
+                c,
+                netw,
+                reach,
+                dir: &dir,
             };
-            let meshes: Vec<_> = members
-                .iter()
-                .map(|(me, _)| {
-                    lower::mesh::shards(&lower::mesh::node_mesh(t, c, me, &l.lock, netw, reach))
-                })
-                .collect();
-            if let Some(mut comp) = lower::sidecar::component(c, &members, &meshes) {
-                let name = set.as_ref().map_or(id.as_str(), |s| s.base.as_str());
-                let cdir = format!("{dir}/components/{name}");
-                for (me, _) in &members {
-                    lower::secrets::write_component_key(
-                        &mut tree,
-                        &cdir,
-                        t,
-                        c,
-                        me,
-                        &mut comp.kustomization,
-                        &input.sources,
-                        &mut secret_diags,
-                        &l.spans,
-                    );
-                }
-                emit::put(
-                    &mut tree,
-                    format!("{cdir}/kustomization.yaml"),
-                    emit::yaml(&comp.kustomization),
-                );
-                let docs: Vec<String> = comp.resources.iter().map(emit::yaml).collect();
-                emit::put(
-                    &mut tree,
-                    format!("{cdir}/resources.yaml"),
-                    emit::yaml_docs(&docs),
-                );
-                emit::put(
-                    &mut tree,
-                    format!("{cdir}/patch.yaml"),
-                    emit::yaml(&comp.patch),
-                );
-                for (file, cm) in &comp.mesh {
-                    emit::put(&mut tree, format!("{cdir}/{file}"), emit::yaml(cm));
-                }
-            }
+            cx.component(&mut tree, &mut secret_diags, e, id, node, &rt);
             continue;
         }
-        let mut docs = vec![
-            emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node)),
-            emit::yaml(&lower::k8s::deployment(c, e, node, mesh_shards.len())),
-            emit::yaml(&lower::k8s::wireguard_service(
-                c,
-                &c.namespace,
-                e,
-                node.listen_port,
-            )),
-        ];
-        if let Some(s) = lower::k8s::egress_service(c, e) {
-            docs.push(emit::yaml(&s));
-        }
-        docs.push(emit::yaml(&lower::k8s::network_policy(
-            c,
-            e,
-            node,
-            &peer_ports,
-        )));
-        add(&mut tree, format!("{id}.yaml"), emit::yaml_docs(&docs));
+        let text = node_objects(c, e, id, node, mesh_shards.len(), &peer_ports);
+        add(&mut tree, format!("{id}.yaml"), text);
     }
     if lower::gateway::has_gateway(c) {
-        let nodes: Vec<&crate::model::Exposure> = in_gateway.iter().map(|(e, _)| *e).collect();
-        let cfg = lower::gateway::config(
-            c,
-            in_gateway.iter().map(|(_, n)| (*n).clone()).collect(),
-            relays,
-        );
-        let mut docs = vec![
-            emit::yaml(&lower::gateway::configmap(c, &cfg)),
-            emit::yaml(&lower::gateway::deployment(
-                c,
-                &in_gateway,
-                mesh_shards.len(),
-            )),
-            emit::yaml(&lower::k8s::gateway_service(c)),
-        ];
-        for e in &nodes {
-            if let Some(s) = lower::k8s::egress_service(c, e) {
-                docs.push(emit::yaml(&s));
-            }
-        }
-        docs.push(emit::yaml(&lower::k8s::gateway_network_policy(
-            c,
-            &nodes,
-            &peer_ports,
-            &relay_pods,
-        )));
-        add(&mut tree, "gateway.yaml".into(), emit::yaml_docs(&docs));
+        let text = gateway.objects(c, mesh_shards.len(), &peer_ports);
+        add(&mut tree, "gateway.yaml".into(), text);
     }
     let generators = lower::secrets::write_cluster_keys(
         &mut tree,
@@ -632,6 +537,206 @@ fn lower_cluster(
         emit::yaml(&kustomization),
     );
     Ok((tree, secret_diags.items))
+}
+
+/// The WireGuard ports of a mesh's peers (sorted, once each): what a NetworkPolicy lets out.
+fn peer_ports(mesh: &tsk8s_policy::runtime_config::MeshConfig) -> Vec<u16> {
+    let mut p: Vec<u16> = mesh
+        .peers
+        .iter()
+        .filter_map(|p| p.endpoint.as_ref()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    p.sort();
+    p.dedup();
+    p
+}
+
+/// A node in its own pod: its ConfigMap, Deployment, WireGuard Service, egress Service and
+/// NetworkPolicy, as one multi-document file.
+fn node_objects(
+    c: &crate::model::Cluster,
+    e: &crate::model::Exposure,
+    id: &str,
+    node: &tsk8s_policy::runtime_config::NodeConfig,
+    shards: usize,
+    peer_ports: &[u16],
+) -> String {
+    let mut docs = vec![
+        emit::yaml(&lower::k8s::node_configmap(&c.namespace, id, node)),
+        emit::yaml(&lower::k8s::deployment(c, e, node, shards)),
+        emit::yaml(&lower::k8s::wireguard_service(
+            c,
+            &c.namespace,
+            e,
+            node.listen_port,
+        )),
+    ];
+    if let Some(s) = lower::k8s::egress_service(c, e) {
+        docs.push(emit::yaml(&s));
+    }
+    docs.push(emit::yaml(&lower::k8s::network_policy(
+        c, e, node, peer_ports,
+    )));
+    emit::yaml_docs(&docs)
+}
+
+/// What a cluster's gateway is made of: the nodes it terminates and the sidecars it relays to.
+#[derive(Default)]
+struct GatewayParts<'a> {
+    nodes: Vec<(
+        &'a crate::model::Exposure,
+        &'a tsk8s_policy::runtime_config::NodeConfig,
+    )>,
+    relays: Vec<tsk8s_policy::runtime_config::Relay>,
+    relay_pods: Vec<lower::k8s::RelayPod<'a>>,
+}
+
+impl<'a> GatewayParts<'a> {
+    /// A sidecar the gateway relays to (its datagrams pass unchanged to the sidecar's pod).
+    fn relay(
+        &mut self,
+        e: &'a crate::model::Exposure,
+        id: &str,
+        namespace: &'a str,
+        node: &tsk8s_policy::runtime_config::NodeConfig,
+    ) {
+        self.relays.push(tsk8s_policy::runtime_config::Relay {
+            name: node.name.clone(),
+            public_key: node.public_key.clone(),
+            target: lower::k8s::relay_target(
+                &lower::k8s::object_name(id),
+                namespace,
+                node.listen_port,
+            ),
+        });
+        self.relay_pods.push(lower::k8s::RelayPod {
+            namespace,
+            pods: lower::k8s::pod_selector(e),
+            port: node.listen_port,
+        });
+    }
+
+    /// `gateway.yaml`: its ConfigMap, Deployment, Service, the egress Services of its nodes
+    /// and its NetworkPolicy.
+    fn objects(self, c: &crate::model::Cluster, shards: usize, peer_ports: &[u16]) -> String {
+        let nodes: Vec<&crate::model::Exposure> = self.nodes.iter().map(|(e, _)| *e).collect();
+        let cfg = lower::gateway::config(
+            c,
+            self.nodes.iter().map(|(_, n)| (*n).clone()).collect(),
+            self.relays,
+        );
+        let mut docs = vec![
+            emit::yaml(&lower::gateway::configmap(c, &cfg)),
+            emit::yaml(&lower::gateway::deployment(c, &self.nodes, shards)),
+            emit::yaml(&lower::k8s::gateway_service(c)),
+        ];
+        for e in &nodes {
+            if let Some(s) = lower::k8s::egress_service(c, e) {
+                docs.push(emit::yaml(&s));
+            }
+        }
+        docs.push(emit::yaml(&lower::k8s::gateway_network_policy(
+            c,
+            &nodes,
+            peer_ports,
+            &self.relay_pods,
+        )));
+        emit::yaml_docs(&docs)
+    }
+}
+
+/// What a sidecar's Component is lowered from.
+struct SidecarCx<'a> {
+    input: &'a Input<'a>,
+    l: &'a Loaded,
+    c: &'a crate::model::Cluster,
+    netw: &'a net::Net,
+    reach: &'a net::Reach,
+    dir: &'a str,
+}
+
+impl SidecarCx<'_> {
+    /// The Component of sidecar `e` (for a StatefulSet with replicas=N, of all N nodes):
+    /// kustomization, resources, patch, its own mesh shards and key references.
+    fn component(
+        &self,
+        tree: &mut Tree,
+        secret_diags: &mut Diagnostics,
+        e: &crate::model::Exposure,
+        id: &str,
+        node: &tsk8s_policy::runtime_config::NodeConfig,
+        rt: &lower::mesh::ClusterRuntime,
+    ) {
+        let (t, c) = (&self.l.tailnet, self.c);
+        let ExposureKind::Sidecar { set, .. } = &e.kind else {
+            return;
+        };
+        let members: Vec<(
+            &crate::model::Exposure,
+            &tsk8s_policy::runtime_config::NodeConfig,
+        )> = match set {
+            None => vec![(e, node)],
+            Some(s) => rt
+                .nodes
+                .iter()
+                .filter_map(|(mid, mnode)| {
+                    let me = c.exposures.iter().find(|x| &x.id == mid)?;
+                    match &me.kind {
+                        ExposureKind::Sidecar { set: Some(ms), .. } if ms.base == s.base => {
+                            Some((me, mnode))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect(),
+        };
+        let meshes: Vec<_> = members
+            .iter()
+            .map(|(me, _)| {
+                lower::mesh::shards(&lower::mesh::node_mesh(
+                    t,
+                    c,
+                    me,
+                    &self.l.lock,
+                    self.netw,
+                    self.reach,
+                ))
+            })
+            .collect();
+        let Some(mut comp) = lower::sidecar::component(c, &members, &meshes) else {
+            return;
+        };
+        let name = set.as_ref().map_or(id, |s| s.base.as_str());
+        let cdir = format!("{}/components/{name}", self.dir);
+        for (me, _) in &members {
+            lower::secrets::write_component_key(
+                tree,
+                &cdir,
+                t,
+                c,
+                me,
+                &mut comp.kustomization,
+                &self.input.sources,
+                secret_diags,
+                &self.l.spans,
+            );
+        }
+        emit::put(
+            tree,
+            format!("{cdir}/kustomization.yaml"),
+            emit::yaml(&comp.kustomization),
+        );
+        let docs: Vec<String> = comp.resources.iter().map(emit::yaml).collect();
+        emit::put(
+            tree,
+            format!("{cdir}/resources.yaml"),
+            emit::yaml_docs(&docs),
+        );
+        emit::put(tree, format!("{cdir}/patch.yaml"), emit::yaml(&comp.patch));
+        for (file, cm) in &comp.mesh {
+            emit::put(tree, format!("{cdir}/{file}"), emit::yaml(cm));
+        }
+    }
 }
 
 /// How many `type: LoadBalancer` Services a build emits (each is a cloud load balancer): one

@@ -18,9 +18,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-// The `verbatim` node's checks and merge live in [`crate::verbatim`] (core; `resolve` and
-// `build` call them), re-exported here for the callers that name them through `import`.
-pub use crate::verbatim::{GENERATED, MERGED, apply_verbatim, resolve_verbatim};
+use crate::verbatim::GENERATED;
 
 // ---------------------------------------------------------------------------------------------
 // Import

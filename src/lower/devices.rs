@@ -90,21 +90,8 @@ impl Taken {
     }
 }
 
-pub fn device_files(
-    t: &Tailnet,
-    d: &Device,
-    lock: &Lock,
-    net: &Net,
-    reach: &Reach,
-) -> Result<DeviceFiles, Overlap> {
-    let (Some(entry), Some(me)) = (lock.devices.get(&d.name), reach.index(&d.name)) else {
-        return Ok(DeviceFiles {
-            conf: String::new(),
-            hosts: String::new(),
-            nested: Vec::new(),
-        });
-    };
-    let my_ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
+/// The comment header and `[Interface]` of a device's wg-quick config.
+fn interface_section(d: &Device, entry: &crate::lockfile::DeviceEntry) -> String {
     let owner = match (&d.user, d.tags.is_empty()) {
         (Some(u), true) => u.clone(),
         _ => d.tags.join(", "),
@@ -124,7 +111,25 @@ pub fn device_files(
     let _ = writeln!(conf, "Address = {}/32, {}/128", entry.ipv4, entry.ipv6);
     conf.push_str("MTU = 1280\n");
     let _ = writeln!(conf, "PostUp = wg set %i private-key {}", d.key_path);
+    conf
+}
 
+pub fn device_files(
+    t: &Tailnet,
+    d: &Device,
+    lock: &Lock,
+    net: &Net,
+    reach: &Reach,
+) -> Result<DeviceFiles, Overlap> {
+    let (Some(entry), Some(me)) = (lock.devices.get(&d.name), reach.index(&d.name)) else {
+        return Ok(DeviceFiles {
+            conf: String::new(),
+            hosts: String::new(),
+            nested: Vec::new(),
+        });
+    };
+    let my_ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
+    let mut conf = interface_section(d, entry);
     let mut hosts = String::new();
     let _ = writeln!(
         hosts,
@@ -184,23 +189,12 @@ pub fn device_files(
                 }
             }
         }
-        let mut s = String::new();
         let kind = exposure.map(|e| e.kind.keyword()).unwrap_or("node");
-        let _ = writeln!(s, "\n# {host}: {kind} in cluster {cluster}");
-        s.push_str("[Peer]\n");
-        let _ = writeln!(s, "PublicKey = {}", peer.public_key);
-        if let Some(ep) = &peer.endpoint {
-            let _ = writeln!(s, "Endpoint = {ep}");
-        }
-        let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
-        let _ = writeln!(s, "AllowedIPs = {}", list.join(", "));
         // A node that may call this device, or one reached through SNAT (a NodePort or a
         // shared MetalLB address), needs the device to keep the way open.
-        if reach.admits.get(me).is_some_and(|set| set.contains(&idx))
-            || peer.persistent_keepalive.is_some()
-        {
-            let _ = writeln!(s, "PersistentKeepalive = {KEEPALIVE_SECONDS}");
-        }
+        let keepalive = reach.admits.get(me).is_some_and(|set| set.contains(&idx))
+            || peer.persistent_keepalive.is_some();
+        let s = peer_section(&host, kind, &cluster, &peer, &allowed, keepalive);
         sections.push((host, s));
     }
     if let Some(ip) = dns_server {
@@ -219,6 +213,30 @@ pub fn device_files(
         hosts,
         nested,
     })
+}
+
+/// One `[Peer]` section of a device's wg-quick config, with a comment naming the node.
+fn peer_section(
+    host: &str,
+    kind: &str,
+    cluster: &str,
+    peer: &tsk8s_policy::runtime_config::Peer,
+    allowed: &[IpNet],
+    keepalive: bool,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n# {host}: {kind} in cluster {cluster}");
+    s.push_str("[Peer]\n");
+    let _ = writeln!(s, "PublicKey = {}", peer.public_key);
+    if let Some(ep) = &peer.endpoint {
+        let _ = writeln!(s, "Endpoint = {ep}");
+    }
+    let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(s, "AllowedIPs = {}", list.join(", "));
+    if keepalive {
+        let _ = writeln!(s, "PersistentKeepalive = {KEEPALIVE_SECONDS}");
+    }
+    s
 }
 
 /// One peer of a device's wg-quick config: the node, and the AllowedIPs the device routes to it.

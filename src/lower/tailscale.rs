@@ -769,18 +769,20 @@ pub fn cluster_files(
     }
 }
 
-/// Write a Tailscale-image cluster's dir into the tree (the hook `build::build` calls).
+/// Write a Tailscale-image cluster's dir into the tree (the hook `build::build` calls); what
+/// cannot be done on the Tailscale image comes back as diagnostics, sorted.
 pub fn write(
     tree: &mut emit::Tree,
     t: &Tailnet,
     c: &Cluster,
     spans: &crate::resolve::Spans,
-    input: &crate::build::Input,
-) -> Result<(), crate::build::Failure> {
-    let dir_files = match cluster_files(t, c, &input.sources) {
+    sources: &std::collections::BTreeMap<String, Vec<u8>>,
+    (spec_file, spec): (&str, &str),
+) -> Result<(), crate::diag::Diagnostics> {
+    let dir_files = match cluster_files(t, c, sources) {
         Ok(f) => f,
         Err(problems) => {
-            let mut d = crate::diag::Diagnostics::new(input.spec_file, input.spec);
+            let mut d = crate::diag::Diagnostics::new(spec_file, spec);
             for p in problems {
                 let span = spans
                     .exposures
@@ -795,7 +797,7 @@ pub fn write(
                 );
             }
             d.sort();
-            return Err(crate::build::Failure { text: d.render() });
+            return Err(d);
         }
     };
     let dir = format!("clusters/{}", c.name);
