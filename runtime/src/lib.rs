@@ -2,7 +2,9 @@
 //!
 //! See `README.md` in this package for the design. Layers:
 //! [`wire`] (UDP + boringtun `Tunn` per peer) → filter (allowed IPs, policy [`Matcher`],
-//! connection tracking; in [`engine`]) → smoltcp userspace TCP/IP → forwarders (kernel sockets).
+//! connection tracking; `engine/filter.rs`) → smoltcp userspace TCP/IP (`engine/stack.rs`) →
+//! forwarders (kernel sockets; `engine/forward.rs`, `engine/udp.rs`). The packet loop that
+//! drives them is [`engine::Engine`].
 //!
 //! [`Matcher`]: tsk8s_policy::matcher::Matcher
 
