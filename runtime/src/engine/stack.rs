@@ -46,7 +46,7 @@ pub struct Tuning {
     pub tcp_pacing: bool,
     pub udp_sock_buf: usize,
     pub congestion: tcp::CongestionControl,
-    /// Bytes all per-connection buffers together may take (see [`Budget`](super::budget::Budget)).
+    /// Bytes all per-connection buffers together may take (see `budget::Budget`).
     pub memory_budget: usize,
 }
 
