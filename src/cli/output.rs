@@ -358,16 +358,59 @@ pub fn edited_files(current: &Tree, tree: &Tree) -> Vec<String> {
     let recorded = crate::emit::manifest_entries(manifest);
     current
         .iter()
-        .filter(|(p, bytes)| p.as_str() != MANIFEST && tree.get(p.as_str()) != Some(*bytes))
-        .filter(|(p, bytes)| {
-            recorded
-                .get(p.as_str())
-                .copied()
-                .flatten()
-                .is_some_and(|h| !h.eq_ignore_ascii_case(&crate::emit::sha256_hex(bytes)))
-        })
+        .filter(|(p, bytes)| is_edited(&recorded, p, bytes, tree))
         .map(|(p, _)| p.clone())
         .collect()
+}
+
+/// Is the file `path` of the dir, holding `bytes`, replaced or removed by `tree` while its
+/// bytes are not what the manifest (`recorded`) says tsk8s wrote?
+fn is_edited(
+    recorded: &std::collections::BTreeMap<&str, Option<&str>>,
+    path: &str,
+    bytes: &[u8],
+    tree: &Tree,
+) -> bool {
+    path != MANIFEST
+        && tree.get(path).map(Vec::as_slice) != Some(bytes)
+        && recorded
+            .get(path)
+            .copied()
+            .flatten()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(&crate::emit::sha256_hex(bytes)))
+}
+
+/// The dir against the new tree, read one file at a time, so the old tree is never held in
+/// memory beside the new one: (does the dir hold exactly `tree`, [`edited_files`]).
+fn compare_dir(dir: &Path, tree: &Tree) -> Result<(bool, Vec<String>), OutputError> {
+    let files = list_files(dir)?;
+    let manifest = match files.contains(MANIFEST) {
+        true => Some(read_file(&dir.join(MANIFEST))?),
+        false => None,
+    };
+    let text = manifest
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok());
+    let recorded = text.map(crate::emit::manifest_entries).unwrap_or_default();
+    let mut same = files.len() == tree.len();
+    let mut edited = Vec::new();
+    for rel in &files {
+        let read;
+        let bytes: &[u8] = match (rel.as_str(), &manifest) {
+            (MANIFEST, Some(m)) => m,
+            _ => {
+                read = read_file(&dir.join(rel))?;
+                &read
+            }
+        };
+        if tree.get(rel.as_str()).map(Vec::as_slice) != Some(bytes) {
+            same = false;
+            if text.is_some() && is_edited(&recorded, rel, bytes, tree) {
+                edited.push(rel.clone());
+            }
+        }
+    }
+    Ok((same, edited))
 }
 
 /// Write `tree` as the new content of `dir`, atomically, and say which replaced or removed
@@ -394,11 +437,11 @@ pub fn write_tree(
     let exists = probe_dir(dir)?;
     let mut edited = Vec::new();
     if exists {
-        let current = read_tree(dir)?;
-        if current == *tree {
+        let (same, changed) = compare_dir(dir, tree)?;
+        if same {
             return Ok(Written::default());
         }
-        edited = edited_files(&current, tree);
+        edited = changed;
         if refuse_edited && !edited.is_empty() {
             let list: Vec<String> = edited
                 .iter()
