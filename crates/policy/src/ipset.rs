@@ -439,23 +439,24 @@ pub fn net_string(n: &IpNet) -> String {
 
 /// 100.64.0.0/10, the CGNAT range Tailscale takes its IPv4 addresses from.
 pub fn cgnat() -> IpNet {
-    IpNet::V4(Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10).unwrap_or_default())
+    IpNet::V4(Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10).expect("10 <= 32"))
 }
 
 /// fd7a:115c:a1e0::/48, Tailscale's IPv6 ULA range.
 pub fn tailscale_ula() -> IpNet {
     IpNet::V6(
-        Ipv6Net::new(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0), 48).unwrap_or_default(),
+        Ipv6Net::new(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0), 48).expect("48 <= 128"),
     )
 }
 
 /// 100.115.92.0/23, reserved for ChromeOS VMs.
 pub fn chromeos_vm_range() -> IpNet {
-    IpNet::V4(Ipv4Net::new(Ipv4Addr::new(100, 115, 92, 0), 23).unwrap_or_default())
+    IpNet::V4(Ipv4Net::new(Ipv4Addr::new(100, 115, 92, 0), 23).expect("23 <= 32"))
 }
 
+/// A prefix written in this file (a constant, checked by the tests that use it).
 fn parse_net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|_| cgnat())
+    s.parse().expect("a prefix constant of this file")
 }
 
 /// The tailnet's address space: what `*` means as a source (before adding approved routes).
