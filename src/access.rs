@@ -16,7 +16,7 @@ use tsk8s_policy::policy::Policy;
 use crate::lockfile::Lock;
 use crate::lower::devices::device_peers;
 use crate::lower::mesh::{cluster_runtime, hostname_of, node_mesh};
-use crate::lower::net::{Member, Net, Reach};
+use crate::lower::net::{AnyTraffic, Member, Net, Reach};
 use crate::model::{ExposureKind, Tailnet};
 
 /// How a flow crosses the emitted network.
@@ -39,6 +39,22 @@ impl std::fmt::Display for Path {
     }
 }
 
+/// A value owned or borrowed.
+enum Held<'a, T> {
+    Own(T),
+    Lent(&'a T),
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Held::Own(t) => t,
+            Held::Lent(t) => t,
+        }
+    }
+}
+
 /// (peer hostname, AllowedIPs) of one source.
 type Peers = Rc<Vec<(String, Vec<IpNet>)>>;
 
@@ -48,6 +64,9 @@ pub struct View<'a> {
     pub net: &'a Net,
     pub reach: &'a Reach,
     pub access: Access<'a>,
+    /// Per-node indexes for devices' AllowedIPs (see [`AnyTraffic`]): its own, or lent by a
+    /// build that computes AllowedIPs too ([`View::with_index`]).
+    any: Held<'a, AnyTraffic<'a>>,
     /// Peers by cluster name (runtime nodes) or `device NAME`, computed on first use.
     cluster_peers: RefCell<HashMap<String, Peers>>,
 }
@@ -71,7 +90,24 @@ impl<'a> View<'a> {
                 Cow::Borrowed(&reach.names),
                 Cow::Borrowed(&reach.filters),
             ),
+            any: Held::Own(AnyTraffic::new(reach)),
             cluster_peers: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// [`View::new`] sharing the caller's per-node indexes (built once for the tests and the
+    /// devices' configs).
+    pub fn with_index(
+        t: &'a Tailnet,
+        lock: &'a Lock,
+        policy: &'a Policy,
+        net: &'a Net,
+        reach: &'a Reach,
+        any: &'a AnyTraffic<'a>,
+    ) -> View<'a> {
+        View {
+            any: Held::Lent(any),
+            ..View::new(t, lock, policy, net, reach)
         }
     }
 
@@ -107,7 +143,7 @@ impl<'a> View<'a> {
                 let entry = self.lock.devices.get(name)?;
                 let ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
                 let v: Peers = Rc::new(
-                    device_peers(self.t, self.lock, self.net, self.reach, i, &ips)
+                    device_peers(self.t, self.lock, self.net, self.reach, &self.any, i, &ips)
                         .into_iter()
                         .map(|p| (p.peer.name, p.allowed))
                         .collect(),

@@ -209,14 +209,19 @@ pub fn compile(input: &Input, l: Loaded, checks: Checks) -> Result<Compiled, Fai
     // The network and who reaches whom are computed once, for the tests and the output.
     let netw = net::build_net(&l.tailnet, &l.lock);
     let reach = net::reach(&l.policy, &netw);
-    let report = checks.tests.then(|| test_with_notes(&l, &netw, &reach).0);
+    // Per-node indexes for devices' AllowedIPs, shared by the tests and the devices' configs;
+    // build_checked drops them once the devices are written.
+    let any = net::AnyTraffic::new(&reach);
+    let report = checks
+        .tests
+        .then(|| test_with_notes(&l, &netw, &reach, &any).0);
     let test_failures = report
         .as_ref()
         .filter(|r| !r.passed())
         .map(|r| render_test_failures(input, &l, r));
     let mut warnings = String::new();
     let load_balancers = load_balancer_services(&l.tailnet);
-    let tree = build_checked(input, &l, &netw, &reach, checks.sources, &mut warnings)?;
+    let tree = build_checked(input, &l, &netw, &reach, any, checks.sources, &mut warnings)?;
     Ok(Compiled {
         tree,
         tests: report,
@@ -256,7 +261,8 @@ fn render_test_failures(
 pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     let netw = net::build_net(&l.tailnet, &l.lock);
     let reach = net::reach(&l.policy, &netw);
-    build_checked(input, &l, &netw, &reach, true, &mut String::new())
+    let any = net::AnyTraffic::new(&reach);
+    build_checked(input, &l, &netw, &reach, any, true, &mut String::new())
 }
 
 fn build_checked(
@@ -264,6 +270,7 @@ fn build_checked(
     l: &Loaded,
     netw: &net::Net,
     reach: &net::Reach,
+    any: net::AnyTraffic,
     sources: bool,
     warnings: &mut String,
 ) -> Result<Tree, Failure> {
@@ -277,7 +284,8 @@ fn build_checked(
         topology_json(&netw.topology),
     );
 
-    lower_devices(input, l, netw, reach, &mut tree, warnings)?;
+    lower_devices(input, l, netw, reach, &any, &mut tree, warnings)?;
+    drop(any);
 
     // Clusters are independent: lower them on all cores, then merge in spec order (the tree
     // is sorted by path and diagnostics by position, so the result does not depend on timing).
@@ -310,6 +318,7 @@ fn lower_devices(
     l: &Loaded,
     netw: &net::Net,
     reach: &net::Reach,
+    any: &net::AnyTraffic,
     tree: &mut Tree,
     warnings: &mut String,
 ) -> Result<(), Failure> {
@@ -328,7 +337,7 @@ fn lower_devices(
             .unwrap_or_else(|| (0..0).into())
     };
     let device_files = crate::par::map(&t.devices, |d| {
-        lower::devices::device_files(t, d, &l.lock, netw, reach)
+        lower::devices::device_files(t, d, &l.lock, netw, reach, any)
     });
     for (d, files) in t.devices.iter().zip(device_files) {
         match files {
@@ -772,7 +781,7 @@ pub fn test_loaded(l: &Loaded) -> tsk8s_policy::acltest::TestReport {
 pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let netw = net::build_net(&l.tailnet, &l.lock);
     let reach = net::reach(&l.policy, &netw);
-    test_with_notes(l, &netw, &reach)
+    test_with_notes(l, &netw, &reach, &net::AnyTraffic::new(&reach))
 }
 
 /// [`test_loaded_with_notes`] on a network already built.
@@ -780,13 +789,14 @@ fn test_with_notes(
     l: &Loaded,
     netw: &net::Net,
     reach: &net::Reach,
+    any: &net::AnyTraffic,
 ) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let topo = test_topology(l, &netw.topology);
     let mut report = tsk8s_policy::acltest::run_tests(&l.policy, &topo);
     if l.tailnet.tests.is_empty() {
         return (report, Vec::new());
     }
-    let view = crate::access::View::new(&l.tailnet, &l.lock, &l.policy, netw, reach);
+    let view = crate::access::View::with_index(&l.tailnet, &l.lock, &l.policy, netw, reach, any);
     let (failures, failed, notes) = crate::access::dataplane_tests(&view, &l.policy);
     // An entry already failed by the policy is counted once.
     if !failed.is_empty() {

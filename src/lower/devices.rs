@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::mesh::{KEEPALIVE_SECONDS, hostname_of, peer_entry};
-use super::net::{Member, Net, Reach, reachable_prefixes};
+use super::net::{AnyTraffic, Member, Net, Reach, reachable_prefixes};
 use crate::lockfile::Lock;
 use crate::model::{Device, ExposureKind, Tailnet};
 
@@ -120,6 +120,7 @@ pub fn device_files(
     lock: &Lock,
     net: &Net,
     reach: &Reach,
+    any: &AnyTraffic,
 ) -> Result<DeviceFiles, Overlap> {
     let (Some(entry), Some(me)) = (lock.devices.get(&d.name), reach.index(&d.name)) else {
         return Ok(DeviceFiles {
@@ -141,7 +142,7 @@ pub fn device_files(
     let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
-    for p in device_peers(t, lock, net, reach, me, &my_ips) {
+    for p in device_peers(t, lock, net, reach, any, me, &my_ips) {
         let DevicePeer {
             idx,
             cluster,
@@ -256,6 +257,7 @@ pub fn device_peers(
     lock: &Lock,
     net: &Net,
     reach: &Reach,
+    any: &AnyTraffic,
     me: usize,
     my_ips: &[IpAddr],
 ) -> Vec<DevicePeer> {
@@ -277,7 +279,7 @@ pub fn device_peers(
         if let Some(ExposureKind::SubnetRouter { routes }) = exposure.map(|e| &e.kind) {
             within.extend(routes.iter().copied());
         }
-        let mut allowed = reachable_prefixes(reach, idx, my_ips, &within);
+        let mut allowed = reachable_prefixes(any, idx, my_ips, &within);
         // A node that may open connections to this device needs its address routed back.
         if reach.admits.get(me).is_some_and(|s| s.contains(&idx)) {
             for a in &peer.allowed_ips {

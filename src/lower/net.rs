@@ -195,24 +195,34 @@ pub struct Reach {
     pub admits: Vec<BTreeSet<usize>>,
     /// admitted_by[n] = nodes whose filters accept n.
     pub admitted_by: Vec<BTreeSet<usize>>,
-    /// filters[n] indexed for "may this source send anything there", built on first use.
-    matchers: Vec<OnceLock<Matcher>>,
+}
+
+/// Per node, its filter indexed for "may this source send it anything"
+/// ([`Matcher::any_traffic`]), built on first use. Held by the phase that computes device
+/// AllowedIPs and dropped with it, so the indexes do not outlive their use.
+pub struct AnyTraffic<'r> {
+    reach: &'r Reach,
+    cache: Vec<OnceLock<Matcher>>,
+}
+
+impl<'r> AnyTraffic<'r> {
+    pub fn new(reach: &'r Reach) -> AnyTraffic<'r> {
+        AnyTraffic {
+            reach,
+            cache: (0..reach.filters.len()).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Node `n`'s index.
+    pub fn get(&self, n: usize) -> Option<&Matcher> {
+        let f = self.reach.filters.get(n)?;
+        Some(self.cache.get(n)?.get_or_init(|| Matcher::any_traffic(f)))
+    }
 }
 
 impl Reach {
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
-    }
-
-    /// Node `n`'s filter indexed by destination, protocols and ports ignored
-    /// ([`Matcher::any_traffic`]; built on first use).
-    pub fn any_traffic(&self, n: usize) -> Option<&Matcher> {
-        let f = self.filters.get(n)?;
-        Some(
-            self.matchers
-                .get(n)?
-                .get_or_init(|| Matcher::any_traffic(f)),
-        )
     }
 
     /// Peers of node `n`: nodes it admits or that admit it, itself excluded.
@@ -261,7 +271,6 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
         }
     }
     Reach {
-        matchers: (0..names.len()).map(|_| OnceLock::new()).collect(),
         names,
         filters,
         admits,
@@ -270,8 +279,13 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
 }
 
 /// The prefixes of `within` that node `n`'s filter lets `src` reach (for device AllowedIPs).
-pub fn reachable_prefixes(reach: &Reach, n: usize, src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
-    match reach.any_traffic(n) {
+pub fn reachable_prefixes(
+    any: &AnyTraffic,
+    n: usize,
+    src: &[IpAddr],
+    within: &[IpNet],
+) -> Vec<IpNet> {
+    match any.get(n) {
         Some(m) => m.reachable_within(src, within),
         None => Vec::new(),
     }
