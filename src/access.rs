@@ -79,20 +79,14 @@ impl<'a> View<'a> {
         net: &'a Net,
         reach: &'a Reach,
     ) -> View<'a> {
-        View {
+        View::build(
             t,
             lock,
+            policy,
             net,
             reach,
-            access: Access::with_filters(
-                policy,
-                &net.topology,
-                Cow::Borrowed(&reach.names),
-                Cow::Borrowed(&reach.filters),
-            ),
-            any: Held::Own(AnyTraffic::new(reach)),
-            cluster_peers: RefCell::new(HashMap::new()),
-        }
+            Held::Own(AnyTraffic::new(reach)),
+        )
     }
 
     /// [`View::new`] sharing the caller's per-node indexes (built once for the tests and the
@@ -105,9 +99,30 @@ impl<'a> View<'a> {
         reach: &'a Reach,
         any: &'a AnyTraffic<'a>,
     ) -> View<'a> {
+        View::build(t, lock, policy, net, reach, Held::Lent(any))
+    }
+
+    fn build(
+        t: &'a Tailnet,
+        lock: &'a Lock,
+        policy: &'a Policy,
+        net: &'a Net,
+        reach: &'a Reach,
+        any: Held<'a, AnyTraffic<'a>>,
+    ) -> View<'a> {
         View {
-            any: Held::Lent(any),
-            ..View::new(t, lock, policy, net, reach)
+            t,
+            lock,
+            net,
+            reach,
+            access: Access::with_filters(
+                policy,
+                &net.topology,
+                Cow::Borrowed(&reach.names),
+                Cow::Borrowed(&reach.filters),
+            ),
+            any,
+            cluster_peers: RefCell::new(HashMap::new()),
         }
     }
 
