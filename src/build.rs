@@ -86,8 +86,9 @@ pub struct Loaded {
     pub tailnet: Tailnet,
     pub spans: Spans,
     pub lock: Lock,
-    pub policy_value: serde_json::Value,
+    /// `policy.hujson`.
     pub policy_text: String,
+    /// The policy it holds, validated.
     pub policy: Policy,
 }
 
@@ -144,26 +145,42 @@ pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
         text.push_str(&plain);
         return Err(Failure { text });
     }
-    let mut policy_value = lower::policy::policy_value(&front.tailnet);
-    crate::verbatim::apply_verbatim(&mut policy_value, &front.tailnet.verbatim);
-    let policy_text = lower::policy::render(&policy_value);
-    let policy = Policy::parse(&policy_text).map_err(|e| {
+    let file = lower::policy::policy_file(&front.tailnet).map_err(|p| {
         let mut d = Diagnostics::new(input.spec_file, input.spec);
-        let span = front.spans.tailnet.unwrap_or_else(|| (0..0).into());
-        d.push(
-            Diagnostic::new(span, format!("the generated policy is invalid: {e}"))
-                .label("in this tailnet"),
-        );
+        d.push(policy_problem(&front.spans, p));
         Failure::from_diags(&d)
     })?;
     Ok(Loaded {
         tailnet: front.tailnet,
         spans: front.spans,
         lock,
-        policy_value,
-        policy_text,
-        policy,
+        policy_text: file.text,
+        policy: file.policy,
     })
+}
+
+/// A generated policy Tailscale would refuse (a backstop: `resolve` checks what the spec
+/// writes), located at the spec node the problem comes from, or at the tailnet.
+fn policy_problem(spans: &Spans, p: lower::policy::Problem) -> Diagnostic {
+    use lower::policy::Origin;
+    let tailnet = spans.tailnet.unwrap_or_else(|| (0..0).into());
+    let (span, label) = match &p.origin {
+        Origin::Acl(i) => (spans.acls.get(*i), "in this rule"),
+        Origin::Grant(i) => (spans.grants.get(*i), "in this grant"),
+        Origin::Ssh(i) => (spans.ssh.get(*i), "in this ssh rule"),
+        Origin::Tag(t) => (spans.tags.get(t), "in this tag's owners"),
+        Origin::Verbatim(s) => (spans.verbatim.get(s), "in this section"),
+        Origin::Tailnet => (None, "in this tailnet"),
+    };
+    let (span, label) = match span {
+        Some(s) => (*s, label),
+        None => (tailnet, "in this tailnet"),
+    };
+    Diagnostic::new(
+        span,
+        format!("the generated policy is invalid: {}", p.error),
+    )
+    .label(label)
 }
 
 /// `tsk8s build`: the whole output tree.

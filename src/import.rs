@@ -577,7 +577,11 @@ fn self_check(spec: &str, value: &Value) -> Result<Vec<String>, ImportError> {
         lock: None,
         sources: Default::default(),
     }) {
-        Ok(l) => Ok(compare(value, &l.policy_value)),
+        Ok(l) => {
+            let rebuilt = tsk8s_policy::hujson::parse(&l.policy_text)
+                .expect("the policy file tsk8s writes is JSON");
+            Ok(compare(value, &rebuilt))
+        }
         Err(f) => Err(ImportError::Invalid(format!(
             "the imported spec does not build:\n{}",
             f.text

@@ -44,6 +44,13 @@ pub struct Spans {
     pub devices: BTreeMap<String, SourceSpan>,
     pub clusters: BTreeMap<String, SourceSpan>,
     pub tests: Vec<SourceSpan>,
+    /// Policy entries in spec order (`acl`, `grant`, `ssh`), tags and `verbatim` sections by
+    /// name: where a problem with the generated policy is reported.
+    pub acls: Vec<SourceSpan>,
+    pub grants: Vec<SourceSpan>,
+    pub ssh: Vec<SourceSpan>,
+    pub tags: BTreeMap<String, SourceSpan>,
+    pub verbatim: BTreeMap<String, SourceSpan>,
 }
 
 pub fn resolve(spec: &Spec, d: &mut Diagnostics) -> (Option<Tailnet>, Spans) {
@@ -271,6 +278,12 @@ impl Resolver<'_> {
         }
 
         let verbatim = crate::verbatim::resolve_verbatim(&spec.verbatim, self.d);
+        for (section, json) in &spec.verbatim {
+            self.spans
+                .verbatim
+                .entry(section.v.clone())
+                .or_insert(json.span);
+        }
         if !ok {
             return None;
         }
@@ -441,6 +454,7 @@ impl Resolver<'_> {
         let mut tag_names: BTreeMap<String, SourceSpan> = BTreeMap::new();
         for t in &spec.tags {
             let name = norm("tag:", &t.name.v);
+            self.spans.tags.entry(name.clone()).or_insert(t.name.span);
             if let Err(e) = check_tag(&name) {
                 self.push(
                     err(t.name.span, format!("invalid tag {:?}: {e}", t.name.v)).label("bad tag"),
@@ -491,6 +505,7 @@ impl Resolver<'_> {
         let mut tags = Vec::new();
         for t in &spec.tags {
             let name = norm("tag:", &t.name.v);
+            self.spans.tags.entry(name.clone()).or_insert(t.name.span);
             let mut owners = Vec::new();
             for o in &t.owners {
                 if self.check_alias(names, o, &o.v, Side::Owner) {
@@ -846,6 +861,7 @@ impl Resolver<'_> {
     }
 
     fn acl(&mut self, names: &Names, a: &syntax::AclDecl) -> Option<Acl> {
+        self.spans.acls.push(a.span);
         let mut ok = true;
         if a.action.v != "accept" {
             let msg = if a.action.v.eq_ignore_ascii_case("accept") {
@@ -883,6 +899,7 @@ impl Resolver<'_> {
     }
 
     fn grant(&mut self, names: &Names, g: &syntax::GrantDecl) -> Option<Grant> {
+        self.spans.grants.push(g.span);
         let mut ok = true;
         if g.src.is_empty() || g.dst.is_empty() {
             self.push(
@@ -1042,6 +1059,7 @@ impl Resolver<'_> {
     }
 
     fn ssh(&mut self, names: &Names, s: &syntax::SshDecl) -> Option<SshRule> {
+        self.spans.ssh.push(s.span);
         let mut ok = true;
         if s.action.v != "accept" && s.action.v != "check" {
             self.push(

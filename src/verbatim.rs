@@ -1,10 +1,11 @@
 //! The `verbatim "<section>" #"<JSON>"#` node: policy sections the spec language does not
 //! model, carried into the policy file unchanged. `resolve` checks them
-//! ([`resolve_verbatim`]); `build` adds them after the generated sections ([`apply_verbatim`],
-//! `autoApprovers` merged with the route approvers subnet routers generate). `tsk8s import`
-//! writes them for every section it does not translate.
+//! ([`resolve_verbatim`]); `lower::policy` decodes them into the typed policy and writes them
+//! after the generated sections, as written (`autoApprovers` merged with the route approvers
+//! subnet routers generate, when there are some). `tsk8s import` writes them for every section
+//! it does not translate.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::syntax::SpStr;
@@ -72,61 +73,4 @@ pub fn resolve_verbatim(nodes: &[(SpStr, SpStr)], d: &mut Diagnostics) -> Vec<(S
         }
     }
     out
-}
-
-fn push_unique(list: &mut Vec<Value>, v: &Value) {
-    if !list.contains(v) {
-        list.push(v.clone());
-    }
-}
-
-/// Merge two autoApprovers objects: per route / for exitNode, the union of approvers
-/// (generated first); other keys from `extra` when `base` lacks them.
-fn merge_approvers(base: &mut Map<String, Value>, extra: &Map<String, Value>) {
-    for (k, v) in extra {
-        match (base.get_mut(k), v) {
-            (Some(Value::Object(b)), Value::Object(e)) if k == "routes" => {
-                for (route, approvers) in e {
-                    match (b.get_mut(route), approvers) {
-                        (Some(Value::Array(ba)), Value::Array(ea)) => {
-                            for a in ea {
-                                push_unique(ba, a);
-                            }
-                        }
-                        (None, _) => {
-                            b.insert(route.clone(), approvers.clone());
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            (Some(Value::Array(b)), Value::Array(e)) => {
-                for a in e {
-                    push_unique(b, a);
-                }
-            }
-            (None, _) => {
-                base.insert(k.clone(), v.clone());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Add the verbatim sections to a generated policy (after the generated ones, in spec order).
-pub fn apply_verbatim(policy: &mut Value, verbatim: &[(String, Value)]) {
-    let Value::Object(root) = policy else {
-        return;
-    };
-    for (section, v) in verbatim {
-        match (root.get_mut(section.as_str()), v) {
-            (Some(Value::Object(base)), Value::Object(extra)) if section == MERGED => {
-                merge_approvers(base, extra);
-            }
-            (Some(_), _) => {}
-            (None, _) => {
-                root.insert(section.clone(), v.clone());
-            }
-        }
-    }
 }

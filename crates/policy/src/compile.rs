@@ -705,14 +705,14 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
         if let Some(app) = &g.app
             && !app.is_empty()
         {
-            compile_app_grant(r, app, &resolved, (&src, &src_set), items);
+            compile_app_grant(r, &sorted_caps(app), &resolved, (&src, &src_set), items);
         }
     }
     if has_self {
         items.push(Item::SelfGrant(SelfGrant {
             src: src_set,
             ip: g.ip.clone(),
-            app: g.app.clone(),
+            app: g.app.as_ref().map(sorted_caps),
         }));
     }
 }
@@ -795,6 +795,11 @@ fn push_network_rule(
 /// The capability rules of a grant's `app` over the resolved destinations (`None`: `*`, which
 /// also covers approved routes for companion capabilities), then the companion capabilities.
 /// `src` is the source strings and the source set.
+/// A grant's capabilities by name (a filter's `CapMap` is sorted).
+fn sorted_caps(app: &indexmap::IndexMap<String, Vec<Value>>) -> BTreeMap<String, Vec<Value>> {
+    app.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
 fn compile_app_grant(
     r: &mut Resolver<'_>,
     app: &BTreeMap<String, Vec<Value>>,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use indexmap::IndexMap;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
@@ -57,25 +58,6 @@ pub fn parse_prefix(s: &str) -> Option<IpNet> {
         s.parse::<IpAddr>().ok().map(IpNet::from)
     }
 }
-
-const TOP_LEVEL: [&str; 16] = [
-    "acls",
-    "grants",
-    "groups",
-    "hosts",
-    "tagOwners",
-    "autoApprovers",
-    "ssh",
-    "nodeAttrs",
-    "tests",
-    "sshTests",
-    "postures",
-    "ipsets",
-    "derpMap",
-    "disableIPv4",
-    "OneCGNATRoute",
-    "randomizeClientPort",
-];
 
 fn type_name(v: &Value) -> &'static str {
     match v {
@@ -422,74 +404,240 @@ impl Policy {
         };
         let mut p = Policy::default();
         for (key, val) in top {
-            if !TOP_LEVEL.contains(&key.as_str()) {
-                return Err(unknown_field(key));
-            }
-            match key.as_str() {
-                "acls" => {
-                    p.acls = want_array(val, "acls")?
-                        .map(|a| a.iter().map(decode_acl).collect::<Result<Vec<_>, _>>())
-                        .transpose()?;
-                }
-                "grants" => {
-                    p.grants = want_array(val, "grants")?
-                        .map(|a| a.iter().map(decode_grant).collect::<Result<Vec<_>, _>>())
-                        .transpose()?;
-                }
-                "groups" => p.groups = decode_groups(val)?,
-                "hosts" => p.hosts = decode_hosts(val)?,
-                "tagOwners" => p.tag_owners = decode_tag_owners(val)?,
-                "autoApprovers" => p.auto_approvers = decode_auto_approvers(val)?,
-                "ssh" => {
-                    if let Some(a) = want_array(val, "ssh")? {
-                        p.ssh = a.iter().map(decode_ssh).collect::<Result<_, _>>()?;
-                    }
-                }
-                "nodeAttrs" => {
-                    if let Some(a) = want_array(val, "nodeAttrs")? {
-                        p.node_attrs = a.iter().map(decode_node_attr).collect::<Result<_, _>>()?;
-                    }
-                }
-                "tests" => {
-                    if let Some(a) = want_array(val, "tests")? {
-                        p.tests = a.iter().map(decode_test).collect::<Result<_, _>>()?;
-                    }
-                }
-                "sshTests" => {
-                    if let Some(a) = want_array(val, "sshTests")? {
-                        for t in a {
-                            want_object(t, "sshTests")?;
-                        }
-                        p.ssh_tests = a.clone();
-                    }
-                }
-                "postures" => {
-                    if let Some(m) = want_object(val, "postures")? {
-                        for (k, v) in m {
-                            if !k.starts_with("posture:") {
-                                return err(format!(
-                                    "postures: {k:?}: posture names must start with 'posture:'"
-                                ));
-                            }
-                            p.postures.insert(k.clone(), string_list(v, "postures")?);
-                        }
-                    }
-                }
-                "ipsets" => p.ipsets = decode_ipsets(val)?,
-                "derpMap" => {
-                    want_object(val, "derpMap")?;
-                    p.derp_map = Some(val.clone());
-                }
-                "disableIPv4" => p.disable_ipv4 = want_bool(val, "disableIPv4")?,
-                "OneCGNATRoute" => p.one_cgnat_route = Some(val.clone()),
-                "randomizeClientPort" => {
-                    p.randomize_client_port = want_bool(val, "randomizeClientPort")?
-                }
-                _ => return Err(unknown_field(key)),
-            }
+            p.decode_section(key, val)?;
         }
         p.validate()?;
         Ok(p)
+    }
+
+    /// Decode one top-level section into this policy (syntax only; [`Policy::check`]
+    /// validates the whole). A section replaces what the policy held, except `autoApprovers`,
+    /// which is merged ([`AutoApprovers::merge`]) with approvers already there.
+    pub fn decode_section(&mut self, key: &str, val: &Value) -> Result<(), PolicyError> {
+        let p = self;
+        match key {
+            "acls" => {
+                p.acls = want_array(val, "acls")?
+                    .map(|a| a.iter().map(decode_acl).collect::<Result<Vec<_>, _>>())
+                    .transpose()?;
+            }
+            "grants" => {
+                p.grants = want_array(val, "grants")?
+                    .map(|a| a.iter().map(decode_grant).collect::<Result<Vec<_>, _>>())
+                    .transpose()?;
+            }
+            "groups" => p.groups = decode_groups(val)?,
+            "hosts" => p.hosts = decode_hosts(val)?,
+            "tagOwners" => p.tag_owners = decode_tag_owners(val)?,
+            "autoApprovers" => p.auto_approvers.merge(decode_auto_approvers(val)?),
+            "ssh" => {
+                if let Some(a) = want_array(val, "ssh")? {
+                    p.ssh = a.iter().map(decode_ssh).collect::<Result<_, _>>()?;
+                }
+            }
+            "nodeAttrs" => {
+                if let Some(a) = want_array(val, "nodeAttrs")? {
+                    p.node_attrs = a.iter().map(decode_node_attr).collect::<Result<_, _>>()?;
+                }
+            }
+            "tests" => {
+                if let Some(a) = want_array(val, "tests")? {
+                    p.tests = a.iter().map(decode_test).collect::<Result<_, _>>()?;
+                }
+            }
+            "sshTests" => {
+                if let Some(a) = want_array(val, "sshTests")? {
+                    for t in a {
+                        want_object(t, "sshTests")?;
+                    }
+                    p.ssh_tests = a.clone();
+                }
+            }
+            "postures" => {
+                if let Some(m) = want_object(val, "postures")? {
+                    for (k, v) in m {
+                        if !k.starts_with("posture:") {
+                            return err(format!(
+                                "postures: {k:?}: posture names must start with 'posture:'"
+                            ));
+                        }
+                        p.postures.insert(k.clone(), string_list(v, "postures")?);
+                    }
+                }
+            }
+            "ipsets" => p.ipsets = decode_ipsets(val)?,
+            "derpMap" => {
+                want_object(val, "derpMap")?;
+                p.derp_map = Some(val.clone());
+            }
+            "disableIPv4" => p.disable_ipv4 = want_bool(val, "disableIPv4")?,
+            "OneCGNATRoute" => p.one_cgnat_route = Some(val.clone()),
+            "randomizeClientPort" => {
+                p.randomize_client_port = want_bool(val, "randomizeClientPort")?
+            }
+            _ => return Err(unknown_field(key)),
+        }
+        Ok(())
+    }
+}
+
+/// A `proto` value as written: its protocol numbers, and the text lower-cased (`None` when
+/// empty).
+fn decode_proto(val: &Value) -> Result<String, PolicyError> {
+    match val {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Ok(String::new()),
+        other => err(format!(
+            "proto: cannot unmarshal {} into a string",
+            type_name(other)
+        )),
+    }
+}
+
+fn written(raw: &str) -> Option<String> {
+    (!raw.is_empty()).then(|| raw.to_lowercase())
+}
+
+impl Acl {
+    /// An `accept` rule from its written values: sources, `alias:ports` destinations and the
+    /// protocol (the spec's `acl` node and the file's entries decode alike).
+    pub fn accept(src: &[String], dst: &[String], proto: Option<&str>) -> Result<Acl, PolicyError> {
+        let raw = proto.unwrap_or("");
+        Ok(Acl {
+            action: "accept".into(),
+            src: src
+                .iter()
+                .map(|s| parse_alias(s))
+                .collect::<Result<_, _>>()?,
+            dst: dst
+                .iter()
+                .map(|s| parse_alias_with_ports(s))
+                .collect::<Result<_, _>>()?,
+            proto: written(raw),
+            protos: parse_protocol(raw).map_err(PolicyError::from)?,
+            src_posture: Vec::new(),
+        })
+    }
+}
+
+impl Grant {
+    /// A grant from its written values (`app`: capability → values, in the order written).
+    pub fn new(
+        src: &[String],
+        dst: &[String],
+        ip: &[String],
+        via: &[String],
+        app: Option<IndexMap<String, Vec<Value>>>,
+    ) -> Result<Grant, PolicyError> {
+        Ok(Grant {
+            src: src
+                .iter()
+                .map(|s| parse_alias(s))
+                .collect::<Result<_, _>>()?,
+            dst: dst
+                .iter()
+                .map(|s| parse_alias(s))
+                .collect::<Result<_, _>>()?,
+            ip: ip
+                .iter()
+                .map(|s| parse_ip_entry(s))
+                .collect::<Result<_, _>>()?,
+            app,
+            via: via.iter().map(|s| via_tag(s)).collect::<Result<_, _>>()?,
+            src_posture: Vec::new(),
+        })
+    }
+}
+
+fn via_tag(s: &str) -> Result<String, PolicyError> {
+    if !s.starts_with("tag:") {
+        return err("via can only be a tag");
+    }
+    Ok(s.to_string())
+}
+
+impl SshRule {
+    /// An SSH rule from its written values.
+    pub fn new(
+        action: &str,
+        src: &[String],
+        dst: &[String],
+        users: &[String],
+        check_period: Option<&str>,
+    ) -> Result<SshRule, PolicyError> {
+        Ok(SshRule {
+            action: ssh_action(action)?,
+            src: src
+                .iter()
+                .map(|s| parse_alias(s))
+                .collect::<Result<_, _>>()?,
+            dst: dst
+                .iter()
+                .map(|s| parse_alias(s))
+                .collect::<Result<_, _>>()?,
+            users: users.iter().map(|s| s.trim().to_string()).collect(),
+            check_period: check_period.map(str::to_string),
+            accept_env: Vec::new(),
+        })
+    }
+}
+
+fn ssh_action(a: &str) -> Result<String, PolicyError> {
+    let a = a.trim();
+    if !matches!(a, "" | "accept" | "check") {
+        return err(format!("{a:?} is not a valid action"));
+    }
+    Ok(a.to_string())
+}
+
+impl AclTest {
+    /// A test entry from its written values; what makes it impossible to evaluate is kept in
+    /// [`AclTest::problem`], as for a file's entry.
+    pub fn new(src: &str, proto: Option<&str>, accept: &[String], deny: &[String]) -> AclTest {
+        let mut t = AclTest {
+            src: src.trim().to_string(),
+            proto: None,
+            protos: Vec::new(),
+            accept: accept.to_vec(),
+            deny: deny.to_vec(),
+            problem: None,
+        };
+        if let Some(raw) = proto {
+            t.set_proto(raw);
+        }
+        t.finish(true)
+    }
+
+    fn set_proto(&mut self, raw: &str) {
+        self.proto = written(raw);
+        match parse_protocol(raw) {
+            Ok(p) => {
+                if !p.is_empty() && !p.iter().all(|n| matches!(n, 6 | 17 | 132)) {
+                    self.problem.get_or_insert_with(|| {
+                        format!("test protocol must be tcp, udp, sctp, or empty: {raw:?}")
+                    });
+                }
+                self.protos = p;
+            }
+            Err(m) => {
+                self.problem.get_or_insert(m);
+            }
+        }
+    }
+
+    /// The checks on the whole entry, once its fields are in (`has_src`: a `src` was given).
+    fn finish(mut self, has_src: bool) -> AclTest {
+        if !has_src || self.src.is_empty() {
+            self.problem
+                .get_or_insert_with(|| "test entry must have a non-empty src".to_string());
+        }
+        if self.accept.is_empty() && self.deny.is_empty() {
+            self.problem.get_or_insert_with(|| {
+                "test entry must have at least one of \"accept\" or \"deny\"".to_string()
+            });
+        }
+        self
     }
 }
 
@@ -567,24 +715,9 @@ fn decode_acl(v: &Value) -> Result<Acl, PolicyError> {
                 }
             }
             "proto" => {
-                let raw = match val {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Null => String::new(),
-                    other => {
-                        return err(format!(
-                            "proto: cannot unmarshal {} into a string",
-                            type_name(other)
-                        ));
-                    }
-                };
-                acl.protos = parse_protocol(&raw).map_err(|m| PolicyError {
-                    message: m,
-                    position: None,
-                })?;
-                if !raw.is_empty() {
-                    acl.proto = Some(raw.to_lowercase());
-                }
+                let raw = decode_proto(val)?;
+                acl.protos = parse_protocol(&raw).map_err(PolicyError::from)?;
+                acl.proto = written(&raw);
             }
             "srcPosture" => acl.src_posture = string_list(val, k)?,
             _ => return Err(unknown_field(k)),
@@ -627,7 +760,7 @@ fn decode_grant(v: &Value) -> Result<Grant, PolicyError> {
             }
             "app" => {
                 if let Some(m) = want_object(val, "app")? {
-                    let mut app = BTreeMap::new();
+                    let mut app = IndexMap::new();
                     for (name, vals) in m {
                         let list = match vals {
                             Value::Array(a) => a.clone(),
@@ -646,10 +779,7 @@ fn decode_grant(v: &Value) -> Result<Grant, PolicyError> {
             }
             "via" => {
                 for s in string_list(val, k)? {
-                    if !s.starts_with("tag:") {
-                        return err("via can only be a tag");
-                    }
-                    g.via.push(s);
+                    g.via.push(via_tag(&s)?);
                 }
             }
             "srcPosture" | "dstPosture" => g.src_posture.extend(string_list(val, k)?),
@@ -659,9 +789,9 @@ fn decode_grant(v: &Value) -> Result<Grant, PolicyError> {
     Ok(g)
 }
 
-fn decode_groups(v: &Value) -> Result<BTreeMap<String, Vec<String>>, PolicyError> {
+fn decode_groups(v: &Value) -> Result<IndexMap<String, Vec<String>>, PolicyError> {
     let Some(m) = want_object(v, "groups")? else {
-        return Ok(BTreeMap::new());
+        return Ok(IndexMap::new());
     };
     for key in m.keys() {
         if !key.starts_with("group:") {
@@ -718,14 +848,15 @@ fn decode_groups(v: &Value) -> Result<BTreeMap<String, Vec<String>>, PolicyError
             }
         }
     }
-    Ok(raw)
+    // Checked in sorted order (Tailscale's); kept in the order written.
+    Ok(m.keys().filter_map(|k| raw.remove_entry(k)).collect())
 }
 
-fn decode_hosts(v: &Value) -> Result<BTreeMap<String, IpNet>, PolicyError> {
+fn decode_hosts(v: &Value) -> Result<IndexMap<String, IpNet>, PolicyError> {
     let Some(m) = want_object(v, "hosts")? else {
-        return Ok(BTreeMap::new());
+        return Ok(IndexMap::new());
     };
-    let mut out = BTreeMap::new();
+    let mut out = IndexMap::new();
     for (k, val) in m {
         if k.contains('@') || k.contains(':') || k.is_empty() {
             return err(format!("invalid hostname: {k:?}"));
@@ -743,7 +874,7 @@ fn decode_hosts(v: &Value) -> Result<BTreeMap<String, IpNet>, PolicyError> {
 
 /// A tag owner or an auto-approver: a user, group, tag or autogroup; `what` names the
 /// position in the message ("owner", "auto approver").
-fn parse_principal(s: &str, what: &str) -> Result<Alias, PolicyError> {
+pub fn parse_principal(s: &str, what: &str) -> Result<Alias, PolicyError> {
     let s = s.trim();
     if s.contains('@') {
         return Ok(Alias::User(s.to_string()));
@@ -760,11 +891,11 @@ fn parse_principal(s: &str, what: &str) -> Result<Alias, PolicyError> {
     err(format!("invalid {what} format: {s:?}"))
 }
 
-fn decode_tag_owners(v: &Value) -> Result<BTreeMap<String, Vec<Alias>>, PolicyError> {
+fn decode_tag_owners(v: &Value) -> Result<IndexMap<String, Vec<Alias>>, PolicyError> {
     let Some(m) = want_object(v, "tagOwners")? else {
-        return Ok(BTreeMap::new());
+        return Ok(IndexMap::new());
     };
-    let mut out = BTreeMap::new();
+    let mut out = IndexMap::new();
     for (k, val) in m {
         check_tag(k).map_err(|e| PolicyError {
             message: format!("tagOwners[{k:?}]: {e}"),
@@ -804,7 +935,9 @@ fn decode_auto_approvers(v: &Value) -> Result<AutoApprovers, PolicyError> {
                     .collect::<Result<Vec<_>, _>>()?;
             }
             "services" => {
-                want_object(val, "services")?;
+                if want_object(val, "services")?.is_some() {
+                    out.services = Some(val.clone());
+                }
             }
             _ => return Err(unknown_field(k)),
         }
@@ -835,13 +968,7 @@ fn decode_ssh(v: &Value) -> Result<SshRule, PolicyError> {
         ],
     )? {
         match k {
-            "action" => {
-                let a = want_string(val, "action")?.trim();
-                if !matches!(a, "" | "accept" | "check") {
-                    return err(format!("{a:?} is not a valid action"));
-                }
-                r.action = a.to_string();
-            }
+            "action" => r.action = ssh_action(want_string(val, "action")?)?,
             "src" => r.src = alias_list(val, k)?,
             "dst" => r.dst = alias_list(val, k)?,
             "users" => {
@@ -946,35 +1073,7 @@ fn decode_test(v: &Value) -> Result<AclTest, PolicyError> {
                 has_src = true;
                 t.src = want_string(val, k)?.trim().to_string();
             }
-            "proto" => {
-                let raw = match val {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Null => String::new(),
-                    other => {
-                        return err(format!(
-                            "proto: cannot unmarshal {} into a string",
-                            type_name(other)
-                        ));
-                    }
-                };
-                if !raw.is_empty() {
-                    t.proto = Some(raw.to_lowercase());
-                }
-                match parse_protocol(&raw) {
-                    Ok(p) => {
-                        if !p.is_empty() && !p.iter().all(|n| matches!(n, 6 | 17 | 132)) {
-                            t.problem.get_or_insert_with(|| {
-                                format!("test protocol must be tcp, udp, sctp, or empty: {raw:?}")
-                            });
-                        }
-                        t.protos = p;
-                    }
-                    Err(m) => {
-                        t.problem.get_or_insert(m);
-                    }
-                }
-            }
+            "proto" => t.set_proto(&decode_proto(val)?),
             "accept" | "allow" => t.accept.extend(string_list(val, k)?),
             "deny" => t.deny.extend(string_list(val, k)?),
             "srcPostureAttrs" => {
@@ -983,14 +1082,5 @@ fn decode_test(v: &Value) -> Result<AclTest, PolicyError> {
             _ => return Err(unknown_field(k)),
         }
     }
-    if !has_src || t.src.is_empty() {
-        t.problem
-            .get_or_insert_with(|| "test entry must have a non-empty src".to_string());
-    }
-    if t.accept.is_empty() && t.deny.is_empty() {
-        t.problem.get_or_insert_with(|| {
-            "test entry must have at least one of \"accept\" or \"deny\"".to_string()
-        });
-    }
-    Ok(t)
+    Ok(t.finish(has_src))
 }

@@ -10,6 +10,11 @@
 //! names), then references and combinations are checked section by section (`acls`, `ssh`,
 //! `grants`, `nodeAttrs`, `tagOwners`, `autoApprovers`).
 //!
+//! A policy built in memory (the compiler builds one from the spec with the constructors
+//! [`Acl::accept`], [`Grant::new`], [`SshRule::new`], [`AclTest::new`] and
+//! [`Policy::decode_section`] for sections written as JSON) is validated by [`Policy::check`],
+//! which names the [`Entry`] at fault; it is never rendered and re-parsed.
+//!
 //! Malformed `tests` entries do not make the policy invalid: Tailscale answers them with
 //! `test(s) failed`, so they are kept (with [`AclTest::problem`]) and reported by the test run.
 
@@ -43,6 +48,37 @@ impl fmt::Display for PolicyError {
 }
 
 impl std::error::Error for PolicyError {}
+
+impl From<String> for PolicyError {
+    fn from(message: String) -> PolicyError {
+        PolicyError {
+            message,
+            position: None,
+        }
+    }
+}
+
+/// The entry of a policy that validation found a problem in ([`Policy::check`]): an index into
+/// its section's list, or a name for `tagOwners`. The compiler maps it to the spec node that
+/// wrote the entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Acl(usize),
+    Ssh(usize),
+    Grant(usize),
+    NodeAttr(usize),
+    /// The owners of this tag.
+    TagOwner(String),
+    AutoApprovers,
+    IpSets,
+}
+
+/// A policy that validation refuses: the problem and the entry it is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub error: PolicyError,
+    pub entry: Entry,
+}
 
 fn err<T>(message: impl Into<String>) -> Result<T, PolicyError> {
     Err(PolicyError {

@@ -1,10 +1,20 @@
 //! The typed policy model: aliases, the autogroup names, one struct per section, and the views
 //! the compiler reads (allow-all, ACLs as grants).
+//!
+//! The model is `Serialize`: a policy serializes as the policy file's JSON, sections and fields
+//! in the order `tsk8s build` writes them (groups, tagOwners, hosts, autoApprovers, acls,
+//! grants, ssh, tests, then the sections the spec does not generate), maps in insertion order,
+//! empty sections left out (`acls` and `grants` are written when present, even empty). Values
+//! are written in their canonical form: aliases as [`Alias`] displays them, ports as `80`,
+//! `1000-2000` or `*`, a protocol number under its name (`tcp:443`).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use indexmap::IndexMap;
 use ipnet::IpNet;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 
 use crate::filter::PortRange;
@@ -43,6 +53,27 @@ impl fmt::Display for Alias {
             Alias::Prefix(p) => f.write_str(&crate::ipset::net_string(p)),
         }
     }
+}
+
+impl Serialize for Alias {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `80`, `1000-2000`, or `*` for every port.
+pub(crate) fn write_ports(f: &mut fmt::Formatter<'_>, ports: &[PortRange]) -> fmt::Result {
+    for (i, p) in ports.iter().enumerate() {
+        if i > 0 {
+            f.write_str(",")?;
+        }
+        match *p {
+            PortRange::ANY => f.write_str("*")?,
+            PortRange { first, last } if first == last => write!(f, "{first}")?,
+            PortRange { first, last } => write!(f, "{first}-{last}")?,
+        }
+    }
+    Ok(())
 }
 
 pub const AUTOGROUP_INTERNET: &str = "autogroup:internet";
@@ -103,6 +134,25 @@ pub struct AliasWithPorts {
     pub ports: Vec<PortRange>,
 }
 
+impl fmt::Display for AliasWithPorts {
+    /// `alias:ports`; an IPv6 address in brackets (`[fd7a::1]:80`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.alias {
+            Alias::Prefix(p @ IpNet::V6(_)) if p.prefix_len() == p.max_prefix_len() => {
+                write!(f, "[{}]:", p.addr())?
+            }
+            a => write!(f, "{a}:")?,
+        }
+        write_ports(f, &self.ports)
+    }
+}
+
+impl Serialize for AliasWithPorts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Protocols and ports of a grant's `ip` entry (or an ACL's `proto` + dst ports).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProtoPorts {
@@ -111,87 +161,240 @@ pub struct ProtoPorts {
     pub ports: Vec<PortRange>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl fmt::Display for ProtoPorts {
+    /// A grant's `ip` entry: `*`, `443`, `tcp:443`, `icmp:*` (a number without a name as the
+    /// number).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, n) in self.protos.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match super::decode::PROTOCOL_NAMES.iter().find(|(_, p)| p == n) {
+                Some((name, _)) => f.write_str(name)?,
+                None => write!(f, "{n}")?,
+            }
+        }
+        if !self.protos.is_empty() {
+            f.write_str(":")?;
+        }
+        write_ports(f, &self.ports)
+    }
+}
+
+impl Serialize for ProtoPorts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Acl {
     pub action: String,
-    /// `proto` as written (lower-cased), if any.
-    pub proto: Option<String>,
-    pub protos: Vec<u8>,
     pub src: Vec<Alias>,
     pub dst: Vec<AliasWithPorts>,
+    /// `proto` as written (lower-cased), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(skip)]
+    pub protos: Vec<u8>,
+    #[serde(rename = "srcPosture", skip_serializing_if = "Vec::is_empty")]
     pub src_posture: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Grant {
     pub src: Vec<Alias>,
     pub dst: Vec<Alias>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ip: Vec<ProtoPorts>,
-    /// Capability name → values (`app`); `None` when absent.
-    pub app: Option<BTreeMap<String, Vec<Value>>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub via: Vec<String>,
+    /// Capability name → values (`app`), in the order written; `None` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<IndexMap<String, Vec<Value>>>,
+    #[serde(rename = "srcPosture", skip_serializing_if = "Vec::is_empty")]
     pub src_posture: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct AutoApprovers {
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_routes"
+    )]
     pub routes: Vec<(IpNet, Vec<Alias>)>,
+    #[serde(rename = "exitNode", skip_serializing_if = "Vec::is_empty")]
     pub exit_node: Vec<Alias>,
+    /// `services`, kept as written (validated for shape only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Value>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+impl AutoApprovers {
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.exit_node.is_empty() && self.services.is_none()
+    }
+
+    /// Add `other`'s approvers: per route and for exit nodes the union (own approvers first,
+    /// new routes after), `services` when this has none.
+    pub fn merge(&mut self, other: AutoApprovers) {
+        for (net, approvers) in other.routes {
+            match self.routes.iter_mut().find(|(n, _)| *n == net) {
+                Some((_, own)) => push_new(own, approvers),
+                None => self.routes.push((net, approvers)),
+            }
+        }
+        push_new(&mut self.exit_node, other.exit_node);
+        if self.services.is_none() {
+            self.services = other.services;
+        }
+    }
+}
+
+fn push_new(own: &mut Vec<Alias>, more: Vec<Alias>) {
+    for a in more {
+        if !own.contains(&a) {
+            own.push(a);
+        }
+    }
+}
+
+/// `routes` as an object: prefix → approvers.
+fn serialize_routes<S: Serializer>(
+    routes: &[(IpNet, Vec<Alias>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(Some(routes.len()))?;
+    for (net, approvers) in routes {
+        m.serialize_entry(&net.to_string(), approvers)?;
+    }
+    m.end()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SshRule {
     pub action: String,
     pub src: Vec<Alias>,
     pub dst: Vec<Alias>,
     pub users: Vec<String>,
+    #[serde(rename = "checkPeriod", skip_serializing_if = "Option::is_none")]
     pub check_period: Option<String>,
+    #[serde(rename = "acceptEnv", skip_serializing_if = "Vec::is_empty")]
     pub accept_env: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NodeAttr {
     pub target: Vec<Alias>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attr: Vec<Value>,
+    #[serde(rename = "ipPool", skip_serializing_if = "Vec::is_empty")]
     pub ip_pool: Vec<String>,
 }
 
 /// One entry of `tests`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AclTest {
     pub src: String,
     /// `proto` as written (lower-cased), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proto: Option<String>,
     /// Protocol numbers to try; empty means TCP, UDP, ICMPv4 and ICMPv6 (any of them).
+    #[serde(skip)]
     pub protos: Vec<u8>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accept: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
     /// Why this entry cannot be evaluated (Tailscale fails the whole run with `test(s) failed`).
+    #[serde(skip)]
     pub problem: Option<String>,
 }
 
-/// A whole policy file.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// A whole policy file. Maps keep the order they were written or built in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Policy {
-    /// `None` when the section is absent (no `acls` and no `grants` means allow-all).
-    pub acls: Option<Vec<Acl>>,
-    pub grants: Option<Vec<Grant>>,
-    pub groups: BTreeMap<String, Vec<String>>,
-    pub hosts: BTreeMap<String, IpNet>,
-    pub tag_owners: BTreeMap<String, Vec<Alias>>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub groups: IndexMap<String, Vec<String>>,
+    #[serde(rename = "tagOwners", skip_serializing_if = "IndexMap::is_empty")]
+    pub tag_owners: IndexMap<String, Vec<Alias>>,
+    #[serde(
+        skip_serializing_if = "IndexMap::is_empty",
+        serialize_with = "serialize_hosts"
+    )]
+    pub hosts: IndexMap<String, IpNet>,
+    #[serde(
+        rename = "autoApprovers",
+        skip_serializing_if = "AutoApprovers::is_empty"
+    )]
     pub auto_approvers: AutoApprovers,
+    /// `None` when the section is absent (no `acls` and no `grants` means allow-all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acls: Option<Vec<Acl>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ssh: Vec<SshRule>,
-    pub node_attrs: Vec<NodeAttr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<AclTest>,
+    #[serde(rename = "nodeAttrs", skip_serializing_if = "Vec::is_empty")]
+    pub node_attrs: Vec<NodeAttr>,
     /// `sshTests`, kept as written (validated for shape only).
+    #[serde(rename = "sshTests", skip_serializing_if = "Vec::is_empty")]
     pub ssh_tests: Vec<Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub postures: BTreeMap<String, Vec<String>>,
     /// `ipsets`: name → entries (`add`/`remove` prefixes stripped into `(remove, alias)`).
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "serialize_ipsets"
+    )]
     pub ipsets: BTreeMap<String, Vec<(bool, Alias)>>,
+    #[serde(rename = "derpMap", skip_serializing_if = "Option::is_none")]
     pub derp_map: Option<Value>,
+    #[serde(rename = "disableIPv4", skip_serializing_if = "std::ops::Not::not")]
     pub disable_ipv4: bool,
+    #[serde(rename = "OneCGNATRoute", skip_serializing_if = "Option::is_none")]
     pub one_cgnat_route: Option<Value>,
+    #[serde(
+        rename = "randomizeClientPort",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub randomize_client_port: bool,
+}
+
+/// `hosts`: an address bare, a network as a CIDR.
+fn serialize_hosts<S: Serializer>(
+    hosts: &IndexMap<String, IpNet>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(Some(hosts.len()))?;
+    for (name, net) in hosts {
+        m.serialize_entry(name, &crate::ipset::net_string(net))?;
+    }
+    m.end()
+}
+
+/// `ipsets`: each entry with its `remove ` prefix when it removes.
+fn serialize_ipsets<S: Serializer>(
+    sets: &BTreeMap<String, Vec<(bool, Alias)>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(Some(sets.len()))?;
+    for (name, entries) in sets {
+        let entries: Vec<String> = entries
+            .iter()
+            .map(|(remove, a)| {
+                if *remove {
+                    format!("remove {a}")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        m.serialize_entry(name, &entries)?;
+    }
+    m.end()
 }
 
 impl Policy {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use super::decode::*;
 use super::go_duration;
 use super::model::*;
-use super::{PolicyError, err};
+use super::{Entry, Invalid, PolicyError, err};
 use crate::filter::PortRange;
 
 /// The autogroups Tailscale's message names for a source (the valid ones are [`SRC_AUTOGROUPS`]).
@@ -149,27 +149,35 @@ impl Policy {
         }
     }
 
-    /// The second pass, section by section in Tailscale's order (the first problem wins).
     pub(super) fn validate(&self) -> Result<(), PolicyError> {
-        for acl in self.acls.iter().flatten() {
-            self.validate_acl(acl)?;
+        self.check().map_err(|i| i.error)
+    }
+
+    /// The second pass, section by section in Tailscale's order (the first problem wins), on
+    /// the typed policy: the problem and the entry it is in.
+    pub fn check(&self) -> Result<(), Invalid> {
+        let at = |entry: Entry| move |error: PolicyError| Invalid { error, entry };
+        for (i, acl) in self.acls.iter().flatten().enumerate() {
+            self.validate_acl(acl).map_err(at(Entry::Acl(i)))?;
         }
-        for ssh in &self.ssh {
-            self.validate_ssh(ssh)?;
+        for (i, ssh) in self.ssh.iter().enumerate() {
+            self.validate_ssh(ssh).map_err(at(Entry::Ssh(i)))?;
         }
-        for g in self.grants.iter().flatten() {
-            self.validate_grant(g)?;
+        for (i, g) in self.grants.iter().flatten().enumerate() {
+            self.validate_grant(g).map_err(at(Entry::Grant(i)))?;
         }
-        for na in &self.node_attrs {
-            self.validate_node_attr_targets(na)?;
+        for (i, na) in self.node_attrs.iter().enumerate() {
+            self.validate_node_attr_targets(na)
+                .map_err(at(Entry::NodeAttr(i)))?;
         }
-        for na in &self.node_attrs {
-            validate_ip_pools(na)?;
+        for (i, na) in self.node_attrs.iter().enumerate() {
+            validate_ip_pools(na).map_err(at(Entry::NodeAttr(i)))?;
         }
         self.validate_tag_owners()?;
-        self.validate_auto_approvers()?;
-        self.validate_ipsets()?;
-        self.check_ipset_cycles()?;
+        self.validate_auto_approvers()
+            .map_err(at(Entry::AutoApprovers))?;
+        self.validate_ipsets().map_err(at(Entry::IpSets))?;
+        self.check_ipset_cycles().map_err(at(Entry::IpSets))?;
         Ok(())
     }
 
@@ -247,14 +255,21 @@ impl Policy {
         Ok(())
     }
 
-    /// The owners in `tagOwners`: groups defined, tags owned.
-    fn validate_tag_owners(&self) -> Result<(), PolicyError> {
-        for owners in self.tag_owners.values() {
+    /// The owners in `tagOwners`: groups defined, tags owned (tags in sorted order, as
+    /// Tailscale reports them).
+    fn validate_tag_owners(&self) -> Result<(), Invalid> {
+        let mut tags: Vec<(&String, &Vec<Alias>)> = self.tag_owners.iter().collect();
+        tags.sort_unstable_by_key(|(tag, _)| *tag);
+        for (tag, owners) in tags {
+            let at = |error| Invalid {
+                error,
+                entry: Entry::TagOwner(tag.clone()),
+            };
             for o in owners {
                 match o {
-                    Alias::Group(g) => self.check_group(g)?,
+                    Alias::Group(g) => self.check_group(g).map_err(at)?,
                     Alias::Tag(t) if !self.has_tag(t) => {
-                        return err(format!("tag not found: {t:?}"));
+                        return Err(at(PolicyError::from(format!("tag not found: {t:?}"))));
                     }
                     _ => {}
                 }
@@ -335,7 +350,10 @@ impl Policy {
         if g.ip.is_empty() && !has_app {
             return err("ip and app can not both be empty");
         }
-        for name in g.app.iter().flat_map(|a| a.keys()) {
+        // Capability names in sorted order, as Tailscale checks them.
+        let mut names: Vec<&String> = g.app.iter().flat_map(|a| a.keys()).collect();
+        names.sort_unstable();
+        for name in names {
             check_cap_name(name)?;
         }
         if has_app
