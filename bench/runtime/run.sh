@@ -25,7 +25,8 @@
 # Env: SECONDS_PER_RUN (default 5), RUNTIME_MTU (default 1280), SKIP_ONETUN=1, ONETUN=/path,
 #      ONLY=abde (subset of paths; default all but r), DEBUG=1 (dump runtime metrics),
 #      RTTS="0 20 50", STREAMS="1 4", DIRS="up down", RPATHS=regex (of W, P-new, E-old, …),
-#      REPEAT=1, BEFORE=/path/to/old/tsk8s-runtime.
+#      REPEAT=1, BEFORE=/path/to/old/tsk8s-runtime, KEEP_LOGS=dir (copy each runtime's stderr
+#      there at the end; e.g. with TSK8S_LOG=tsk8s_runtime=debug for per-connection cwnd/SRTT).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,6 +43,10 @@ pids=()
 # record them in an array), and every process still inside one (the iperf3 -D daemons too)
 # is ended before the namespace is deleted: all of them were started by this script.
 cleanup() {
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS"
+    for l in "$work"/rt-*/log; do [ -f "$l" ] && cp "$l" "$KEEP_LOGS/$(basename "$(dirname "$l")").log"; done
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.2
   for n in $(ip netns list | awk '{print $1}' | grep -E "^tb${id}[a-z]"); do

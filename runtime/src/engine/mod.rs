@@ -71,6 +71,9 @@ pub struct Feed {
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Decrypted inner packets of one receive batch, by the sending peer's slot.
+type Inbox = Vec<(usize, Vec<u8>)>;
+
 /// Buffers larger than this are not returned to the gateway's pool.
 const FEED_POOL_BUF: usize = 2048;
 
@@ -111,7 +114,7 @@ pub struct Engine {
     tuning: Tuning,
     rx_buf: Vec<u8>,
     dec_buf: Vec<u8>,
-    inbox: Vec<(usize, Vec<u8>)>,
+    inbox: Inbox,
     out_scratch: Vec<u8>,
     /// Resolved proxy target (resolver thread; a literal at once).
     proxy_target: Option<IpAddr>,
@@ -397,37 +400,19 @@ impl Engine {
         }
     }
 
+    /// Our own socket: read until it is empty.
     fn read_wire(&mut self) {
         let mut rx = std::mem::take(&mut self.rx_buf);
-        let mut dec = std::mem::take(&mut self.dec_buf);
-        let mut inbox = std::mem::take(&mut self.inbox);
-        // Read until the socket is empty, in batches, so smoltcp sees many segments per poll.
-        loop {
-            let mut n_read = 0;
-            while n_read < RX_BATCH {
-                match self.net.socket.recv_from(&mut rx) {
-                    Ok((n, from)) => {
-                        n_read += 1;
-                        let from = canonical(from);
-                        if let Some(d) = rx.get(..n) {
-                            self.net.handle_datagram(from, d, &mut dec, &mut inbox);
-                        }
-                    }
-                    Err(_) => break,
+        self.read_batches(&mut |net, dec, inbox| match net.socket.recv_from(&mut rx) {
+            Ok((n, from)) => {
+                if let Some(d) = rx.get(..n) {
+                    net.handle_datagram(canonical(from), d, dec, inbox);
                 }
+                true
             }
-            for (slot, pkt) in inbox.drain(..) {
-                self.inbound(slot, pkt);
-            }
-            if n_read < RX_BATCH {
-                break;
-            }
-            self.poll_stack();
-            self.service_dirty();
-        }
+            Err(_) => false,
+        });
         self.rx_buf = rx;
-        self.dec_buf = dec;
-        self.inbox = inbox;
     }
 
     /// A gateway identity: take the datagrams the gateway dispatched to us.
@@ -435,20 +420,32 @@ impl Engine {
         let Some(feed) = self.feed.take() else {
             return;
         };
+        self.read_batches(&mut |net, dec, inbox| {
+            let Ok((from, data)) = feed.rx.try_recv() else {
+                return false;
+            };
+            feed.queued.fetch_sub(data.len(), Ordering::Relaxed);
+            net.handle_datagram(from, &data, dec, inbox);
+            if data.capacity() <= FEED_POOL_BUF {
+                let _ = feed.ret.try_send(data);
+            }
+            true
+        });
+        self.feed = Some(feed);
+    }
+
+    /// The one receive loop of both datagram sources (`read_wire`, `read_feed`): take
+    /// datagrams with `next` (which decrypts one into the inbox and returns false when the
+    /// source is empty) in batches of `RX_BATCH`, hand each batch's packets to the filter,
+    /// and after a full batch let smoltcp and the forwarders run before reading on, so
+    /// smoltcp sees many segments per poll and a flood cannot starve the rest of the loop.
+    fn read_batches(&mut self, next: &mut dyn FnMut(&mut Net, &mut [u8], &mut Inbox) -> bool) {
         let mut dec = std::mem::take(&mut self.dec_buf);
         let mut inbox = std::mem::take(&mut self.inbox);
         loop {
             let mut n_read = 0;
-            while n_read < RX_BATCH {
-                let Ok((from, data)) = feed.rx.try_recv() else {
-                    break;
-                };
+            while n_read < RX_BATCH && next(&mut self.net, &mut dec, &mut inbox) {
                 n_read += 1;
-                feed.queued.fetch_sub(data.len(), Ordering::Relaxed);
-                self.net.handle_datagram(from, &data, &mut dec, &mut inbox);
-                if data.capacity() <= FEED_POOL_BUF {
-                    let _ = feed.ret.try_send(data);
-                }
             }
             for (slot, pkt) in inbox.drain(..) {
                 self.inbound(slot, pkt);
@@ -461,7 +458,6 @@ impl Engine {
         }
         self.dec_buf = dec;
         self.inbox = inbox;
-        self.feed = Some(feed);
     }
 
     fn every_second(&mut self) {

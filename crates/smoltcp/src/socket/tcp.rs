@@ -3371,6 +3371,13 @@ impl<'a> Socket<'a> {
             return Ok(());
         }
 
+        // tsk8s patch: tell the controller what was sent again (its loss rate).
+        if !repr.payload.is_empty() && repr.seq_number < self.remote_last_seq {
+            self.congestion_controller
+                .inner_mut()
+                .on_retransmit(cx.now(), repr.payload.len());
+        }
+
         // We've sent a packet successfully, so we can update the internal state now.
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.

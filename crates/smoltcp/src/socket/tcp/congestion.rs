@@ -60,6 +60,10 @@ pub(super) trait Controller {
     ) {
     }
 
+    /// tsk8s patch: a segment of `len` octets was sent again (a hole, fast or partial-ACK
+    /// retransmission; not after a timeout's rewind, `on_rto` tells that).
+    fn on_retransmit(&mut self, now: Instant, len: usize) {}
+
     /// tsk8s patch: the pacing rate (octets per second) the controller asks for; `None`
     /// lets the socket derive one from the window and the smoothed RTT.
     fn pacing_rate(&self) -> Option<u64> {
