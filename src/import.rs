@@ -43,35 +43,30 @@ impl Default for ImportOptions {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a policy cannot be imported; `tsk8s import` words its message by the variant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {
     /// The input is not a valid policy file.
+    #[error("{0}")]
     Invalid(String),
     /// Parts the spec cannot express, each named by its JSON path (e.g. `acls[2].srcPosture`).
+    #[error("{}", unsupported(.0))]
     Unsupported(Vec<String>),
 }
 
-impl std::fmt::Display for ImportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImportError::Invalid(m) => write!(f, "{m}"),
-            ImportError::Unsupported(list) => {
-                writeln!(
-                    f,
-                    "the spec cannot express {} part(s) of this policy:",
-                    list.len()
-                )?;
-                // Bounded output whatever the policy holds.
-                for p in list.iter().take(50) {
-                    writeln!(f, "  {p}")?;
-                }
-                if list.len() > 50 {
-                    writeln!(f, "  … and {} more", list.len() - 50)?;
-                }
-                Ok(())
-            }
-        }
+/// The unsupported parts, one a line, bounded whatever the policy holds.
+fn unsupported(list: &[String]) -> String {
+    let mut s = format!(
+        "the spec cannot express {} part(s) of this policy:\n",
+        list.len()
+    );
+    for p in list.iter().take(50) {
+        s.push_str(&format!("  {p}\n"));
     }
+    if list.len() > 50 {
+        s.push_str(&format!("  … and {} more\n", list.len() - 50));
+    }
+    s
 }
 
 #[derive(Clone, Debug)]

@@ -36,8 +36,10 @@ pub enum Origin {
     Tailnet,
 }
 
-/// A generated policy Tailscale would refuse: its message (Tailscale's wording) and origin.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A generated policy Tailscale would refuse: its message (Tailscale's wording) and origin
+/// (`build` locates it by the origin).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
 pub struct Problem {
     pub origin: Origin,
     pub error: PolicyError,

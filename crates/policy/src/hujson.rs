@@ -5,32 +5,19 @@
 //! tailscale#2807). Nesting deeper than [`MAX_DEPTH`] is an error, never a stack overflow.
 //! Object key order is kept.
 
-use std::fmt;
-
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting of arrays/objects accepted.
 pub const MAX_DEPTH: usize = 256;
 
 /// A HuJSON syntax error with its 1-based position.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
 pub struct HujsonError {
     pub line: usize,
     pub column: usize,
     pub message: String,
 }
-
-impl fmt::Display for HujsonError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {}: {}",
-            self.line, self.column, self.message
-        )
-    }
-}
-
-impl std::error::Error for HujsonError {}
 
 /// Parse HuJSON text into a JSON value.
 pub fn parse(text: &str) -> Result<Value, HujsonError> {

@@ -149,16 +149,11 @@ fn want_bool(v: &Value, what: &str) -> Result<bool, PolicyError> {
 
 /// A port list that does not parse: the comma-separated part at fault and why. `Display` is
 /// Tailscale's `port range "<part>": <reason>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("port range {part:?}: {reason}")]
 pub struct PortsError {
     pub part: String,
     pub reason: &'static str,
-}
-
-impl std::fmt::Display for PortsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "port range {:?}: {}", self.part, self.reason)
-    }
 }
 
 /// Parse a port list: `*`, `22`, `80,443`, `1000-2000`. The one owner of Tailscale's port

@@ -18,8 +18,6 @@
 //! Malformed `tests` entries do not make the policy invalid: Tailscale answers them with
 //! `test(s) failed`, so they are kept (with [`AclTest::problem`]) and reported by the test run.
 
-use std::fmt;
-
 mod decode;
 #[path = "duration.rs"]
 pub mod go_duration;
@@ -30,24 +28,15 @@ pub use decode::*;
 pub use model::*;
 pub use validate::*;
 
-/// Why a policy is invalid. `Display` is the message alone (Tailscale's wording).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a policy is invalid. `Display` is the message (Tailscale's wording), after the
+/// position of a HuJSON syntax error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", position.map(|(l, c)| format!("line {l}, column {c}: ")).unwrap_or_default())]
 pub struct PolicyError {
     pub message: String,
     /// 1-based line and column, for HuJSON syntax errors.
     pub position: Option<(usize, usize)>,
 }
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some((l, c)) => write!(f, "line {l}, column {c}: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for PolicyError {}
 
 impl From<String> for PolicyError {
     fn from(message: String) -> PolicyError {
@@ -73,8 +62,9 @@ pub enum Entry {
     IpSets,
 }
 
-/// A policy that validation refuses: the problem and the entry it is in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A policy that validation refuses: the problem and the entry it is in (callers locate it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
 pub struct Invalid {
     pub error: PolicyError,
     pub entry: Entry,
