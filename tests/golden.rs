@@ -89,12 +89,9 @@ fn example_builds_and_is_deterministic() {
     }
 }
 
-/// Front end, then an in-memory lock (deterministic keys), then build: the first failure.
-fn diagnose(file: &str, text: &str) -> String {
-    let front = match build::front(file, text) {
-        Ok(f) => f,
-        Err(f) => return f.text,
-    };
+/// Front end, then a lock for the spec made in memory (deterministic keys).
+fn lock_for(file: &str, text: &str) -> Result<String, build::Failure> {
+    let front = build::front(file, text)?;
     let upd = lockfile::update(
         &front.tailnet,
         &lockfile::Lock::default(),
@@ -102,7 +99,15 @@ fn diagnose(file: &str, text: &str) -> String {
         &mut test_keygen(),
     )
     .unwrap();
-    let lock = lockfile::render(&upd.lock);
+    Ok(lockfile::render(&upd.lock))
+}
+
+/// Front end, then an in-memory lock, then build: the first failure.
+fn diagnose(file: &str, text: &str) -> String {
+    let lock = match lock_for(file, text) {
+        Ok(l) => l,
+        Err(f) => return f.text,
+    };
     match build::build(&Input {
         spec_file: file,
         spec: text,
@@ -306,15 +311,7 @@ fn generated_policies_match_the_json_schema() {
 
 /// `build::load` with an in-memory lock (deterministic keys).
 fn load_with_lock(text: &str) -> Result<build::Loaded, build::Failure> {
-    let front = build::front("tailnet.kdl", text)?;
-    let upd = lockfile::update(
-        &front.tailnet,
-        &lockfile::Lock::default(),
-        &LockOptions::default(),
-        &mut test_keygen(),
-    )
-    .unwrap();
-    let lock = lockfile::render(&upd.lock);
+    let lock = lock_for("tailnet.kdl", text)?;
     build::load(&Input {
         spec_file: "tailnet.kdl",
         spec: text,

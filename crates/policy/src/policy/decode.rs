@@ -494,6 +494,14 @@ fn written(raw: &str) -> Option<String> {
     (!raw.is_empty()).then(|| raw.to_lowercase())
 }
 
+/// Each written value through `parse` (the first failure wins).
+fn each<T>(
+    list: &[String],
+    parse: impl Fn(&str) -> Result<T, PolicyError>,
+) -> Result<Vec<T>, PolicyError> {
+    list.iter().map(|s| parse(s)).collect()
+}
+
 impl Acl {
     /// An `accept` rule from its written values: sources, `alias:ports` destinations and the
     /// protocol (the spec's `acl` node and the file's entries decode alike).
@@ -501,14 +509,8 @@ impl Acl {
         let raw = proto.unwrap_or("");
         Ok(Acl {
             action: "accept".into(),
-            src: src
-                .iter()
-                .map(|s| parse_alias(s))
-                .collect::<Result<_, _>>()?,
-            dst: dst
-                .iter()
-                .map(|s| parse_alias_with_ports(s))
-                .collect::<Result<_, _>>()?,
+            src: each(src, parse_alias)?,
+            dst: each(dst, parse_alias_with_ports)?,
             proto: written(raw),
             protos: parse_protocol(raw).map_err(PolicyError::from)?,
             src_posture: Vec::new(),
@@ -526,20 +528,11 @@ impl Grant {
         app: Option<IndexMap<String, Vec<Value>>>,
     ) -> Result<Grant, PolicyError> {
         Ok(Grant {
-            src: src
-                .iter()
-                .map(|s| parse_alias(s))
-                .collect::<Result<_, _>>()?,
-            dst: dst
-                .iter()
-                .map(|s| parse_alias(s))
-                .collect::<Result<_, _>>()?,
-            ip: ip
-                .iter()
-                .map(|s| parse_ip_entry(s))
-                .collect::<Result<_, _>>()?,
+            src: each(src, parse_alias)?,
+            dst: each(dst, parse_alias)?,
+            ip: each(ip, parse_ip_entry)?,
             app,
-            via: via.iter().map(|s| via_tag(s)).collect::<Result<_, _>>()?,
+            via: each(via, via_tag)?,
             src_posture: Vec::new(),
         })
     }
