@@ -13,6 +13,7 @@
 
 use serde::Serialize;
 use serde_json::Number;
+use tsk8s_yaml::{indent, is_keyword, literal, literal_ok};
 
 /// Serialize `v` and write it as YAML, as it is serialized ([`Stream`]: no intermediate
 /// tree). An error when `v` cannot be represented: a map with a non-scalar key or a key
@@ -37,16 +38,6 @@ fn key_text<T: Serialize + ?Sized>(k: &T) -> Result<String, SerError> {
     }
 }
 
-fn indent(out: &mut String, n: usize) {
-    const SPACES: &str = "                                ";
-    let mut n = n;
-    while n > 0 {
-        let k = n.min(SPACES.len());
-        out.push_str(&SPACES[..k]);
-        n -= k;
-    }
-}
-
 fn key(out: &mut String, k: &str) {
     if plain_ok(k) {
         out.push_str(k);
@@ -65,51 +56,10 @@ fn string(out: &mut String, s: &str, ind: usize) {
     }
 }
 
-/// A literal block (`|`, `|-`, `|+`) holds the text exactly, if it is printable.
-fn literal_ok(s: &str) -> bool {
-    // Printable ASCII and newlines (generated JSON documents): one byte pass.
-    if s.bytes().all(|c| c == b'\n' || (0x20..0x7f).contains(&c)) {
-        return !s.trim().is_empty() && !s.contains(" \n") && !s.ends_with(' ');
-    }
-    !s.trim().is_empty()
-        && s.chars()
-            .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
-        && !s.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
-}
-
-fn literal(out: &mut String, s: &str, ind: usize) {
-    let chomp = if s.ends_with("\n\n") {
-        "+"
-    } else if s.ends_with('\n') {
-        ""
-    } else {
-        "-"
-    };
-    let first_space = s.starts_with(' ');
-    out.push('|');
-    if first_space {
-        out.push('2');
-    }
-    out.push_str(chomp);
-    let body = s.strip_suffix('\n').unwrap_or(s);
-    for line in body.split('\n') {
-        out.push('\n');
-        if !line.is_empty() {
-            indent(out, ind);
-            out.push_str(line);
-        }
-    }
-}
-
-const AMBIGUOUS: &[&str] = &[
-    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
-    "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~", "=",
-    "<<",
-];
-
-/// Could a YAML 1.1 or 1.2 reader take this string for a number, bool, null or timestamp?
+/// Could a YAML 1.1 or 1.2 reader take this string for a number, bool, null, timestamp, the
+/// value key (`=`) or the merge key (`<<`)?
 fn looks_typed(s: &str) -> bool {
-    if AMBIGUOUS.contains(&s) {
+    if is_keyword(s) || matches!(s, "=" | "<<") {
         return true;
     }
     let t = s.trim_start_matches(['+', '-']);
@@ -144,42 +94,17 @@ fn simple_word(s: &str) -> Option<bool> {
     if !first.is_ascii_alphabetic() || !b.iter().all(|&c| WORD[c as usize]) {
         return None;
     }
-    // Every ambiguous word is at most 8 bytes long and starts with one of these letters; the
-    // `match` compiles to a length switch.
+    // Every ambiguous word is at most 8 bytes long and starts with one of these letters (the
+    // keywords are `tsk8s_yaml::is_keyword`'s).
     let special = b.len() <= 8
         && matches!(
             first.to_ascii_lowercase(),
             b'y' | b'n' | b't' | b'f' | b'o' | b'i'
         )
-        && (matches!(
-            s,
-            "y" | "Y"
-                | "yes"
-                | "Yes"
-                | "YES"
-                | "n"
-                | "N"
-                | "no"
-                | "No"
-                | "NO"
-                | "true"
-                | "True"
-                | "TRUE"
-                | "false"
-                | "False"
-                | "FALSE"
-                | "on"
-                | "On"
-                | "ON"
-                | "off"
-                | "Off"
-                | "OFF"
-                | "null"
-                | "Null"
-                | "NULL"
-        ) || ["inf", "nan", "infinity"]
-            .iter()
-            .any(|w| s.eq_ignore_ascii_case(w)));
+        && (is_keyword(s)
+            || ["inf", "nan", "infinity"]
+                .iter()
+                .any(|w| s.eq_ignore_ascii_case(w)));
     Some(!special)
 }
 

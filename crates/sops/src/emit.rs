@@ -2,8 +2,15 @@
 //! (go-yaml v3, indent 4): block mappings, sequences indented under their
 //! key, `enc` armor as a literal block. Scalars that could read back as
 //! something other than the same string are double-quoted.
+//!
+//! Not the compiler's YAML emitter (`tsk8s::yaml`): that one writes kubectl's layout
+//! (indent 2, list items at their key's indentation, single quotes preferred), this one must
+//! equal what the sops CLI writes, byte for byte (go-yaml's indentation, its choice of plain
+//! or double-quoted scalars and its escapes). The rules both share — the YAML 1.1/1.2
+//! keywords, indentation, literal blocks — are `tsk8s-yaml`'s.
 
 use serde_yaml_ng::Value;
+use tsk8s_yaml::{indent as push_indent, is_keyword, literal};
 
 use crate::metadata::AgeKey;
 
@@ -50,11 +57,7 @@ fn plain_ok(s: &str) -> bool {
     }
     // Must not resolve to a non-string (numbers, bools, null, YAML 1.1
     // booleans, timestamps) in either parser.
-    let lower = s.to_ascii_lowercase();
-    if matches!(
-        lower.as_str(),
-        "y" | "yes" | "n" | "no" | "on" | "off" | "true" | "false" | "null" | "~"
-    ) {
+    if is_keyword(s) {
         return false;
     }
     if s.starts_with(|c: char| c.is_ascii_digit() || c == '.')
@@ -147,10 +150,6 @@ pub(crate) fn mapping(out: &mut String, m: &serde_yaml_ng::Mapping, indent: usiz
     }
 }
 
-fn push_indent(out: &mut String, n: usize) {
-    out.extend(std::iter::repeat_n(' ', n));
-}
-
 /// The `sops:` block in the key order `sops` 3.11 writes (struct field order
 /// of `stores.Metadata`, empty fields omitted).
 pub(crate) fn sops_block(
@@ -168,12 +167,9 @@ pub(crate) fn sops_block(
         out.push_str("        - recipient: ");
         out.push_str(&scalar(&k.recipient));
         out.push('\n');
-        out.push_str("          enc: |\n");
-        for line in k.enc.lines() {
-            out.push_str("            ");
-            out.push_str(line);
-            out.push('\n');
-        }
+        out.push_str("          enc: ");
+        literal(out, &k.enc, 12);
+        out.push('\n');
     }
     out.push_str("    lastmodified: ");
     out.push_str(&double_quoted(lastmodified));
