@@ -110,70 +110,28 @@ pub fn net_bounds(net: &IpNet) -> (IpAddr, IpAddr) {
     }
 }
 
-fn v4_prefixes(mut lo: u32, hi: u32, out: &mut Vec<IpNet>) {
-    loop {
-        // largest block starting at lo that fits within [lo, hi]
-        let mut len = 32u8;
-        while len > 0 {
-            let size_bits = 32 - (len - 1) as u32;
-            let mask = if size_bits >= 32 {
-                u32::MAX
-            } else {
-                (1u32 << size_bits) - 1
-            };
-            if lo & mask != 0 {
-                break;
-            }
-            let end = lo | mask;
-            if end > hi {
-                break;
-            }
-            len -= 1;
-        }
-        if let Ok(n) = Ipv4Net::new(Ipv4Addr::from(lo), len) {
-            out.push(IpNet::V4(n));
-        }
-        let size_bits = 32 - len as u32;
-        let end = if size_bits >= 32 {
-            u32::MAX
-        } else {
-            lo | ((1u32 << size_bits) - 1)
-        };
-        if end >= hi {
-            return;
-        }
-        lo = end + 1;
-    }
-}
-
-fn v6_prefixes(mut lo: u128, hi: u128, out: &mut Vec<IpNet>) {
-    loop {
-        let mut len = 128u8;
-        while len > 0 {
-            let size_bits = 128 - (len - 1) as u32;
-            let mask = if size_bits >= 128 {
-                u128::MAX
-            } else {
-                (1u128 << size_bits) - 1
-            };
-            if lo & mask != 0 {
-                break;
-            }
-            let end = lo | mask;
-            if end > hi {
-                break;
-            }
-            len -= 1;
-        }
-        if let Ok(n) = Ipv6Net::new(Ipv6Addr::from(lo), len) {
-            out.push(IpNet::V6(n));
-        }
-        let size_bits = 128 - len as u32;
-        let end = if size_bits >= 128 {
+/// The fewest prefixes covering `[lo, hi]` in a `bits`-bit address space, each given to
+/// `push` as (first address, prefix length): at every step the largest aligned block that
+/// starts at `lo` and stays within `hi`.
+fn range_prefixes(mut lo: u128, hi: u128, bits: u32, mut push: impl FnMut(u128, u8)) {
+    let ones = |n: u32| {
+        if n >= 128 {
             u128::MAX
         } else {
-            lo | ((1u128 << size_bits) - 1)
-        };
+            (1u128 << n) - 1
+        }
+    };
+    loop {
+        let mut len = bits as u8;
+        while len > 0 {
+            let mask = ones(bits - (len - 1) as u32);
+            if lo & mask != 0 || (lo | mask) > hi {
+                break;
+            }
+            len -= 1;
+        }
+        push(lo, len);
+        let end = lo | ones(bits - len as u32);
         if end >= hi {
             return;
         }
@@ -376,10 +334,17 @@ impl IpSet {
     pub fn prefixes(&self) -> Vec<IpNet> {
         let mut out = Vec::new();
         for &(lo, hi) in &self.v4 {
-            v4_prefixes(lo, hi, &mut out);
+            range_prefixes(lo.into(), hi.into(), 32, |a, len| {
+                let a = Ipv4Addr::from(u32::try_from(a).expect("an IPv4 range stays in 32 bits"));
+                out.push(IpNet::V4(Ipv4Net::new(a, len).expect("len <= 32")));
+            });
         }
         for &(lo, hi) in &self.v6 {
-            v6_prefixes(lo, hi, &mut out);
+            range_prefixes(lo, hi, 128, |a, len| {
+                out.push(IpNet::V6(
+                    Ipv6Net::new(Ipv6Addr::from(a), len).expect("len <= 128"),
+                ));
+            });
         }
         out
     }

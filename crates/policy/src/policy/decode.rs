@@ -23,17 +23,8 @@ pub fn parse_alias(s: &str) -> Result<Alias, PolicyError> {
     if s == "*" {
         return Ok(Alias::Wildcard);
     }
-    if s.contains('@') {
-        return Ok(Alias::User(s.to_string()));
-    }
-    if s.starts_with("group:") {
-        return Ok(Alias::Group(s.to_string()));
-    }
-    if s.starts_with("tag:") {
-        return Ok(Alias::Tag(s.to_string()));
-    }
-    if s.starts_with("autogroup:") {
-        return Ok(Alias::AutoGroup(s.to_string()));
+    if let Some(a) = principal(s) {
+        return Ok(a);
     }
     if s.starts_with("ipset:") {
         return Ok(Alias::IpSet(s.to_string()));
@@ -864,19 +855,23 @@ fn decode_hosts(v: &Value) -> Result<IndexMap<String, IpNet>, PolicyError> {
 /// position in the message ("owner", "auto approver").
 pub fn parse_principal(s: &str, what: &str) -> Result<Alias, PolicyError> {
     let s = s.trim();
-    if s.contains('@') {
-        return Ok(Alias::User(s.to_string()));
-    }
-    if s.starts_with("group:") {
-        return Ok(Alias::Group(s.to_string()));
-    }
-    if s.starts_with("tag:") {
-        return Ok(Alias::Tag(s.to_string()));
-    }
-    if s.starts_with("autogroup:") {
-        return Ok(Alias::AutoGroup(s.to_string()));
-    }
-    err(format!("invalid {what} format: {s:?}"))
+    principal(s).map_or_else(|| err(format!("invalid {what} format: {s:?}")), Ok)
+}
+
+/// A user (`…@…`), group, tag or autogroup, by its form.
+fn principal(s: &str) -> Option<Alias> {
+    let s = s.to_string();
+    Some(if s.contains('@') {
+        Alias::User(s)
+    } else if s.starts_with("group:") {
+        Alias::Group(s)
+    } else if s.starts_with("tag:") {
+        Alias::Tag(s)
+    } else if s.starts_with("autogroup:") {
+        Alias::AutoGroup(s)
+    } else {
+        return None;
+    })
 }
 
 fn decode_tag_owners(v: &Value) -> Result<IndexMap<String, Vec<Alias>>, PolicyError> {

@@ -138,6 +138,15 @@ impl Policy {
         }
     }
 
+    /// A group must be defined and a tag owned, wherever an alias names one.
+    fn check_group_or_tag(&self, a: &Alias) -> Result<(), PolicyError> {
+        match a {
+            Alias::Group(g) => self.check_group(g),
+            Alias::Tag(t) if !self.has_tag(t) => err(format!("tag not found: {t:?}")),
+            _ => Ok(()),
+        }
+    }
+
     fn check_src_alias(&self, a: &Alias) -> Result<(), PolicyError> {
         match a {
             Alias::Host(h) => self.check_host(h),
@@ -245,11 +254,7 @@ impl Policy {
                         ));
                     }
                 }
-                Alias::Group(g) => self.check_group(g)?,
-                Alias::Tag(t) if !self.has_tag(t) => {
-                    return err(format!("tag not found: {t:?}"));
-                }
-                _ => {}
+                other => self.check_group_or_tag(other)?,
             }
         }
         Ok(())
@@ -266,13 +271,7 @@ impl Policy {
                 entry: Entry::TagOwner(tag.clone()),
             };
             for o in owners {
-                match o {
-                    Alias::Group(g) => self.check_group(g).map_err(at)?,
-                    Alias::Tag(t) if !self.has_tag(t) => {
-                        return Err(at(PolicyError::from(format!("tag not found: {t:?}"))));
-                    }
-                    _ => {}
-                }
+                self.check_group_or_tag(o).map_err(at)?;
             }
         }
         Ok(())
@@ -287,13 +286,7 @@ impl Policy {
             .flat_map(|(_, a)| a.iter())
             .chain(self.auto_approvers.exit_node.iter())
         {
-            match approver {
-                Alias::Group(g) => self.check_group(g)?,
-                Alias::Tag(t) if !self.has_tag(t) => {
-                    return err(format!("tag not found: {t:?}"));
-                }
-                _ => {}
-            }
+            self.check_group_or_tag(approver)?;
         }
         Ok(())
     }
@@ -442,11 +435,7 @@ impl Policy {
                         ));
                     }
                 }
-                Alias::Group(g) => self.check_group(g)?,
-                Alias::Tag(t) if !self.has_tag(t) => {
-                    return err(format!("tag not found: {t:?}"));
-                }
-                _ => {}
+                other => self.check_group_or_tag(other)?,
             }
         }
         for d in &ssh.dst {
