@@ -1,6 +1,7 @@
 //! The one entry point of the compiler core (in the spirit of kustomize's `krusty`): spec text
-//! and lock text in, an output tree out. One data structure, [`Loaded`], is carried through
-//! the stages. No I/O: the CLI reads the inputs and writes the tree.
+//! and lock text in, output files out, a batch at a time, to a sink ([`emit::Sink`]). One data
+//! structure, [`Loaded`], is carried through the stages. No I/O: the CLI reads the inputs and
+//! gives the sink that writes the files.
 
 use std::collections::BTreeMap;
 
@@ -183,7 +184,7 @@ fn policy_problem(spans: &Spans, p: lower::policy::Problem) -> Diagnostic {
     .label(label)
 }
 
-/// `tsk8s build`: the whole output tree.
+/// `tsk8s build` into memory: the whole output tree (tests and the bench; the CLI streams).
 pub fn build(input: &Input) -> Result<Tree, Failure> {
     build_loaded(input, load(input)?)
 }
@@ -205,9 +206,13 @@ impl Checks {
     };
 }
 
-/// The outcome of [`compile`] for an input that is not bad.
+/// The outcome of [`compile`] for an input that is not bad (its files went to the sink).
 pub struct Compiled {
-    pub tree: Tree,
+    /// How many files went to the sink, the manifest included.
+    pub files: usize,
+    /// Kubernetes object files over [`emit::OBJECT_FILE_WARN`] (path, bytes), in path order:
+    /// `build` warns about each.
+    pub large_objects: Vec<(String, usize)>,
     /// The spec's tests (`None` when skipped).
     pub tests: Option<tsk8s_policy::acltest::TestReport>,
     /// One located diagnostic per failing test (rendered), if any failed: `build` refuses
@@ -221,8 +226,15 @@ pub struct Compiled {
 
 /// The one path every command takes from a loaded spec to its output: `check`, `build`,
 /// `diff` and `lock` (with the new lock) all call it, so they refuse the same inputs with
-/// the same diagnostics.
-pub fn compile(input: &Input, l: Loaded, checks: Checks) -> Result<Compiled, Failure> {
+/// the same diagnostics. The files go to `sink` as they are finished, a few clusters at a
+/// time, so memory grows with the largest clusters, not with the tailnet; on `Err` the sink
+/// has been given part of the output, which the caller drops.
+pub fn compile(
+    input: &Input,
+    l: Loaded,
+    checks: Checks,
+    sink: &mut dyn emit::Sink,
+) -> Result<Compiled, Failure> {
     // The network and who reaches whom are computed once, for the tests and the output.
     let netw = net::build_net(&l.tailnet, &l.lock);
     let reach = net::reach(&l.policy, &netw);
@@ -238,9 +250,20 @@ pub fn compile(input: &Input, l: Loaded, checks: Checks) -> Result<Compiled, Fai
         .map(|r| render_test_failures(input, &l, r));
     let mut warnings = String::new();
     let load_balancers = load_balancer_services(&l.tailnet);
-    let tree = build_checked(input, &l, &netw, &reach, any, checks.sources, &mut warnings)?;
+    let out = Out::new(sink, input.spec_file);
+    let emitted = build_checked(
+        input,
+        &l,
+        &netw,
+        &reach,
+        any,
+        checks.sources,
+        &mut warnings,
+        out,
+    )?;
     Ok(Compiled {
-        tree,
+        files: emitted.files,
+        large_objects: emitted.large_objects,
         tests: report,
         test_failures,
         warnings,
@@ -274,14 +297,108 @@ fn render_test_failures(
     d.render()
 }
 
-/// [`build`] from an already loaded input (every check but the tests).
+/// [`build`] from an already loaded input (every check but the tests), through [`compile`].
 pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
-    let netw = net::build_net(&l.tailnet, &l.lock);
-    let reach = net::reach(&l.policy, &netw);
-    let any = net::AnyTraffic::new(&reach);
-    build_checked(input, &l, &netw, &reach, any, true, &mut String::new())
+    let mut tree = Tree::new();
+    let checks = Checks {
+        tests: false,
+        sources: true,
+    };
+    compile(input, l, checks, &mut tree)?;
+    Ok(tree)
 }
 
+/// How many clusters (or devices) each thread lowers per batch: a batch's files are all a
+/// build holds at once (before the sink takes them), so peak memory is about
+/// `threads × BATCH_PER_THREAD` of the largest clusters.
+const BATCH_PER_THREAD: usize = 4;
+
+/// The files of one build on their way to the sink: finished ([`emit::finish_file`], done on
+/// the lowering threads), recorded for the manifest and the size checks as they pass. Once
+/// the build is known to fail (or the sink stopped), no more files go to the sink, but they
+/// are still lowered: every diagnostic comes out as if the whole tree had been built.
+struct Out<'s> {
+    sink: &'s mut dyn emit::Sink,
+    header: String,
+    /// (path, sha256) of every file, for the manifest.
+    entries: Vec<(String, String)>,
+    /// Object files over [`emit::OBJECT_FILE_LIMIT`]: an error.
+    over_limit: Vec<(String, usize)>,
+    /// Object files over [`emit::OBJECT_FILE_WARN`]: a warning.
+    over_warn: Vec<(String, usize)>,
+    closed: bool,
+}
+
+/// What [`build_checked`] emitted.
+struct Emitted {
+    files: usize,
+    large_objects: Vec<(String, usize)>,
+}
+
+impl<'s> Out<'s> {
+    fn new(sink: &'s mut dyn emit::Sink, spec_file: &str) -> Self {
+        Out {
+            sink,
+            header: emit::yaml_header(spec_file),
+            entries: Vec::new(),
+            over_limit: Vec::new(),
+            over_warn: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// A lowered tree's files, finished (pure; runs on the lowering threads).
+    fn finish(header: &str, tree: Tree) -> Vec<emit::File> {
+        tree.into_iter()
+            .map(|(p, b)| emit::finish_file(header, p, b))
+            .collect()
+    }
+
+    fn put(&mut self, files: Vec<emit::File>) {
+        for f in &files {
+            self.entries.push((f.path.clone(), f.sha256.clone()));
+            if emit::is_object_file(&f.path) {
+                if f.bytes.len() > emit::OBJECT_FILE_LIMIT {
+                    self.over_limit.push((f.path.clone(), f.bytes.len()));
+                    self.closed = true;
+                }
+                if f.bytes.len() > emit::OBJECT_FILE_WARN {
+                    self.over_warn.push((f.path.clone(), f.bytes.len()));
+                }
+            }
+        }
+        if !self.closed && self.sink.put(files).is_break() {
+            self.closed = true;
+        }
+    }
+
+    /// The build will fail: the sink gets nothing more.
+    fn fail(&mut self) {
+        self.closed = true;
+    }
+
+    /// The manifest, last.
+    fn close(mut self) -> Emitted {
+        debug_assert!(
+            {
+                let mut paths: Vec<&str> = self.entries.iter().map(|(p, _)| p.as_str()).collect();
+                paths.sort_unstable();
+                paths.windows(2).all(|w| w[0] != w[1])
+            },
+            "a path emitted twice"
+        );
+        let bytes = emit::manifest(&mut self.entries);
+        let manifest = emit::finish_file(&self.header, emit::MANIFEST.to_string(), bytes);
+        self.put(vec![manifest]);
+        self.over_warn.sort_unstable();
+        Emitted {
+            files: self.entries.len(),
+            large_objects: self.over_warn,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_checked(
     input: &Input,
     l: &Loaded,
@@ -290,53 +407,72 @@ fn build_checked(
     any: net::AnyTraffic,
     sources: bool,
     warnings: &mut String,
-) -> Result<Tree, Failure> {
+    mut out: Out,
+) -> Result<Emitted, Failure> {
     let t = &l.tailnet;
-    let mut tree = Tree::new();
-    emit::put(&mut tree, "policy.hujson".into(), l.policy_text.clone());
+    let mut top = Tree::new();
+    emit::put(&mut top, "policy.hujson".into(), l.policy_text.clone());
     // The topology the policy is compiled against, as `tsk8s policy filter --nodes` reads it.
     emit::put(
-        &mut tree,
+        &mut top,
         "topology.json".into(),
         topology_json(&netw.topology),
     );
+    out.put(Out::finish(&out.header, top));
 
-    lower_devices(input, l, netw, reach, &any, &mut tree, warnings)?;
+    lower_devices(input, l, netw, reach, &any, &mut out, warnings)?;
     drop(any);
 
-    // Clusters are independent: lower them on all cores, then merge in spec order (the tree
-    // is sorted by path and diagnostics by position, so the result does not depend on timing).
+    // Clusters are independent: lower a batch on all cores, hand its files to the sink in
+    // spec order, then the next batch (diagnostics are sorted by position and the manifest
+    // by path, so the result depends neither on timing nor on the batch size).
+    let batch = crate::par::threads() * BATCH_PER_THREAD;
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
-    for r in crate::par::map(&t.clusters, |c| lower_cluster(input, l, c, netw, reach)) {
-        match r {
-            Ok((files, diags)) => {
-                tree.extend(files);
-                secret_diags.items.extend(diags);
+    for part in t.clusters.chunks(batch) {
+        let header = out.header.as_str();
+        let lowered = crate::par::map(part, |c| {
+            lower_cluster(input, l, c, netw, reach)
+                .map(|(tree, diags)| (Out::finish(header, tree), diags))
+        });
+        for r in lowered {
+            match r {
+                Ok((files, diags)) => {
+                    if sources && !diags.is_empty() {
+                        out.fail();
+                    }
+                    out.put(files);
+                    secret_diags.items.extend(diags);
+                }
+                // Only Tailscale-image clusters fail here; `lock` assigns them nothing.
+                Err(_) if !sources => {}
+                Err(f) => return Err(f),
             }
-            // Only Tailscale-image clusters fail here; `lock` assigns them nothing.
-            Err(_) if !sources => {}
-            Err(f) => return Err(f),
         }
     }
     if !secret_diags.is_empty() && sources {
         secret_diags.sort();
         return Err(Failure::from_diags(&secret_diags));
     }
-    lower::gitops::write(&mut tree, t);
-    emit::finish(&mut tree, input.spec_file);
-    check_object_sizes(input, l, &tree)?;
-    Ok(tree)
+    let mut gitops = Tree::new();
+    lower::gitops::write(&mut gitops, t);
+    out.put(Out::finish(&out.header, gitops));
+    if !out.over_limit.is_empty() {
+        out.over_limit.sort_unstable();
+        return Err(check_object_sizes(input, l, &out.over_limit));
+    }
+    Ok(out.close())
 }
 
-/// Every device's wg-quick config and hosts snippet into `tree`. The same prefix routed to
-/// two peers of one device is an error; a nested one a warning (in `warnings`).
+/// Every device's wg-quick config and hosts snippet to `out`, a batch of devices at a time.
+/// The same prefix routed to two peers of one device is an error; a nested one a warning (in
+/// `warnings`).
 fn lower_devices(
     input: &Input,
     l: &Loaded,
     netw: &net::Net,
     reach: &net::Reach,
     any: &net::AnyTraffic,
-    tree: &mut Tree,
+    out: &mut Out,
     warnings: &mut String,
 ) -> Result<(), Failure> {
     let t = &l.tailnet;
@@ -353,46 +489,27 @@ fn lower_devices(
             .or_else(|| l.spans.exposures.get(&o.second.0).copied())
             .unwrap_or_else(|| (0..0).into())
     };
-    let device_files = crate::par::map(&t.devices, |d| {
-        lower::devices::device_files(t, d, &l.lock, netw, reach, any)
-    });
-    for (d, files) in t.devices.iter().zip(device_files) {
-        match files {
-            Ok(files) => {
-                emit::put(tree, format!("devices/{}.conf", d.name), files.conf);
-                emit::put(tree, format!("devices/{}.hosts", d.name), files.hosts);
-                for o in &files.nested {
-                    let (wide, narrow) = if o.first.1.contains(&o.second.1) {
-                        (&o.first, &o.second)
-                    } else {
-                        (&o.second, &o.first)
-                    };
-                    nested.push(
-                        Diagnostic::new(
-                            route_span(o),
-                            format!(
-                                "{} of {:?} lies within {} of {:?}, and device {:?} may reach both",
-                                narrow.1, narrow.0, wide.1, wide.0, o.device
-                            ),
-                        )
-                        .label("nested route")
-                        .help(format!(
-                            "WireGuard routes by longest prefix: from {:?}, {} goes to {:?} only",
-                            o.device, narrow.1, narrow.0
-                        )),
-                    );
-                }
-            }
-            Err(o) => {
-                diags.push(
-                    Diagnostic::new(route_span(&o), format!(
-                        "{} of {:?} is also a route of {:?}, and device {:?} may reach both",
-                        o.second.1, o.second.0, o.first.0, o.device
-                    ))
-                    .label("same route twice")
-                    .help("WireGuard gives one prefix to one peer of a device: advertise it from one node, or let no device reach both"),
-                );
-            }
+    let batch = crate::par::threads() * BATCH_PER_THREAD;
+    for part in t.devices.chunks(batch) {
+        let header = out.header.as_str();
+        let lowered = crate::par::map(part, |d| {
+            let files = lower::devices::device_files(t, d, &l.lock, netw, reach, any)?;
+            let done = vec![
+                emit::finish_file(
+                    header,
+                    format!("devices/{}.conf", d.name),
+                    files.conf.into_bytes(),
+                ),
+                emit::finish_file(
+                    header,
+                    format!("devices/{}.hosts", d.name),
+                    files.hosts.into_bytes(),
+                ),
+            ];
+            Ok((done, files.nested))
+        });
+        for r in lowered {
+            device_result(r, out, &mut diags, &mut nested, &route_span);
         }
     }
     if !diags.is_empty() {
@@ -406,50 +523,94 @@ fn lower_devices(
     Ok(())
 }
 
-/// A Kubernetes object file over 1 MiB would be refused by the API server: an error located
-/// at its exposure (a sidecar's Component) or cluster.
-fn check_object_sizes(input: &Input, l: &Loaded, tree: &Tree) -> Result<(), Failure> {
-    let over = emit::large_object_files(tree, emit::OBJECT_FILE_LIMIT);
-    if !over.is_empty() {
-        let mut diags = Diagnostics::new(input.spec_file, input.spec);
-        for (path, len) in over {
-            let mut parts = path.split('/');
-            let cluster = (parts.next() == Some("clusters"))
-                .then(|| parts.next())
-                .flatten();
-            let exposure = (parts.next() == Some("components"))
-                .then(|| parts.next())
-                .flatten();
-            let span = exposure
-                .and_then(|e| l.spans.exposures.get(e))
-                .or_else(|| cluster.and_then(|c| l.spans.clusters.get(c)))
-                .or(l.spans.tailnet.as_ref())
-                .copied()
-                .unwrap_or_else(|| (0..0).into());
+/// One device's lowered files (to `out`) or its overlapping routes (to `diags`, an error) and
+/// its nested routes (to `nested`, warnings).
+fn device_result(
+    r: Result<(Vec<emit::File>, Vec<lower::devices::Overlap>), lower::devices::Overlap>,
+    out: &mut Out,
+    diags: &mut Diagnostics,
+    nested: &mut Diagnostics,
+    route_span: &dyn Fn(&lower::devices::Overlap) -> miette::SourceSpan,
+) {
+    match r {
+        Ok((files, overlaps)) => {
+            out.put(files);
+            for o in &overlaps {
+                let (wide, narrow) = if o.first.1.contains(&o.second.1) {
+                    (&o.first, &o.second)
+                } else {
+                    (&o.second, &o.first)
+                };
+                nested.push(
+                    Diagnostic::new(
+                        route_span(o),
+                        format!(
+                            "{} of {:?} lies within {} of {:?}, and device {:?} may reach both",
+                            narrow.1, narrow.0, wide.1, wide.0, o.device
+                        ),
+                    )
+                    .label("nested route")
+                    .help(format!(
+                        "WireGuard routes by longest prefix: from {:?}, {} goes to {:?} only",
+                        o.device, narrow.1, narrow.0
+                    )),
+                );
+            }
+        }
+        Err(o) => {
+            out.fail();
             diags.push(
-                Diagnostic::new(
-                    span,
-                    format!(
-                        "{path} would be {len} bytes, over Kubernetes' limit of {} bytes (1 MiB) for one ConfigMap or Secret",
-                        emit::OBJECT_FILE_LIMIT
-                    ),
-                )
-                .label(if path.ends_with("/gateway.yaml") {
-                    "its gateway config is too large"
-                } else {
-                    "an object too large to apply"
-                })
-                .help(if path.ends_with("/gateway.yaml") {
-                    "the gateway's ConfigMap holds the config of every node it terminates: split the cluster, or publish=\"load-balancer\" (a ConfigMap per node)"
-                } else {
-                    "meshes are sharded over ConfigMaps of about 192 KiB each; this file is another object: narrow what it lists, or split the cluster"
-                }),
+                Diagnostic::new(route_span(&o), format!(
+                    "{} of {:?} is also a route of {:?}, and device {:?} may reach both",
+                    o.second.1, o.second.0, o.first.0, o.device
+                ))
+                .label("same route twice")
+                .help("WireGuard gives one prefix to one peer of a device: advertise it from one node, or let no device reach both"),
             );
         }
-        diags.sort();
-        return Err(Failure::from_diags(&diags));
     }
-    Ok(())
+}
+
+/// Kubernetes object files over 1 MiB (`over`: path, bytes), which the API server would
+/// refuse: an error, each located at its exposure (a sidecar's Component) or cluster.
+fn check_object_sizes(input: &Input, l: &Loaded, over: &[(String, usize)]) -> Failure {
+    let mut diags = Diagnostics::new(input.spec_file, input.spec);
+    for (path, len) in over {
+        let mut parts = path.split('/');
+        let cluster = (parts.next() == Some("clusters"))
+            .then(|| parts.next())
+            .flatten();
+        let exposure = (parts.next() == Some("components"))
+            .then(|| parts.next())
+            .flatten();
+        let span = exposure
+            .and_then(|e| l.spans.exposures.get(e))
+            .or_else(|| cluster.and_then(|c| l.spans.clusters.get(c)))
+            .or(l.spans.tailnet.as_ref())
+            .copied()
+            .unwrap_or_else(|| (0..0).into());
+        diags.push(
+            Diagnostic::new(
+                span,
+                format!(
+                    "{path} would be {len} bytes, over Kubernetes' limit of {} bytes (1 MiB) for one ConfigMap or Secret",
+                    emit::OBJECT_FILE_LIMIT
+                ),
+            )
+            .label(if path.ends_with("/gateway.yaml") {
+                "its gateway config is too large"
+            } else {
+                "an object too large to apply"
+            })
+            .help(if path.ends_with("/gateway.yaml") {
+                "the gateway's ConfigMap holds the config of every node it terminates: split the cluster, or publish=\"load-balancer\" (a ConfigMap per node)"
+            } else {
+                "meshes are sharded over ConfigMaps of about 192 KiB each; this file is another object: narrow what it lists, or split the cluster"
+            }),
+        );
+    }
+    diags.sort();
+    Failure::from_diags(&diags)
 }
 
 /// `topology.json`: pretty JSON, nodes sorted, one trailing newline.

@@ -53,11 +53,17 @@ pub const OBJECT_FILE_LIMIT: usize = 1 << 20;
 /// apply), and such a file is close to [`OBJECT_FILE_LIMIT`].
 pub const OBJECT_FILE_WARN: usize = 200 << 10;
 
+/// Is the file at `path` a Kubernetes object file (a `.yaml`), which [`OBJECT_FILE_LIMIT`]
+/// and [`OBJECT_FILE_WARN`] apply to?
+pub fn is_object_file(path: &str) -> bool {
+    path.ends_with(".yaml")
+}
+
 /// Kubernetes object files (every `.yaml` in the tree) over `limit` bytes: (path, bytes), in
 /// path order.
 pub fn large_object_files(tree: &Tree, limit: usize) -> Vec<(&str, usize)> {
     tree.iter()
-        .filter(|(p, b)| p.ends_with(".yaml") && b.len() > limit)
+        .filter(|(p, b)| is_object_file(p) && b.len() > limit)
         .map(|(p, b)| (p.as_str(), b.len()))
         .collect()
 }
@@ -115,26 +121,92 @@ pub fn is_verbatim(path: &str) -> bool {
     path.ends_with(".sops.yaml") || path.ends_with(".sealedsecret.yaml")
 }
 
-/// Finish a tree: the header on every generated YAML file, then the manifest.
-pub fn finish(tree: &mut Tree, spec_file: &str) {
-    let header = yaml_header(spec_file);
-    for (p, bytes) in tree.iter_mut() {
-        if p.ends_with(".yaml") && !is_verbatim(p) {
-            bytes.splice(0..0, header.bytes());
+/// One finished output file: the header added ([`finish_file`]), with the sha256 the
+/// manifest records for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    /// Lowercase hex, as [`sha256_hex`] gives it.
+    pub sha256: String,
+}
+
+/// Where [`crate::build::compile`] hands the output, a batch of finished files at a time
+/// (a few clusters' or devices' files), so a build never holds more than a batch: the CLI's
+/// sinks write them to the output dir's temp dir or compare them with the dir; [`Tree`]
+/// keeps them in memory (`diff`, tests); [`Discard`] drops them (`check`, `lock`).
+///
+/// Each path is put once per run, the manifest ([`MANIFEST`]) last; the order of the other
+/// files is the compiler's (deterministic, but not sorted). A sink that fails keeps its error
+/// and answers `Break`: it is given no more files, and the compiler still runs to the end,
+/// so a bad spec is reported as it would be without the sink's error.
+pub trait Sink {
+    fn put(&mut self, files: Vec<File>) -> std::ops::ControlFlow<()>;
+}
+
+impl Sink for Tree {
+    fn put(&mut self, files: Vec<File>) -> std::ops::ControlFlow<()> {
+        for f in files {
+            self.insert(f.path, f.bytes);
         }
+        std::ops::ControlFlow::Continue(())
     }
+}
+
+/// A sink that keeps nothing: `check` and `lock` compile for the checks alone.
+pub struct Discard;
+
+impl Sink for Discard {
+    fn put(&mut self, _: Vec<File>) -> std::ops::ControlFlow<()> {
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// A generated file as written: the `header` ([`yaml_header`]) before every generated YAML
+/// file (not before one copied verbatim), and its sha256. Pure: clusters finish their files
+/// on their own threads.
+pub fn finish_file(header: &str, path: String, mut bytes: Vec<u8>) -> File {
+    if path.ends_with(".yaml") && !is_verbatim(&path) {
+        bytes.splice(0..0, header.bytes());
+    }
+    let sha256 = sha256_hex(&bytes);
+    File {
+        path,
+        bytes,
+        sha256,
+    }
+}
+
+/// The manifest of the files finished before it: `(path, sha256)` of every file (any order;
+/// sorted here), one `<sha256>  <path>` line each under a comment.
+pub fn manifest(entries: &mut [(String, String)]) -> Vec<u8> {
+    entries.sort_unstable();
     let mut s = String::from(
         "# Files written by tsk8s build and the sha256 of each. The directory is owned wholly by tsk8s.\n",
     );
-    for (p, bytes) in tree.iter() {
+    s.reserve(entries.iter().map(|(p, _)| p.len() + 67).sum());
+    for (p, h) in entries.iter() {
         if p != MANIFEST {
-            s.push_str(&sha256_hex(bytes));
+            s.push_str(h);
             s.push_str("  ");
             s.push_str(p);
             s.push('\n');
         }
     }
-    tree.insert(MANIFEST.to_string(), s.into_bytes());
+    s.into_bytes()
+}
+
+/// Finish a whole tree in place (what a build streams to its sink, held in memory): the
+/// header on every generated YAML file, then the manifest.
+pub fn finish(tree: &mut Tree, spec_file: &str) {
+    let header = yaml_header(spec_file);
+    let mut entries = Vec::with_capacity(tree.len());
+    for (p, bytes) in std::mem::take(tree) {
+        let f = finish_file(&header, p, bytes);
+        entries.push((f.path.clone(), f.sha256));
+        tree.insert(f.path, f.bytes);
+    }
+    tree.insert(MANIFEST.to_string(), manifest(&mut entries));
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! Data parallelism for the pure core: independent items (clusters, devices, nodes) on
 //! scoped threads, results in input order, so output never depends on scheduling.
 
-/// `f` over `items` on up to `available_parallelism` scoped threads, results in input order.
-pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
+/// How many threads [`map`] uses: `available_parallelism`, at most 8.
+pub fn threads() -> usize {
+    std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(8);
+        .min(8)
+}
+
+/// `f` over `items` on up to [`threads`] scoped threads, results in input order.
+pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = threads();
     if threads <= 1 || items.len() < 2 {
         return items.iter().map(&f).collect();
     }

@@ -50,8 +50,10 @@ fn compile(spec: &str, lock: &str) -> (Tree, Option<TestResults>) {
         sources: BTreeMap::new(),
     };
     let l = build::load(&input).unwrap_or_else(|f| panic!("{}", f.text));
-    let c = build::compile(&input, l, build::Checks::ALL).unwrap_or_else(|f| panic!("{}", f.text));
-    (c.tree, c.tests.as_ref().map(tsk8s::cli::diff_tests))
+    let mut tree = Tree::new();
+    let c = build::compile(&input, l, build::Checks::ALL, &mut tree)
+        .unwrap_or_else(|f| panic!("{}", f.text));
+    (tree, c.tests.as_ref().map(tsk8s::cli::diff_tests))
 }
 
 /// Base and edited spec through `lock` and `compile`, diffed with the access section.

@@ -310,10 +310,15 @@ fn report(f: &Failure) -> u8 {
 }
 
 impl Loaded {
-    /// The spec through [`build::compile`] (the one path of check, build, diff and lock).
-    fn compile(&mut self, checks: build::Checks) -> Result<build::Compiled, Failure> {
+    /// The spec through [`build::compile`] (the one path of check, build, diff and lock),
+    /// its files to `sink`.
+    fn compile(
+        &mut self,
+        checks: build::Checks,
+        sink: &mut dyn crate::emit::Sink,
+    ) -> Result<build::Compiled, Failure> {
         let loaded = self.loaded()?;
-        build::compile(&self.input(), loaded, checks)
+        build::compile(&self.input(), loaded, checks, sink)
     }
 }
 
@@ -406,7 +411,7 @@ fn check(spec: &Path) -> u8 {
         ),
         _ => (0, 0, 0),
     };
-    match l.compile(build::Checks::ALL) {
+    match l.compile(build::Checks::ALL, &mut crate::emit::Discard) {
         Ok(c) => {
             if let Some(code) = tests_gate(&c) {
                 return code;
@@ -430,59 +435,58 @@ struct BuildFlags {
     refuse_edited: bool,
 }
 
-/// `tsk8s build`: compile, then compare with (`--check`) or write the output dir.
+/// `tsk8s build`: compile, then compare with (`--check`) or write the output dir. The files
+/// go to the sink as they are compiled (a [`output::DirWriter`] writing the temp dir, or the
+/// hashes `--check` compares), so the tree is never held in memory whole.
 fn build(spec: &Path, out: &Path, flags: &BuildFlags) -> u8 {
     let mut l = match load(spec) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let (tree, load_balancers) = match l.compile(build::Checks {
+    let checks = build::Checks {
         tests: !flags.no_tests,
         sources: true,
-    }) {
-        Ok(c) => {
-            if let Some(code) = tests_gate(&c) {
-                eprintln!(
-                    "{}: wrote nothing (tests failed)",
-                    crate::diag::escape(&out.display().to_string())
-                );
-                return code;
-            }
-            (c.tree, c.load_balancers)
-        }
-        Err(f) => return report(&f),
     };
-    for (path, len) in crate::emit::large_object_files(&tree, crate::emit::OBJECT_FILE_WARN) {
-        eprintln!(
-            "warning: {path}: {len} bytes, over 200 KiB: close to Kubernetes' 1 MiB limit for one ConfigMap or Secret, and over what a client-side apply can keep in its last-applied annotation (256 KiB; Argo CD Applications from tsk8s use server-side apply)"
-        );
-    }
-    // One line on stdout: what the output costs in cloud load balancers.
-    println!("{load_balancers} LoadBalancer Service(s)");
-    if flags.check {
-        let current = match output::read_tree(out) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-        return check_tree(out, &current, &tree);
-    }
-    write_output(out, &tree, flags)
-}
-
-/// Write the built tree to `out` and say what changed.
-fn write_output(out: &Path, tree: &crate::emit::Tree, flags: &BuildFlags) -> u8 {
-    let r = output::write_tree(
+    let mut hashes = output::Hashes::default();
+    let mut writer = output::DirWriter::new(
         out,
-        tree,
         if flags.fsync {
             output::Durability::Flushed
         } else {
             output::Durability::Atomic
         },
         std::time::Duration::from_secs(flags.lock_timeout),
-        flags.refuse_edited,
     );
-    match r {
+    let sink: &mut dyn crate::emit::Sink = match flags.check {
+        true => &mut hashes,
+        false => &mut writer,
+    };
+    // On any failure the writer is dropped unfinished: its temp dir goes, nothing changes.
+    let c = match l.compile(checks, sink) {
+        Ok(c) => c,
+        Err(f) => return report(&f),
+    };
+    if let Some(code) = tests_gate(&c) {
+        eprintln!(
+            "{}: wrote nothing (tests failed)",
+            crate::diag::escape(&out.display().to_string())
+        );
+        return code;
+    }
+    for (path, len) in &c.large_objects {
+        eprintln!(
+            "warning: {path}: {len} bytes, over 200 KiB: close to Kubernetes' 1 MiB limit for one ConfigMap or Secret, and over what a client-side apply can keep in its last-applied annotation (256 KiB; Argo CD Applications from tsk8s use server-side apply)"
+        );
+    }
+    // One line on stdout: what the output costs in cloud load balancers.
+    println!("{} LoadBalancer Service(s)", c.load_balancers);
+    if flags.check {
+        return match output::stale(out, &hashes.0) {
+            Ok(s) => check_tree(out, &s),
+            Err(e) => fail(e),
+        };
+    }
+    match writer.finish(flags.refuse_edited) {
         Ok(w) if w.changed => {
             for f in &w.edited {
                 eprintln!(
@@ -490,11 +494,11 @@ fn write_output(out: &Path, tree: &crate::emit::Tree, flags: &BuildFlags) -> u8 
                     crate::diag::escape(&out.join(f).display().to_string())
                 );
             }
-            eprintln!("wrote {} file(s) to {}", tree.len(), out.display());
+            eprintln!("wrote {} file(s) to {}", c.files, out.display());
             0
         }
         Ok(_) => {
-            eprintln!("{} is up to date ({} file(s))", out.display(), tree.len());
+            eprintln!("{} is up to date ({} file(s))", out.display(), c.files);
             0
         }
         Err(e) => fail(e),
@@ -569,22 +573,9 @@ fn policy(command: PolicyCommand) -> u8 {
     u8::try_from(outcome.code).unwrap_or(2)
 }
 
-fn check_tree(out: &Path, current: &crate::emit::Tree, fresh: &crate::emit::Tree) -> u8 {
-    let mut added = Vec::new();
-    let mut changed = Vec::new();
-    let mut removed = Vec::new();
-    for (p, b) in fresh {
-        match current.get(p) {
-            None => added.push(p),
-            Some(old) if old != b => changed.push(p),
-            _ => {}
-        }
-    }
-    for p in current.keys() {
-        if !fresh.contains_key(p) {
-            removed.push(p);
-        }
-    }
+/// `build --check`'s verdict on the dir ([`output::stale`]): exit 0 up to date, 1 stale.
+fn check_tree(out: &Path, s: &output::Stale) -> u8 {
+    let (added, changed, removed) = (&s.added, &s.changed, &s.removed);
     if added.is_empty() && changed.is_empty() && removed.is_empty() {
         eprintln!("{} is up to date", out.display());
         return 0;
@@ -750,6 +741,7 @@ fn check_new_lock(l: &Loaded, stage: &Stage, text: &str) -> Result<(), u8> {
                     tests: false,
                     sources: false,
                 },
+                &mut crate::emit::Discard,
             )
         });
     match checked {
@@ -1074,7 +1066,8 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
     };
     // Failed tests are reported, not fatal: diff's exit code says whether the trees differ.
     // Their results also go into the access section.
-    let (fresh, tests) = match l.compile(build::Checks::ALL) {
+    let mut fresh = crate::emit::Tree::new();
+    let tests = match l.compile(build::Checks::ALL, &mut fresh) {
         Ok(c) => {
             if let (Some(_), Some(r)) = (tests_gate(&c), &c.tests) {
                 eprintln!(
@@ -1084,8 +1077,7 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
                     r.total
                 );
             }
-            let tests = c.tests.as_ref().map(diff_tests);
-            (c.tree, tests)
+            c.tests.as_ref().map(diff_tests)
         }
         Err(f) => return report(&f),
     };

@@ -13,7 +13,7 @@
 //! the dir was swapped while they read. No tree is read through a symbolic link, and an
 //! output dir that is a link is refused, never replaced.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -162,12 +162,18 @@ pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
 
 /// Refuse to replace a dir that holds files tsk8s did not write (or any symbolic link).
 pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
+    owned_files(dir).map(|_| ())
+}
+
+/// [`check_owned`], giving the dir's files and its manifest's text (`None`: no dir, or an
+/// empty one).
+fn owned_files(dir: &Path) -> Result<Option<(BTreeSet<String>, String)>, OutputError> {
     if !probe_dir(dir)? {
-        return Ok(());
+        return Ok(None);
     }
     let files = list_files(dir)?;
     if files.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let manifest_path = dir.join(MANIFEST);
     let manifest = read_file(&manifest_path)
@@ -197,7 +203,7 @@ pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
             list.join("\n")
         )));
     }
-    Ok(())
+    Ok(Some((files, manifest)))
 }
 
 /// `(parent, ".<name>.tsk8s-")`: where the siblings of `dir` (temp trees, the lock) live.
@@ -335,115 +341,226 @@ pub enum Durability {
     Flushed,
 }
 
-/// What [`write_tree`] did.
+/// What [`DirWriter::finish`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Written {
-    /// False when the dir already held exactly `tree` (nothing was written).
+    /// False when the dir already held exactly the build's files (nothing was changed).
     pub changed: bool,
     /// Files replaced or removed whose content no longer matched the sha256 the manifest
     /// recorded when tsk8s wrote them: edited by hand since the last build. In path order.
     pub edited: Vec<String>,
 }
 
-/// Files of `current` (the dir as read) that the new `tree` replaces or removes and whose
-/// bytes differ from what the dir's manifest recorded. A file the manifest records without
-/// a hash (written by an older tsk8s) cannot be judged and is not named.
-pub fn edited_files(current: &Tree, tree: &Tree) -> Vec<String> {
-    let Some(manifest) = current
-        .get(MANIFEST)
-        .and_then(|b| std::str::from_utf8(b).ok())
-    else {
-        return Vec::new();
-    };
-    let recorded = crate::emit::manifest_entries(manifest);
-    current
-        .iter()
-        .filter(|(p, bytes)| is_edited(&recorded, p, bytes, tree))
-        .map(|(p, _)| p.clone())
-        .collect()
-}
-
-/// Is the file `path` of the dir, holding `bytes`, replaced or removed by `tree` while its
-/// bytes are not what the manifest (`recorded`) says tsk8s wrote?
-fn is_edited(
-    recorded: &std::collections::BTreeMap<&str, Option<&str>>,
-    path: &str,
-    bytes: &[u8],
-    tree: &Tree,
-) -> bool {
+/// Is the dir's file `path`, holding `old`, one the build replaces (with other bytes) or
+/// removes, whose bytes are not what the dir's manifest (`recorded`) says tsk8s wrote? A
+/// file the manifest records without a hash (written by an older tsk8s) cannot be judged
+/// and is not.
+fn is_edited(recorded: &BTreeMap<String, Option<String>>, path: &str, old: &[u8]) -> bool {
     path != MANIFEST
-        && tree.get(path).map(Vec::as_slice) != Some(bytes)
         && recorded
             .get(path)
-            .copied()
-            .flatten()
-            .is_some_and(|h| !h.eq_ignore_ascii_case(&crate::emit::sha256_hex(bytes)))
+            .and_then(Option::as_deref)
+            .is_some_and(|h| !h.eq_ignore_ascii_case(&crate::emit::sha256_hex(old)))
 }
 
-/// The dir against the new tree, read one file at a time, so the old tree is never held in
-/// memory beside the new one: (does the dir hold exactly `tree`, [`edited_files`]).
-fn compare_dir(dir: &Path, tree: &Tree) -> Result<(bool, Vec<String>), OutputError> {
-    let files = list_files(dir)?;
-    let manifest = match files.contains(MANIFEST) {
-        true => Some(read_file(&dir.join(MANIFEST))?),
-        false => None,
-    };
-    let text = manifest
-        .as_deref()
-        .and_then(|b| std::str::from_utf8(b).ok());
-    let recorded = text.map(crate::emit::manifest_entries).unwrap_or_default();
-    let mut same = files.len() == tree.len();
-    let mut edited = Vec::new();
-    for rel in &files {
-        let read;
-        let bytes: &[u8] = match (rel.as_str(), &manifest) {
-            (MANIFEST, Some(m)) => m,
-            _ => {
-                read = read_file(&dir.join(rel))?;
-                &read
-            }
-        };
-        if tree.get(rel.as_str()).map(Vec::as_slice) != Some(bytes) {
-            same = false;
-            if text.is_some() && is_edited(&recorded, rel, bytes, tree) {
-                edited.push(rel.clone());
-            }
-        }
-    }
-    Ok((same, edited))
-}
-
-/// Write `tree` as the new content of `dir`, atomically, and say which replaced or removed
-/// files had been edited by hand ([`edited_files`]). With `refuse_edited`, such files make it
-/// an error (naming them) and nothing is written.
+/// The output dir's writer, the sink `build` compiles into: the files go to a sibling temp
+/// dir as the compiler hands them over (a batch at a time, written on all cores), each
+/// compared as it passes with the dir's file of the same path (read one at a time: the old
+/// tree is never held in memory); [`DirWriter::finish`] then swaps the temp dir in, or
+/// removes it when the dir already held exactly these files.
 ///
-/// Runs under the dir's exclusive lock (waiting up to `lock_wait` for another build to
-/// finish): leftovers of interrupted runs are removed first, on every run, then the
-/// ownership and up-to-date checks, then the swap. `dir` being a symbolic link is refused.
-pub fn write_tree(
-    dir: &Path,
-    tree: &Tree,
+/// The first batch starts the write, under the dir's exclusive lock (waiting up to
+/// `lock_wait` for another build to finish), held until the writer is done: leftovers of
+/// interrupted runs are removed, then the ownership check, then the temp dir is created.
+/// `dir` being a symbolic link is refused. A writer dropped unfinished (the build failed)
+/// removes its temp dir and the parent dirs it created: nothing is changed. An error is
+/// kept and returned by [`DirWriter::finish`]; the writer takes no more files after it.
+pub struct DirWriter {
+    dir: PathBuf,
     durability: Durability,
     lock_wait: std::time::Duration,
-    refuse_edited: bool,
-) -> Result<Written, OutputError> {
-    probe_dir(dir)?;
-    // The dir's parents are created as needed (the lock file lives in its parent).
-    let (parent, _) = sibling_prefix(dir)?;
-    fs::create_dir_all(&parent).map_err(|e| io(&parent, "cannot create", e))?;
-    let _lock = OutputLock::acquire(dir, lock_wait)?;
-    clean_leftovers(dir)?;
-    check_owned(dir)?;
-    let exists = probe_dir(dir)?;
-    let mut edited = Vec::new();
-    if exists {
-        let (same, changed) = compare_dir(dir, tree)?;
-        if same {
+    started: Option<Started>,
+    error: Option<OutputError>,
+    /// Parent dirs of `dir` this writer created (outermost first), removed if it fails.
+    created: Vec<PathBuf>,
+    /// The new tree is in place (or the dir was up to date): keep `created`.
+    done: bool,
+}
+
+/// A write under way: the lock held, the temp dir created.
+struct Started {
+    /// Released after the temp dir is removed (fields drop in order).
+    tmp: TempDir,
+    _lock: OutputLock,
+    /// Did the dir exist (it is exchanged with the temp dir, not renamed over)?
+    exists: bool,
+    /// The dir's files no file of the build has matched yet: removed by the build.
+    old: BTreeSet<String>,
+    /// The dir's manifest: path → recorded sha256 (`None`: no manifest to judge edits by).
+    recorded: Option<BTreeMap<String, Option<String>>>,
+    /// Dirs created in the temp dir.
+    dirs: BTreeSet<PathBuf>,
+    /// Every file so far is in the dir with the same bytes.
+    same: bool,
+    edited: Vec<String>,
+}
+
+/// A temp dir removed when dropped (after the swap it holds the old tree, or nothing).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+impl DirWriter {
+    /// A writer for `dir`; nothing is touched before the first file.
+    pub fn new(dir: &Path, durability: Durability, lock_wait: std::time::Duration) -> Self {
+        DirWriter {
+            dir: dir.to_path_buf(),
+            durability,
+            lock_wait,
+            started: None,
+            error: None,
+            created: Vec::new(),
+            done: false,
+        }
+    }
+
+    fn start(&mut self) -> Result<Started, OutputError> {
+        let dir = &self.dir;
+        probe_dir(dir)?;
+        // The dir's parents are created as needed (the lock file lives in its parent).
+        let (parent, _) = sibling_prefix(dir)?;
+        let mut missing = Vec::new();
+        let mut p = parent.as_path();
+        while !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err() {
+            missing.push(p.to_path_buf());
+            p = p.parent().unwrap_or(Path::new(""));
+        }
+        fs::create_dir_all(&parent).map_err(|e| io(&parent, "cannot create", e))?;
+        missing.reverse();
+        self.created = missing;
+        let lock = OutputLock::acquire(dir, self.lock_wait)?;
+        clean_leftovers(dir)?;
+        let owned = owned_files(dir)?;
+        let exists = probe_dir(dir)?;
+        let (old, recorded) = match owned {
+            Some((files, manifest)) => {
+                let recorded = crate::emit::manifest_entries(&manifest)
+                    .into_iter()
+                    .map(|(p, h)| (p.to_string(), h.map(str::to_string)))
+                    .collect();
+                (files, Some(recorded))
+            }
+            None => (BTreeSet::new(), None),
+        };
+        let tmp = temp_sibling(dir, "new")?;
+        fs::create_dir(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
+        Ok(Started {
+            tmp: TempDir(tmp),
+            _lock: lock,
+            exists,
+            old,
+            recorded,
+            dirs: BTreeSet::new(),
+            same: true,
+            edited: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, files: &[crate::emit::File]) -> Result<(), OutputError> {
+        if self.started.is_none() {
+            self.started = Some(self.start()?);
+        }
+        let Some(st) = self.started.as_mut() else {
+            return Ok(());
+        };
+        let tmp = st.tmp.0.clone();
+        // Directories first (parents before children), then the files on all cores:
+        // creating files is most of the cost of writing a large tree.
+        for f in files {
+            if let Some((parent, _)) = f.path.rsplit_once('/') {
+                let d = tmp.join(parent);
+                if !st.dirs.contains(&d) {
+                    fs::create_dir_all(&d).map_err(|e| io(&d, "cannot create", e))?;
+                    st.dirs.insert(d);
+                }
+            }
+        }
+        let jobs: Vec<(&crate::emit::File, bool)> =
+            files.iter().map(|f| (f, st.old.remove(&f.path))).collect();
+        let per_file_sync = self.durability == Durability::Flushed && !cfg!(target_os = "linux");
+        let (dir, recorded) = (&self.dir, &st.recorded);
+        // Per file: (the dir holds the same bytes, the dir's file was edited by hand).
+        let write_one = |(f, had): &(&crate::emit::File, bool)| {
+            let p = tmp.join(&f.path);
+            let mut w = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
+            w.write_all(&f.bytes)
+                .map_err(|e| io(&p, "cannot write", e))?;
+            if per_file_sync {
+                w.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
+            }
+            drop(w);
+            if !had {
+                return Ok((false, false));
+            }
+            let old = read_file(&dir.join(&f.path))?;
+            if old == f.bytes {
+                return Ok((true, false));
+            }
+            let edited = recorded
+                .as_ref()
+                .is_some_and(|r| is_edited(r, &f.path, &old));
+            Ok((false, edited))
+        };
+        // In the order given, so the error reported is the first of the batch.
+        let results = crate::par::map(&jobs, write_one);
+        for ((f, _), r) in jobs.iter().zip(results) {
+            let (same, edited) = r?;
+            st.same &= same;
+            if edited {
+                st.edited.push(f.path.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Swap the new tree in, atomically, and say which replaced or removed files had been
+    /// edited by hand. With `refuse_edited`, such files make it an error (naming them) and
+    /// nothing is changed. The first error met while writing is returned here.
+    pub fn finish(mut self, refuse_edited: bool) -> Result<Written, OutputError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.started.is_none() {
+            self.started = Some(self.start()?);
+        }
+        let Some(mut st) = self.started.take() else {
+            return Err(OutputError("internal: no write started".into()));
+        };
+        // The dir's files the build did not write are removed by it.
+        if !st.old.is_empty() {
+            st.same = false;
+        }
+        if let Some(recorded) = &st.recorded {
+            for rel in &st.old {
+                let old = read_file(&self.dir.join(rel))?;
+                if is_edited(recorded, rel, &old) {
+                    st.edited.push(rel.clone());
+                }
+            }
+        }
+        st.edited.sort();
+        let dir = self.dir.clone();
+        if st.exists && st.same {
+            self.done = true;
             return Ok(Written::default());
         }
-        edited = changed;
-        if refuse_edited && !edited.is_empty() {
-            let list: Vec<String> = edited
+        if refuse_edited && !st.edited.is_empty() {
+            let list: Vec<String> = st
+                .edited
                 .iter()
                 .map(|f| {
                     format!(
@@ -455,55 +572,121 @@ pub fn write_tree(
             return Err(OutputError(format!(
                 "{}: {} file(s) edited by hand since tsk8s wrote them would be replaced (--refuse-edited); wrote nothing:\n{}\nmove the change into the spec (or restore the files) and build again",
                 dir.display(),
-                edited.len(),
+                st.edited.len(),
                 list.join("\n")
             )));
         }
-    }
-    let tmp = temp_sibling(dir, "new")?;
-    fs::create_dir(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
-    // Directories first (sorted, so parents come before children), then the files, written
-    // on all cores: creating 18,000 files is most of the cost of writing a large tree.
-    let parents: BTreeSet<&str> = tree
-        .keys()
-        .filter_map(|rel| rel.rsplit_once('/').map(|(parent, _)| parent))
-        .collect();
-    let dirs: BTreeSet<PathBuf> = parents.into_iter().map(|p| tmp.join(p)).collect();
-    for d in &dirs {
-        fs::create_dir_all(d).map_err(|e| io(d, "cannot create", e))?;
-    }
-    let per_file_sync = durability == Durability::Flushed && !cfg!(target_os = "linux");
-    let files: Vec<(&String, &Vec<u8>)> = tree.iter().collect();
-    let write_one = |(rel, bytes): &(&String, &Vec<u8>)| -> Result<(), OutputError> {
-        let p = tmp.join(rel);
-        let mut f = fs::File::create(&p).map_err(|e| io(&p, "cannot create", e))?;
-        f.write_all(bytes).map_err(|e| io(&p, "cannot write", e))?;
-        if per_file_sync {
-            f.sync_all().map_err(|e| io(&p, "cannot sync", e))?;
+        let tmp = st.tmp.0.clone();
+        if self.durability == Durability::Flushed {
+            flush(&tmp, &st.dirs)?;
         }
-        Ok(())
-    };
-    // In path order, so the error reported is the first by path.
-    crate::par::map(&files, write_one)
-        .into_iter()
-        .collect::<Result<(), OutputError>>()?;
-    if durability == Durability::Flushed {
-        flush(&tmp, &dirs)?;
+        if st.exists {
+            // `tmp` then holds the old tree, removed when `st` is dropped.
+            exchange(&tmp, &dir)?;
+        } else {
+            fs::rename(&tmp, &dir).map_err(|e| io(&dir, "cannot rename into place", e))?;
+        }
+        self.done = true;
+        let edited = std::mem::take(&mut st.edited);
+        drop(st);
+        if self.durability == Durability::Flushed {
+            let (parent, _) = sibling_prefix(&dir)?;
+            fsync_dir(&parent);
+        }
+        Ok(Written {
+            changed: true,
+            edited,
+        })
     }
-    if exists {
-        exchange(&tmp, dir)?;
-        // `tmp` now holds the old tree.
-        let _ = fs::remove_dir_all(&tmp);
-    } else {
-        fs::rename(&tmp, dir).map_err(|e| io(dir, "cannot rename into place", e))?;
+}
+
+impl crate::emit::Sink for DirWriter {
+    fn put(&mut self, files: Vec<crate::emit::File>) -> std::ops::ControlFlow<()> {
+        if self.error.is_some() {
+            return std::ops::ControlFlow::Break(());
+        }
+        match self.write(&files) {
+            Ok(()) => std::ops::ControlFlow::Continue(()),
+            Err(e) => {
+                self.error = Some(e);
+                std::ops::ControlFlow::Break(())
+            }
+        }
     }
-    if durability == Durability::Flushed {
-        fsync_dir(&parent);
+}
+
+impl Drop for DirWriter {
+    fn drop(&mut self) {
+        // The temp dir removed, the lock released, then the parents this writer created.
+        drop(self.started.take());
+        if !self.done {
+            for d in self.created.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+        }
     }
-    Ok(Written {
-        changed: true,
-        edited,
-    })
+}
+
+/// The sink of `build --check`: the sha256 of every file of the build, by path (the bytes
+/// are not kept); [`stale`] compares them with the dir.
+#[derive(Debug, Default)]
+pub struct Hashes(pub BTreeMap<String, String>);
+
+impl crate::emit::Sink for Hashes {
+    fn put(&mut self, files: Vec<crate::emit::File>) -> std::ops::ControlFlow<()> {
+        for f in files {
+            self.0.insert(f.path, f.sha256);
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// How a dir differs from a build ([`stale`]): paths, each list in path order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stale {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Stale {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The dir (read one file at a time, never through a link; a missing dir is empty) against
+/// the build's files by their sha256 (`fresh`). Like [`read_tree`] it takes no lock and reads
+/// again when the dir is swapped while it reads.
+pub fn stale(dir: &Path, fresh: &BTreeMap<String, String>) -> Result<Stale, OutputError> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let mut st = Stale::default();
+        if !probe_dir(dir)? {
+            st.added = fresh.keys().cloned().collect();
+            return Ok(st);
+        }
+        let before = identity(dir);
+        let files = list_files(dir)?;
+        for (p, h) in fresh {
+            if !files.contains(p) {
+                st.added.push(p.clone());
+            } else if crate::emit::sha256_hex(&read_file(&dir.join(p))?) != *h {
+                st.changed.push(p.clone());
+            }
+        }
+        st.removed = files
+            .into_iter()
+            .filter(|p| !fresh.contains_key(p))
+            .collect();
+        if identity(dir) == before {
+            return Ok(st);
+        }
+    }
+    Err(OutputError(format!(
+        "{}: replaced {ATTEMPTS} times while being read (builds running into it); try again",
+        dir.display()
+    )))
 }
 
 /// Flush everything written under `tmp` (files and directory entries) to disk.
@@ -573,9 +756,42 @@ fn exchange(a: &Path, b: &Path) -> Result<(), OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emit::{Sink as _, Tree};
+
+    fn files(tree: &Tree) -> Vec<crate::emit::File> {
+        tree.iter()
+            .map(|(p, b)| crate::emit::File {
+                path: p.clone(),
+                bytes: b.clone(),
+                sha256: crate::emit::sha256_hex(b),
+            })
+            .collect()
+    }
+
+    /// Write `tree` to `dir` as the dir's content, file by file (no manifest added).
+    fn put_dir(dir: &Path, tree: &Tree) {
+        let _ = fs::remove_dir_all(dir);
+        for (p, b) in tree {
+            let f = dir.join(p);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(f, b).unwrap();
+        }
+    }
+
+    /// `tree` through a [`DirWriter`] into `dir`, in two batches.
+    fn write(dir: &Path, tree: &Tree, refuse_edited: bool) -> Result<Written, OutputError> {
+        let mut w = DirWriter::new(dir, Durability::Atomic, std::time::Duration::ZERO);
+        let mut all = files(tree);
+        let rest = all.split_off(all.len() / 2);
+        assert!(w.put(rest).is_continue());
+        assert!(w.put(all).is_continue());
+        w.finish(refuse_edited)
+    }
 
     #[test]
     fn edited_files_are_replaced_or_removed_files_off_their_recorded_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
         let mut old = Tree::new();
         for p in [
             "a.yaml",
@@ -584,25 +800,105 @@ mod tests {
             "gone-edited.yaml",
             "same.yaml",
         ] {
-            old.insert(p.into(), p.as_bytes().to_vec());
+            old.insert(format!("d/{p}"), p.as_bytes().to_vec());
         }
         crate::emit::finish(&mut old, "tailnet.kdl");
         let mut current = old.clone();
-        for p in ["a.yaml", "gone-edited.yaml", "same.yaml"] {
+        for p in ["d/a.yaml", "d/gone-edited.yaml", "d/same.yaml"] {
             current
                 .get_mut(p)
                 .unwrap()
                 .extend_from_slice(b"# hand edit\n");
         }
         let mut new = old.clone();
-        new.remove("gone.yaml");
-        new.remove("gone-edited.yaml");
-        new.get_mut("b.yaml").unwrap().push(b'!');
+        new.remove("d/gone.yaml");
+        new.remove("d/gone-edited.yaml");
+        new.get_mut("d/b.yaml").unwrap().push(b'!');
         // `same.yaml` was edited into exactly what the new build writes: not replaced.
-        new.insert("same.yaml".into(), current["same.yaml"].clone());
-        assert_eq!(edited_files(&current, &new), ["a.yaml", "gone-edited.yaml"]);
+        new.insert("d/same.yaml".into(), current["d/same.yaml"].clone());
+        put_dir(&out, &current);
+        let w = write(&out, &new, false).unwrap();
+        assert!(w.changed);
+        assert_eq!(w.edited, ["d/a.yaml", "d/gone-edited.yaml"]);
+        assert_eq!(read_tree(&out).unwrap(), new);
+        // Refused: nothing changes.
+        put_dir(&out, &current);
+        let e = write(&out, &new, true).unwrap_err();
+        assert!(e.0.contains("2 file(s) edited by hand"), "{e}");
+        assert_eq!(read_tree(&out).unwrap(), current);
         // A manifest from before hashes were recorded judges nothing.
-        current.insert(MANIFEST.into(), b"a.yaml\ngone-edited.yaml\n".to_vec());
-        assert!(edited_files(&current, &new).is_empty());
+        current.insert(
+            MANIFEST.into(),
+            b"d/a.yaml\nd/gone-edited.yaml\nd/gone.yaml\nd/b.yaml\nd/same.yaml\n".to_vec(),
+        );
+        put_dir(&out, &current);
+        assert!(write(&out, &new, true).unwrap().edited.is_empty());
+        // The same files again: up to date, nothing written.
+        assert_eq!(write(&out, &new, true).unwrap(), Written::default());
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out"], "no temp dir or lock left");
+    }
+
+    #[test]
+    fn a_writer_dropped_unfinished_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("new/parents/out");
+        let mut tree = Tree::new();
+        tree.insert("a/b.yaml".into(), b"x: 1\n".to_vec());
+        crate::emit::finish(&mut tree, "tailnet.kdl");
+        let mut w = DirWriter::new(&out, Durability::Atomic, std::time::Duration::ZERO);
+        assert!(w.put(files(&tree)).is_continue());
+        assert!(tmp.path().join("new/parents").is_dir());
+        drop(w);
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "parents created are removed"
+        );
+        // Into an existing dir: the old tree stays, no temp dir is left.
+        write(&out, &tree, false).unwrap();
+        let mut w = DirWriter::new(&out, Durability::Atomic, std::time::Duration::ZERO);
+        let mut other = files(&tree);
+        other[0].bytes.push(b'!');
+        assert!(w.put(other).is_continue());
+        drop(w);
+        assert_eq!(read_tree(&out).unwrap(), tree);
+        let names: Vec<_> = fs::read_dir(tmp.path().join("new/parents"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out"]);
+    }
+
+    #[test]
+    fn stale_compares_the_dir_with_the_builds_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let mut tree = Tree::new();
+        for p in ["a.yaml", "b.yaml", "c.yaml"] {
+            tree.insert(p.into(), p.as_bytes().to_vec());
+        }
+        let mut h = Hashes::default();
+        let _ = h.put(files(&tree));
+        let all: Vec<String> = tree.keys().cloned().collect();
+        assert_eq!(stale(&out, &h.0).unwrap().added, all);
+        put_dir(&out, &tree);
+        assert!(stale(&out, &h.0).unwrap().is_empty());
+        tree.remove("a.yaml");
+        tree.get_mut("b.yaml").unwrap().push(b'!');
+        tree.insert("d.yaml".into(), Vec::new());
+        put_dir(&out, &tree);
+        let s = stale(&out, &h.0).unwrap();
+        assert_eq!(
+            (s.added, s.changed, s.removed),
+            (
+                vec!["a.yaml".to_string()],
+                vec!["b.yaml".to_string()],
+                vec!["d.yaml".to_string()]
+            )
+        );
     }
 }
