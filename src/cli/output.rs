@@ -1,14 +1,15 @@
 //! Writing the output dir: owned wholly by tsk8s, swapped in atomically.
 //!
-//! The new tree is written to a sibling temp dir (same filesystem), then exchanged with the
-//! old dir in one `renameat2(RENAME_EXCHANGE)` on Linux, so a reader or a killed process sees
+//! The new tree is written to a sibling temp dir (same filesystem) as the compiler hands over
+//! its files ([`DirWriter`], a batch at a time), then exchanged with the old dir in one `renameat2(RENAME_EXCHANGE)` on Linux, so a reader or a killed process sees
 //! either the complete old tree or the complete new one. With [`Durability::Flushed`]
 //! (`build --fsync`) the new tree is also on disk before the swap, so a power loss keeps that
 //! promise too. The old tree (now at the temp path) is removed afterwards; leftovers of an
 //! interrupted run are removed on the next.
 //!
 //! Builds into one dir take turns: each holds an exclusive `flock` on `.<name>.tsk8s-lock`
-//! beside the dir for its whole write (the next waits, up to `build --lock-timeout`).
+//! beside the dir from its first file to its swap (the next waits, up to
+//! `build --lock-timeout`).
 //! Readers (`build --check`, `diff`) take no lock and write nothing; they read again when
 //! the dir was swapped while they read. No tree is read through a symbolic link, and an
 //! output dir that is a link is refused, never replaced.
@@ -329,7 +330,7 @@ fn fsync_dir(p: &Path) {
     }
 }
 
-/// How hard `write_tree` works to make the new tree survive a power loss.
+/// How hard [`DirWriter`] works to make the new tree survive a power loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Atomic against a killed process and concurrent readers (the swap is one `renameat2`),
