@@ -10,7 +10,7 @@
 //! keywords, indentation, literal blocks — are `tsk8s-yaml`'s.
 
 use serde_yaml_ng::Value;
-use tsk8s_yaml::{indent as push_indent, is_keyword, literal};
+use tsk8s_yaml::{Escapes, indent as push_indent, is_keyword, literal};
 
 use crate::metadata::AgeKey;
 
@@ -89,26 +89,7 @@ pub(crate) fn scalar_prefer_single(s: &str) -> String {
 }
 
 fn double_quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02X}", c as u32));
-            }
-            '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
-                out.push_str(&format!("\\u{:04X}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    tsk8s_yaml::double_quoted(s, Escapes::GoYaml)
 }
 
 /// Write a mapping whose values are strings or nested mappings (what a

@@ -97,6 +97,46 @@ pub fn literal(out: &mut String, s: &str, ind: usize) {
     }
 }
 
+/// How a double-quoted scalar writes the characters it must escape besides `"`, `\\`, newline,
+/// tab and carriage return (which every writer escapes as `\"`, `\\\\`, `\n`, `\t`, `\r`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escapes {
+    /// go-yaml v3's (the sops CLI's): `\xXX` for C0 controls and DEL, `\uXXXX` for NEL, the
+    /// line and paragraph separators and the BOM, upper-case hex.
+    GoYaml,
+    /// `\uxxxx` for every control character (C0, DEL, C1), NEL and the BOM, lower-case hex.
+    Unicode,
+}
+
+/// `s` as a double-quoted scalar that reads back as exactly `s`.
+pub fn double_quoted(s: &str, escapes: Escapes) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        // Writing to a String cannot fail.
+        let _ = match (c, escapes) {
+            ('"', _) => out.write_str("\\\""),
+            ('\\', _) => out.write_str("\\\\"),
+            ('\n', _) => out.write_str("\\n"),
+            ('\t', _) => out.write_str("\\t"),
+            ('\r', _) => out.write_str("\\r"),
+            (c, Escapes::GoYaml) if (c as u32) < 0x20 || c == '\u{7f}' => {
+                write!(out, "\\x{:02X}", c as u32)
+            }
+            ('\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}', Escapes::GoYaml) => {
+                write!(out, "\\u{:04X}", c as u32)
+            }
+            (c, Escapes::Unicode) if c.is_control() || c == '\u{feff}' || c == '\u{85}' => {
+                write!(out, "\\u{:04x}", c as u32)
+            }
+            (c, _) => out.write_char(c),
+        };
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +153,19 @@ mod tests {
         literal(&mut out, " a\n\n", 2);
         assert_eq!(out, "|2+\n   a\n");
         assert!(!literal_ok("a \nb") && !literal_ok("  ") && literal_ok("a\nb"));
+    }
+
+    #[test]
+    fn double_quoted_escapes_by_style() {
+        let s = "a\"b\\c\n\t\r\u{1}\u{7f}\u{85}\u{2028}\u{feff}\u{90}ü";
+        assert_eq!(
+            double_quoted(s, Escapes::GoYaml),
+            "\"a\\\"b\\\\c\\n\\t\\r\\x01\\x7F\\u0085\\u2028\\uFEFF\u{90}ü\""
+        );
+        assert_eq!(
+            double_quoted(s, Escapes::Unicode),
+            "\"a\\\"b\\\\c\\n\\t\\r\\u0001\\u007f\\u0085\u{2028}\\ufeff\\u0090ü\""
+        );
     }
 
     #[test]
