@@ -167,7 +167,7 @@ pub mod fuzz {
                 persistent_keepalive: None,
             }],
             filter: vec![FilterRule {
-                src_ips: vec!["*".into()],
+                src_ips: vec!["*".into()].into(),
                 dst_ports: vec![NetPortRange {
                     ip: "*".into(),
                     ports: PortRange::ANY,

@@ -111,7 +111,7 @@ fn node_config(n: &NodeDef, listen_port: u16) -> NodeConfig {
 /// only: his tunnel to api works but api:80 is denied in the data plane.
 fn mesh() -> MeshConfig {
     let rule = |src: &str, dsts: &[&str]| FilterRule {
-        src_ips: vec![src.into()],
+        src_ips: vec![src.into()].into(),
         dst_ports: dsts
             .iter()
             .map(|d| {
@@ -499,7 +499,7 @@ fn gateway_one_port_nodes_and_relayed_sidecar() {
     // are denied, alice's still work.
     let mut m = mesh();
     m.filter
-        .retain(|r| r.src_ips != vec!["100.100.0.3".to_string()]);
+        .retain(|r| *r.src_ips != ["100.100.0.3".to_string()]);
     let tmp = files.mesh.join("mesh-0.new");
     let shards = shard_mesh(&m, MESH_SHARD_BYTES);
     assert_eq!(shards.len(), 1);

@@ -193,7 +193,7 @@ pub fn device_files(
         let kind = exposure.map(|e| e.kind.keyword()).unwrap_or("node");
         // A node that may call this device, or one reached through SNAT (a NodePort or a
         // shared MetalLB address), needs the device to keep the way open.
-        let keepalive = reach.admits.get(me).is_some_and(|set| set.contains(&idx))
+        let keepalive = reach.admits.get(me).is_some_and(|set| set.contains(idx))
             || peer.persistent_keepalive.is_some();
         let s = peer_section(&host, kind, &cluster, &peer, &allowed, keepalive);
         sections.push((host, s));
@@ -281,7 +281,7 @@ pub fn device_peers(
         }
         let mut allowed = reachable_prefixes(any, idx, my_ips, &within);
         // A node that may open connections to this device needs its address routed back.
-        if reach.admits.get(me).is_some_and(|s| s.contains(&idx)) {
+        if reach.admits.get(me).is_some_and(|s| s.contains(idx)) {
             for a in &peer.allowed_ips {
                 if !allowed.contains(a) {
                     allowed.push(*a);

@@ -196,7 +196,7 @@ impl<'a> Access<'a> {
         for rule in filter.iter().filter(|r| r.cap_grant.is_empty()) {
             let mut srcs = BTreeSet::new();
             let mut set = IpSet::new();
-            for s in &rule.src_ips {
+            for s in rule.src_ips.iter() {
                 add_entry(&mut set, s);
             }
             self.nodes_in(&set, &mut srcs);

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::filter::{CapGrant, FilterRule, NetPortRange, PortRange};
+use crate::filter::{CapGrant, FilterRule, NetPortRange, PortRange, SrcIps};
 use crate::ipset::{IpSet, net_string, tailnet_space, the_internet};
 use crate::policy::{
     AUTOGROUP_DANGER_ALL, AUTOGROUP_INTERNET, AUTOGROUP_MEMBER, AUTOGROUP_SELF, AUTOGROUP_TAGGED,
@@ -232,14 +232,14 @@ struct Dst {
 
 #[derive(Clone, Debug)]
 struct Rule {
-    src: Vec<String>,
+    src: SrcIps,
     protos: Vec<u8>,
     dsts: Vec<Dst>,
 }
 
 #[derive(Clone, Debug)]
 struct CapRule {
-    src: Vec<String>,
+    src: SrcIps,
     /// Per cap grant: destination set and cap map.
     grants: Vec<(IpSet, BTreeMap<String, Vec<Value>>)>,
     /// A companion capability: granted on the node's own addresses only, never on its routes
@@ -260,7 +260,7 @@ struct ViaGrant {
     dsts: Vec<IpNet>,
     internet: bool,
     ip: Vec<ProtoPorts>,
-    src: Vec<String>,
+    src: SrcIps,
 }
 
 #[derive(Clone, Debug)]
@@ -513,7 +513,7 @@ impl<'a> Compiled<'a> {
         if src.is_empty() {
             return Vec::new();
         }
-        let src_s = src.to_strings();
+        let src_s: SrcIps = src.to_strings().into();
         let own = node.ips();
         let mut out = Vec::new();
         for ipp in &sg.ip {
@@ -686,7 +686,7 @@ fn compile_grant(r: &mut Resolver<'_>, g: &Grant, items: &mut Vec<Item>) {
     if src_set.is_empty() && !danger {
         return;
     }
-    let src = src_strings(&src_set, danger);
+    let src: SrcIps = src_strings(&src_set, danger).into();
     if !others.is_empty() {
         // network rules
         let resolved: Vec<(Option<IpSet>, &Alias)> = others
@@ -742,7 +742,7 @@ fn compile_via_grant(
         dsts,
         internet,
         ip: g.ip.clone(),
-        src: src_strings(src_set, danger),
+        src: src_strings(src_set, danger).into(),
     }));
 }
 
@@ -750,7 +750,7 @@ fn compile_via_grant(
 fn push_network_rule(
     ipp: &ProtoPorts,
     resolved: &[(Option<IpSet>, &Alias)],
-    src: &[String],
+    src: &SrcIps,
     items: &mut Vec<Item>,
 ) {
     let mut dsts = Vec::new();
@@ -785,7 +785,7 @@ fn push_network_rule(
     }
     if !dsts.is_empty() {
         items.push(Item::Rule(Rule {
-            src: src.to_vec(),
+            src: src.clone(),
             protos: ipp.protos.clone(),
             dsts,
         }));
@@ -804,7 +804,7 @@ fn compile_app_grant(
     r: &mut Resolver<'_>,
     app: &BTreeMap<String, Vec<Value>>,
     resolved: &[(Option<IpSet>, &Alias)],
-    (src, src_set): (&[String], &IpSet),
+    (src, src_set): (&SrcIps, &IpSet),
     items: &mut Vec<Item>,
 ) {
     let mut grants = Vec::new();
@@ -827,7 +827,7 @@ fn compile_app_grant(
         return;
     }
     items.push(Item::Cap(CapRule {
-        src: src.to_vec(),
+        src: src.clone(),
         grants,
         own_only: false,
     }));
@@ -839,7 +839,7 @@ fn compile_app_grant(
             let mut m = BTreeMap::new();
             m.insert(companion.to_string(), Vec::new());
             items.push(Item::Cap(CapRule {
-                src: dst_union.to_strings(),
+                src: dst_union.to_strings().into(),
                 grants: vec![(src_set.clone(), m)],
                 own_only: true,
             }));
@@ -851,7 +851,7 @@ fn compile_app_grant(
 /// duplicate destinations. Cap rules are kept as they are.
 pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
     let mut out: Vec<FilterRule> = Vec::with_capacity(rules.len());
-    let mut index: HashMap<(Vec<String>, Vec<u8>), usize> = HashMap::new();
+    let mut index: HashMap<(SrcIps, Vec<u8>), usize> = HashMap::new();
     let mut seen: Vec<BTreeSet<(String, PortRange)>> = Vec::new();
     for r in rules {
         if !r.cap_grant.is_empty() {

@@ -1,13 +1,19 @@
 //! Tailscale's packet filter shape (`tailcfg.FilterRule`), as the control plane sends it to nodes.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+/// A rule's source list. Shared, not copied: one compiled rule's sources appear in the filter of
+/// every node it reaches (on dense policies, thousands), so per-node filters hold a reference.
+pub type SrcIps = Arc<[String]>;
 
 /// One rule: packets from any of `SrcIPs` to any of `DstPorts`, with one of `IPProto`, are allowed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterRule {
     /// Source addresses: `*`, an IP, a CIDR, or a range `a-b`.
     #[serde(rename = "SrcIPs")]
-    pub src_ips: Vec<String>,
+    pub src_ips: SrcIps,
     #[serde(rename = "DstPorts", default, skip_serializing_if = "Vec::is_empty")]
     pub dst_ports: Vec<NetPortRange>,
     /// IP protocol numbers; empty means TCP, UDP, ICMPv4 and ICMPv6.

@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn basic_match() {
         let rules = vec![FilterRule {
-            src_ips: vec!["100.64.0.1".into(), "100.64.1.0-100.64.1.9".into()],
+            src_ips: vec!["100.64.0.1".into(), "100.64.1.0-100.64.1.9".into()].into(),
             dst_ports: vec![NetPortRange {
                 ip: "100.64.0.2/32".into(),
                 ports: PortRange {
@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn overlapping_destinations_and_wildcards() {
         let r = |src: &str, dst: &str, first: u16, last: u16, protos: Vec<u8>| FilterRule {
-            src_ips: vec![src.into()],
+            src_ips: vec![src.into()].into(),
             dst_ports: vec![NetPortRange {
                 ip: dst.into(),
                 ports: PortRange { first, last },

@@ -335,7 +335,7 @@ pub fn rule_lines(r: &FilterRule, cap: usize) -> Vec<String> {
         return vec![whole];
     }
     let empty = FilterRule {
-        src_ips: Vec::new(),
+        src_ips: Default::default(),
         dst_ports: Vec::new(),
         ip_proto: r.ip_proto.clone(),
         cap_grant: r.cap_grant.clone(),
@@ -375,7 +375,7 @@ pub fn rule_lines(r: &FilterRule, cap: usize) -> Vec<String> {
     for s in &src {
         for d in &dst {
             let part = FilterRule {
-                src_ips: r.src_ips.get(s.clone()).unwrap_or_default().to_vec(),
+                src_ips: r.src_ips.get(s.clone()).unwrap_or_default().into(),
                 dst_ports: r.dst_ports.get(d.clone()).unwrap_or_default().to_vec(),
                 ip_proto: r.ip_proto.clone(),
                 cap_grant: r.cap_grant.clone(),
@@ -709,9 +709,13 @@ mod shard_tests {
         assert_eq!(back.peers, m.peers);
         assert_eq!(back.dns, m.dns);
         // The long rule was split into rules with the same sources and destinations.
-        let mut src: Vec<String> = back.filter.iter().flat_map(|r| r.src_ips.clone()).collect();
+        let mut src: Vec<String> = back
+            .filter
+            .iter()
+            .flat_map(|r| r.src_ips.iter().cloned())
+            .collect();
         src.sort();
-        let mut want = m.filter[0].src_ips.clone();
+        let mut want = m.filter[0].src_ips.to_vec();
         want.sort();
         assert_eq!(src, want);
         assert!(

@@ -124,7 +124,7 @@ fn compare(ours: &[FilterRule], theirs: &[FilterRule]) -> Option<String> {
     let mut ports = BTreeSet::from([0u16, 1, 22, 80, 443, 65535]);
     let mut protos = BTreeSet::from([1u8, 6, 17, 58, 132, 47]);
     for r in ours.iter().chain(theirs) {
-        for s in &r.src_ips {
+        for s in r.src_ips.iter() {
             bounds(s, &mut srcs);
         }
         for d in &r.dst_ports {
