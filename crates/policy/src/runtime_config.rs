@@ -18,8 +18,15 @@
 //! {"mesh":"acme.example","shard":0,"shards":2}            first line of every shard
 //! {"peer":"grafana","key":"<base64>","ips":["100.64.0.1","fd7a:115c:a1e0::4000:1"],"endpoint":"wg.acme.example:41641","keepalive":25}
 //! {"rule":{"SrcIPs":["100.64.0.2"],"DstPorts":[{"IP":"100.64.0.1","Ports":{"First":80,"Last":80}}]}}
-//! {"dns":"grafana.acme.example","ipv4":"100.64.0.1","ipv6":"fd7a:115c:a1e0::4000:1"}
+//! {"dns":"loki.acme.example","ipv4":"100.64.0.7","ipv6":"fd7a:115c:a1e0::4000:7"}
 //! ```
+//!
+//! Every peer's name is answered by the node's DNS server: `<peer>.<domain>` with the first IPv4
+//! and the first IPv6 host address of its `ips` ([`peer_record`]; a node's own addresses come
+//! before its routes). So a `dns` line is written only for a name that is not a peer's (the
+//! cluster's own nodes) or whose record differs from the one its peer implies; on dense
+//! policies this halves a mesh's lines. A runtime older than this rule answers only the names
+//! of `dns` lines.
 //!
 //! One peer per line (a host address is written without `/32` or `/128`), so a pull request's
 //! diff shows one changed line per changed peer. A line goes to the shard that a stable hash of
@@ -436,7 +443,17 @@ pub fn shard_mesh(mesh: &MeshConfig, budget: usize) -> Vec<String> {
         }
     }
     for d in &mesh.dns {
-        lines.push((shard_hash(dns_key(&d.name, &mesh.domain)), dns_line(d)));
+        let label = dns_key(&d.name, &mesh.domain);
+        let derived = mesh
+            .peers
+            .binary_search_by(|p| p.name.as_str().cmp(label))
+            .ok()
+            .and_then(|i| mesh.peers.get(i))
+            .and_then(|p| peer_record(p, &mesh.domain));
+        // A peer's own record is implied by its line (see the module doc): not written.
+        if derived.as_ref() != Some(d) {
+            lines.push((shard_hash(label), dns_line(d)));
+        }
     }
     let cost = |l: &str| l.len() + LINE_OVERHEAD;
     let total: usize = lines.iter().map(|(_, l)| cost(l)).sum();
@@ -626,7 +643,48 @@ pub fn merge_shards(shards: Vec<(String, Shard)>) -> Result<MeshConfig, String> 
     }
     mesh.peers.sort_by(|a, b| a.name.cmp(&b.name));
     mesh.dns.sort_by(|a, b| a.name.cmp(&b.name));
+    // Every peer's name is answered (module doc); an explicit `dns` line for it wins.
+    let implied: Vec<DnsRecord> = mesh
+        .peers
+        .iter()
+        .filter_map(|p| peer_record(p, &mesh.domain))
+        .filter(|r| {
+            mesh.dns
+                .binary_search_by(|d| d.name.as_str().cmp(&r.name))
+                .is_err()
+        })
+        .collect();
+    if !implied.is_empty() {
+        mesh.dns.extend(implied);
+        mesh.dns.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     Ok(mesh)
+}
+
+/// The DNS record a peer's line implies: `<peer>.<domain>` with the first IPv4 and the first
+/// IPv6 host address of its `ips` (its own addresses come first; routes follow). None when it
+/// has neither.
+pub fn peer_record(p: &Peer, domain: &str) -> Option<DnsRecord> {
+    let host = |v4: bool| {
+        p.allowed_ips
+            .iter()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(|n| n.addr())
+            .find(|a| a.is_ipv4() == v4)
+    };
+    let ipv4 = match host(true) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let ipv6 = match host(false) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    };
+    (ipv4.is_some() || ipv6.is_some()).then(|| DnsRecord {
+        name: format!("{}.{domain}", p.name),
+        ipv4,
+        ipv6,
+    })
 }
 
 #[cfg(test)]
@@ -694,6 +752,38 @@ mod shard_tests {
             "{\"peer\":\"n0\",\"key\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\",\"ips\":[\"100.64.0.0\",\"10.1.0.0/24\"],\"endpoint\":\"n0.wg.acme.example:41641\",\"keepalive\":25}\n"
         ), "{}", s[0]);
         assert_eq!(read(&s), m);
+    }
+
+    #[test]
+    fn peer_records_are_implied_not_written() {
+        let mut m = mesh(3);
+        // The cluster's own node (not a peer) and a peer whose record is not the implied one.
+        m.dns.push(DnsRecord {
+            name: "own.acme.example".into(),
+            ipv4: Some(Ipv4Addr::new(100, 64, 9, 9)),
+            ipv6: None,
+        });
+        m.dns[1].ipv6 = Some("fd7a:115c:a1e0::1".parse().unwrap());
+        m.dns.sort_by(|a, b| a.name.cmp(&b.name));
+        let s = shard_mesh(&m, MESH_SHARD_BYTES);
+        let dns: Vec<&str> = s[0].lines().filter(|l| l.starts_with("{\"dns\"")).collect();
+        assert_eq!(
+            dns,
+            [
+                "{\"dns\":\"n1.acme.example\",\"ipv4\":\"100.64.0.1\",\"ipv6\":\"fd7a:115c:a1e0::1\"}",
+                "{\"dns\":\"own.acme.example\",\"ipv4\":\"100.64.9.9\"}",
+            ]
+        );
+        assert_eq!(read(&s), m);
+        // A peer with no address implies nothing.
+        let p = Peer {
+            name: "x".into(),
+            public_key: String::new(),
+            allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
+            endpoint: None,
+            persistent_keepalive: None,
+        };
+        assert_eq!(peer_record(&p, "acme.example"), None);
     }
 
     #[test]
