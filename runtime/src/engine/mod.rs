@@ -198,7 +198,7 @@ impl Engine {
         let start = Instant::now();
         let own4 = node.ipv4;
         let own6 = node.ipv6;
-        let iface = stack::interface(&mut net, start, own4, own6);
+        let iface = stack::interface(&mut net, start, own4, own6, tuning.skip_quiet);
         let mut e = Engine {
             poll,
             feed,

@@ -44,6 +44,9 @@ pub struct Tuning {
     pub tcp_tx_window: usize,
     /// Pace segments at a multiple of cwnd / SRTT (`TSK8S_TCP_PACING=0` turns it off).
     pub tcp_pacing: bool,
+    /// smoltcp skips connections with nothing to send until they are due
+    /// (`TSK8S_SKIP_QUIET_SOCKETS=0` turns it off, to measure what it saves).
+    pub skip_quiet: bool,
     pub udp_sock_buf: usize,
     pub congestion: tcp::CongestionControl,
     /// Bytes all per-connection buffers together may take (see `budget::Budget`).
@@ -64,6 +67,7 @@ impl Default for Tuning {
             tcp_buf_max: env("TSK8S_TCP_BUF_MAX", TCP_BUF_MAX).min(1 << 30),
             tcp_tx_window: env("TSK8S_TCP_TX_WINDOW", 64 * 1024).max(4096),
             tcp_pacing: std::env::var("TSK8S_TCP_PACING").as_deref() != Ok("0"),
+            skip_quiet: std::env::var("TSK8S_SKIP_QUIET_SOCKETS").as_deref() != Ok("0"),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
             // The container's memory limit comes from the Downward API (limits.memory, bytes);
             // half of it is for connection buffers, the rest for everything else.
@@ -177,6 +181,7 @@ pub(super) fn interface(
     start: Instant,
     own4: Ipv4Addr,
     own6: Ipv6Addr,
+    skip_quiet: bool,
 ) -> Interface {
     let mut iface = Interface::new(
         IfaceConfig::new(HardwareAddress::Ip),
@@ -190,6 +195,9 @@ pub(super) fn interface(
     let _ = iface.routes_mut().add_default_ipv4_route(own4);
     let _ = iface.routes_mut().add_default_ipv6_route(own6);
     iface.set_any_ip(true);
+    // Idle connections (a peer may hold hundreds open) cost nothing per poll: see the patch's
+    // `set_skip_quiet_sockets` (every access through `SocketSet::get_mut` re-arms a socket).
+    iface.set_skip_quiet_sockets(skip_quiet);
     iface
 }
 

@@ -36,6 +36,10 @@ pub(crate) struct Meta {
     pub(crate) handle: SocketHandle,
     /// See [NeighborState](struct.NeighborState.html).
     neighbor_state: NeighborState,
+    /// tsk8s patch: the socket's own `poll_at` when an egress pass found nothing for it to
+    /// send (`Interface::set_skip_quiet_sockets`); cleared whenever the socket may have
+    /// changed (a segment processed for it, mutable access through the `SocketSet`).
+    pub(crate) quiet: Option<PollAt>,
 }
 
 impl Meta {
@@ -96,6 +100,15 @@ impl Meta {
         }
     }
 
+    /// tsk8s patch: whether the cached poll time says there is nothing to send at `now`.
+    pub(crate) fn is_quiet(&self, timestamp: Instant) -> bool {
+        match self.quiet {
+            Some(PollAt::Ingress) => true,
+            Some(PollAt::Time(t)) => timestamp < t,
+            _ => false,
+        }
+    }
+
     pub(crate) fn neighbor_missing(&mut self, timestamp: Instant, neighbor: IpAddress) {
         net_trace!(
             "{}: neighbor {} missing, silencing until t+{}",
@@ -123,6 +136,7 @@ mod tests {
         Meta {
             handle: SocketHandle::default(),
             neighbor_state: NeighborState::Active,
+            quiet: None,
         }
     }
 

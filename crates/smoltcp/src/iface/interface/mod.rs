@@ -120,6 +120,8 @@ pub struct Interface {
     pub(crate) inner: InterfaceInner,
     fragments: FragmentsBuffer,
     fragmenter: Fragmenter,
+    /// tsk8s patch: `set_skip_quiet_sockets`.
+    skip_quiet: bool,
 }
 
 /// The device independent part of an Ethernet network interface.
@@ -273,6 +275,7 @@ impl Interface {
                 reassembly_timeout: Duration::from_secs(60),
             },
             fragmenter: Fragmenter::new(),
+            skip_quiet: false,
             inner: InterfaceInner {
                 now,
                 caps,
@@ -436,6 +439,20 @@ impl Interface {
     /// packets addressed to that prefix.
     pub fn set_any_ip(&mut self, any_ip: bool) {
         self.inner.any_ip = any_ip;
+    }
+
+    /// tsk8s patch: skip TCP sockets with nothing to send in the egress pass and in
+    /// `poll_at` (default off).
+    ///
+    /// When an egress pass finds nothing for a TCP socket to send, the socket's own poll
+    /// time is remembered; until it is due, the socket gets a segment, or it is accessed
+    /// mutably through the `SocketSet` (`get_mut`, `iter_mut`), egress passes skip it and
+    /// `poll_at` uses the remembered time. Without this every pass (`poll` repeats them until
+    /// no socket sends) and every `poll_at` asks every socket: with hundreds of idle
+    /// connections, a busy one paid for all of them on every segment. Caveat: a change of
+    /// the interface's addresses reaches a remembered socket only when it is next polled.
+    pub fn set_skip_quiet_sockets(&mut self, skip: bool) {
+        self.skip_quiet = skip;
     }
 
     /// Get whether AnyIP is enabled.
@@ -607,7 +624,10 @@ impl Interface {
         let mut res = sockets
             .items()
             .filter_map(|item| {
-                let socket_poll_at = item.socket.poll_at(&mut self.inner);
+                let socket_poll_at = match item.meta.quiet {
+                    Some(at) if self.skip_quiet => at,
+                    _ => item.socket.poll_at(&mut self.inner),
+                };
                 match item.meta.poll_at(
                     socket_poll_at,
                     |ip_addr| self.inner.has_neighbor(&ip_addr),
@@ -727,6 +747,10 @@ impl Interface {
 
         let mut result = PollResult::None;
         for item in sockets.items_mut() {
+            if self.skip_quiet && item.meta.is_quiet(self.inner.now) {
+                continue;
+            }
+            let mut quiet = None;
             if !item
                 .meta
                 .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
@@ -793,14 +817,24 @@ impl Interface {
                 #[cfg(feature = "socket-tcp")]
                 Socket::Tcp(socket) => {
                     let mut r = Ok(());
+                    let mut any = false;
                     for _ in 0..TCP_EGRESS_BURST {
                         let mut sent = false;
                         r = socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
                             sent = true;
                             respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
                         });
+                        any |= sent;
                         if r.is_err() || !sent {
                             break;
+                        }
+                    }
+                    // tsk8s patch: nothing to send: remember until when (see
+                    // `set_skip_quiet_sockets`).
+                    if self.skip_quiet && !any && r.is_ok() {
+                        match socket.poll_at(&mut self.inner) {
+                            PollAt::Now => {}
+                            at => quiet = Some(at),
                         }
                     }
                     r
@@ -837,7 +871,11 @@ impl Interface {
                         neighbor_addr.expect("non-IP response packet"),
                     );
                 }
-                Ok(()) => {}
+                Ok(()) => {
+                    if self.skip_quiet {
+                        item.meta.quiet = quiet;
+                    }
+                }
             }
         }
         result

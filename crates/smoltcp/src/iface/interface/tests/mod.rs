@@ -299,3 +299,189 @@ pub fn tcp_listen_drops_unspecified_src() {
     assert_eq!(reply, None);
     assert!(sockets.get_mut::<tcp::Socket>(handle).is_listening());
 }
+
+/// tsk8s patch: `set_skip_quiet_sockets`: sockets with nothing to send are remembered and
+/// skipped, and whatever may give them something to send (a segment, `get_mut`) brings them
+/// back; `poll_at` is the same as without it.
+#[test]
+#[cfg(all(
+    feature = "socket-tcp",
+    feature = "medium-ip",
+    feature = "proto-ipv4",
+    feature = "alloc"
+))]
+fn test_skip_quiet_sockets() {
+    use crate::iface::SocketSet;
+    use crate::socket::tcp;
+    use crate::time::Duration;
+
+    let mut device = Loopback::new(Medium::Ip);
+    let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::ZERO);
+    iface.update_ip_addrs(|a| {
+        a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8)).unwrap();
+    });
+    iface.set_skip_quiet_sockets(true);
+    let mut sockets = SocketSet::new(vec![]);
+    let mk = || {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4096]),
+            tcp::SocketBuffer::new(vec![0; 4096]),
+        )
+    };
+    let server = sockets.add(mk());
+    let client = sockets.add(mk());
+    let idle: Vec<_> = (0..8).map(|_| sockets.add(mk())).collect();
+    let quiet = |sockets: &SocketSet, h| {
+        sockets
+            .items()
+            .find(|i| i.meta.handle == h)
+            .and_then(|i| i.meta.quiet)
+    };
+    sockets.get_mut::<tcp::Socket>(server).listen(1234).unwrap();
+    sockets
+        .get_mut::<tcp::Socket>(client)
+        .connect(iface.context(), (IpAddress::v4(127, 0, 0, 1), 1234), 65000)
+        .unwrap();
+    let mut now = Instant::ZERO;
+    let mut run = |iface: &mut Interface, sockets: &mut SocketSet, now: &mut Instant| {
+        for _ in 0..20 {
+            iface.poll(*now, &mut device, sockets);
+            *now += Duration::from_millis(1);
+        }
+    };
+    run(&mut iface, &mut sockets, &mut now);
+    assert_eq!(
+        sockets.get::<tcp::Socket>(client).state(),
+        tcp::State::Established
+    );
+    for &h in &idle {
+        assert_eq!(quiet(&sockets, h), Some(PollAt::Ingress));
+    }
+    // The established pair went quiet too (a keep-alive-less idle connection).
+    assert!(quiet(&sockets, client).is_some());
+
+    // Data queued through `get_mut` leaves; the server's answer comes back.
+    sockets
+        .get_mut::<tcp::Socket>(client)
+        .send_slice(b"hello")
+        .unwrap();
+    assert_eq!(quiet(&sockets, client), None);
+    run(&mut iface, &mut sockets, &mut now);
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        sockets.get_mut::<tcp::Socket>(server).recv_slice(&mut buf),
+        Ok(5)
+    );
+    sockets
+        .get_mut::<tcp::Socket>(server)
+        .send_slice(b"world")
+        .unwrap();
+    run(&mut iface, &mut sockets, &mut now);
+    assert_eq!(
+        sockets.get_mut::<tcp::Socket>(client).recv_slice(&mut buf),
+        Ok(5)
+    );
+    assert_eq!(&buf[..5], b"world");
+
+    // A timer (the client's close, then TIME-WAIT) still fires, and `poll_at` agrees with
+    // a fresh computation.
+    sockets.get_mut::<tcp::Socket>(client).close();
+    sockets.get_mut::<tcp::Socket>(server).close();
+    run(&mut iface, &mut sockets, &mut now);
+    let cached = iface.poll_at(now, &sockets);
+    iface.set_skip_quiet_sockets(false);
+    assert_eq!(cached, iface.poll_at(now, &sockets));
+    iface.set_skip_quiet_sockets(true);
+    assert_eq!(
+        sockets.get::<tcp::Socket>(client).state(),
+        tcp::State::TimeWait
+    );
+    now += Duration::from_secs(20);
+    run(&mut iface, &mut sockets, &mut now);
+    assert_eq!(
+        sockets.get::<tcp::Socket>(client).state(),
+        tcp::State::Closed
+    );
+}
+
+/// tsk8s patch: what idle connections cost a busy one, with and without
+/// `set_skip_quiet_sockets` (a measurement, not a check: `cargo test --release --lib
+/// bench_idle_sockets -- --ignored --nocapture`).
+#[test]
+#[ignore]
+#[cfg(all(
+    feature = "socket-tcp",
+    feature = "medium-ip",
+    feature = "proto-ipv4",
+    feature = "alloc"
+))]
+fn bench_idle_sockets() {
+    use crate::iface::SocketSet;
+    use crate::socket::tcp;
+    use crate::time::Duration;
+
+    let local = IpAddress::v4(127, 0, 0, 1);
+    let mk = |n| {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; n]),
+            tcp::SocketBuffer::new(vec![0; n]),
+        )
+    };
+    for skip in [false, true] {
+        for n_idle in [0u16, 200, 1000] {
+            let mut device = Loopback::new(Medium::Ip);
+            let mut iface =
+                Interface::new(Config::new(HardwareAddress::Ip), &mut device, Instant::ZERO);
+            iface.update_ip_addrs(|a| {
+                a.push(IpCidr::new(local, 8)).unwrap();
+            });
+            iface.set_skip_quiet_sockets(skip);
+            let mut sockets = SocketSet::new(vec![]);
+            let mut now = Instant::ZERO;
+            // Idle established connections (both ends are sockets of this set).
+            for i in 0..n_idle / 2 {
+                let s = sockets.add(mk(64));
+                let c = sockets.add(mk(64));
+                sockets.get_mut::<tcp::Socket>(s).listen(2000 + i).unwrap();
+                sockets
+                    .get_mut::<tcp::Socket>(c)
+                    .connect(iface.context(), (local, 2000 + i), 40000 + i)
+                    .unwrap();
+                for _ in 0..3 {
+                    iface.poll(now, &mut device, &mut sockets);
+                    now += Duration::from_millis(1);
+                }
+            }
+            let server = sockets.add(mk(65536));
+            let client = sockets.add(mk(65536));
+            sockets.get_mut::<tcp::Socket>(server).listen(1234).unwrap();
+            sockets
+                .get_mut::<tcp::Socket>(client)
+                .connect(iface.context(), (local, 1234), 65000)
+                .unwrap();
+            for _ in 0..5 {
+                iface.poll(now, &mut device, &mut sockets);
+                now += Duration::from_millis(1);
+            }
+            let data = vec![7u8; 4096];
+            let mut buf = vec![0u8; 65536];
+            let t = std::time::Instant::now();
+            let mut moved = 0usize;
+            for _ in 0..20_000 {
+                let _ = sockets.get_mut::<tcp::Socket>(client).send_slice(&data);
+                iface.poll(now, &mut device, &mut sockets);
+                let _ = iface.poll_at(now, &sockets);
+                if let Ok(n) = sockets.get_mut::<tcp::Socket>(server).recv_slice(&mut buf) {
+                    moved += n;
+                }
+                iface.poll(now, &mut device, &mut sockets);
+                now += Duration::from_micros(50);
+            }
+            std::println!(
+                "skip quiet sockets {skip}, {n_idle} idle: {:.1} us per iteration ({} KiB moved)",
+                t.elapsed().as_secs_f64() * 1e6 / 20_000.0,
+                moved >> 10
+            );
+        }
+    }
+}
