@@ -616,6 +616,51 @@ fn failing_tests_stop_build() {
     assert!(err.contains("1 of 3 test(s) failed"), "{err}");
 }
 
+/// `build` hands its files to the output dir's temp dir as it compiles them; a failure found
+/// after the first files (an overlapping route, a missing secret source, failed tests)
+/// removes the temp dir and the parent dirs it created: nothing is left, and a dir already
+/// built is unchanged.
+#[test]
+fn a_build_that_fails_after_writing_began_changes_nothing() {
+    for bad in ["routes-identical", "sops-file-missing"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        copy_spec(&format!("testdata/bad/lock/{bad}"), d);
+        let o = run(d, &["build", "-o", "new/parents/out"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("error:"), "{bad}: {err}");
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["tailnet.kdl", "tailnet.lock"], "{bad}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/proxy-basic", d);
+    let spec = std::fs::read_to_string(d.join("tailnet.kdl")).unwrap();
+    std::fs::write(
+        d.join("tailnet.kdl"),
+        format!("{spec}test src=\"mallory@thin.example\" accept=\"tag:web:8080\"\n"),
+    )
+    .unwrap();
+    assert_eq!(run(d, &["build", "--no-tests"]).status.code(), Some(0));
+    let before = files_under(&d.join("out"));
+    std::fs::write(
+        d.join("tailnet.kdl"),
+        format!("{spec}test src=\"mallory@thin.example\" accept=\"tag:web:8081\"\n"),
+    )
+    .unwrap();
+    let o = run(d, &["build"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("wrote nothing (tests failed)"), "{err}");
+    assert_eq!(files_under(&d.join("out")), before);
+    assert_eq!(hidden_siblings(d), Vec::<String>::new());
+}
+
 /// `lock` refuses what `build` would refuse before it assigns anything, and a failed `lock`
 /// changes no file.
 #[test]
