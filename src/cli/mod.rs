@@ -56,7 +56,8 @@ pub enum Command {
         #[arg(long, conflicts_with = "check")]
         fsync: bool,
         /// How long to wait for another build writing the same output dir (each build holds
-        /// an exclusive lock on `.<DIR>.tsk8s-lock` beside it); then exit 2.
+        /// an exclusive lock on `.<DIR>.tsk8s-lock` beside it from its first file, written as
+        /// it compiles, to the swap); then exit 2.
         #[arg(
             long,
             value_name = "SECS",
