@@ -15,7 +15,8 @@ use tsk8s_policy::policy::Policy;
 
 use crate::lockfile::Lock;
 use crate::lower::devices::device_peers;
-use crate::lower::mesh::{cluster_runtime, hostname_of, node_mesh};
+use crate::lower::mesh::{cluster_mesh_peers, node_mesh_peers};
+use crate::lower::net::hostname_of;
 use crate::lower::net::{AnyTraffic, Member, Net, Reach};
 use crate::model::{ExposureKind, Tailnet};
 
@@ -158,9 +159,9 @@ impl<'a> View<'a> {
                 let entry = self.lock.devices.get(name)?;
                 let ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
                 let v: Peers = Rc::new(
-                    device_peers(self.t, self.lock, self.net, self.reach, &self.any, i, &ips)
+                    device_peers(self.t, self.net, self.reach, &self.any, i, &ips)
                         .into_iter()
-                        .map(|p| (p.peer.name, p.allowed))
+                        .map(|p| (p.peer.name.clone(), p.allowed))
                         .collect(),
                 );
                 self.cluster_peers.borrow_mut().insert(key, v.clone());
@@ -180,16 +181,12 @@ impl<'a> View<'a> {
                 if let Some(p) = self.cluster_peers.borrow().get(&key) {
                     return Some(p.clone());
                 }
-                let mesh = match sidecar {
-                    Some(e) => node_mesh(self.t, c, e, self.lock, self.net, self.reach),
-                    None => cluster_runtime(self.t, c, self.lock, self.net, self.reach).mesh,
+                let peers = match sidecar {
+                    Some(e) => node_mesh_peers(self.t, e, self.net, self.reach),
+                    None => cluster_mesh_peers(self.t, c, self.net, self.reach),
                 };
-                let v: Peers = Rc::new(
-                    mesh.peers
-                        .into_iter()
-                        .map(|p| (p.name, p.allowed_ips))
-                        .collect(),
-                );
+                let v: Peers =
+                    Rc::new(peers.into_iter().map(|p| (p.name, p.allowed_ips)).collect());
                 self.cluster_peers.borrow_mut().insert(key, v.clone());
                 Some(v)
             }

@@ -880,14 +880,7 @@ impl SidecarCx<'_> {
         let meshes: Vec<_> = members
             .iter()
             .map(|(me, _)| {
-                lower::mesh::shards(&lower::mesh::node_mesh(
-                    t,
-                    c,
-                    me,
-                    &self.l.lock,
-                    self.netw,
-                    self.reach,
-                ))
+                lower::mesh::shards(&lower::mesh::node_mesh(t, c, me, self.netw, self.reach))
             })
             .collect();
         let Some(mut comp) = lower::sidecar::component(c, &members, &meshes) else {

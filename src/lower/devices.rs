@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::mesh::{KEEPALIVE_SECONDS, hostname_of, peer_entry};
 use super::net::{AnyTraffic, Member, Net, Reach, reachable_prefixes};
+use super::net::{KEEPALIVE_SECONDS, hostname_of};
 use crate::lockfile::Lock;
 use crate::model::{Device, ExposureKind, Tailnet};
 
@@ -142,7 +142,7 @@ pub fn device_files(
     let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
-    for p in device_peers(t, lock, net, reach, any, me, &my_ips) {
+    for p in device_peers(t, net, reach, any, me, &my_ips) {
         let DevicePeer {
             idx,
             cluster,
@@ -160,14 +160,14 @@ pub fn device_files(
             continue;
         };
         let exposure = t
-            .cluster(&cluster)
+            .cluster(cluster)
             .and_then(|c| c.exposures.iter().find(|e| e.id == id));
         for a in &allowed {
             for (other, net2) in taken.overlapping(a) {
                 let o = Overlap {
                     device: d.name.clone(),
                     first: (other.clone(), *net2),
-                    second: (id.clone(), *a),
+                    second: (id.to_string(), *a),
                 };
                 if net2 == a {
                     return Err(o);
@@ -176,7 +176,7 @@ pub fn device_files(
             }
         }
         for a in &allowed {
-            taken.push(&id, *a);
+            taken.push(id, *a);
         }
         let host = hostname_of(t, member);
         let reaches_node = node
@@ -241,26 +241,25 @@ fn peer_section(
 }
 
 /// One peer of a device's wg-quick config: the node, and the AllowedIPs the device routes to it.
-pub struct DevicePeer {
+pub struct DevicePeer<'n> {
     pub idx: usize,
-    pub cluster: String,
-    pub id: String,
-    pub peer: tsk8s_policy::runtime_config::Peer,
+    pub cluster: &'n str,
+    pub id: &'n str,
+    pub peer: &'n tsk8s_policy::runtime_config::Peer,
     pub allowed: Vec<IpNet>,
 }
 
 /// The peers of the device at topology index `me` (addresses `my_ips`) and their AllowedIPs:
 /// what its filters let it reach, plus the addresses of nodes that may open connections to it.
 /// Nodes on the Tailscale image are never peers. Used for the config and by the access model.
-pub fn device_peers(
+pub fn device_peers<'n>(
     t: &Tailnet,
-    lock: &Lock,
-    net: &Net,
+    net: &'n Net,
     reach: &Reach,
     any: &AnyTraffic,
     me: usize,
     my_ips: &[IpAddr],
-) -> Vec<DevicePeer> {
+) -> Vec<DevicePeer<'n>> {
     let mut out = Vec::new();
     for idx in reach.peers(me) {
         let Some(name) = reach.names.get(idx) else {
@@ -269,7 +268,7 @@ pub fn device_peers(
         let Some(Member::Node { cluster, id }) = net.members.get(name) else {
             continue;
         };
-        let Some(peer) = peer_entry(t, lock, net, reach, idx) else {
+        let Some(peer) = net.peer(idx) else {
             continue;
         };
         let mut within: Vec<IpNet> = peer.allowed_ips.clone();
@@ -295,8 +294,8 @@ pub fn device_peers(
         }
         out.push(DevicePeer {
             idx,
-            cluster: cluster.clone(),
-            id: id.clone(),
+            cluster,
+            id,
             peer,
             allowed,
         });

@@ -11,12 +11,9 @@ use tsk8s_policy::runtime_config::{
     Protocol, shard_mesh,
 };
 
-use super::net::{Member, Net, Reach};
+use super::net::{Member, Net, Reach, hostname_of};
 use crate::lockfile::Lock;
 use crate::model::{Cluster, EgressTarget, ExposureKind, Proto, Tailnet};
-
-/// `PersistentKeepalive` towards nodes behind SNAT, and from devices that nodes may call.
-pub const KEEPALIVE_SECONDS: u16 = 25;
 
 /// Port of the runtime's `/healthz` and `/metrics` server inside the pod (the model owns it:
 /// `resolve` checks ports against it).
@@ -69,97 +66,24 @@ fn fqdn(t: &Tailnet, host: &str) -> String {
     format!("{host}.{}", t.domain)
 }
 
-/// Tailnet name (DNS label) of a topology member.
-pub fn hostname_of(t: &Tailnet, member: &Member) -> String {
-    match member {
-        Member::Device { name } => name.clone(),
-        Member::Node { cluster, id } | Member::StandIn { cluster, id } => t
-            .cluster(cluster)
-            .and_then(|c| c.exposures.iter().find(|e| &e.id == id))
-            .map(|e| e.hostname.clone())
-            .unwrap_or_else(|| id.clone()),
-    }
-}
-
-/// The mesh peer entry for topology node `idx` (None for Tailscale-image stand-ins).
-pub fn peer_entry(t: &Tailnet, lock: &Lock, net: &Net, reach: &Reach, idx: usize) -> Option<Peer> {
-    let name = reach.names.get(idx)?;
-    let member = net.members.get(name)?;
-    let node = net.topology.nodes.get(name)?;
-    let mut allowed: Vec<IpNet> = Vec::new();
-    if let Some(a) = node.ipv4 {
-        allowed.push(IpNet::from(IpAddr::V4(a)));
-    }
-    if let Some(a) = node.ipv6 {
-        allowed.push(IpNet::from(IpAddr::V6(a)));
-    }
-    match member {
-        Member::Device { name } => {
-            let d = t.device(name)?;
-            Some(Peer {
-                name: name.clone(),
-                public_key: d.public_key.clone(),
-                allowed_ips: allowed,
-                endpoint: None,
-                persistent_keepalive: None,
-            })
-        }
-        Member::Node { cluster, id } => {
-            let entry = lock.nodes.get(id)?;
-            let c = t.cluster(cluster)?;
-            let name = hostname_of(t, member);
-            Some(Peer {
-                // Under `publish="gateway"` every node of the cluster, sidecars included, is
-                // reached on the gateway's one port.
-                endpoint: Some(endpoint(
-                    &c.endpoint_host(&name),
-                    c.published_port(entry.port),
-                )),
-                name,
-                public_key: entry.public_key.clone(),
-                allowed_ips: allowed,
-                // Reached through SNAT (NodePort, shared MetalLB address): keep the mapping,
-                // and so the node's way back, alive from this side.
-                persistent_keepalive: c.needs_keepalive().then_some(KEEPALIVE_SECONDS),
-            })
-        }
-        Member::StandIn { .. } => None,
-    }
-}
-
-fn endpoint(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The mesh of the nodes `own` (topology indexes): the union of their peers, their rules
-/// merged, DNS records for the peers and for `names` (the cluster's own nodes). `egress` are
-/// the exposures whose egress to a host behind a subnet router adds that host to the router
-/// peer.
-fn mesh_of(
+/// The peers of the nodes `own` (topology indexes), ascending by index, and their entries sorted
+/// by name (what a mesh lists: the runtimes of `own` talk to exactly these). `egress` as for
+/// [`mesh_of`].
+fn mesh_peers(
     t: &Tailnet,
     egress: &[&crate::model::Exposure],
-    lock: &Lock,
     net: &Net,
     reach: &Reach,
     own: &[usize],
-    names: &[usize],
-) -> MeshConfig {
+) -> (BTreeSet<usize>, Vec<Peer>) {
     let mut peer_idx: BTreeSet<usize> = BTreeSet::new();
-    let mut rules = Vec::new();
     for &n in own {
         peer_idx.extend(reach.peers(n));
-        if let Some(f) = reach.filters.get(n) {
-            rules.extend(f.iter().cloned());
-        }
     }
     // A cluster's own nodes are peers of each other only where the policy says so (above).
     let mut peers: Vec<Peer> = peer_idx
         .iter()
-        .filter_map(|&i| peer_entry(t, lock, net, reach, i))
+        .filter_map(|&i| net.peer(i).cloned())
         .collect();
 
     // Egress to a host behind a subnet router: route that address to the router peer.
@@ -191,6 +115,28 @@ fn mesh_of(
         }
     }
     peers.sort_by(|a, b| a.name.cmp(&b.name));
+    (peer_idx, peers)
+}
+
+/// The mesh of the nodes `own` (topology indexes): the union of their peers, their rules
+/// merged, DNS records for the peers and for `names` (the cluster's own nodes). `egress` are
+/// the exposures whose egress to a host behind a subnet router adds that host to the router
+/// peer.
+fn mesh_of(
+    t: &Tailnet,
+    egress: &[&crate::model::Exposure],
+    net: &Net,
+    reach: &Reach,
+    own: &[usize],
+    names: &[usize],
+) -> MeshConfig {
+    let (peer_idx, peers) = mesh_peers(t, egress, net, reach, own);
+    let mut rules = Vec::new();
+    for &n in own {
+        if let Some(f) = reach.filters.get(n) {
+            rules.extend(f.iter().cloned());
+        }
+    }
 
     let mut dns: Vec<DnsRecord> = Vec::new();
     let mut names_idx: BTreeSet<usize> = peer_idx;
@@ -228,12 +174,11 @@ pub fn node_mesh(
     t: &Tailnet,
     c: &Cluster,
     e: &crate::model::Exposure,
-    lock: &Lock,
     net: &Net,
     reach: &Reach,
 ) -> MeshConfig {
     let own: Vec<usize> = reach.index(&e.id).into_iter().collect();
-    mesh_of(t, &[e], lock, net, reach, &own, &cluster_nodes(c, reach))
+    mesh_of(t, &[e], net, reach, &own, &cluster_nodes(c, reach))
 }
 
 fn cluster_nodes(c: &Cluster, reach: &Reach) -> Vec<usize> {
@@ -241,6 +186,36 @@ fn cluster_nodes(c: &Cluster, reach: &Reach) -> Vec<usize> {
         .iter()
         .filter_map(|e| reach.index(&e.id))
         .collect()
+}
+
+/// The nodes of cluster `c` that run in their own pods (every exposure but the sidecars) and
+/// their topology indexes: the nodes its shared mesh serves.
+fn pod_nodes<'c>(c: &'c Cluster, reach: &Reach) -> (Vec<&'c crate::model::Exposure>, Vec<usize>) {
+    let pods: Vec<&crate::model::Exposure> = c
+        .exposures
+        .iter()
+        .filter(|e| !matches!(e.kind, ExposureKind::Sidecar { .. }))
+        .collect();
+    let own = pods.iter().filter_map(|e| reach.index(&e.id)).collect();
+    (pods, own)
+}
+
+/// The peers of cluster `c`'s shared mesh, exactly as [`cluster_runtime`] lists them (without
+/// building the rest of the mesh): what `tsk8s test` and the access review check paths against.
+pub fn cluster_mesh_peers(t: &Tailnet, c: &Cluster, net: &Net, reach: &Reach) -> Vec<Peer> {
+    let (pods, own) = pod_nodes(c, reach);
+    mesh_peers(t, &pods, net, reach, &own).1
+}
+
+/// The peers of sidecar `e`'s own mesh, exactly as [`node_mesh`] lists them.
+pub fn node_mesh_peers(
+    t: &Tailnet,
+    e: &crate::model::Exposure,
+    net: &Net,
+    reach: &Reach,
+) -> Vec<Peer> {
+    let own: Vec<usize> = reach.index(&e.id).into_iter().collect();
+    mesh_peers(t, &[e], net, reach, &own).1
 }
 
 /// The cluster's shared mesh (`mesh-<n>.yaml`), for the nodes that run in their own pods: their
@@ -253,13 +228,8 @@ pub fn cluster_runtime(
     net: &Net,
     reach: &Reach,
 ) -> ClusterRuntime {
-    let pods: Vec<&crate::model::Exposure> = c
-        .exposures
-        .iter()
-        .filter(|e| !matches!(e.kind, ExposureKind::Sidecar { .. }))
-        .collect();
-    let own: Vec<usize> = pods.iter().filter_map(|e| reach.index(&e.id)).collect();
-    let mesh = mesh_of(t, &pods, lock, net, reach, &own, &cluster_nodes(c, reach));
+    let (pods, own) = pod_nodes(c, reach);
+    let mesh = mesh_of(t, &pods, net, reach, &own, &cluster_nodes(c, reach));
 
     let mut nodes = Vec::new();
     for e in &c.exposures {

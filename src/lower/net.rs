@@ -15,6 +15,7 @@ use tsk8s_policy::compile::Compiled;
 use tsk8s_policy::filter::FilterRule;
 use tsk8s_policy::matcher::Matcher;
 use tsk8s_policy::policy::Policy;
+use tsk8s_policy::runtime_config::Peer;
 use tsk8s_policy::topology::{Node as TopoNode, Topology, User};
 
 use crate::lockfile::{Lock, ipv6_for};
@@ -38,11 +39,89 @@ pub enum Member {
     },
 }
 
-/// The topology plus, per node, what it is.
+/// The topology plus, per node, what it is and its mesh peer entry.
 pub struct Net {
     pub topology: Topology,
     /// Topology node name → member, in a stable order.
     pub members: BTreeMap<String, Member>,
+    /// Per topology node (in `topology.nodes` order, the index [`Reach`] uses), the entry
+    /// meshes and devices list it by: built once, since on dense policies every node is a peer
+    /// of thousands.
+    peers: Vec<Option<Peer>>,
+}
+
+impl Net {
+    /// The mesh peer entry of topology node `idx` (None for Tailscale-image stand-ins and
+    /// nodes the lock does not know).
+    pub fn peer(&self, idx: usize) -> Option<&Peer> {
+        self.peers.get(idx)?.as_ref()
+    }
+}
+
+/// `PersistentKeepalive` towards nodes behind SNAT, and from devices that nodes may call.
+pub const KEEPALIVE_SECONDS: u16 = 25;
+
+/// Tailnet name (DNS label) of a topology member.
+pub fn hostname_of(t: &Tailnet, member: &Member) -> String {
+    match member {
+        Member::Device { name } => name.clone(),
+        Member::Node { cluster, id } | Member::StandIn { cluster, id } => t
+            .cluster(cluster)
+            .and_then(|c| c.exposures.iter().find(|e| &e.id == id))
+            .map(|e| e.hostname.clone())
+            .unwrap_or_else(|| id.clone()),
+    }
+}
+
+/// The mesh peer entry of a member with topology node `node`.
+fn peer_entry(t: &Tailnet, lock: &Lock, member: &Member, node: &TopoNode) -> Option<Peer> {
+    let mut allowed: Vec<IpNet> = Vec::new();
+    if let Some(a) = node.ipv4 {
+        allowed.push(IpNet::from(IpAddr::V4(a)));
+    }
+    if let Some(a) = node.ipv6 {
+        allowed.push(IpNet::from(IpAddr::V6(a)));
+    }
+    match member {
+        Member::Device { name } => {
+            let d = t.device(name)?;
+            Some(Peer {
+                name: name.clone(),
+                public_key: d.public_key.clone(),
+                allowed_ips: allowed,
+                endpoint: None,
+                persistent_keepalive: None,
+            })
+        }
+        Member::Node { cluster, id } => {
+            let entry = lock.nodes.get(id)?;
+            let c = t.cluster(cluster)?;
+            let name = hostname_of(t, member);
+            Some(Peer {
+                // Under `publish="gateway"` every node of the cluster, sidecars included, is
+                // reached on the gateway's one port.
+                endpoint: Some(endpoint(
+                    &c.endpoint_host(&name),
+                    c.published_port(entry.port),
+                )),
+                name,
+                public_key: entry.public_key.clone(),
+                allowed_ips: allowed,
+                // Reached through SNAT (NodePort, shared MetalLB address): keep the mapping,
+                // and so the node's way back, alive from this side.
+                persistent_keepalive: c.needs_keepalive().then_some(KEEPALIVE_SECONDS),
+            })
+        }
+        Member::StandIn { .. } => None,
+    }
+}
+
+fn endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Topology node name of an exposure / a device. Exposure ids and device names share one
@@ -128,9 +207,15 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         );
         members.insert(e.id.clone(), member);
     }
+    let peers = topo
+        .nodes
+        .iter()
+        .map(|(name, node)| peer_entry(t, lock, members.get(name)?, node))
+        .collect();
     Net {
         topology: topo,
         members,
+        peers,
     }
 }
 
