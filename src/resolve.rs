@@ -181,6 +181,9 @@ fn check_ports(ports: &str) -> Result<(), String> {
     parse_ports(ports).map(drop).map_err(|e| e.to_string())
 }
 
+/// The help under a bad port list (Tailscale's message names the part, not the grammar).
+const PORTS_HELP: &str = "a port is a number 1-65535: write 443, 80,443, 1000-2000 or *";
+
 fn parse_wg_key(s: &str) -> bool {
     use base64::Engine;
     matches!(base64::engine::general_purpose::STANDARD.decode(s.trim()), Ok(k) if k.len() == 32)
@@ -826,7 +829,7 @@ impl Resolver<'_> {
         };
         let ok = self.check_alias(names, at, &alias, Side::Dst);
         if let Err(e) = check_ports(&ports) {
-            self.push(err(at.span, e).label("bad ports"));
+            self.push(err(at.span, e).label("bad ports").help(PORTS_HELP));
             return false;
         }
         ok
@@ -934,7 +937,7 @@ impl Resolver<'_> {
                 None => ip.v.as_str(),
             };
             if let Err(e) = check_ports(ports) {
-                self.push(err(ip.span, e).label("bad ports"));
+                self.push(err(ip.span, e).label("bad ports").help(PORTS_HELP));
                 ok = false;
             }
         }
