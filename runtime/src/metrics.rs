@@ -41,9 +41,12 @@ pub enum DropReason {
     /// New connection refused: its peer is over its connection or memory limit, or the
     /// memory budget is spent.
     OverLimit,
+    /// Over the peer's equal split of a full receive batch (the packet loop is behind and
+    /// another peer has packets in the batch; see `engine::fair`).
+    FairShare,
 }
 
-pub const ALL_DROPS: [DropReason; 17] = [
+pub const ALL_DROPS: [DropReason; 18] = [
     DropReason::Garbage,
     DropReason::HandshakeInvalid,
     DropReason::UnknownPeer,
@@ -61,6 +64,7 @@ pub const ALL_DROPS: [DropReason; 17] = [
     DropReason::SendError,
     DropReason::PingUnavailable,
     DropReason::OverLimit,
+    DropReason::FairShare,
 ];
 
 impl DropReason {
@@ -83,6 +87,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::PingUnavailable => "ping_unavailable",
             DropReason::OverLimit => "over_limit",
+            DropReason::FairShare => "fair_share",
         }
     }
 
@@ -101,6 +106,8 @@ pub struct PeerStats {
     pub handshakes: u64,
     /// New connections refused because the peer was over its limits.
     pub conns_refused: u64,
+    /// Inner packets dropped over the peer's share of a full receive batch.
+    pub fair_share_drops: u64,
 }
 
 /// Node-wide counters.
@@ -133,6 +140,12 @@ impl Counters {
     pub fn drop(&mut self, d: DropReason) {
         if let Some(c) = self.drops.get_mut(d.idx()) {
             *c += 1;
+        }
+    }
+
+    pub fn drop_n(&mut self, d: DropReason, n: u64) {
+        if let Some(c) = self.drops.get_mut(d.idx()) {
+            *c += n;
         }
     }
 
@@ -260,7 +273,7 @@ const SCALARS: &[(&str, &str, &str, Scalar)] = &[
 type Getter = fn(&PeerStats) -> u64;
 
 /// The per-peer counter families: name, help, value.
-const PEER_COUNTERS: [(&str, &str, Getter); 6] = [
+const PEER_COUNTERS: [(&str, &str, Getter); 7] = [
     (
         "tsk8s_peer_rx_bytes_total",
         "Inner bytes received from the peer.",
@@ -290,6 +303,11 @@ const PEER_COUNTERS: [(&str, &str, Getter); 6] = [
         "tsk8s_peer_conns_refused_total",
         "New connections from the peer refused over its limits.",
         |p| p.conns_refused,
+    ),
+    (
+        "tsk8s_peer_fair_share_drops_total",
+        "Inner packets from the peer dropped over its share of a full receive batch.",
+        |p| p.fair_share_drops,
     ),
 ];
 

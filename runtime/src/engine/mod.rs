@@ -13,10 +13,12 @@
 //! - `forward`: TCP forwarders between smoltcp sockets and kernel sockets, egress listeners;
 //! - `udp`: UDP and ICMP echo sessions (kernel sockets, no smoltcp);
 //! - `dns`: DNS over TCP answered from the zone (UDP DNS is answered in `udp`);
-//! - `budget`: the memory budget every connection is charged to.
+//! - `budget`: the memory budget every connection is charged to;
+//! - `fair`: each peer's share of a full receive batch.
 
 mod budget;
 mod dns;
+mod fair;
 mod filter;
 mod forward;
 mod stack;
@@ -115,6 +117,8 @@ pub struct Engine {
     rx_buf: Vec<u8>,
     dec_buf: Vec<u8>,
     inbox: Inbox,
+    /// Scratch of `fair::trim_to_fair_share` (per peer slot), reused across batches.
+    fair_counts: Vec<u32>,
     out_scratch: Vec<u8>,
     /// Resolved proxy target (resolver thread; a literal at once).
     proxy_target: Option<IpAddr>,
@@ -231,6 +235,7 @@ impl Engine {
             rx_buf: vec![0; BUF],
             dec_buf: vec![0; BUF + 64],
             inbox: Vec::new(),
+            fair_counts: Vec::new(),
             out_scratch: Vec::with_capacity(2048),
             proxy_target: None,
             proxy_target_name: None,
@@ -439,6 +444,7 @@ impl Engine {
     /// source is empty) in batches of `RX_BATCH`, hand each batch's packets to the filter,
     /// and after a full batch let smoltcp and the forwarders run before reading on, so
     /// smoltcp sees many segments per poll and a flood cannot starve the rest of the loop.
+    /// A full batch is first trimmed to each peer's share of it (`fair`).
     fn read_batches(&mut self, next: &mut dyn FnMut(&mut Net, &mut [u8], &mut Inbox) -> bool) {
         let mut dec = std::mem::take(&mut self.dec_buf);
         let mut inbox = std::mem::take(&mut self.inbox);
@@ -446,6 +452,9 @@ impl Engine {
             let mut n_read = 0;
             while n_read < RX_BATCH && next(&mut self.net, &mut dec, &mut inbox) {
                 n_read += 1;
+            }
+            if n_read == RX_BATCH {
+                self.fair_share(&mut inbox);
             }
             for (slot, pkt) in inbox.drain(..) {
                 self.inbound(slot, pkt);
@@ -458,6 +467,22 @@ impl Engine {
         }
         self.dec_buf = dec;
         self.inbox = inbox;
+    }
+
+    /// Drop a full batch's packets beyond each peer's equal split of it, counted.
+    fn fair_share(&mut self, inbox: &mut Inbox) {
+        let mut counts = std::mem::take(&mut self.fair_counts);
+        if fair::trim_to_fair_share(inbox, &mut counts) > 0 {
+            for (slot, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                self.net
+                    .counters
+                    .drop_n(metrics::DropReason::FairShare, u64::from(*n));
+                if let Some(Some(p)) = self.net.peers.get_mut(slot) {
+                    p.stats.fair_share_drops += u64::from(*n);
+                }
+            }
+        }
+        self.fair_counts = counts;
     }
 
     fn every_second(&mut self) {
