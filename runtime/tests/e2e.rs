@@ -858,16 +858,21 @@ fn hello_and_bulk_server(ns: &str, addr: &str, hello: &'static str, bulk: usize)
 
 /// `GET /bulk` from inside `ns`: Mbit/s of the whole answer (0 on failure).
 fn bulk_mbps(ns: &str, addr: &str) -> f64 {
+    bulk_transfer(ns, addr).1
+}
+
+/// `GET /bulk` from `ns`: the bytes received (headers included) and the rate in Mbit/s.
+fn bulk_transfer(ns: &str, addr: &str) -> (usize, f64) {
     use std::io::{Read, Write};
     let addr: std::net::SocketAddr = addr.parse().expect("addr");
     in_ns(ns, move || {
         let start = std::time::Instant::now();
         let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-            return 0.0;
+            return (0, 0.0);
         };
         let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
         if write!(c, "GET /bulk HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
-            return 0.0;
+            return (0, 0.0);
         }
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0usize;
@@ -877,8 +882,120 @@ fn bulk_mbps(ns: &str, addr: &str) -> f64 {
             }
             total += n;
         }
-        total as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6
+        (
+            total,
+            total as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6,
+        )
     })
+}
+
+/// A flood that keeps sending during alice's transfer: mallory (allowed on port 443 only, so
+/// the node answers her DNS) sends DNS queries over UDP to the web node from two threads as
+/// fast as her device takes them, for as long as alice's transfer runs. Every one of them costs
+/// the one packet thread its decryption; when the receive batches come back full, mallory's
+/// packets beyond her equal split of a batch are dropped (`fair_share`), alice's are not. Alice's
+/// 32 MiB transfer completes under the flood. Three interleaved rounds (unloaded, flooded);
+/// the rates and the drop counters are printed for runtime/README.md, not asserted (rule 4).
+#[test]
+fn sustained_flood_leaves_alice_her_share() {
+    if !should_run("sustained_flood_leaves_alice_her_share") {
+        return;
+    }
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut w = World::new();
+    let k = w.k.clone();
+    let s = w.lab.ns("s");
+    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    hello_and_bulk_server(&s, "10.99.3.2:8080", "hello from web:8080", 32 << 20);
+    let web = w.runtime("web");
+    let admin = web.admin();
+    let web4 = w.ip_of("web");
+    let (a, _, _) = w.device("alice", "a", "10.99.0.2/24");
+    let (m, _, _) = w.device("mallory", "m", "10.99.0.3/24");
+    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(15))
+        .expect("alice reaches web:80");
+    assert_eq!(body, "hello from web:8080");
+    let _ = http_get_retry(&m, &format!("{web4}:443"), Duration::from_secs(5));
+
+    let target: std::net::SocketAddr = format!("{web4}:53").parse().expect("addr");
+    let flooding = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    for _ in 0..2 {
+        let (flooding, done, sent) = (flooding.clone(), done.clone(), sent.clone());
+        spawn_in_ns(&m, move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let _ = sock.set_read_timeout(Some(Duration::from_millis(1)));
+            let q = dns_query("web.e2e.test");
+            let mut buf = [0u8; 512];
+            while !done.load(Ordering::Relaxed) {
+                if !flooding.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                for _ in 0..64 {
+                    if sock.send_to(&q, target).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // Drain whatever answers came back (not waited for).
+                while sock.recv(&mut buf).is_ok() {}
+            }
+        });
+    }
+    let bulk = format!("{web4}:80");
+    let full = 32usize << 20;
+    let (mut unloaded, mut loaded) = (Vec::new(), Vec::new());
+    let mut flood_rates = Vec::new();
+    for _ in 0..3 {
+        let (n, r) = bulk_transfer(&a, &bulk);
+        assert!(n >= full, "alice's unloaded transfer: {n} bytes");
+        unloaded.push(r);
+        let before = sent.load(Ordering::Relaxed);
+        flooding.store(true, Ordering::Relaxed);
+        // The flood is running before alice starts.
+        std::thread::sleep(Duration::from_millis(500));
+        let t = std::time::Instant::now();
+        let (n, r) = bulk_transfer(&a, &bulk);
+        let during = sent.load(Ordering::Relaxed) - before;
+        flooding.store(false, Ordering::Relaxed);
+        assert!(n >= full, "alice's transfer under the flood: {n} bytes");
+        loaded.push(r);
+        flood_rates.push(during as f64 / (t.elapsed().as_secs_f64() + 0.5));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    done.store(true, Ordering::Relaxed);
+    assert!(healthz(&k, &admin), "/healthz answers after the flood");
+    let mt = metrics(&k, &admin);
+    let drop_of = |p: &str| {
+        metric(
+            &mt,
+            &format!("tsk8s_peer_fair_share_drops_total{{node=\"web\",peer=\"{p}\"}}"),
+        )
+        .or_else(|| {
+            metric(
+                &mt,
+                &format!("tsk8s_peer_fair_share_drops_total{{peer=\"{p}\"}}"),
+            )
+        })
+    };
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (u, l) = (median(&mut unloaded.clone()), median(&mut loaded.clone()));
+    eprintln!(
+        "sustained flood: mallory's DNS queries/s while flooding {flood_rates:.0?}; alice's 32 MiB \
+         transfer, three interleaved rounds, Mbit/s: unloaded {unloaded:.0?} (median {u:.0}), \
+         flooded {loaded:.0?} (median {l:.0}): {:.0} %; fair_share drops: total {:?}, mallory {:?}, \
+         alice {:?}",
+        l / u * 100.0,
+        metric(&mt, "tsk8s_drops_total{reason=\"fair_share\"}"),
+        drop_of("mallory"),
+        drop_of("alice"),
+    );
 }
 
 /// Memory under a hostile peer: mallory may reach the web node on port 443 only (so the node

@@ -453,7 +453,7 @@ impl Engine {
             while n_read < RX_BATCH && next(&mut self.net, &mut dec, &mut inbox) {
                 n_read += 1;
             }
-            if n_read == RX_BATCH {
+            if n_read == RX_BATCH && self.tuning.fair_share {
                 self.fair_share(&mut inbox);
             }
             for (slot, pkt) in inbox.drain(..) {
