@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 use serde::Serialize;
 use serde_yaml_ng::Value as Yaml;
-use tsk8s_policy::access::{Access, Who};
+use tsk8s_policy::access::{Access, Who, changed_receivers};
 use tsk8s_policy::filter::PortRange;
 use tsk8s_policy::matcher::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use tsk8s_policy::policy::Policy;
@@ -130,17 +130,22 @@ fn model(tree: &Tree, side: TreeSide) -> Result<Option<(Policy, Topology)>, Diff
     Ok(Some((policy, topo)))
 }
 
+/// (src, dst, route) of a flow.
+type FlowKey = (String, String, Option<IpNet>);
 /// (src, dst, route) → the (protocols, ports) allowed.
-type Flows = BTreeMap<(String, String, Option<IpNet>), BTreeSet<(Vec<u8>, PortRange)>>;
+type Flows = BTreeMap<FlowKey, BTreeSet<(Vec<u8>, PortRange)>>;
 
-fn flows(a: &Access<'_>, topo: &Topology) -> Flows {
+/// The flows into node `dst` (none when the model has no such node).
+fn flows_into(a: &Access<'_>, topo: &Topology, dst: &str) -> Flows {
     let mut out = Flows::new();
-    for e in a.matrix() {
-        let own = topo
-            .nodes
-            .get(&e.dst)
-            .is_some_and(|n| n.ip_nets().contains(&e.prefix));
-        let route = (!own).then_some(e.prefix);
+    let Some(n) = a.index(dst) else {
+        return out;
+    };
+    let mut entries = Vec::new();
+    a.into_node(n, &mut entries);
+    let own = topo.nodes.get(dst).map(|n| n.ip_nets()).unwrap_or_default();
+    for e in entries {
+        let route = (!own.contains(&e.prefix)).then_some(e.prefix);
         let mut protos = e.protos;
         protos.sort_unstable();
         protos.dedup();
@@ -203,8 +208,13 @@ fn identity(topo: &Topology, node: &str) -> String {
 }
 
 /// Rows for the flows in `these` but not in `other`, with the rule `a` names for each.
-fn rows(these: &Flows, other: &Flows, a: &Access<'_>, topo: &Topology) -> Vec<AccessRow> {
-    let mut out = Vec::new();
+fn rows(
+    these: &Flows,
+    other: &Flows,
+    a: &Access<'_>,
+    topo: &Topology,
+    out: &mut Vec<(FlowKey, AccessRow)>,
+) {
     for (key, set) in these {
         let missing: BTreeSet<(Vec<u8>, PortRange)> = match other.get(key) {
             Some(o) => set.difference(o).cloned().collect(),
@@ -222,16 +232,16 @@ fn rows(these: &Flows, other: &Flows, a: &Access<'_>, topo: &Topology) -> Vec<Ac
         let rule = dst_ip
             .and_then(|ip| a.rule_for(Who::Node(src), ip, proto, ports.first))
             .map(|r| r.to_string());
-        out.push(AccessRow {
+        let row = AccessRow {
             who: src.clone(),
             identity: identity(topo, src),
             what: dst.clone(),
             route: route.map(|r| r.to_string()),
             ports: ports_text(&missing),
             rule,
-        });
+        };
+        out.push((key.clone(), row));
     }
-    out
 }
 
 /// (kind, cluster, facts) of every lock-backed node and device a tree shows.
@@ -414,22 +424,31 @@ pub(crate) fn compare(
         return Ok(out);
     };
     // The two models are independent: build them on two threads.
-    let ((oa, of), (na, nf)) = std::thread::scope(|s| {
-        let old = s.spawn(|| {
-            let a = Access::new(op, ot);
-            let f = flows(&a, ot);
-            (a, f)
-        });
-        let a = Access::new(np, nt);
-        let f = flows(&a, nt);
+    let (oa, na) = std::thread::scope(|s| {
+        let old = s.spawn(|| Access::new(op, ot));
+        let new = Access::new(np, nt);
         let old = match old.join() {
             Ok(x) => x,
             Err(p) => std::panic::resume_unwind(p),
         };
-        (old, (a, f))
+        (old, new)
     });
-    out.gained = rows(&nf, &of, &na, nt);
-    out.lost = rows(&of, &nf, &oa, ot);
+    // Only the nodes whose incoming flows may differ are expanded to flows, one node at a
+    // time: the cost follows the change, not the whole matrix. Flows are keyed by their
+    // destination, so rows from different nodes never meet; sorted by key, they come out in
+    // the order of one whole-matrix comparison.
+    let mut gained = Vec::new();
+    let mut lost = Vec::new();
+    for dst in changed_receivers(&oa, &na) {
+        let of = flows_into(&oa, ot, &dst);
+        let nf = flows_into(&na, nt, &dst);
+        rows(&nf, &of, &na, nt, &mut gained);
+        rows(&of, &nf, &oa, ot, &mut lost);
+    }
+    gained.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    lost.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.gained = gained.into_iter().map(|(_, r)| r).collect();
+    out.lost = lost.into_iter().map(|(_, r)| r).collect();
     Ok(out)
 }
 

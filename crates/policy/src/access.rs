@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 
@@ -230,6 +230,11 @@ impl<'a> Access<'a> {
         }
     }
 
+    /// The compiled filter of node `n`.
+    pub fn filter(&self, n: usize) -> Option<&[FilterRule]> {
+        self.filters.get(n).map(Vec::as_slice)
+    }
+
     /// The whole access matrix, sorted, without duplicates.
     pub fn matrix(&self) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -350,6 +355,131 @@ impl<'a> Access<'a> {
     fn resolver_contains(&self, a: &Alias, ip: IpAddr) -> bool {
         self.resolver.borrow_mut().resolve(a).contains(ip)
     }
+}
+
+/// The nodes whose incoming flows ([`Access::into_node`]) may differ between two models, sorted
+/// by name: every other node has the same flows in both, so a diff of the two matrices only
+/// needs these (its cost follows the change, not the tailnet).
+///
+/// A node's flows are a function of its filter, its own addresses and routes, and the names of
+/// the nodes owning the addresses its rules admit. So a node present in both models is left
+/// out when its filter and addresses are equal and none of the (address, node) pairs that
+/// differ between the two topologies falls inside the sources of one of its rules. The test is
+/// conservative (a listed node may still have the same flows); it costs the size of the
+/// filters, with each shared source list (`SrcIps`) compared and parsed once.
+pub fn changed_receivers(old: &Access<'_>, new: &Access<'_>) -> Vec<String> {
+    use std::collections::HashMap;
+    // (address, node name) pairs in one model and not the other.
+    fn pairs<'s>(a: &'s Access<'_>) -> Vec<(IpAddr, &'s str)> {
+        let mut v: Vec<(IpAddr, &str)> = a
+            .addrs
+            .iter()
+            .filter_map(|(ip, i)| Some((*ip, a.names.get(*i)?.as_str())))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    let (op, np) = (pairs(old), pairs(new));
+    let mut moved: Vec<IpAddr> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < op.len() || j < np.len() {
+        match (op.get(i), np.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                moved.push(a.0);
+                i += 1;
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                moved.push(b.0);
+                j += 1;
+            }
+            (Some(a), None) => {
+                moved.push(a.0);
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    moved.sort_unstable();
+    moved.dedup();
+    // Source lists are shared between the filters of one model: compare and test each once.
+    let mut same_src: HashMap<(*const [String], *const [String]), bool> = HashMap::new();
+    let mut admits_moved: HashMap<*const [String], bool> = HashMap::new();
+    let mut same_rule = |o: &FilterRule, n: &FilterRule| -> bool {
+        if o.dst_ports != n.dst_ports || o.ip_proto != n.ip_proto || o.cap_grant != n.cap_grant {
+            return false;
+        }
+        *same_src
+            .entry((Arc::as_ptr(&o.src_ips), Arc::as_ptr(&n.src_ips)))
+            .or_insert_with(|| o.src_ips == n.src_ips)
+    };
+    let mut sees_moved = |r: &FilterRule| -> bool {
+        if moved.is_empty() || !r.cap_grant.is_empty() {
+            return false;
+        }
+        *admits_moved
+            .entry(Arc::as_ptr(&r.src_ips))
+            .or_insert_with(|| {
+                let mut set = IpSet::new();
+                for s in r.src_ips.iter() {
+                    add_entry(&mut set, s);
+                }
+                moved.iter().any(|ip| set.contains(*ip))
+            })
+    };
+    let unchanged = |name: &str,
+                     oi: usize,
+                     ni: usize,
+                     same_rule: &mut dyn FnMut(&FilterRule, &FilterRule) -> bool,
+                     sees_moved: &mut dyn FnMut(&FilterRule) -> bool|
+     -> bool {
+        let (Some(on), Some(nn)) = (old.topo.nodes.get(name), new.topo.nodes.get(name)) else {
+            return !old.topo.nodes.contains_key(name) && !new.topo.nodes.contains_key(name);
+        };
+        if on.ip_nets() != nn.ip_nets() || on.subnet_routes() != nn.subnet_routes() {
+            return false;
+        }
+        let (Some(of), Some(nf)) = (old.filter(oi), new.filter(ni)) else {
+            return false;
+        };
+        of.len() == nf.len()
+            && of.iter().zip(nf).all(|(o, n)| same_rule(o, n))
+            && !of.iter().any(&mut *sees_moved)
+    };
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let (o, n) = (old.names.get(i), new.names.get(j));
+        let name = match (o, n) {
+            (None, None) => break,
+            (Some(a), Some(b)) if a == b => {
+                let keep = !unchanged(a, i, j, &mut same_rule, &mut sees_moved);
+                i += 1;
+                j += 1;
+                if !keep {
+                    continue;
+                }
+                a
+            }
+            (Some(a), Some(b)) if a < b => {
+                i += 1;
+                a
+            }
+            (Some(a), None) => {
+                i += 1;
+                a
+            }
+            (_, Some(b)) => {
+                j += 1;
+                b
+            }
+        };
+        out.push(name.clone());
+    }
+    out
 }
 
 fn list(v: &[Alias]) -> String {
