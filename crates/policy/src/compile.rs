@@ -222,12 +222,33 @@ const COMPANION_CAPS: [(&str, &str); 2] = [
     ("tailscale.com/cap/relay", "tailscale.com/cap/relay-target"),
 ];
 
-/// A destination entry of a compiled rule.
-#[derive(Clone, Debug)]
+/// A destination entry of a compiled rule: one prefix (or `*`) and one port range. Kept small
+/// (no heap): on dense policies a rule reaching a tag in every cluster has thousands.
+#[derive(Clone, Copy, Debug)]
 struct Dst {
     /// `None` for `*`.
-    set: Option<IpSet>,
-    npr: NetPortRange,
+    net: Option<IpNet>,
+    ports: PortRange,
+}
+
+impl Dst {
+    /// The entry as a filter writes it.
+    fn npr(&self) -> NetPortRange {
+        NetPortRange {
+            ip: match &self.net {
+                None => "*".into(),
+                Some(n) => net_string(n),
+            },
+            ports: self.ports,
+        }
+    }
+
+    /// Its one address, if the prefix is a host.
+    fn single_address(&self) -> Option<IpAddr> {
+        self.net
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(|n| n.addr())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -339,7 +360,7 @@ impl<'a> Compiled<'a> {
         for (i, it) in items.iter().enumerate() {
             if let Item::Rule(rule) = it {
                 for (j, d) in rule.dsts.iter().enumerate() {
-                    match d.set.as_ref().and_then(|s| s.single_address()) {
+                    match d.single_address() {
                         Some(ip) => exact.entry(ip).or_default().push((i, j)),
                         None => wide.push((i, j)),
                     }
@@ -350,10 +371,10 @@ impl<'a> Compiled<'a> {
         let mut wide_big = Vec::new();
         for &(i, j) in &wide {
             let set = match items.get(i) {
-                Some(Item::Rule(rule)) => rule.dsts.get(j).and_then(|d| d.set.as_ref()),
+                Some(Item::Rule(rule)) => rule.dsts.get(j).and_then(|d| d.net),
                 _ => None,
             };
-            match set.and_then(|s| small_addresses(s, WIDE_POINT_LIMIT)) {
+            match set.and_then(|n| small_addresses(&IpSet::from_nets([&n]), WIDE_POINT_LIMIT)) {
                 Some(addrs) => {
                     for a in addrs {
                         wide_points.entry(a).or_default().push((i, j));
@@ -437,12 +458,14 @@ impl<'a> Compiled<'a> {
                 continue;
             };
             let Some(d) = rule.dsts.get(j) else { continue };
-            let keep = match &d.set {
+            let keep = match &d.net {
                 None => true,
-                Some(s) => {
-                    s.overlaps(&own_set)
-                        || routes.iter().any(|r| s.overlaps_net(r))
-                        || (exit && self.internet.is_superset_of(s))
+                Some(n) => {
+                    own_set.overlaps_net(n)
+                        || routes
+                            .iter()
+                            .any(|r| r.contains(&n.network()) || n.contains(&r.network()))
+                        || (exit && self.internet.is_superset_of(&IpSet::from_nets([n])))
                 }
             };
             if keep {
@@ -475,7 +498,7 @@ impl<'a> Compiled<'a> {
                             src_ips: rule.src.clone(),
                             dst_ports: js
                                 .iter()
-                                .filter_map(|&j| rule.dsts.get(j).map(|d| d.npr.clone()))
+                                .filter_map(|&j| rule.dsts.get(j).map(Dst::npr))
                                 .collect(),
                             ip_proto: rule.protos.clone(),
                             cap_grant: Vec::new(),
@@ -572,7 +595,7 @@ impl<'a> Compiled<'a> {
             match item {
                 Item::Rule(rule) => out.push(FilterRule {
                     src_ips: rule.src.clone(),
-                    dst_ports: rule.dsts.iter().map(|d| d.npr.clone()).collect(),
+                    dst_ports: rule.dsts.iter().map(Dst::npr).collect(),
                     ip_proto: rule.protos.clone(),
                     cap_grant: Vec::new(),
                 }),
@@ -759,24 +782,17 @@ fn push_network_rule(
             None => {
                 for p in &ipp.ports {
                     dsts.push(Dst {
-                        set: None,
-                        npr: NetPortRange {
-                            ip: "*".into(),
-                            ports: *p,
-                        },
+                        net: None,
+                        ports: *p,
                     });
                 }
             }
             Some(s) => {
                 for pref in s.prefixes() {
-                    let pset = IpSet::from_nets([&pref]);
                     for p in &ipp.ports {
                         dsts.push(Dst {
-                            set: Some(pset.clone()),
-                            npr: NetPortRange {
-                                ip: net_string(&pref),
-                                ports: *p,
-                            },
+                            net: Some(pref.trunc()),
+                            ports: *p,
                         });
                     }
                 }
