@@ -601,4 +601,29 @@ mod tests {
             [a.index("router").unwrap()]
         );
     }
+
+    #[test]
+    fn changed_receivers_follow_the_change() {
+        let base = r#"{"tagOwners": {"tag:db": [], "tag:router": []},
+            "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:db:5432"]},
+                     {"action": "accept", "src": ["*"], "dst": ["tag:router:22"]}]}"#;
+        let topo = Topology::parse(TOPO).unwrap();
+        let p0 = Policy::parse(base).unwrap();
+        let a0 = Access::new(&p0, &topo);
+        assert!(changed_receivers(&a0, &Access::new(&p0, &topo)).is_empty());
+        // One more port on the database: only the database's flows change.
+        let p1 = Policy::parse(&base.replace("tag:db:5432", "tag:db:5432,5433")).unwrap();
+        assert_eq!(changed_receivers(&a0, &Access::new(&p1, &topo)), ["db"]);
+        // A new node admitted by `*`: the router's flows change (and the new node's own).
+        let t2 = Topology::parse(&TOPO.replace(
+            r#""db": {"#,
+            r#""bob-phone": {"ipv4": "100.64.0.9", "user": "bob@example.com"},
+        "db": {"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            changed_receivers(&a0, &Access::new(&p0, &t2)),
+            ["bob-phone", "router"]
+        );
+    }
 }
