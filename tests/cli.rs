@@ -586,12 +586,8 @@ fn files_under(d: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// A failing spec test stops `build` (exit 1, nothing written, located at the `test` node)
-/// unless `--no-tests`; `check` fails the same way; `diff` reports it and keeps its exit code.
-#[test]
-fn failing_tests_stop_build() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+/// proxy-basic in `d` with one more test, which fails: mallory may not reach the web tag.
+fn spec_with_a_failing_test(d: &Path) {
     copy_spec("testdata/specs/proxy-basic", d);
     let spec = std::fs::read_to_string(d.join("tailnet.kdl")).unwrap();
     std::fs::write(
@@ -599,6 +595,15 @@ fn failing_tests_stop_build() {
         format!("{spec}test src=\"mallory@thin.example\" accept=\"tag:web:8080\"\n"),
     )
     .unwrap();
+}
+
+/// A failing spec test stops `build` (exit 1, nothing written, located at the `test` node)
+/// unless `--no-tests`; `check` fails the same way; `diff` reports it and keeps its exit code.
+#[test]
+fn failing_tests_stop_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    spec_with_a_failing_test(d);
     let o = run(d, &["build", "-o", "out"]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -639,13 +644,8 @@ fn a_build_that_fails_after_writing_began_changes_nothing() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    copy_spec("testdata/specs/proxy-basic", d);
+    spec_with_a_failing_test(d);
     let spec = std::fs::read_to_string(d.join("tailnet.kdl")).unwrap();
-    std::fs::write(
-        d.join("tailnet.kdl"),
-        format!("{spec}test src=\"mallory@thin.example\" accept=\"tag:web:8080\"\n"),
-    )
-    .unwrap();
     assert_eq!(run(d, &["build", "--no-tests"]).status.code(), Some(0));
     let before = files_under(&d.join("out"));
     std::fs::write(

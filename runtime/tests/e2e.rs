@@ -889,6 +889,31 @@ fn bulk_transfer(ns: &str, addr: &str) -> (usize, f64) {
     })
 }
 
+/// The flood tests' world: the web node's runtime in front of a server with `GET /bulk`
+/// (alice's 32 MiB transfer: the legitimate peer's throughput, unloaded and under the flood,
+/// printed for runtime/README.md's tables, not asserted: rule 4), alice's device (web:80 is
+/// hers) and mallory's (443 only), both tunnels up. Returns the world (keep it alive), the
+/// runtime, alice's and mallory's namespaces, and web's IPv4.
+fn flood_world() -> (World, Running, String, String, String) {
+    let mut w = World::new();
+    let k = w.k.clone();
+    let s = w.lab.ns("s");
+    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    hello_and_bulk_server(&s, "10.99.3.2:8080", "hello from web:8080", 32 << 20);
+    let web = w.runtime("web");
+    let web4 = w.ip_of("web");
+    let (a, _, _) = w.device("alice", "a", "10.99.0.2/24");
+    let (m, _, _) = w.device("mallory", "m", "10.99.0.3/24");
+    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(15))
+        .expect("alice reaches web:80");
+    assert_eq!(body, "hello from web:8080");
+    // Mallory's tunnel is up (443 is hers; nothing listens behind it here, the handshake is
+    // enough).
+    let _ = http_get_retry(&m, &format!("{web4}:443"), Duration::from_secs(5));
+    (w, web, a, m, web4)
+}
+
 /// A flood that keeps sending during alice's transfer: mallory (allowed on port 443 only, so
 /// the node answers her DNS) sends DNS queries over UDP to the web node from two threads as
 /// fast as her device takes them, for as long as alice's transfer runs. Every one of them costs
@@ -903,21 +928,8 @@ fn sustained_flood_leaves_alice_her_share() {
     }
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let mut w = World::new();
-    let k = w.k.clone();
-    let s = w.lab.ns("s");
-    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
-    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
-    hello_and_bulk_server(&s, "10.99.3.2:8080", "hello from web:8080", 32 << 20);
-    let web = w.runtime("web");
-    let admin = web.admin();
-    let web4 = w.ip_of("web");
-    let (a, _, _) = w.device("alice", "a", "10.99.0.2/24");
-    let (m, _, _) = w.device("mallory", "m", "10.99.0.3/24");
-    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(15))
-        .expect("alice reaches web:80");
-    assert_eq!(body, "hello from web:8080");
-    let _ = http_get_retry(&m, &format!("{web4}:443"), Duration::from_secs(5));
+    let (w, web, a, m, web4) = flood_world();
+    let (k, admin) = (w.k.clone(), web.admin());
 
     let target: std::net::SocketAddr = format!("{web4}:53").parse().expect("addr");
     let flooding = Arc::new(AtomicBool::new(false));
@@ -1018,24 +1030,8 @@ fn dns_tcp_flood_is_bounded() {
     unsafe {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-    let mut w = World::new();
-    let k = w.k.clone();
-    let s = w.lab.ns("s");
-    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
-    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
-    // `GET /bulk`: alice's 32 MiB transfer, median of three (the legitimate peer's throughput,
-    // unloaded and under the flood; printed for runtime/README.md's table, not asserted: rule 4).
-    hello_and_bulk_server(&s, "10.99.3.2:8080", "hello from web:8080", 32 << 20);
-    let web = w.runtime("web");
-    let admin = web.admin();
-    let web4 = w.ip_of("web");
-    let (a, _, _) = w.device("alice", "a", "10.99.0.2/24");
-    let (m, _, _) = w.device("mallory", "m", "10.99.0.3/24");
-    let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(15))
-        .expect("alice reaches web:80");
-    assert_eq!(body, "hello from web:8080");
-    // Her tunnel is up (443 is hers; nothing listens behind it here, the handshake is enough).
-    let _ = http_get_retry(&m, &format!("{web4}:443"), Duration::from_secs(5));
+    let (w, web, a, m, web4) = flood_world();
+    let (k, admin) = (w.k.clone(), web.admin());
 
     // Mallory's flood, on command: open the 1,200 connections and push the payloads
     // (whatever the windows take) for up to 8 s, report, hold them until told to close.

@@ -47,8 +47,9 @@ pub struct Tuning {
     /// smoltcp skips connections with nothing to send until they are due
     /// (`TSK8S_SKIP_QUIET_SOCKETS=0` turns it off, to measure what it saves).
     pub skip_quiet: bool,
-    /// Trim a full receive batch to each peer's equal split (`fair`; `TSK8S_FAIR_SHARE=0`
-    /// turns it off, to measure what it changes).
+    /// Trim a full receive batch to each peer's equal split (`fair`). Off unless
+    /// `TSK8S_FAIR_SHARE=1`: an equal split by packets drops a legitimate bulk transfer's
+    /// packets whenever any other peer shares a full batch (runtime/README.md).
     pub fair_share: bool,
     pub udp_sock_buf: usize,
     pub congestion: tcp::CongestionControl,
@@ -71,7 +72,7 @@ impl Default for Tuning {
             tcp_tx_window: env("TSK8S_TCP_TX_WINDOW", 64 * 1024).max(4096),
             tcp_pacing: std::env::var("TSK8S_TCP_PACING").as_deref() != Ok("0"),
             skip_quiet: std::env::var("TSK8S_SKIP_QUIET_SOCKETS").as_deref() != Ok("0"),
-            fair_share: std::env::var("TSK8S_FAIR_SHARE").as_deref() != Ok("0"),
+            fair_share: std::env::var("TSK8S_FAIR_SHARE").as_deref() == Ok("1"),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
             // The container's memory limit comes from the Downward API (limits.memory, bytes);
             // half of it is for connection buffers, the rest for everything else.
