@@ -85,7 +85,7 @@ pub struct TestRunner<'a> {
 impl<'a> TestRunner<'a> {
     pub fn new(policy: &'a Policy, topo: &'a Topology) -> TestRunner<'a> {
         let compiled = Compiled::new(policy, topo);
-        let matcher = compiled.global_matcher();
+        let matcher = Matcher::new(&compiled.global_rules());
         TestRunner {
             policy,
             resolver: Resolver::new(policy, topo),

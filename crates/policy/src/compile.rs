@@ -22,7 +22,6 @@ use serde_json::Value;
 
 use crate::filter::{CapGrant, FilterRule, NetPortRange, PortRange, SrcIps};
 use crate::ipset::{IpSet, net_string, tailnet_space, the_internet};
-use crate::matcher::{Matcher, RuleParts};
 use crate::policy::{
     AUTOGROUP_DANGER_ALL, AUTOGROUP_INTERNET, AUTOGROUP_MEMBER, AUTOGROUP_SELF, AUTOGROUP_TAGGED,
     Alias, Grant, Policy, ProtoPorts,
@@ -591,47 +590,16 @@ impl<'a> Compiled<'a> {
     /// Every rule of the policy, not reduced to any node (self and via rules expanded for every
     /// node): what the tailnet as a whole allows. Used to evaluate `tests`.
     pub fn global_rules(&self) -> Vec<FilterRule> {
-        let mut out: Vec<FilterRule> = self
-            .items
-            .iter()
-            .filter_map(|item| match item {
-                Item::Rule(rule) => Some(FilterRule {
+        let mut out = Vec::new();
+        for item in &self.items {
+            match item {
+                Item::Rule(rule) => out.push(FilterRule {
                     src_ips: rule.src.clone(),
                     dst_ports: rule.dsts.iter().map(Dst::npr).collect(),
                     ip_proto: rule.protos.clone(),
                     cap_grant: Vec::new(),
                 }),
-                _ => None,
-            })
-            .collect();
-        out.extend(self.per_node_rules());
-        merge_rules(out)
-    }
-
-    /// A [`Matcher`] of [`Compiled::global_rules`], built from the compiled destinations
-    /// directly (on dense policies the rules' text is millions of strings).
-    pub fn global_matcher(&self) -> Matcher {
-        let parts = self
-            .items
-            .iter()
-            .filter_map(|item| match item {
-                Item::Rule(rule) => Some(RuleParts {
-                    src: &rule.src,
-                    dsts: rule.dsts.iter().map(|d| (d.net, d.ports)).collect(),
-                    protos: &rule.protos,
-                }),
-                _ => None,
-            })
-            .collect();
-        Matcher::from_parts(parts, &self.per_node_rules())
-    }
-
-    /// The self and via rules expanded for every node (network rules only).
-    fn per_node_rules(&self) -> Vec<FilterRule> {
-        let mut out = Vec::new();
-        for item in &self.items {
-            match item {
-                Item::Rule(_) | Item::Cap(_) => {}
+                Item::Cap(_) => {}
                 Item::SelfGrant(sg) => {
                     for node in self.topo.nodes.values() {
                         out.extend(
@@ -648,7 +616,7 @@ impl<'a> Compiled<'a> {
                 }
             }
         }
-        out
+        merge_rules(out)
     }
 }
 

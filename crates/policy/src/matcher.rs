@@ -208,37 +208,17 @@ struct Rule {
     protos: Vec<u8>,
 }
 
-/// A network rule in the policy compiler's own form: source texts as a filter writes them,
-/// destinations as prefixes (`None`: `*`) with their ports; empty `protos` as in a filter.
-pub struct RuleParts<'r> {
-    pub src: &'r [String],
-    pub dsts: Vec<(Option<IpNet>, PortRange)>,
-    pub protos: &'r [u8],
-}
-
-/// The sources of a rule as a set.
-fn source_set(src: &[String]) -> IpSet {
-    IpSet::from_ranges(
-        src.iter()
-            .filter_map(|s| AddrSet::parse(s))
-            .flat_map(|a| a.bounds()),
-    )
-}
-
-fn default_protos(p: &[u8]) -> Vec<u8> {
-    if p.is_empty() {
-        DEFAULT_PROTOS.to_vec()
-    } else {
-        p.to_vec()
-    }
-}
-
 fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
     rules
         .iter()
         .filter(|r| r.cap_grant.is_empty() || !r.dst_ports.is_empty())
         .map(|r| {
-            let src = source_set(&r.src_ips);
+            let src = IpSet::from_ranges(
+                r.src_ips
+                    .iter()
+                    .filter_map(|s| AddrSet::parse(s))
+                    .flat_map(|a| a.bounds()),
+            );
             Rule {
                 src,
                 dsts: r
@@ -247,7 +227,11 @@ fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
                     .filter_map(|d| AddrSet::parse(&d.ip).map(|a| (a, d.ports)))
                     .filter(|(_, p)| p.first <= p.last)
                     .collect(),
-                protos: default_protos(&r.ip_proto),
+                protos: if r.ip_proto.is_empty() {
+                    DEFAULT_PROTOS.to_vec()
+                } else {
+                    r.ip_proto.clone()
+                },
             }
         })
         .collect()
@@ -256,26 +240,6 @@ fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
 impl Matcher {
     pub fn new(rules: &[FilterRule]) -> Matcher {
         Matcher::build(parse_rules(rules))
-    }
-
-    /// The matcher of `parts` and `rules` together (a matcher is the union of its rules), without
-    /// writing `parts`' destinations as text first: what the whole policy allows
-    /// ([`crate::compile::Compiled::global_matcher`]).
-    pub fn from_parts(parts: Vec<RuleParts<'_>>, rules: &[FilterRule]) -> Matcher {
-        let mut all = parse_rules(rules);
-        all.extend(parts.into_iter().map(|p| {
-            Rule {
-                src: source_set(p.src),
-                dsts: p
-                    .dsts
-                    .into_iter()
-                    .filter(|(_, ports)| ports.first <= ports.last)
-                    .map(|(n, ports)| (n.map_or(AddrSet::Any, |n| AddrSet::Net(n.trunc())), ports))
-                    .collect(),
-                protos: default_protos(p.protos),
-            }
-        }));
-        Matcher::build(all)
     }
 
     fn build(rules: Vec<Rule>) -> Matcher {
