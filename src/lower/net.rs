@@ -289,14 +289,6 @@ impl NodeSet {
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().map(|&i| i as usize)
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 fn to_u32(i: usize) -> u32 {
@@ -346,23 +338,9 @@ impl Reach {
         let (Some(a), Some(b)) = (self.admits.get(n), self.admitted_by.get(n)) else {
             return Vec::new();
         };
-        let mut p: Vec<usize> = Vec::with_capacity(a.len() + b.len());
-        let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
-        loop {
-            let next = match (x.peek(), y.peek()) {
-                (Some(&i), Some(&j)) if i == j => {
-                    y.next();
-                    x.next()
-                }
-                (Some(&i), Some(&j)) if i < j => x.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => y.next(),
-                (Some(_), None) => x.next(),
-                (None, None) => break,
-            };
-            if let Some(i) = next.filter(|&i| i != n) {
-                p.push(i);
-            }
-        }
+        let mut p: Vec<usize> = a.iter().chain(b.iter()).filter(|&i| i != n).collect();
+        p.sort_unstable();
+        p.dedup();
         p
     }
 }
