@@ -1,7 +1,7 @@
-//! Stage 4 — emit: objects → bytes. YAML through our own emitter ([`crate::yaml`]: YAML
-//! 1.1-ambiguous strings such as `on`, `yes` and `0755` come out quoted, which serde YAML
-//! emitters following YAML 1.2 do not do), multi-document files joined by `---`,
-//! kustomizations listing their files in sorted order.
+//! Stage 4 — emit: objects → bytes. YAML through tsk8s's one YAML writer (`tsk8s_yaml` in
+//! kubectl's layout: YAML 1.1-ambiguous strings such as `on`, `yes` and `0755` come out
+//! quoted, which serde YAML emitters following YAML 1.2 do not do), multi-document files
+//! joined by `---`, kustomizations listing their files in sorted order.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,8 @@ pub type Tree = BTreeMap<String, Vec<u8>>;
 pub fn yaml<T: Serialize>(v: &T) -> String {
     // Every object written is a typed k8s-openapi value or a `serde_json::Value`: string keys,
     // no non-finite floats, nothing a serializer can refuse (an empty file was written before).
-    crate::yaml::to_string(v).expect("output objects always serialize to YAML")
+    tsk8s_yaml::to_string(v, tsk8s_yaml::Layout::KUBECTL)
+        .expect("output objects always serialize to YAML")
 }
 
 /// Several objects as one multi-document YAML file.

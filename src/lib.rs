@@ -20,4 +20,3 @@ mod par;
 pub mod resolve;
 pub mod syntax;
 pub mod verbatim;
-pub mod yaml;

@@ -1,230 +1,116 @@
-//! A small YAML writer that reproduces the layout of `sops` 3.11
-//! (go-yaml v3, indent 4): block mappings, sequences indented under their
-//! key, `enc` armor as a literal block. Scalars that could read back as
-//! something other than the same string are double-quoted.
-//!
-//! Not the compiler's YAML emitter (`tsk8s::yaml`): that one writes kubectl's layout
-//! (indent 2, list items at their key's indentation, single quotes preferred), this one must
-//! equal what the sops CLI writes, byte for byte (go-yaml's indentation, its choice of plain
-//! or double-quoted scalars and its escapes). The rules both share — the YAML 1.1/1.2
-//! keywords, indentation, literal blocks — are `tsk8s-yaml`'s.
+//! What an encrypted file and `.sops.yaml` hold, in the order `sops` 3.11 writes them, for
+//! tsk8s's one YAML writer (`tsk8s_yaml`) to write in [`Layout::SOPS`]: go-yaml v3's layout
+//! (indent 4, sequences indented under their key, go-yaml's plain or double-quoted scalars and
+//! escapes), byte for byte what `sops --encrypt` writes. The `sops:` block's own fields ask for
+//! the style sops gives them ([`Styled`]): `enc` armor as a literal block, `lastmodified`
+//! double-quoted, `version` plain.
 
-use serde_yaml_ng::Value;
-use tsk8s_yaml::{Escapes, indent as push_indent, is_keyword, literal};
+use serde::ser::{Serialize, SerializeMap as _, Serializer};
+use serde_yaml_ng::Mapping;
+use tsk8s_yaml::{Layout, Style, Styled};
 
+use crate::SopsError;
 use crate::metadata::AgeKey;
 
-/// Render a string scalar so that YAML (go-yaml v3 and serde_yaml_ng) reads
-/// it back as exactly that string.
-pub(crate) fn scalar(s: &str) -> String {
-    if plain_ok(s) {
-        s.to_string()
-    } else {
-        double_quoted(s)
+/// An encrypted document: its entries (string keys; string, number, boolean, null or mapping
+/// values, as `writable` checked), then the `sops:` block.
+pub(crate) struct EncryptedFile<'a> {
+    pub doc: &'a Mapping,
+    pub sops: SopsBlock<'a>,
+}
+
+/// The `sops:` block in the key order `sops` 3.11 writes (struct field order of
+/// `stores.Metadata`, empty fields omitted).
+pub(crate) struct SopsBlock<'a> {
+    pub age: &'a [AgeKey],
+    pub lastmodified: &'a str,
+    pub mac: &'a str,
+    /// The rule's field name and value (`encrypted_regex`, `^(data|stringData)$`).
+    pub rule: (&'static str, &'a str),
+    pub mac_only_encrypted: bool,
+    /// A constant of ours (e.g. 3.11.0); go-yaml writes it plain.
+    pub version: &'a str,
+}
+
+impl EncryptedFile<'_> {
+    pub(crate) fn to_yaml(&self) -> Result<String, SopsError> {
+        tsk8s_yaml::to_string(self, Layout::SOPS)
+            .map_err(|e| SopsError::Encrypt(format!("internal: cannot write the file: {e}")))
     }
 }
 
-/// SOPS `ENC[…]` values and `^(data|stringData)$` are written plain by
-/// go-yaml; in block context `[`, `]`, `,`, `|`, `(`, `)`, `^`, `$` are fine
-/// inside a plain scalar that starts with a safe character.
-fn plain_ok(s: &str) -> bool {
-    let Some(first) = s.chars().next() else {
-        return false;
-    };
-    let first_ok = first.is_ascii_alphanumeric() || matches!(first, '.' | '/' | '_' | '^');
-    let rest_ok = s.chars().all(|c| {
-        c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                '.' | '/'
-                    | '_'
-                    | '-'
-                    | '+'
-                    | '='
-                    | '['
-                    | ']'
-                    | ','
-                    | ':'
-                    | '('
-                    | ')'
-                    | '|'
-                    | '^'
-                    | '$'
-            )
-    });
-    if !(first_ok && rest_ok) || s.ends_with(':') || s.contains(": ") {
-        return false;
-    }
-    // Must not resolve to a non-string (numbers, bools, null, YAML 1.1
-    // booleans, timestamps) in either parser.
-    if is_keyword(s) {
-        return false;
-    }
-    if s.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && !s.starts_with("ENC[")
-        && s.chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | ':' | '_' | 'e' | 'E'))
-    {
-        return false;
-    }
-    matches!(serde_yaml_ng::from_str::<Value>(s), Ok(Value::String(ref back)) if back == s)
-}
-
-/// Like [`scalar`], but quote with single quotes when possible (readable
-/// for regular expressions: no backslash escaping).
-pub(crate) fn scalar_prefer_single(s: &str) -> String {
-    if plain_ok(s) {
-        s.to_string()
-    } else if !s.is_empty()
-        && s.chars().all(|c| {
-            !c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}')
-        })
-        && !s.starts_with(' ')
-        && !s.ends_with(' ')
-    {
-        format!("'{}'", s.replace('\'', "''"))
-    } else {
-        double_quoted(s)
-    }
-}
-
-fn double_quoted(s: &str) -> String {
-    tsk8s_yaml::double_quoted(s, Escapes::GoYaml)
-}
-
-/// Write a mapping whose values are strings or nested mappings (what a
-/// Secret needs), at `indent` spaces. Its keys are strings (the caller checked with
-/// `writable`).
-pub(crate) fn mapping(out: &mut String, m: &serde_yaml_ng::Mapping, indent: usize) {
-    for (k, v) in m {
-        let Value::String(k) = k else {
-            unreachable!("encrypt writes only documents writable() accepted: string keys");
-        };
-        let key = scalar(k);
-        push_indent(out, indent);
-        out.push_str(&key);
-        out.push(':');
-        match v {
-            Value::Mapping(inner) if inner.is_empty() => out.push_str(" {}\n"),
-            Value::Mapping(inner) => {
-                out.push('\n');
-                mapping(out, inner, indent + 4);
-            }
-            Value::String(s) => {
-                out.push(' ');
-                out.push_str(&scalar(s));
-                out.push('\n');
-            }
-            Value::Null => out.push_str(" null\n"),
-            Value::Bool(b) => out.push_str(if *b { " true\n" } else { " false\n" }),
-            Value::Number(n) => {
-                out.push(' ');
-                out.push_str(&n.to_string());
-                out.push('\n');
-            }
-            Value::Sequence(_) | Value::Tagged(_) => {
-                unreachable!(
-                    "encrypt writes only documents writable() accepted: no sequences or tags"
-                )
-            }
+impl Serialize for EncryptedFile<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.doc.len() + 1))?;
+        for (k, v) in self.doc {
+            m.serialize_entry(k, v)?;
         }
+        m.serialize_entry(crate::METADATA_KEY, &self.sops)?;
+        m.end()
     }
 }
 
-/// The `sops:` block in the key order `sops` 3.11 writes (struct field order
-/// of `stores.Metadata`, empty fields omitted).
-pub(crate) fn sops_block(
-    out: &mut String,
-    age: &[AgeKey],
-    lastmodified: &str,
-    mac: &str,
-    (rule_field, rule): (&str, &str),
-    mac_only_encrypted: bool,
-    version: &str,
-) {
-    out.push_str("sops:\n");
-    out.push_str("    age:\n");
-    for k in age {
-        out.push_str("        - recipient: ");
-        out.push_str(&scalar(&k.recipient));
-        out.push('\n');
-        out.push_str("          enc: ");
-        literal(out, &k.enc, 12);
-        out.push('\n');
-    }
-    out.push_str("    lastmodified: ");
-    out.push_str(&double_quoted(lastmodified));
-    out.push('\n');
-    out.push_str("    mac: ");
-    out.push_str(&scalar(mac));
-    out.push('\n');
-    out.push_str("    ");
-    out.push_str(rule_field);
-    out.push_str(": ");
-    out.push_str(&scalar(rule));
-    out.push('\n');
-    if mac_only_encrypted {
-        out.push_str("    mac_only_encrypted: true\n");
-    }
-    out.push_str("    version: ");
-    // A constant of ours (e.g. 3.11.0); go-yaml writes it plain.
-    out.push_str(version);
-    out.push('\n');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scalar;
-
-    #[test]
-    fn scalars_read_back_as_the_same_string() {
-        for s in [
-            "v1",
-            "Secret",
-            "wg-node-a",
-            "app.kubernetes.io/name",
-            "true",
-            "yes",
-            "No",
-            "null",
-            "~",
-            "123",
-            "1.5",
-            "1e3",
-            "0x1F",
-            "2024-01-01",
-            "",
-            " lead",
-            "trail ",
-            "a: b",
-            "a:",
-            "#x",
-            "- x",
-            "x\ny",
-            "quote\"back\\slash",
-            "\u{1}\u{7f}",
-            "ünïcode",
-            "ENC[AES256_GCM,data:AA==,iv:AA==,tag:AA==,type:str]",
-            "^(data|stringData)$",
-            "@x",
-            "*alias",
-            "&anchor",
-            "!tag",
-            "%x",
-            "{a}",
-            "[a]",
-            "'s'",
-            "3.11.0",
-        ] {
-            let doc = format!("k: {}\n", scalar(s));
-            let back: serde_yaml_ng::Value = serde_yaml_ng::from_str(&doc).unwrap();
-            assert_eq!(
-                back.get("k"),
-                Some(&serde_yaml_ng::Value::String(s.to_string())),
-                "{s:?} -> {doc:?}"
-            );
+impl Serialize for SopsBlock<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("age", &AgeKeys(self.age))?;
+        m.serialize_entry(
+            "lastmodified",
+            &Styled(Style::DoubleQuoted, self.lastmodified),
+        )?;
+        m.serialize_entry("mac", self.mac)?;
+        m.serialize_entry(self.rule.0, self.rule.1)?;
+        if self.mac_only_encrypted {
+            m.serialize_entry("mac_only_encrypted", &true)?;
         }
-        assert_eq!(scalar("v1"), "v1");
-        assert_eq!(scalar("^(data|stringData)$"), "^(data|stringData)$");
+        m.serialize_entry("version", &Styled(Style::Plain, self.version))?;
+        m.end()
+    }
+}
+
+struct AgeKeys<'a>(&'a [AgeKey]);
+
+impl Serialize for AgeKeys<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|k| AgeEntry {
+            recipient: &k.recipient,
+            enc: Styled(Style::Literal, &k.enc),
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct AgeEntry<'a> {
+    recipient: &'a str,
+    enc: Styled<'a>,
+}
+
+/// `.sops.yaml`: one creation rule per `(path_regex, recipients)`.
+#[derive(serde::Serialize)]
+pub(crate) struct CreationRules<'a> {
+    pub creation_rules: Vec<CreationRule<'a>>,
+}
+
+/// A creation rule, its values single-quoted where they are not plain (readable regular
+/// expressions).
+#[derive(serde::Serialize)]
+pub(crate) struct CreationRule<'a> {
+    #[serde(serialize_with = "single_quoted")]
+    pub path_regex: &'a str,
+    #[serde(serialize_with = "single_quoted")]
+    pub encrypted_regex: &'a str,
+    /// The recipients joined by `,`.
+    #[serde(serialize_with = "single_quoted")]
+    pub age: String,
+}
+
+fn single_quoted<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    Styled(Style::SingleQuoted, v).serialize(s)
+}
+
+impl CreationRules<'_> {
+    pub(crate) fn to_yaml(&self) -> String {
+        // A list of structs of strings: no map key a serializer could refuse.
+        tsk8s_yaml::to_string(self, Layout::SOPS).expect("creation rules always serialize")
     }
 }

@@ -212,20 +212,21 @@ pub fn encrypt_yaml(
         });
     }
 
-    let mut out = String::new();
     let [Value::Mapping(doc)] = &docs else {
         return Err(SopsError::Encrypt("internal: document shape".into()));
     };
-    emit::mapping(&mut out, doc, 0);
-    emit::sops_block(
-        &mut out,
-        &age,
-        &lastmodified,
-        &mac,
-        rule.field(),
-        mac_only_encrypted,
-        SOPS_FORMAT_VERSION,
-    );
+    let out = emit::EncryptedFile {
+        doc,
+        sops: emit::SopsBlock {
+            age: &age,
+            lastmodified: &lastmodified,
+            mac: &mac,
+            rule: rule.field(),
+            mac_only_encrypted,
+            version: SOPS_FORMAT_VERSION,
+        },
+    }
+    .to_yaml()?;
     // What we wrote must read back as a SOPS file whose selected values are
     // ciphertext.
     if !is_sops_encrypted(&out) {
@@ -400,33 +401,27 @@ pub fn plaintext_secret_values(yaml: &str) -> Result<Vec<PlaintextValue>, SopsEr
 /// given order (SOPS uses the first matching rule), each with
 /// `encrypted_regex: ^(data|stringData)$` and the recipients joined by `,`.
 pub fn creation_rules_yaml(rules: &[(String, Vec<String>)]) -> String {
-    if rules.is_empty() {
-        return "creation_rules: []\n".to_string();
-    }
-    let mut out = String::from("creation_rules:\n");
-    for (path_regex, recipients) in rules {
-        out.push_str("    - path_regex: ");
-        out.push_str(&emit::scalar_prefer_single(path_regex));
-        out.push('\n');
-        out.push_str("      encrypted_regex: ");
-        out.push_str(&emit::scalar_prefer_single(K8S_ENCRYPTED_REGEX));
-        out.push('\n');
-        let joined = recipients
+    emit::CreationRules {
+        creation_rules: rules
             .iter()
-            .map(|r| r.trim())
-            .collect::<Vec<_>>()
-            .join(",");
-        out.push_str("      age: ");
-        out.push_str(&emit::scalar_prefer_single(&joined));
-        out.push('\n');
+            .map(|(path_regex, recipients)| emit::CreationRule {
+                path_regex,
+                encrypted_regex: K8S_ENCRYPTED_REGEX,
+                age: recipients
+                    .iter()
+                    .map(|r| r.trim())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+            .collect(),
     }
-    out
+    .to_yaml()
 }
 
 // ---------------------------------------------------------------------------
 
-/// What [`emit::mapping`] writes faithfully: string keys; string, number,
-/// boolean, null or mapping values.
+/// What [`emit::EncryptedFile`] writes faithfully: string keys; string, number, boolean, null
+/// or mapping values (the shapes held to sops 3.11's output).
 fn writable(m: &Mapping) -> bool {
     m.iter().all(|(k, v)| {
         matches!(k, Value::String(_))

@@ -1,180 +1,136 @@
-//! The YAML facts tsk8s's two YAML writers share, so each is written once:
+//! tsk8s's one YAML writer: a serde `Serializer` that writes a value as it is serialized (no
+//! intermediate tree), in one of two layouts:
 //!
-//! - the compiler's stream emitter (`tsk8s::yaml`): Kubernetes manifests in kubectl's layout
-//!   (indent 2, list items at their key's indentation), conservative quoting, single quotes
-//!   preferred;
-//! - `tsk8s-sops`'s writer (`tsk8s_sops::emit`): encrypted Secrets in the layout of the sops
-//!   CLI 3.11 (go-yaml v3: indent 4, list items indented under their key, go-yaml's choice of
-//!   plain or double-quoted scalars), byte for byte what `sops --encrypt` writes.
+//! - [`Layout::KUBECTL`], the compiler's manifests: kubectl's layout (indent 2, list items at
+//!   their key's indentation), multi-line strings as literal blocks, and conservative quoting —
+//!   any string a YAML 1.1 or 1.2 reader could take for something else (`on`, `yes`, `no`, `y`,
+//!   `off`, `null`, `~`, numbers in any base (`0755`, `0x1F`, `1_000`, `1:20`), `.inf`,
+//!   timestamps, text with YAML indicators) is quoted, single quotes preferred;
+//! - [`Layout::SOPS`], `tsk8s-sops`'s encrypted Secrets: byte for byte what the sops CLI 3.11
+//!   (go-yaml v3, indent 4) writes — list items indented under their key, go-yaml's choice of
+//!   plain or double-quoted scalars and its escapes (`\x7F`); the sops metadata's own fields
+//!   ask for their style with [`Styled`].
 //!
 //! The layouts differ because each is compared with a different reader's expectations (the
 //! manifests' reviewers and kubectl; the sops CLI's own output); what a YAML reader takes a
-//! plain word for, how a line is indented and how a literal block is written are the same.
+//! plain word for, how a line is indented and how a literal block is written are the same
+//! code. Map keys keep the order they are serialized in (struct field order, as serde_json's
+//! `preserve_order` would). The output is what `serde_json::to_value` + writing would produce,
+//! except that a map with a key serialized twice is an error (serde_json keeps one value
+//! silently). The tests check the stream against a tree writer kept as their oracle
+//! (`tree.rs`, test-only).
 
-/// The plain words a YAML 1.1 or 1.2 reader resolves to a boolean or null, spelled as the
-/// specifications spell them (YAML 1.1 `bool` and `null`, the 1.2 core schema): `yes`, `No`,
-/// `ON`, `true`, `Null`, `~`, … (`yEs` is a string in both). A writer must quote these to keep
-/// them strings.
-#[inline]
-pub fn is_keyword(s: &str) -> bool {
-    matches!(
-        s,
-        "y" | "Y"
-            | "yes"
-            | "Yes"
-            | "YES"
-            | "n"
-            | "N"
-            | "no"
-            | "No"
-            | "NO"
-            | "true"
-            | "True"
-            | "TRUE"
-            | "false"
-            | "False"
-            | "FALSE"
-            | "on"
-            | "On"
-            | "ON"
-            | "off"
-            | "Off"
-            | "OFF"
-            | "null"
-            | "Null"
-            | "NULL"
-            | "~"
-    )
-}
-
-/// Append `n` spaces.
-pub fn indent(out: &mut String, n: usize) {
-    const SPACES: &str = "                                ";
-    let mut n = n;
-    while n > 0 {
-        let k = n.min(SPACES.len());
-        out.push_str(&SPACES[..k]);
-        n -= k;
-    }
-}
-
-/// Can `s` be written as a literal block (`|`) that reads back as exactly `s`: more than
-/// blanks, printable, no line ending in a blank.
-pub fn literal_ok(s: &str) -> bool {
-    // Printable ASCII and newlines (generated JSON documents, armor): one byte pass.
-    if s.bytes().all(|c| c == b'\n' || (0x20..0x7f).contains(&c)) {
-        return !s.trim().is_empty() && !s.contains(" \n") && !s.ends_with(' ');
-    }
-    !s.trim().is_empty()
-        && s.chars()
-            .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
-        && !s.lines().any(|l| l.ends_with(' ') || l.ends_with('\t'))
-}
-
-/// Write `s` (checked by [`literal_ok`]) as a literal block whose lines are indented by `ind`:
-/// the indicator with its chomping (`|` one final newline, `|-` none, `|+` more) and an
-/// indentation indicator when the text starts with a space; no newline after the last line.
-pub fn literal(out: &mut String, s: &str, ind: usize) {
-    let chomp = if s.ends_with("\n\n") {
-        "+"
-    } else if s.ends_with('\n') {
-        ""
-    } else {
-        "-"
-    };
-    out.push('|');
-    if s.starts_with(' ') {
-        out.push('2');
-    }
-    out.push_str(chomp);
-    let body = s.strip_suffix('\n').unwrap_or(s);
-    for line in body.split('\n') {
-        out.push('\n');
-        if !line.is_empty() {
-            indent(out, ind);
-            out.push_str(line);
-        }
-    }
-}
-
-/// How a double-quoted scalar writes the characters it must escape besides `"`, `\\`, newline,
-/// tab and carriage return (which every writer escapes as `\"`, `\\\\`, `\n`, `\t`, `\r`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Escapes {
-    /// go-yaml v3's (the sops CLI's): `\xXX` for C0 controls and DEL, `\uXXXX` for NEL, the
-    /// line and paragraph separators and the BOM, upper-case hex.
-    GoYaml,
-    /// `\uxxxx` for every control character (C0, DEL, C1), NEL and the BOM, lower-case hex.
-    Unicode,
-}
-
-/// `s` as a double-quoted scalar that reads back as exactly `s`.
-pub fn double_quoted(s: &str, escapes: Escapes) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        // Writing to a String cannot fail.
-        let _ = match (c, escapes) {
-            ('"', _) => out.write_str("\\\""),
-            ('\\', _) => out.write_str("\\\\"),
-            ('\n', _) => out.write_str("\\n"),
-            ('\t', _) => out.write_str("\\t"),
-            ('\r', _) => out.write_str("\\r"),
-            (c, Escapes::GoYaml) if (c as u32) < 0x20 || c == '\u{7f}' => {
-                write!(out, "\\x{:02X}", c as u32)
-            }
-            ('\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}', Escapes::GoYaml) => {
-                write!(out, "\\u{:04X}", c as u32)
-            }
-            (c, Escapes::Unicode) if c.is_control() || c == '\u{feff}' || c == '\u{85}' => {
-                write!(out, "\\u{:04x}", c as u32)
-            }
-            (c, _) => out.write_char(c),
-        };
-    }
-    out.push('"');
-    out
-}
-
+mod scalar;
+mod stream;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tree;
 
-    #[test]
-    fn literal_blocks_keep_their_final_newlines() {
-        let mut out = String::new();
-        literal(&mut out, "a\nb\n", 4);
-        assert_eq!(out, "|\n    a\n    b");
-        out.clear();
-        literal(&mut out, "a", 2);
-        assert_eq!(out, "|-\n  a");
-        out.clear();
-        literal(&mut out, " a\n\n", 2);
-        assert_eq!(out, "|2+\n   a\n");
-        assert!(!literal_ok("a \nb") && !literal_ok("  ") && literal_ok("a\nb"));
+use serde::Serialize;
+
+pub use stream::SerError;
+
+/// How a document is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// A map or literal block under a key at column `c` starts at the next multiple of
+    /// `indent` after `c` (go-yaml's rule; with kubectl's 2 every column is even, so `c + 2`).
+    indent: usize,
+    /// A sequence under a key: its `- ` indented as a map would be (go-yaml), or at the key's
+    /// own column (kubectl).
+    indent_sequences: bool,
+    /// Which strings are plain and how the others are quoted.
+    strings: Strings,
+}
+
+/// A layout's rule for strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Strings {
+    /// Plain unless a YAML 1.1 or 1.2 reader could take it for something else; single quotes,
+    /// or double quotes with `\uxxxx` escapes when it holds a control character; a multi-line
+    /// string as a literal block. Non-finite floats are `null` (as serde_json has them).
+    Manifest,
+    /// go-yaml v3's: plain or double-quoted with go-yaml's escapes, multi-line strings
+    /// double-quoted; non-finite floats `.nan`, `.inf`, `-.inf`.
+    GoYaml,
+}
+
+impl Layout {
+    /// The compiler's manifests.
+    pub const KUBECTL: Layout = Layout {
+        indent: 2,
+        indent_sequences: false,
+        strings: Strings::Manifest,
+    };
+
+    /// What the sops CLI 3.11 writes (go-yaml v3 with indent 4).
+    pub const SOPS: Layout = Layout {
+        indent: 4,
+        indent_sequences: true,
+        strings: Strings::GoYaml,
+    };
+
+    /// The column of a block nested under a key at column `c`.
+    fn deeper(self, c: usize) -> usize {
+        self.indent * (c / self.indent + 1)
+    }
+}
+
+/// Serialize `v` and write it as YAML in `layout`, as it is serialized (no intermediate tree).
+/// An error when `v` cannot be represented: a map with a non-scalar key or a key serialized
+/// twice (serde_json's map would silently keep one value), or a failing `Serialize` impl.
+pub fn to_string<T: Serialize + ?Sized>(v: &T, layout: Layout) -> Result<String, SerError> {
+    stream::to_string(v, layout)
+}
+
+/// How one string asks to be written, whatever its layout's rule would choose; where the style
+/// cannot hold the string, the layout's rule decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// A literal block (`|`).
+    Literal,
+    /// Double quotes, in the layout's escapes.
+    DoubleQuoted,
+    /// Plain, when a YAML reader reads it back as this string (a version `3.11.0`).
+    Plain,
+    /// Plain when the layout's rule allows it, else single quotes (readable for regular
+    /// expressions: no backslash escaping).
+    SingleQuoted,
+}
+
+impl Style {
+    /// The newtype-struct names [`Styled`] serializes under; a serializer that is not this
+    /// crate's sees a plain string.
+    const NAMES: [(Style, &'static str); 4] = [
+        (Style::Literal, "\0tsk8s-yaml:literal"),
+        (Style::DoubleQuoted, "\0tsk8s-yaml:double-quoted"),
+        (Style::Plain, "\0tsk8s-yaml:plain"),
+        (Style::SingleQuoted, "\0tsk8s-yaml:single-quoted"),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("", |(_, name)| name)
     }
 
-    #[test]
-    fn double_quoted_escapes_by_style() {
-        let s = "a\"b\\c\n\t\r\u{1}\u{7f}\u{85}\u{2028}\u{feff}\u{90}ü";
-        assert_eq!(
-            double_quoted(s, Escapes::GoYaml),
-            "\"a\\\"b\\\\c\\n\\t\\r\\x01\\x7F\\u0085\\u2028\\uFEFF\u{90}ü\""
-        );
-        assert_eq!(
-            double_quoted(s, Escapes::Unicode),
-            "\"a\\\"b\\\\c\\n\\t\\r\\u0001\\u007f\\u0085\u{2028}\\ufeff\\u0090ü\""
-        );
+    fn from_name(name: &str) -> Option<Style> {
+        if !name.starts_with('\0') {
+            return None;
+        }
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(s, _)| *s)
     }
+}
 
-    #[test]
-    fn keywords_are_the_spelled_forms() {
-        for w in ["yes", "No", "ON", "true", "NULL", "~", "y"] {
-            assert!(is_keyword(w), "{w}");
-        }
-        for w in ["yEs", "tRUE", "nil", "none", ""] {
-            assert!(!is_keyword(w), "{w}");
-        }
+/// A string written in the given [`Style`].
+#[derive(Clone, Copy, Debug)]
+pub struct Styled<'a>(pub Style, pub &'a str);
+
+impl Serialize for Styled<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct(self.0.name(), self.1)
     }
 }

@@ -1,17 +1,27 @@
 //! The tree writer the stream is tested against (test-only oracle): serialize into a [`Node`]
 //! (serde_json's data model, following `serde_json::value::Serializer` case by case), then
-//! write it with the same scalar rules. Not an engine: `yaml::to_string` is the stream.
+//! write it in kubectl's layout with the same scalar rules. Not an engine: the stream is.
 
 use std::borrow::Cow;
 
 use serde::Serialize;
 use serde_json::Number;
 
-use super::{SerError, indent, key, key_text, string};
+use crate::Strings;
+use crate::scalar::indent;
+use crate::stream::{SerError, key_text};
+
+fn key(out: &mut String, k: &str) {
+    crate::scalar::key(out, k, Strings::Manifest);
+}
+
+fn string(out: &mut String, s: &str, ind: usize) {
+    crate::scalar::string(out, s, ind, 2, Strings::Manifest);
+}
 
 /// A serialized value: serde_json's data model, with borrowed struct keys.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) enum Node {
+pub(crate) enum Node {
     Null,
     Bool(bool),
     Number(Number),
@@ -21,7 +31,7 @@ pub(super) enum Node {
 }
 
 /// Write a serialized value as YAML.
-pub(super) fn write(v: &Node) -> String {
+pub(crate) fn write(v: &Node) -> String {
     let mut out = String::with_capacity(4096);
     match v {
         Node::Object(m) if !m.is_empty() => map(&mut out, m, 0),
@@ -98,7 +108,7 @@ fn scalar(out: &mut String, v: &Node, ind: usize) {
 }
 
 /// Serializes into a [`Node`], following `serde_json::value::Serializer` case by case.
-pub(super) struct NodeSer;
+pub(crate) struct NodeSer;
 
 fn num(n: impl Into<Number>) -> Result<Node, SerError> {
     Ok(Node::Number(n.into()))
@@ -233,7 +243,7 @@ impl serde::Serializer for NodeSer {
     }
 }
 
-pub(super) struct SeqSer(Vec<Node>);
+pub(crate) struct SeqSer(Vec<Node>);
 
 impl serde::ser::SerializeSeq for SeqSer {
     type Ok = Node;
@@ -271,7 +281,7 @@ impl serde::ser::SerializeTupleStruct for SeqSer {
 
 /// Map entries, and the key waiting for its value. A key serialized twice keeps its first
 /// position and takes the last value (as serde_json's ordered map does).
-pub(super) struct MapSer(Vec<(Cow<'static, str>, Node)>, Option<String>);
+pub(crate) struct MapSer(Vec<(Cow<'static, str>, Node)>, Option<String>);
 
 impl MapSer {
     fn put(&mut self, k: Cow<'static, str>, v: Node) {
@@ -322,7 +332,7 @@ impl serde::ser::SerializeStruct for MapSer {
 }
 
 /// An enum variant with content: `{variant: content}`.
-pub(super) struct VariantSer<S>(&'static str, S);
+pub(crate) struct VariantSer<S>(&'static str, S);
 
 impl serde::ser::SerializeTupleVariant for VariantSer<SeqSer> {
     type Ok = Node;
