@@ -381,3 +381,74 @@ fn policy_problems_are_located_at_their_spec_node() {
         f.text
     );
 }
+
+/// `lock`'s check of its new lock (`build::check_lock`, which compiles only where two nodes'
+/// prefixes meet) refuses and warns exactly as a compile without tests and secret sources
+/// does: on every golden spec, and on routes that are the same (an error) or nested (a
+/// warning) in two clusters.
+#[test]
+fn lock_check_agrees_with_a_compile() {
+    let identical =
+        std::fs::read_to_string(root().join("testdata/bad/lock/routes-identical/tailnet.kdl"))
+            .unwrap();
+    let nested = identical.replacen(
+        "subnet-router \"stage-services\" route=\"10.96.0.0/12\"",
+        "subnet-router \"stage-services\" route=\"10.96.0.0/16\"",
+        1,
+    );
+    let apart = identical.replacen(
+        "subnet-router \"stage-services\" route=\"10.96.0.0/12\"",
+        "subnet-router \"stage-services\" route=\"10.112.0.0/16\"",
+        1,
+    );
+    assert_ne!(nested, identical);
+    let mut cases: Vec<(String, String)> = dirs("testdata/specs")
+        .into_iter()
+        .map(|d| {
+            let name = d.display().to_string();
+            (
+                name,
+                std::fs::read_to_string(d.join("tailnet.kdl")).unwrap(),
+            )
+        })
+        .collect();
+    cases.push(("identical".into(), identical));
+    cases.push(("nested".into(), nested));
+    cases.push(("apart".into(), apart));
+    let mut outcomes = BTreeMap::new();
+    for (name, text) in &cases {
+        let lock = lock_for("tailnet.kdl", text).unwrap();
+        let input = Input {
+            spec_file: "tailnet.kdl",
+            spec: text,
+            lock_file: "tailnet.lock",
+            lock: Some(&lock),
+            sources: Default::default(),
+        };
+        let checks = build::Checks {
+            tests: false,
+            sources: false,
+        };
+        let full = build::load(&input).and_then(|l| {
+            build::compile(&input, l, checks, &mut tsk8s::emit::Discard).map(|c| c.warnings)
+        });
+        let quick = build::load(&input).and_then(|l| build::check_lock(&input, l));
+        assert_eq!(quick, full, "{name}");
+        outcomes.insert(name.as_str(), full);
+    }
+    assert!(
+        outcomes["identical"]
+            .as_ref()
+            .is_err_and(|f| f.text.contains("same route twice")),
+        "{:?}",
+        outcomes["identical"]
+    );
+    assert!(
+        outcomes["nested"]
+            .as_ref()
+            .is_ok_and(|w| w.contains("nested route")),
+        "{:?}",
+        outcomes["nested"]
+    );
+    assert_eq!(outcomes["apart"], Ok(String::new()));
+}

@@ -734,20 +734,10 @@ fn check_new_lock(l: &Loaded, stage: &Stage, text: &str) -> Result<(), u8> {
     };
     let checked = build::front(&l.spec_name, &l.spec)
         .and_then(|f| build::load_from(&input, f))
-        .and_then(|loaded| {
-            build::compile(
-                &input,
-                loaded,
-                build::Checks {
-                    tests: false,
-                    sources: false,
-                },
-                &mut crate::emit::Discard,
-            )
-        });
+        .and_then(|loaded| build::check_lock(&input, loaded));
     match checked {
-        Ok(c) => {
-            let _ = std::io::stderr().write_all(c.warnings.as_bytes());
+        Ok(warnings) => {
+            let _ = std::io::stderr().write_all(warnings.as_bytes());
             Ok(())
         }
         Err(f) => {
@@ -787,6 +777,9 @@ fn stage_key(stage: &mut Stage, dir: &Path, t: &Tailnet, k: &NewKey) -> (PathBuf
 #[derive(Default)]
 pub struct Stage {
     files: Vec<Staged>,
+    /// Position of each path in `files` (`lock` stages a key file per new node: 10,000 and
+    /// more).
+    at: std::collections::HashMap<PathBuf, usize>,
 }
 
 struct Staged {
@@ -826,15 +819,18 @@ impl Stage {
     }
 
     fn put(&mut self, f: Staged) {
-        match self.files.iter_mut().find(|g| g.path == f.path) {
+        match self.at.get(&f.path).and_then(|&i| self.files.get_mut(i)) {
             Some(g) => *g = f,
-            None => self.files.push(f),
+            None => {
+                self.at.insert(f.path.clone(), self.files.len());
+                self.files.push(f);
+            }
         }
     }
 
     /// What `path` will hold: the staged bytes, else the file as it is.
     pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
-        match self.files.iter().find(|g| g.path == path) {
+        match self.at.get(path).and_then(|&i| self.files.get(i)) {
             Some(g) => Some(g.bytes.clone()),
             None => fs::read(path).ok(),
         }

@@ -90,6 +90,65 @@ impl Taken {
     }
 }
 
+/// Whether two runtime nodes' prefixes (own addresses, a subnet router's routes) share an
+/// address. Only then can a device's config hold the same prefix on two peers (an error,
+/// [`Overlap`]) or a nested one (a warning): a peer's AllowedIPs are its own prefixes, or
+/// aggregates of them, so two peers' entries can only meet where their prefixes do. `lock`
+/// asks this to skip lowering the devices when no overlap can arise.
+pub fn prefixes_may_overlap(t: &Tailnet, lock: &Lock) -> bool {
+    // (family, first, last, node) of every prefix a device could route to a node.
+    let mut spans: Vec<(bool, u128, u128, usize)> = Vec::new();
+    let mut span = |n: &IpNet, node: usize| {
+        let (v6, first, len) = net_key(n);
+        let bits: u8 = if v6 { 128 } else { 32 };
+        let size = u32::from(bits - len);
+        let last = if size >= 128 {
+            u128::MAX
+        } else {
+            first | ((1u128 << size) - 1)
+        };
+        spans.push((v6, first, last, node));
+    };
+    for (node, (_, e)) in t.runtime_nodes().enumerate() {
+        let Some(entry) = lock.nodes.get(&e.id) else {
+            continue;
+        };
+        span(&IpNet::from(IpAddr::V4(entry.ipv4)), node);
+        span(&IpNet::from(IpAddr::V6(entry.ipv6)), node);
+        if let ExposureKind::SubnetRouter { routes } = &e.kind {
+            for r in routes {
+                span(r, node);
+            }
+        }
+    }
+    spans.sort_unstable();
+    // Sweep in address order, keeping the furthest end seen so far and the furthest end of
+    // another node than that one's: a span starting at or before the furthest end of another
+    // node's span meets it.
+    let mut family = None;
+    let mut best: Option<(u128, usize)> = None;
+    let mut second: Option<u128> = None;
+    for &(v6, first, last, node) in &spans {
+        if family != Some(v6) {
+            (family, best, second) = (Some(v6), None, None);
+        }
+        let reach = match best {
+            Some((end, n)) if n != node => Some(end),
+            _ => second,
+        };
+        if reach.is_some_and(|end| first <= end) {
+            return true;
+        }
+        match best {
+            Some((end, n)) if n == node => best = Some((end.max(last), n)),
+            Some((end, _)) if last > end => (best, second) = (Some((last, node)), Some(end)),
+            Some(_) => second = Some(second.map_or(last, |s| s.max(last))),
+            None => best = Some((last, node)),
+        }
+    }
+    false
+}
+
 /// The comment header and `[Interface]` of a device's wg-quick config.
 fn interface_section(d: &Device, entry: &crate::lockfile::DeviceEntry) -> String {
     let owner = match (&d.user, d.tags.is_empty()) {
@@ -301,4 +360,44 @@ pub fn device_peers<'n>(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Routes of subnet routers in one cluster: apart, nested either way, equal.
+    #[test]
+    fn meeting_prefixes_are_found() {
+        let t = |routes: &[&str]| -> bool {
+            let spec = format!(
+                "tailnet \"t\" domain=\"t.example\"\ntag \"r\"\ncluster \"c\" namespace=\"ns\" pod-cidr=\"10.244.0.0/16\" service-cidr=\"10.96.0.0/12\" endpoint=\"wg.t.example\" image=\"ghcr.io/acme/tsk8s-runtime:0.1.0\" {{\n    secrets \"existing\"\n{}}}\n",
+                routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| format!("    subnet-router \"r{i}\" route=\"{r}\" tag=\"r\"\n"))
+                    .collect::<String>()
+            );
+            let front =
+                crate::build::front("tailnet.kdl", &spec).unwrap_or_else(|f| panic!("{}", f.text));
+            let mut n = 0u8;
+            let upd = crate::lockfile::update(
+                &front.tailnet,
+                &Lock::default(),
+                &crate::lockfile::LockOptions::default(),
+                &mut || {
+                    n += 1;
+                    (format!("k{n}"), format!("p{n}"))
+                },
+            )
+            .unwrap();
+            prefixes_may_overlap(&front.tailnet, &upd.lock)
+        };
+        assert!(!t(&["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/24"]));
+        assert!(t(&["10.1.0.0/16", "10.2.0.0/16", "10.1.3.0/24"]));
+        assert!(t(&["10.0.0.0/8", "10.2.0.0/16"]));
+        assert!(t(&["10.2.0.0/16", "10.0.0.0/8"]));
+        assert!(t(&["10.2.0.0/16", "10.2.0.0/16"]));
+        assert!(!t(&["10.2.0.0/16"]));
+    }
 }
