@@ -421,7 +421,7 @@ for b in "${bins[@]}"; do
   if [ -n "${DEBUG:-}" ]; then
     for pe in "p${tag}3 9190" "e${tag}1 9191"; do
       set -- $pe
-      ip netns exec "tb${id}$1" curl -s "http://127.0.0.1:$2/metrics" | grep -E '^tsk8s_(tcp_buffer|tcp_timeouts|tcp_fast|tcp_sack|memory_charged)' | sed "s/^/$1: /" >&2
+      ip netns exec "tb${id}$1" curl -s "http://127.0.0.1:$2/metrics" | grep -E '^tsk8s_(tcp_buffer|tcp_timeouts|tcp_fast|tcp_sack|memory_charged|udp_tx|udp_gso|drops_total\{reason="send_error)' | sed "s/^/$1: /" >&2
     done
   fi
 done

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod packet;
 pub mod resolve;
+pub mod sendq;
 pub mod wire;
 
 use std::sync::Arc;

@@ -116,6 +116,11 @@ pub struct Counters {
     pub drops: [u64; ALL_DROPS.len()],
     pub udp_rx_datagrams: u64,
     pub udp_tx_datagrams: u64,
+    /// `sendmmsg` calls of the batched send path (`crate::sendq`), GSO messages among their
+    /// messages (several datagrams each), and GSO refusals (then plain datagrams).
+    pub udp_tx_calls: u64,
+    pub udp_tx_gso_messages: u64,
+    pub udp_gso_refused: u64,
     pub cookie_replies: u64,
     /// Handshake initiations sent in answer to undecryptable packets (peers without endpoint).
     pub handshake_probes: u64,
@@ -183,6 +188,24 @@ const SCALARS: &[(&str, &str, &str, Scalar)] = &[
         "counter",
         "UDP datagrams sent.",
         |c| c.udp_tx_datagrams,
+    ),
+    (
+        "tsk8s_udp_tx_calls_total",
+        "counter",
+        "sendmmsg calls of the batched send path (each carries many datagrams).",
+        |c| c.udp_tx_calls,
+    ),
+    (
+        "tsk8s_udp_tx_gso_messages_total",
+        "counter",
+        "UDP GSO messages sent (several equal-size datagrams each, segmented by the kernel).",
+        |c| c.udp_tx_gso_messages,
+    ),
+    (
+        "tsk8s_udp_gso_refused_total",
+        "counter",
+        "Times the kernel refused UDP GSO (the socket sends plain datagrams from then on).",
+        |c| c.udp_gso_refused,
     ),
     (
         "tsk8s_cookie_replies_total",

@@ -23,6 +23,7 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use crate::config::PeerSpec;
 use crate::metrics::{Counters, DropReason, PeerStats};
 use crate::packet::{self, Info, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use crate::sendq::{self, SendQueue};
 
 /// Handshakes per second before cookie replies are demanded.
 pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -86,6 +87,10 @@ pub struct Net {
     pub now: Instant,
     enc_buf: Vec<u8>,
     tx_scratch: Vec<u8>,
+    /// Encrypted datagrams waiting for the next flush (`crate::sendq`): the packet loop
+    /// flushes after every stack poll and before it blocks; a datagram sent at once (a
+    /// handshake message, keepalive, cookie reply) flushes it first, to keep the order.
+    pub txq: SendQueue,
     /// Probe limiter: initiations sent per source address in the current second, and in all.
     probe_sources: HashMap<IpAddr, u32>,
     probes_this_second: u32,
@@ -116,6 +121,7 @@ impl Net {
             now: Instant::now(),
             enc_buf: vec![0; BUF + 64],
             tx_scratch: Vec::with_capacity(BUF),
+            txq: SendQueue::default(),
             probe_sources: HashMap::new(),
             probes_this_second: 0,
             probe_cursor: 0,
@@ -248,7 +254,12 @@ impl Net {
         let Some(data) = self.enc_buf.get(..data_in_enc) else {
             return;
         };
-        send_to(&self.socket, data, to, &mut self.counters);
+        send_now(&mut self.txq, &self.socket, data, to, &mut self.counters);
+    }
+
+    /// Send every queued datagram (see `crate::sendq`).
+    pub fn flush(&mut self) {
+        self.txq.flush(self.socket.as_raw_fd(), &mut self.counters);
     }
 
     /// Encrypt and send one inner packet produced by this node.
@@ -271,15 +282,24 @@ impl Net {
         }
         peer.stats.tx_bytes += pkt.len() as u64;
         peer.stats.tx_packets += 1;
-        let endpoint = peer.endpoint;
-        let n = match peer.tunn.encapsulate(pkt, &mut self.enc_buf) {
-            TunnResult::WriteToNetwork(out) => out.len(),
-            _ => return, // queued while a handshake runs
+        let Some(ep) = peer.endpoint else {
+            // Still encapsulated: boringtun keeps it for the handshake it starts.
+            if let TunnResult::WriteToNetwork(_) = peer.tunn.encapsulate(pkt, &mut self.enc_buf) {
+                self.counters.drop(DropReason::NoEndpoint);
+            }
+            return;
         };
-        match endpoint {
-            Some(ep) => self.send_udp(n, ep),
-            None => self.counters.drop(DropReason::NoEndpoint),
+        // The ciphertext (or the handshake initiation boringtun sends instead while it has no
+        // session, at most 148 bytes) is written straight into the send queue.
+        let max = (pkt.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        if !self.txq.has_room(max) {
+            self.txq.flush(self.socket.as_raw_fd(), &mut self.counters);
         }
+        self.txq
+            .push_with(ep, max, |buf| match peer.tunn.encapsulate(pkt, buf) {
+                TunnResult::WriteToNetwork(out) => out.len(),
+                _ => 0, // queued while a handshake runs
+            });
     }
 
     /// Record flows this node opens so that replies pass the filter.
@@ -372,7 +392,7 @@ impl Net {
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         self.counters.cookie_replies += 1;
                         self.counters.drop(DropReason::UnderLoad);
-                        send_to(&self.socket, cookie, src, &mut self.counters);
+                        send_now(&mut self.txq, &self.socket, cookie, src, &mut self.counters);
                         return None;
                     }
                     Err(_) => {
@@ -470,7 +490,7 @@ impl Net {
                         }
                     }
                     let to = peer.endpoint.unwrap_or(src);
-                    send_to(&self.socket, out, to, &mut self.counters);
+                    send_now(&mut self.txq, &self.socket, out, to, &mut self.counters);
                 }
                 TunnResult::WriteToTunnelV4(pkt, _) | TunnResult::WriteToTunnelV6(pkt, _) => {
                     peer.endpoint = Some(src);
@@ -551,7 +571,7 @@ impl Net {
         for p in self.peers.iter_mut().flatten() {
             if let TunnResult::WriteToNetwork(out) = p.tunn.update_timers(&mut self.enc_buf) {
                 match p.endpoint {
-                    Some(ep) => send_to(&self.socket, out, ep, &mut self.counters),
+                    Some(ep) => send_now(&mut self.txq, &self.socket, out, ep, &mut self.counters),
                     None => self.counters.drop(DropReason::NoEndpoint),
                 }
             }
@@ -588,8 +608,21 @@ fn random_index_start(public: &PublicKey) -> u32 {
     n.max(1)
 }
 
-/// Send a datagram; on a full socket buffer wait briefly (back-pressure) instead of dropping.
-pub fn send_to(sock: &mio::net::UdpSocket, data: &[u8], to: SocketAddr, c: &mut Counters) {
+/// WireGuard's data message overhead (type, index, counter, tag; boringtun does not pad).
+const DATA_OVERHEAD: usize = 32;
+/// A handshake initiation's size.
+const HANDSHAKE_INIT_LEN: usize = 148;
+
+/// Send a datagram at once, after what `txq` holds (so the order on the wire is kept); on a
+/// full socket buffer wait briefly (back-pressure) instead of dropping.
+pub fn send_now(
+    txq: &mut SendQueue,
+    sock: &mio::net::UdpSocket,
+    data: &[u8],
+    to: SocketAddr,
+    c: &mut Counters,
+) {
+    txq.flush(sock.as_raw_fd(), c);
     for attempt in 0..3 {
         match sock.send_to(data, to) {
             Ok(_) => {
@@ -597,15 +630,7 @@ pub fn send_to(sock: &mio::net::UdpSocket, data: &[u8], to: SocketAddr, c: &mut 
                 return;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && attempt < 2 => {
-                let mut pfd = libc::pollfd {
-                    fd: sock.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd, bounded timeout.
-                unsafe {
-                    libc::poll(&mut pfd, 1, 5);
-                }
+                sendq::wait_writable(sock.as_raw_fd());
             }
             Err(_) => break,
         }

@@ -195,6 +195,9 @@ impl Engine {
             let _ = w.wake();
         }))?;
         let mut net = Net::new(socket, loaded.secret.clone(), usize::from(node.mtu));
+        if !tuning.udp_gso {
+            net.txq.disable_gso();
+        }
         if let Some((base, mask)) = index_range {
             net.set_index_range(base, mask);
         }
@@ -338,6 +341,8 @@ impl Engine {
             if !self.dirty.is_empty() || !self.net.rx.is_empty() {
                 timeout = Duration::ZERO;
             }
+            // Nothing stays queued while the loop sleeps (normally `poll_stack` sent it).
+            self.net.flush();
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

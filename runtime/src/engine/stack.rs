@@ -52,6 +52,9 @@ pub struct Tuning {
     /// packets whenever any other peer shares a full batch (runtime/README.md).
     pub fair_share: bool,
     pub udp_sock_buf: usize,
+    /// Send runs of equal-size datagrams as one UDP GSO message (`crate::sendq`;
+    /// `TSK8S_UDP_GSO=0` turns it off: batched plain datagrams only).
+    pub udp_gso: bool,
     pub congestion: tcp::CongestionControl,
     /// Bytes all per-connection buffers together may take (see `budget::Budget`).
     pub memory_budget: usize,
@@ -74,6 +77,7 @@ impl Default for Tuning {
             skip_quiet: std::env::var("TSK8S_SKIP_QUIET_SOCKETS").as_deref() != Ok("0"),
             fair_share: std::env::var("TSK8S_FAIR_SHARE").as_deref() == Ok("1"),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
+            udp_gso: std::env::var("TSK8S_UDP_GSO").as_deref() != Ok("0"),
             // The container's memory limit comes from the Downward API (limits.memory, bytes);
             // half of it is for connection buffers, the rest for everything else.
             memory_budget: std::env::var("TSK8S_MEMORY_BUDGET")
@@ -101,6 +105,8 @@ impl Engine {
     pub(super) fn poll_stack(&mut self) {
         let smol = smol_now(self.start, Instant::now());
         self.iface.poll(smol, &mut self.net, &mut self.sockets);
+        // What the poll produced leaves now, batched (`crate::sendq`).
+        self.net.flush();
     }
 
     pub(super) fn tcp_socket(&self, rx: usize, tx: usize, dns: bool) -> tcp::Socket<'static> {
