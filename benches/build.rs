@@ -19,8 +19,9 @@
 //! (default 10, 100, 1000 for `own`; 10, 100 for `cross` unless TSK8S_BENCH_SIZES is set:
 //! its 1,000 is large); `TSK8S_BENCH_RUNS` the runs per size (default 3, best reported).
 
+mod common;
+
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -42,23 +43,7 @@ fn spec(clusters: usize) -> String {
             s,
             "cluster \"c{c}\" publish=\"load-balancer\" endpoint=\"{{node}}.wg.c{c}.bench.example\" image=\"ghcr.io/bench/tsk8s-runtime:1.0.0\" {{"
         );
-        for p in 0..6 {
-            let _ = writeln!(
-                s,
-                "    proxy \"c{c}-p{p}\" service=\"ns{p}/svc{p}\" port={} tag=\"app{c}\"",
-                8000 + p
-            );
-        }
-        let _ = writeln!(
-            s,
-            "    sidecar \"c{c}-side\" workload=\"shop/web{c}\" port=8080 tag=\"app{c}\""
-        );
-        let _ = writeln!(
-            s,
-            "    subnet-router \"c{c}-r\" route=\"10.{}.{}.0/24\" tag=\"app{c}\"",
-            c / 256,
-            c % 256
-        );
+        app_exposures(&mut s, c, 6);
         let _ = writeln!(
             s,
             "    egress \"c{c}-e\" target=\"laptop{c}\" port=2222 tag=\"app{c}\""
@@ -143,23 +128,7 @@ fn cross_spec(clusters: usize) -> String {
             s,
             "    proxy \"c{c}-metrics\" service=\"mon/node-exporter\" port=9100 tag=\"metrics\""
         );
-        for p in 0..3 {
-            let _ = writeln!(
-                s,
-                "    proxy \"c{c}-p{p}\" service=\"ns{p}/svc{p}\" port={} tag=\"app{c}\"",
-                8000 + p
-            );
-        }
-        let _ = writeln!(
-            s,
-            "    sidecar \"c{c}-side\" workload=\"shop/web{c}\" port=8080 tag=\"app{c}\""
-        );
-        let _ = writeln!(
-            s,
-            "    subnet-router \"c{c}-r\" route=\"10.{}.{}.0/24\" tag=\"app{c}\"",
-            c / 256,
-            c % 256
-        );
+        app_exposures(&mut s, c, 3);
         let _ = writeln!(
             s,
             "    egress \"c{c}-e\" target=\"d{}\" port=2222 tag=\"egress\"",
@@ -206,6 +175,28 @@ fn cross_spec(clusters: usize) -> String {
     s
 }
 
+/// Cluster `c`'s team exposures, tagged `app{c}`: `proxies` app proxies, a sidecar, a subnet
+/// router.
+fn app_exposures(s: &mut String, c: usize, proxies: usize) {
+    for p in 0..proxies {
+        let _ = writeln!(
+            s,
+            "    proxy \"c{c}-p{p}\" service=\"ns{p}/svc{p}\" port={} tag=\"app{c}\"",
+            8000 + p
+        );
+    }
+    let _ = writeln!(
+        s,
+        "    sidecar \"c{c}-side\" workload=\"shop/web{c}\" port=8080 tag=\"app{c}\""
+    );
+    let _ = writeln!(
+        s,
+        "    subnet-router \"c{c}-r\" route=\"10.{}.{}.0/24\" tag=\"app{c}\"",
+        c / 256,
+        c % 256
+    );
+}
+
 fn pubkey(n: u32) -> String {
     use base64::Engine;
     let mut b = [7u8; 32];
@@ -238,34 +229,14 @@ fn lock(spec_text: &str) -> String {
 fn measure(cmd: &mut Command) -> (f64, f64, i32) {
     let start = Instant::now();
     let child = cmd.spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let wall = start.elapsed().as_secs_f64();
-    (
-        wall,
-        ru.ru_maxrss as f64 / 1024.0,
-        libc::WEXITSTATUS(status),
-    )
+    common::wait_measured(child, start)
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new("cargo")
-        .args(["build", "--release", "--bin", "tsk8s"])
-        .current_dir(root)
-        .status()
-        .expect("cargo");
-    assert!(st.success());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
     // TSK8S_BENCH_BIN=PATH measures another binary (e.g. a copy built from an older commit).
     let bin = std::env::var_os("TSK8S_BENCH_BIN")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| target.join("release/tsk8s"));
+        .unwrap_or_else(common::release_bin);
     // Every run writes a fresh output dir, and nothing is deleted until the end of a shape:
     // on ext4 without a journal, creating files right after deleting many scans past the
     // recently deleted inodes, which would measure the previous run's cleanup.

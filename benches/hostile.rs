@@ -12,6 +12,8 @@
 //! Each runs the release binary as a child; wall time and peak RSS come from wait4's rusage.
 //! Run: `cargo bench --bench hostile` (builds the release binary first).
 
+mod common;
+
 use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -39,8 +41,6 @@ fn base() -> String {
 type Case<'a> = (&'a str, Box<dyn Fn() -> String + 'a>);
 
 /// Run a child; (wall seconds, peak RSS in MiB, exit code, stderr bytes).
-// The child is reaped by wait4 (for its rusage), not by `Child::wait`.
-#[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> (f64, f64, i32, usize) {
     let start = Instant::now();
     let mut child = cmd
@@ -60,33 +60,13 @@ fn measure(cmd: &mut Command) -> (f64, f64, i32, usize) {
         }
         n
     });
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let wall = start.elapsed().as_secs_f64();
+    let (wall, rss, code) = common::wait_measured(child, start);
     let bytes = reader.join().unwrap_or(0);
-    (
-        wall,
-        ru.ru_maxrss as f64 / 1024.0,
-        libc::WEXITSTATUS(status),
-        bytes,
-    )
+    (wall, rss, code, bytes)
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new("cargo")
-        .args(["build", "--release", "--bin", "tsk8s"])
-        .current_dir(root)
-        .status()
-        .expect("cargo");
-    assert!(st.success());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("release/tsk8s");
+    let bin = common::release_bin();
     let base = base();
     let host = "host \"office\" \"192.168.10.0/24\"\n";
     let props = |n: usize| {

@@ -103,6 +103,11 @@ enum Side {
     Owner,
 }
 
+/// The items `f` resolves, in order; those it refuses (`None`, with a diagnostic) left out.
+fn resolved<T, U>(items: &[T], f: impl FnMut(&T) -> Option<U>) -> Vec<U> {
+    items.iter().filter_map(f).collect()
+}
+
 fn err(span: SourceSpan, msg: impl Into<String>) -> Diagnostic {
     Diagnostic::new(span, msg)
 }
@@ -255,26 +260,11 @@ impl Resolver<'_> {
         }
         self.check_egress_targets(spec, &clusters, &known, magicdns_suffix.as_deref());
 
-        let acls = spec
-            .acls
-            .iter()
-            .filter_map(|a| self.acl(&names, a))
-            .collect();
-        let grants = spec
-            .grants
-            .iter()
-            .filter_map(|g| self.grant(&names, g))
-            .collect();
-        let tests = spec
-            .tests
-            .iter()
-            .filter_map(|t| self.test(&names, t))
-            .collect();
-        let ssh = spec
-            .ssh
-            .iter()
-            .filter_map(|s| self.ssh(&names, s))
-            .collect();
+        // Each rule resolved on its own; a bad one is left out (its diagnostics say why).
+        let acls = resolved(&spec.acls, |a| self.acl(&names, a));
+        let grants = resolved(&spec.grants, |g| self.grant(&names, g));
+        let tests = resolved(&spec.tests, |t| self.test(&names, t));
+        let ssh = resolved(&spec.ssh, |s| self.ssh(&names, s));
         let gitops = spec.gitops.as_ref().and_then(|g| self.gitops(g));
         if gitops.is_none() {
             self.check_no_cluster_gitops(spec);
@@ -943,7 +933,11 @@ impl Resolver<'_> {
         }
         let mut app: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
         for (name, json) in &g.app {
-            let Some((domain, path)) = name.v.split_once('/') else {
+            let Some((domain, _)) = name
+                .v
+                .split_once('/')
+                .filter(|(domain, path)| !domain.is_empty() && !path.is_empty())
+            else {
                 self.push(
                     err(
                         name.span,
@@ -954,17 +948,6 @@ impl Resolver<'_> {
                 ok = false;
                 continue;
             };
-            if domain.is_empty() || path.is_empty() {
-                self.push(
-                    err(
-                        name.span,
-                        "capability name must have the form {domain}/{path}",
-                    )
-                    .label("bad capability"),
-                );
-                ok = false;
-                continue;
-            }
             if domain == "tailscale.com" || domain.ends_with(".tailscale.com") {
                 self.push(
                     err(

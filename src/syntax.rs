@@ -577,6 +577,11 @@ impl<'a> Node<'a> {
                 None => {}
             }
         }
+        self.extra_args(d);
+    }
+
+    /// Every argument no reader took.
+    fn extra_args(&self, d: &mut Diagnostics) {
         for e in self.args().skip(self.args_used) {
             d.push(
                 Diagnostic::new(
@@ -1346,15 +1351,7 @@ fn read_fields<'a>(
 impl Node<'_> {
     /// Like `finish`, but properties are read by the caller as free-form key/values.
     fn finish_args_only(&mut self, d: &mut Diagnostics) {
-        for e in self.args().skip(self.args_used) {
-            d.push(
-                Diagnostic::new(
-                    e.span(),
-                    format!("unexpected argument to `{}`", self.name()),
-                )
-                .label("extra argument"),
-            );
-        }
+        self.extra_args(d);
         self.args_used = usize::MAX / 2;
     }
 }

@@ -1289,14 +1289,7 @@ cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {
 /// changes"): the base still comes from git, and the ACL change shows (exit 1).
 #[test]
 fn ci_examples_diff_the_git_base_not_a_committed_dir() {
-    let git = |d: &Path, args: &[&str]| {
-        let o = Command::new("git")
-            .args(args)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "git {args:?}");
-    };
+    let git = tsk8s_test_support::git;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_tsk8s"));
     let tsk8s = |d: &Path, args: &[&str]| {
         let o = Command::new(&bin)

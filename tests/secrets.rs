@@ -325,6 +325,17 @@ acl {{
     )
 }
 
+/// A new key's committed SOPS source as `lock` writes it: (path, text encrypted for R1).
+fn sops_source(front: &build::Front, k: &lockfile::NewKey) -> (String, Vec<u8>) {
+    let c = front.tailnet.cluster(&k.cluster).unwrap();
+    let e = c.exposures.iter().find(|e| e.id == k.node).unwrap();
+    let r = tsk8s::lower::secrets::SecretRef::node_key(c, e);
+    (
+        tsk8s::lower::secrets::source_file(c, &r.remote).unwrap(),
+        encrypt_node(&r.name, &r.namespace, &k.private_key, &[R1]).into_bytes(),
+    )
+}
+
 /// Lock a SOPS spec in memory and encrypt each new key as `lock` does; build.
 /// Returns (spec, tree, sources, private keys made).
 fn sops_tree(
@@ -336,13 +347,8 @@ fn sops_tree(
     let front = build::front("tailnet.kdl", spec).unwrap();
     let mut sources = BTreeMap::new();
     for k in &upd.new_keys {
-        let c = front.tailnet.cluster(&k.cluster).unwrap();
-        let e = c.exposures.iter().find(|e| e.id == k.node).unwrap();
-        let r = tsk8s::lower::secrets::SecretRef::node_key(c, e);
-        sources.insert(
-            tsk8s::lower::secrets::source_file(c, &r.remote).unwrap(),
-            encrypt_node(&r.name, &r.namespace, &k.private_key, &[R1]).into_bytes(),
-        );
+        let (path, text) = sops_source(&front, k);
+        sources.insert(path, text);
     }
     let tree = build_text(spec, &lockfile::render(&lock), sources.clone())
         .unwrap_or_else(|f| panic!("{}", f.text));
@@ -799,13 +805,8 @@ fn rotation_changes_only_that_key() {
         let mut sources = BTreeMap::new();
         let put = |k: &lockfile::NewKey, sources: &mut BTreeMap<String, Vec<u8>>| {
             if backend == "sops" {
-                let c = front.tailnet.cluster(&k.cluster).unwrap();
-                let e = c.exposures.iter().find(|e| e.id == k.node).unwrap();
-                let r = tsk8s::lower::secrets::SecretRef::node_key(c, e);
-                sources.insert(
-                    tsk8s::lower::secrets::source_file(c, &r.remote).unwrap(),
-                    encrypt_node(&r.name, &r.namespace, &k.private_key, &[R1]).into_bytes(),
-                );
+                let (path, text) = sops_source(&front, k);
+                sources.insert(path, text);
             }
         };
         for k in &upd.new_keys {
@@ -915,12 +916,7 @@ fn sops_sources_are_checked() {
         ("not yaml", "{{{".into(), "is not one YAML document"),
     ];
     for (what, text, want) in cases {
-        let mut s = good.clone();
-        if text.is_empty() {
-            s.remove(&g);
-        } else {
-            s.insert(g.clone(), text.into_bytes());
-        }
+        let s = with_source(&good, &g, text);
         let err = flat(&sops_error(s, SOPS_R1));
         assert!(err.contains(want), "{what}: {err}");
         assert!(err.contains("tsk8s lock"), "{what}: names the fix: {err}");
@@ -941,14 +937,29 @@ fn sops_sources_are_checked() {
     assert_eq!(sops_error(good, SOPS_R1), "(no error)");
 }
 
+/// `sources` with the file at `path` replaced by `text`, or removed when `text` is empty.
+fn with_source(
+    sources: &BTreeMap<String, Vec<u8>>,
+    path: &str,
+    text: String,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut s = sources.clone();
+    if text.is_empty() {
+        s.remove(path);
+    } else {
+        s.insert(path.to_string(), text.into_bytes());
+    }
+    s
+}
+
 fn sealed(name: &str, ns: &str, extra_meta: &str, template: &str) -> String {
     format!(
         "apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata:\n  name: {name}\n  namespace: {ns}\n{extra_meta}spec:\n  encryptedData:\n    private-key: AgBy3i4OJSWK+PiTySYZZA==\n{template}"
     )
 }
 
-#[test]
-fn sealed_secrets_are_checked_and_passed_through() {
+/// A spec with sealed-secrets, its lock, and a good SealedSecret for each of its nodes.
+fn sealed_setup() -> (String, String, BTreeMap<String, Vec<u8>>) {
     let spec = spec_with("sealed-secrets", "");
     let mut keys = Keygen::new(20);
     let (lock, _) = lock_for(&spec, &mut keys);
@@ -966,6 +977,12 @@ fn sealed_secrets_are_checked_and_passed_through() {
         )
     })
     .collect();
+    (spec, lock, good)
+}
+
+#[test]
+fn sealed_secrets_are_checked_and_passed_through() {
+    let (spec, lock, good) = sealed_setup();
     let tree = build_text(&spec, &lock, good.clone()).unwrap_or_else(|f| panic!("{}", f.text));
     assert_eq!(
         tree["clusters/prod/secrets/grafana.sealedsecret.yaml"],
@@ -1035,12 +1052,7 @@ fn sealed_secrets_are_checked_and_passed_through() {
         ),
     ];
     for (what, text, want) in cases {
-        let mut s = good.clone();
-        if text.is_empty() {
-            s.remove(&g);
-        } else {
-            s.insert(g.clone(), text.into_bytes());
-        }
+        let s = with_source(&good, &g, text);
         let err = match build_text(&spec, &lock, s) {
             Ok(_) => "(no error)".into(),
             Err(f) => flat(&f.text),
@@ -1422,23 +1434,7 @@ fn cli_build_refuses_sops_plaintext() {
 /// `spec.template.data` / `stringData` (or `data`/`stringData` elsewhere) is refused, named.
 #[test]
 fn sealed_secret_plaintext_is_refused() {
-    let spec = spec_with("sealed-secrets", "");
-    let mut keys = Keygen::new(20);
-    let (lock, _) = lock_for(&spec, &mut keys);
-    let lock = lockfile::render(&lock);
-    let good: BTreeMap<String, Vec<u8>> = [
-        ("grafana", "tailscale"),
-        ("shop-web", "shop"),
-        ("prod-services", "tailscale"),
-    ]
-    .iter()
-    .map(|(n, ns)| {
-        (
-            format!("sealed/prod/{n}.yaml"),
-            sealed(&format!("tsk8s-{n}-key"), ns, "", "").into_bytes(),
-        )
-    })
-    .collect();
+    let (spec, lock, good) = sealed_setup();
     let g = "sealed/prod/grafana.yaml".to_string();
     let value = "cGxhaW50ZXh0LWluLXNlYWxlZA==";
     let base = sealed("tsk8s-grafana-key", "tailscale", "", "");
@@ -1467,8 +1463,7 @@ fn sealed_secret_plaintext_is_refused() {
         ),
     ];
     for (template, at) in cases {
-        let mut s = good.clone();
-        s.insert(g.clone(), format!("{base}{template}").into_bytes());
+        let s = with_source(&good, &g, format!("{base}{template}"));
         let f = build_text(&spec, &lock, s)
             .err()
             .unwrap_or_else(|| panic!("{at}: built"));

@@ -1,5 +1,5 @@
 //! What tsk8s's tests and benches share, so each concept has one owner there too:
-//! [`Rng`] (the one seeded PRNG), [`should_run`] (the privileged-test gate), [`sh`],
+//! [`Rng`] (the one seeded PRNG), [`should_run`] (the privileged-test gate), [`sh`], [`git`],
 //! [`read_tree`] and [`spec_dirs`].
 //!
 //! Only tests, benches and fuzzers depend on this crate (as a dev-dependency).
@@ -67,6 +67,20 @@ pub fn sh(args: &[&str]) {
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run `git` in `dir`; panic with its stderr when it fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("git: {e}"));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
