@@ -69,12 +69,7 @@ impl World {
         }
         // It runs with exactly the workload's args, UID/GID and no capabilities.
         let pid = self.lab.pid(&r.label).expect("runtime pid");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-        let argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let argv = self.lab.argv(&r.label);
         assert_eq!(argv.get(1..), Some(w.args.as_slice()), "runtime argv");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         let field = |name: &str| {
@@ -90,6 +85,16 @@ impl World {
         assert_eq!(field("CapPrm:"), vec!["0000000000000000".to_string()]);
         assert_eq!(field("NoNewPrivs:"), vec!["1".to_string()]);
         r
+    }
+
+    /// The namespace of `web.shop.svc` (10.99.3.2, linked to the node namespace, which
+    /// resolves the name through its hosts file); the caller starts its servers.
+    fn web_service(&mut self) -> String {
+        let k = self.k.clone();
+        let s = self.lab.ns("s");
+        self.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+        self.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+        s
     }
 
     fn ip_of(&self, node: &str) -> String {
@@ -140,6 +145,19 @@ fn ping(ns: &str, ip: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `peer` handshook once: its session was kept.
+fn assert_one_handshake(ns: &str, admin: &str, peer: &str) {
+    let mt = metrics(ns, admin);
+    assert_eq!(
+        metric(
+            &mt,
+            &format!("tsk8s_peer_handshakes_total{{peer=\"{peer}\"}}")
+        ),
+        Some(1),
+        "session of the unchanged peer kept:\n{mt}"
+    );
+}
+
 fn octets(ip: &str) -> [u8; 4] {
     ip.parse::<std::net::Ipv4Addr>().expect("ipv4").octets()
 }
@@ -154,9 +172,7 @@ fn proxy_acl_dns_restart() {
     }
     let mut w = World::new();
     let k = w.k.clone();
-    let s = w.lab.ns("s");
-    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
-    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    let s = w.web_service();
     http_server(&s, "10.99.3.2:8080", "hello from web:8080");
     http_server(&s, "10.99.3.2:8443", "hello from web:8443");
 
@@ -374,12 +390,7 @@ fn sidecar_and_reload() {
         .is_err(),
         "DNS answered to a peer with no grant on the node"
     );
-    let mt = metrics(&k, &admin);
-    assert_eq!(
-        metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}"),
-        Some(1),
-        "session of the unchanged peer kept:\n{mt}"
-    );
+    assert_one_handshake(&k, &admin, "alice");
 }
 
 /// A sharded mesh: `TSK8S_MESH_SHARD_BYTES` (for tests) makes the small spec's cluster mesh
@@ -402,9 +413,7 @@ fn sharded_mesh_reload() {
         .filter(|n| n.starts_with("mesh-") && n.ends_with(".yaml"))
         .collect();
     assert!(shard_files.len() >= 3, "shards: {shard_files:?}");
-    let s = w.lab.ns("s");
-    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
-    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    let s = w.web_service();
     http_server(&s, "10.99.3.2:8080", "hello from web:8080");
     http_server(&s, "10.99.3.2:8443", "hello from web:8443");
 
@@ -482,12 +491,7 @@ fn sharded_mesh_reload() {
     let body = http_get_retry(&a, &format!("{web4}:80"), Duration::from_secs(5))
         .expect("alice still reaches web:80");
     assert_eq!(body, "hello from web:8080");
-    let mt = metrics(&k, &admin);
-    assert_eq!(
-        metric(&mt, "tsk8s_peer_handshakes_total{peer=\"alice\"}"),
-        Some(1),
-        "session of the unchanged peer kept:\n{mt}"
-    );
+    assert_one_handshake(&k, &admin, "alice");
 }
 
 /// Subnet router `lan` (10.77.1.0/24): TCP and UDP to a server inside the route work; the same
@@ -734,11 +738,9 @@ fn proxy_target_follows_its_name() {
     }
     let mut w = World::new();
     let k = w.k.clone();
-    let s = w.lab.ns("s");
-    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
+    let s = w.web_service();
     w.lab.add_addr(&k, "10.99.4.1/24", "ks", "va");
     w.lab.add_addr(&s, "10.99.4.2/24", "ks", "vb");
-    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
     http_server(&s, "10.99.3.2:8080", "old address");
     http_server(&s, "10.99.4.2:8080", "new address");
     let _web = w.runtime("web");
@@ -814,46 +816,27 @@ fn egress_recovers_after_restart() {
 
 /// An HTTP server answering `GET /bulk` with `bulk` bytes and anything else with `hello`.
 fn hello_and_bulk_server(ns: &str, addr: &str, hello: &'static str, bulk: usize) {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = addr.parse().expect("addr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    spawn_in_ns(ns, move || {
-        let l = std::net::TcpListener::bind(addr).expect("bind http");
-        let _ = tx.send(());
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = [0u8; 4096];
-                let mut req = Vec::new();
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
+    use std::io::Write;
+    http_serve(ns, addr, move |req, c| {
+        if req.starts_with(b"GET /bulk ") {
+            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {bulk}\r\n\r\n");
+            let chunk = [b'x'; 65_536];
+            let mut left = bulk;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if c.write_all(&chunk[..n]).is_err() {
+                    return;
                 }
-                if req.starts_with(b"GET /bulk ") {
-                    let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {bulk}\r\n\r\n");
-                    let chunk = [b'x'; 65_536];
-                    let mut left = bulk;
-                    while left > 0 {
-                        let n = left.min(chunk.len());
-                        if c.write_all(&chunk[..n]).is_err() {
-                            return;
-                        }
-                        left -= n;
-                    }
-                } else {
-                    let _ = write!(
-                        c,
-                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{hello}",
-                        hello.len()
-                    );
-                }
-            });
+                left -= n;
+            }
+        } else {
+            let _ = write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{hello}",
+                hello.len()
+            );
         }
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
 }
 
 /// `GET /bulk` from inside `ns`: Mbit/s of the whole answer (0 on failure).
@@ -896,10 +879,7 @@ fn bulk_transfer(ns: &str, addr: &str) -> (usize, f64) {
 /// runtime, alice's and mallory's namespaces, and web's IPv4.
 fn flood_world() -> (World, Running, String, String, String) {
     let mut w = World::new();
-    let k = w.k.clone();
-    let s = w.lab.ns("s");
-    w.lab.link(&k, "10.99.3.1/24", &s, "10.99.3.2/24", "ks");
-    w.lab.ns_hosts(&k, &[("10.99.3.2", "web.shop.svc")]);
+    let s = w.web_service();
     hello_and_bulk_server(&s, "10.99.3.2:8080", "hello from web:8080", 32 << 20);
     let web = w.runtime("web");
     let web4 = w.ip_of("web");

@@ -557,7 +557,7 @@ fn sh_capture(args: &[&str]) -> String {
 /// pod namespace, the devices from their generated configs (one endpoint for everything).
 #[test]
 fn gateway_from_emitted_manifests() {
-    use common::compiled::{Compiled, Source, fixture_dir};
+    use common::compiled::{Compiled, fixture_dir};
     if !should_run("gateway_from_emitted_manifests") {
         return;
     }
@@ -576,15 +576,7 @@ fn gateway_from_emitted_manifests() {
     http_server(&p, "127.0.0.1:8081", "hello from the sidecar");
 
     let gw = c.workload("lab", "gateway");
-    let gateway_json: GatewayConfig = gw
-        .mounts
-        .iter()
-        .find_map(|m| match &m.source {
-            Source::ConfigMap { data, .. } => data.get("gateway.json"),
-            _ => None,
-        })
-        .map(|v| serde_json::from_slice(v).expect("gateway.json"))
-        .expect("gateway.json mounted");
+    let gateway_json = gw.gateway_config();
     let relay = gateway_json
         .relays
         .iter()
@@ -611,13 +603,7 @@ fn gateway_from_emitted_manifests() {
     if wait_for(Duration::from_secs(15), || health(&k)).is_none() {
         panic!("gateway never became healthy:\n{}", lab.runtime_log());
     }
-    let pid = lab.pid(&gw_run.label).expect("gateway pid");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-    let argv: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let argv = lab.argv(&gw_run.label);
     assert_eq!(argv.get(1..), Some(gw.args.as_slice()), "gateway argv");
     assert_eq!(argv.get(1).map(String::as_str), Some("gateway"));
 

@@ -13,9 +13,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::compiled::{Compiled, Source, fixture_dir, parse_hosts};
+use common::compiled::{Compiled, fixture_dir, parse_hosts};
 use common::*;
-use tsk8s_policy::runtime_config::GatewayConfig;
 
 const ADMIN: &str = "127.0.0.1:9901";
 
@@ -40,15 +39,7 @@ fn statefulset_sidecar_two_pods_are_two_nodes() {
     lab.bridge(&k, "10.99.0.1/24");
 
     let gw = c.workload("lab", "gateway");
-    let gateway_json: GatewayConfig = gw
-        .mounts
-        .iter()
-        .find_map(|m| match &m.source {
-            Source::ConfigMap { data, .. } => data.get("gateway.json"),
-            _ => None,
-        })
-        .map(|v| serde_json::from_slice(v).expect("gateway.json"))
-        .expect("gateway.json mounted");
+    let gateway_json = gw.gateway_config();
 
     // Two pods, one Component: each in its own namespace with its own app.
     let bodies: [&'static str; 2] = ["hello from st-0", "hello from st-1"];
@@ -87,13 +78,7 @@ fn statefulset_sidecar_two_pods_are_two_nodes() {
             lab.runtime_log()
         );
         // It runs with exactly the emitted args, the ordinal expanded.
-        let pid = lab.pid(&run.label).expect("runtime pid");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-        let argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let argv = lab.argv(&run.label);
         assert_eq!(argv.get(1..), Some(w.args.as_slice()), "pod {i} argv");
         assert!(
             w.args.iter().any(|a| a.contains(&format!("/{i}/"))),

@@ -546,6 +546,18 @@ impl Workload {
         }
         panic!("no node.json mounted");
     }
+
+    /// The parsed `gateway.json` a gateway workload mounts.
+    pub fn gateway_config(&self) -> tsk8s_policy::runtime_config::GatewayConfig {
+        self.mounts
+            .iter()
+            .find_map(|m| match &m.source {
+                Source::ConfigMap { data, .. } => data.get("gateway.json"),
+                _ => None,
+            })
+            .map(|v| serde_json::from_slice(v).expect("gateway.json"))
+            .expect("gateway.json mounted")
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -194,6 +194,17 @@ impl Lab {
             .map(|(_, c)| c.id())
     }
 
+    /// The command line of the child labelled `label` (from /proc), its program first.
+    pub fn argv(&self, label: &str) -> Vec<String> {
+        let pid = self.pid(label).expect("child pid");
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
     pub fn signal(&self, label: &str, sig: i32) {
         if let Some((_, c)) = self.children.iter().find(|(l, _)| l == label) {
             // SAFETY: signalling our own child by pid.
@@ -427,18 +438,14 @@ impl Lab {
         let script_path = root.join("start.sh");
         fs::write(&script_path, &script).expect("write start.sh");
         let log_path = root.join("runtime.log");
-        let log = fs::File::create(&log_path).expect("log");
         let label = format!("runtime:{}", w.node);
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "sh"])
-            .arg(&script_path)
-            .env("TSK8S_LOG", "info")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("runtime");
-        self.children.push((label.clone(), child));
-        self.logs.push((label.clone(), log_path));
+        self.spawn_logged(
+            &label,
+            Command::new("ip")
+                .args(["netns", "exec", ns, "sh"])
+                .arg(&script_path),
+            log_path,
+        );
         Running {
             label,
             ns: ns.to_string(),
@@ -453,32 +460,39 @@ impl Lab {
     /// no_new_privs (configs written by hand, not from a workload). Labelled `runtime:<name>`.
     pub fn start_runtime(&mut self, name: &str, ns: &str, args: &[String]) -> String {
         let log_path = self.dir.join(format!("runtime-{name}.log"));
-        let log = fs::File::create(&log_path).expect("log");
         let label = format!("runtime:{name}");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "setpriv",
-                "--reuid=65532",
-                "--regid=65532",
-                "--clear-groups",
-                "--no-new-privs",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--",
-                env!("CARGO_BIN_EXE_tsk8s-runtime"),
-            ])
-            .args(args)
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            ns,
+            "setpriv",
+            "--reuid=65532",
+            "--regid=65532",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+        ])
+        .args(args);
+        self.spawn_logged(&label, &mut cmd, log_path);
+        label
+    }
+
+    /// Start a runtime command (`TSK8S_LOG=info`, stdout and stderr to `log_path`), kept as
+    /// the child `label` with its log.
+    fn spawn_logged(&mut self, label: &str, cmd: &mut Command, log_path: PathBuf) {
+        let log = fs::File::create(&log_path).expect("log");
+        let child = cmd
             .env("TSK8S_LOG", "info")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("runtime");
-        self.children.push((label.clone(), child));
-        self.logs.push((label.clone(), log_path));
-        label
+        self.children.push((label.to_string(), child));
+        self.logs.push((label.to_string(), log_path));
     }
 }
 
@@ -597,13 +611,31 @@ fn enter(path: &str) {
 
 /// A tiny HTTP server answering every request with `body`. Bound inside `ns`.
 pub fn http_server(ns: &str, addr: &str, body: &'static str) {
+    http_serve(ns, addr, move |_, c| {
+        let _ = write!(
+            c,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    });
+}
+
+/// An HTTP server inside `ns`, a thread per connection: `answer` gets each request's head (up
+/// to its blank line) and writes the reply.
+pub fn http_serve(
+    ns: &str,
+    addr: &str,
+    answer: impl Fn(&[u8], &mut TcpStream) + Send + Sync + 'static,
+) {
     let addr: SocketAddr = addr.parse().expect("addr");
+    let answer = std::sync::Arc::new(answer);
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_in_ns(ns, move || {
         let l = TcpListener::bind(addr).expect("bind http");
         let _ = tx.send(());
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 4096];
@@ -614,11 +646,7 @@ pub fn http_server(ns: &str, addr: &str, body: &'static str) {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = write!(
-                    c,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                answer(&req, &mut c);
             });
         }
     });
