@@ -92,17 +92,10 @@ fn handshake_data_replay_and_garbage() {
 
     // Truncated data packet and garbage.
     e.inject_datagram(me, &data[..20]);
-    let mut seed = 99u32;
+    let mut rng = tsk8s_test_support::Rng::new(99);
     for len in [0usize, 1, 3, 4, 31, 32, 92, 148, 200, 1500] {
         for kind in 0u8..6 {
-            let mut v: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    seed as u8
-                })
-                .collect();
+            let mut v: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             if len >= 4 {
                 v[0] = kind;
                 v[1] = 0;
@@ -201,16 +194,9 @@ fn handshake_flood_gets_cookies() {
 
 #[test]
 fn fuzz_entry_points_never_panic() {
-    let mut seed = 7u32;
+    let mut rng = tsk8s_test_support::Rng::new(7);
     for len in 0..400usize {
-        let v: Vec<u8> = (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                seed as u8
-            })
-            .collect();
+        let v: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         tsk8s_runtime::fuzz_datagram(&v);
         tsk8s_runtime::fuzz_inner_packet(&v);
         let mut w = v.clone();

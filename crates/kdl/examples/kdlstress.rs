@@ -6,10 +6,11 @@ fn main() {
         "/-", "/-", "/-", "{", "{", "}", "\"", "a", "b=", "=", "\n", " ", "(t)", ";", "/*", "*/",
         "1", "#true", "\\", "//", "#\"", "/- ", "a {", "}\n", "/-{", "\"x\"", ")", "(", "]",
     ];
-    let mut seed: u64 = std::env::args()
+    let seed: u64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let mut rng = tsk8s_test_support::Rng::new(seed);
     let n: usize = std::env::args()
         .nth(2)
         .and_then(|s| s.parse().ok())
@@ -22,10 +23,7 @@ fn main() {
     for _ in 0..n {
         let mut s = String::new();
         for _ in 0..len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            s.push_str(toks[(seed % toks.len() as u64) as usize]);
+            s.push_str(toks[rng.below(toks.len())]);
         }
         let t = Instant::now();
         let r = tsk8s_kdl::parse(&s);
