@@ -17,17 +17,7 @@ fn base_spec() -> String {
 }
 
 /// Deterministic keys: private key n is [n; 32].
-fn keygen() -> impl FnMut() -> (String, String) {
-    use base64::Engine;
-    let mut n = 0u8;
-    move || {
-        n = n.wrapping_add(1);
-        let secret = x25519_dalek::StaticSecret::from([n; 32]);
-        let public = x25519_dalek::PublicKey::from(&secret);
-        let b64 = base64::engine::general_purpose::STANDARD;
-        (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
-    }
-}
+use tsk8s_test_support::test_keygen as keygen;
 
 /// The new lock for `spec` from `old` (as `tsk8s lock` computes it).
 fn lock_for(

@@ -1,7 +1,7 @@
 //! The CLI as a user runs it: exit codes, `build --check`, `diff` against a dir and a git ref,
 //! the output dir's ownership, and `lock`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use tsk8s_test_support::git;
 
@@ -9,9 +9,7 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tsk8s")
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())

@@ -21,9 +21,7 @@ use tsk8s::build::{self, Input};
 use tsk8s::emit::Tree;
 use tsk8s::model::RuntimeKind;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn required() -> bool {
     std::env::var("TSK8S_REQUIRE_PRIVILEGED_TESTS").is_ok_and(|v| v == "1")

@@ -10,9 +10,7 @@ use tsk8s::build::{self, Input};
 use tsk8s::emit::Tree;
 use tsk8s::lockfile::{self, LockOptions};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn dirs(under: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root().join(under))
@@ -25,17 +23,7 @@ fn dirs(under: &str) -> Vec<PathBuf> {
 }
 
 /// Deterministic keys for in-memory locks: private key n is [n; 32].
-fn test_keygen() -> impl FnMut() -> (String, String) {
-    use base64::Engine;
-    let mut n = 0u8;
-    move || {
-        n = n.wrapping_add(1);
-        let secret = x25519_dalek::StaticSecret::from([n; 32]);
-        let public = x25519_dalek::PublicKey::from(&secret);
-        let b64 = base64::engine::general_purpose::STANDARD;
-        (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
-    }
-}
+use tsk8s_test_support::test_keygen;
 
 fn build_dir(dir: &Path) -> Result<Tree, build::Failure> {
     let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();

@@ -10,9 +10,7 @@ use serde_json::Value;
 use tsk8s::build::{self, Input};
 use tsk8s::import::{ImportError, ImportOptions, import};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn policy_of(spec: &str, lock: Option<&str>) -> Result<String, String> {
     let tree = build::build(&Input {

@@ -395,9 +395,7 @@ fn evaluator_blocks_a_router_limited_to_the_service_cidr() {
 // ---------------------------------------------------------------------------------------------
 // Every example and golden spec
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn spec_dirs() -> Vec<PathBuf> {
     tsk8s_test_support::spec_dirs(&root())

@@ -19,9 +19,7 @@ const TEST_IDENTITIES: &str = "testdata/sops/upstream/keys.txt";
 const R1: &str = "age1yt3tfqlfrwdwx0z0ynwplcr6qxcxfaqycuprpmy89nr83ltx74tqdpszlw";
 const R2: &str = "age1tmaae3ld5vpevmsh5yacsauzx8jetg300mpvc4ugp5zr5l6ssq9sla97ep";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -46,11 +44,9 @@ impl Keygen {
     }
     fn next(&mut self) -> (String, String) {
         self.n = self.n.wrapping_add(1);
-        let secret = x25519_dalek::StaticSecret::from([self.n; 32]);
-        let public = x25519_dalek::PublicKey::from(&secret);
-        let private = b64().encode(secret.to_bytes());
+        let (private, public) = tsk8s_test_support::test_key(self.n);
         self.made.push(private.clone());
-        (private, b64().encode(public.as_bytes()))
+        (private, public)
     }
 }
 

@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -30,9 +29,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tsk8s::build::{self, Input};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tsk8s_test_support::repo_root as root;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")

@@ -1,6 +1,7 @@
 //! What tsk8s's tests and benches share, so each concept has one owner there too:
 //! [`Rng`] (the one seeded PRNG), [`should_run`] (the privileged-test gate), [`sh`], [`git`],
-//! [`read_tree`] and [`spec_dirs`].
+//! [`repo_root`], [`read_tree`], [`spec_dirs`] and deterministic WireGuard keys
+//! ([`test_key`], [`test_keygen`]).
 //!
 //! Only tests, benches and fuzzers depend on this crate (as a dev-dependency).
 
@@ -37,6 +38,25 @@ impl Rng {
     }
 }
 
+/// Test key pair `n`: the private key is `[n; 32]`; (private, public), base64. Deterministic,
+/// so never a real key.
+pub fn test_key(n: u8) -> (String, String) {
+    use base64::Engine as _;
+    let secret = x25519_dalek::StaticSecret::from([n; 32]);
+    let public = x25519_dalek::PublicKey::from(&secret);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
+}
+
+/// Test keys 1, 2, 3, … ([`test_key`]), as `lockfile::update` draws new keys.
+pub fn test_keygen() -> impl FnMut() -> (String, String) {
+    let mut n = 0u8;
+    move || {
+        n = n.wrapping_add(1);
+        test_key(n)
+    }
+}
+
 /// The gate of every test that needs root, namespaces or external binaries: `cannot_run` says
 /// why it cannot run (or `None`). Returns false (and says why on stderr) when the test should be
 /// skipped; panics instead when `TSK8S_REQUIRE_PRIVILEGED_TESTS=1` (CI), so CI never passes a
@@ -56,6 +76,15 @@ pub fn should_run(test: &str, cannot_run: Option<String>) -> bool {
             false
         }
     }
+}
+
+/// The repository's root directory (this crate is `crates/test-support` in it).
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .and_then(Path::parent)
+        .expect("crates/test-support has two parents")
+        .to_path_buf()
 }
 
 /// Run a command; panic with its stderr when it fails.
