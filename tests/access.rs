@@ -17,6 +17,19 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `tsk8s test` on `spec` (an edit of testdata/access's) with testdata/access's lock, in a
+/// temporary dir.
+fn test_edited(spec: &str) -> Output {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("tailnet.kdl"), spec).unwrap();
+    std::fs::copy(dir().join("tailnet.lock"), tmp.path().join("tailnet.lock")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tsk8s"))
+        .args(["test"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap()
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -48,14 +61,7 @@ fn test_fails_what_the_network_cannot_carry() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("tailnet.kdl"), policy_only).unwrap();
-    std::fs::copy(dir().join("tailnet.lock"), tmp.path().join("tailnet.lock")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_tsk8s"))
-        .args(["test"])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let o = test_edited(&policy_only);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
     assert!(err.contains("5 test(s) passed"), "{err}");
@@ -63,17 +69,10 @@ fn test_fails_what_the_network_cannot_carry() {
 
 #[test]
 fn check_must_be_policy() {
-    let tmp = tempfile::tempdir().unwrap();
     let spec = std::fs::read_to_string(dir().join("tailnet.kdl"))
         .unwrap()
         .replace("check=\"policy\"", "check=\"network\"");
-    std::fs::write(tmp.path().join("tailnet.kdl"), spec).unwrap();
-    std::fs::copy(dir().join("tailnet.lock"), tmp.path().join("tailnet.lock")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_tsk8s"))
-        .args(["test"])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let o = test_edited(&spec);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("tailnet.kdl:"), "{err}");
