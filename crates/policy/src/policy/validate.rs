@@ -222,18 +222,8 @@ impl Policy {
             .iter()
             .any(|d| d.alias == Alias::AutoGroup(AUTOGROUP_SELF.into()));
         if has_self {
-            for s in &acl.src {
-                let ok = match s {
-                    Alias::User(_) | Alias::Group(_) | Alias::Wildcard => true,
-                    Alias::AutoGroup(ag) => ag == AUTOGROUP_MEMBER,
-                    _ => false,
-                };
-                if !ok {
-                    return err(
-                        "autogroup:self can only be used with users, groups, or supported autogroups",
-                    );
-                }
-            }
+            // An ACL's `*` source may reach autogroup:self; a grant's may not.
+            self_sources_ok(&acl.src, true)?;
         }
         Ok(())
     }
@@ -390,18 +380,7 @@ impl Policy {
             .iter()
             .any(|d| *d == Alias::AutoGroup(AUTOGROUP_SELF.into()))
         {
-            for s in &g.src {
-                let ok = match s {
-                    Alias::User(_) | Alias::Group(_) => true,
-                    Alias::AutoGroup(ag) => ag == AUTOGROUP_MEMBER,
-                    _ => false,
-                };
-                if !ok {
-                    return err(
-                        "autogroup:self can only be used with users, groups, or supported autogroups",
-                    );
-                }
-            }
+            self_sources_ok(&g.src, false)?;
         }
         Ok(())
     }
@@ -566,4 +545,23 @@ pub fn check_test_destination(policy: &Policy, dst: &str) -> Result<AliasWithPor
         return Err("test destination must be a single host, not a CIDR range".into());
     }
     Ok(awp)
+}
+
+/// The sources a rule reaching `autogroup:self` may have: users, groups, `autogroup:member`
+/// and, where `wildcard` says so, `*`.
+fn self_sources_ok(src: &[Alias], wildcard: bool) -> Result<(), PolicyError> {
+    for s in src {
+        let ok = match s {
+            Alias::User(_) | Alias::Group(_) => true,
+            Alias::Wildcard => wildcard,
+            Alias::AutoGroup(ag) => ag == AUTOGROUP_MEMBER,
+            _ => false,
+        };
+        if !ok {
+            return err(
+                "autogroup:self can only be used with users, groups, or supported autogroups",
+            );
+        }
+    }
+    Ok(())
 }
