@@ -116,6 +116,17 @@ fn scalar_bytes(v: &Value, path: &[String]) -> Result<Option<(Vec<u8>, ValueType
     }))
 }
 
+/// [`walk`] every document, in order.
+fn walk_docs<F>(docs: &mut [Value], f: &mut F) -> Result<(), SopsError>
+where
+    F: FnMut(&mut Value, &[String]) -> Result<(), SopsError>,
+{
+    for doc in docs.iter_mut() {
+        walk(doc, &mut Vec::new(), f)?;
+    }
+    Ok(())
+}
+
 /// Walk every scalar leaf of `v` in document order.
 fn walk<F>(v: &mut Value, path: &mut Vec<String>, f: &mut F) -> Result<(), SopsError>
 where
@@ -155,23 +166,18 @@ pub(crate) fn encrypt_docs(
     key: &[u8; 32],
     mac: &mut Mac,
 ) -> Result<(), SopsError> {
-    for doc in docs.iter_mut() {
-        let mut path = Vec::new();
-        walk(doc, &mut path, &mut |leaf, path| {
-            let encrypted = rule.should_encrypt(path);
-            let Some((bytes, vtype)) = scalar_bytes(leaf, path)? else {
-                return Ok(());
-            };
-            mac.add(encrypted, &bytes);
-            if encrypted {
-                let enc =
-                    cipher::seal(key, &bytes, vtype, &aad(path)).map_err(SopsError::Encrypt)?;
-                *leaf = Value::String(enc);
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
+    walk_docs(docs, &mut |leaf, path| {
+        let encrypted = rule.should_encrypt(path);
+        let Some((bytes, vtype)) = scalar_bytes(leaf, path)? else {
+            return Ok(());
+        };
+        mac.add(encrypted, &bytes);
+        if encrypted {
+            let enc = cipher::seal(key, &bytes, vtype, &aad(path)).map_err(SopsError::Encrypt)?;
+            *leaf = Value::String(enc);
+        }
+        Ok(())
+    })
 }
 
 /// Decrypt the leaves `rule` selects in place, accumulating the MAC.
@@ -181,53 +187,45 @@ pub(crate) fn decrypt_docs(
     key: &[u8; 32],
     mac: &mut Mac,
 ) -> Result<(), SopsError> {
-    for doc in docs.iter_mut() {
-        let mut path = Vec::new();
-        walk(doc, &mut path, &mut |leaf, path| {
-            let encrypted = rule.should_encrypt(path);
-            if encrypted {
-                let Value::String(s) = &*leaf else {
-                    return Err(SopsError::NotEncrypted {
-                        path: aad(path),
-                        found: kind(leaf),
-                    });
-                };
-                if s.is_empty() {
-                    // `Cipher.Decrypt("")` is "", which hashes to nothing.
-                    return Ok(());
-                }
-                let (value, mac_bytes) = decrypt_value(s, key, path)?;
-                mac.add(true, &mac_bytes);
-                *leaf = value;
-            } else if let Some((bytes, _)) = scalar_bytes(leaf, path)? {
-                mac.add(false, &bytes);
+    walk_docs(docs, &mut |leaf, path| {
+        let encrypted = rule.should_encrypt(path);
+        if encrypted {
+            let Value::String(s) = &*leaf else {
+                return Err(SopsError::NotEncrypted {
+                    path: aad(path),
+                    found: kind(leaf),
+                });
+            };
+            if s.is_empty() {
+                // `Cipher.Decrypt("")` is "", which hashes to nothing.
+                return Ok(());
             }
-            Ok(())
-        })?;
-    }
-    Ok(())
+            let (value, mac_bytes) = decrypt_value(s, key, path)?;
+            mac.add(true, &mac_bytes);
+            *leaf = value;
+        } else if let Some((bytes, _)) = scalar_bytes(leaf, path)? {
+            mac.add(false, &bytes);
+        }
+        Ok(())
+    })
 }
 
 /// Check without a key that every leaf the rule selects is an `ENC[…]`
 /// string (or empty / null, which SOPS leaves as is).
 pub(crate) fn check_encrypted(docs: &mut [Value], rule: &Rule) -> Result<(), SopsError> {
-    for doc in docs.iter_mut() {
-        let mut path = Vec::new();
-        walk(doc, &mut path, &mut |leaf, path| {
-            if !rule.should_encrypt(path) {
-                return Ok(());
-            }
-            match &*leaf {
-                Value::String(s) if s.is_empty() => Ok(()),
-                Value::String(s) if cipher::parse_enc(s).is_ok() => Ok(()),
-                other => Err(SopsError::NotEncrypted {
-                    path: aad(path),
-                    found: kind(other),
-                }),
-            }
-        })?;
-    }
-    Ok(())
+    walk_docs(docs, &mut |leaf, path| {
+        if !rule.should_encrypt(path) {
+            return Ok(());
+        }
+        match &*leaf {
+            Value::String(s) if s.is_empty() => Ok(()),
+            Value::String(s) if cipher::parse_enc(s).is_ok() => Ok(()),
+            other => Err(SopsError::NotEncrypted {
+                path: aad(path),
+                found: kind(other),
+            }),
+        }
+    })
 }
 
 /// Every leaf under `v` (at `path`) that is not an `ENC[…]` string, empty
