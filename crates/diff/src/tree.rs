@@ -395,17 +395,9 @@ fn make_change(
     };
     let before = old.map(|(_, v)| render_value(v, new.map(|(_, n)| n), Side::Before));
     let after = new.map(|(_, v)| render_value(v, old.map(|(_, o)| o), Side::After));
-    let old_hdr = old
-        .map(|(p, _)| format!("a/{p}"))
-        .unwrap_or_else(|| "/dev/null".into());
-    let new_hdr = new
-        .map(|(p, _)| format!("b/{p}"))
-        .unwrap_or_else(|| "/dev/null".into());
-    let diff = unified(
-        before.as_deref().unwrap_or(""),
-        after.as_deref().unwrap_or(""),
-        &old_hdr,
-        &new_hdr,
+    let diff = file_diff(
+        (old.map(|(p, _)| p), before.as_deref()),
+        (new.map(|(p, _)| p), after.as_deref()),
     );
     Some(Change {
         action,
@@ -418,6 +410,23 @@ fn make_change(
         after,
         diff,
     })
+}
+
+/// The unified diff of one file between two trees, `git diff`'s way: each side is its path and
+/// text, or `None` where the file is absent (`/dev/null`, empty text).
+fn file_diff(
+    (old_path, before): (Option<&str>, Option<&str>),
+    (new_path, after): (Option<&str>, Option<&str>),
+) -> String {
+    let hdr = |side: &str, path: Option<&str>| {
+        path.map_or_else(|| "/dev/null".to_string(), |p| format!("{side}/{p}"))
+    };
+    unified(
+        before.unwrap_or(""),
+        after.unwrap_or(""),
+        &hdr("a", old_path),
+        &hdr("b", new_path),
+    )
 }
 
 pub(crate) fn unified(before: &str, after: &str, old_hdr: &str, new_hdr: &str) -> String {
@@ -569,21 +578,9 @@ fn policy_change(
         (None, _) => Action::Added,
         (Some(_), None) => Action::Removed,
     };
-    let old_hdr = if old.is_some() {
-        format!("a/{POLICY_PATH}")
-    } else {
-        "/dev/null".into()
-    };
-    let new_hdr = if new.is_some() {
-        format!("b/{POLICY_PATH}")
-    } else {
-        "/dev/null".into()
-    };
-    let diff = unified(
-        before.as_deref().unwrap_or(""),
-        after.as_deref().unwrap_or(""),
-        &old_hdr,
-        &new_hdr,
+    let diff = file_diff(
+        (old.as_ref().map(|_| POLICY_PATH), before.as_deref()),
+        (new.as_ref().map(|_| POLICY_PATH), after.as_deref()),
     );
     Some(Change {
         action,
