@@ -84,6 +84,26 @@ fn sync_policy() -> Value {
     })
 }
 
+/// An `Application`'s spec (and an `ApplicationSet` template's): the repository's `path` at
+/// the configured revision, synced to `destination`.
+fn application_spec(
+    g: &Gitops,
+    project: &str,
+    path: &str,
+    destination: Map<String, Value>,
+) -> Value {
+    json!({
+        "project": project,
+        "source": {
+            "repoURL": g.repo_url,
+            "targetRevision": g.revision,
+            "path": path,
+        },
+        "destination": Value::Object(destination),
+        "syncPolicy": sync_policy(),
+    })
+}
+
 /// One Argo CD `Application` for a cluster.
 pub fn argocd_application(g: &Gitops, project: &str, namespace: &str, c: &Cluster) -> Value {
     let (key, dest) = argocd_destination(c);
@@ -98,16 +118,7 @@ pub fn argocd_application(g: &Gitops, project: &str, namespace: &str, c: &Cluste
             "namespace": namespace,
             "labels": labels(),
         },
-        "spec": {
-            "project": project,
-            "source": {
-                "repoURL": g.repo_url,
-                "targetRevision": g.revision,
-                "path": cluster_path(g, &c.name),
-            },
-            "destination": Value::Object(destination),
-            "syncPolicy": sync_policy(),
-        },
+        "spec": application_spec(g, project, &cluster_path(g, &c.name), destination),
     })
 }
 
@@ -149,16 +160,7 @@ pub fn argocd_application_set(t: &Tailnet, g: &Gitops, project: &str, namespace:
                 "name": "tsk8s-{{ .cluster }}",
                 "labels": labels(),
             },
-            "spec": {
-                "project": project,
-                "source": {
-                    "repoURL": g.repo_url,
-                    "targetRevision": g.revision,
-                    "path": "{{ .path }}",
-                },
-                "destination": Value::Object(destination),
-                "syncPolicy": sync_policy(),
-            },
+            "spec": application_spec(g, project, "{{ .path }}", destination),
         }),
     );
     if !uniform {
