@@ -12,12 +12,14 @@
 //!   each cites the file it comes from.
 //! - The CI examples' diff line compares with the git base, never a committed directory.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use tsk8s::build::{self, Input};
+use tsk8s::build;
 use tsk8s::emit::Tree;
 use tsk8s::model::RuntimeKind;
 
@@ -29,13 +31,7 @@ fn required() -> bool {
 }
 
 fn build_text(spec: &str, lock: Option<&str>) -> Result<Tree, build::Failure> {
-    build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec,
-        lock_file: "tailnet.lock",
-        lock,
-        sources: BTreeMap::new(),
-    })
+    common::build_with(spec, lock, BTreeMap::new())
 }
 
 fn build_dir(dir: &Path) -> Tree {
@@ -43,21 +39,6 @@ fn build_dir(dir: &Path) -> Tree {
     let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
     build_text(&spec, lock.as_deref())
         .unwrap_or_else(|f| panic!("{}: build failed:\n{}", dir.display(), f.text))
-}
-
-fn render(tree: &Tree, prefix: &str) -> String {
-    let mut s = String::new();
-    for (path, bytes) in tree.range(prefix.to_string()..) {
-        if !path.starts_with(prefix) {
-            break;
-        }
-        s.push_str(&format!("=== {path}\n"));
-        s.push_str(&String::from_utf8_lossy(bytes));
-        if !s.ends_with('\n') {
-            s.push('\n');
-        }
-    }
-    s
 }
 
 fn spec(name: &str) -> PathBuf {
@@ -70,19 +51,22 @@ fn spec(name: &str) -> PathBuf {
 #[test]
 fn argocd_applications() {
     let tree = build_dir(&spec("gitops-argocd"));
-    insta::assert_snapshot!("argocd_applications", render(&tree, "gitops/"));
+    insta::assert_snapshot!("argocd_applications", common::render_tree(&tree, "gitops/"));
 }
 
 #[test]
 fn argocd_application_set() {
     let tree = build_dir(&spec("gitops-appset"));
-    insta::assert_snapshot!("argocd_application_set", render(&tree, "gitops/"));
+    insta::assert_snapshot!(
+        "argocd_application_set",
+        common::render_tree(&tree, "gitops/")
+    );
 }
 
 #[test]
 fn flux_without_sops() {
     let tree = build_dir(&spec("gitops-flux"));
-    let out = render(&tree, "gitops/");
+    let out = common::render_tree(&tree, "gitops/");
     assert!(!out.contains("decryption"), "no SOPS, no decryption");
     insta::assert_snapshot!("flux_without_sops", out);
 }
@@ -90,17 +74,20 @@ fn flux_without_sops() {
 #[test]
 fn flux_with_sops() {
     let tree = build_dir(&spec("gitops-flux-sops"));
-    let prod = render(&tree, "gitops/flux/prod/");
-    let lab = render(&tree, "gitops/flux/lab/");
+    let prod = common::render_tree(&tree, "gitops/flux/prod/");
+    let lab = common::render_tree(&tree, "gitops/flux/lab/");
     assert!(prod.contains("provider: sops"), "{prod}");
     assert!(!lab.contains("decryption"), "{lab}");
-    insta::assert_snapshot!("flux_with_sops", render(&tree, "gitops/"));
+    insta::assert_snapshot!("flux_with_sops", common::render_tree(&tree, "gitops/"));
 }
 
 #[test]
 fn tailscale_image_output() {
     let tree = build_dir(&spec("tailscale-image"));
-    insta::assert_snapshot!("tailscale_image_clusters", render(&tree, "clusters/"));
+    insta::assert_snapshot!(
+        "tailscale_image_clusters",
+        common::render_tree(&tree, "clusters/")
+    );
 }
 
 #[test]

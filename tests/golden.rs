@@ -2,6 +2,8 @@
 //! every error class under testdata/errors (rendered diagnostics), determinism, the diff that
 //! adding one exposure makes, and YAML quoting.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,25 +32,7 @@ fn build_dir(dir: &Path) -> Result<Tree, build::Failure> {
     let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
     // The committed SOPS / SealedSecret sources beside the spec, read as the CLI reads them.
     let sources = tsk8s::cli::secrets::read_sources(dir, "tailnet.kdl", &spec);
-    build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: lock.as_deref(),
-        sources,
-    })
-}
-
-fn render_tree(tree: &Tree) -> String {
-    let mut s = String::new();
-    for (path, bytes) in tree {
-        s.push_str(&format!("=== {path}\n"));
-        s.push_str(&String::from_utf8_lossy(bytes));
-        if !s.ends_with('\n') {
-            s.push('\n');
-        }
-    }
-    s
+    common::build_with(&spec, lock.as_deref(), sources)
 }
 
 #[test]
@@ -58,7 +42,7 @@ fn specs_build_to_pinned_output() {
         let tree = build_dir(&dir).unwrap_or_else(|f| panic!("{name}: build failed:\n{}", f.text));
         let again = build_dir(&dir).unwrap();
         assert_eq!(tree, again, "{name}: two builds differ");
-        insta::assert_snapshot!(format!("spec__{name}"), render_tree(&tree));
+        insta::assert_snapshot!(format!("spec__{name}"), common::render_tree(&tree, ""));
     }
 }
 

@@ -2,25 +2,19 @@
 //! import → build gives the same policy, compared as JSON values), hand-written policies too,
 //! and what the spec cannot express is named (exit 2).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use tsk8s::build::{self, Input};
 use tsk8s::import::{ImportError, ImportOptions, import};
 
 use tsk8s_test_support::repo_root as root;
 
 fn policy_of(spec: &str, lock: Option<&str>) -> Result<String, String> {
-    let tree = build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec,
-        lock_file: "tailnet.lock",
-        lock,
-        sources: BTreeMap::new(),
-    })
-    .map_err(|f| f.text)?;
+    let tree = common::build_with(spec, lock, BTreeMap::new()).map_err(|f| f.text)?;
     let bytes = tree.get("policy.hujson").ok_or("no policy.hujson")?;
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }

@@ -18,13 +18,15 @@
 //!   where a router of the same gateway reaches every pod), it may send UDP to each relayed
 //!   sidecar's pod at its relay port, and that pod admits it (tsk8s never isolates an app's pod).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
-use tsk8s::build::{self, Input};
+use tsk8s::build;
 use tsk8s::model::{Cluster, ExposureKind, Proto, Publish, RuntimeKind};
 
 // ---------------------------------------------------------------------------------------------
@@ -460,14 +462,8 @@ fn judge_spec(dir: &Path, covered: &mut Covered) {
         return;
     };
     let sources = tsk8s::cli::secrets::read_sources(dir, "tailnet.kdl", &spec);
-    let tree = build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: Some(&lock),
-        sources,
-    })
-    .unwrap_or_else(|f| panic!("{name}: build failed:\n{}", f.text));
+    let tree = common::build_with(&spec, Some(&lock), sources)
+        .unwrap_or_else(|f| panic!("{name}: build failed:\n{}", f.text));
     for c in &front.tailnet.clusters {
         if c.runtime != RuntimeKind::Tsk8s {
             continue;

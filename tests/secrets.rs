@@ -2,6 +2,8 @@
 //! keys, byte-stable ciphertext, key rotation touching only that key, source checks with the
 //! command that fixes them, and golden ExternalSecret / SealedSecret / KSOPS output.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use serde_yaml_ng::Value as Yaml;
-use tsk8s::build::{self, Input};
+use tsk8s::build;
 use tsk8s::emit::Tree;
 use tsk8s::lockfile::{self, LockOptions};
 
@@ -56,24 +58,12 @@ fn public_of(private_b64: &str) -> Option<String> {
     Some(b64().encode(x25519_dalek::PublicKey::from(&secret).as_bytes()))
 }
 
-/// Every file under `dir` (recursively), by relative path, except the spec and the lock.
+/// Every file under `dir` (recursively), by relative path, except the spec and the lock: the
+/// committed secret sources.
 fn sources_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        let Ok(rd) = fs::read_dir(d) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
-                if rel != "tailnet.kdl" && rel != "tailnet.lock" {
-                    out.insert(rel, fs::read(&p).unwrap());
-                }
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
+    let mut out = tsk8s_test_support::read_tree(dir).unwrap_or_default();
+    out.remove("tailnet.kdl");
+    out.remove("tailnet.lock");
     out
 }
 
@@ -82,13 +72,7 @@ fn build_text(
     lock: &str,
     sources: BTreeMap<String, Vec<u8>>,
 ) -> Result<Tree, build::Failure> {
-    build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec,
-        lock_file: "tailnet.lock",
-        lock: Some(lock),
-        sources,
-    })
+    common::build_with(spec, Some(lock), sources)
 }
 
 fn build_dir(dir: &Path) -> Tree {
@@ -1353,13 +1337,11 @@ cluster "c" image="ghcr.io/tailscale/tailscale:v1.90.6" runtime="tailscale" {{
     );
     let src = "secrets/c/tailscale-authkey.sops.yaml".to_string();
     let ts_build = |text: String| {
-        build::build(&Input {
-            spec_file: "tailnet.kdl",
-            spec: &ts_spec,
-            lock_file: "tailnet.lock",
-            lock: None,
-            sources: BTreeMap::from([(src.clone(), text.into_bytes())]),
-        })
+        common::build_with(
+            &ts_spec,
+            None,
+            BTreeMap::from([(src.clone(), text.into_bytes())]),
+        )
     };
     let fine = tsk8s_sops::encrypt_secret(
         "tsk8s-tailscale-authkey",

@@ -2,9 +2,11 @@
 //! cluster whose nodes have 10,000 peers emits its mesh as shards, every Kubernetes object
 //! file stays under Kubernetes' 1 MiB limit and the largest within 200 KiB.
 
+mod common;
+
 use std::fmt::Write as _;
 
-use tsk8s::build::{self, Input};
+use tsk8s::build;
 use tsk8s::lockfile::{self, LockOptions};
 
 const DEVICES: usize = 10_000;
@@ -55,14 +57,8 @@ fn ten_thousand_peers_fit_in_small_objects() {
     )
     .unwrap();
     let lock = lockfile::render(&upd.lock);
-    let tree = build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: Some(&lock),
-        sources: Default::default(),
-    })
-    .unwrap_or_else(|f| panic!("{}", f.text));
+    let tree = common::build_with(&spec, Some(&lock), Default::default())
+        .unwrap_or_else(|f| panic!("{}", f.text));
 
     let objects: Vec<(&String, usize)> = tree
         .iter()

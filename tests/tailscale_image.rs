@@ -17,6 +17,8 @@
 //! Needs root, `ip`, an iptables binary and busybox (scripts/test.sh installs them): skipped
 //! otherwise, unless `TSK8S_REQUIRE_PRIVILEGED_TESTS=1`, when that is a failure.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -27,7 +29,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
-use tsk8s::build::{self, Input};
 
 use tsk8s_test_support::repo_root as root;
 
@@ -104,14 +105,8 @@ fn kernel_mode_containers() -> Vec<Egress> {
     let dir = root().join("examples/tailscale");
     let spec = std::fs::read_to_string(dir.join("tailnet.kdl")).unwrap();
     let lock = std::fs::read_to_string(dir.join("tailnet.lock")).ok();
-    let tree = build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: lock.as_deref(),
-        sources: BTreeMap::new(),
-    })
-    .unwrap_or_else(|f| panic!("{}", f.text));
+    let tree = common::build_with(&spec, lock.as_deref(), BTreeMap::new())
+        .unwrap_or_else(|f| panic!("{}", f.text));
     let mut out = Vec::new();
     for (path, bytes) in tree.iter().filter(|(p, _)| p.starts_with("clusters/")) {
         let text = String::from_utf8_lossy(bytes);
@@ -462,14 +457,8 @@ fn fixed_cases_build() {
         "domain=\"t.example\"",
         "domain=\"t.example\" magicdns-suffix=\"tail1234.ts.net.\"",
     );
-    let tree = build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: None,
-        sources: BTreeMap::new(),
-    })
-    .unwrap_or_else(|f| panic!("{}", f.text));
+    let tree =
+        common::build_with(&spec, None, BTreeMap::new()).unwrap_or_else(|f| panic!("{}", f.text));
     let text = String::from_utf8_lossy(&tree["clusters/a/to-web.yaml"]).into_owned();
     assert!(
         text.contains("value: web.tail1234.ts.net.\n"),
@@ -481,14 +470,8 @@ fn fixed_cases_build() {
     .unwrap()
     .replace("cluster \"a\" ", "cluster \"a\" health-port=9102 ")
     .replace("health-port=8080", "health-port=9103");
-    let tree = build::build(&Input {
-        spec_file: "tailnet.kdl",
-        spec: &spec,
-        lock_file: "tailnet.lock",
-        lock: None,
-        sources: BTreeMap::new(),
-    })
-    .unwrap_or_else(|f| panic!("{}", f.text));
+    let tree =
+        common::build_with(&spec, None, BTreeMap::new()).unwrap_or_else(|f| panic!("{}", f.text));
     let patch = String::from_utf8_lossy(&tree["clusters/a/components/web/patch.yaml"]).into_owned();
     assert!(patch.contains("'[::]:9102'"), "{patch}");
     assert!(patch.contains("containerPort: 9102"), "{patch}");
