@@ -225,6 +225,18 @@ fn lock(spec_text: &str) -> String {
     tsk8s::lockfile::render(&upd.lock)
 }
 
+/// An in-memory build of `spec` with `lock` (no secret sources), for the phases measured in
+/// process.
+fn input<'a>(spec: &'a str, lock: &'a str) -> tsk8s::build::Input<'a> {
+    tsk8s::build::Input {
+        spec_file: "tailnet.kdl",
+        spec,
+        lock_file: "tailnet.lock",
+        lock: Some(lock),
+        sources: Default::default(),
+    }
+}
+
 /// Run a child; return (wall seconds, peak RSS in MiB, exit code).
 fn measure(cmd: &mut Command) -> (f64, f64, i32) {
     let start = Instant::now();
@@ -338,13 +350,7 @@ fn main() {
             {
                 // The access matrix (policy flows and their WireGuard paths), in process.
                 let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
-                let input = tsk8s::build::Input {
-                    spec_file: "tailnet.kdl",
-                    spec: &text,
-                    lock_file: "tailnet.lock",
-                    lock: Some(&lock_text),
-                    sources: Default::default(),
-                };
+                let input = input(&text, &lock_text);
                 let l = tsk8s::build::load(&input).expect("load");
                 let t = Instant::now();
                 let netw = tsk8s::lower::net::build_net(&l.tailnet, &l.lock);
@@ -399,13 +405,7 @@ fn main() {
                     // The diff's own parts, in process.
                     let old_tree = tsk8s::cli::output::read_tree(&out).unwrap();
                     let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
-                    let input = tsk8s::build::Input {
-                        spec_file: "tailnet.kdl",
-                        spec: &changed,
-                        lock_file: "tailnet.lock",
-                        lock: Some(&lock_text),
-                        sources: Default::default(),
-                    };
+                    let input = input(&changed, &lock_text);
                     let t = Instant::now();
                     let new_tree = tsk8s::build::build(&input).expect("build");
                     let build = t.elapsed().as_secs_f64();
@@ -429,13 +429,7 @@ fn main() {
             }
             if std::env::var_os("TSK8S_BENCH_PHASES").is_some() {
                 let lock_text = std::fs::read_to_string(dir.join("tailnet.lock")).unwrap();
-                let input = tsk8s::build::Input {
-                    spec_file: "tailnet.kdl",
-                    spec: &text,
-                    lock_file: "tailnet.lock",
-                    lock: Some(&lock_text),
-                    sources: Default::default(),
-                };
+                let input = input(&text, &lock_text);
                 let t = Instant::now();
                 let _ = tsk8s::build::front("tailnet.kdl", &text);
                 let front = t.elapsed().as_secs_f64();

@@ -87,6 +87,18 @@ impl World {
         r
     }
 
+    /// Wait (up to 5 s) until the runtime behind `admin` has reloaded its config once.
+    fn wait_reload(&self, admin: &str) {
+        let reloaded = wait_for(Duration::from_secs(5), || {
+            metric(&metrics(&self.k, admin), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
+        });
+        assert!(
+            reloaded.is_some(),
+            "reload noticed:\n{}",
+            self.lab.runtime_log()
+        );
+    }
+
     /// The namespace of `web.shop.svc` (10.99.3.2, linked to the node namespace, which
     /// resolves the name through its hosts file); the caller starts its servers.
     fn web_service(&mut self) -> String {
@@ -367,14 +379,7 @@ fn sidecar_and_reload() {
         }
     }
     assert_eq!(changed, 1, "exactly the ConfigMap volume changed");
-    let reloaded = wait_for(Duration::from_secs(5), || {
-        metric(&metrics(&k, &admin), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
-    });
-    assert!(
-        reloaded.is_some(),
-        "reload noticed:\n{}",
-        w.lab.runtime_log()
-    );
+    w.wait_reload(&admin);
     assert!(
         http_get(&a, &format!("{side4}:8081"), Duration::from_secs(2)).is_err(),
         "rule removed → denied"
@@ -476,14 +481,7 @@ fn sharded_mesh_reload() {
         old.data().len()
     );
     web.update_volume(&mesh.volume, new.data());
-    let reloaded = wait_for(Duration::from_secs(5), || {
-        metric(&metrics(&k, &admin), "tsk8s_config_reloads_total").unwrap_or(0) >= 1
-    });
-    assert!(
-        reloaded.is_some(),
-        "reload noticed:\n{}",
-        w.lab.runtime_log()
-    );
+    w.wait_reload(&admin);
     assert!(
         http_get(&m, &format!("{web4}:443"), Duration::from_secs(3)).is_err(),
         "mallory's old key is no longer a peer"
