@@ -373,49 +373,28 @@ impl<'a> serde::Serializer for Stream<'a> {
     }
 }
 
-impl serde::ser::SerializeSeq for SeqStream<'_> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
-        self.item(v)
-    }
-    fn end(self) -> Result<(), SerError> {
-        self.finish()
-    }
+/// The sequence-like serde traits: each element is an item.
+macro_rules! seq_traits {
+    ($($tr:ident :: $method:ident),*) => {$(
+        impl serde::ser::$tr for SeqStream<'_> {
+            type Ok = ();
+            type Error = SerError;
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
+                self.item(v)
+            }
+            fn end(self) -> Result<(), SerError> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl serde::ser::SerializeTuple for SeqStream<'_> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
-        self.item(v)
-    }
-    fn end(self) -> Result<(), SerError> {
-        self.finish()
-    }
-}
-
-impl serde::ser::SerializeTupleStruct for SeqStream<'_> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
-        self.item(v)
-    }
-    fn end(self) -> Result<(), SerError> {
-        self.finish()
-    }
-}
-
-impl serde::ser::SerializeTupleVariant for SeqStream<'_> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), SerError> {
-        self.item(v)
-    }
-    fn end(self) -> Result<(), SerError> {
-        self.finish()
-    }
-}
+seq_traits!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl serde::ser::SerializeMap for MapStream<'_> {
     type Ok = ();
@@ -441,37 +420,29 @@ impl serde::ser::SerializeMap for MapStream<'_> {
     }
 }
 
-impl serde::ser::SerializeStruct for MapStream<'_> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        k: &'static str,
-        v: &T,
-    ) -> Result<(), SerError> {
-        self.key(k);
-        self.value(v)
-    }
-    fn end(self) -> Result<(), SerError> {
-        self.finish()
-    }
+/// The struct-like serde traits: each field is a key (struct fields are distinct, so not
+/// checked) and its value.
+macro_rules! struct_traits {
+    ($($tr:ident),*) => {$(
+        impl serde::ser::$tr for MapStream<'_> {
+            type Ok = ();
+            type Error = SerError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                k: &'static str,
+                v: &T,
+            ) -> Result<(), SerError> {
+                self.key(k);
+                self.value(v)
+            }
+            fn end(self) -> Result<(), SerError> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl serde::ser::SerializeStructVariant for MapStream<'_> {
-    type Ok = ();
-    type Error = SerError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        k: &'static str,
-        v: &T,
-    ) -> Result<(), SerError> {
-        self.key(k);
-        self.value(v)
-    }
-    fn end(self) -> Result<(), SerError> {
-        self.finish()
-    }
-}
+struct_traits!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
