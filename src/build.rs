@@ -3,7 +3,7 @@
 //! structure, [`Loaded`], is carried through the stages. No I/O: the CLI reads the inputs and
 //! gives the sink that writes the files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tsk8s_policy::policy::Policy;
 
@@ -237,13 +237,12 @@ pub fn compile(
 ) -> Result<Compiled, Failure> {
     // The network and who reaches whom are computed once, for the tests and the output.
     let netw = net::build_net(&l.tailnet, &l.lock);
+    let report = checks.tests.then(|| policy_tests(&l, &netw));
     let reach = net::reach(&l.policy, &netw);
     // Per-node indexes for devices' AllowedIPs, shared by the tests and the devices' configs;
     // build_checked drops them once the devices are written.
     let any = net::AnyTraffic::new(&reach);
-    let report = checks
-        .tests
-        .then(|| test_with_notes(&l, &netw, &reach, &any).0);
+    let report = report.map(|r| dataplane_tests(&l, r, &netw, &reach, &any).0);
     let test_failures = report
         .as_ref()
         .filter(|r| !r.passed())
@@ -969,35 +968,34 @@ pub fn test_loaded(l: &Loaded) -> tsk8s_policy::acltest::TestReport {
 /// emitted network cannot carry (unless it says `check="policy"`).
 pub fn test_loaded_with_notes(l: &Loaded) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
     let netw = net::build_net(&l.tailnet, &l.lock);
+    let report = policy_tests(l, &netw);
     let reach = net::reach(&l.policy, &netw);
-    test_with_notes(l, &netw, &reach, &net::AnyTraffic::new(&reach))
+    dataplane_tests(l, report, &netw, &reach, &net::AnyTraffic::new(&reach))
 }
 
-/// [`test_loaded_with_notes`] on a network already built.
-fn test_with_notes(
+/// The spec's tests judged by the policy (against [`test_topology`]). Run before the
+/// per-node filters are computed: the policy-wide matcher it builds is gone by then, so the
+/// two never sit in memory together.
+fn policy_tests(l: &Loaded, netw: &net::Net) -> tsk8s_policy::acltest::TestReport {
+    tsk8s_policy::acltest::run_tests(&l.policy, &test_topology(l, &netw.topology))
+}
+
+/// [`policy_tests`]' report, plus the tests the emitted network fails to carry, and notes.
+fn dataplane_tests(
     l: &Loaded,
+    mut report: tsk8s_policy::acltest::TestReport,
     netw: &net::Net,
     reach: &net::Reach,
     any: &net::AnyTraffic,
 ) -> (tsk8s_policy::acltest::TestReport, Vec<String>) {
-    let topo = test_topology(l, &netw.topology);
-    let mut report = tsk8s_policy::acltest::run_tests(&l.policy, &topo);
     if l.tailnet.tests.is_empty() {
         return (report, Vec::new());
     }
     let view = crate::access::View::with_index(&l.tailnet, &l.lock, &l.policy, netw, reach, any);
     let (failures, failed, notes) = crate::access::dataplane_tests(&view, &l.policy);
-    // An entry already failed by the policy is counted once.
-    if !failed.is_empty() {
-        let mut runner = tsk8s_policy::acltest::TestRunner::new(&l.policy, &topo);
-        for &k in &failed {
-            if let Some(t) = l.policy.tests.get(k)
-                && runner.run_one(t, &mut Vec::new())
-            {
-                report.failed_entries += 1;
-            }
-        }
-    }
+    // An entry already failed by the policy is counted once (every failed entry has a line).
+    let by_policy: BTreeSet<usize> = report.failure_entries.iter().copied().collect();
+    report.failed_entries += failed.iter().filter(|k| !by_policy.contains(k)).count();
     // One failure per failed entry, in the same order: each is located at its `test` node.
     debug_assert_eq!(failures.len(), failed.len());
     report.failures.extend(failures);

@@ -201,7 +201,23 @@ pub fn device_files(
     let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
-    for p in device_peers(t, net, reach, any, me, &my_ips) {
+    let peers = match any.take_device_peers(me) {
+        Some(kept) => kept
+            .into_iter()
+            .filter_map(|(idx, allowed)| {
+                let (cluster, id, peer) = peer_node(net, reach, idx)?;
+                Some(DevicePeer {
+                    idx,
+                    cluster,
+                    id,
+                    peer,
+                    allowed,
+                })
+            })
+            .collect(),
+        None => device_peers(t, net, reach, any, me, &my_ips),
+    };
+    for p in peers {
         let DevicePeer {
             idx,
             cluster,
@@ -299,6 +315,19 @@ fn peer_section(
     s
 }
 
+/// Topology node `idx` as a device's peer: its cluster, exposure id and mesh entry (`None`
+/// for anything but a tsk8s-runtime node).
+fn peer_node<'n>(
+    net: &'n Net,
+    reach: &Reach,
+    idx: usize,
+) -> Option<(&'n str, &'n str, &'n tsk8s_policy::runtime_config::Peer)> {
+    let Some(Member::Node { cluster, id }) = net.members.get(reach.names.get(idx)?) else {
+        return None;
+    };
+    Some((cluster, id, net.peer(idx)?))
+}
+
 /// One peer of a device's wg-quick config: the node, and the AllowedIPs the device routes to it.
 pub struct DevicePeer<'n> {
     pub idx: usize,
@@ -321,13 +350,7 @@ pub fn device_peers<'n>(
 ) -> Vec<DevicePeer<'n>> {
     let mut out = Vec::new();
     for idx in reach.peers(me) {
-        let Some(name) = reach.names.get(idx) else {
-            continue;
-        };
-        let Some(Member::Node { cluster, id }) = net.members.get(name) else {
-            continue;
-        };
-        let Some(peer) = net.peer(idx) else {
+        let Some((cluster, id, peer)) = peer_node(net, reach, idx) else {
             continue;
         };
         let mut within: Vec<IpNet> = peer.allowed_ips.clone();

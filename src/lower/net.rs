@@ -6,13 +6,13 @@
 //! The cost is the size of the answer, not nodes × rules: sources are looked up in a sorted
 //! address index.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ipnet::IpNet;
 use tsk8s_policy::compile::Compiled;
-use tsk8s_policy::filter::FilterRule;
+use tsk8s_policy::filter::{FilterRule, SrcIps};
 use tsk8s_policy::matcher::Matcher;
 use tsk8s_policy::policy::Policy;
 use tsk8s_policy::runtime_config::Peer;
@@ -278,10 +278,6 @@ fn bounds(n: &IpNet) -> (IpAddr, IpAddr) {
 pub struct NodeSet(Vec<u32>);
 
 impl NodeSet {
-    fn from_sorted(set: &BTreeSet<usize>) -> NodeSet {
-        NodeSet(set.iter().map(|&i| to_u32(i)).collect())
-    }
-
     pub fn contains(&self, n: usize) -> bool {
         self.0.binary_search(&to_u32(n)).is_ok()
     }
@@ -311,14 +307,33 @@ pub struct Reach {
 pub struct AnyTraffic<'r> {
     reach: &'r Reach,
     cache: Vec<OnceLock<Matcher>>,
+    /// Devices' peers (topology index, AllowedIPs) the spec's tests computed first, kept
+    /// until the device's config takes them, so no device's peers are computed twice.
+    device_peers: Mutex<HashMap<usize, DevicePeerList>>,
 }
+
+/// A device's peers by topology index, with the AllowedIPs it routes to each.
+pub type DevicePeerList = Vec<(usize, Vec<IpNet>)>;
 
 impl<'r> AnyTraffic<'r> {
     pub fn new(reach: &'r Reach) -> AnyTraffic<'r> {
         AnyTraffic {
             reach,
             cache: (0..reach.filters.len()).map(|_| OnceLock::new()).collect(),
+            device_peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keep device `me`'s peers for its config ([`AnyTraffic::take_device_peers`]).
+    pub fn keep_device_peers(&self, me: usize, peers: DevicePeerList) {
+        if let Ok(mut kept) = self.device_peers.lock() {
+            kept.insert(me, peers);
+        }
+    }
+
+    /// Device `me`'s peers, if the tests computed them (each is handed out once).
+    pub fn take_device_peers(&self, me: usize) -> Option<DevicePeerList> {
+        self.device_peers.lock().ok()?.remove(&me)
     }
 
     /// Node `n`'s index.
@@ -358,20 +373,43 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
         }
         v
     }));
-    let mut filters = Vec::with_capacity(names.len());
-    let mut admits = Vec::with_capacity(names.len());
-    let mut set = BTreeSet::new();
-    for name in &names {
-        let f = compiled.node_filter(name);
-        set.clear();
-        for rule in &f {
-            for s in rule.src_ips.iter() {
-                index.covered(s, &mut set);
-            }
-        }
-        admits.push(NodeSet::from_sorted(&set));
-        filters.push(f);
+    let filters: Vec<Vec<FilterRule>> = crate::par::map(&names, |name| compiled.node_filter(name));
+    // Rules share their source lists (one `Arc` per compiled source), so each distinct list
+    // is resolved to nodes once, on all cores, and a node's admits are the union of its
+    // rules' lists.
+    let mut lists: Vec<&SrcIps> = Vec::new();
+    let mut list_of: HashMap<usize, u32> = HashMap::new();
+    for rule in filters.iter().flatten() {
+        list_of.entry(list_key(&rule.src_ips)).or_insert_with(|| {
+            lists.push(&rule.src_ips);
+            to_u32(lists.len() - 1)
+        });
     }
+    let covered: Vec<Vec<u32>> = crate::par::map(&lists, |src| {
+        let mut set = BTreeSet::new();
+        for s in src.iter() {
+            index.covered(s, &mut set);
+        }
+        set.into_iter().map(to_u32).collect()
+    });
+    let admits: Vec<NodeSet> = crate::par::map(&filters, |f| {
+        let mut ids: Vec<u32> = f
+            .iter()
+            .filter_map(|rule| list_of.get(&list_key(&rule.src_ips)))
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut v: Vec<u32> = ids
+            .iter()
+            .filter_map(|&i| covered.get(i as usize))
+            .flatten()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        NodeSet(v)
+    });
     // Built in ascending `n`, so every list comes out sorted.
     let mut by: Vec<Vec<u32>> = vec![Vec::new(); names.len()];
     for (n, set) in admits.iter().enumerate() {
@@ -388,6 +426,11 @@ pub fn reach(policy: &Policy, net: &Net) -> Reach {
         admits,
         admitted_by,
     }
+}
+
+/// A shared source list's identity (its allocation): equal keys, the same list.
+fn list_key(src: &SrcIps) -> usize {
+    Arc::as_ptr(src).cast::<String>() as usize
 }
 
 /// The prefixes of `within` that node `n`'s filter lets `src` reach (for device AllowedIPs).

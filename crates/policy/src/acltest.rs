@@ -74,8 +74,11 @@ fn check_defined(policy: &Policy, alias: &Alias) -> Result<(), String> {
     }
 }
 
-/// Test evaluator for one policy and topology; reusable across many tests.
-pub struct TestRunner<'a> {
+/// Test evaluator for the entries of one policy's `tests`, on one topology. Its matcher
+/// holds only the rules' destinations that the entries' destinations overlap (on dense
+/// policies the whole tailnet's rules would be most of a build's memory), so it answers
+/// for those entries only.
+struct TestRunner<'a> {
     policy: &'a Policy,
     resolver: Resolver<'a>,
     matcher: Matcher,
@@ -83,12 +86,23 @@ pub struct TestRunner<'a> {
 }
 
 impl<'a> TestRunner<'a> {
-    pub fn new(policy: &'a Policy, topo: &'a Topology) -> TestRunner<'a> {
+    fn new(policy: &'a Policy, topo: &'a Topology) -> TestRunner<'a> {
+        let mut resolver = Resolver::new(policy, topo);
+        // Every address an entry tests (a destination that does not resolve is reported by
+        // `eval`, which needs no rule for it).
+        let mut tested = IpSet::new();
+        for t in &policy.tests {
+            for dst in t.accept.iter().chain(&t.deny) {
+                if let Ok(awp) = check_test_destination(policy, dst) {
+                    tested.add_set(&resolver.resolve(&awp.alias));
+                }
+            }
+        }
         let compiled = Compiled::new(policy, topo);
-        let matcher = Matcher::new(&compiled.global_rules());
+        let matcher = Matcher::new(&compiled.global_rules_within(Some(&tested)));
         TestRunner {
             policy,
-            resolver: Resolver::new(policy, topo),
+            resolver,
             matcher,
             cache: HashMap::new(),
         }
@@ -167,7 +181,7 @@ impl<'a> TestRunner<'a> {
     }
 
     /// Run one entry; failure lines are appended to `out`. Returns whether it passed.
-    pub fn run_one(&mut self, t: &AclTest, out: &mut Vec<String>) -> bool {
+    fn run_one(&mut self, t: &AclTest, out: &mut Vec<String>) -> bool {
         let sfx = proto_suffix(t);
         if let Some(p) = &t.problem {
             out.push(format!("{}{sfx}: {p}", t.src));

@@ -588,20 +588,39 @@ impl<'a> Compiled<'a> {
     }
 
     /// Every rule of the policy, not reduced to any node (self and via rules expanded for every
-    /// node): what the tailnet as a whole allows. Used to evaluate `tests`.
+    /// node): what the tailnet as a whole allows (the access matrix's matcher).
     pub fn global_rules(&self) -> Vec<FilterRule> {
+        self.global_rules_within(None)
+    }
+
+    /// [`Compiled::global_rules`] with only the destinations that overlap `within` (all when
+    /// `None`): a matcher built from them answers the same for every address in `within`.
+    pub fn global_rules_within(&self, within: Option<&IpSet>) -> Vec<FilterRule> {
+        let wanted = |d: &&Dst| match (within, &d.net) {
+            (Some(w), Some(n)) => w.overlaps_net(n),
+            _ => true,
+        };
         let mut out = Vec::new();
         for item in &self.items {
             match item {
-                Item::Rule(rule) => out.push(FilterRule {
-                    src_ips: rule.src.clone(),
-                    dst_ports: rule.dsts.iter().map(Dst::npr).collect(),
-                    ip_proto: rule.protos.clone(),
-                    cap_grant: Vec::new(),
-                }),
+                Item::Rule(rule) => {
+                    let dst_ports: Vec<NetPortRange> =
+                        rule.dsts.iter().filter(wanted).map(Dst::npr).collect();
+                    if within.is_none() || !dst_ports.is_empty() {
+                        out.push(FilterRule {
+                            src_ips: rule.src.clone(),
+                            dst_ports,
+                            ip_proto: rule.protos.clone(),
+                            cap_grant: Vec::new(),
+                        });
+                    }
+                }
                 Item::Cap(_) => {}
                 Item::SelfGrant(sg) => {
-                    for node in self.topo.nodes.values() {
+                    // A self rule's destinations are its node's own addresses.
+                    let tested =
+                        |n: &&Node| within.is_none_or(|w| n.ips().iter().any(|ip| w.contains(*ip)));
+                    for node in self.topo.nodes.values().filter(tested) {
                         out.extend(
                             self.self_rules(sg, node)
                                 .into_iter()
