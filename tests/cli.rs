@@ -871,3 +871,95 @@ fn lock_refuses_a_lock_file_that_is_a_symlink() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("tmp")), "{names:?}");
 }
+
+/// `diff` compares the base a file at a time as the build streams; its report is the one of
+/// the two whole trees (`tsk8s_diff::diff_trees_with` on the base read whole and the build
+/// in memory), from a dir and from a git ref: a changed rule, a file only
+/// in the base, a device with only its hosts file changed.
+#[test]
+fn streamed_diff_reports_what_the_whole_trees_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_spec("testdata/specs/multi-cluster", d);
+    assert_eq!(run(d, &["build", "-o", "base"]).status.code(), Some(0));
+    std::fs::write(d.join("base/only-in-base.txt"), "old\n").unwrap();
+    let hosts = std::fs::read_dir(d.join("base/devices"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "hosts"))
+        .unwrap();
+    let mut h = std::fs::read_to_string(&hosts).unwrap();
+    h.push_str("# edited\n");
+    std::fs::write(&hosts, h).unwrap();
+    let spec = std::fs::read_to_string(d.join("tailnet.kdl")).unwrap();
+    let changed = spec.replacen(
+        "acl {\n",
+        "acl {\n    accept src=\"group:us\" dst=\"tag:app:9\"\n",
+        1,
+    );
+    assert_ne!(changed, spec);
+    std::fs::write(d.join("tailnet.kdl"), &changed).unwrap();
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.email", "ci@example.com"]);
+    git(&["config", "user.name", "ci"]);
+    git(&["add", "base"]);
+    git(&["commit", "-qm", "base"]);
+
+    let lock = std::fs::read_to_string(d.join("tailnet.lock")).unwrap();
+    let input = tsk8s::build::Input {
+        spec_file: "tailnet.kdl",
+        spec: &changed,
+        lock_file: "tailnet.lock",
+        lock: Some(&lock),
+        sources: Default::default(),
+    };
+    let loaded = tsk8s::build::load(&input).unwrap();
+    let mut fresh = tsk8s::emit::Tree::new();
+    let c = tsk8s::build::compile(&input, loaded, tsk8s::build::Checks::ALL, &mut fresh)
+        .unwrap_or_else(|f| panic!("{}", f.text));
+    let old = tsk8s::cli::output::read_tree(&d.join("base")).unwrap();
+    let opts = tsk8s_diff::Options {
+        access: true,
+        tests: c.tests.as_ref().map(tsk8s::cli::diff_tests),
+    };
+    let whole = tsk8s_diff::diff_trees_with(&old, &fresh, &opts).unwrap();
+    let hosts_rel = hosts
+        .strip_prefix(d.join("base"))
+        .unwrap()
+        .to_string_lossy();
+    for changed in ["only-in-base.txt", "policy.hujson", &hosts_rel] {
+        assert!(
+            whole.files.iter().any(|f| f.path == changed),
+            "{changed}: {:?}",
+            whole.files
+        );
+    }
+    assert!(!whole.access.as_ref().unwrap().gained.is_empty());
+    let expected =
+        tsk8s_policy::text::neutralize_json(&tsk8s_diff::render_json(&whole)).into_owned();
+    for args in [
+        &["diff", "--base-dir", "base", "--format", "json"][..],
+        &["diff", "-o", "base", "--base", "main", "--format", "json"],
+    ] {
+        let o = run(d, args);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim_end(),
+            expected.trim_end(),
+            "{args:?}"
+        );
+    }
+}

@@ -1061,10 +1061,30 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    // The base is listed first and read a file at a time as the build hands over its files:
+    // a diff holds the files that differ, never both trees (a problem with the base is
+    // reported after the spec's own).
+    let old = match base {
+        Base::Out => output::TreeReader::open(out)
+            .map(OldTree::Dir)
+            .map_err(|e| e.to_string()),
+        Base::Dir(d) => match output::probe_dir(d) {
+            Ok(true) => output::TreeReader::open(d)
+                .map(OldTree::Dir)
+                .map_err(|e| e.to_string()),
+            Ok(false) => Err(format!("--base-dir {}: no such directory", d.display())),
+            Err(e) => Err(e.to_string()),
+        },
+        Base::Ref(r) => GitTree::open(r, out).map(OldTree::Git),
+    };
+    let mut sink = DiffSink {
+        old,
+        pairs: tsk8s_diff::Pairs::new(),
+        seen: std::collections::HashSet::new(),
+    };
     // Failed tests are reported, not fatal: diff's exit code says whether the trees differ.
     // Their results also go into the access section.
-    let mut fresh = crate::emit::Tree::new();
-    let tests = match l.compile(build::Checks::ALL, &mut fresh) {
+    let tests = match l.compile(build::Checks::ALL, &mut sink) {
         Ok(c) => {
             if let (Some(_), Some(r)) = (tests_gate(&c), &c.tests) {
                 eprintln!(
@@ -1078,24 +1098,15 @@ fn diff(spec: &Path, out: &Path, base: &Base, format: Format) -> u8 {
         }
         Err(f) => return report(&f),
     };
-    let old = match base {
-        Base::Out => output::read_tree(out).map_err(|e| e.to_string()),
-        Base::Dir(d) => match output::probe_dir(d) {
-            Ok(true) => output::read_tree(d).map_err(|e| e.to_string()),
-            Ok(false) => Err(format!("--base-dir {}: no such directory", d.display())),
-            Err(e) => Err(e.to_string()),
-        },
-        Base::Ref(r) => git_tree(r, out),
-    };
-    let old = match old {
-        Ok(t) => t,
+    let pairs = match sink.finish() {
+        Ok(p) => p,
         Err(e) => return fail(e),
     };
     let opts = tsk8s_diff::Options {
         access: true,
         tests,
     };
-    let mut report = match tsk8s_diff::diff_trees_with(&old, &fresh, &opts) {
+    let mut report = match pairs.finish(&opts) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -1176,53 +1187,222 @@ fn neutralize_report(report: &mut tsk8s_diff::Report) {
     }
 }
 
-/// The output dir as committed at a git ref, read through `git` (no checkout). `rev` is a
-/// ref only (a directory is `--base-dir`); one that does not name a commit is an error, and
-/// so is a symbolic link or a submodule in the tree. Blobs are read raw (`cat-file`, no
-/// textconv or filters).
-fn git_tree(rev: &str, out: &Path) -> Result<crate::emit::Tree, String> {
-    if rev.starts_with('-') || rev.is_empty() {
-        return Err(not_a_ref(rev));
+/// The base tree of `diff`, read a file at a time.
+enum OldTree {
+    Dir(output::TreeReader),
+    Git(GitTree),
+}
+
+impl OldTree {
+    fn paths(&self) -> Vec<String> {
+        match self {
+            OldTree::Dir(t) => t.paths().iter().cloned().collect(),
+            OldTree::Git(g) => g.blobs.keys().cloned().collect(),
+        }
     }
-    let (top_path, rel) = git_dir(out)?;
-    let spec = format!("{rev}^{{commit}}");
-    let commit = run_git(
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            "--end-of-options",
-            &spec,
-        ],
-        &top_path,
-    )
-    .map_err(|_| not_a_ref(rev))?;
-    let commit = String::from_utf8_lossy(&commit).trim().to_string();
-    let mut ls = vec![
-        "--literal-pathspecs",
-        "ls-tree",
-        "-r",
-        "-z",
-        "--full-tree",
-        &commit,
-    ];
-    if !rel.is_empty() {
-        ls.extend(["--", rel.as_str()]);
+
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            OldTree::Dir(t) => t.read(path).map_err(|e| e.to_string()),
+            OldTree::Git(g) => g.read(path),
+        }
     }
-    let listing = run_git(&ls, &top_path)?;
-    let blobs = ls_tree_blobs(rev, &listing)?;
-    let oids: Vec<&str> = blobs.iter().map(|(_, o)| o.as_str()).collect();
-    let contents = cat_blobs(&top_path, &oids)?;
-    let mut tree = crate::emit::Tree::new();
-    for ((path, _), bytes) in blobs.into_iter().zip(contents) {
-        let key = match path.strip_prefix(&format!("{rel}/")) {
-            Some(k) => k.to_string(),
-            None if rel.is_empty() => path,
-            None => continue,
+
+    fn done(self) -> Result<(), String> {
+        match self {
+            OldTree::Dir(t) => t.done().map_err(|e| e.to_string()),
+            OldTree::Git(g) => g.done(),
+        }
+    }
+}
+
+/// `diff`'s sink: each file of the fresh build compared with the base's file of the same
+/// path as it arrives ([`tsk8s_diff::Pairs`] keeps what differs).
+struct DiffSink {
+    old: Result<OldTree, String>,
+    pairs: tsk8s_diff::Pairs,
+    /// Paths the build wrote, so the base's other files are known at the end.
+    seen: std::collections::HashSet<String>,
+}
+
+impl crate::emit::Sink for DiffSink {
+    fn put(&mut self, files: Vec<crate::emit::File>) -> std::ops::ControlFlow<()> {
+        let Ok(old) = &mut self.old else {
+            return std::ops::ControlFlow::Break(());
         };
-        tree.insert(key, bytes);
+        for f in files {
+            match old.read(&f.path) {
+                Ok(o) => self.pairs.add(&f.path, o.as_deref(), Some(&f.bytes)),
+                Err(e) => {
+                    self.old = Err(e);
+                    return std::ops::ControlFlow::Break(());
+                }
+            }
+            self.seen.insert(f.path);
+        }
+        std::ops::ControlFlow::Continue(())
     }
-    Ok(tree)
+}
+
+impl DiffSink {
+    /// The base's files the build did not write, then the pairs.
+    fn finish(self) -> Result<tsk8s_diff::Pairs, String> {
+        let DiffSink {
+            old,
+            mut pairs,
+            seen,
+        } = self;
+        let mut old = old?;
+        for path in old.paths() {
+            if !seen.contains(&path) {
+                let bytes = old.read(&path)?;
+                pairs.add(&path, bytes.as_deref(), None);
+            }
+        }
+        old.done()?;
+        Ok(pairs)
+    }
+}
+
+/// The output dir as committed at a git ref, read through `git` (no checkout), a blob at a
+/// time through one `git cat-file --batch`. `rev` is a ref only (a directory is
+/// `--base-dir`); one that does not name a commit is an error, and so is a symbolic link or
+/// a submodule in the tree. Blobs are read raw (`cat-file`, no textconv or filters).
+struct GitTree {
+    top: PathBuf,
+    /// Path relative to the output dir → blob id.
+    blobs: BTreeMap<String, String>,
+    cat: Option<CatFile>,
+}
+
+struct CatFile {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for CatFile {
+    fn drop(&mut self) {
+        // End of input ends it.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl GitTree {
+    fn open(rev: &str, out: &Path) -> Result<GitTree, String> {
+        if rev.starts_with('-') || rev.is_empty() {
+            return Err(not_a_ref(rev));
+        }
+        let (top_path, rel) = git_dir(out)?;
+        let spec = format!("{rev}^{{commit}}");
+        let commit = run_git(
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &spec,
+            ],
+            &top_path,
+        )
+        .map_err(|_| not_a_ref(rev))?;
+        let commit = String::from_utf8_lossy(&commit).trim().to_string();
+        let mut ls = vec![
+            "--literal-pathspecs",
+            "ls-tree",
+            "-r",
+            "-z",
+            "--full-tree",
+            &commit,
+        ];
+        if !rel.is_empty() {
+            ls.extend(["--", rel.as_str()]);
+        }
+        let listing = run_git(&ls, &top_path)?;
+        let mut blobs = BTreeMap::new();
+        for (path, oid) in ls_tree_blobs(rev, &listing)? {
+            let key = match path.strip_prefix(&format!("{rel}/")) {
+                Some(k) => k.to_string(),
+                None if rel.is_empty() => path,
+                None => continue,
+            };
+            blobs.insert(key, oid);
+        }
+        Ok(GitTree {
+            top: top_path,
+            blobs,
+            cat: None,
+        })
+    }
+
+    /// The raw contents of the blob at `path`, `None` when the tree has none.
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        use std::io::{BufRead as _, Read as _};
+        use std::process::{Command as Proc, Stdio};
+        let Some(oid) = self.blobs.get(path) else {
+            return Ok(None);
+        };
+        let cat = match &mut self.cat {
+            Some(c) => c,
+            None => {
+                let mut child = Proc::new("git")
+                    .args(["cat-file", "--batch"])
+                    .current_dir(&self.top)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot run git: {e}"))?;
+                let stdin = child.stdin.take();
+                let stdout = child.stdout.take().ok_or("git cat-file: no output")?;
+                self.cat.insert(CatFile {
+                    child,
+                    stdin,
+                    stdout: std::io::BufReader::new(stdout),
+                })
+            }
+        };
+        // One request, then its whole answer: neither pipe fills while the other waits.
+        let stdin = cat.stdin.as_mut().ok_or("git cat-file: closed")?;
+        stdin
+            .write_all(format!("{oid}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("git cat-file: {e}"))?;
+        let mut header = String::new();
+        cat.stdout
+            .read_line(&mut header)
+            .map_err(|e| format!("git cat-file: {e}"))?;
+        let mut f = header.trim_end().split(' ');
+        let size = match (f.next(), f.next(), f.next()) {
+            (Some(got), Some("blob"), Some(size)) if got == oid => size
+                .parse::<usize>()
+                .map_err(|_| format!("git cat-file: bad header {header:?}"))?,
+            _ => return Err(format!("git cat-file {oid}: {}", header.trim_end())),
+        };
+        let mut bytes = vec![0; size];
+        cat.stdout
+            .read_exact(&mut bytes)
+            .map_err(|e| format!("git cat-file: {e}"))?;
+        let mut nl = [0u8; 1];
+        cat.stdout
+            .read_exact(&mut nl)
+            .map_err(|e| format!("git cat-file: {e}"))?;
+        Ok(Some(bytes))
+    }
+
+    /// `git cat-file` ended well (or was never needed).
+    fn done(mut self) -> Result<(), String> {
+        let Some(mut cat) = self.cat.take() else {
+            return Ok(());
+        };
+        drop(cat.stdin.take());
+        let status = cat.child.wait().map_err(|e| format!("git cat-file: {e}"))?;
+        if !status.success() {
+            return Err(format!("git cat-file --batch: {status}"));
+        }
+        Ok(())
+    }
 }
 
 /// Run `git ARGS` in `cwd`: its stdout, or an error with its stderr.
@@ -1316,68 +1496,6 @@ fn ls_tree_blobs(rev: &str, listing: &[u8]) -> Result<Vec<(String, String)>, Str
         }
     }
     Ok(blobs)
-}
-
-/// The raw contents of `oids` (blobs), in order, through one `git cat-file --batch`.
-fn cat_blobs(top: &Path, oids: &[&str]) -> Result<Vec<Vec<u8>>, String> {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    use std::process::{Command as Proc, Stdio};
-    if oids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut child = Proc::new("git")
-        .args(["cat-file", "--batch"])
-        .current_dir(top)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    let mut input = String::new();
-    for o in oids {
-        input.push_str(o);
-        input.push('\n');
-    }
-    let stdin = child.stdin.take();
-    // Written from another thread: git answers while it reads, and both pipes are bounded.
-    let writer = std::thread::spawn(move || {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(input.as_bytes());
-        }
-    });
-    let mut out = Vec::with_capacity(oids.len());
-    let result = (|| -> Result<(), String> {
-        let stdout = child.stdout.take().ok_or("git cat-file: no output")?;
-        let mut r = BufReader::new(stdout);
-        let mut header = String::new();
-        for o in oids {
-            header.clear();
-            r.read_line(&mut header)
-                .map_err(|e| format!("git cat-file: {e}"))?;
-            let mut f = header.trim_end().split(' ');
-            let size = match (f.next(), f.next(), f.next()) {
-                (Some(got), Some("blob"), Some(size)) if got == *o => size
-                    .parse::<usize>()
-                    .map_err(|_| format!("git cat-file: bad header {header:?}"))?,
-                _ => return Err(format!("git cat-file {o}: {}", header.trim_end())),
-            };
-            let mut bytes = vec![0; size];
-            r.read_exact(&mut bytes)
-                .map_err(|e| format!("git cat-file: {e}"))?;
-            let mut nl = [0u8; 1];
-            r.read_exact(&mut nl)
-                .map_err(|e| format!("git cat-file: {e}"))?;
-            out.push(bytes);
-        }
-        Ok(())
-    })();
-    let _ = writer.join();
-    let status = child.wait().map_err(|e| format!("git cat-file: {e}"))?;
-    result?;
-    if !status.success() {
-        return Err(format!("git cat-file --batch: {status}"));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

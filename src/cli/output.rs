@@ -161,6 +161,62 @@ pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
     )))
 }
 
+/// A tree read a file at a time (`diff`'s base dir, compared as the build streams): listed
+/// once, each file read when asked for, never through a link (as [`read_tree`]). A missing
+/// dir is empty. A build swapping the dir in meanwhile makes a read (or [`TreeReader::done`])
+/// fail asking to try again: the files compared are one whole tree, never a mix of two.
+pub struct TreeReader {
+    dir: PathBuf,
+    files: BTreeSet<String>,
+    identity: Option<(u64, u64)>,
+}
+
+impl TreeReader {
+    pub fn open(dir: &Path) -> Result<TreeReader, OutputError> {
+        let (files, identity) = if probe_dir(dir)? {
+            let identity = identity(dir);
+            (list_files(dir)?, identity)
+        } else {
+            (BTreeSet::new(), None)
+        };
+        Ok(TreeReader {
+            dir: dir.to_path_buf(),
+            files,
+            identity,
+        })
+    }
+
+    /// Every file of the tree, by relative path.
+    pub fn paths(&self) -> &BTreeSet<String> {
+        &self.files
+    }
+
+    /// The file at `rel`, `None` when the tree has none.
+    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, OutputError> {
+        if !self.files.contains(rel) {
+            return Ok(None);
+        }
+        match read_file(&self.dir.join(rel)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => {
+                self.done()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the dir is still the one listed.
+    pub fn done(&self) -> Result<(), OutputError> {
+        if self.identity.is_some() && identity(&self.dir) != self.identity {
+            return Err(OutputError(format!(
+                "{}: replaced while being read (a build ran into it); try again",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Refuse to replace a dir that holds files tsk8s did not write (or any symbolic link).
 pub fn check_owned(dir: &Path) -> Result<(), OutputError> {
     owned_files(dir).map(|_| ())

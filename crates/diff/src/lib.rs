@@ -39,6 +39,10 @@
 //!
 //! Besides the object changes, [`Report::files`] lists every path whose bytes differ, which is
 //! what `build --check` needs (a reformatted file is stale even when no object changed).
+//!
+//! The trees can also be given a path at a time ([`Pairs`]: `tsk8s diff` compares each file
+//! as the build finishes it), holding only the files that differ: the same report, in memory
+//! that follows the change, not the trees.
 
 pub mod access;
 mod mask;
@@ -421,9 +425,121 @@ pub fn diff_trees(
 }
 
 /// [`diff_trees`], plus what `opts` asks for (`tsk8s diff` asks for access changes).
+/// The trees go through [`Pairs`] path by path, as `tsk8s diff` streams them.
 pub fn diff_trees_with(
     old: &BTreeMap<String, Vec<u8>>,
     new: &BTreeMap<String, Vec<u8>>,
+    opts: &Options,
+) -> Result<Report, DiffError> {
+    let mut pairs = Pairs::new();
+    let paths: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for path in paths {
+        pairs.add(
+            path,
+            old.get(path).map(Vec::as_slice),
+            new.get(path).map(Vec::as_slice),
+        );
+    }
+    pairs.finish(opts)
+}
+
+/// Two trees compared a path at a time, holding only what the report can need, so a diff
+/// costs memory for what changed, not for the size of the trees (`tsk8s diff` gives each
+/// file of the fresh build as the compiler finishes it, with the base's file of the same
+/// path, then the base's files the build did not write).
+///
+/// Kept: the files whose bytes differ (or that are on one side only), `policy.hujson` and
+/// `topology.json` (the access section reads both trees' models), and a device's `.conf` or
+/// `.hosts` that is the same on both sides while the other one differs (a device is one
+/// entry). Of every other file only its group is noted (present on which side). Reading
+/// what is kept gives the report [`diff_trees_with`] gives for the whole trees: files
+/// byte-identical on both sides yield identical entries on both sides, so no change.
+#[derive(Debug, Default)]
+pub struct Pairs {
+    old: BTreeMap<String, Vec<u8>>,
+    new: BTreeMap<String, Vec<u8>>,
+    /// Groups with a file on the old / the new side.
+    present: [std::collections::BTreeSet<GroupKind>; 2],
+    /// Devices by name: whether one of their files differs, else their same files so far.
+    devices: BTreeMap<String, PendingDevice>,
+}
+
+#[derive(Debug, Default)]
+struct PendingDevice {
+    differs: bool,
+    same: Vec<(String, Vec<u8>)>,
+}
+
+impl Pairs {
+    pub fn new() -> Pairs {
+        Pairs::default()
+    }
+
+    /// The bytes of `path` in the old and the new tree (`None`: not in that tree). Each path
+    /// is given once, in any order.
+    pub fn add(&mut self, path: &str, old: Option<&[u8]>, new: Option<&[u8]>) {
+        if path != tree::MANIFEST_PATH {
+            let group = if path == tree::POLICY_PATH {
+                GroupKind::Policy
+            } else {
+                tree::classify(path).0
+            };
+            for (side, bytes) in [(0, old), (1, new)] {
+                if bytes.is_some() && !self.present[side].contains(&group) {
+                    self.present[side].insert(group.clone());
+                }
+            }
+        }
+        let device = tree::device_file(path).map(|(name, _)| name);
+        let keep = |pairs: &mut Pairs, path: &str| {
+            if let Some(b) = old {
+                pairs.old.insert(path.to_string(), b.to_vec());
+            }
+            if let Some(b) = new {
+                pairs.new.insert(path.to_string(), b.to_vec());
+            }
+        };
+        if old != new || path == tree::POLICY_PATH || path == access::TOPOLOGY_PATH {
+            keep(self, path);
+            if old != new
+                && let Some(name) = device
+            {
+                let d = self.devices.entry(name.to_string()).or_default();
+                d.differs = true;
+                for (p, b) in std::mem::take(&mut d.same) {
+                    self.old.insert(p.clone(), b.clone());
+                    self.new.insert(p, b);
+                }
+            }
+            return;
+        }
+        let Some(name) = device else {
+            return;
+        };
+        let d = self.devices.entry(name.to_string()).or_default();
+        if d.differs {
+            keep(self, path);
+            return;
+        }
+        d.same
+            .push((path.to_string(), old.unwrap_or_default().to_vec()));
+        if d.same.len() >= 2 {
+            // Both files the same: the device is no change.
+            self.devices.remove(name);
+        }
+    }
+
+    /// The report of the two trees given.
+    pub fn finish(self, opts: &Options) -> Result<Report, DiffError> {
+        diff_kept(&self.old, &self.new, &self.present, opts)
+    }
+}
+
+/// The report of the files [`Pairs`] kept, with the groups present in the whole trees.
+fn diff_kept(
+    old: &BTreeMap<String, Vec<u8>>,
+    new: &BTreeMap<String, Vec<u8>>,
+    present: &[std::collections::BTreeSet<GroupKind>; 2],
     opts: &Options,
 ) -> Result<Report, DiffError> {
     // The two trees parse independently, and the access model is independent of the object
@@ -434,7 +550,10 @@ pub fn diff_trees_with(
         let o = o.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (o, n)
     });
-    let (old_parsed, new_parsed) = (old_parsed?, new_parsed?);
+    let (mut old_parsed, mut new_parsed) = (old_parsed?, new_parsed?);
+    let [old_present, new_present] = present;
+    old_parsed.present.extend(old_present.iter().cloned());
+    new_parsed.present.extend(new_present.iter().cloned());
     let (access, mut groups) = std::thread::scope(|s| {
         let access = opts.access.then(|| {
             s.spawn(|| {
@@ -491,4 +610,94 @@ pub fn diff_trees_with(
         files,
         access,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// What [`Pairs`] keeps gives the report of the whole trees (the core run on both trees
+    /// whole), whatever order the paths come in: devices with one file changed, both the
+    /// same, a file on one side; groups with only unchanged files; policy and topology the
+    /// same or not.
+    #[test]
+    fn pairs_report_what_the_whole_trees_report() {
+        let cm = |name: &str, v: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: n\ndata:\n  k: {v}\n"
+            )
+        };
+        let (a1, a2, b1, b2) = (cm("a", "1"), cm("a", "2"), cm("b", "1"), cm("b", "2"));
+        let old = tree(&[
+            ("policy.hujson", "{\"acls\": []}\n"),
+            ("topology.json", "{}\n"),
+            (".tsk8s-manifest", "old\n"),
+            ("clusters/x/a.yaml", &a1),
+            ("clusters/x/b.yaml", &b1),
+            ("clusters/same/a.yaml", &a1),
+            ("clusters/gone/a.yaml", &a1),
+            ("devices/d1.conf", "[Interface]\n"),
+            ("devices/d1.hosts", "h1\n"),
+            ("devices/d2.conf", "[Interface]\n"),
+            ("devices/d2.hosts", "h2\n"),
+            ("devices/d3.conf", "[Interface]\n"),
+            ("devices/d4.hosts", "h4\n"),
+            ("gitops/app.yaml", &b1),
+            ("README.md", "same\n"),
+        ]);
+        let new = tree(&[
+            ("policy.hujson", "{\"acls\": [{\"action\": \"accept\"}]}\n"),
+            ("topology.json", "{}\n"),
+            (".tsk8s-manifest", "new\n"),
+            ("clusters/x/a.yaml", &a2),
+            ("clusters/x/b.yaml", &b1),
+            ("clusters/same/a.yaml", &a1),
+            ("clusters/new/b.yaml", &b2),
+            ("devices/d1.conf", "[Interface]\n"),
+            ("devices/d1.hosts", "h1 changed\n"),
+            ("devices/d2.conf", "[Interface]\n"),
+            ("devices/d2.hosts", "h2\n"),
+            ("devices/d3.conf", "[Interface]\n"),
+            ("devices/d3.hosts", "h3\n"),
+            ("gitops/app.yaml", &b1),
+            ("README.md", "same\n"),
+        ]);
+        let opts = Options {
+            access: true,
+            tests: None,
+        };
+        let whole = diff_kept(&old, &new, &Default::default(), &opts).unwrap();
+        assert_ne!(whole.summary.total(), 0);
+        let mut paths: Vec<&String> = old.keys().chain(new.keys()).collect();
+        paths.sort();
+        paths.dedup();
+        for order in 0..4 {
+            let mut ps = paths.clone();
+            match order {
+                1 => ps.reverse(),
+                2 => ps.rotate_left(5),
+                3 => ps.sort_by_key(|p| (p.len(), p.to_string())),
+                _ => {}
+            }
+            let mut pairs = Pairs::new();
+            for p in ps {
+                pairs.add(
+                    p,
+                    old.get(p).map(Vec::as_slice),
+                    new.get(p).map(Vec::as_slice),
+                );
+            }
+            assert!(!pairs.old.contains_key("clusters/same/a.yaml"));
+            assert!(!pairs.old.contains_key("devices/d2.conf"));
+            assert!(pairs.old.contains_key("devices/d1.conf"));
+            assert_eq!(pairs.finish(&opts).unwrap(), whole, "order {order}");
+        }
+    }
 }

@@ -83,7 +83,7 @@ pub(crate) fn parse_tree(
             }
             continue;
         }
-        let (group, rest) = classify(path);
+        let (group, _) = classify(path);
         p.present.insert(group.clone());
         let entries = p.groups.entry(group.clone()).or_default();
         if same && matches!(group, GroupKind::Cluster(_) | GroupKind::Gitops) && is_yaml(path) {
@@ -93,13 +93,10 @@ pub(crate) fn parse_tree(
             GroupKind::Cluster(_) | GroupKind::Gitops if is_yaml(path) => {
                 add_yaml_docs(entries, utf8(bytes, path, side)?, path, side)?;
             }
-            GroupKind::Devices
-                if !rest.contains('/') && (rest.ends_with(".conf") || rest.ends_with(".hosts")) =>
-            {
+            GroupKind::Devices if device_file(path).is_some() => {
                 let text = utf8(bytes, path, side)?.to_string();
-                let (name, is_conf) = match rest.strip_suffix(".conf") {
-                    Some(n) => (n, true),
-                    None => (rest.strip_suffix(".hosts").unwrap_or(rest), false),
+                let Some((name, is_conf)) = device_file(path) else {
+                    continue;
                 };
                 let slot = devices.entry(name.to_string()).or_default();
                 if is_conf {
@@ -145,8 +142,17 @@ pub(crate) fn parse_tree(
     Ok(p)
 }
 
+/// `(device name, is the .conf)` of a device's `.conf` or `.hosts` (one entry per device).
+pub(crate) fn device_file(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("devices/").filter(|r| !r.contains('/'))?;
+    match rest.strip_suffix(".conf") {
+        Some(n) => Some((n, true)),
+        None => rest.strip_suffix(".hosts").map(|n| (n, false)),
+    }
+}
+
 /// The group of a path and the rest of the path inside the group's directory.
-fn classify(path: &str) -> (GroupKind, &str) {
+pub(crate) fn classify(path: &str) -> (GroupKind, &str) {
     if let Some(rest) = path.strip_prefix("clusters/")
         && let Some((cluster, inner)) = rest.split_once('/')
         && !cluster.is_empty()
