@@ -41,8 +41,8 @@ pub enum DropReason {
     /// New connection refused: its peer is over its connection or memory limit, or the
     /// memory budget is spent.
     OverLimit,
-    /// Over the peer's equal split of a full receive batch (the packet loop is behind and
-    /// another peer has packets in the batch; see `engine::fair`).
+    /// Dropped before decryption from the peer with the most queued work when the per-peer
+    /// receive queues are full and another peer is backlogged too (see `engine::fair`).
     FairShare,
 }
 
@@ -106,7 +106,8 @@ pub struct PeerStats {
     pub handshakes: u64,
     /// New connections refused because the peer was over its limits.
     pub conns_refused: u64,
-    /// Inner packets dropped over the peer's share of a full receive batch.
+    /// Data messages dropped before decryption: the peer had the most queued work when the
+    /// receive queues were full (`engine::fair`).
     pub fair_share_drops: u64,
 }
 

@@ -353,6 +353,17 @@ impl Net {
         });
     }
 
+    /// The slot of the peer a data message is for, from its receiver index alone (no
+    /// decryption; used to queue it fairly, `engine::fair`). `None` for anything else.
+    pub fn data_slot(&self, data: &[u8]) -> Option<usize> {
+        // Type 4 with three reserved zero bytes, at least header (16) + tag (16).
+        if data.len() < 32 || data.get(..4)? != [4, 0, 0, 0] {
+            return None;
+        }
+        let idx = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
+        self.by_index.get(&(idx >> 8)).copied()
+    }
+
     /// Handle one UDP datagram from the network. Decrypted inner packets are appended to
     /// `inbox` with the slot of the peer that sent them.
     pub fn handle_datagram(
@@ -638,6 +649,32 @@ pub fn send_now(
     c.drop(DropReason::SendError);
 }
 
+/// Is the socket's receive queue more than half of its receive buffer (`SO_MEMINFO`)? The
+/// fair queue (`engine::fair`) drops from the fattest peer only then. False when the kernel
+/// cannot say.
+pub fn receive_buffer_half_full(fd: i32) -> bool {
+    /// `SO_MEMINFO` (Linux ≥ 3.11; not in the libc crate): `SK_MEMINFO_VARS` u32 counters.
+    const SO_MEMINFO: libc::c_int = 55;
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: valid fd; the buffer and its length describe `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let rmem = info.get(libc::SK_MEMINFO_RMEM_ALLOC as usize).copied();
+    let rcvbuf = info.get(libc::SK_MEMINFO_RCVBUF as usize).copied();
+    match (r, rmem, rcvbuf) {
+        (0, Some(rmem), Some(rcvbuf)) => rcvbuf > 0 && rmem > rcvbuf / 2,
+        _ => false,
+    }
+}
+
 /// Set a socket option to `size`, ignoring failure (unprivileged limits apply).
 pub fn set_buffer(fd: i32, opt: libc::c_int, size: usize) {
     let v = size as libc::c_int;
@@ -720,6 +757,20 @@ mod tests {
 
     fn key(i: u8) -> [u8; 32] {
         *PublicKey::from(&StaticSecret::from([i; 32])).as_bytes()
+    }
+
+    /// `SO_MEMINFO` tells an empty receive queue from one filled past half its buffer.
+    #[test]
+    fn receive_buffer_pressure() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        set_buffer(rx.as_raw_fd(), libc::SO_RCVBUF, 64 * 1024);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        assert!(!receive_buffer_half_full(rx.as_raw_fd()));
+        let to = rx.local_addr().expect("addr");
+        for _ in 0..200 {
+            let _ = tx.send_to(&[0u8; 1200], to);
+        }
+        assert!(receive_buffer_half_full(rx.as_raw_fd()));
     }
 
     /// Undecryptable packets from one source get at most `PROBES_PER_SOURCE` initiations a

@@ -895,10 +895,17 @@ fn flood_world() -> (World, Running, String, String, String) {
 /// A flood that keeps sending during alice's transfer: mallory (allowed on port 443 only, so
 /// the node answers her DNS) sends DNS queries over UDP to the web node from two threads as
 /// fast as her device takes them, for as long as alice's transfer runs. Every one of them costs
-/// the one packet thread its decryption; when the receive batches come back full, mallory's
-/// packets beyond her equal split of a batch are dropped (`fair_share`), alice's are not. Alice's
-/// 32 MiB transfer completes under the flood. Three interleaved rounds (unloaded, flooded);
-/// the rates and the drop counters are printed for runtime/README.md, not asserted (rule 4).
+/// the one packet thread its decryption and an answer; the runtime's per-peer fair queues
+/// (`engine::fair`, on by default) serve both peers in DRR order and, when full, drop the
+/// peer with the most queued work, only when the socket's buffer is half full. Alice's 32 MiB
+/// transfer completes under the flood, every time, and the fair queue drops none of her
+/// packets. Three interleaved rounds (unloaded, flooded); the median flooded rate must keep
+/// at least 40 % of the median unloaded one — a loose bound on purpose (rule 4: this 2-core
+/// machine runs the flood's own generator and wireguard-go beside alice's and the runtime, so
+/// what the flood costs alice here is mostly CPU taken outside the runtime, 57–101 % over
+/// nine runs; single rounds vary ±30 %). The 90 % goal is measured and recorded in
+/// runtime/README.md, with the runtime's CPU use, which this prints with the rates and drop
+/// counters.
 #[test]
 fn sustained_flood_leaves_alice_her_share() {
     if !should_run("sustained_flood_leaves_alice_her_share") {
@@ -939,8 +946,31 @@ fn sustained_flood_leaves_alice_her_share() {
     let full = 32usize << 20;
     let (mut unloaded, mut loaded) = (Vec::new(), Vec::new());
     let mut flood_rates = Vec::new();
+    // The runtime's CPU time (user + system, clock ticks) over each transfer: is the packet
+    // thread saturated (near 100 % of one core) or is alice limited elsewhere?
+    let pid = w.lab.pid(&web.label).expect("runtime pid");
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
+        f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (mut cpu_unloaded, mut cpu_loaded) = (Vec::new(), Vec::new());
+    let timed = |r: &mut Vec<f64>| {
+        let (c0, t0) = (cpu_ticks(), std::time::Instant::now());
+        let out = bulk_transfer(&a, &bulk);
+        let pct = (cpu_ticks() - c0) as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
+        r.push(pct);
+        out
+    };
     for _ in 0..3 {
-        let (n, r) = bulk_transfer(&a, &bulk);
+        let (n, r) = timed(&mut cpu_unloaded);
         assert!(n >= full, "alice's unloaded transfer: {n} bytes");
         unloaded.push(r);
         let before = sent.load(Ordering::Relaxed);
@@ -948,7 +978,7 @@ fn sustained_flood_leaves_alice_her_share() {
         // The flood is running before alice starts.
         std::thread::sleep(Duration::from_millis(500));
         let t = std::time::Instant::now();
-        let (n, r) = bulk_transfer(&a, &bulk);
+        let (n, r) = timed(&mut cpu_loaded);
         let during = sent.load(Ordering::Relaxed) - before;
         flooding.store(false, Ordering::Relaxed);
         assert!(n >= full, "alice's transfer under the flood: {n} bytes");
@@ -979,12 +1009,22 @@ fn sustained_flood_leaves_alice_her_share() {
     eprintln!(
         "sustained flood: mallory's DNS queries/s while flooding {flood_rates:.0?}; alice's 32 MiB \
          transfer, three interleaved rounds, Mbit/s: unloaded {unloaded:.0?} (median {u:.0}), \
-         flooded {loaded:.0?} (median {l:.0}): {:.0} %; fair_share drops: total {:?}, mallory {:?}, \
+         flooded {loaded:.0?} (median {l:.0}): {:.0} %; runtime CPU, % of one core: unloaded \
+         {cpu_unloaded:.0?}, flooded {cpu_loaded:.0?}; fair_share drops: total {:?}, mallory {:?}, \
          alice {:?}",
         l / u * 100.0,
         metric(&mt, "tsk8s_drops_total{reason=\"fair_share\"}"),
         drop_of("mallory"),
         drop_of("alice"),
+    );
+    assert_eq!(
+        drop_of("alice"),
+        Some(0),
+        "the fair queue dropped alice's packets"
+    );
+    assert!(
+        l >= u * 0.4,
+        "the flood took more than 60 % of alice's throughput: {l:.0} of {u:.0} Mbit/s"
     );
 }
 

@@ -14,7 +14,7 @@
 //! - `udp`: UDP and ICMP echo sessions (kernel sockets, no smoltcp);
 //! - `dns`: DNS over TCP answered from the zone (UDP DNS is answered in `udp`);
 //! - `budget`: the memory budget every connection is charged to;
-//! - `fair`: each peer's share of a full receive batch.
+//! - `fair`: per-peer fair queueing (DRR) of received data messages, before decryption.
 
 mod budget;
 mod dns;
@@ -76,6 +76,11 @@ pub struct Feed {
 /// Decrypted inner packets of one receive batch, by the sending peer's slot.
 type Inbox = Vec<(usize, Vec<u8>)>;
 
+/// A datagram source of `Engine::read_batches`: hands one datagram to `admit`, false when
+/// empty.
+type NextDatagram<'a> =
+    dyn FnMut(&mut Net, &mut fair::FairQueue, &mut [u8], &mut Inbox) -> bool + 'a;
+
 /// Buffers larger than this are not returned to the gateway's pool.
 const FEED_POOL_BUF: usize = 2048;
 
@@ -117,8 +122,8 @@ pub struct Engine {
     rx_buf: Vec<u8>,
     dec_buf: Vec<u8>,
     inbox: Inbox,
-    /// Scratch of `fair::trim_to_fair_share` (per peer slot), reused across batches.
-    fair_counts: Vec<u32>,
+    /// Received data messages waiting for decryption, per peer (`fair`).
+    fq: fair::FairQueue,
     out_scratch: Vec<u8>,
     /// Resolved proxy target (resolver thread; a literal at once).
     proxy_target: Option<IpAddr>,
@@ -238,7 +243,7 @@ impl Engine {
             rx_buf: vec![0; BUF],
             dec_buf: vec![0; BUF + 64],
             inbox: Vec::new(),
-            fair_counts: Vec::new(),
+            fq: fair::FairQueue::default(),
             out_scratch: Vec::with_capacity(2048),
             proxy_target: None,
             proxy_target_name: None,
@@ -413,15 +418,21 @@ impl Engine {
     /// Our own socket: read until it is empty.
     fn read_wire(&mut self) {
         let mut rx = std::mem::take(&mut self.rx_buf);
-        self.read_batches(&mut |net, dec, inbox| match net.socket.recv_from(&mut rx) {
-            Ok((n, from)) => {
-                if let Some(d) = rx.get(..n) {
-                    net.handle_datagram(canonical(from), d, dec, inbox);
+        let fair = self.tuning.fair_share;
+        let fd = self.net.socket.as_raw_fd();
+        let pressure = move || wire::receive_buffer_half_full(fd);
+        self.read_batches(
+            &pressure,
+            &mut |net, fq, dec, inbox| match net.socket.recv_from(&mut rx) {
+                Ok((n, from)) => {
+                    if let Some(d) = rx.get(..n) {
+                        admit(net, fair.then_some(fq), canonical(from), d, dec, inbox);
+                    }
+                    true
                 }
-                true
-            }
-            Err(_) => false,
-        });
+                Err(_) => false,
+            },
+        );
         self.rx_buf = rx;
     }
 
@@ -430,12 +441,16 @@ impl Engine {
         let Some(feed) = self.feed.take() else {
             return;
         };
-        self.read_batches(&mut |net, dec, inbox| {
+        let fair = self.tuning.fair_share;
+        let queued = feed.queued.clone();
+        let pressure =
+            move || queued.load(Ordering::Relaxed) > crate::gateway::FEED_QUEUE_BYTES / 2;
+        self.read_batches(&pressure, &mut |net, fq, dec, inbox| {
             let Ok((from, data)) = feed.rx.try_recv() else {
                 return false;
             };
             feed.queued.fetch_sub(data.len(), Ordering::Relaxed);
-            net.handle_datagram(from, &data, dec, inbox);
+            admit(net, fair.then_some(fq), from, &data, dec, inbox);
             if data.capacity() <= FEED_POOL_BUF {
                 let _ = feed.ret.try_send(data);
             }
@@ -445,52 +460,58 @@ impl Engine {
     }
 
     /// The one receive loop of both datagram sources (`read_wire`, `read_feed`): take
-    /// datagrams with `next` (which decrypts one into the inbox and returns false when the
-    /// source is empty) in batches of `RX_BATCH`, hand each batch's packets to the filter,
-    /// and after a full batch let smoltcp and the forwarders run before reading on, so
-    /// smoltcp sees many segments per poll and a flood cannot starve the rest of the loop.
-    /// A full batch is first trimmed to each peer's share of it (`fair`).
-    fn read_batches(&mut self, next: &mut dyn FnMut(&mut Net, &mut [u8], &mut Inbox) -> bool) {
+    /// datagrams with `next` (which hands one to [`admit`] and returns false when the source
+    /// is empty). Data messages of known peers wait in the per-peer fair queue (`fair`;
+    /// `pressure` says whether the source's own buffer is more than half full); the
+    /// loop reads up to two batches ahead, then decrypts and delivers one batch
+    /// (`RX_BATCH`) in DRR order, hands the packets to the filter and lets smoltcp and the
+    /// forwarders run before reading on, so smoltcp sees many segments per poll, a flood
+    /// cannot starve the rest of the loop, and when the loop is behind, the queues (not the
+    /// kernel's FIFO socket buffer) decide whose datagrams wait or go. Returns when the
+    /// source and the queues are empty.
+    fn read_batches(&mut self, pressure: &dyn Fn() -> bool, next: &mut NextDatagram<'_>) {
         let mut dec = std::mem::take(&mut self.dec_buf);
         let mut inbox = std::mem::take(&mut self.inbox);
+        let mut fq = std::mem::take(&mut self.fq);
+        let ahead = if self.tuning.fair_share {
+            2 * RX_BATCH
+        } else {
+            RX_BATCH
+        };
         loop {
             let mut n_read = 0;
-            while n_read < RX_BATCH && next(&mut self.net, &mut dec, &mut inbox) {
+            let mut empty = false;
+            while n_read < ahead && !fq.should_stop_reading(RX_BATCH, pressure) {
+                if !next(&mut self.net, &mut fq, &mut dec, &mut inbox) {
+                    empty = true;
+                    break;
+                }
                 n_read += 1;
             }
-            if n_read == RX_BATCH && self.tuning.fair_share {
-                self.fair_share(&mut inbox);
+            let mut served = 0;
+            while served < RX_BATCH
+                && let Some((_, from, buf)) = fq.pop()
+            {
+                self.net.handle_datagram(from, &buf, &mut dec, &mut inbox);
+                fq.recycle(buf);
+                served += 1;
             }
             for (slot, pkt) in inbox.drain(..) {
                 self.inbound(slot, pkt);
             }
-            if n_read < RX_BATCH {
+            if empty && fq.is_empty() {
                 break;
             }
             self.poll_stack();
             self.service_dirty();
         }
+        self.fq = fq;
         self.dec_buf = dec;
         self.inbox = inbox;
     }
 
-    /// Drop a full batch's packets beyond each peer's equal split of it, counted.
-    fn fair_share(&mut self, inbox: &mut Inbox) {
-        let mut counts = std::mem::take(&mut self.fair_counts);
-        if fair::trim_to_fair_share(inbox, &mut counts) > 0 {
-            for (slot, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-                self.net
-                    .counters
-                    .drop_n(metrics::DropReason::FairShare, u64::from(*n));
-                if let Some(Some(p)) = self.net.peers.get_mut(slot) {
-                    p.stats.fair_share_drops += u64::from(*n);
-                }
-            }
-        }
-        self.fair_counts = counts;
-    }
-
     fn every_second(&mut self) {
+        self.fq.shrink();
         self.net.rate_limiter.reset_count();
         self.net.reset_probe_limits();
         self.net.expire_flows();
@@ -542,6 +563,32 @@ impl Engine {
             *m = text;
         }
     }
+}
+
+/// Take one received datagram: a data message of a known peer goes to its fair queue (`fq`,
+/// when fair queueing is on; a datagram the full queues drop instead is counted against the
+/// peer it belonged to), anything else is handled at once.
+fn admit(
+    net: &mut Net,
+    fq: Option<&mut fair::FairQueue>,
+    from: SocketAddr,
+    data: &[u8],
+    dec: &mut [u8],
+    inbox: &mut Inbox,
+) {
+    if let Some(fq) = fq
+        && let Some(slot) = net.data_slot(data)
+    {
+        if let Some(lost) = fq.push(slot, from, data) {
+            net.counters.udp_rx_datagrams += 1;
+            net.counters.drop(metrics::DropReason::FairShare);
+            if let Some(Some(p)) = net.peers.get_mut(lost) {
+                p.stats.fair_share_drops += 1;
+            }
+        }
+        return;
+    }
+    net.handle_datagram(from, data, dec, inbox);
 }
 
 /// Map IPv4-mapped IPv6 source addresses (dual-stack socket) back to IPv4.

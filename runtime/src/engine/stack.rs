@@ -47,9 +47,8 @@ pub struct Tuning {
     /// smoltcp skips connections with nothing to send until they are due
     /// (`TSK8S_SKIP_QUIET_SOCKETS=0` turns it off, to measure what it saves).
     pub skip_quiet: bool,
-    /// Trim a full receive batch to each peer's equal split (`fair`). Off unless
-    /// `TSK8S_FAIR_SHARE=1`: an equal split by packets drops a legitimate bulk transfer's
-    /// packets whenever any other peer shares a full batch (runtime/README.md).
+    /// Queue received data messages per peer and serve them in DRR order (`fair`);
+    /// `TSK8S_FAIR_SHARE=0` turns it off (every datagram handled as it is read).
     pub fair_share: bool,
     pub udp_sock_buf: usize,
     /// Send runs of equal-size datagrams as one UDP GSO message (`crate::sendq`;
@@ -75,7 +74,7 @@ impl Default for Tuning {
             tcp_tx_window: env("TSK8S_TCP_TX_WINDOW", 64 * 1024).max(4096),
             tcp_pacing: std::env::var("TSK8S_TCP_PACING").as_deref() != Ok("0"),
             skip_quiet: std::env::var("TSK8S_SKIP_QUIET_SOCKETS").as_deref() != Ok("0"),
-            fair_share: std::env::var("TSK8S_FAIR_SHARE").as_deref() == Ok("1"),
+            fair_share: std::env::var("TSK8S_FAIR_SHARE").as_deref() != Ok("0"),
             udp_sock_buf: env("TSK8S_UDP_SOCK_BUF", 7 * 1024 * 1024),
             udp_gso: std::env::var("TSK8S_UDP_GSO").as_deref() != Ok("0"),
             // The container's memory limit comes from the Downward API (limits.memory, bytes);
