@@ -98,30 +98,29 @@ pub enum Style {
 }
 
 impl Style {
-    /// The newtype-struct names [`Styled`] serializes under; a serializer that is not this
-    /// crate's sees a plain string.
-    const NAMES: [(Style, &'static str); 4] = [
-        (Style::Literal, "\0tsk8s-yaml:literal"),
-        (Style::DoubleQuoted, "\0tsk8s-yaml:double-quoted"),
-        (Style::Plain, "\0tsk8s-yaml:plain"),
-        (Style::SingleQuoted, "\0tsk8s-yaml:single-quoted"),
+    const ALL: [Style; 4] = [
+        Style::Literal,
+        Style::DoubleQuoted,
+        Style::Plain,
+        Style::SingleQuoted,
     ];
 
+    /// The newtype-struct name [`Styled`] serializes under; a serializer that is not this
+    /// crate's sees a plain string.
     fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(s, _)| *s == self)
-            .map_or("", |(_, name)| name)
+        match self {
+            Style::Literal => "\0tsk8s-yaml:literal",
+            Style::DoubleQuoted => "\0tsk8s-yaml:double-quoted",
+            Style::Plain => "\0tsk8s-yaml:plain",
+            Style::SingleQuoted => "\0tsk8s-yaml:single-quoted",
+        }
     }
 
     fn from_name(name: &str) -> Option<Style> {
         if !name.starts_with('\0') {
             return None;
         }
-        Self::NAMES
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(s, _)| *s)
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 

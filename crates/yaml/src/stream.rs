@@ -697,4 +697,47 @@ mod tests {
             round_trip(&json!({ "k": s, s: [s] }));
         }
     }
+
+    /// go-yaml's layout: indent 4 by the next-multiple rule, sequences indented under their
+    /// key, double quotes; styles asked for with `Styled`, which other serializers see as
+    /// plain strings.
+    #[test]
+    fn sops_layout_and_styles() {
+        use crate::{Style, Styled};
+        #[derive(Serialize)]
+        struct Item<'a> {
+            k: &'a str,
+            enc: Styled<'a>,
+        }
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            m: Value,
+            l: Vec<Item<'a>>,
+            v: Styled<'a>,
+            q: Styled<'a>,
+            r: Styled<'a>,
+        }
+        let doc = Doc {
+            m: json!({"x": "on", "y": {}, "z": {"n": f64::NAN, "s": "a\u{7f}"}}),
+            l: vec![Item {
+                k: "a",
+                enc: Styled(Style::Literal, "line1\nline2\n"),
+            }],
+            v: Styled(Style::Plain, "3.11.0"),
+            q: Styled(Style::DoubleQuoted, "x"),
+            r: Styled(Style::SingleQuoted, "^(a|b)$ #"),
+        };
+        assert_eq!(
+            super::to_string(&doc, Layout::SOPS).ok().as_deref(),
+            Some(
+                "m:\n    x: \"on\"\n    \"y\": {}\n    z:\n        \"n\": null\n        s: \"a\\x7F\"\nl:\n    - k: a\n      enc: |\n        line1\n        line2\nv: 3.11.0\nq: \"x\"\nr: '^(a|b)$ #'\n"
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&Styled(Style::Plain, "3.11.0"))
+                .ok()
+                .as_deref(),
+            Some("\"3.11.0\"")
+        );
+    }
 }
