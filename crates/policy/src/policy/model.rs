@@ -84,48 +84,58 @@ pub const AUTOGROUP_DANGER_ALL: &str = "autogroup:danger-all";
 pub const AUTOGROUP_NONROOT: &str = "autogroup:nonroot";
 pub const AUTOGROUP_SHARED: &str = "autogroup:shared";
 
-/// Every autogroup valid in a source (`src` of acls and grants): the one owner of this list.
-/// The role autogroups (admin … network-admin) are valid in sources, destinations and
+/// The role autogroups (admin … network-admin): valid in sources, destinations and
 /// tagOwners; a topology has no roles, so they resolve to no addresses.
-pub const SRC_AUTOGROUPS: [&str; 10] = [
-    AUTOGROUP_MEMBER,
-    AUTOGROUP_TAGGED,
+pub const ROLE_AUTOGROUPS: [&str; 6] = [
     "autogroup:admin",
     "autogroup:owner",
     "autogroup:auditor",
     "autogroup:billing-admin",
     "autogroup:it-admin",
     "autogroup:network-admin",
-    AUTOGROUP_SHARED,
-    AUTOGROUP_DANGER_ALL,
 ];
 
+/// `before`, the role autogroups, then `after` (the lists below, each in its own order).
+const fn with_roles<const A: usize, const B: usize, const N: usize>(
+    before: [&'static str; A],
+    after: [&'static str; B],
+) -> [&'static str; N] {
+    assert!(A + ROLE_AUTOGROUPS.len() + B == N);
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < A {
+            before[i]
+        } else if i < A + ROLE_AUTOGROUPS.len() {
+            ROLE_AUTOGROUPS[i - A]
+        } else {
+            after[i - A - ROLE_AUTOGROUPS.len()]
+        };
+        i += 1;
+    }
+    out
+}
+
+/// Every autogroup valid in a source (`src` of acls and grants): the one owner of this list.
+pub const SRC_AUTOGROUPS: [&str; 10] = with_roles(
+    [AUTOGROUP_MEMBER, AUTOGROUP_TAGGED],
+    [AUTOGROUP_SHARED, AUTOGROUP_DANGER_ALL],
+);
+
 /// Every autogroup valid in a destination (`dst` of acls and grants).
-pub const DST_AUTOGROUPS: [&str; 10] = [
-    AUTOGROUP_MEMBER,
-    AUTOGROUP_TAGGED,
-    AUTOGROUP_SELF,
-    AUTOGROUP_INTERNET,
-    "autogroup:admin",
-    "autogroup:owner",
-    "autogroup:auditor",
-    "autogroup:billing-admin",
-    "autogroup:it-admin",
-    "autogroup:network-admin",
-];
+pub const DST_AUTOGROUPS: [&str; 10] = with_roles(
+    [
+        AUTOGROUP_MEMBER,
+        AUTOGROUP_TAGGED,
+        AUTOGROUP_SELF,
+        AUTOGROUP_INTERNET,
+    ],
+    [],
+);
 
 /// Every autogroup valid as a tag owner (`tagOwners`), an SSH source, a `nodeAttrs` target or
 /// the source of an ACL test: member, tagged and the roles.
-pub const OWNER_AUTOGROUPS: [&str; 8] = [
-    AUTOGROUP_MEMBER,
-    AUTOGROUP_TAGGED,
-    "autogroup:admin",
-    "autogroup:owner",
-    "autogroup:auditor",
-    "autogroup:billing-admin",
-    "autogroup:it-admin",
-    "autogroup:network-admin",
-];
+pub const OWNER_AUTOGROUPS: [&str; 8] = with_roles([AUTOGROUP_MEMBER, AUTOGROUP_TAGGED], []);
 
 /// A destination with its ports (`tag:web:80,443`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -90,3 +90,40 @@ fn messages() {
         r#"dst "0.0.0.0/0": to allow all IP addresses, use "*" or "autogroup:internet""#
     );
 }
+
+/// The autogroup lists, composed with the roles, in the order they had when written out.
+#[test]
+fn autogroup_lists_keep_their_order() {
+    let roles = [
+        "autogroup:admin",
+        "autogroup:owner",
+        "autogroup:auditor",
+        "autogroup:billing-admin",
+        "autogroup:it-admin",
+        "autogroup:network-admin",
+    ];
+    let cat = |a: &[&'static str], b: &[&'static str]| [a, &roles, b].concat();
+    assert_eq!(
+        SRC_AUTOGROUPS.to_vec(),
+        cat(
+            &["autogroup:member", "autogroup:tagged"],
+            &["autogroup:shared", "autogroup:danger-all"]
+        )
+    );
+    assert_eq!(
+        DST_AUTOGROUPS.to_vec(),
+        cat(
+            &[
+                "autogroup:member",
+                "autogroup:tagged",
+                "autogroup:self",
+                "autogroup:internet"
+            ],
+            &[]
+        )
+    );
+    assert_eq!(
+        OWNER_AUTOGROUPS.to_vec(),
+        cat(&["autogroup:member", "autogroup:tagged"], &[])
+    );
+}
