@@ -10,8 +10,9 @@
 //! Builds into one dir take turns: each holds an exclusive `flock` on `.<name>.tsk8s-lock`
 //! beside the dir from its first file to its swap (the next waits, up to
 //! `build --lock-timeout`).
-//! Readers (`build --check`, `diff`) take no lock and write nothing; they read again when
-//! the dir was swapped while they read. No tree is read through a symbolic link, and an
+//! Readers (`build --check`, `diff`) take no lock and write nothing; when the dir was swapped
+//! while they read, `build --check` reads it again and `diff` ([`TreeReader`]) fails asking
+//! to try again. No tree is read through a symbolic link, and an
 //! output dir that is a link is refused, never replaced.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -957,5 +958,33 @@ mod tests {
                 vec!["d.yaml".to_string()]
             )
         );
+    }
+
+    /// A tree read a file at a time: listed once, `None` for a path it does not hold, an
+    /// error asking to try again once the dir was swapped; a missing dir is empty.
+    #[test]
+    fn tree_reader_reads_one_tree_or_says_it_was_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let mut tree = Tree::new();
+        tree.insert("a/x.yaml".into(), b"x\n".to_vec());
+        tree.insert("b.txt".into(), b"b\n".to_vec());
+        put_dir(&out, &tree);
+        let r = TreeReader::open(&out).unwrap();
+        assert_eq!(r.paths().len(), 2);
+        assert_eq!(r.read("a/x.yaml").unwrap(), Some(b"x\n".to_vec()));
+        assert_eq!(r.read("nope").unwrap(), None);
+        r.done().unwrap();
+        // A build swaps another tree in.
+        fs::rename(&out, tmp.path().join("old")).unwrap();
+        put_dir(&out, &tree);
+        let e = r.done().unwrap_err().to_string();
+        assert!(e.contains("replaced while being read"), "{e}");
+        fs::remove_dir_all(&out).unwrap();
+        let e = r.read("b.txt").unwrap_err().to_string();
+        assert!(e.contains("replaced while being read"), "{e}");
+        let empty = TreeReader::open(&tmp.path().join("none")).unwrap();
+        assert!(empty.paths().is_empty());
+        empty.done().unwrap();
     }
 }
