@@ -59,6 +59,65 @@ impl<T> std::ops::Deref for Held<'_, T> {
 /// (peer hostname, AllowedIPs) of one source.
 type Peers = Rc<Vec<(String, Vec<IpNet>)>>;
 
+/// What computes a source's peers, without a [`View`]'s caches: shared by threads.
+struct Sources<'v> {
+    t: &'v Tailnet,
+    lock: &'v Lock,
+    net: &'v Net,
+    reach: &'v Reach,
+    any: &'v AnyTraffic<'v>,
+    /// Hand devices' peers on to their configs ([`AnyTraffic::keep_device_peers`]): a build's
+    /// tests do.
+    keep: bool,
+}
+
+impl Sources<'_> {
+    fn member(&self, i: usize) -> Option<&Member> {
+        self.net.members.get(self.reach.names.get(i)?)
+    }
+
+    fn sidecar(&self, cluster: &str, id: &str) -> Option<&crate::model::Exposure> {
+        self.t
+            .cluster(cluster)?
+            .exposures
+            .iter()
+            .find(|e| e.id == id && matches!(e.kind, ExposureKind::Sidecar { .. }))
+    }
+
+    /// Source `i`'s peers (hostname, AllowedIPs).
+    fn peers(&self, i: usize) -> Option<Vec<(String, Vec<IpNet>)>> {
+        match self.member(i)? {
+            Member::Device { name } => {
+                let entry = self.lock.devices.get(name)?;
+                let ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
+                let peers = device_peers(self.t, self.net, self.reach, self.any, i, &ips);
+                if self.keep {
+                    self.any.keep_device_peers(
+                        i,
+                        peers.iter().map(|p| (p.idx, p.allowed.clone())).collect(),
+                    );
+                }
+                Some(
+                    peers
+                        .into_iter()
+                        .map(|p| (p.peer.name.clone(), p.allowed))
+                        .collect(),
+                )
+            }
+            Member::Node { cluster, id } => {
+                let peers = match self.sidecar(cluster, id) {
+                    Some(e) => node_mesh_peers(self.t, e, self.net, self.reach),
+                    None => {
+                        cluster_mesh_peers(self.t, self.t.cluster(cluster)?, self.net, self.reach)
+                    }
+                };
+                Some(peers.into_iter().map(|p| (p.name, p.allowed_ips)).collect())
+            }
+            Member::StandIn { .. } => None,
+        }
+    }
+}
+
 pub struct View<'a> {
     pub t: &'a Tailnet,
     pub lock: &'a Lock,
@@ -150,55 +209,62 @@ impl<'a> View<'a> {
     }
 
     fn peers_of(&self, i: usize) -> Option<Peers> {
+        let key = self.peers_key(i)?;
+        if let Some(p) = self.cluster_peers.borrow().get(&key) {
+            return Some(p.clone());
+        }
+        let v: Peers = Rc::new(self.sources().peers(i)?);
+        self.cluster_peers.borrow_mut().insert(key, v.clone());
+        Some(v)
+    }
+
+    /// What source `i`'s peers are cached under: its cluster (runtime nodes share the
+    /// cluster's mesh), `sidecar ID` (a sidecar carries its own) or `device NAME`.
+    fn peers_key(&self, i: usize) -> Option<String> {
         match self.member(i)? {
-            Member::Device { name } => {
-                let key = format!("device {name}");
-                if let Some(p) = self.cluster_peers.borrow().get(&key) {
-                    return Some(p.clone());
-                }
-                let entry = self.lock.devices.get(name)?;
-                let ips = [IpAddr::V4(entry.ipv4), IpAddr::V6(entry.ipv6)];
-                let peers = device_peers(self.t, self.net, self.reach, &self.any, i, &ips);
-                // A build's tests hand what they computed on to the device's config.
-                if let Held::Lent(any) = &self.any {
-                    any.keep_device_peers(
-                        i,
-                        peers.iter().map(|p| (p.idx, p.allowed.clone())).collect(),
-                    );
-                }
-                let v: Peers = Rc::new(
-                    peers
-                        .into_iter()
-                        .map(|p| (p.peer.name.clone(), p.allowed))
-                        .collect(),
-                );
-                self.cluster_peers.borrow_mut().insert(key, v.clone());
-                Some(v)
-            }
-            Member::Node { cluster, id } => {
-                let c = self.t.cluster(cluster)?;
-                // A sidecar carries its own mesh; the cluster's other nodes share one.
-                let sidecar = c
-                    .exposures
-                    .iter()
-                    .find(|e| &e.id == id && matches!(e.kind, ExposureKind::Sidecar { .. }));
-                let key = match sidecar {
-                    Some(_) => format!("sidecar {id}"),
-                    None => cluster.clone(),
-                };
-                if let Some(p) = self.cluster_peers.borrow().get(&key) {
-                    return Some(p.clone());
-                }
-                let peers = match sidecar {
-                    Some(e) => node_mesh_peers(self.t, e, self.net, self.reach),
-                    None => cluster_mesh_peers(self.t, c, self.net, self.reach),
-                };
-                let v: Peers =
-                    Rc::new(peers.into_iter().map(|p| (p.name, p.allowed_ips)).collect());
-                self.cluster_peers.borrow_mut().insert(key, v.clone());
-                Some(v)
-            }
+            Member::Device { name } => Some(format!("device {name}")),
+            Member::Node { cluster, id } => Some(match self.sources().sidecar(cluster, id) {
+                Some(_) => format!("sidecar {id}"),
+                None => cluster.clone(),
+            }),
             Member::StandIn { .. } => None,
+        }
+    }
+
+    fn sources(&self) -> Sources<'_> {
+        Sources {
+            t: self.t,
+            lock: self.lock,
+            net: self.net,
+            reach: self.reach,
+            any: &self.any,
+            keep: matches!(self.any, Held::Lent(_)),
+        }
+    }
+
+    /// Compute the peers of `sources` not cached yet on all cores, ahead of the
+    /// [`View::path`] calls that would compute them one at a time.
+    pub fn prefetch_peers(&self, sources: impl IntoIterator<Item = usize>) {
+        let mut todo: Vec<(String, usize)> = Vec::new();
+        {
+            let cached = self.cluster_peers.borrow();
+            for i in sources {
+                if let Some(key) = self.peers_key(i)
+                    && !cached.contains_key(&key)
+                {
+                    todo.push((key, i));
+                }
+            }
+        }
+        todo.sort();
+        todo.dedup_by(|a, b| a.0 == b.0);
+        let sources = self.sources();
+        let computed = crate::par::map(&todo, |(_, i)| sources.peers(*i));
+        let mut cache = self.cluster_peers.borrow_mut();
+        for ((key, _), peers) in todo.into_iter().zip(computed) {
+            if let Some(p) = peers {
+                cache.insert(key, Rc::new(p));
+            }
         }
     }
 
@@ -295,6 +361,8 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             Some((node.ips(), view.checkable(i)))
         })
         .collect();
+    // The entries' sources first, so their peers can be computed on all cores at once.
+    let mut plans = Vec::new();
     for (k, (mt, pt)) in view.t.tests.iter().zip(&policy.tests).enumerate() {
         if mt.policy_only || pt.problem.is_some() {
             continue;
@@ -329,6 +397,15 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             }
             continue;
         }
+        plans.push((k, mt, pt, srcs));
+    }
+    view.prefetch_peers(
+        plans
+            .iter()
+            .filter(|(_, _, pt, _)| !pt.accept.is_empty())
+            .flat_map(|(_, _, _, srcs)| srcs.iter().map(|(i, _)| *i)),
+    );
+    for (k, mt, pt, srcs) in plans {
         let proto = pt.protos.first().copied().unwrap_or(PROTO_TCP);
         let sfx = mt
             .proto
