@@ -616,12 +616,7 @@ fn diff_kept(
 mod tests {
     use super::*;
 
-    fn tree(files: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        files
-            .iter()
-            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
-            .collect()
-    }
+    use crate::tree::tests::tree;
 
     /// What [`Pairs`] keeps gives the report of the whole trees (the core run on both trees
     /// whole), whatever order the paths come in: devices with one file changed, both the

@@ -876,7 +876,7 @@ fn truncate(s: &str, max_chars: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -924,7 +924,8 @@ mod tests {
         );
     }
 
-    fn tree(files: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    /// A tree of text files (also the crate's other tests').
+    pub(crate) fn tree(files: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
         files
             .iter()
             .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
