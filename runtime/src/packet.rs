@@ -450,17 +450,10 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let mut seed = 0x1234_5678u32;
+        let mut rng = tsk8s_test_support::Rng::new(0x1234_5678);
         for len in 0..200 {
             for _ in 0..50 {
-                let v: Vec<u8> = (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 17;
-                        seed ^= seed << 5;
-                        seed as u8
-                    })
-                    .collect();
+                let v: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                 let mut v2 = v.clone();
                 if let Some(b) = v2.first_mut() {
                     *b = 0x45;
