@@ -235,7 +235,8 @@ pub fn compile(
     checks: Checks,
     sink: &mut dyn emit::Sink,
 ) -> Result<Compiled, Failure> {
-    // The network and who reaches whom are computed once, for the tests and the output.
+    // The network and who reaches whom are computed once, for the tests and the output. The
+    // policy half of the tests runs first: its matcher is gone before the filters exist.
     let netw = net::build_net(&l.tailnet, &l.lock);
     let report = checks.tests.then(|| policy_tests(&l, &netw));
     let reach = net::reach(&l.policy, &netw);
