@@ -221,7 +221,7 @@ mod tests {
         put(&mut tree, "a/small.yaml".into(), "x".repeat(10));
         put(&mut tree, "devices/d.conf".into(), "x".repeat(100));
         assert_eq!(large_object_files(&tree, 10), vec![("a/big.yaml", 11)]);
-        assert!(OBJECT_FILE_WARN < OBJECT_FILE_LIMIT && OBJECT_FILE_LIMIT == 1_048_576);
+        const { assert!(OBJECT_FILE_WARN < OBJECT_FILE_LIMIT && OBJECT_FILE_LIMIT == 1_048_576) };
     }
 
     #[test]

@@ -983,20 +983,18 @@ impl LockUpdater<'_> {
                 (None, _) => true,
                 _ => false,
             };
-            if moved {
-                if let Some(n) = lock.nodes.remove(&name) {
-                    self.changes.push(format!(
-                        "tombstoned node {name:?} ({}, {}, cluster {:?} port {})",
-                        n.ipv4, n.ipv6, n.cluster, n.port
-                    ));
-                    lock.tombstones.push(Tombstone {
-                        ipv4: n.ipv4,
-                        ipv6: n.ipv6,
-                        name,
-                        cluster: Some(n.cluster),
-                        port: Some(n.port),
-                    });
-                }
+            if moved && let Some(n) = lock.nodes.remove(&name) {
+                self.changes.push(format!(
+                    "tombstoned node {name:?} ({}, {}, cluster {:?} port {})",
+                    n.ipv4, n.ipv6, n.cluster, n.port
+                ));
+                lock.tombstones.push(Tombstone {
+                    ipv4: n.ipv4,
+                    ipv6: n.ipv6,
+                    name,
+                    cluster: Some(n.cluster),
+                    port: Some(n.port),
+                });
             }
         }
     }
@@ -1006,20 +1004,20 @@ impl LockUpdater<'_> {
         let lock = &mut self.lock;
         let dnames: Vec<String> = lock.devices.keys().cloned().collect();
         for name in dnames {
-            if !self.t.devices.iter().any(|d| d.name == name) {
-                if let Some(dv) = lock.devices.remove(&name) {
-                    self.changes.push(format!(
-                        "tombstoned device {name:?} ({}, {})",
-                        dv.ipv4, dv.ipv6
-                    ));
-                    lock.tombstones.push(Tombstone {
-                        ipv4: dv.ipv4,
-                        ipv6: dv.ipv6,
-                        name,
-                        cluster: None,
-                        port: None,
-                    });
-                }
+            if !self.t.devices.iter().any(|d| d.name == name)
+                && let Some(dv) = lock.devices.remove(&name)
+            {
+                self.changes.push(format!(
+                    "tombstoned device {name:?} ({}, {})",
+                    dv.ipv4, dv.ipv6
+                ));
+                lock.tombstones.push(Tombstone {
+                    ipv4: dv.ipv4,
+                    ipv6: dv.ipv6,
+                    name,
+                    cluster: None,
+                    port: None,
+                });
             }
         }
     }

@@ -382,10 +382,10 @@ impl Resolver<'_> {
             }
         }
         for dv in &spec.devices {
-            if let Some(u) = &dv.user {
-                if u.v.contains('@') {
-                    users.insert(u.v.clone());
-                }
+            if let Some(u) = &dv.user
+                && u.v.contains('@')
+            {
+                users.insert(u.v.clone());
             }
         }
         users
@@ -777,17 +777,17 @@ impl Resolver<'_> {
         if names.hosts.contains(alias) {
             return true;
         }
-        if side != Side::Owner {
-            if let Some(net) = parse_ip_or_cidr(alias) {
-                if side == Side::Dst && net.prefix_len() == 0 {
-                    self.push(
+        if side != Side::Owner
+            && let Some(net) = parse_ip_or_cidr(alias)
+        {
+            if side == Side::Dst && net.prefix_len() == 0 {
+                self.push(
                         err(at.span, format!("dst {alias:?}: to allow all IP addresses, use \"*\" or \"autogroup:internet\""))
                             .label("catch-all CIDR"),
                     );
-                    return false;
-                }
-                return true;
+                return false;
             }
+            return true;
         }
         let cands = names
             .hosts
@@ -2004,28 +2004,27 @@ impl Resolver<'_> {
             .seen
             .tailnet
             .insert(hostname.v.clone(), (hostname.span, "exposure"))
+            && !duplicate
         {
-            if !duplicate {
-                let line = self.d.line(prev.offset());
-                self.push(
-                    err(
-                        hostname.span,
-                        format!("tailnet name {:?} is already taken", hostname.v),
-                    )
-                    .label(if kind == "exposure" {
-                        "two nodes with one name"
-                    } else {
-                        "name already taken"
-                    })
-                    .help(clash_help(
-                        kind,
-                        line,
-                        "exposure",
-                        "set hostname=\"…\" to give this exposure another name",
-                    )),
-                );
-                *ok = false;
-            }
+            let line = self.d.line(prev.offset());
+            self.push(
+                err(
+                    hostname.span,
+                    format!("tailnet name {:?} is already taken", hostname.v),
+                )
+                .label(if kind == "exposure" {
+                    "two nodes with one name"
+                } else {
+                    "name already taken"
+                })
+                .help(clash_help(
+                    kind,
+                    line,
+                    "exposure",
+                    "set hostname=\"…\" to give this exposure another name",
+                )),
+            );
+            *ok = false;
         }
         hostname
     }

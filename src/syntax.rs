@@ -548,33 +548,30 @@ impl<'a> Node<'a> {
         // A set: a node may carry millions of properties (hostile input).
         let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for e in self.node.entries() {
-            match e.name() {
-                Some(n) => {
-                    let key = n.value();
-                    if !known.contains(&key) {
-                        if d.beyond_cap(e.span()) {
-                            continue;
-                        }
-                        let mut diag = Diagnostic::new(
-                            e.span(),
-                            format!("unknown property `{key}` on `{}`", self.name()),
-                        )
-                        .label("not a property of this node");
-                        if let Some(h) = suggest(key, known.iter().copied()) {
-                            diag = diag.help(h);
-                        } else if !known.is_empty() {
-                            diag = diag.help(format!("known properties: {}", known.join(", ")));
-                        }
-                        d.push(diag);
-                    } else if seen.contains(key) {
-                        d.push(
-                            Diagnostic::new(e.span(), format!("property `{key}` given twice"))
-                                .label("duplicate property"),
-                        );
+            if let Some(n) = e.name() {
+                let key = n.value();
+                if !known.contains(&key) {
+                    if d.beyond_cap(e.span()) {
+                        continue;
                     }
-                    seen.insert(key);
+                    let mut diag = Diagnostic::new(
+                        e.span(),
+                        format!("unknown property `{key}` on `{}`", self.name()),
+                    )
+                    .label("not a property of this node");
+                    if let Some(h) = suggest(key, known.iter().copied()) {
+                        diag = diag.help(h);
+                    } else if !known.is_empty() {
+                        diag = diag.help(format!("known properties: {}", known.join(", ")));
+                    }
+                    d.push(diag);
+                } else if seen.contains(key) {
+                    d.push(
+                        Diagnostic::new(e.span(), format!("property `{key}` given twice"))
+                            .label("duplicate property"),
+                    );
                 }
-                None => {}
+                seen.insert(key);
             }
         }
         self.extra_args(d);
@@ -598,13 +595,13 @@ impl<'a> Node<'a> {
     }
 
     fn no_children(&self, d: &mut Diagnostics) {
-        if let Some(c) = self.node.children() {
-            if !c.nodes().is_empty() {
-                d.push(
-                    Diagnostic::new(c.span(), format!("`{}` takes no children", self.name()))
-                        .label("unexpected block"),
-                );
-            }
+        if let Some(c) = self.node.children()
+            && !c.nodes().is_empty()
+        {
+            d.push(
+                Diagnostic::new(c.span(), format!("`{}` takes no children", self.name()))
+                    .label("unexpected block"),
+            );
         }
     }
 }

@@ -1386,10 +1386,10 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
         if sc["readOnlyRootFilesystem"].as_bool() != Some(true) {
             cv("readOnlyRootFilesystem must be true".into());
         }
-        if let Some(pm) = sc["procMount"].as_str() {
-            if pm != "Default" {
-                cv(format!("procMount {pm}"));
-            }
+        if let Some(pm) = sc["procMount"].as_str()
+            && pm != "Default"
+        {
+            cv(format!("procMount {pm}"));
         }
         if sc["appArmorProfile"]["type"].as_str() == Some("Unconfined") {
             cv("appArmorProfile Unconfined".into());
@@ -1412,8 +1412,8 @@ fn check_selinux(o: &Value, at: &str, v: &mut Vec<String>) {
     if !o.is_object() {
         return;
     }
-    if let Some(t) = o["type"].as_str() {
-        if ![
+    if let Some(t) = o["type"].as_str()
+        && ![
             "",
             "container_t",
             "container_init_t",
@@ -1421,9 +1421,8 @@ fn check_selinux(o: &Value, at: &str, v: &mut Vec<String>) {
             "container_engine_t",
         ]
         .contains(&t)
-        {
-            v.push(format!("{at} seLinuxOptions.type {t}"));
-        }
+    {
+        v.push(format!("{at} seLinuxOptions.type {t}"));
     }
     for f in ["user", "role"] {
         if o[f].as_str().is_some_and(|s| !s.is_empty()) {

@@ -257,12 +257,10 @@ pub fn device_files(
         let reaches_node = node
             .ipv4
             .is_some_and(|v4| allowed.iter().any(|a| a.contains(&IpAddr::V4(v4))));
-        if reaches_node {
-            if let Some(v4) = node.ipv4 {
-                let _ = writeln!(hosts, "{v4} {host}.{} {host}", t.domain);
-                if dns_server.is_none() {
-                    dns_server = Some(v4.to_string());
-                }
+        if reaches_node && let Some(v4) = node.ipv4 {
+            let _ = writeln!(hosts, "{v4} {host}.{} {host}", t.domain);
+            if dns_server.is_none() {
+                dns_server = Some(v4.to_string());
             }
         }
         let kind = exposure.map(|e| e.kind.keyword()).unwrap_or("node");
@@ -270,7 +268,7 @@ pub fn device_files(
         // shared MetalLB address), needs the device to keep the way open.
         let keepalive = reach.admits.get(me).is_some_and(|set| set.contains(idx))
             || peer.persistent_keepalive.is_some();
-        let s = peer_section(&host, kind, &cluster, &peer, &allowed, keepalive);
+        let s = peer_section(&host, kind, cluster, peer, &allowed, keepalive);
         sections.push((host, s));
     }
     if let Some(ip) = dns_server {
@@ -356,7 +354,7 @@ pub fn device_peers<'n>(
         let mut within: Vec<IpNet> = peer.allowed_ips.clone();
         let exposure = t
             .cluster(cluster)
-            .and_then(|c| c.exposures.iter().find(|e| &e.id == id));
+            .and_then(|c| c.exposures.iter().find(|e| e.id == id));
         if let Some(ExposureKind::SubnetRouter { routes }) = exposure.map(|e| &e.kind) {
             within.extend(routes.iter().copied());
         }

@@ -94,21 +94,21 @@ fn mesh_peers(
         } = &e.kind
         {
             for (rc, re) in t.exposures() {
-                if let ExposureKind::SubnetRouter { routes } = &re.kind {
-                    if routes.iter().any(|r| r.contains(ip)) {
-                        let host = IpNet::from(*ip);
-                        let pname = hostname_of(
-                            t,
-                            &Member::Node {
-                                cluster: rc.name.clone(),
-                                id: re.id.clone(),
-                            },
-                        );
-                        if let Some(p) = peers.iter_mut().find(|p| p.name == pname) {
-                            if !p.allowed_ips.contains(&host) {
-                                p.allowed_ips.push(host);
-                            }
-                        }
+                if let ExposureKind::SubnetRouter { routes } = &re.kind
+                    && routes.iter().any(|r| r.contains(ip))
+                {
+                    let host = IpNet::from(*ip);
+                    let pname = hostname_of(
+                        t,
+                        &Member::Node {
+                            cluster: rc.name.clone(),
+                            id: re.id.clone(),
+                        },
+                    );
+                    if let Some(p) = peers.iter_mut().find(|p| p.name == pname)
+                        && !p.allowed_ips.contains(&host)
+                    {
+                        p.allowed_ips.push(host);
                     }
                 }
             }

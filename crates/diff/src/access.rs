@@ -601,13 +601,12 @@ fn mermaid(a: &AccessChanges) -> String {
         k
     };
     let mut lost_links = Vec::new();
-    let mut link = 0usize;
     let rows = [(false, &a.gained), (true, &a.lost)];
     let edges_in = rows
         .iter()
         .flat_map(|(lost, rows)| rows.iter().map(move |r| (*lost, r)))
         .take(MD_MAX_EDGES);
-    for (lost, r) in edges_in {
+    for (link, (lost, r)) in edges_in.enumerate() {
         let from = id(&r.who, &mut nodes);
         let to = id(&r.what, &mut nodes);
         let label = match &r.route {
@@ -624,7 +623,6 @@ fn mermaid(a: &AccessChanges) -> String {
         } else {
             let _ = writeln!(edges, "  n{from} -->|{}| n{to}", mermaid_label(&label));
         }
-        link += 1;
     }
     let mut s = String::from("```mermaid\ngraph LR\n");
     s.push_str(&nodes);

@@ -376,7 +376,8 @@ pub fn rule_lines(r: &FilterRule, cap: usize) -> Vec<String> {
             room - src_room,
         )
     } else {
-        vec![0..r.dst_ports.len()]
+        // A capability rule's destinations stay whole: one chunk of all of them.
+        std::iter::once(0..r.dst_ports.len()).collect()
     };
     let mut out = Vec::with_capacity(src.len() * dst.len());
     for s in &src {

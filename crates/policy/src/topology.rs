@@ -114,10 +114,10 @@ impl Topology {
             let hit = first(&maps.by_email).or_else(|| first(&maps.by_name));
             // The index is only a shortcut: the users list may have changed since it was
             // built, so a hit is checked and a miss falls back to the scan below.
-            if let Some(u) = hit.and_then(|i| self.users.get(i)) {
-                if u.email == token || u.email == trimmed || u.name == trimmed || u.name == token {
-                    return Some(u);
-                }
+            if let Some(u) = hit.and_then(|i| self.users.get(i))
+                && (u.email == token || u.email == trimmed || u.name == trimmed || u.name == token)
+            {
+                return Some(u);
             }
         }
         self.users
