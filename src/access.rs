@@ -71,12 +71,25 @@ struct Sources<'v> {
     keep: bool,
 }
 
-impl Sources<'_> {
-    fn member(&self, i: usize) -> Option<&Member> {
+impl<'v> Sources<'v> {
+    fn member(&self, i: usize) -> Option<&'v Member> {
         self.net.members.get(self.reach.names.get(i)?)
     }
 
-    fn sidecar(&self, cluster: &str, id: &str) -> Option<&crate::model::Exposure> {
+    /// What source `i`'s peers are cached under: its cluster (runtime nodes share the
+    /// cluster's mesh), `sidecar ID` (a sidecar carries its own) or `device NAME`.
+    fn key(&self, i: usize) -> Option<String> {
+        match self.member(i)? {
+            Member::Device { name } => Some(format!("device {name}")),
+            Member::Node { cluster, id } => Some(match self.sidecar(cluster, id) {
+                Some(_) => format!("sidecar {id}"),
+                None => cluster.clone(),
+            }),
+            Member::StandIn { .. } => None,
+        }
+    }
+
+    fn sidecar(&self, cluster: &str, id: &str) -> Option<&'v crate::model::Exposure> {
         self.t
             .cluster(cluster)?
             .exposures
@@ -197,7 +210,7 @@ impl<'a> View<'a> {
     }
 
     pub fn member(&self, i: usize) -> Option<&Member> {
-        self.net.members.get(self.reach.names.get(i)?)
+        self.sources().member(i)
     }
 
     /// Is node `i` a source whose data plane tsk8s emits (a device or a tsk8s-runtime node)?
@@ -209,26 +222,13 @@ impl<'a> View<'a> {
     }
 
     fn peers_of(&self, i: usize) -> Option<Peers> {
-        let key = self.peers_key(i)?;
+        let key = self.sources().key(i)?;
         if let Some(p) = self.cluster_peers.borrow().get(&key) {
             return Some(p.clone());
         }
         let v: Peers = Rc::new(self.sources().peers(i)?);
         self.cluster_peers.borrow_mut().insert(key, v.clone());
         Some(v)
-    }
-
-    /// What source `i`'s peers are cached under: its cluster (runtime nodes share the
-    /// cluster's mesh), `sidecar ID` (a sidecar carries its own) or `device NAME`.
-    fn peers_key(&self, i: usize) -> Option<String> {
-        match self.member(i)? {
-            Member::Device { name } => Some(format!("device {name}")),
-            Member::Node { cluster, id } => Some(match self.sources().sidecar(cluster, id) {
-                Some(_) => format!("sidecar {id}"),
-                None => cluster.clone(),
-            }),
-            Member::StandIn { .. } => None,
-        }
     }
 
     fn sources(&self) -> Sources<'_> {
@@ -246,10 +246,11 @@ impl<'a> View<'a> {
     /// [`View::path`] calls that would compute them one at a time.
     pub fn prefetch_peers(&self, sources: impl IntoIterator<Item = usize>) {
         let mut todo: Vec<(String, usize)> = Vec::new();
+        let shared = self.sources();
         {
             let cached = self.cluster_peers.borrow();
             for i in sources {
-                if let Some(key) = self.peers_key(i)
+                if let Some(key) = shared.key(i)
                     && !cached.contains_key(&key)
                 {
                     todo.push((key, i));
@@ -258,8 +259,7 @@ impl<'a> View<'a> {
         }
         todo.sort();
         todo.dedup_by(|a, b| a.0 == b.0);
-        let sources = self.sources();
-        let computed = crate::par::map(&todo, |(_, i)| sources.peers(*i));
+        let computed = crate::par::map(&todo, |(_, i)| shared.peers(*i));
         let mut cache = self.cluster_peers.borrow_mut();
         for ((key, _), peers) in todo.into_iter().zip(computed) {
             if let Some(p) = peers {
