@@ -96,54 +96,27 @@ impl Taken {
 /// aggregates of them, so two peers' entries can only meet where their prefixes do. `lock`
 /// asks this to skip lowering the devices when no overlap can arise.
 pub fn prefixes_may_overlap(t: &Tailnet, lock: &Lock) -> bool {
-    // (family, first, last, node) of every prefix a device could route to a node.
-    let mut spans: Vec<(bool, u128, u128, usize)> = Vec::new();
-    let mut span = |n: &IpNet, node: usize| {
-        let (v6, first, len) = net_key(n);
-        let bits: u8 = if v6 { 128 } else { 32 };
-        let size = u32::from(bits - len);
-        let last = if size >= 128 {
-            u128::MAX
-        } else {
-            first | ((1u128 << size) - 1)
-        };
-        spans.push((v6, first, last, node));
-    };
+    // Every prefix a device could route to a node, indexed as a device's config indexes its
+    // peers' (prefixes meet only by one holding the other).
+    let mut taken = Taken::default();
     for (node, (_, e)) in t.runtime_nodes().enumerate() {
         let Some(entry) = lock.nodes.get(&e.id) else {
             continue;
         };
-        span(&IpNet::from(IpAddr::V4(entry.ipv4)), node);
-        span(&IpNet::from(IpAddr::V6(entry.ipv6)), node);
+        let mut mine = vec![
+            IpNet::from(IpAddr::V4(entry.ipv4)),
+            IpNet::from(IpAddr::V6(entry.ipv6)),
+        ];
         if let ExposureKind::SubnetRouter { routes } = &e.kind {
-            for r in routes {
-                span(r, node);
-            }
+            mine.extend(routes.iter().copied());
         }
-    }
-    spans.sort_unstable();
-    // Sweep in address order, keeping the furthest end seen so far and the furthest end of
-    // another node than that one's: a span starting at or before the furthest end of another
-    // node's span meets it.
-    let mut family = None;
-    let mut best: Option<(u128, usize)> = None;
-    let mut second: Option<u128> = None;
-    for &(v6, first, last, node) in &spans {
-        if family != Some(v6) {
-            (family, best, second) = (Some(v6), None, None);
-        }
-        let reach = match best {
-            Some((end, n)) if n != node => Some(end),
-            _ => second,
-        };
-        if reach.is_some_and(|end| first <= end) {
+        // Checked before this node's own go in: only other nodes' prefixes are there.
+        if mine.iter().any(|p| !taken.overlapping(p).is_empty()) {
             return true;
         }
-        match best {
-            Some((end, n)) if n == node => best = Some((end.max(last), n)),
-            Some((end, _)) if last > end => (best, second) = (Some((last, node)), Some(end)),
-            Some(_) => second = Some(second.map_or(last, |s| s.max(last))),
-            None => best = Some((last, node)),
+        let id = node.to_string();
+        for p in mine {
+            taken.push(&id, p);
         }
     }
     false
