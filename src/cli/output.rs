@@ -143,17 +143,16 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
-        if !probe_dir(dir)? {
-            return Ok(Tree::new());
-        }
-        let before = identity(dir);
-        let mut tree = Tree::new();
-        for rel in list_files(dir)? {
-            let p = dir.join(&rel);
-            tree.insert(rel, read_file(&p)?);
-        }
-        if identity(dir) == before {
-            return Ok(tree);
+        let r = TreeReader::open(dir)?;
+        let tree: Result<Tree, OutputError> = r
+            .paths()
+            .iter()
+            .filter_map(|rel| r.read(rel).transpose().map(|b| Ok((rel.clone(), b?))))
+            .collect();
+        // A read that failed because the dir was swapped is tried again, like a swap seen
+        // after the last file.
+        if r.done().is_ok() {
+            return tree;
         }
     }
     Err(OutputError(format!(
