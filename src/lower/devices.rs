@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::net::KEEPALIVE_SECONDS;
 use super::net::{AnyTraffic, Member, Net, Reach, reachable_prefixes};
-use super::net::{KEEPALIVE_SECONDS, hostname_of};
 use crate::lockfile::Lock;
 use crate::model::{Device, ExposureKind, Tailnet};
 
@@ -32,11 +32,14 @@ pub struct Overlap {
 /// new one (holding it or held by it) are found without a scan: a device with thousands of
 /// peers would otherwise cost peers² comparisons.
 #[derive(Default)]
-struct Taken {
+struct Taken<'a> {
     /// (peer id, prefix), in the order given.
-    list: Vec<(String, IpNet)>,
-    /// (IPv6?, network, prefix length) → positions in `list`.
-    by_net: std::collections::BTreeMap<(bool, u128, u8), Vec<usize>>,
+    list: Vec<(&'a str, IpNet)>,
+    /// (IPv6?, network, prefix length) → the last position in `list` with that prefix.
+    by_net: std::collections::BTreeMap<(bool, u128, u8), usize>,
+    /// Per position in `list`: the previous position with the same prefix (`usize::MAX`:
+    /// none). A prefix is almost always given once, so no list per prefix is allocated.
+    same: Vec<usize>,
     /// Prefix lengths present, per family.
     lens: [std::collections::BTreeSet<u8>; 2],
 }
@@ -48,16 +51,26 @@ fn net_key(n: &IpNet) -> (bool, u128, u8) {
     }
 }
 
-impl Taken {
-    fn push(&mut self, id: &str, net: IpNet) {
+impl<'a> Taken<'a> {
+    fn push(&mut self, id: &'a str, net: IpNet) {
         let k = net_key(&net);
-        self.by_net.entry(k).or_default().push(self.list.len());
+        let at = self.list.len();
+        let before = self.by_net.insert(k, at).unwrap_or(usize::MAX);
+        self.same.push(before);
         self.lens[usize::from(k.0)].insert(k.2);
-        self.list.push((id.to_string(), net));
+        self.list.push((id, net));
+    }
+
+    /// Positions in `list` of the entries with the prefix whose last position is `last`.
+    fn chain(&self, mut last: usize, at: &mut Vec<usize>) {
+        while let Some(&before) = self.same.get(last) {
+            at.push(last);
+            last = before;
+        }
     }
 
     /// Entries holding `a` or held by it, in the order they were given.
-    fn overlapping(&self, a: &IpNet) -> Vec<&(String, IpNet)> {
+    fn overlapping(&self, a: &IpNet) -> Vec<&(&'a str, IpNet)> {
         let (v6, net, len) = net_key(a);
         let bits: u8 = if v6 { 128 } else { 32 };
         let mut at: Vec<usize> = Vec::new();
@@ -69,8 +82,8 @@ impl Taken {
             } else {
                 (net >> shift) << shift
             };
-            if let Some(v) = self.by_net.get(&(v6, masked, l)) {
-                at.extend(v);
+            if let Some(&last) = self.by_net.get(&(v6, masked, l)) {
+                self.chain(last, &mut at);
             }
         }
         // Held by `a`: longer prefixes whose network lies inside it.
@@ -81,8 +94,8 @@ impl Taken {
             } else {
                 net | ((1u128 << size) - 1)
             };
-            for (_, v) in self.by_net.range((v6, net, len + 1)..=(v6, last, u8::MAX)) {
-                at.extend(v);
+            for (_, &i) in self.by_net.range((v6, net, len + 1)..=(v6, last, u8::MAX)) {
+                self.chain(i, &mut at);
             }
         }
         at.sort_unstable();
@@ -99,7 +112,7 @@ pub fn prefixes_may_overlap(t: &Tailnet, lock: &Lock) -> bool {
     // Every prefix a device could route to a node, indexed as a device's config indexes its
     // peers' (prefixes meet only by one holding the other).
     let mut taken = Taken::default();
-    for (node, (_, e)) in t.runtime_nodes().enumerate() {
+    for (_, e) in t.runtime_nodes() {
         let Some(entry) = lock.nodes.get(&e.id) else {
             continue;
         };
@@ -114,9 +127,8 @@ pub fn prefixes_may_overlap(t: &Tailnet, lock: &Lock) -> bool {
         if mine.iter().any(|p| !taken.overlapping(p).is_empty()) {
             return true;
         }
-        let id = node.to_string();
         for p in mine {
-            taken.push(&id, p);
+            taken.push(&e.id, p);
         }
     }
     false
@@ -170,7 +182,6 @@ pub fn device_files(
         d.name
     );
 
-    let mut sections: Vec<(String, String)> = Vec::new();
     let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
@@ -178,7 +189,7 @@ pub fn device_files(
         Some(kept) => kept
             .into_iter()
             .filter_map(|(idx, allowed)| {
-                let (cluster, id, peer) = peer_node(net, reach, idx)?;
+                let (cluster, id, peer) = peer_node(net, idx)?;
                 Some(DevicePeer {
                     idx,
                     cluster,
@@ -190,31 +201,26 @@ pub fn device_files(
             .collect(),
         None => device_peers(t, net, reach, any, me, &my_ips),
     };
-    for p in peers {
+    // The peer sections, written one after another into `text` as (hostname, range), then
+    // put in order of hostname (and text) into the config: no string per section.
+    let mut text = String::with_capacity(peers.len() * 256);
+    let mut sections: Vec<(&str, std::ops::Range<usize>)> = Vec::with_capacity(peers.len());
+    for p in &peers {
         let DevicePeer {
             idx,
             cluster,
             id,
             peer,
-            allowed,
-        } = p;
-        let Some(name) = reach.names.get(idx) else {
+            ref allowed,
+        } = *p;
+        let (Some(host), Some((ipv4, _))) = (net.host(idx), net.addrs(idx)) else {
             continue;
         };
-        let Some(member) = net.members.get(name) else {
-            continue;
-        };
-        let Some(node) = net.topology.nodes.get(name) else {
-            continue;
-        };
-        let exposure = t
-            .cluster(cluster)
-            .and_then(|c| c.exposures.iter().find(|e| e.id == id));
-        for a in &allowed {
+        for a in allowed {
             for (other, net2) in taken.overlapping(a) {
                 let o = Overlap {
                     device: d.name.clone(),
-                    first: (other.clone(), *net2),
+                    first: (other.to_string(), *net2),
                     second: (id.to_string(), *a),
                 };
                 if net2 == a {
@@ -223,26 +229,28 @@ pub fn device_files(
                 nested.push(o);
             }
         }
-        for a in &allowed {
+        for a in allowed {
             taken.push(id, *a);
         }
-        let host = hostname_of(t, member);
-        let reaches_node = node
-            .ipv4
-            .is_some_and(|v4| allowed.iter().any(|a| a.contains(&IpAddr::V4(v4))));
-        if reaches_node && let Some(v4) = node.ipv4 {
+        let reaches_node =
+            ipv4.is_some_and(|v4| allowed.iter().any(|a| a.contains(&IpAddr::V4(v4))));
+        if reaches_node && let Some(v4) = ipv4 {
             let _ = writeln!(hosts, "{v4} {host}.{} {host}", t.domain);
             if dns_server.is_none() {
                 dns_server = Some(v4.to_string());
             }
         }
-        let kind = exposure.map(|e| e.kind.keyword()).unwrap_or("node");
+        let kind = net
+            .exposure(t, idx)
+            .map(|e| e.kind.keyword())
+            .unwrap_or("node");
         // A node that may call this device, or one reached through SNAT (a NodePort or a
         // shared MetalLB address), needs the device to keep the way open.
         let keepalive = reach.admits.get(me).is_some_and(|set| set.contains(idx))
             || peer.persistent_keepalive.is_some();
-        let s = peer_section(&host, kind, cluster, peer, &allowed, keepalive);
-        sections.push((host, s));
+        let start = text.len();
+        peer_section(&mut text, host, kind, cluster, peer, allowed, keepalive);
+        sections.push((host, start..text.len()));
     }
     if let Some(ip) = dns_server {
         let _ = writeln!(
@@ -251,9 +259,11 @@ pub fn device_files(
             t.domain
         );
     }
-    sections.sort();
-    for (_, s) in sections {
-        conf.push_str(&s);
+    let section = |r: &std::ops::Range<usize>| text.get(r.clone()).unwrap_or_default();
+    sections.sort_by(|a, b| a.0.cmp(b.0).then_with(|| section(&a.1).cmp(section(&b.1))));
+    conf.reserve(text.len());
+    for (_, r) in &sections {
+        conf.push_str(section(r));
     }
     Ok(DeviceFiles {
         conf,
@@ -262,38 +272,42 @@ pub fn device_files(
     })
 }
 
-/// One `[Peer]` section of a device's wg-quick config, with a comment naming the node.
+/// One `[Peer]` section of a device's wg-quick config, with a comment naming the node, to `s`.
 fn peer_section(
+    s: &mut String,
     host: &str,
     kind: &str,
     cluster: &str,
     peer: &tsk8s_policy::runtime_config::Peer,
     allowed: &[IpNet],
     keepalive: bool,
-) -> String {
-    let mut s = String::new();
+) {
     let _ = writeln!(s, "\n# {host}: {kind} in cluster {cluster}");
-    s.push_str("[Peer]\n");
-    let _ = writeln!(s, "PublicKey = {}", peer.public_key);
+    s.push_str("[Peer]\nPublicKey = ");
+    s.push_str(&peer.public_key);
+    s.push('\n');
     if let Some(ep) = &peer.endpoint {
-        let _ = writeln!(s, "Endpoint = {ep}");
+        s.push_str("Endpoint = ");
+        s.push_str(ep);
+        s.push('\n');
     }
-    let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
-    let _ = writeln!(s, "AllowedIPs = {}", list.join(", "));
+    s.push_str("AllowedIPs = ");
+    for (i, a) in allowed.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{a}");
+    }
+    s.push('\n');
     if keepalive {
         let _ = writeln!(s, "PersistentKeepalive = {KEEPALIVE_SECONDS}");
     }
-    s
 }
 
 /// Topology node `idx` as a device's peer: its cluster, exposure id and mesh entry (`None`
 /// for anything but a tsk8s-runtime node).
-fn peer_node<'n>(
-    net: &'n Net,
-    reach: &Reach,
-    idx: usize,
-) -> Option<(&'n str, &'n str, &'n tsk8s_policy::runtime_config::Peer)> {
-    let Some(Member::Node { cluster, id }) = net.members.get(reach.names.get(idx)?) else {
+fn peer_node(net: &Net, idx: usize) -> Option<(&str, &str, &tsk8s_policy::runtime_config::Peer)> {
+    let Some(Member::Node { cluster, id }) = net.member(idx) else {
         return None;
     };
     Some((cluster, id, net.peer(idx)?))
@@ -321,14 +335,11 @@ pub fn device_peers<'n>(
 ) -> Vec<DevicePeer<'n>> {
     let mut out = Vec::new();
     for idx in reach.peers(me) {
-        let Some((cluster, id, peer)) = peer_node(net, reach, idx) else {
+        let Some((cluster, id, peer)) = peer_node(net, idx) else {
             continue;
         };
         let mut within: Vec<IpNet> = peer.allowed_ips.clone();
-        let exposure = t
-            .cluster(cluster)
-            .and_then(|c| c.exposures.iter().find(|e| e.id == id));
-        if let Some(ExposureKind::SubnetRouter { routes }) = exposure.map(|e| &e.kind) {
+        if let Some(ExposureKind::SubnetRouter { routes }) = net.exposure(t, idx).map(|e| &e.kind) {
             within.extend(routes.iter().copied());
         }
         let mut allowed = reachable_prefixes(any, idx, my_ips, &within);

@@ -1,7 +1,6 @@
 //! Runtime configuration: one mesh (JSON Lines shards) per cluster and one `node.json` per node
 //! (the contract in `tsk8s_policy::runtime_config`).
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -75,11 +74,13 @@ fn mesh_peers(
     net: &Net,
     reach: &Reach,
     own: &[usize],
-) -> (BTreeSet<usize>, Vec<Peer>) {
-    let mut peer_idx: BTreeSet<usize> = BTreeSet::new();
+) -> (Vec<usize>, Vec<Peer>) {
+    let mut peer_idx: Vec<usize> = Vec::new();
     for &n in own {
         peer_idx.extend(reach.peers(n));
     }
+    peer_idx.sort_unstable();
+    peer_idx.dedup();
     // A cluster's own nodes are peers of each other only where the policy says so (above).
     let mut peers: Vec<Peer> = peer_idx
         .iter()
@@ -139,13 +140,13 @@ fn mesh_of(
     }
 
     let mut dns: Vec<DnsRecord> = Vec::new();
-    let mut names_idx: BTreeSet<usize> = peer_idx;
+    let mut names_idx: Vec<usize> = peer_idx;
     names_idx.extend(names.iter().copied());
+    names_idx.sort_unstable();
+    names_idx.dedup();
     for i in names_idx {
-        let Some(name) = reach.names.get(i) else {
-            continue;
-        };
-        let (Some(member), Some(node)) = (net.members.get(name), net.topology.nodes.get(name))
+        let (Some(member), Some(host), Some((ipv4, ipv6))) =
+            (net.member(i), net.host(i), net.addrs(i))
         else {
             continue;
         };
@@ -153,9 +154,9 @@ fn mesh_of(
             continue;
         }
         dns.push(DnsRecord {
-            name: fqdn(t, &hostname_of(t, member)),
-            ipv4: node.ipv4,
-            ipv6: node.ipv6,
+            name: fqdn(t, host),
+            ipv4,
+            ipv6,
         });
     }
     dns.sort_by(|a, b| a.name.cmp(&b.name));

@@ -48,6 +48,19 @@ pub struct Net {
     /// meshes and devices list it by: built once, since on dense policies every node is a peer
     /// of thousands.
     peers: Vec<Option<Peer>>,
+    /// Per topology node (same order): what meshes and devices look up for every peer they
+    /// list, found once here instead of by name per (peer, mesh or device).
+    at: Vec<Option<At>>,
+}
+
+/// What a topology node is, by index: its member, tailnet hostname ([`hostname_of`]),
+/// addresses, and where its exposure is declared (cluster and exposure positions in the spec).
+struct At {
+    member: Member,
+    host: String,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    exposure: Option<(usize, usize)>,
 }
 
 impl Net {
@@ -55,6 +68,29 @@ impl Net {
     /// nodes the lock does not know).
     pub fn peer(&self, idx: usize) -> Option<&Peer> {
         self.peers.get(idx)?.as_ref()
+    }
+
+    /// What topology node `idx` stands for.
+    pub fn member(&self, idx: usize) -> Option<&Member> {
+        Some(&self.at.get(idx)?.as_ref()?.member)
+    }
+
+    /// Tailnet hostname of topology node `idx` ([`hostname_of`] its member).
+    pub fn host(&self, idx: usize) -> Option<&str> {
+        Some(&self.at.get(idx)?.as_ref()?.host)
+    }
+
+    /// Addresses (IPv4, IPv6) of topology node `idx`, as in its topology node.
+    pub fn addrs(&self, idx: usize) -> Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+        let a = self.at.get(idx)?.as_ref()?;
+        Some((a.ipv4, a.ipv6))
+    }
+
+    /// The exposure topology node `idx` stands for (`t` is the tailnet this net was built
+    /// from), as `t.cluster(cluster)` and the exposure of that id in it would find it.
+    pub fn exposure<'t>(&self, t: &'t Tailnet, idx: usize) -> Option<&'t crate::model::Exposure> {
+        let (c, e) = self.at.get(idx)?.as_ref()?.exposure?;
+        t.clusters.get(c)?.exposures.get(e)
     }
 }
 
@@ -212,10 +248,47 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         .iter()
         .map(|(name, node)| peer_entry(t, lock, members.get(name)?, node))
         .collect();
+    let clusters: HashMap<*const crate::model::Cluster, usize> = t
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (std::ptr::from_ref(c), i))
+        .collect();
+    let at = topo
+        .nodes
+        .iter()
+        .map(|(name, node)| Some(at(t, &clusters, members.get(name)?, node)))
+        .collect();
     Net {
         topology: topo,
         members,
         peers,
+        at,
+    }
+}
+
+/// The per-index facts [`Net`] keeps of topology node `node` (member `member`).
+fn at(
+    t: &Tailnet,
+    clusters: &HashMap<*const crate::model::Cluster, usize>,
+    member: &Member,
+    node: &TopoNode,
+) -> At {
+    let exposure = match member {
+        Member::Node { cluster, id } | Member::StandIn { cluster, id } => {
+            t.cluster(cluster).and_then(|c| {
+                let ci = *clusters.get(&std::ptr::from_ref(c))?;
+                Some((ci, c.exposures.iter().position(|e| &e.id == id)?))
+            })
+        }
+        Member::Device { .. } => None,
+    };
+    At {
+        member: member.clone(),
+        host: hostname_of(t, member),
+        ipv4: node.ipv4,
+        ipv6: node.ipv6,
+        exposure,
     }
 }
 
