@@ -676,7 +676,7 @@ fn lower_cluster(
         "serviceaccount.yaml".into(),
         emit::yaml(&lower::k8s::service_account(&c.namespace)),
     );
-    let mesh_shards = lower::mesh::shards(&rt.mesh);
+    let mesh_shards = lower::mesh::shards(&rt.mesh, netw);
     for (n, cm) in
         lower::k8s::mesh_configmaps(lower::k8s::MESH_CONFIGMAP, &c.namespace, &mesh_shards, None)
             .iter()
@@ -898,7 +898,10 @@ impl SidecarCx<'_> {
         let meshes: Vec<_> = members
             .iter()
             .map(|(me, _)| {
-                lower::mesh::shards(&lower::mesh::node_mesh(t, c, me, self.netw, self.reach))
+                lower::mesh::shards(
+                    &lower::mesh::node_mesh(t, c, me, self.netw, self.reach),
+                    self.netw,
+                )
             })
             .collect();
         let Some(mut comp) = lower::sidecar::component(c, &members, &meshes) else {

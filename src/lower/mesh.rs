@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use tsk8s_policy::compile::merge_rules;
 use tsk8s_policy::runtime_config::{
     DEFAULT_MTU, DnsRecord, MESH_SHARD_BYTES, MeshConfig, Mode, NodeConfig, Peer, PortMap,
-    Protocol, shard_mesh,
+    Protocol, shard_mesh_with,
 };
 
 use super::net::{Member, Net, Reach, hostname_of};
@@ -36,9 +36,10 @@ pub fn shard_bytes() -> usize {
     }
 }
 
-/// A mesh as the texts of its shards (`mesh-<n>.jsonl`).
-pub fn shards(mesh: &MeshConfig) -> Vec<String> {
-    shard_mesh(mesh, shard_bytes())
+/// A mesh as the texts of its shards (`mesh-<n>.jsonl`); each peer's line written once per
+/// build ([`Net::peer_line`]), not once per mesh that lists it.
+pub fn shards(mesh: &MeshConfig, net: &Net) -> Vec<String> {
+    shard_mesh_with(mesh, shard_bytes(), &|p| net.peer_line(p))
 }
 
 pub struct ClusterRuntime {

@@ -51,6 +51,10 @@ pub struct Net {
     /// Per topology node (same order): what meshes and devices look up for every peer they
     /// list, found once here instead of by name per (peer, mesh or device).
     at: Vec<Option<At>>,
+    /// Per topology node (same order): its peer entry's mesh line
+    /// ([`tsk8s_policy::runtime_config::peer_line`]), and the nodes by peer name.
+    peer_lines: Vec<Option<String>>,
+    by_peer_name: HashMap<String, usize>,
 }
 
 /// What a topology node is, by index: its member, tailnet hostname ([`hostname_of`]),
@@ -68,6 +72,16 @@ impl Net {
     /// nodes the lock does not know).
     pub fn peer(&self, idx: usize) -> Option<&Peer> {
         self.peers.get(idx)?.as_ref()
+    }
+
+    /// The mesh line of peer entry `p`, if `p` is a node's entry as built here (a mesh may
+    /// list a peer with more AllowedIPs: then `None`, and the caller writes it).
+    pub fn peer_line(&self, p: &Peer) -> Option<&str> {
+        let &idx = self.by_peer_name.get(&p.name)?;
+        if self.peer(idx) != Some(p) {
+            return None;
+        }
+        self.peer_lines.get(idx)?.as_deref()
     }
 
     /// What topology node `idx` stands for.
@@ -243,10 +257,19 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         );
         members.insert(e.id.clone(), member);
     }
-    let peers = topo
+    let peers: Vec<Option<Peer>> = topo
         .nodes
         .iter()
         .map(|(name, node)| peer_entry(t, lock, members.get(name)?, node))
+        .collect();
+    let peer_lines = peers
+        .iter()
+        .map(|p| p.as_ref().map(tsk8s_policy::runtime_config::peer_line))
+        .collect();
+    let by_peer_name = peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((p.as_ref()?.name.clone(), i)))
         .collect();
     let clusters: HashMap<*const crate::model::Cluster, usize> = t
         .clusters
@@ -264,6 +287,8 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         members,
         peers,
         at,
+        peer_lines,
+        by_peer_name,
     }
 }
 

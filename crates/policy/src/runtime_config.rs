@@ -431,16 +431,32 @@ fn dns_key<'a>(name: &'a str, domain: &str) -> &'a str {
 /// bytes ([`MESH_SHARD_BYTES`] for `build`): shard `n`'s text is element `n`. Deterministic: the
 /// same mesh gives the same bytes.
 pub fn shard_mesh(mesh: &MeshConfig, budget: usize) -> Vec<String> {
+    shard_mesh_with(mesh, budget, &|_| None)
+}
+
+/// [`shard_mesh`], taking a peer's line from `known` where it has it: a caller that lists the
+/// same peers in many meshes writes each peer's line once. `known(p)`, when `Some`, must be
+/// exactly [`peer_line`]`(p)`.
+pub fn shard_mesh_with<'k>(
+    mesh: &MeshConfig,
+    budget: usize,
+    known: &dyn Fn(&Peer) -> Option<&'k str>,
+) -> Vec<String> {
+    use std::borrow::Cow;
     let room = budget.saturating_sub(OBJECT_OVERHEAD).max(512);
     // Lines: (hash of the key, text).
-    let mut lines: Vec<(u64, String)> =
+    let mut lines: Vec<(u64, Cow<'k, str>)> =
         Vec::with_capacity(mesh.peers.len() + mesh.filter.len() + mesh.dns.len());
     for p in &mesh.peers {
-        lines.push((shard_hash(&p.name), peer_line(p)));
+        let line = match known(p) {
+            Some(l) => Cow::Borrowed(l),
+            None => Cow::Owned(peer_line(p)),
+        };
+        lines.push((shard_hash(&p.name), line));
     }
     for r in &mesh.filter {
         for l in rule_lines(r, (room / 4).max(1024)) {
-            lines.push((shard_hash(&l), l));
+            lines.push((shard_hash(&l), Cow::Owned(l)));
         }
     }
     for d in &mesh.dns {
@@ -453,7 +469,7 @@ pub fn shard_mesh(mesh: &MeshConfig, budget: usize) -> Vec<String> {
             .and_then(|p| peer_record(p, &mesh.domain));
         // A peer's own record is implied by its line (see the module doc): not written.
         if derived.as_ref() != Some(d) {
-            lines.push((shard_hash(label), dns_line(d)));
+            lines.push((shard_hash(label), Cow::Owned(dns_line(d))));
         }
     }
     let cost = |l: &str| l.len() + LINE_OVERHEAD;
@@ -461,11 +477,12 @@ pub fn shard_mesh(mesh: &MeshConfig, budget: usize) -> Vec<String> {
     let max_shards = u32::try_from(lines.len().max(1)).unwrap_or(u32::MAX);
     let mut n = u32::try_from(total.div_ceil(room).max(1)).unwrap_or(u32::MAX);
     let mut place: Vec<u32>;
+    let mut sizes: Vec<(usize, usize)>;
     loop {
         let header = cost(&header_line(&mesh.domain, n - 1, n));
         place = lines.iter().map(|(h, _)| jump_hash(*h, n)).collect();
         // (bytes, lines) per shard; a shard of one line fits whatever its size.
-        let mut sizes = vec![(header, 0usize); n as usize];
+        sizes = vec![(header, 0usize); n as usize];
         for ((_, l), &s) in lines.iter().zip(&place) {
             if let Some(x) = sizes.get_mut(s as usize) {
                 x.0 += cost(l);
@@ -479,7 +496,9 @@ pub fn shard_mesh(mesh: &MeshConfig, budget: usize) -> Vec<String> {
     }
     let mut out: Vec<String> = (0..n)
         .map(|i| {
-            let mut s = header_line(&mesh.domain, i, n);
+            let size = sizes.get(i as usize).map_or(0, |x| x.0);
+            let mut s = String::with_capacity(size);
+            s.push_str(&header_line(&mesh.domain, i, n));
             s.push('\n');
             s
         })
