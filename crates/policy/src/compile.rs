@@ -887,6 +887,10 @@ fn compile_app_grant(
 pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
     let mut out: Vec<FilterRule> = Vec::with_capacity(rules.len());
     let mut index: HashMap<(SrcIps, Vec<u8>), usize> = HashMap::new();
+    // Rules share source lists (one `Arc` per compiled source): a list seen before is found by
+    // its address, so its text is hashed once, not once per rule. The map keeps a clone of
+    // each list, so no address is reused while it is a key.
+    let mut by_list: HashMap<(usize, Vec<u8>), (SrcIps, usize)> = HashMap::new();
     let mut seen: Vec<BTreeSet<(String, PortRange)>> = Vec::new();
     for r in rules {
         if !r.cap_grant.is_empty() {
@@ -896,9 +900,24 @@ pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
             }
             continue;
         }
-        let key = (r.src_ips.clone(), r.ip_proto.clone());
-        match index.get(&key) {
-            Some(&i) => {
+        let list = (
+            std::sync::Arc::as_ptr(&r.src_ips).cast::<String>() as usize,
+            r.ip_proto.clone(),
+        );
+        let found = match by_list.get(&list) {
+            Some(&(_, i)) => Some(i),
+            None => {
+                let key = (r.src_ips.clone(), r.ip_proto.clone());
+                let i = index.get(&key).copied();
+                by_list.insert(list, (r.src_ips.clone(), i.unwrap_or(out.len())));
+                if i.is_none() {
+                    index.insert(key, out.len());
+                }
+                i
+            }
+        };
+        match found {
+            Some(i) => {
                 if let (Some(target), Some(s)) = (out.get_mut(i), seen.get_mut(i)) {
                     for d in r.dst_ports {
                         if s.insert((d.ip.clone(), d.ports)) {
@@ -915,7 +934,6 @@ pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
                         dst_ports.push(d);
                     }
                 }
-                index.insert(key, out.len());
                 out.push(FilterRule {
                     src_ips: r.src_ips,
                     dst_ports,
