@@ -26,7 +26,8 @@
 #      ONLY=abde (subset of paths; default all but r), DEBUG=1 (dump runtime metrics),
 #      RTTS="0 20 50", STREAMS="1 4", DIRS="up down", RPATHS=regex (of W, P-new, E-old, …),
 #      REPEAT=1, BEFORE=/path/to/old/tsk8s-runtime, KEEP_LOGS=dir (copy each runtime's stderr
-#      there at the end; e.g. with TSK8S_LOG=tsk8s_runtime=debug for per-connection cwnd/SRTT).
+#      there at the end; e.g. with TSK8S_LOG=tsk8s_runtime=debug for per-connection cwnd/SRTT;
+#      (r) also keeps each iperf3 run's JSON there, with its per-second intervals).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -326,6 +327,13 @@ stop_relays() { for p in "${relay_pids[@]}"; do kill "$p" 2>/dev/null || true; w
 mbps() { # ns host port extra-args... -> Mbit/s received
   local n=$1 h=$2 p=$3 out; shift 3
   out=$(ip netns exec "$n" timeout $((T + 20)) iperf3 -c "$h" -p "$p" -t "$T" -O 1 -J "$@" 2>/dev/null) || { echo 0; return; }
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    # A counter in a file: mbps runs in a command substitution (a subshell).
+    local k; k=$(($(cat "$work/iperf-runs" 2>/dev/null || echo 0) + 1)); echo "$k" > "$work/iperf-runs"
+    mkdir -p "$KEEP_LOGS"
+    local a="$*"; a=${a// /}
+    printf '%s\n' "$out" > "$KEEP_LOGS/iperf-$(printf %03d "$k")-$n-$p${a:+-$a}.json"
+  fi
   python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.0f" % (d["end"]["sum_received"]["bits_per_second"]/1e6))' <<<"$out" 2>/dev/null || echo 0
 }
 rcvbuf_errors() { # comma-separated namespaces -> their UDP RcvbufErrors, summed
