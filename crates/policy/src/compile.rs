@@ -886,11 +886,13 @@ fn compile_app_grant(
 /// duplicate destinations. Cap rules are kept as they are.
 pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
     let mut out: Vec<FilterRule> = Vec::with_capacity(rules.len());
-    let mut index: HashMap<(SrcIps, Vec<u8>), usize> = HashMap::new();
-    // Rules share source lists (one `Arc` per compiled source): a list seen before is found by
-    // its address, so its text is hashed once, not once per rule. The map keeps a clone of
-    // each list, so no address is reused while it is a key.
-    let mut by_list: HashMap<(usize, Vec<u8>), (SrcIps, usize)> = HashMap::new();
+    // Merged rules by a print of their key (sources and protocols): the lists' length, first
+    // and last entries, not their whole text (a source list can hold thousands of addresses
+    // and every rule's would be hashed); a hit is confirmed by comparing the lists (at once
+    // when they are one `Arc`, as rules from one compiled source are). A print shared by many
+    // different keys goes to a map by the whole key, so no input makes this quadratic.
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut whole: HashMap<(SrcIps, Vec<u8>), usize> = HashMap::new();
     let mut seen: Vec<BTreeSet<(String, PortRange)>> = Vec::new();
     for r in rules {
         if !r.cap_grant.is_empty() {
@@ -900,21 +902,36 @@ pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
             }
             continue;
         }
-        let list = (
-            std::sync::Arc::as_ptr(&r.src_ips).cast::<String>() as usize,
-            r.ip_proto.clone(),
-        );
-        let found = match by_list.get(&list) {
-            Some(&(_, i)) => Some(i),
-            None => {
-                let key = (r.src_ips.clone(), r.ip_proto.clone());
-                let i = index.get(&key).copied();
-                by_list.insert(list, (r.src_ips.clone(), i.unwrap_or(out.len())));
-                if i.is_none() {
-                    index.insert(key, out.len());
+        let print = key_print(&r.src_ips, &r.ip_proto);
+        let at = index.entry(print).or_default();
+        let found = if at.len() < MERGE_PRINT_KEYS {
+            let found = at.iter().copied().find(|&i| {
+                out.get(i).is_some_and(|o| {
+                    o.ip_proto == r.ip_proto
+                        && (std::sync::Arc::ptr_eq(&o.src_ips, &r.src_ips)
+                            || o.src_ips == r.src_ips)
+                })
+            });
+            if found.is_none() {
+                at.push(out.len());
+                if at.len() == MERGE_PRINT_KEYS {
+                    for &i in at.iter() {
+                        if let Some(o) = out.get(i) {
+                            whole.insert((o.src_ips.clone(), o.ip_proto.clone()), i);
+                        }
+                    }
+                    // `out.len()` is pushed below: its key is the rule's own.
+                    whole.insert((r.src_ips.clone(), r.ip_proto.clone()), out.len());
                 }
-                i
             }
+            found
+        } else {
+            let key = (r.src_ips.clone(), r.ip_proto.clone());
+            let found = whole.get(&key).copied();
+            if found.is_none() {
+                whole.insert(key, out.len());
+            }
+            found
         };
         match found {
             Some(i) => {
@@ -947,6 +964,18 @@ pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
     out
 }
 
+/// How many different keys [`merge_rules`] compares under one print before it maps that
+/// print's keys whole.
+const MERGE_PRINT_KEYS: usize = 8;
+
+/// [`merge_rules`]'s print of a rule's key: equal keys, equal prints.
+fn key_print(src: &[String], proto: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (src.len(), src.first(), src.last(), proto).hash(&mut h);
+    h.finish()
+}
+
 /// Tailscale's filter for `node` (empty when the node is not in the topology).
 pub fn compile_filter(policy: &Policy, topo: &Topology, node: &str) -> Vec<FilterRule> {
     Compiled::new(policy, topo).node_filter(node)
@@ -973,4 +1002,49 @@ pub fn compile_for_nodes(policy: &Policy, topo: &Topology, nodes: &[&str]) -> Ve
         all.extend(c.node_filter(n));
     }
     merge_rules(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::NetPortRange;
+
+    /// Keys whose lists share length, first and last entry (one print) are still told apart,
+    /// past the point where their print is mapped whole, and the same list in another `Arc`
+    /// merges: first occurrence keeps its place, destinations once each, in order.
+    #[test]
+    fn merge_rules_by_key_whatever_the_print() {
+        let list = |mid: usize| -> SrcIps {
+            vec![
+                "100.64.0.1".to_string(),
+                format!("10.0.0.{mid}"),
+                "100.64.0.9".to_string(),
+            ]
+            .into()
+        };
+        let dst = |p: u16| NetPortRange {
+            ip: "100.64.1.1".into(),
+            ports: PortRange { first: p, last: p },
+        };
+        let rule = |src: SrcIps, port: u16| FilterRule {
+            src_ips: src,
+            dst_ports: vec![dst(port), dst(port)],
+            ip_proto: Vec::new(),
+            cap_grant: Vec::new(),
+        };
+        let keys = 3 * MERGE_PRINT_KEYS;
+        let mut rules = Vec::new();
+        for round in 0..3u16 {
+            for k in 0..keys {
+                // A fresh Arc each time: equal lists, different allocations.
+                rules.push(rule(list(k), round));
+            }
+        }
+        let merged = merge_rules(rules);
+        assert_eq!(merged.len(), keys);
+        for (k, r) in merged.iter().enumerate() {
+            assert_eq!(r.src_ips, list(k));
+            assert_eq!(r.dst_ports, vec![dst(0), dst(1), dst(2)]);
+        }
+    }
 }
