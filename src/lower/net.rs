@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ipnet::IpNet;
 use tsk8s_policy::compile::Compiled;
 use tsk8s_policy::filter::{FilterRule, SrcIps};
-use tsk8s_policy::matcher::Matcher;
+use tsk8s_policy::matcher::{Matcher, SourceSets};
 use tsk8s_policy::policy::Policy;
 use tsk8s_policy::runtime_config::Peer;
 use tsk8s_policy::topology::{Node as TopoNode, Topology, User};
@@ -405,6 +405,8 @@ pub struct Reach {
 pub struct AnyTraffic<'r> {
     reach: &'r Reach,
     cache: Vec<OnceLock<Matcher>>,
+    /// The filters' source lists, each parsed once for all the nodes' indexes.
+    sources: SourceSets,
     /// Devices' peers (topology index, AllowedIPs) the spec's tests computed first, kept
     /// until the device's config takes them, so no device's peers are computed twice.
     device_peers: Mutex<HashMap<usize, DevicePeerList>>,
@@ -418,6 +420,7 @@ impl<'r> AnyTraffic<'r> {
         AnyTraffic {
             reach,
             cache: (0..reach.filters.len()).map(|_| OnceLock::new()).collect(),
+            sources: SourceSets::default(),
             device_peers: Mutex::new(HashMap::new()),
         }
     }
@@ -437,7 +440,11 @@ impl<'r> AnyTraffic<'r> {
     /// Node `n`'s index.
     pub fn get(&self, n: usize) -> Option<&Matcher> {
         let f = self.reach.filters.get(n)?;
-        Some(self.cache.get(n)?.get_or_init(|| Matcher::any_traffic(f)))
+        Some(
+            self.cache
+                .get(n)?
+                .get_or_init(|| Matcher::any_traffic_shared(f, &self.sources)),
+        )
     }
 }
 

@@ -5,12 +5,13 @@
 //! addresses admitted there (sorted ranges). A lookup is two binary searches plus a short scan,
 //! independent of the number of rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 
-use crate::filter::{FilterRule, PortRange};
+use crate::filter::{FilterRule, PortRange, SrcIps};
 use crate::ipset::{IpSet, net_bounds};
 
 pub const PROTO_ICMP: u8 = 1;
@@ -208,17 +209,15 @@ struct Rule {
     protos: Vec<u8>,
 }
 
-fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
+fn parse_rules(rules: &[FilterRule], shared: Option<&SourceSets>) -> Vec<Rule> {
     rules
         .iter()
         .filter(|r| r.cap_grant.is_empty() || !r.dst_ports.is_empty())
         .map(|r| {
-            let src = IpSet::from_ranges(
-                r.src_ips
-                    .iter()
-                    .filter_map(|s| AddrSet::parse(s))
-                    .flat_map(|a| a.bounds()),
-            );
+            let src = match shared {
+                Some(sets) => sets.get(&r.src_ips),
+                None => parse_sources(&r.src_ips),
+            };
             Rule {
                 src,
                 dsts: r
@@ -237,9 +236,43 @@ fn parse_rules(rules: &[FilterRule]) -> Vec<Rule> {
         .collect()
 }
 
+/// A rule's `SrcIPs` as an address set.
+fn parse_sources(src: &[String]) -> IpSet {
+    IpSet::from_ranges(
+        src.iter()
+            .filter_map(|s| AddrSet::parse(s))
+            .flat_map(|a| a.bounds()),
+    )
+}
+
+/// Source lists parsed once for many matchers: rules share their lists (one `Arc` per compiled
+/// source), so indexing every node's filter parses each list once, not once per node that
+/// keeps a rule with it. Keeps a clone of each list, so no list's address is reused while it
+/// is a key; drop it with the matchers it served.
+#[derive(Default)]
+pub struct SourceSets {
+    sets: Mutex<HashMap<usize, (SrcIps, IpSet)>>,
+}
+
+impl SourceSets {
+    fn get(&self, src: &SrcIps) -> IpSet {
+        let key = Arc::as_ptr(src).cast::<String>() as usize;
+        if let Ok(sets) = self.sets.lock()
+            && let Some((_, set)) = sets.get(&key)
+        {
+            return set.clone();
+        }
+        let set = parse_sources(src);
+        if let Ok(mut sets) = self.sets.lock() {
+            sets.insert(key, (src.clone(), set.clone()));
+        }
+        set
+    }
+}
+
 impl Matcher {
     pub fn new(rules: &[FilterRule]) -> Matcher {
-        Matcher::build(parse_rules(rules))
+        Matcher::build(parse_rules(rules, None))
     }
 
     fn build(rules: Vec<Rule>) -> Matcher {
@@ -307,7 +340,17 @@ impl Matcher {
     /// A device's AllowedIPs towards a node need only this, and one index is a quarter of the
     /// lookups of four protocols.
     pub fn any_traffic(rules: &[FilterRule]) -> Matcher {
-        let mut parsed = parse_rules(rules);
+        Matcher::any_traffic_in(rules, None)
+    }
+
+    /// [`Matcher::any_traffic`], its source lists parsed through `shared` (one parse per list
+    /// for all the matchers built with it).
+    pub fn any_traffic_shared(rules: &[FilterRule], shared: &SourceSets) -> Matcher {
+        Matcher::any_traffic_in(rules, Some(shared))
+    }
+
+    fn any_traffic_in(rules: &[FilterRule], shared: Option<&SourceSets>) -> Matcher {
+        let mut parsed = parse_rules(rules, shared);
         for r in &mut parsed {
             r.protos = vec![0];
             for d in &mut r.dsts {
@@ -320,7 +363,7 @@ impl Matcher {
     /// Keep only the destinations that cover one of `own` (a node's own addresses and routes);
     /// used by a runtime that loaded a whole cluster's filter.
     pub fn for_destinations(rules: &[FilterRule], own: &[IpNet]) -> Matcher {
-        let mut parsed = parse_rules(rules);
+        let mut parsed = parse_rules(rules, None);
         for r in &mut parsed {
             r.dsts.retain(|(a, _)| a.overlaps(own));
         }
@@ -403,6 +446,50 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Matchers built through one `SourceSets` answer as those that parse their own lists,
+    /// for a list shared by two filters and one written again in another `Arc`.
+    #[test]
+    fn shared_source_sets_answer_alike() {
+        let shared: SrcIps = vec!["100.64.0.1".into(), "100.64.1.0-100.64.1.9".into()].into();
+        let rule = |src: SrcIps, dst: &str| FilterRule {
+            src_ips: src,
+            dst_ports: vec![NetPortRange {
+                ip: dst.into(),
+                ports: PortRange {
+                    first: 80,
+                    last: 80,
+                },
+            }],
+            ip_proto: vec![],
+            cap_grant: vec![],
+        };
+        let filters = [
+            vec![rule(shared.clone(), "100.64.0.2")],
+            vec![
+                rule(shared.clone(), "100.64.0.3"),
+                rule(vec!["100.64.1.0-100.64.1.9".into()].into(), "100.64.0.3"),
+            ],
+            vec![rule(
+                vec!["100.64.0.1".into(), "100.64.1.0-100.64.1.9".into()].into(),
+                "*",
+            )],
+        ];
+        let sets = SourceSets::default();
+        let within: Vec<IpNet> = vec!["100.64.0.0/24".parse().unwrap()];
+        for f in &filters {
+            let (own, with_shared) = (
+                Matcher::any_traffic(f),
+                Matcher::any_traffic_shared(f, &sets),
+            );
+            for src in ["100.64.0.1", "100.64.1.5", "100.64.2.1"] {
+                assert_eq!(
+                    own.reachable_within(&[ip(src)], &within),
+                    with_shared.reachable_within(&[ip(src)], &within)
+                );
+            }
+        }
     }
 
     #[test]
