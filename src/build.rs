@@ -1016,12 +1016,11 @@ fn test_topology(
 ) -> tsk8s_policy::topology::Topology {
     let mut topo = topo.clone();
     let mut stand_in = u32::from(std::net::Ipv4Addr::new(100, 126, 255, 254));
+    // The users with a node, found once (not a scan of every node per user).
+    let mut has_node: BTreeSet<String> =
+        topo.nodes.values().filter_map(|n| n.user.clone()).collect();
     for u in &l.tailnet.users {
-        let has_device = topo
-            .nodes
-            .values()
-            .any(|n| n.user.as_deref() == Some(u.as_str()));
-        if has_device {
+        if !has_node.insert(u.clone()) {
             continue;
         }
         let ip = std::net::Ipv4Addr::from(stand_in);

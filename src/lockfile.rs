@@ -115,6 +115,10 @@ fn reserved_v4(ip: Ipv4Addr) -> bool {
 pub struct Assignable {
     pool: ipnet::Ipv4Net,
     avoid: Vec<(IpNet, String)>,
+    /// The union of `avoid`, so an address outside all of them is answered by one binary
+    /// search, not a scan of every cluster's CIDRs and routes (the scan was ~7 % of a
+    /// 1,000-cluster build, in its sequential part).
+    avoid_any: tsk8s_policy::ipset::IpSet,
 }
 
 impl Assignable {
@@ -134,9 +138,11 @@ impl Assignable {
                 }
             }
         }
+        let avoid_any = tsk8s_policy::ipset::IpSet::from_nets(avoid.iter().map(|(n, _)| n));
         Assignable {
             pool: t.ipv4_pool,
             avoid,
+            avoid_any,
         }
     }
 
@@ -164,6 +170,9 @@ impl Assignable {
                 );
             }
         }
+        if !self.avoid_any.contains(ip) {
+            return None;
+        }
         self.avoid
             .iter()
             .find(|(net, _)| net.contains(&ip))
@@ -173,6 +182,9 @@ impl Assignable {
     /// The last address of an avoided IPv4 network holding `ip`, so the allocator steps over
     /// a whole pod CIDR at once.
     fn avoided_until(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        if !self.avoid_any.contains(IpAddr::V4(ip)) {
+            return None;
+        }
         self.avoid.iter().find_map(|(net, _)| match net {
             IpNet::V4(n) if n.contains(&ip) => Some(n.broadcast()),
             _ => None,
