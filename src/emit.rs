@@ -93,9 +93,11 @@ pub fn yaml_header(spec_file: &str) -> String {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     let d = sha2::Sha256::digest(bytes);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in d {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s
 }
@@ -168,7 +170,11 @@ impl Sink for Discard {
 /// on their own threads.
 pub fn finish_file(header: &str, path: String, mut bytes: Vec<u8>) -> File {
     if path.ends_with(".yaml") && !is_verbatim(&path) {
-        bytes.splice(0..0, header.bytes());
+        // One new buffer of the right size (a splice at 0 grows and shifts the old one).
+        let mut with = Vec::with_capacity(header.len() + bytes.len());
+        with.extend_from_slice(header.as_bytes());
+        with.extend_from_slice(&bytes);
+        bytes = with;
     }
     let sha256 = sha256_hex(&bytes);
     File {
