@@ -82,6 +82,19 @@ pub fn parse_lock(input: &Input) -> Result<Lock, Failure> {
     }
 }
 
+/// [`front`] and [`parse_lock`] of `input` at once, on two threads: neither needs the other,
+/// and a large tailnet's lock takes about half its spec's parse time.
+pub fn front_and_lock(input: &Input) -> (Result<Front, Failure>, Result<Lock, Failure>) {
+    std::thread::scope(|s| {
+        let lock = s.spawn(|| parse_lock(input));
+        let front = front(input.spec_file, input.spec);
+        let lock = lock
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (front, lock)
+    })
+}
+
 /// Everything later stages need, checked.
 pub struct Loaded {
     pub tailnet: Tailnet,
@@ -101,7 +114,11 @@ pub fn load(input: &Input) -> Result<Loaded, Failure> {
 /// [`load`] for a caller that already ran [`front`] on `input.spec` (the CLI does, to learn
 /// which source files to read), so the spec is parsed once.
 pub fn load_from(input: &Input, front: Front) -> Result<Loaded, Failure> {
-    let lock = parse_lock(input)?;
+    load_parsed(input, front, parse_lock(input)?)
+}
+
+/// [`load_from`] for a caller that already parsed the lock ([`front_and_lock`]).
+pub fn load_parsed(input: &Input, front: Front, lock: Lock) -> Result<Loaded, Failure> {
     let problems = lockfile::check(&front.tailnet, &lock);
     if input.lock.is_none() && !problems.is_empty() {
         // First run: one line, not one "not in the lock" per node.

@@ -245,6 +245,8 @@ struct Loaded {
     sources: BTreeMap<String, Vec<u8>>,
     /// The spec through the front end (run once: finding the sources needs it too).
     front: Option<Result<build::Front, build::Failure>>,
+    /// The lock parsed beside the front end ([`build::front_and_lock`]).
+    parsed_lock: Option<Result<crate::lockfile::Lock, build::Failure>>,
 }
 
 fn load(spec: &Path) -> Result<Loaded, String> {
@@ -266,21 +268,30 @@ fn load(spec: &Path) -> Result<Loaded, String> {
     } else {
         None
     };
-    let front = build::front(&spec.display().to_string(), &text);
+    let spec_name = spec.display().to_string();
+    let lock_name = lock_path.display().to_string();
+    let (front, parsed_lock) = build::front_and_lock(&build::Input {
+        spec_file: &spec_name,
+        spec: &text,
+        lock_file: &lock_name,
+        lock: lock.as_deref(),
+        sources: BTreeMap::new(),
+    });
     let sources = match &front {
         Ok(f) => crate::cli::secrets::read_sources_for(&spec_dir, &f.tailnet),
         Err(_) => BTreeMap::new(),
     };
     Ok(Loaded {
         sources,
-        spec_name: spec.display().to_string(),
+        spec_name,
         spec_path: spec.to_path_buf(),
         spec_dir,
         spec: text,
-        lock_name: lock_path.display().to_string(),
+        lock_name,
         lock_path,
         lock,
         front: Some(front),
+        parsed_lock: Some(parsed_lock),
     })
 }
 
@@ -291,7 +302,11 @@ impl Loaded {
             Some(f) => f?,
             None => build::front(&self.spec_name, &self.spec)?,
         };
-        build::load_from(&self.input(), front)
+        let lock = match self.parsed_lock.take() {
+            Some(l) => l?,
+            None => build::parse_lock(&self.input())?,
+        };
+        build::load_parsed(&self.input(), front, lock)
     }
 
     fn input(&self) -> Input<'_> {
