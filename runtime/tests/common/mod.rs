@@ -481,12 +481,19 @@ impl Lab {
         label
     }
 
-    /// Start a runtime command (`TSK8S_LOG=info`, stdout and stderr to `log_path`), kept as
-    /// the child `label` with its log.
+    /// Start a runtime command (`TSK8S_LOG=info`, or `TSK8S_E2E_LOG`; stdout and stderr to
+    /// `log_path`, also linked into `TSK8S_E2E_KEEP_LOGS` when set), kept as the child
+    /// `label` with its log.
     fn spawn_logged(&mut self, label: &str, cmd: &mut Command, log_path: PathBuf) {
         let log = fs::File::create(&log_path).expect("log");
+        // Debugging aids: the runtime's log filter, and a dir that keeps a hard link to each
+        // log (the test's temp dir goes with the test).
+        let filter = std::env::var("TSK8S_E2E_LOG").unwrap_or_else(|_| "info".into());
+        if let Ok(d) = std::env::var("TSK8S_E2E_KEEP_LOGS") {
+            let _ = fs::hard_link(&log_path, format!("{d}/{label}-{}.log", std::process::id()));
+        }
         let child = cmd
-            .env("TSK8S_LOG", "info")
+            .env("TSK8S_LOG", filter)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
