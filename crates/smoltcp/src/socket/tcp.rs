@@ -570,9 +570,6 @@ pub struct Socket<'a> {
     /// When the last hole was retransmitted: a hole still missing one RTT later was lost
     /// again, and the holes are scanned from the cumulative ACK once more.
     rtx_last: Instant,
-    /// tsk8s patch: something was retransmitted in this recovery episode (a partial ACK at
-    /// or above `rtx_next` then says a retransmission arrived).
-    rtx_sent: bool,
     /// tsk8s patch: retransmission counters (`Socket::retransmissions`).
     stats: Retransmissions,
     /// tsk8s patch: octets cumulatively acknowledged so far (with the SACKed ones: what the
@@ -700,7 +697,6 @@ impl<'a> Socket<'a> {
             sacked_len: 0,
             rtx_next: TcpSeqNumber::default(),
             rtx_credit: 0,
-            rtx_sent: false,
             rtx_last: Instant::from_secs(0),
             stats: Retransmissions::default(),
             acked_total: 0,
@@ -1662,13 +1658,10 @@ impl<'a> Socket<'a> {
             return None;
         }
         let mut seq = self.rtx_next.max(self.local_seq_no);
-        // Only data octets are holes (a FIN beyond them is not in the buffer: a "hole" over it
-        // would be an empty segment that never fills it, sent again and again).
-        let data_end = self.local_seq_no + self.tx_buffer.len();
         for i in 0..self.sacked_len {
             let (l, r) = self.sacked[i];
             // Octets not sent since a timeout's rewind go out as new data anyway.
-            let end = l.min(self.remote_last_seq).min(data_end);
+            let end = l.min(self.remote_last_seq);
             if seq < end {
                 return Some((seq, end - seq));
             }
@@ -2521,7 +2514,6 @@ impl<'a> Socket<'a> {
                 net_debug!("SACK loss detection, entering recovery");
                 self.recover = Some(self.remote_last_seq);
                 self.rtx_next = ack_number;
-                self.rtx_sent = false;
                 self.rtx_credit = 2;
                 self.rtx_last = cx.now();
                 let in_flight = self.flight_size();
@@ -2564,7 +2556,6 @@ impl<'a> Socket<'a> {
                         self.timer.set_for_fast_retransmit();
                         self.recover = Some(self.remote_last_seq);
                         self.rtx_next = self.local_seq_no;
-                        self.rtx_sent = false;
                         self.rtx_credit = 1;
                         net_debug!("started fast retransmit");
                     }
@@ -2593,31 +2584,7 @@ impl<'a> Socket<'a> {
                     // With SACK the scoreboard knows the holes: retransmit them (above), not
                     // blindly the next segment.
                     if let Some(recover) = self.recover {
-                        // (The buffer has been dequeued to `ack_number` already; `local_seq_no` follows below.)
-                        let tail_end = recover.min(ack_number + self.tx_buffer.len());
-                        if ack_len > 0
-                            && ack_number < tail_end
-                            && self.remote_has_sack
-                            && self.sacked_len == 0
-                            && self.rtx_sent
-                            && ack_number >= self.rtx_next
-                            && recover <= self.remote_last_seq
-                        {
-                            // tsk8s patch (RACK's rule, RFC 8985): a retransmission arrived
-                            // and the remote, which SACKs, holds nothing above it: every
-                            // octet up to the recovery point, all sent before that
-                            // retransmission, is lost (a lost tail). Mark the recovery point
-                            // as a SACK boundary (an empty range) so the octets below it are
-                            // holes, repaired while the window has room (paced), not one
-                            // segment per partial ACK: a receiver that delays its ACKs
-                            // (40 ms in Linux) for a lone in-order segment made that one
-                            // segment per 43 ms, and a lost 200 KB tail a 7 s stall.
-                            net_debug!("partial ACK {}, tail up to {} lost", ack_number, tail_end);
-                            self.sack_insert(tail_end, tail_end);
-                            self.rtx_next = ack_number;
-                            self.rtx_last = cx.now();
-                            self.rtx_credit = self.rtx_credit.max(2);
-                        } else if ack_len > 0 && ack_number < recover {
+                        if ack_len > 0 && ack_number < recover {
                             if self.sacked_len == 0 || ack_number >= self.rtx_next {
                                 net_debug!(
                                     "partial ACK {}, retransmitting next segment",
@@ -3203,7 +3170,6 @@ impl<'a> Socket<'a> {
 
                     self.pending_fast_retransmit = false;
                     self.rtx_last = cx.now();
-                    self.rtx_sent = true;
                     self.stats.fast = self.stats.fast.wrapping_add(1);
                     // tsk8s patch (Karn): a partial-ACK retransmission does not go through
                     // the timer path above either; no RTT sample may span it.
@@ -3221,7 +3187,6 @@ impl<'a> Socket<'a> {
                     self.rtx_next = start + repr.payload.len();
                     self.rtx_credit = self.rtx_credit.saturating_sub(1);
                     self.rtx_last = cx.now();
-                    self.rtx_sent = true;
                     self.stats.sack = self.stats.sack.wrapping_add(1);
                     // Karn: an RTT sample spanning a recovery would inflate SRTT (and with
                     // it the RTO, and slow the pacing rate down).
@@ -7256,63 +7221,6 @@ mod test {
         }), exact);
 
         recv_nothing!(s, time 1550);
-    }
-
-    /// tsk8s patch: the segment `dispatch` sends at `t` ms, if any: (seq, payload length).
-    fn next_segment(s: &mut TestSocket, t: i64) -> Option<(TcpSeqNumber, usize)> {
-        s.cx.set_now(Instant::from_millis(t));
-        let mut out = None;
-        let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, r)| {
-            out = Some((r.seq_number, r.payload.len()));
-            Ok::<(), ()>(())
-        });
-        out
-    }
-
-    /// tsk8s patch: a lost tail (everything after a hole lost, FIN included) is repaired in
-    /// one window once the hole's retransmission is ACKed with nothing SACKed above it, not
-    /// one segment per partial ACK; and no empty "hole" over the FIN is sent again and again.
-    #[test]
-    fn test_lost_tail_is_repaired_in_one_window() {
-        let mut s = socket_established();
-        s.remote_has_sack = true;
-        s.remote_mss = 6;
-        s.send_slice(b"aaaaaabbbbbbccccccddddddeeeeeeffffff").unwrap();
-        s.close();
-        let base = LOCAL_SEQ + 1;
-        let mut first = vec![];
-        while let Some(seg) = next_segment(&mut s, 0) {
-            first.push(seg);
-            assert!(first.len() <= 6);
-        }
-        assert_eq!(first.len(), 6);
-        // The first segment is lost, the next three arrive (SACKed), the last two and the
-        // FIN are lost.
-        let sack = ((base + 6).0 as u32, (base + 24).0 as u32);
-        send!(s, time 10, TcpRepr {
-            seq_number: REMOTE_SEQ + 1,
-            ack_number: Some(base),
-            window_len: 256,
-            sack_ranges: [Some(sack), None, None],
-            ..SEND_TEMPL
-        });
-        assert_eq!(next_segment(&mut s, 10), Some((base, 6)));
-        // The retransmission arrives; nothing above it is held.
-        send!(s, time 20, TcpRepr {
-            seq_number: REMOTE_SEQ + 1,
-            ack_number: Some(base + 24),
-            window_len: 256,
-            ..SEND_TEMPL
-        });
-        assert_eq!(next_segment(&mut s, 20), Some((base + 24, 6)));
-        assert_eq!(next_segment(&mut s, 20), Some((base + 30, 6)));
-        // At most the FIN on its own follows, then nothing.
-        let mut more = 0;
-        while let Some((seq, len)) = next_segment(&mut s, 20) {
-            assert_eq!((seq, len), (base + 36, 0));
-            more += 1;
-            assert!(more <= 1, "sent again and again");
-        }
     }
 
     #[test]
