@@ -407,34 +407,7 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             .filter(|(_, _, pt, _)| !pt.accept.is_empty())
             .flat_map(|(_, _, _, srcs)| srcs.iter().map(|(i, _)| *i)),
     );
-    // Each entry's accepted destinations resolved once, then the matchers of the nodes that
-    // receive them built on all cores (built one at a time on first use, they were ~7 % of a
-    // 1,000-cluster build).
-    let plans: Vec<_> = plans
-        .into_iter()
-        .map(|(k, mt, pt, srcs)| {
-            let dsts: Vec<(&String, u16, Vec<IpAddr>)> = pt
-                .accept
-                .iter()
-                .filter_map(|dst| {
-                    let awp = check_test_destination(policy, dst).ok()?;
-                    let port = awp.ports.first().map(|p| p.first).unwrap_or(0);
-                    let addrs = resolver.resolve(&awp.alias).addresses(4096)?;
-                    Some((dst, port, addrs))
-                })
-                .collect();
-            (k, mt, pt, srcs, dsts)
-        })
-        .collect();
-    view.access.prefetch_matchers(
-        plans
-            .iter()
-            .flat_map(|p| &p.4)
-            .flat_map(|(_, _, addrs)| addrs)
-            .flat_map(|&d| view.access.receivers(d)),
-        |filters| crate::par::map(filters, |f| tsk8s_policy::matcher::Matcher::new(f)),
-    );
-    for (k, mt, pt, srcs, dsts) in plans {
+    for (k, mt, pt, srcs) in plans {
         let proto = pt.protos.first().copied().unwrap_or(PROTO_TCP);
         let sfx = mt
             .proto
@@ -442,7 +415,14 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             .map(|p| format!(" ({p})"))
             .unwrap_or_default();
         let mut entry_failed = false;
-        for (dst, port, addrs) in dsts {
+        for dst in &pt.accept {
+            let Ok(awp) = check_test_destination(policy, dst) else {
+                continue;
+            };
+            let port = awp.ports.first().map(|p| p.first).unwrap_or(0);
+            let Some(addrs) = resolver.resolve(&awp.alias).addresses(4096) else {
+                continue;
+            };
             'dst: for &(i, ref ips) in &srcs {
                 for &d in &addrs {
                     let Some(&s) = ips.iter().find(|ip| ip.is_ipv4() == d.is_ipv4()) else {

@@ -178,34 +178,6 @@ impl<'a> Access<'a> {
         out
     }
 
-    /// Build the matchers of `nodes` not built yet, ahead of the [`Access::allows`] calls that
-    /// would build them one at a time: `build` maps their filters to matchers, in order (a
-    /// caller runs it on all cores).
-    pub fn prefetch_matchers(
-        &self,
-        nodes: impl IntoIterator<Item = usize>,
-        build: impl FnOnce(&[&[FilterRule]]) -> Vec<Matcher>,
-    ) {
-        let mut todo: Vec<usize> = nodes
-            .into_iter()
-            .filter(|&n| {
-                n < self.filters.len() && self.matchers.get(n).is_some_and(|m| m.get().is_none())
-            })
-            .collect();
-        todo.sort_unstable();
-        todo.dedup();
-        if todo.is_empty() {
-            return;
-        }
-        let filters: Vec<&[FilterRule]> =
-            todo.iter().map(|&n| self.filters[n].as_slice()).collect();
-        for (n, m) in todo.into_iter().zip(build(&filters)) {
-            if let Some(slot) = self.matchers.get(n) {
-                let _ = slot.set(m);
-            }
-        }
-    }
-
     /// Does `receiver`'s filter let `src` reach `dst`?
     pub fn allows(&self, receiver: usize, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> bool {
         self.matcher(receiver)
