@@ -899,13 +899,13 @@ fn flood_world() -> (World, Running, String, String, String) {
 /// (`engine::fair`, on by default) serve both peers in DRR order and, when full, drop the
 /// peer with the most queued work, only when the socket's buffer is half full. Alice's 32 MiB
 /// transfer completes under the flood, every time, and the fair queue drops none of her
-/// packets. Three interleaved rounds (unloaded, flooded); the median flooded rate must keep
-/// at least 40 % of the median unloaded one — a loose bound on purpose (rule 4: this 2-core
-/// machine runs the flood's own generator and wireguard-go beside alice's and the runtime, so
-/// what the flood costs alice here is mostly CPU taken outside the runtime, 57–101 % over
-/// nine runs; single rounds vary ±30 %). The 90 % goal is measured and recorded in
-/// runtime/README.md, with the runtime's CPU use, which this prints with the rates and drop
-/// counters.
+/// packets. Three interleaved rounds (unloaded, flooded). The rates are printed, not asserted
+/// (rule 6: speed is measured by benchmarks, never by timed assertions): on this 2-core
+/// machine the flood's own generator and mallory's wireguard-go run beside alice's and the
+/// runtime, so the ratio follows the machine's load — 26–140 % on the idle VM, where alice's
+/// unloaded transfers run at 400–990 Mbit/s; an earlier 40 % floor failed there in 2 of 10
+/// runs of the unchanged code. The 90 % goal is measured and recorded in runtime/README.md,
+/// with the runtime's CPU use, which this prints with the rates and drop counters.
 #[test]
 fn sustained_flood_leaves_alice_her_share() {
     if !should_run("sustained_flood_leaves_alice_her_share") {
@@ -1021,10 +1021,6 @@ fn sustained_flood_leaves_alice_her_share() {
         drop_of("alice"),
         Some(0),
         "the fair queue dropped alice's packets"
-    );
-    assert!(
-        l >= u * 0.4,
-        "the flood took more than 60 % of alice's throughput: {l:.0} of {u:.0} Mbit/s"
     );
 }
 
