@@ -356,12 +356,16 @@ impl Net {
     /// The slot of the peer a data message is for, from its receiver index alone (no
     /// decryption; used to queue it fairly, `engine::fair`). `None` for anything else.
     pub fn data_slot(&self, data: &[u8]) -> Option<usize> {
-        // Type 4 with three reserved zero bytes, at least header (16) + tag (16).
-        if data.len() < 32 || data.get(..4)? != [4, 0, 0, 0] {
-            return None;
+        match Tunn::parse_incoming_packet(data) {
+            Ok(Packet::PacketData(p)) => self.slot_of(p.receiver_idx),
+            _ => None,
         }
-        let idx = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
-        self.by_index.get(&(idx >> 8)).copied()
+    }
+
+    /// The slot of the peer whose session has receiver index `receiver_idx` (its upper 24
+    /// bits are the peer's index, the low 8 the session's).
+    fn slot_of(&self, receiver_idx: u32) -> Option<usize> {
+        self.by_index.get(&(receiver_idx >> 8)).copied()
     }
 
     /// Handle one UDP datagram from the network. Decrypted inner packets are appended to
@@ -425,22 +429,22 @@ impl Net {
                     }
                 }
             }
-            Packet::HandshakeResponse(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(s) => (*s, 2),
+            Packet::HandshakeResponse(ref p) => match self.slot_of(p.receiver_idx) {
+                Some(s) => (s, 2),
                 None => {
                     self.counters.drop(DropReason::UnknownIndex);
                     return None;
                 }
             },
-            Packet::PacketCookieReply(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(s) => (*s, 3),
+            Packet::PacketCookieReply(ref p) => match self.slot_of(p.receiver_idx) {
+                Some(s) => (s, 3),
                 None => {
                     self.counters.drop(DropReason::UnknownIndex);
                     return None;
                 }
             },
-            Packet::PacketData(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(s) => (*s, 4),
+            Packet::PacketData(ref p) => match self.slot_of(p.receiver_idx) {
+                Some(s) => (s, 4),
                 None => {
                     self.counters.drop(DropReason::UnknownIndex);
                     self.probe_unknown(src);

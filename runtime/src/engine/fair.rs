@@ -125,16 +125,27 @@ impl FairQueue {
             .iter()
             .copied()
             .max_by_key(|s| self.peers.get(*s).map_or(0, |p| p.work))?;
+        let (_, buf) = self.take(slot)?;
+        self.recycle(buf);
+        Some(slot)
+    }
+
+    /// Take peer `slot`'s oldest datagram; a peer left with nothing queued leaves the round.
+    fn take(&mut self, slot: usize) -> Option<(SocketAddr, Vec<u8>)> {
         let p = self.peers.get_mut(slot)?;
-        let (_, buf) = p.q.pop_front()?;
+        let (from, buf) = p.q.pop_front()?;
         p.work -= cost(buf.len());
         self.queued -= 1;
         if p.q.is_empty() {
             p.active = false;
-            self.active.retain(|s| *s != slot);
+            p.deficit = 0;
+            if self.active.front() == Some(&slot) {
+                self.active.pop_front();
+            } else {
+                self.active.retain(|s| *s != slot);
+            }
         }
-        self.recycle(buf);
-        Some(slot)
+        Some((from, buf))
     }
 
     /// The next datagram in DRR order: (peer slot, source, bytes). Give the buffer back with
@@ -159,27 +170,15 @@ impl FairQueue {
                 continue;
             }
             p.deficit -= head;
-            let (from, buf) = p.q.pop_front()?;
-            p.work -= head;
-            self.queued -= 1;
-            if p.q.is_empty() {
-                p.active = false;
-                p.deficit = 0;
-                self.active.pop_front();
-            }
+            let (from, buf) = self.take(slot)?;
             return Some((slot, from, buf));
         }
         // Only with datagrams far larger than a quantum: serve the front peer anyway.
         let slot = *self.active.front()?;
-        let p = self.peers.get_mut(slot)?;
-        let (from, buf) = p.q.pop_front()?;
-        p.work -= cost(buf.len());
-        p.deficit = 0;
-        self.queued -= 1;
-        if p.q.is_empty() {
-            p.active = false;
-            self.active.pop_front();
+        if let Some(p) = self.peers.get_mut(slot) {
+            p.deficit = 0;
         }
+        let (from, buf) = self.take(slot)?;
         Some((slot, from, buf))
     }
 
