@@ -92,14 +92,7 @@ pub fn yaml_header(spec_file: &str) -> String {
 /// The hex sha256 of `bytes`, as the manifest records it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    let d = sha2::Sha256::digest(bytes);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for b in d {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    s
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The manifest's entries: path → the sha256 recorded for it (`None` for a manifest written

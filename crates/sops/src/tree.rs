@@ -48,13 +48,7 @@ impl Mac {
 
     /// `fmt.Sprintf("%X", hash.Sum(nil))`.
     pub(crate) fn hex(self) -> String {
-        use std::fmt::Write as _;
-        let digest = self.hash.finalize();
-        let mut s = String::with_capacity(128);
-        for b in digest {
-            let _ = write!(s, "{b:02X}");
-        }
-        s
+        hex::encode_upper(self.hash.finalize())
     }
 }
 
