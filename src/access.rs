@@ -16,7 +16,6 @@ use tsk8s_policy::policy::Policy;
 use crate::lockfile::Lock;
 use crate::lower::devices::device_peers;
 use crate::lower::mesh::{cluster_mesh_peers, node_mesh_peers};
-use crate::lower::net::hostname_of;
 use crate::lower::net::{AnyTraffic, Member, Net, Reach};
 use crate::model::{ExposureKind, Tailnet};
 
@@ -73,7 +72,7 @@ struct Sources<'v> {
 
 impl<'v> Sources<'v> {
     fn member(&self, i: usize) -> Option<&'v Member> {
-        self.net.members.get(self.reach.names.get(i)?)
+        self.net.member(i)
     }
 
     /// What source `i`'s peers are cached under: its cluster (runtime nodes share the
@@ -81,7 +80,7 @@ impl<'v> Sources<'v> {
     fn key(&self, i: usize) -> Option<String> {
         match self.member(i)? {
             Member::Device { name } => Some(format!("device {name}")),
-            Member::Node { cluster, id } => Some(match self.sidecar(cluster, id) {
+            Member::Node { cluster, id } => Some(match self.sidecar(i) {
                 Some(_) => format!("sidecar {id}"),
                 None => cluster.clone(),
             }),
@@ -89,12 +88,11 @@ impl<'v> Sources<'v> {
         }
     }
 
-    fn sidecar(&self, cluster: &str, id: &str) -> Option<&'v crate::model::Exposure> {
-        self.t
-            .cluster(cluster)?
-            .exposures
-            .iter()
-            .find(|e| e.id == id && matches!(e.kind, ExposureKind::Sidecar { .. }))
+    /// Source `i`'s exposure, if it is a sidecar.
+    fn sidecar(&self, i: usize) -> Option<&'v crate::model::Exposure> {
+        self.net
+            .exposure(self.t, i)
+            .filter(|e| matches!(e.kind, ExposureKind::Sidecar { .. }))
     }
 
     /// Source `i`'s peers (hostname, AllowedIPs).
@@ -117,8 +115,8 @@ impl<'v> Sources<'v> {
                         .collect(),
                 )
             }
-            Member::Node { cluster, id } => {
-                let peers = match self.sidecar(cluster, id) {
+            Member::Node { cluster, .. } => {
+                let peers = match self.sidecar(i) {
                     Some(e) => node_mesh_peers(self.t, e, self.net, self.reach),
                     None => {
                         cluster_mesh_peers(self.t, self.t.cluster(cluster)?, self.net, self.reach)
@@ -201,12 +199,7 @@ impl<'a> View<'a> {
 
     /// Tailnet name of topology node `i`.
     pub fn label(&self, i: usize) -> String {
-        self.reach
-            .names
-            .get(i)
-            .and_then(|n| self.net.members.get(n))
-            .map(|m| hostname_of(self.t, m))
-            .unwrap_or_default()
+        self.net.host(i).unwrap_or_default().to_string()
     }
 
     pub fn member(&self, i: usize) -> Option<&Member> {
@@ -633,10 +626,12 @@ impl View<'_> {
 
     /// The address of `src` in the family of `dst`.
     fn src_addr(&self, i: usize, dst: IpAddr) -> Option<IpAddr> {
-        let node = self.net.topology.nodes.get(self.reach.names.get(i)?)?;
-        node.ips()
-            .into_iter()
-            .find(|a| a.is_ipv4() == dst.is_ipv4())
+        let (v4, v6) = self.net.addrs(i)?;
+        if dst.is_ipv4() {
+            v4.map(IpAddr::V4)
+        } else {
+            v6.map(IpAddr::V6)
+        }
     }
 
     /// Can node `i` reach `dst`?
