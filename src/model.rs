@@ -401,15 +401,15 @@ impl Tailnet {
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        match self
-            .lookup()
-            .clusters
-            .get(name)
-            .and_then(|&i| self.clusters.get(i))
-        {
-            Some(c) if c.name == name => Some(c),
+        self.clusters.get(self.cluster_index(name)?)
+    }
+
+    /// The position of cluster `name` in `clusters`.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        match self.lookup().clusters.get(name) {
+            Some(&i) if self.clusters.get(i).is_some_and(|c| c.name == name) => Some(i),
             // Not indexed (or the list changed after indexing): scan.
-            _ => self.clusters.iter().find(|c| c.name == name),
+            _ => self.clusters.iter().position(|c| c.name == name),
         }
     }
 

@@ -271,16 +271,10 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         .enumerate()
         .filter_map(|(i, p)| Some((p.as_ref()?.name.clone(), i)))
         .collect();
-    let clusters: HashMap<*const crate::model::Cluster, usize> = t
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (std::ptr::from_ref(c), i))
-        .collect();
     let at = topo
         .nodes
         .iter()
-        .map(|(name, node)| Some(at(t, &clusters, members.get(name)?, node)))
+        .map(|(name, node)| Some(at(t, members.get(name)?, node)))
         .collect();
     Net {
         topology: topo,
@@ -293,16 +287,11 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
 }
 
 /// The per-index facts [`Net`] keeps of topology node `node` (member `member`).
-fn at(
-    t: &Tailnet,
-    clusters: &HashMap<*const crate::model::Cluster, usize>,
-    member: &Member,
-    node: &TopoNode,
-) -> At {
+fn at(t: &Tailnet, member: &Member, node: &TopoNode) -> At {
     let exposure = match member {
         Member::Node { cluster, id } | Member::StandIn { cluster, id } => {
-            t.cluster(cluster).and_then(|c| {
-                let ci = *clusters.get(&std::ptr::from_ref(c))?;
+            t.cluster_index(cluster).and_then(|ci| {
+                let c = t.clusters.get(ci)?;
                 Some((ci, c.exposures.iter().position(|e| &e.id == id)?))
             })
         }
