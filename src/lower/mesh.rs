@@ -10,7 +10,7 @@ use tsk8s_policy::runtime_config::{
     Protocol, shard_mesh_with,
 };
 
-use super::net::{Member, Net, Reach, hostname_of};
+use super::net::{Member, Net, Reach};
 use crate::lockfile::Lock;
 use crate::model::{Cluster, EgressTarget, ExposureKind, Proto, Tailnet};
 
@@ -95,19 +95,13 @@ fn mesh_peers(
             ..
         } = &e.kind
         {
-            for (rc, re) in t.exposures() {
+            for (_, re) in t.exposures() {
                 if let ExposureKind::SubnetRouter { routes } = &re.kind
                     && routes.iter().any(|r| r.contains(ip))
                 {
                     let host = IpNet::from(*ip);
-                    let pname = hostname_of(
-                        t,
-                        &Member::Node {
-                            cluster: rc.name.clone(),
-                            id: re.id.clone(),
-                        },
-                    );
-                    if let Some(p) = peers.iter_mut().find(|p| p.name == pname)
+                    // The router's peer entry is named by its hostname.
+                    if let Some(p) = peers.iter_mut().find(|p| p.name == re.hostname)
                         && !p.allowed_ips.contains(&host)
                     {
                         p.allowed_ips.push(host);
