@@ -343,9 +343,9 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
     Ok(tree)
 }
 
-/// How many clusters (or devices) each thread lowers per batch: a batch's files are all a
-/// build holds at once (before the sink takes them), so peak memory is about
-/// `threads × BATCH_PER_THREAD` of the largest clusters.
+/// How many clusters (or devices) per thread may be lowered and not yet taken by the sink
+/// ([`crate::par::ordered`]'s window): their files are all a build holds at once, so peak
+/// memory is about `threads × BATCH_PER_THREAD` of the largest clusters.
 const BATCH_PER_THREAD: usize = 4;
 
 /// The files of one build on their way to the sink: finished ([`emit::finish_file`], done on
@@ -458,18 +458,21 @@ fn build_checked(
     lower_devices(input, l, netw, reach, &any, &mut out, warnings)?;
     drop(any);
 
-    // Clusters are independent: lower a batch on all cores, hand its files to the sink in
-    // spec order, then the next batch (diagnostics are sorted by position and the manifest
-    // by path, so the result depends neither on timing nor on the batch size).
-    let batch = crate::par::threads() * BATCH_PER_THREAD;
+    // Clusters are independent: lowered on all cores, their files handed to the sink in
+    // spec order as each is done (diagnostics are sorted by position and the manifest by
+    // path, so the result depends neither on timing nor on the window).
+    let window = crate::par::threads() * BATCH_PER_THREAD;
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
-    for part in t.clusters.chunks(batch) {
-        let header = out.header.as_str();
-        let lowered = crate::par::map(part, |c| {
+    let mut failed = None;
+    let header = out.header.clone();
+    crate::par::ordered(
+        &t.clusters,
+        window,
+        |c| {
             lower_cluster(input, l, c, netw, reach)
-                .map(|(tree, diags)| (Out::finish(header, tree), diags))
-        });
-        for r in lowered {
+                .map(|(tree, diags)| (Out::finish(&header, tree), diags))
+        },
+        |r| {
             match r {
                 Ok((files, diags)) => {
                     if sources && !diags.is_empty() {
@@ -480,9 +483,16 @@ fn build_checked(
                 }
                 // Only Tailscale-image clusters fail here; `lock` assigns them nothing.
                 Err(_) if !sources => {}
-                Err(f) => return Err(f),
+                Err(f) => {
+                    failed = Some(f);
+                    return std::ops::ControlFlow::Break(());
+                }
             }
-        }
+            std::ops::ControlFlow::Continue(())
+        },
+    );
+    if let Some(f) = failed {
+        return Err(f);
     }
     if !secret_diags.is_empty() && sources {
         secret_diags.sort();
@@ -524,29 +534,31 @@ fn lower_devices(
             .or_else(|| l.spans.exposures.get(&o.second.0).copied())
             .unwrap_or_else(|| (0..0).into())
     };
-    let batch = crate::par::threads() * BATCH_PER_THREAD;
-    for part in t.devices.chunks(batch) {
-        let header = out.header.as_str();
-        let lowered = crate::par::map(part, |d| {
+    let header = out.header.clone();
+    crate::par::ordered(
+        &t.devices,
+        crate::par::threads() * BATCH_PER_THREAD,
+        |d| {
             let files = lower::devices::device_files(t, d, &l.lock, netw, reach, any)?;
             let done = vec![
                 emit::finish_file(
-                    header,
+                    &header,
                     format!("devices/{}.conf", d.name),
                     files.conf.into_bytes(),
                 ),
                 emit::finish_file(
-                    header,
+                    &header,
                     format!("devices/{}.hosts", d.name),
                     files.hosts.into_bytes(),
                 ),
             ];
             Ok((done, files.nested))
-        });
-        for r in lowered {
+        },
+        |r| {
             device_result(r, out, &mut diags, &mut nested, &route_span);
-        }
-    }
+            std::ops::ControlFlow::Continue(())
+        },
+    );
     if !diags.is_empty() {
         diags.sort();
         return Err(Failure::from_diags(&diags));
