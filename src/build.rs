@@ -253,10 +253,18 @@ pub fn compile(
     sink: &mut dyn emit::Sink,
 ) -> Result<Compiled, Failure> {
     // The network and who reaches whom are computed once, for the tests and the output. The
-    // policy half of the tests runs first: its matcher is gone before the filters exist.
+    // policy half of the tests runs beside the filters' compilation: both start with a
+    // serial pass over the policy (each its own topology), so together they take one's time.
     let netw = net::build_net(&l.tailnet, &l.lock);
-    let report = checks.tests.then(|| policy_tests(&l, &netw));
-    let reach = net::reach(&l.policy, &netw);
+    let (report, reach) = std::thread::scope(|s| {
+        let tests = checks.tests.then(|| s.spawn(|| policy_tests(&l, &netw)));
+        let reach = net::reach(&l.policy, &netw);
+        let report = tests.map(|h| {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (report, reach)
+    });
     // Per-node indexes for devices' AllowedIPs, shared by the tests and the devices' configs;
     // build_checked drops them once the devices are written.
     let any = net::AnyTraffic::new(&reach);
