@@ -342,7 +342,15 @@ pub fn device_peers<'n>(
         if let Some(ExposureKind::SubnetRouter { routes }) = net.exposure(t, idx).map(|e| &e.kind) {
             within.extend(routes.iter().copied());
         }
-        let mut allowed = reachable_prefixes(any, idx, my_ips, &within);
+        // Only a node whose filter admits this device can give it prefixes; most peers of a
+        // device on a dense policy are nodes that may call it (egress to every member), and
+        // `admits` (the filters' source lists, read as the matcher reads them) says so
+        // without building the node's index. `my_ips` are the device's topology addresses.
+        let mut allowed = if reach.admits.get(idx).is_some_and(|s| s.contains(me)) {
+            reachable_prefixes(any, idx, my_ips, &within)
+        } else {
+            Vec::new()
+        };
         // A node that may open connections to this device needs its address routed back.
         if reach.admits.get(me).is_some_and(|s| s.contains(idx)) {
             for a in &peer.allowed_ips {

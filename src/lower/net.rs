@@ -328,34 +328,12 @@ impl AddrIndex {
         }
     }
 
-    /// Nodes whose address is covered by a FilterRule address entry.
+    /// Nodes whose address is covered by a FilterRule address entry (as the matcher reads
+    /// it: [`tsk8s_policy::matcher::entry_ranges`]).
     fn covered(&self, entry: &str, out: &mut BTreeSet<usize>) {
-        let entry = entry.trim();
-        if entry == "*" {
-            out.extend(self.v.iter().map(|(_, i)| *i));
-            return;
-        }
-        if let Some((a, b)) = entry.split_once('-') {
-            if let (Ok(a), Ok(b)) = (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
-                self.range(a, b, out);
-            }
-            return;
-        }
-        let net = entry
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from));
-        if let Some(n) = net {
-            let (lo, hi) = bounds(&n);
+        for (lo, hi) in tsk8s_policy::matcher::entry_ranges(entry) {
             self.range(lo, hi, out);
         }
-    }
-}
-
-fn bounds(n: &IpNet) -> (IpAddr, IpAddr) {
-    match n {
-        IpNet::V4(n) => (IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())),
-        IpNet::V6(n) => (IpAddr::V6(n.network()), IpAddr::V6(n.broadcast())),
     }
 }
 

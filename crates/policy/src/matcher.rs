@@ -245,6 +245,13 @@ fn parse_sources(src: &[String]) -> IpSet {
     )
 }
 
+/// The inclusive address ranges a filter's address entry (`*`, an IP, a CIDR, `a-b`) covers, as
+/// the matcher reads it (none for an entry it does not take): for code that must agree with the
+/// matcher on which addresses a source list holds.
+pub fn entry_ranges(s: &str) -> Vec<(IpAddr, IpAddr)> {
+    AddrSet::parse(s).map(|a| a.bounds()).unwrap_or_default()
+}
+
 /// Source lists parsed once for many matchers: rules share their lists (one `Arc` per compiled
 /// source), so indexing every node's filter parses each list once, not once per node that
 /// keeps a rule with it. Keeps a clone of each list, so no list's address is reused while it
