@@ -486,6 +486,18 @@ impl<'a> Compiled<'a> {
         order.sort_unstable();
         order.dedup();
 
+        // Most kept destinations are the node's own addresses: their text is made once.
+        let own_text: Vec<(IpNet, String)> = own
+            .iter()
+            .map(|&ip| (IpNet::from(ip), net_string(&IpNet::from(ip))))
+            .collect();
+        let npr = |d: &Dst| match d.net.and_then(|n| own_text.iter().find(|(o, _)| *o == n)) {
+            Some((_, text)) => NetPortRange {
+                ip: text.clone(),
+                ports: d.ports,
+            },
+            None => d.npr(),
+        };
         let mut out = Vec::new();
         for i in order {
             let Some(item) = self.items.get(i) else {
@@ -498,7 +510,7 @@ impl<'a> Compiled<'a> {
                             src_ips: rule.src.clone(),
                             dst_ports: js
                                 .iter()
-                                .filter_map(|&j| rule.dsts.get(j).map(Dst::npr))
+                                .filter_map(|&j| rule.dsts.get(j).map(npr))
                                 .collect(),
                             ip_proto: rule.protos.clone(),
                             cap_grant: Vec::new(),
