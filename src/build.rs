@@ -369,8 +369,17 @@ struct Out<'s> {
     over_limit: Vec<(String, usize)>,
     /// Object files over [`emit::OBJECT_FILE_WARN`]: a warning.
     over_warn: Vec<(String, usize)>,
+    /// Files not yet given to the sink: it takes them [`SINK_FILES`] or [`SINK_BYTES`] at a
+    /// time (its writer spreads a call's files over the cores; a call per cluster of a few
+    /// small files cost more in threads than in writes).
+    pending: Vec<emit::File>,
+    pending_bytes: usize,
     closed: bool,
 }
+
+/// How many files, or bytes, [`Out`] gathers before it hands them to the sink.
+const SINK_FILES: usize = 256;
+const SINK_BYTES: usize = 8 << 20;
 
 /// What [`build_checked`] emitted.
 struct Emitted {
@@ -386,6 +395,8 @@ impl<'s> Out<'s> {
             entries: Vec::new(),
             over_limit: Vec::new(),
             over_warn: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
             closed: false,
         }
     }
@@ -410,7 +421,21 @@ impl<'s> Out<'s> {
                 }
             }
         }
-        if !self.closed && self.sink.put(files).is_break() {
+        if self.closed {
+            return;
+        }
+        self.pending_bytes += files.iter().map(|f| f.bytes.len()).sum::<usize>();
+        self.pending.extend(files);
+        if self.pending.len() >= SINK_FILES || self.pending_bytes >= SINK_BYTES {
+            self.flush();
+        }
+    }
+
+    /// The gathered files to the sink.
+    fn flush(&mut self) {
+        let files = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        if !self.closed && !files.is_empty() && self.sink.put(files).is_break() {
             self.closed = true;
         }
     }
@@ -418,6 +443,7 @@ impl<'s> Out<'s> {
     /// The build will fail: the sink gets nothing more.
     fn fail(&mut self) {
         self.closed = true;
+        self.pending.clear();
     }
 
     /// The manifest, last.
@@ -433,6 +459,7 @@ impl<'s> Out<'s> {
         let bytes = emit::manifest(&mut self.entries);
         let manifest = emit::finish_file(&self.header, emit::MANIFEST.to_string(), bytes);
         self.put(vec![manifest]);
+        self.flush();
         self.over_warn.sort_unstable();
         Emitted {
             files: self.entries.len(),
