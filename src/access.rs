@@ -400,14 +400,12 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             .filter(|(_, _, pt, _)| !pt.accept.is_empty())
             .flat_map(|(_, _, _, srcs)| srcs.iter().map(|(i, _)| *i)),
     );
+    // Each entry's destinations resolved, then the filters of every node they reach indexed
+    // on all cores, ahead of the checks that would index them one at a time.
+    let mut checks = Vec::with_capacity(plans.len());
+    let mut receivers = std::collections::BTreeSet::new();
     for (k, mt, pt, srcs) in plans {
-        let proto = pt.protos.first().copied().unwrap_or(PROTO_TCP);
-        let sfx = mt
-            .proto
-            .as_ref()
-            .map(|p| format!(" ({p})"))
-            .unwrap_or_default();
-        let mut entry_failed = false;
+        let mut dsts = Vec::new();
         for dst in &pt.accept {
             let Ok(awp) = check_test_destination(policy, dst) else {
                 continue;
@@ -416,6 +414,26 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             let Some(addrs) = resolver.resolve(&awp.alias).addresses(4096) else {
                 continue;
             };
+            for &d in &addrs {
+                receivers.extend(view.access.receivers(d));
+            }
+            dsts.push((dst, port, addrs));
+        }
+        checks.push((k, mt, pt, srcs, dsts));
+    }
+    view.access.prepare(
+        &receivers.into_iter().collect::<Vec<_>>(),
+        crate::par::threads(),
+    );
+    for (k, mt, pt, srcs, dsts) in checks {
+        let proto = pt.protos.first().copied().unwrap_or(PROTO_TCP);
+        let sfx = mt
+            .proto
+            .as_ref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        let mut entry_failed = false;
+        for (dst, port, addrs) in dsts {
             'dst: for &(i, ref ips) in &srcs {
                 for &d in &addrs {
                     let Some(&s) = ips.iter().find(|ip| ip.is_ipv4() == d.is_ipv4()) else {
