@@ -335,11 +335,8 @@ impl<'a> View<'a> {
 /// judged by the policy alone.
 pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<usize>, Vec<String>) {
     use tsk8s_policy::compile::Resolver;
-    use tsk8s_policy::matcher::PROTO_TCP;
     use tsk8s_policy::policy::{check_test_destination, parse_alias};
 
-    let mut failures = Vec::new();
-    let mut failed = Vec::new();
     let mut notes = Vec::new();
     let mut resolver = Resolver::new(policy, &view.net.topology);
     // Each node's addresses and whether tsk8s emits its data plane, looked up once (not per
@@ -425,6 +422,26 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
         &receivers.into_iter().collect::<Vec<_>>(),
         crate::par::threads(),
     );
+    let (failures, failed) = run_checks(view, checks);
+    (failures, failed, notes)
+}
+
+/// One test entry ready to check: (entry index, spec test, policy test, sources as (node,
+/// addresses), destinations as (text, port, addresses)).
+type Check<'p> = (
+    usize,
+    &'p crate::model::AclTest,
+    &'p tsk8s_policy::policy::AclTest,
+    Vec<(usize, Vec<IpAddr>)>,
+    Vec<(&'p String, u16, Vec<IpAddr>)>,
+);
+
+/// [`dataplane_tests`]' checks: a failure line per entry that the policy allows and the
+/// network does not carry, and the failed entries' indexes.
+fn run_checks(view: &View<'_>, checks: Vec<Check<'_>>) -> (Vec<String>, Vec<usize>) {
+    use tsk8s_policy::matcher::PROTO_TCP;
+    let mut failures = Vec::new();
+    let mut failed = Vec::new();
     for (k, mt, pt, srcs, dsts) in checks {
         let proto = pt.protos.first().copied().unwrap_or(PROTO_TCP);
         let sfx = mt
@@ -458,7 +475,7 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             failed.push(k);
         }
     }
-    (failures, failed, notes)
+    (failures, failed)
 }
 
 /// A destination named on the command line, resolved to addresses.
