@@ -415,8 +415,24 @@ impl Matcher {
     /// port), as prefixes: a device's AllowedIPs towards a node. Cost: a binary search per
     /// protocol and prefix of `within`, plus the segments inside it.
     pub fn reachable_within(&self, src: &[IpAddr], within: &[IpNet]) -> Vec<IpNet> {
-        let mut out = IpSet::new();
         let admits = |e: &Entries| e.iter().any(|(_, s)| src.iter().any(|ip| s.contains(*ip)));
+        // A node's own addresses (one host per family, IPv4 first): each is reachable or not,
+        // found by one lookup, with no set to build.
+        if let [a @ IpNet::V4(_), b @ IpNet::V6(_)] = within
+            && a.prefix_len() == a.max_prefix_len()
+            && b.prefix_len() == b.max_prefix_len()
+        {
+            return [a, b]
+                .into_iter()
+                .filter(|w| {
+                    self.protos
+                        .keys()
+                        .any(|&p| self.entries(w.addr(), p).is_some_and(&admits))
+                })
+                .copied()
+                .collect();
+        }
+        let mut out = IpSet::new();
         for w in within {
             let (lo, hi) = net_bounds(w);
             let ((v6, lo), (_, hi)) = (key(lo), key(hi));
@@ -494,6 +510,52 @@ mod tests {
                 assert_eq!(
                     own.reachable_within(&[ip(src)], &within),
                     with_shared.reachable_within(&[ip(src)], &within)
+                );
+            }
+        }
+    }
+
+    /// A node's own addresses (one host per family, IPv4 first) take the one-lookup path;
+    /// listed the other way round they take the general one: the answers agree.
+    #[test]
+    fn own_addresses_answer_as_the_general_path() {
+        let rule = |src: &str, dst: &str| FilterRule {
+            src_ips: vec![src.into()].into(),
+            dst_ports: vec![NetPortRange {
+                ip: dst.into(),
+                ports: PortRange {
+                    first: 80,
+                    last: 90,
+                },
+            }],
+            ip_proto: vec![],
+            cap_grant: vec![],
+        };
+        let filters = [
+            vec![rule("100.64.0.1", "100.64.0.2")],
+            vec![rule("100.64.0.1", "fd7a:115c:a1e0::2")],
+            vec![rule("100.64.0.0/24", "*")],
+            vec![
+                rule("100.64.0.1", "100.64.0.2"),
+                rule("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"),
+            ],
+            vec![rule("100.64.0.9", "100.64.0.0/16")],
+        ];
+        let (v4, v6): (IpNet, IpNet) = (
+            "100.64.0.2/32".parse().unwrap(),
+            "fd7a:115c:a1e0::2/128".parse().unwrap(),
+        );
+        for f in &filters {
+            let m = Matcher::any_traffic(f);
+            for src in [
+                vec![ip("100.64.0.1")],
+                vec![ip("100.64.0.9"), ip("fd7a:115c:a1e0::1")],
+                vec![ip("100.64.1.1")],
+            ] {
+                assert_eq!(
+                    m.reachable_within(&src, &[v4, v6]),
+                    m.reachable_within(&src, &[v6, v4]),
+                    "{f:?} from {src:?}"
                 );
             }
         }
