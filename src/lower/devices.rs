@@ -1,13 +1,14 @@
 //! Device configs: a wg-quick file per device (no private key: `PostUp` loads it from the
 //! device's own key file) and a hosts-file snippet with the tailnet names it may use.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::net::KEEPALIVE_SECONDS;
-use super::net::{AnyTraffic, Member, Net, Reach, reachable_prefixes};
+use super::net::{AnyTraffic, Member, Net, Reach, allowed_ips_text, reachable_prefixes};
 use crate::lockfile::Lock;
 use crate::model::{Device, ExposureKind, Tailnet};
 
@@ -185,22 +186,7 @@ pub fn device_files(
     let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
-    let peers = match any.take_device_peers(me) {
-        Some(kept) => kept
-            .into_iter()
-            .filter_map(|(idx, allowed)| {
-                let (cluster, id, peer) = peer_node(net, idx)?;
-                Some(DevicePeer {
-                    idx,
-                    cluster,
-                    id,
-                    peer,
-                    allowed,
-                })
-            })
-            .collect(),
-        None => device_peers(t, net, reach, any, me, &my_ips),
-    };
+    let peers = kept_or_device_peers(t, net, reach, any, me, &my_ips);
     // The peer sections, written one after another into `text` as (hostname, range), then
     // put in order of hostname (and text) into the config: no string per section.
     let mut text = String::with_capacity(peers.len() * 256);
@@ -249,7 +235,20 @@ pub fn device_files(
         let keepalive = reach.admits.get(me).is_some_and(|set| set.contains(idx))
             || peer.persistent_keepalive.is_some();
         let start = text.len();
-        peer_section(&mut text, host, kind, cluster, peer, allowed, keepalive);
+        // A node's own addresses (the common case) have their text made once, in `net`.
+        let allowed_text = match net.allowed_text(idx) {
+            Some(own) if allowed.as_slice() == peer.allowed_ips.as_slice() => Cow::Borrowed(own),
+            _ => Cow::Owned(allowed_ips_text(allowed)),
+        };
+        peer_section(
+            &mut text,
+            host,
+            kind,
+            cluster,
+            peer,
+            &allowed_text,
+            keepalive,
+        );
         sections.push((host, start..text.len()));
     }
     if let Some(ip) = dns_server {
@@ -272,17 +271,48 @@ pub fn device_files(
     })
 }
 
-/// One `[Peer]` section of a device's wg-quick config, with a comment naming the node, to `s`.
+/// The device's peers as the spec's tests kept them ([`AnyTraffic::take_device_peers`]), or
+/// computed now ([`device_peers`]).
+fn kept_or_device_peers<'n>(
+    t: &Tailnet,
+    net: &'n Net,
+    reach: &Reach,
+    any: &AnyTraffic,
+    me: usize,
+    my_ips: &[IpAddr],
+) -> Vec<DevicePeer<'n>> {
+    match any.take_device_peers(me) {
+        Some(kept) => kept
+            .into_iter()
+            .filter_map(|(idx, allowed)| {
+                let (cluster, id, peer) = peer_node(net, idx)?;
+                Some(DevicePeer {
+                    idx,
+                    cluster,
+                    id,
+                    peer,
+                    allowed,
+                })
+            })
+            .collect(),
+        None => device_peers(t, net, reach, any, me, my_ips),
+    }
+}
+
+/// One `[Peer]` section of a device's wg-quick config, with a comment naming the node, to `s`
+/// (`allowed`: its AllowedIPs as [`allowed_ips_text`] writes them).
 fn peer_section(
     s: &mut String,
     host: &str,
     kind: &str,
     cluster: &str,
     peer: &tsk8s_policy::runtime_config::Peer,
-    allowed: &[IpNet],
+    allowed: &str,
     keepalive: bool,
 ) {
-    let _ = writeln!(s, "\n# {host}: {kind} in cluster {cluster}");
+    for part in ["\n# ", host, ": ", kind, " in cluster ", cluster, "\n"] {
+        s.push_str(part);
+    }
     s.push_str("[Peer]\nPublicKey = ");
     s.push_str(&peer.public_key);
     s.push('\n');
@@ -292,12 +322,7 @@ fn peer_section(
         s.push('\n');
     }
     s.push_str("AllowedIPs = ");
-    for (i, a) in allowed.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let _ = write!(s, "{a}");
-    }
+    s.push_str(allowed);
     s.push('\n');
     if keepalive {
         let _ = writeln!(s, "PersistentKeepalive = {KEEPALIVE_SECONDS}");
@@ -334,7 +359,8 @@ pub fn device_peers<'n>(
     my_ips: &[IpAddr],
 ) -> Vec<DevicePeer<'n>> {
     let mut out = Vec::new();
-    for idx in reach.peers(me) {
+    // (peer, the device admits it, it admits the device)
+    for (idx, calls_me, admits_me) in reach.peers_both_ways(me) {
         let Some((cluster, id, peer)) = peer_node(net, idx) else {
             continue;
         };
@@ -346,20 +372,27 @@ pub fn device_peers<'n>(
         // device on a dense policy are nodes that may call it (egress to every member), and
         // `admits` (the filters' source lists, read as the matcher reads them) says so
         // without building the node's index. `my_ips` are the device's topology addresses.
-        let mut allowed = if reach.admits.get(idx).is_some_and(|s| s.contains(me)) {
+        let mut allowed = if admits_me {
             reachable_prefixes(any, idx, my_ips, &within)
         } else {
             Vec::new()
         };
         // A node that may open connections to this device needs its address routed back.
-        if reach.admits.get(me).is_some_and(|s| s.contains(idx)) {
+        if calls_me {
             for a in &peer.allowed_ips {
                 if !allowed.contains(a) {
                     allowed.push(*a);
                 }
             }
         }
-        allowed = IpNet::aggregate(&allowed);
+        // One exact prefix per family (a node's own addresses) has nothing to aggregate.
+        let (v4, v6) = allowed.iter().fold((0, 0), |(v4, v6), a| match a {
+            IpNet::V4(_) => (v4 + 1, v6),
+            IpNet::V6(_) => (v4, v6 + 1),
+        });
+        if v4 > 1 || v6 > 1 || allowed.iter().any(|a| a.trunc() != *a) {
+            allowed = IpNet::aggregate(&allowed);
+        }
         allowed.sort();
         if allowed.is_empty() {
             continue;

@@ -7,6 +7,7 @@
 //! address index.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -54,6 +55,9 @@ pub struct Net {
     /// Per topology node (same order): its peer entry's mesh line
     /// ([`tsk8s_policy::runtime_config::peer_line`]), and the nodes by peer name.
     peer_lines: Vec<Option<String>>,
+    /// Per topology node (same order): its peer entry's AllowedIPs as a wg-quick config
+    /// writes them (`a, b`), for the devices that route exactly those to it.
+    allowed_texts: Vec<Option<String>>,
     by_peer_name: HashMap<String, usize>,
 }
 
@@ -82,6 +86,12 @@ impl Net {
             return None;
         }
         self.peer_lines.get(idx)?.as_deref()
+    }
+
+    /// Topology node `idx`'s own AllowedIPs (its peer entry's) as a wg-quick config writes
+    /// them: `100.64.0.1/32, fd7a:115c:a1e0::6440:1/128`.
+    pub fn allowed_text(&self, idx: usize) -> Option<&str> {
+        self.allowed_texts.get(idx)?.as_deref()
     }
 
     /// What topology node `idx` stands for.
@@ -266,6 +276,10 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         .iter()
         .map(|p| p.as_ref().map(tsk8s_policy::runtime_config::peer_line))
         .collect();
+    let allowed_texts = peers
+        .iter()
+        .map(|p| p.as_ref().map(|p| allowed_ips_text(&p.allowed_ips)))
+        .collect();
     let by_peer_name = peers
         .iter()
         .enumerate()
@@ -282,8 +296,21 @@ pub fn build_net(t: &Tailnet, lock: &Lock) -> Net {
         peers,
         at,
         peer_lines,
+        allowed_texts,
         by_peer_name,
     }
+}
+
+/// Prefixes as a wg-quick `AllowedIPs =` line lists them.
+pub fn allowed_ips_text(nets: &[IpNet]) -> String {
+    let mut s = String::new();
+    for (i, a) in nets.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{a}");
+    }
+    s
 }
 
 /// The per-index facts [`Net`] keeps of topology node `node` (member `member`).
@@ -420,6 +447,33 @@ impl Reach {
         self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
     }
 
+    /// Peers of node `n`, ascending, each with (`n` admits it, it admits `n`): one merge of
+    /// the two sorted lists, for callers that ask both of every peer.
+    pub fn peers_both_ways(&self, n: usize) -> Vec<(usize, bool, bool)> {
+        let (Some(NodeSet(a)), Some(NodeSet(b))) = (self.admits.get(n), self.admitted_by.get(n))
+        else {
+            return Vec::new();
+        };
+        let (mut i, mut j) = (0, 0);
+        let mut out = Vec::with_capacity(a.len().max(b.len()));
+        loop {
+            let (x, y) = (a.get(i).copied(), b.get(j).copied());
+            let next = match (x, y) {
+                (None, None) => break,
+                (Some(x), Some(y)) if x == y => (x, true, true),
+                (Some(x), y) if y.is_none_or(|y| x < y) => (x, true, false),
+                (_, Some(y)) => (y, false, true),
+                (Some(x), None) => (x, true, false),
+            };
+            i += usize::from(next.1);
+            j += usize::from(next.2);
+            if next.0 as usize != n {
+                out.push((next.0 as usize, next.1, next.2));
+            }
+        }
+        out
+    }
+
     /// Peers of node `n`, ascending: nodes it admits or that admit it, itself excluded.
     pub fn peers(&self, n: usize) -> Vec<usize> {
         let (Some(a), Some(b)) = (self.admits.get(n), self.admitted_by.get(n)) else {
@@ -524,4 +578,42 @@ pub fn host_net(ip: IpAddr) -> IpNet {
 
 pub fn v4v6(ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> [IpNet; 2] {
     [IpNet::from(IpAddr::V4(ipv4)), IpNet::from(IpAddr::V6(ipv6))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `peers_both_ways` is `peers`, each with what `admits` says both ways.
+    #[test]
+    fn peers_both_ways_is_peers_with_admits() {
+        let set = |v: &[u32]| NodeSet(v.to_vec());
+        let admits = vec![
+            set(&[1, 2, 4]),
+            set(&[0]),
+            set(&[0, 1, 2, 3]),
+            set(&[]),
+            set(&[0, 4]),
+        ];
+        let mut by: Vec<Vec<u32>> = vec![Vec::new(); admits.len()];
+        for (n, s) in admits.iter().enumerate() {
+            for m in s.iter() {
+                by[m].push(to_u32(n));
+            }
+        }
+        let reach = Reach {
+            names: (0..admits.len()).map(|i| format!("n{i}")).collect(),
+            filters: vec![Vec::new(); admits.len()],
+            admitted_by: by.into_iter().map(NodeSet).collect(),
+            admits,
+        };
+        for n in 0..reach.names.len() {
+            let want: Vec<(usize, bool, bool)> = reach
+                .peers(n)
+                .into_iter()
+                .map(|p| (p, reach.admits[n].contains(p), reach.admits[p].contains(n)))
+                .collect();
+            assert_eq!(reach.peers_both_ways(n), want, "node {n}");
+        }
+    }
 }
