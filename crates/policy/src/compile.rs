@@ -17,6 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+/// A `HashMap` with foldhash's randomly seeded hasher: the compiler's hot maps (addresses,
+/// rule keys) hash millions of keys on dense policies.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -297,13 +301,13 @@ pub struct Compiled<'a> {
     topo: &'a Topology,
     items: Vec<Item>,
     /// Single-address destination → (item, dst index).
-    exact: HashMap<IpAddr, Vec<(usize, usize)>>,
+    exact: FastMap<IpAddr, Vec<(usize, usize)>>,
     /// Destinations that are `*` or wider than one address.
     wide: Vec<(usize, usize)>,
     /// The wide destinations made only of small ranges, by each address they cover: a node
     /// without routes finds its entries by lookup instead of scanning every wide destination
     /// (which made per-node compilation nodes × rules).
-    wide_points: HashMap<IpAddr, Vec<(usize, usize)>>,
+    wide_points: FastMap<IpAddr, Vec<(usize, usize)>>,
     /// The other wide destinations (`*`, large prefixes): still scanned.
     wide_big: Vec<(usize, usize)>,
     /// Every address key of `exact` and `wide_points`, sorted: a subnet router finds the
@@ -355,7 +359,7 @@ impl<'a> Compiled<'a> {
         for g in &grants {
             compile_grant(&mut r, g, &mut items);
         }
-        let mut exact: HashMap<IpAddr, Vec<(usize, usize)>> = HashMap::new();
+        let mut exact: FastMap<IpAddr, Vec<(usize, usize)>> = FastMap::default();
         let mut wide = Vec::new();
         for (i, it) in items.iter().enumerate() {
             if let Item::Rule(rule) = it {
@@ -367,7 +371,7 @@ impl<'a> Compiled<'a> {
                 }
             }
         }
-        let mut wide_points: HashMap<IpAddr, Vec<(usize, usize)>> = HashMap::new();
+        let mut wide_points: FastMap<IpAddr, Vec<(usize, usize)>> = FastMap::default();
         let mut wide_big = Vec::new();
         for &(i, j) in &wide {
             let set = match items.get(i) {
@@ -903,8 +907,8 @@ pub fn merge_rules(rules: Vec<FilterRule>) -> Vec<FilterRule> {
     // and every rule's would be hashed); a hit is confirmed by comparing the lists (at once
     // when they are one `Arc`, as rules from one compiled source are). A print shared by many
     // different keys goes to a map by the whole key, so no input makes this quadratic.
-    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut whole: HashMap<(SrcIps, Vec<u8>), usize> = HashMap::new();
+    let mut index: FastMap<u64, Vec<usize>> = FastMap::default();
+    let mut whole: FastMap<(SrcIps, Vec<u8>), usize> = FastMap::default();
     let mut seen: Vec<BTreeSet<(String, PortRange)>> = Vec::new();
     for r in rules {
         if !r.cap_grant.is_empty() {
@@ -982,8 +986,10 @@ const MERGE_PRINT_KEYS: usize = 8;
 
 /// [`merge_rules`]'s print of a rule's key: equal keys, equal prints.
 fn key_print(src: &[String], proto: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // Fixed seed: the print is a key of a randomly seeded map, and a print shared by many
+    // keys sends them to the map by whole key (`MERGE_PRINT_KEYS`).
+    let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
     (src.len(), src.first(), src.last(), proto).hash(&mut h);
     h.finish()
 }
