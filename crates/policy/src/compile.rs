@@ -986,12 +986,10 @@ const MERGE_PRINT_KEYS: usize = 8;
 
 /// [`merge_rules`]'s print of a rule's key: equal keys, equal prints.
 fn key_print(src: &[String], proto: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     // Fixed seed: the print is a key of a randomly seeded map, and a print shared by many
     // keys sends them to the map by whole key (`MERGE_PRINT_KEYS`).
-    let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
-    (src.len(), src.first(), src.last(), proto).hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::with_seed(0).hash_one((src.len(), src.first(), src.last(), proto))
 }
 
 /// Tailscale's filter for `node` (empty when the node is not in the topology).
