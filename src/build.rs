@@ -570,11 +570,12 @@ fn lower_devices(
             .unwrap_or_else(|| (0..0).into())
     };
     let header = out.header.clone();
+    let may_overlap = lower::devices::prefixes_may_overlap(t, &l.lock);
     crate::par::ordered(
         &t.devices,
         crate::par::threads() * BATCH_PER_THREAD,
         |d| {
-            let files = lower::devices::device_files(t, d, &l.lock, netw, reach, any)?;
+            let files = lower::devices::device_files(t, d, &l.lock, netw, reach, any, may_overlap)?;
             let done = vec![
                 emit::finish_file(
                     &header,

@@ -159,6 +159,8 @@ fn interface_section(d: &Device, entry: &crate::lockfile::DeviceEntry) -> String
     conf
 }
 
+/// `may_overlap`: [`prefixes_may_overlap`] of the tailnet; when false no two peers' AllowedIPs
+/// can meet, and they are not indexed to look for it.
 pub fn device_files(
     t: &Tailnet,
     d: &Device,
@@ -166,6 +168,7 @@ pub fn device_files(
     net: &Net,
     reach: &Reach,
     any: &AnyTraffic,
+    may_overlap: bool,
 ) -> Result<DeviceFiles, Overlap> {
     let (Some(entry), Some(me)) = (lock.devices.get(&d.name), reach.index(&d.name)) else {
         return Ok(DeviceFiles {
@@ -202,21 +205,23 @@ pub fn device_files(
         let (Some(host), Some((ipv4, _))) = (net.host(idx), net.addrs(idx)) else {
             continue;
         };
-        for a in allowed {
-            for (other, net2) in taken.overlapping(a) {
-                let o = Overlap {
-                    device: d.name.clone(),
-                    first: (other.to_string(), *net2),
-                    second: (id.to_string(), *a),
-                };
-                if net2 == a {
-                    return Err(o);
+        if may_overlap {
+            for a in allowed {
+                for (other, net2) in taken.overlapping(a) {
+                    let o = Overlap {
+                        device: d.name.clone(),
+                        first: (other.to_string(), *net2),
+                        second: (id.to_string(), *a),
+                    };
+                    if net2 == a {
+                        return Err(o);
+                    }
+                    nested.push(o);
                 }
-                nested.push(o);
             }
-        }
-        for a in allowed {
-            taken.push(id, *a);
+            for a in allowed {
+                taken.push(id, *a);
+            }
         }
         let reaches_node =
             ipv4.is_some_and(|v4| allowed.iter().any(|a| a.contains(&IpAddr::V4(v4))));
