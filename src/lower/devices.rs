@@ -189,7 +189,10 @@ pub fn device_files(
     let mut taken = Taken::default();
     let mut dns_server: Option<String> = None;
     let mut nested = Vec::new();
-    let peers = kept_or_device_peers(t, net, reach, any, me, &my_ips);
+    let peers = match any.take_device_peers(me) {
+        Some(kept) => kept_peers(net, kept),
+        None => device_peers(t, net, reach, any, me, &my_ips),
+    };
     // The peer sections, written one after another into `text` as (hostname, range), then
     // put in order of hostname (and text) into the config: no string per section.
     let mut text = String::with_capacity(peers.len() * 256);
@@ -276,32 +279,20 @@ pub fn device_files(
     })
 }
 
-/// The device's peers as the spec's tests kept them ([`AnyTraffic::take_device_peers`]), or
-/// computed now ([`device_peers`]).
-fn kept_or_device_peers<'n>(
-    t: &Tailnet,
-    net: &'n Net,
-    reach: &Reach,
-    any: &AnyTraffic,
-    me: usize,
-    my_ips: &[IpAddr],
-) -> Vec<DevicePeer<'n>> {
-    match any.take_device_peers(me) {
-        Some(kept) => kept
-            .into_iter()
-            .filter_map(|(idx, allowed)| {
-                let (cluster, id, peer) = peer_node(net, idx)?;
-                Some(DevicePeer {
-                    idx,
-                    cluster,
-                    id,
-                    peer,
-                    allowed,
-                })
+/// A device's peers as the spec's tests kept them ([`AnyTraffic::take_device_peers`]).
+fn kept_peers(net: &Net, kept: super::net::DevicePeerList) -> Vec<DevicePeer<'_>> {
+    kept.into_iter()
+        .filter_map(|(idx, allowed)| {
+            let (cluster, id, peer) = peer_node(net, idx)?;
+            Some(DevicePeer {
+                idx,
+                cluster,
+                id,
+                peer,
+                allowed,
             })
-            .collect(),
-        None => device_peers(t, net, reach, any, me, my_ips),
-    }
+        })
+        .collect()
 }
 
 /// One `[Peer]` section of a device's wg-quick config, with a comment naming the node, to `s`
