@@ -461,14 +461,14 @@ pub fn shard_mesh_with<'k>(
     }
     for d in &mesh.dns {
         let label = dns_key(&d.name, &mesh.domain);
-        let derived = mesh
+        let implied = mesh
             .peers
             .binary_search_by(|p| p.name.as_str().cmp(label))
             .ok()
             .and_then(|i| mesh.peers.get(i))
-            .and_then(|p| peer_record(p, &mesh.domain));
+            .is_some_and(|p| implies(p, d, &mesh.domain));
         // A peer's own record is implied by its line (see the module doc): not written.
-        if derived.as_ref() != Some(d) {
+        if !implied {
             lines.push((shard_hash(label), Cow::Owned(dns_line(d))));
         }
     }
@@ -685,6 +685,16 @@ pub fn merge_shards(shards: Vec<(String, Shard)>) -> Result<MeshConfig, String> 
 /// IPv6 host address of its `ips` (its own addresses come first; routes follow). None when it
 /// has neither.
 pub fn peer_record(p: &Peer, domain: &str) -> Option<DnsRecord> {
+    let (ipv4, ipv6) = record_addrs(p);
+    (ipv4.is_some() || ipv6.is_some()).then(|| DnsRecord {
+        name: format!("{}.{domain}", p.name),
+        ipv4,
+        ipv6,
+    })
+}
+
+/// The addresses of [`peer_record`]: the first IPv4 and the first IPv6 host address of `ips`.
+fn record_addrs(p: &Peer) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
     let host = |v4: bool| {
         p.allowed_ips
             .iter()
@@ -700,11 +710,17 @@ pub fn peer_record(p: &Peer, domain: &str) -> Option<DnsRecord> {
         Some(IpAddr::V6(a)) => Some(a),
         _ => None,
     };
-    (ipv4.is_some() || ipv6.is_some()).then(|| DnsRecord {
-        name: format!("{}.{domain}", p.name),
-        ipv4,
-        ipv6,
-    })
+    (ipv4, ipv6)
+}
+
+/// Is `d` exactly [`peer_record`]`(p, domain)`? Asked of every record of a mesh, without
+/// building the record.
+fn implies(p: &Peer, d: &DnsRecord, domain: &str) -> bool {
+    let named = d.name.len() == p.name.len() + 1 + domain.len()
+        && d.name.starts_with(p.name.as_str())
+        && d.name.ends_with(domain)
+        && d.name.as_bytes().get(p.name.len()) == Some(&b'.');
+    named && (d.ipv4.is_some() || d.ipv6.is_some()) && record_addrs(p) == (d.ipv4, d.ipv6)
 }
 
 #[cfg(test)]
@@ -804,6 +820,50 @@ mod shard_tests {
             persistent_keepalive: None,
         };
         assert_eq!(peer_record(&p, "acme.example"), None);
+    }
+
+    /// `implies` says what comparing with `peer_record` says, for names and addresses that
+    /// almost match.
+    #[test]
+    fn implies_is_peer_record_equality() {
+        let peer = |name: &str, ips: &[&str]| Peer {
+            name: name.into(),
+            public_key: String::new(),
+            allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            endpoint: None,
+            persistent_keepalive: None,
+        };
+        let rec = |name: &str, v4: Option<&str>, v6: Option<&str>| DnsRecord {
+            name: name.into(),
+            ipv4: v4.map(|a| a.parse().unwrap()),
+            ipv6: v6.map(|a| a.parse().unwrap()),
+        };
+        let peers = [
+            peer("n1", &["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]),
+            peer("n1", &["10.0.0.0/8", "100.64.0.1/32"]),
+            peer("n1", &["10.0.0.0/8"]),
+            peer("n10", &["100.64.0.1/32"]),
+        ];
+        let v6 = Some("fd7a:115c:a1e0::1");
+        let recs = [
+            rec("n1.acme.example", Some("100.64.0.1"), v6),
+            rec("n1.acme.example", Some("100.64.0.1"), None),
+            rec("n1.acme.example", None, None),
+            rec("n1.acme.example", Some("100.64.0.2"), v6),
+            rec("n1xacme.example", Some("100.64.0.1"), v6),
+            rec("n1.acme.exampl", Some("100.64.0.1"), v6),
+            rec("n10.acme.example", Some("100.64.0.1"), None),
+            rec("n1", Some("100.64.0.1"), v6),
+        ];
+        for p in &peers {
+            for d in &recs {
+                assert_eq!(
+                    implies(p, d, "acme.example"),
+                    peer_record(p, "acme.example").as_ref() == Some(d),
+                    "{p:?} {d:?}"
+                );
+            }
+        }
     }
 
     #[test]
