@@ -408,13 +408,15 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
                 continue;
             };
             let port = awp.ports.first().map(|p| p.first).unwrap_or(0);
+            // The addresses are looked up again by the check: holding every entry's (up to
+            // 4,096 each) would grow with the number of tests.
             let Some(addrs) = resolver.resolve(&awp.alias).addresses(4096) else {
                 continue;
             };
             for &d in &addrs {
                 receivers.extend(view.access.receivers(d));
             }
-            dsts.push((dst, port, addrs));
+            dsts.push((dst, port, awp.alias));
         }
         checks.push((k, mt, pt, srcs, dsts));
     }
@@ -422,23 +424,27 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
         &receivers.into_iter().collect::<Vec<_>>(),
         crate::par::threads(),
     );
-    let (failures, failed) = run_checks(view, checks);
+    let (failures, failed) = run_checks(view, checks, &mut resolver);
     (failures, failed, notes)
 }
 
 /// One test entry ready to check: (entry index, spec test, policy test, sources as (node,
-/// addresses), destinations as (text, port, addresses)).
+/// addresses), destinations as (text, port, alias)).
 type Check<'p> = (
     usize,
     &'p crate::model::AclTest,
     &'p tsk8s_policy::policy::AclTest,
     Vec<(usize, Vec<IpAddr>)>,
-    Vec<(&'p String, u16, Vec<IpAddr>)>,
+    Vec<(&'p String, u16, tsk8s_policy::policy::Alias)>,
 );
 
 /// [`dataplane_tests`]' checks: a failure line per entry that the policy allows and the
 /// network does not carry, and the failed entries' indexes.
-fn run_checks(view: &View<'_>, checks: Vec<Check<'_>>) -> (Vec<String>, Vec<usize>) {
+fn run_checks(
+    view: &View<'_>,
+    checks: Vec<Check<'_>>,
+    resolver: &mut tsk8s_policy::compile::Resolver<'_>,
+) -> (Vec<String>, Vec<usize>) {
     use tsk8s_policy::matcher::PROTO_TCP;
     let mut failures = Vec::new();
     let mut failed = Vec::new();
@@ -450,7 +456,10 @@ fn run_checks(view: &View<'_>, checks: Vec<Check<'_>>) -> (Vec<String>, Vec<usiz
             .map(|p| format!(" ({p})"))
             .unwrap_or_default();
         let mut entry_failed = false;
-        for (dst, port, addrs) in dsts {
+        for (dst, port, alias) in dsts {
+            let Some(addrs) = resolver.resolve(&alias).addresses(4096) else {
+                continue;
+            };
             'dst: for &(i, ref ips) in &srcs {
                 for &d in &addrs {
                     let Some(&s) = ips.iter().find(|ip| ip.is_ipv4() == d.is_ipv4()) else {

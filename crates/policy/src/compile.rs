@@ -17,10 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-/// A `HashMap` with foldhash's randomly seeded hasher: the compiler's hot maps (addresses,
-/// rule keys) hash millions of keys on dense policies.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -31,6 +27,10 @@ use crate::policy::{
     Alias, Grant, Policy, ProtoPorts,
 };
 use crate::topology::{Node, Topology};
+
+/// A `HashMap` with foldhash's randomly seeded hasher: the compiler's hot maps (addresses,
+/// rule keys) hash millions of keys on dense policies.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The grant a policy without `acls` and `grants` stands for: `*` → `*:*`.
 fn default_grant() -> Grant {
