@@ -7,7 +7,6 @@
 //! the other finished the expensive half.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// How many threads [`map`] uses: `available_parallelism`, at most 8. Asked once per process:
@@ -23,41 +22,15 @@ pub fn threads() -> usize {
     })
 }
 
-/// `f` over `items` on up to [`threads`] scoped threads, results in input order.
+/// `f` over `items` on up to [`threads`] scoped threads, results in input order
+/// ([`ordered`] with no window: every result is kept).
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = threads().min(items.len());
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else {
-                            return mine;
-                        };
-                        mine.push((i, f(item)));
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+    let mut out = Vec::with_capacity(items.len());
+    ordered(items, usize::MAX, f, |r| {
+        out.push(r);
+        ControlFlow::Continue(())
     });
-    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
-    for (i, r) in parts.into_iter().flatten() {
-        if let Some(s) = slots.get_mut(i) {
-            *s = Some(r);
-        }
-    }
-    // Every index below `items.len()` was taken by exactly one thread.
-    slots.into_iter().flatten().collect()
+    out
 }
 
 /// What [`ordered`]'s threads share.
@@ -129,7 +102,7 @@ pub fn ordered<T: Sync, R: Send>(
                     if s.stop || s.next >= items.len() {
                         return;
                     }
-                    if s.next < s.consumed + window {
+                    if s.next < s.consumed.saturating_add(window) {
                         break;
                     }
                     s = room.wait(s).unwrap_or_else(|p| p.into_inner());
