@@ -335,8 +335,11 @@ impl<'a> View<'a> {
 /// judged by the policy alone.
 pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<usize>, Vec<String>) {
     use tsk8s_policy::compile::Resolver;
+    use tsk8s_policy::matcher::PROTO_TCP;
     use tsk8s_policy::policy::{check_test_destination, parse_alias};
 
+    let mut failures = Vec::new();
+    let mut failed = Vec::new();
     let mut notes = Vec::new();
     let mut resolver = Resolver::new(policy, &view.net.topology);
     // Each node's addresses and whether tsk8s emits its data plane, looked up once (not per
@@ -397,58 +400,7 @@ pub fn dataplane_tests(view: &View<'_>, policy: &Policy) -> (Vec<String>, Vec<us
             .filter(|(_, _, pt, _)| !pt.accept.is_empty())
             .flat_map(|(_, _, _, srcs)| srcs.iter().map(|(i, _)| *i)),
     );
-    // Each entry's destinations resolved, then the filters of every node they reach indexed
-    // on all cores, ahead of the checks that would index them one at a time.
-    let mut checks = Vec::with_capacity(plans.len());
-    let mut receivers = std::collections::BTreeSet::new();
     for (k, mt, pt, srcs) in plans {
-        let mut dsts = Vec::new();
-        for dst in &pt.accept {
-            let Ok(awp) = check_test_destination(policy, dst) else {
-                continue;
-            };
-            let port = awp.ports.first().map(|p| p.first).unwrap_or(0);
-            // The addresses are looked up again by the check: holding every entry's (up to
-            // 4,096 each) would grow with the number of tests.
-            let Some(addrs) = resolver.resolve(&awp.alias).addresses(4096) else {
-                continue;
-            };
-            for &d in &addrs {
-                receivers.extend(view.access.receivers(d));
-            }
-            dsts.push((dst, port, awp.alias));
-        }
-        checks.push((k, mt, pt, srcs, dsts));
-    }
-    view.access.prepare(
-        &receivers.into_iter().collect::<Vec<_>>(),
-        crate::par::threads(),
-    );
-    let (failures, failed) = run_checks(view, checks, &mut resolver);
-    (failures, failed, notes)
-}
-
-/// One test entry ready to check: (entry index, spec test, policy test, sources as (node,
-/// addresses), destinations as (text, port, alias)).
-type Check<'p> = (
-    usize,
-    &'p crate::model::AclTest,
-    &'p tsk8s_policy::policy::AclTest,
-    Vec<(usize, Vec<IpAddr>)>,
-    Vec<(&'p String, u16, tsk8s_policy::policy::Alias)>,
-);
-
-/// [`dataplane_tests`]' checks: a failure line per entry that the policy allows and the
-/// network does not carry, and the failed entries' indexes.
-fn run_checks(
-    view: &View<'_>,
-    checks: Vec<Check<'_>>,
-    resolver: &mut tsk8s_policy::compile::Resolver<'_>,
-) -> (Vec<String>, Vec<usize>) {
-    use tsk8s_policy::matcher::PROTO_TCP;
-    let mut failures = Vec::new();
-    let mut failed = Vec::new();
-    for (k, mt, pt, srcs, dsts) in checks {
         let proto = pt.protos.first().copied().unwrap_or(PROTO_TCP);
         let sfx = mt
             .proto
@@ -456,8 +408,12 @@ fn run_checks(
             .map(|p| format!(" ({p})"))
             .unwrap_or_default();
         let mut entry_failed = false;
-        for (dst, port, alias) in dsts {
-            let Some(addrs) = resolver.resolve(&alias).addresses(4096) else {
+        for dst in &pt.accept {
+            let Ok(awp) = check_test_destination(policy, dst) else {
+                continue;
+            };
+            let port = awp.ports.first().map(|p| p.first).unwrap_or(0);
+            let Some(addrs) = resolver.resolve(&awp.alias).addresses(4096) else {
                 continue;
             };
             'dst: for &(i, ref ips) in &srcs {
@@ -484,7 +440,7 @@ fn run_checks(
             failed.push(k);
         }
     }
-    (failures, failed)
+    (failures, failed, notes)
 }
 
 /// A destination named on the command line, resolved to addresses.

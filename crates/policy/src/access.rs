@@ -122,28 +122,6 @@ impl<'a> Access<'a> {
         Some(self.matchers.get(n)?.get_or_init(|| Matcher::new(f)))
     }
 
-    /// Build the matchers of `nodes` now, on up to `threads` threads, ahead of the
-    /// [`Access::allows`] calls that would build them one at a time.
-    pub fn prepare(&self, nodes: &[usize], threads: usize) {
-        let (filters, matchers) = (&self.filters, &self.matchers);
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&n) = nodes.get(i) else { return };
-                if let (Some(f), Some(m)) = (filters.get(n), matchers.get(n)) {
-                    m.get_or_init(|| Matcher::new(f));
-                }
-            }
-        };
-        std::thread::scope(|s| {
-            for _ in 1..threads.min(nodes.len()) {
-                s.spawn(work);
-            }
-            work();
-        });
-    }
-
     /// The node owning `ip`, else the subnet routers whose routes contain it.
     pub fn receivers(&self, ip: IpAddr) -> Vec<usize> {
         let start = self.addrs.partition_point(|(a, _)| *a < ip);
