@@ -457,13 +457,12 @@ impl Reach {
         let (mut i, mut j) = (0, 0);
         let mut out = Vec::with_capacity(a.len().max(b.len()));
         loop {
-            let (x, y) = (a.get(i).copied(), b.get(j).copied());
-            let next = match (x, y) {
+            let next = match (a.get(i), b.get(j)) {
                 (None, None) => break,
-                (Some(x), Some(y)) if x == y => (x, true, true),
-                (Some(x), y) if y.is_none_or(|y| x < y) => (x, true, false),
-                (_, Some(y)) => (y, false, true),
-                (Some(x), None) => (x, true, false),
+                (Some(&x), Some(&y)) if x == y => (x, true, true),
+                (Some(&x), Some(&y)) if y < x => (y, false, true),
+                (None, Some(&y)) => (y, false, true),
+                (Some(&x), _) => (x, true, false),
             };
             i += usize::from(next.1);
             j += usize::from(next.2);
@@ -476,13 +475,10 @@ impl Reach {
 
     /// Peers of node `n`, ascending: nodes it admits or that admit it, itself excluded.
     pub fn peers(&self, n: usize) -> Vec<usize> {
-        let (Some(a), Some(b)) = (self.admits.get(n), self.admitted_by.get(n)) else {
-            return Vec::new();
-        };
-        let mut p: Vec<usize> = a.iter().chain(b.iter()).filter(|&i| i != n).collect();
-        p.sort_unstable();
-        p.dedup();
-        p
+        self.peers_both_ways(n)
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .collect()
     }
 }
 
@@ -584,7 +580,8 @@ pub fn v4v6(ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> [IpNet; 2] {
 mod tests {
     use super::*;
 
-    /// `peers_both_ways` is `peers`, each with what `admits` says both ways.
+    /// `peers_both_ways` is every node `n` admits or that admits it, each with what `admits`
+    /// says both ways, and `peers` the same nodes.
     #[test]
     fn peers_both_ways_is_peers_with_admits() {
         let set = |v: &[u32]| NodeSet(v.to_vec());
@@ -608,12 +605,18 @@ mod tests {
             admits,
         };
         for n in 0..reach.names.len() {
-            let want: Vec<(usize, bool, bool)> = reach
-                .peers(n)
+            let peers: BTreeSet<usize> = reach.admits[n]
+                .iter()
+                .chain(reach.admitted_by[n].iter())
+                .filter(|&p| p != n)
+                .collect();
+            let want: Vec<(usize, bool, bool)> = peers
                 .into_iter()
                 .map(|p| (p, reach.admits[n].contains(p), reach.admits[p].contains(n)))
                 .collect();
             assert_eq!(reach.peers_both_ways(n), want, "node {n}");
+            let ids: Vec<usize> = want.iter().map(|w| w.0).collect();
+            assert_eq!(reach.peers(n), ids, "node {n}");
         }
     }
 }
