@@ -381,12 +381,8 @@ pub fn device_peers<'n>(
                 }
             }
         }
-        // One exact prefix per family (a node's own addresses) has nothing to aggregate.
-        let (v4, v6) = allowed.iter().fold((0, 0), |(v4, v6), a| match a {
-            IpNet::V4(_) => (v4 + 1, v6),
-            IpNet::V6(_) => (v4, v6 + 1),
-        });
-        if v4 > 1 || v6 > 1 || allowed.iter().any(|a| a.trunc() != *a) {
+        // A node's own addresses (one host per family, in order) are their own aggregate.
+        if allowed != peer.allowed_ips {
             allowed = IpNet::aggregate(&allowed);
         }
         allowed.sort();
