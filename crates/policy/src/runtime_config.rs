@@ -716,10 +716,11 @@ fn record_addrs(p: &Peer) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
 /// Is `d` exactly [`peer_record`]`(p, domain)`? Asked of every record of a mesh, without
 /// building the record.
 fn implies(p: &Peer, d: &DnsRecord, domain: &str) -> bool {
-    let named = d.name.len() == p.name.len() + 1 + domain.len()
-        && d.name.starts_with(p.name.as_str())
-        && d.name.ends_with(domain)
-        && d.name.as_bytes().get(p.name.len()) == Some(&b'.');
+    let named = d
+        .name
+        .strip_prefix(p.name.as_str())
+        .and_then(|rest| rest.strip_prefix('.'))
+        == Some(domain);
     named && (d.ipv4.is_some() || d.ipv6.is_some()) && record_addrs(p) == (d.ipv4, d.ipv6)
 }
 
