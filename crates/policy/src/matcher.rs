@@ -238,11 +238,7 @@ fn parse_rules(rules: &[FilterRule], shared: Option<&SourceSets>) -> Vec<Rule> {
 
 /// A rule's `SrcIPs` as an address set.
 fn parse_sources(src: &[String]) -> IpSet {
-    IpSet::from_ranges(
-        src.iter()
-            .filter_map(|s| AddrSet::parse(s))
-            .flat_map(|a| a.bounds()),
-    )
+    IpSet::from_ranges(src.iter().flat_map(|s| entry_ranges(s)))
 }
 
 /// The inclusive address ranges a filter's address entry (`*`, an IP, a CIDR, `a-b`) covers, as
