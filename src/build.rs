@@ -353,8 +353,8 @@ pub fn build_loaded(input: &Input, l: Loaded) -> Result<Tree, Failure> {
 
 /// How many clusters (or devices) per thread may be lowered and not yet taken by the sink
 /// ([`crate::par::ordered`]'s window): their files are all a build holds at once, so peak
-/// memory is about `threads × BATCH_PER_THREAD` of the largest clusters.
-const BATCH_PER_THREAD: usize = 4;
+/// memory is about `threads × WINDOW_PER_THREAD` of the largest clusters.
+const WINDOW_PER_THREAD: usize = 4;
 
 /// The files of one build on their way to the sink: finished ([`emit::finish_file`], done on
 /// the lowering threads), recorded for the manifest and the size checks as they pass. Once
@@ -496,7 +496,7 @@ fn build_checked(
     // Clusters are independent: lowered on all cores, their files handed to the sink in
     // spec order as each is done (diagnostics are sorted by position and the manifest by
     // path, so the result depends neither on timing nor on the window).
-    let window = crate::par::threads() * BATCH_PER_THREAD;
+    let window = crate::par::threads() * WINDOW_PER_THREAD;
     let mut secret_diags = Diagnostics::new(input.spec_file, input.spec);
     let mut failed = None;
     let header = out.header.clone();
@@ -573,7 +573,7 @@ fn lower_devices(
     let may_overlap = lower::devices::prefixes_may_overlap(t, &l.lock);
     crate::par::ordered(
         &t.devices,
-        crate::par::threads() * BATCH_PER_THREAD,
+        crate::par::threads() * WINDOW_PER_THREAD,
         |d| {
             let files = lower::devices::device_files(t, d, &l.lock, netw, reach, any, may_overlap)?;
             let done = vec![
