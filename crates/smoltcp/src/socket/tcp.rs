@@ -178,6 +178,10 @@ struct RttEstimator {
     min_rto: u32,
     /// tsk8s patch: the last RTT sample in microseconds, until taken.
     last_sample_us: Option<u64>,
+    /// tsk8s patch: the smallest RTT sample in microseconds (0: none yet). An ACK that
+    /// arrives sooner than this after a retransmission was sent is not the retransmission's
+    /// (RACK, RFC 8985 section 6.2, step 2).
+    min_us: u64,
 }
 
 impl Default for RttEstimator {
@@ -192,6 +196,7 @@ impl Default for RttEstimator {
             rto_count: 0,
             min_rto: RTTE_MIN_RTO,
             last_sample_us: None,
+            min_us: 0,
         }
     }
 }
@@ -253,7 +258,11 @@ impl RttEstimator {
             && seq >= sent_seq
         {
             self.sample((timestamp - sent_timestamp).total_millis() as u32);
-            self.last_sample_us = Some((timestamp - sent_timestamp).total_micros());
+            let us = (timestamp - sent_timestamp).total_micros();
+            self.last_sample_us = Some(us);
+            if self.min_us == 0 || us.max(1) < self.min_us {
+                self.min_us = us.max(1);
+            }
             self.timestamp = None;
         }
     }
@@ -570,6 +579,11 @@ pub struct Socket<'a> {
     /// When the last hole was retransmitted: a hole still missing one RTT later was lost
     /// again, and the holes are scanned from the cumulative ACK once more.
     rtx_last: Instant,
+    /// tsk8s patch: when something was last retransmitted in this recovery episode. A
+    /// partial ACK at or above `rtx_next` at least one minimum RTT later says a retransmission
+    /// arrived (RACK's step 2, with the latest retransmission's time standing in for the
+    /// per-segment send times smoltcp does not keep: a sooner ACK cannot be its answer).
+    rtx_sent_at: Option<Instant>,
     /// tsk8s patch: retransmission counters (`Socket::retransmissions`).
     stats: Retransmissions,
     /// tsk8s patch: octets cumulatively acknowledged so far (with the SACKed ones: what the
@@ -619,6 +633,12 @@ pub struct Retransmissions {
     pub fast: u32,
     /// Holes retransmitted from the SACK scoreboard.
     pub sack: u32,
+    /// Lost tails found (RACK's rule: a retransmission arrived and the remote holds nothing
+    /// above it).
+    pub tails: u32,
+    /// Duplicate SACKs received (RFC 2883: the remote got octets twice; a retransmission
+    /// was not needed).
+    pub dsacks: u32,
 }
 
 /// tsk8s patch: SACK ranges remembered per socket.
@@ -697,6 +717,7 @@ impl<'a> Socket<'a> {
             sacked_len: 0,
             rtx_next: TcpSeqNumber::default(),
             rtx_credit: 0,
+            rtx_sent_at: None,
             rtx_last: Instant::from_secs(0),
             stats: Retransmissions::default(),
             acked_total: 0,
@@ -1597,7 +1618,10 @@ impl<'a> Socket<'a> {
         let before = self.sacked_bytes();
         for &(l, r) in blocks.iter().flatten() {
             let (l, r) = (TcpSeqNumber(l as i32), TcpSeqNumber(r as i32));
-            // Ignore D-SACKs and blocks outside what was sent.
+            // Ignore D-SACKs (counted) and blocks outside what was sent.
+            if r > l && r <= ack {
+                self.stats.dsacks = self.stats.dsacks.wrapping_add(1);
+            }
             if r <= l || r <= ack || r > high {
                 continue;
             }
@@ -1658,10 +1682,13 @@ impl<'a> Socket<'a> {
             return None;
         }
         let mut seq = self.rtx_next.max(self.local_seq_no);
+        // Only data octets are holes (a FIN beyond them is not in the buffer: a "hole" over it
+        // would be an empty segment that never fills it, sent again and again).
+        let data_end = self.local_seq_no + self.tx_buffer.len();
         for i in 0..self.sacked_len {
             let (l, r) = self.sacked[i];
             // Octets not sent since a timeout's rewind go out as new data anyway.
-            let end = l.min(self.remote_last_seq);
+            let end = l.min(self.remote_last_seq).min(data_end);
             if seq < end {
                 return Some((seq, end - seq));
             }
@@ -2514,6 +2541,7 @@ impl<'a> Socket<'a> {
                 net_debug!("SACK loss detection, entering recovery");
                 self.recover = Some(self.remote_last_seq);
                 self.rtx_next = ack_number;
+                self.rtx_sent_at = None;
                 self.rtx_credit = 2;
                 self.rtx_last = cx.now();
                 let in_flight = self.flight_size();
@@ -2556,6 +2584,7 @@ impl<'a> Socket<'a> {
                         self.timer.set_for_fast_retransmit();
                         self.recover = Some(self.remote_last_seq);
                         self.rtx_next = self.local_seq_no;
+                        self.rtx_sent_at = None;
                         self.rtx_credit = 1;
                         net_debug!("started fast retransmit");
                     }
@@ -2582,10 +2611,39 @@ impl<'a> Socket<'a> {
                     // next segment was lost too; retransmit it now instead of waiting for
                     // three more duplicate ACKs (which never come) or the RTO.
                     // With SACK the scoreboard knows the holes: retransmit them (above), not
-                    // blindly the next segment.
+                    // blindly the next segment, and a lost tail is found by RACK's rule
+                    // below. (A blind retransmission there was mostly spurious: at 50 ms RTT
+                    // the remote reported about as many duplicate SACKs as were sent.)
                     if let Some(recover) = self.recover {
-                        if ack_len > 0 && ack_number < recover {
-                            if self.sacked_len == 0 || ack_number >= self.rtx_next {
+                        // (The buffer has been dequeued to `ack_number` already; `local_seq_no` follows below.)
+                        let tail_end = recover.min(ack_number + self.tx_buffer.len());
+                        if ack_len > 0
+                            && ack_number < tail_end
+                            && self.remote_has_sack
+                            && self.sacked_len == 0
+                            && self.rtx_sent_at.is_some_and(|t| {
+                                cx.now() >= t + Duration::from_micros(self.rtte.min_us)
+                            })
+                            && ack_number >= self.rtx_next
+                            && recover <= self.remote_last_seq
+                        {
+                            // tsk8s patch (RACK's rule, RFC 8985): a retransmission arrived
+                            // and the remote, which SACKs, holds nothing above it: every
+                            // octet up to the recovery point, all sent before that
+                            // retransmission, is lost (a lost tail). Mark the recovery point
+                            // as a SACK boundary (an empty range) so the octets below it are
+                            // holes, repaired while the window has room (paced), not one
+                            // segment per partial ACK: a receiver that delays its ACKs
+                            // (40 ms in Linux) for a lone in-order segment made that one
+                            // segment per 43 ms, and a lost 200 KB tail a 7 s stall.
+                            net_debug!("partial ACK {}, tail up to {} lost", ack_number, tail_end);
+                            self.stats.tails = self.stats.tails.wrapping_add(1);
+                            self.sack_insert(tail_end, tail_end);
+                            self.rtx_next = ack_number;
+                            self.rtx_last = cx.now();
+                            self.rtx_credit = self.rtx_credit.max(2);
+                        } else if ack_len > 0 && ack_number < recover {
+                            if !self.remote_has_sack {
                                 net_debug!(
                                     "partial ACK {}, retransmitting next segment",
                                     ack_number
@@ -3170,6 +3228,7 @@ impl<'a> Socket<'a> {
 
                     self.pending_fast_retransmit = false;
                     self.rtx_last = cx.now();
+                    self.rtx_sent_at = Some(cx.now());
                     self.stats.fast = self.stats.fast.wrapping_add(1);
                     // tsk8s patch (Karn): a partial-ACK retransmission does not go through
                     // the timer path above either; no RTT sample may span it.
@@ -3187,6 +3246,7 @@ impl<'a> Socket<'a> {
                     self.rtx_next = start + repr.payload.len();
                     self.rtx_credit = self.rtx_credit.saturating_sub(1);
                     self.rtx_last = cx.now();
+                    self.rtx_sent_at = Some(cx.now());
                     self.stats.sack = self.stats.sack.wrapping_add(1);
                     // Karn: an RTT sample spanning a recovery would inflate SRTT (and with
                     // it the RTO, and slow the pacing rate down).
@@ -7221,6 +7281,110 @@ mod test {
         }), exact);
 
         recv_nothing!(s, time 1550);
+    }
+
+    /// tsk8s patch: the segment `dispatch` sends at `t` ms, if any: (seq, payload length).
+    fn next_segment(s: &mut TestSocket, t: i64) -> Option<(TcpSeqNumber, usize)> {
+        s.cx.set_now(Instant::from_millis(t));
+        let mut out = None;
+        let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, r)| {
+            out = Some((r.seq_number, r.payload.len()));
+            Ok::<(), ()>(())
+        });
+        out
+    }
+
+    /// tsk8s patch: a lost tail (everything after a hole lost, FIN included) is repaired in
+    /// one window once the hole's retransmission is ACKed with nothing SACKed above it, not
+    /// one segment per partial ACK; and no empty "hole" over the FIN is sent again and again.
+    #[test]
+    fn test_lost_tail_is_repaired_in_one_window() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        s.remote_mss = 6;
+        s.send_slice(b"aaaaaabbbbbbccccccddddddeeeeeeffffff").unwrap();
+        s.close();
+        let base = LOCAL_SEQ + 1;
+        let mut first = vec![];
+        while let Some(seg) = next_segment(&mut s, 0) {
+            first.push(seg);
+            assert!(first.len() <= 6);
+        }
+        assert_eq!(first.len(), 6);
+        // The first segment is lost, the next three arrive (SACKed), the last two and the
+        // FIN are lost.
+        let sack = ((base + 6).0 as u32, (base + 24).0 as u32);
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(base),
+            window_len: 256,
+            sack_ranges: [Some(sack), None, None],
+            ..SEND_TEMPL
+        });
+        assert_eq!(next_segment(&mut s, 10), Some((base, 6)));
+        // The retransmission arrives; nothing above it is held.
+        send!(s, time 20, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(base + 24),
+            window_len: 256,
+            ..SEND_TEMPL
+        });
+        assert_eq!(next_segment(&mut s, 20), Some((base + 24, 6)));
+        assert_eq!(next_segment(&mut s, 20), Some((base + 30, 6)));
+        // At most the FIN on its own follows, then nothing.
+        let mut more = 0;
+        while let Some((seq, len)) = next_segment(&mut s, 20) {
+            assert_eq!((seq, len), (base + 36, 0));
+            more += 1;
+            assert!(more <= 1, "sent again and again");
+        }
+    }
+
+    /// tsk8s patch: an ACK that comes sooner than the minimum RTT after the hole's
+    /// retransmission answers the original (it was late, not lost): the octets above it are
+    /// still on their way, neither a lost tail nor a segment to resend.
+    #[test]
+    fn test_early_partial_ack_is_not_a_lost_tail() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        s.remote_mss = 6;
+        s.rtte.min_us = 20_000;
+        s.send_slice(b"aaaaaabbbbbbccccccddddddeeeeeeffffff").unwrap();
+        let base = LOCAL_SEQ + 1;
+        let mut sent = 0;
+        while next_segment(&mut s, 0).is_some() {
+            sent += 1;
+            assert!(sent <= 6);
+        }
+        // The first segment is late; the next three arrive (SACKed).
+        let sack = ((base + 6).0 as u32, (base + 24).0 as u32);
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(base),
+            window_len: 256,
+            sack_ranges: [Some(sack), None, None],
+            ..SEND_TEMPL
+        });
+        assert_eq!(next_segment(&mut s, 10), Some((base, 6)));
+        // 5 ms later the original arrives: the last two segments are still in flight.
+        send!(s, time 15, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(base + 24),
+            window_len: 256,
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.retransmissions().tails, 0);
+        // Nor is the next segment resent blindly (NewReno's partial-ACK rule is for remotes
+        // that do not SACK): it is on its way.
+        assert_eq!(next_segment(&mut s, 15), None);
+        // A partial ACK one minimum RTT after the retransmission is its answer: a lost tail.
+        send!(s, time 35, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(base + 30),
+            window_len: 256,
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.retransmissions().tails, 1);
     }
 
     #[test]

@@ -338,9 +338,13 @@ impl Controller for Bbr {
             self.prior_cwnd = 0;
         }
 
+        // A round lasts at least one minimum RTT, as a round trip does: the delivered count
+        // can run ahead of the octets sent (it counts again what a full SACK scoreboard
+        // forgot), and with a 1 ms floor ten rounds ended by it could age the ten-round
+        // maximum out within 10 ms of a stall.
         let mut new_round = false;
         if self.delivered >= self.round_end
-            && now - self.round_stamp >= Duration::from_micros(RTT_FLOOR_US)
+            && now - self.round_stamp >= Duration::from_micros(self.rtt_us())
         {
             self.round_stamp = now;
             self.round += 1;
@@ -554,6 +558,26 @@ mod test {
         assert_eq!(bbr.window(), 4 * 1200);
         run(&mut bbr, 3003, 200, 10_000_000, 50);
         assert!(bbr.window() >= cwnd * 9 / 10, "{} < {}", bbr.window(), cwnd);
+    }
+
+    /// A delivered count that runs ahead of what was sent (it counts again what a full SACK
+    /// scoreboard forgot) ends no round before one minimum RTT has passed, so a 40 ms stall
+    /// at 50 ms RTT does not age the bandwidth maximum out.
+    #[test]
+    fn a_round_lasts_at_least_one_min_rtt() {
+        let mut bbr = Bbr::new();
+        bbr.set_mss(1200);
+        run(&mut bbr, 1, 3000, 10_000_000, 50);
+        let (round, bw) = (bbr.round, bbr.bw_max());
+        // The count jumps by a window's worth, then one segment a millisecond arrives, every
+        // ACK past the end of the round.
+        let mut d = bbr.delivered + bbr.window() as u64;
+        for t in 3001..3041 {
+            d += 1200;
+            bbr.on_delivered(Instant::from_millis(t), d, d, 0, Some(50_000), false);
+        }
+        assert!(bbr.round - round <= 1, "{} rounds in 40 ms", bbr.round - round);
+        assert!(bbr.bw_max() >= bw * 9 / 10, "{} < {}", bbr.bw_max(), bw);
     }
 
     /// Like `run`, but `lost_permille` of what is sent each millisecond is sent again.
