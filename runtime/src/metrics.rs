@@ -135,6 +135,10 @@ pub struct Counters {
     pub tcp_rto: u64,
     pub tcp_fast_retransmits: u64,
     pub tcp_sack_retransmits: u64,
+    /// Lost tails found (RACK's rule) and duplicate SACKs received (the remote got octets
+    /// twice: a retransmission was spurious), by closed TCP connections.
+    pub tcp_lost_tails: u64,
+    pub tcp_dsacks: u64,
     pub tcp_active: u64,
     pub udp_sessions: u64,
     pub dns_queries: u64,
@@ -261,6 +265,18 @@ const SCALARS: &[(&str, &str, &str, Scalar)] = &[
         "counter",
         "Segments retransmitted from the SACK scoreboard by closed TCP connections.",
         |c| c.tcp_sack_retransmits,
+    ),
+    (
+        "tsk8s_tcp_lost_tails_total",
+        "counter",
+        "Lost tails (all sent after a repaired hole) resent at once by closed TCP connections.",
+        |c| c.tcp_lost_tails,
+    ),
+    (
+        "tsk8s_tcp_dsacks_total",
+        "counter",
+        "Duplicate SACKs (spurious retransmissions) received by closed TCP connections.",
+        |c| c.tcp_dsacks,
     ),
     (
         "tsk8s_tcp_connections",

@@ -513,6 +513,8 @@ impl Engine {
         self.net.counters.tcp_rto += u64::from(r.timeouts);
         self.net.counters.tcp_fast_retransmits += u64::from(r.fast);
         self.net.counters.tcp_sack_retransmits += u64::from(r.sack);
+        self.net.counters.tcp_lost_tails += u64::from(r.tails);
+        self.net.counters.tcp_dsacks += u64::from(r.dsacks);
         if !matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
             sock.abort();
             // Let the RST go out before the socket disappears.
