@@ -428,7 +428,7 @@ impl Lab {
             "exec setpriv --reuid={} --regid={} {groups} --no-new-privs --inh-caps=-all --bounding-set=-all -- {}",
             w.uid,
             w.gid,
-            q(env!("CARGO_BIN_EXE_tsk8s-runtime"))
+            q(&runtime_bin())
         ));
         for a in &w.args {
             script.push(' ');
@@ -455,6 +455,13 @@ impl Lab {
     }
 }
 
+/// The runtime binary the tests start: this tree's, or `TSK8S_E2E_RUNTIME` (a debugging aid:
+/// the same test against another build, e.g. to compare two in one sitting).
+pub fn runtime_bin() -> String {
+    std::env::var("TSK8S_E2E_RUNTIME")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tsk8s-runtime").to_string())
+}
+
 impl Lab {
     /// Start `tsk8s-runtime <args>` in `ns` as UID/GID 65532 with no capabilities and
     /// no_new_privs (configs written by hand, not from a workload). Labelled `runtime:<name>`.
@@ -474,7 +481,7 @@ impl Lab {
             "--inh-caps=-all",
             "--bounding-set=-all",
             "--",
-            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            &runtime_bin(),
         ])
         .args(args);
         self.spawn_logged(&label, &mut cmd, log_path);
