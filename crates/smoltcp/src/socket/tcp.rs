@@ -7294,25 +7294,23 @@ mod test {
         out
     }
 
-    /// tsk8s patch: a lost tail (everything after a hole lost, FIN included) is repaired in
-    /// one window once the hole's retransmission is ACKed with nothing SACKed above it, not
-    /// one segment per partial ACK; and no empty "hole" over the FIN is sent again and again.
-    #[test]
-    fn test_lost_tail_is_repaired_in_one_window() {
-        let mut s = socket_established();
+    /// tsk8s patch: six segments of 6 octets sent at 0 ms (and a FIN with `fin`); at 10 ms the
+    /// remote SACKs the second to fourth, and the first goes out again. Returns the first
+    /// segment's sequence number.
+    fn sack_the_middle_three(mut s: &mut TestSocket, fin: bool) -> TcpSeqNumber {
         s.remote_has_sack = true;
         s.remote_mss = 6;
         s.send_slice(b"aaaaaabbbbbbccccccddddddeeeeeeffffff").unwrap();
-        s.close();
-        let base = LOCAL_SEQ + 1;
-        let mut first = vec![];
-        while let Some(seg) = next_segment(&mut s, 0) {
-            first.push(seg);
-            assert!(first.len() <= 6);
+        if fin {
+            s.close();
         }
-        assert_eq!(first.len(), 6);
-        // The first segment is lost, the next three arrive (SACKed), the last two and the
-        // FIN are lost.
+        let base = LOCAL_SEQ + 1;
+        let mut sent = 0;
+        while next_segment(s, 0).is_some() {
+            sent += 1;
+            assert!(sent <= 6 + usize::from(fin));
+        }
+        assert!(sent >= 6);
         let sack = ((base + 6).0 as u32, (base + 24).0 as u32);
         send!(s, time 10, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
@@ -7321,7 +7319,18 @@ mod test {
             sack_ranges: [Some(sack), None, None],
             ..SEND_TEMPL
         });
-        assert_eq!(next_segment(&mut s, 10), Some((base, 6)));
+        assert_eq!(next_segment(s, 10), Some((base, 6)));
+        base
+    }
+
+    /// tsk8s patch: a lost tail (everything after a hole lost, FIN included) is repaired in
+    /// one window once the hole's retransmission is ACKed with nothing SACKed above it, not
+    /// one segment per partial ACK; and no empty "hole" over the FIN is sent again and again.
+    #[test]
+    fn test_lost_tail_is_repaired_in_one_window() {
+        let mut s = socket_established();
+        // The first segment is lost, the next three arrive, the last two and the FIN are lost.
+        let base = sack_the_middle_three(&mut s, true);
         // The retransmission arrives; nothing above it is held.
         send!(s, time 20, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
@@ -7346,26 +7355,9 @@ mod test {
     #[test]
     fn test_early_partial_ack_is_not_a_lost_tail() {
         let mut s = socket_established();
-        s.remote_has_sack = true;
-        s.remote_mss = 6;
         s.rtte.min_us = 20_000;
-        s.send_slice(b"aaaaaabbbbbbccccccddddddeeeeeeffffff").unwrap();
-        let base = LOCAL_SEQ + 1;
-        let mut sent = 0;
-        while next_segment(&mut s, 0).is_some() {
-            sent += 1;
-            assert!(sent <= 6);
-        }
-        // The first segment is late; the next three arrive (SACKed).
-        let sack = ((base + 6).0 as u32, (base + 24).0 as u32);
-        send!(s, time 10, TcpRepr {
-            seq_number: REMOTE_SEQ + 1,
-            ack_number: Some(base),
-            window_len: 256,
-            sack_ranges: [Some(sack), None, None],
-            ..SEND_TEMPL
-        });
-        assert_eq!(next_segment(&mut s, 10), Some((base, 6)));
+        // The first segment is late; the next three arrive.
+        let base = sack_the_middle_three(&mut s, false);
         // 5 ms later the original arrives: the last two segments are still in flight.
         send!(s, time 15, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
