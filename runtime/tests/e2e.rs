@@ -333,7 +333,7 @@ fn sidecar_and_reload() {
             "{cmd:?}"
         );
         let st = std::process::Command::new("ip")
-            .args(["netns", "exec", &k, env!("CARGO_BIN_EXE_tsk8s-runtime")])
+            .args(["netns", "exec", &k, &runtime_bin()])
             .args(&cmd[1..])
             .status()
             .expect("probe");
@@ -702,7 +702,7 @@ fn admin_answers_under_slow_clients() {
             "netns",
             "exec",
             &k,
-            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            &runtime_bin(),
             "health",
             "--addr",
             &admin,
@@ -715,7 +715,7 @@ fn admin_answers_under_slow_clients() {
             "netns",
             "exec",
             &k,
-            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            &runtime_bin(),
             "health",
             "--addr",
             "127.0.0.1:1",

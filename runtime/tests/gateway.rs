@@ -245,7 +245,7 @@ fn health(ns: &str) -> bool {
             "netns",
             "exec",
             ns,
-            env!("CARGO_BIN_EXE_tsk8s-runtime"),
+            &runtime_bin(),
             "health",
             "--addr",
             ADMIN,
